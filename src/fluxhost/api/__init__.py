@@ -1,0 +1,1 @@
+"""The HTTP and socket surface: parse, authenticate, call the core, render the wire format."""

@@ -1,0 +1,285 @@
+"""The protocol's endpoints (all ``POST /v1/...``) and the file links."""
+
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.exceptions import HTTPException
+
+from fluxhost.api.body import BodyError, read_parameters
+from fluxhost.api.wire import fail, ok, render_task, task_list
+from fluxhost.auth import AuthError, Caller
+from fluxhost.db import Task
+from fluxhost.events import TaskEvent
+from fluxhost.service import Service
+from fluxhost.store import StopResult, is_terminal
+from fluxhost.tasks import Status
+from fluxhost.tools import InputError, validate_inputs
+
+log = logging.getLogger(__name__)
+
+INVALID = "Request parameters are invalid."
+NO_TASK = "There is no task yet."
+ID_REQUIRED = "taskid or socketaccesstoken is required"
+UNKNOWN_MODEL = "slug-owner-project-not-exist"
+MAX_LIST = 1000
+
+
+class ProtocolError(Exception):
+    """A business error: HTTP 200 with ``result: false``."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _int_param(params: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
+    value = params.get(name)
+    if value in (None, ""):
+        return default
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise ProtocolError(0, f"Request parameter [{name}] must be between {low} and {high}") from None
+    if not low <= number <= high:
+        raise ProtocolError(0, f"Request parameter [{name}] must be between {low} and {high}")
+    return number
+
+
+def _bool_param(params: dict[str, Any], name: str) -> bool:
+    return str(params.get(name, "")).strip().lower() in ("true", "1", "yes")
+
+
+def _list_param(params: dict[str, Any], name: str) -> list[str]:
+    value = params.get(name)
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    if not value:
+        return []
+    try:
+        decoded = json.loads(value)
+    except ValueError:
+        return [part.strip() for part in str(value).split(",") if part.strip()]
+    return [str(v) for v in decoded] if isinstance(decoded, list) else [str(decoded)]
+
+
+def _callback_url(params: dict[str, Any]) -> str:
+    url = str(params.get("callbackUrl") or params.get("callbackurl") or "").strip()
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > 2083:
+        raise ProtocolError(0, "Request parameter [callbackUrl] must be an http or https URL")
+    return url
+
+
+def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
+    """The ASGI app over ``service``; with ``manage_service`` it starts and stops the service."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        if manage_service:
+            service.start()
+        try:
+            yield
+        finally:
+            if manage_service:
+                service.stop()
+
+    app = FastAPI(title="fluxhost", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.service = service
+
+    @app.exception_handler(AuthError)
+    async def _auth_error(_request: Request, error: AuthError) -> JSONResponse:
+        return fail(0, str(error), 401)
+
+    @app.exception_handler(ProtocolError)
+    async def _protocol_error(_request: Request, error: ProtocolError) -> JSONResponse:
+        return fail(error.code, error.message)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_request: Request, error: HTTPException) -> JSONResponse:
+        if error.status_code == 404:
+            return fail(0, "Error parsing url.", 404)
+        if error.status_code == 405:
+            return fail(0, "Method not allowed: every endpoint takes POST.", 405)
+        return fail(0, str(error.detail), error.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, _error: RequestValidationError) -> JSONResponse:
+        return fail(0, INVALID)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, _error: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.url.path)
+        return fail(0, "Internal server error.", 500)
+
+    def caller_of(request: Request) -> Caller:
+        headers = request.headers
+        return service.keys.authenticate(
+            headers.get("x-api-key"), headers.get("x-nonce"), headers.get("x-signature")
+        )
+
+    def spend_nonce(request: Request, caller: Caller) -> None:
+        service.keys.spend_nonce(caller, request.headers.get("x-nonce"))
+
+    async def parameters_of(request: Request) -> dict[str, Any]:
+        try:
+            return await read_parameters(request)
+        except BodyError:
+            raise ProtocolError(0, INVALID) from None
+
+    def find_task(caller: Caller, params: dict[str, Any]) -> Task:
+        token = params.get("tasktoken") or params.get("socketaccesstoken")
+        task_id = params.get("taskid")
+        if not token and task_id in (None, ""):
+            raise ProtocolError(0, ID_REQUIRED)
+        task = None
+        if token:
+            task = service.store.find(caller.project_id, token=str(token).strip())
+        elif str(task_id).strip().isdigit():
+            task = service.store.find(caller.project_id, task_id=int(str(task_id).strip()))
+        if task is None:
+            raise ProtocolError(1, NO_TASK)
+        return task
+
+    def rendered(task: Task) -> dict[str, Any]:
+        tool = service.catalog.find(*task.model_slug.split("/", 1))
+        return render_task(task, service.storage, tool.description if tool else "")
+
+    @app.post("/v1/Run/{owner}/{project}")
+    async def run(owner: str, project: str, request: Request) -> JSONResponse:
+        caller = caller_of(request)
+        tool = service.catalog.find(owner, project)
+        if tool is None:
+            raise ProtocolError(1, UNKNOWN_MODEL)
+        params = await parameters_of(request)
+        try:
+            inputs = validate_inputs(params)
+        except InputError as error:
+            raise ProtocolError(0, str(error)) from None
+        callback_url = _callback_url(params)
+        spend_nonce(request, caller)
+        task = service.store.create(
+            caller.project_id,
+            tool.slug,
+            parameters=inputs.parameters,
+            request={
+                "prompt": inputs.prompt,
+                "prompt_upsampling": inputs.prompt_upsampling,
+                "safety_tolerance": inputs.safety_tolerance,
+                "aspect_ratio": inputs.aspect_ratio,
+                "width": inputs.width,
+                "height": inputs.height,
+                "seed": inputs.seed,
+                "output_format": inputs.output_format,
+            },
+            callback_url=callback_url,
+        )
+        service.events.publish(TaskEvent(task.id, task.socket_token, Status.QUEUE.value))
+        service.dispatcher.notify()
+        return JSONResponse(
+            {"errors": [], "taskid": str(task.id), "socketaccesstoken": task.socket_token, "result": True}
+        )
+
+    @app.post("/v1/Task/Detail")
+    async def task_detail(request: Request) -> JSONResponse:
+        caller = caller_of(request)
+        task = find_task(caller, await parameters_of(request))
+        return task_list([rendered(task)])
+
+    async def stop_task(request: Request, kill: bool) -> JSONResponse:
+        caller = caller_of(request)
+        params = await parameters_of(request)
+        task = find_task(caller, params)
+        spend_nonce(request, caller)
+        stop = service.store.kill if kill else service.store.cancel
+        result = stop(caller.project_id, task.id)
+        if result is StopResult.NOT_FOUND:
+            raise ProtocolError(1, NO_TASK)
+        if result is StopResult.NOT_STOPPABLE:
+            raise ProtocolError(1, "Task is not in a cancellable state." if not kill else
+                                "Task is not in a killable state.")
+        service.events.publish(TaskEvent(task.id, task.socket_token, Status.CANCEL.value))
+        return task_list([rendered(service.store.get(task.id))])
+
+    @app.post("/v1/Task/Cancel")
+    async def task_cancel(request: Request) -> JSONResponse:
+        return await stop_task(request, kill=False)
+
+    @app.post("/v1/Task/Kill")
+    async def task_kill(request: Request) -> JSONResponse:
+        return await stop_task(request, kill=True)
+
+    @app.post("/v1/Task/InputOutputDelete")
+    async def task_delete_files(request: Request) -> JSONResponse:
+        caller = caller_of(request)
+        task = find_task(caller, await parameters_of(request))
+        spend_nonce(request, caller)
+        if not is_terminal(task):
+            raise ProtocolError(1, "Task is not finished yet: its files can be deleted once it ends.")
+        for output in service.store.mark_files_deleted(task.id):
+            service.storage.delete(output.folder, output.name)
+        return ok()
+
+    @app.post("/v1/Task/List")
+    async def list_tasks(request: Request) -> JSONResponse:
+        caller = caller_of(request)
+        params = await parameters_of(request)
+        start = _int_param(params, "start", 0, 0, 10**9)
+        limit = _int_param(params, "limit", 20, 1, MAX_LIST)
+        order = str(params.get("order", "desc")).strip().lower()
+        if order not in ("desc", "asc"):
+            raise ProtocolError(0, "Request parameter [order] must be one of desc, asc")
+        total, tasks = service.store.list(
+            caller.project_id, start=start, limit=limit, newest_first=order == "desc",
+            sort=str(params.get("sort", "id")).strip().lower(),
+        )
+        return task_list([rendered(task) for task in tasks], total)
+
+    @app.post("/v1/Tool/List")
+    async def list_tools(request: Request) -> JSONResponse:
+        caller_of(request)
+        params = await parameters_of(request)
+        start = _int_param(params, "start", 0, 0, 10**9)
+        limit = _int_param(params, "limit", 20, 1, MAX_LIST)
+        search = str(params.get("search", "")).strip().lower()
+        categories = set(_list_param(params, "categories"))
+        owner = str(params.get("slugowner", "")).strip().lower()
+        tools = [
+            tool for tool in service.catalog.tools
+            if (not search or search in f"{tool.slug} {tool.description}".lower())
+            and (not owner or tool.owner.lower() == owner)
+            and (not categories or categories & set(tool.summary()["categories"]))
+        ]
+        if str(params.get("order", "asc")).strip().lower() == "desc":
+            tools.reverse()
+        chosen = tools[start : start + limit]
+        entries = [tool.summary() if _bool_param(params, "summary") else tool.detail() for tool in chosen]
+        return ok(total=str(len(tools)), tool=entries)
+
+    @app.post("/v1/Tool/Detail")
+    async def tool_detail(request: Request) -> JSONResponse:
+        caller_of(request)
+        params = await parameters_of(request)
+        tool = service.catalog.find(str(params.get("slugowner", "")), str(params.get("slugproject", "")))
+        if tool is None:
+            raise ProtocolError(1, UNKNOWN_MODEL)
+        return ok(tool=[tool.detail()])
+
+    @app.get("/files/{folder}/{name}")
+    async def file(folder: str, name: str) -> FileResponse:
+        path = service.storage.open_path(folder, name)
+        if path is None:
+            raise HTTPException(404)
+        return FileResponse(path, headers={"Cache-Control": "public, max-age=31536000, immutable"})
+
+    return app

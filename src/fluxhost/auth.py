@@ -1,0 +1,220 @@
+"""API keys, HMAC request signatures and nonce replay protection.
+
+A signed request carries ``x-api-key``, ``x-nonce`` and
+``x-signature = hex(HMAC_SHA256(key=API_KEY, msg=API_SECRET + NONCE))``. Calls that create or
+change something spend their nonce (single use); read-only calls only check the signature, because
+the documented client flow reuses the Run nonce for every Detail poll.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+import string
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import sessionmaker
+
+from fluxhost.db import ApiKey, Project, UsedNonce
+
+ALPHANUMERIC = string.ascii_letters + string.digits
+_NONCE = re.compile(r"[0-9]{1,40}")
+
+
+class KeyMode(StrEnum):
+    SIGNATURE = "signature"  # x-api-key + x-nonce + x-signature
+    KEY_ONLY = "key-only"  # x-api-key alone
+
+
+class AuthError(Exception):
+    """A request that fails authentication; ``str(error)`` is the protocol's 401 message."""
+
+
+UNKNOWN_KEY = "Project authorization is not founded."
+SIGNATURE_REQUIRED = (
+    "Project requires signature authentication. x-signature and x-nonce headers are required."
+)
+BAD_SIGNATURE = "Project authorization is not valid."
+
+
+def random_token(length: int) -> str:
+    """A random alphanumeric string (keys, secrets, socket tokens, access keys)."""
+    return "".join(secrets.choice(ALPHANUMERIC) for _ in range(length))
+
+
+def sign(api_key: str, api_secret: str, nonce: str) -> str:
+    """The x-signature a client sends: hex HMAC-SHA256 keyed by the key over secret + nonce."""
+    return hmac.new(api_key.encode(), (api_secret + nonce).encode(), hashlib.sha256).hexdigest()
+
+
+def _digest(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a request comes from."""
+
+    key_id: int
+    project_id: int
+    project_name: str
+    mode: KeyMode
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A key as created: the only time its secret and webhook secret are shown."""
+
+    key_id: int
+    project: str
+    name: str
+    mode: KeyMode
+    api_key: str
+    api_secret: str
+    webhook_secret: str
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    key_id: int
+    project: str
+    name: str
+    mode: KeyMode
+    prefix: str
+    created_at: float
+    revoked: bool
+
+
+class KeyStore:
+    """Projects, their keys and spent nonces, in the database."""
+
+    def __init__(self, sessions: sessionmaker, nonce_retention_seconds: int):
+        self._sessions = sessions
+        self.nonce_retention = nonce_retention_seconds
+
+    def create(self, mode: KeyMode, name: str | None = None, project: str | None = None) -> NewKey:
+        """A new key for ``project`` (created when missing; default: a project of its own)."""
+        api_key = random_token(32)
+        api_secret = random_token(32)
+        now = time.time()
+        with self._sessions.begin() as session:
+            project_name = project or f"project-{random_token(8).lower()}"
+            record = session.scalar(select(Project).where(Project.name == project_name))
+            if record is None:
+                webhook_key = base64.b64encode(secrets.token_bytes(24)).decode()
+                record = Project(name=project_name, webhook_secret=f"whsec_{webhook_key}", created_at=now)
+                session.add(record)
+                session.flush()
+            key = ApiKey(
+                project_id=record.id,
+                name=name or project_name,
+                key_digest=_digest(api_key),
+                key_prefix=api_key[:8],
+                secret=api_secret,
+                mode=mode.value,
+                created_at=now,
+            )
+            session.add(key)
+            session.flush()
+            return NewKey(key.id, record.name, key.name, mode, api_key, api_secret, record.webhook_secret)
+
+    def list(self) -> list[KeyInfo]:
+        with self._sessions() as session:
+            keys = session.scalars(select(ApiKey).order_by(ApiKey.id)).all()
+            return [
+                KeyInfo(k.id, k.project.name, k.name, KeyMode(k.mode), k.key_prefix, k.created_at,
+                        k.revoked_at is not None)
+                for k in keys
+            ]
+
+    def revoke(self, key: str) -> bool:
+        """Revoke by id, by the key's first characters (as ``keys list`` shows), or by the key."""
+        with self._sessions.begin() as session:
+            query = select(ApiKey).where(ApiKey.revoked_at.is_(None))
+            if key.isdigit():
+                query = query.where(ApiKey.id == int(key))
+            elif len(key) > 12:
+                query = query.where(ApiKey.key_digest == _digest(key))
+            else:
+                query = query.where(ApiKey.key_prefix == key)
+            found = session.scalars(query).all()
+            if len(found) != 1:
+                return False
+            found[0].revoked_at = time.time()
+            return True
+
+    def count_active(self) -> int:
+        with self._sessions() as session:
+            return len(session.scalars(select(ApiKey.id).where(ApiKey.revoked_at.is_(None))).all())
+
+    def authenticate(self, api_key: str | None, nonce: str | None, signature: str | None) -> Caller:
+        """The caller behind these headers, or :class:`AuthError` with the protocol's message.
+        The nonce is checked as part of the signature but not spent: see :meth:`spend_nonce`."""
+        if not api_key:
+            raise AuthError(UNKNOWN_KEY)
+        with self._sessions() as session:
+            key = session.scalar(
+                select(ApiKey).where(ApiKey.key_digest == _digest(api_key), ApiKey.revoked_at.is_(None))
+            )
+            if key is None:
+                raise AuthError(UNKNOWN_KEY)
+            caller = Caller(key.id, key.project_id, key.project.name, KeyMode(key.mode))
+            secret = key.secret
+        if caller.mode == KeyMode.KEY_ONLY:
+            return caller
+        if not nonce or not signature:
+            raise AuthError(SIGNATURE_REQUIRED)
+        expected = sign(api_key, secret, nonce.strip())
+        if not hmac.compare_digest(expected.encode(), _signature_hex(signature).encode()):
+            raise AuthError(BAD_SIGNATURE)
+        return caller
+
+    def spend_nonce(self, caller: Caller, nonce: str | None) -> None:
+        """Use up the nonce of a state-changing call; a replayed or stale one is refused."""
+        if caller.mode == KeyMode.SIGNATURE and not self._spend(caller.key_id, (nonce or "").strip()):
+            raise AuthError(BAD_SIGNATURE)
+
+    def _spend(self, key_id: int, nonce: str) -> bool:
+        """Record ``nonce`` as used; False when it was used before or is a stale timestamp."""
+        if not _NONCE.fullmatch(nonce):
+            return False
+        now = time.time()
+        as_time = _nonce_time(nonce)
+        if as_time is not None and abs(now - as_time) > self.nonce_retention:
+            return False  # older than what we remember: it could be a replay
+        try:
+            with self._sessions.begin() as session:
+                session.add(UsedNonce(api_key_id=key_id, nonce=nonce.lstrip("0") or "0", used_at=now))
+        except IntegrityError:
+            return False
+        return True
+
+    def purge_nonces(self) -> int:
+        """Forget nonces older than the retention period; returns how many."""
+        cutoff = time.time() - self.nonce_retention
+        with self._sessions.begin() as session:
+            return session.execute(delete(UsedNonce).where(UsedNonce.used_at < cutoff)).rowcount
+
+
+def _signature_hex(header: str) -> str:
+    """The hex digest in an x-signature header. The hosted API's documented shell recipe pipes
+    ``openssl dgst -hmac``, which prints ``SHA2-256(stdin)= <hex>`` (or ``(stdin)= <hex>``), and
+    that whole line ends up in the header: the digest is its last word."""
+    words = header.split()
+    return words[-1].lower() if words else ""
+
+
+def _nonce_time(nonce: str) -> float | None:
+    """Unix seconds for nonces that look like timestamps (10 digits: s, 13 digits: ms)."""
+    if len(nonce) == 10:
+        return float(nonce)
+    if len(nonce) == 13:
+        return int(nonce) / 1000
+    return None

@@ -1,0 +1,150 @@
+"""The ``fluxhost`` command: serve, keys, models."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fluxhost.auth import KeyMode, NewKey
+from fluxhost.settings import DEFAULT_MODEL, Settings
+
+app = typer.Typer(help="fluxhost: a self-hosted FLUX text-to-image service.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys and their projects.", no_args_is_help=True)
+models_app = typer.Typer(help="Models and weights.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(models_app, name="models")
+console = Console()
+
+
+def _key_store(settings: Settings):
+    from fluxhost.auth import KeyStore
+    from fluxhost.db import make_engine, make_sessionmaker, migrate
+
+    engine = make_engine(settings.resolved_database_url)
+    migrate(engine)
+    return KeyStore(make_sessionmaker(engine), settings.nonce_retention_seconds)
+
+
+def _first_key_banner(key: NewKey, settings: Settings) -> str:
+    """What a first start prints: the new key and a Run request ready to paste."""
+    base = settings.resolved_public_url
+    run = f"{base}/v1/Run/{DEFAULT_MODEL}"
+    body = json.dumps({"prompt": "a lighthouse on a cliff at dusk", "aspectRatio": "16:9", "seed": "42"})
+    return "\n".join(
+        [
+            "No API key existed, so one was created. Keep the secret: it is shown only now.",
+            f"  api key:        {key.api_key}",
+            f"  api secret:     {key.api_secret}",
+            f"  webhook secret: {key.webhook_secret}",
+            "Try it:",
+            f"  export API_KEY={key.api_key} API_SECRET={key.api_secret}",
+            "  export NONCE=$(date +%s)",
+            '  export SIGNATURE=$(echo -n "${API_SECRET}${NONCE}" | openssl dgst -sha256 -hmac "${API_KEY}" '
+            "| awk '{print $NF}')",
+            f'  curl -X POST {run} -H "x-api-key: $API_KEY" -H "x-nonce: $NONCE" '
+            f'-H "x-signature: $SIGNATURE" -d {shlex.quote(body)}',
+        ]
+    )
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+) -> None:
+    """Run the API and the worker together."""
+    import uvicorn
+
+    from fluxhost.api.app import create_app
+    from fluxhost.service import Service
+
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    settings = Settings(**overrides)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    service = Service(settings)
+    if service.keys.count_active() == 0:
+        key = service.keys.create(KeyMode.SIGNATURE, name="first key")
+        console.print(_first_key_banner(key, settings), highlight=False, soft_wrap=True)
+    for slug, model in settings.models.items():
+        source = model.weights or "the tiny random-weight pipeline: it draws noise, not pictures"
+        engine = "bench engine (load tests only)" if settings.engine == "bench" else source
+        console.print(f"[bold yellow]Serving {slug} from {engine}[/]", highlight=False)
+    console.print(f"API on {settings.resolved_public_url}/v1  (data in {settings.data_dir.resolve()})")
+    uvicorn.run(create_app(service), host=settings.host, port=settings.port, log_level="warning")
+
+
+@keys_app.command("create")
+def keys_create(
+    mode: Annotated[KeyMode, typer.Option(help="signature: HMAC-signed requests; key-only: the key alone.")]
+    = KeyMode.SIGNATURE,
+    name: Annotated[str | None, typer.Option(help="A name to recognise the key by.")] = None,
+    project: Annotated[str | None, typer.Option(help="Project the key belongs to (default: a new one).")]
+    = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object, for scripts.")] = False,
+) -> None:
+    """Create a key. Its secret is printed once and never again."""
+    key = _key_store(Settings()).create(mode, name=name, project=project)
+    if as_json:
+        typer.echo(json.dumps({
+            "id": key.key_id, "project": key.project, "name": key.name, "mode": key.mode.value,
+            "api_key": key.api_key, "api_secret": key.api_secret, "webhook_secret": key.webhook_secret,
+        }))
+        return
+    console.print(f"Created {key.mode.value} key {key.name!r} in project {key.project!r}.", highlight=False)
+    console.print(f"  api key:        {key.api_key}\n  api secret:     {key.api_secret}\n"
+                  f"  webhook secret: {key.webhook_secret}", highlight=False)
+    console.print("The secrets are shown only now: store them safely.")
+
+
+@keys_app.command("list")
+def keys_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every key, without its secret."""
+    keys = _key_store(Settings()).list()
+    if as_json:
+        typer.echo(json.dumps([
+            {"id": k.key_id, "project": k.project, "name": k.name, "mode": k.mode.value,
+             "prefix": k.prefix, "created_at": k.created_at, "revoked": k.revoked} for k in keys
+        ]))
+        return
+    table = Table("id", "key", "name", "project", "mode", "state")
+    for k in keys:
+        table.add_row(str(k.key_id), f"{k.prefix}…", k.name, k.project, k.mode.value,
+                      "revoked" if k.revoked else "active")
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="The key's id, its first 8 characters, or the key.")]) -> None:
+    """Revoke a key: requests with it are refused from now on."""
+    if not _key_store(Settings()).revoke(key):
+        console.print(f"No single active key matches {key!r}.")
+        raise typer.Exit(1)
+    console.print("Revoked.")
+
+
+@models_app.command("build-tiny")
+def models_build_tiny(folder: Annotated[Path, typer.Argument(help="Where to write the pipeline.")]) -> None:
+    """Write a tiny random-weight FLUX pipeline (draws noise) that loads like real weights."""
+    from fluxhost.engines.tiny import ensure_tiny_pipeline
+
+    ensure_tiny_pipeline(folder)
+    console.print(f"Tiny FLUX pipeline in {folder}. Serve it with "
+                  f'FLUXHOST_MODELS=\'{{"{DEFAULT_MODEL}": {{"weights": "{folder}"}}}}\'', highlight=False)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """The models this configuration serves."""
+    settings = Settings()
+    table = Table("slug", "weights", "device", "dtype", "steps", "guidance")
+    for slug, model in settings.models.items():
+        table.add_row(slug, model.weights or "(tiny, random weights)", model.device, model.dtype,
+                      str(model.steps), str(model.guidance))
+    console.print(table)

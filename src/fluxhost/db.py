@@ -1,0 +1,155 @@
+"""The database schema (SQLAlchemy 2 models), engine creation and migrations.
+
+The same models run on SQLite (the embedded default, in WAL mode) and PostgreSQL; the schema is
+created and upgraded only by the Alembic migrations in ``fluxhost/migrations``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import JSON, Engine, Float, ForeignKey, Integer, String, Text, create_engine, event
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Project(Base):
+    """A tenant: keys and tasks belong to one; nothing crosses between projects."""
+
+    __tablename__ = "projects"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    webhook_secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class ApiKey(Base):
+    """A credential of a project. The key itself is kept only as a SHA-256 digest; the secret
+    is kept as given because signature checks need it (HMAC over secret + nonce)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    key_digest: Mapped[str] = mapped_column(String(64), unique=True)
+    key_prefix: Mapped[str] = mapped_column(String(12))
+    secret: Mapped[str] = mapped_column(String(100))
+    mode: Mapped[str] = mapped_column(String(20))  # "signature" or "key-only"
+    created_at: Mapped[float] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    project: Mapped[Project] = relationship(lazy="joined")
+
+
+class UsedNonce(Base):
+    """A nonce already spent by a state-changing call, remembered for the retention period."""
+
+    __tablename__ = "used_nonces"
+
+    api_key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(40), primary_key=True)
+    used_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class Task(Base):
+    """One Run: the single source of truth for its status; queues and events carry only ids."""
+
+    __tablename__ = "tasks"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids are never reused
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    socket_token: Mapped[str] = mapped_column(String(30), unique=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    model_slug: Mapped[str] = mapped_column(String(200), index=True)
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)  # validated inputs the engine gets
+    callback_url: Mapped[str] = mapped_column(String(2083), default="")
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    pexit: Mapped[str] = mapped_column(String(8), default="")
+    debug_output: Mapped[str] = mapped_column(Text, default="")
+    debug_error: Mapped[str] = mapped_column(Text, default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    files_deleted: Mapped[bool] = mapped_column(default=False)
+
+    create_time: Mapped[float] = mapped_column(Float)
+    accept_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+    preprocess_start_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+    preprocess_end_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+    assign_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+    start_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+    end_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+    postprocess_start_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+    postprocess_end_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cancel_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    outputs: Mapped[list[Output]] = relationship(
+        lazy="selectin", order_by="Output.name", cascade="all, delete-orphan"
+    )
+
+
+class Output(Base):
+    """One file a task made."""
+
+    __tablename__ = "outputs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    content_type: Mapped[str] = mapped_column(String(100))
+    size: Mapped[int] = mapped_column(Integer)
+    folder: Mapped[str] = mapped_column(String(64))  # the unguessable part of the URL
+    access_key: Mapped[str] = mapped_column(String(30))
+    added_at: Mapped[float] = mapped_column(Float)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and a folder to live in."""
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def alembic_config(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest migration (idempotent; safe at every start)."""
+    config = alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")

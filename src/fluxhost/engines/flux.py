@@ -1,0 +1,81 @@
+"""The diffusers FLUX engine: any diffusers text-to-image FLUX pipeline, local folder or hub id."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import torch
+from diffusers import DiffusionPipeline
+from PIL.Image import Image
+
+from fluxhost.engines.base import GenerationRequest, StepCallback
+from fluxhost.settings import ModelSettings
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """bfloat16 on accelerators; float32 on CPUs, where bfloat16 is far slower without AMX."""
+    if dtype != "auto":
+        return _DTYPES[dtype]
+    return torch.float32 if device == "cpu" else torch.bfloat16
+
+
+class FluxEngine:
+    """Wraps one diffusers pipeline, loaded once. Generations on one pipeline are serialised:
+    its scheduler keeps per-call state."""
+
+    def __init__(self, weights: str, model: ModelSettings, *, label: str | None = None):
+        self.weights = weights
+        self.model = model
+        self.device = resolve_device(model.device)
+        self.dtype = resolve_dtype(model.dtype, self.device)
+        self.description = f"{label or weights} on {self.device} ({str(self.dtype).removeprefix('torch.')})"
+        self._pipeline: DiffusionPipeline | None = None
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        pipeline = DiffusionPipeline.from_pretrained(self.weights, dtype=self.dtype)
+        if self.model.cpu_offload and self.device != "cpu":
+            pipeline.enable_model_cpu_offload(device=self.device)
+        else:
+            pipeline.to(self.device)
+        pipeline.set_progress_bar_config(disable=True)
+        self._pipeline = pipeline
+
+    def generate(self, request: GenerationRequest, on_step: StepCallback) -> list[Image]:
+        if self._pipeline is None:
+            raise RuntimeError("engine used before load()")
+
+        def step_end(_pipeline, step: int, _timestep, tensors: dict) -> dict:
+            on_step(step + 1, request.steps)
+            return tensors
+
+        # A CPU generator gives the same noise on every device, so a seed means one image.
+        generator = torch.Generator(device="cpu").manual_seed(request.seed)
+        with self._lock, torch.inference_mode():
+            result = self._pipeline(
+                prompt=request.prompt,
+                width=request.width,
+                height=request.height,
+                num_inference_steps=request.steps,
+                guidance_scale=request.guidance,
+                generator=generator,
+                max_sequence_length=self.model.max_sequence_length,
+                callback_on_step_end=step_end,
+                output_type="pil",
+            )
+        return list(result.images)

@@ -1,0 +1,88 @@
+"""The running service: settings turned into a store, keys, storage, events, engines and workers.
+
+The API and the CLI receive a :class:`Service`; nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+
+from fluxhost.auth import KeyStore
+from fluxhost.db import make_engine, make_sessionmaker, migrate
+from fluxhost.dispatch import LocalDispatcher
+from fluxhost.events import LocalEventBus
+from fluxhost.settings import Settings
+from fluxhost.storage import LocalStorage
+from fluxhost.store import TaskStore
+from fluxhost.tools import Catalog, Tool
+from fluxhost.worker import ServedModel, Worker
+
+log = logging.getLogger("fluxhost")
+
+JANITOR_SECONDS = 30.0
+
+
+class Service:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db = make_engine(settings.resolved_database_url)
+        migrate(self.db)
+        sessions = make_sessionmaker(self.db)
+        self.store = TaskStore(sessions)
+        self.keys = KeyStore(sessions, settings.nonce_retention_seconds)
+        self.storage = LocalStorage(settings.files_dir, settings.resolved_public_url)
+        self.events = LocalEventBus()
+        self.catalog = Catalog(
+            [Tool(*slug.split("/", 1), model.description) for slug, model in settings.models.items()]
+        )
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.dispatcher = LocalDispatcher(self.store, self._make_worker, settings.worker_concurrency)
+        self._stopping = threading.Event()
+        self._janitor: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Take back what a crash left, then start the workers and the janitor."""
+        if self.settings.worker_concurrency:
+            # The embedded worker is the only one on this database: whatever is claimed was ours.
+            recovery = self.store.recover(self.settings.max_attempts, only_expired=False)
+            if recovery.requeued or recovery.failed:
+                log.warning("recovered unfinished tasks: requeued %s, failed %s",
+                            recovery.requeued, recovery.failed)
+        self.dispatcher.start()
+        self._janitor = threading.Thread(target=self._janitor_loop, name="fluxhost-janitor", daemon=True)
+        self._janitor.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.dispatcher.stop()
+        self.db.dispose()
+
+    def _make_worker(self) -> Worker:
+        from fluxhost.engines import build_engine
+
+        if self.settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.settings.torch_threads)
+        models = {}
+        for slug, model in self.settings.models.items():
+            engine = build_engine(model, self.settings)
+            engine.load()
+            log.warning("SERVING %s with %s", slug, engine.description)
+            models[slug] = ServedModel(slug, model, engine)
+        return Worker(self.worker_id, self.store, models, self.storage, self.events, self.settings.lease_seconds)
+
+    def _janitor_loop(self) -> None:
+        while not self._stopping.wait(JANITOR_SECONDS):
+            try:
+                recovery = self.store.recover(self.settings.max_attempts)
+                if recovery.requeued:
+                    self.dispatcher.notify()
+                self.keys.purge_nonces()
+            except Exception:
+                log.exception("janitor pass failed")

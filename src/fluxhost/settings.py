@@ -1,0 +1,91 @@
+"""Every knob of the service, read from ``FLUXHOST_*`` environment variables (or a ``.env`` file).
+
+Nested values (the model table) are JSON, e.g.
+``FLUXHOST_MODELS='{"black-forest-labs/flux-pro-1.1": {"weights": "black-forest-labs/FLUX.1-dev",
+"device": "cuda", "dtype": "bfloat16", "steps": 28}}'``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "black-forest-labs/flux-pro-1.1"
+
+
+class ModelSettings(BaseModel):
+    """How one model slug (``owner/project``) is served."""
+
+    weights: str | None = Field(
+        default=None,
+        description="Local folder or Hugging Face hub id of a diffusers FLUX pipeline; "
+        "None serves the tiny random-weight pipeline (draws noise, for tests and demos).",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = Field(default="auto", description='"auto", "cpu", "cuda", "cuda:1", "mps"...')
+    steps: int = Field(default=28, ge=1, le=100, description="Denoising steps per image.")
+    guidance: float = Field(default=3.5, ge=0, le=50)
+    max_sequence_length: int = Field(default=512, ge=16, le=512, description="T5 prompt tokens.")
+    cpu_offload: bool = False
+    description: str = (
+        "FLUX text-to-image: state-of-the-art image generation with excellent prompt following."
+    )
+
+
+def _default_models() -> dict[str, ModelSettings]:
+    return {DEFAULT_MODEL: ModelSettings(steps=4, max_sequence_length=64)}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLUXHOST_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("data")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: a SQLite file in the data folder."
+    )
+    public_url: str | None = Field(
+        default=None, description="Base of the file links the API hands out; default: host+port."
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+    worker_concurrency: int = Field(default=1, ge=0, description="Tasks run at once; 0: no worker.")
+    engine: Literal["diffusers", "bench"] = Field(
+        default="diffusers", description='"bench" swaps every model for a solid-colour engine.'
+    )
+    models: dict[str, ModelSettings] = Field(default_factory=_default_models)
+    torch_threads: int | None = Field(default=None, ge=1, description="Pin torch CPU threads.")
+    nonce_retention_seconds: int = Field(default=86_400, ge=60)
+    max_attempts: int = Field(
+        default=3, ge=1, description="Runs a task gets before a lost worker fails it for good."
+    )
+    lease_seconds: float = Field(
+        default=120.0, gt=0, description="A claimed task is taken up again when this runs out."
+    )
+    log_level: str = "INFO"
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'fluxhost.db').resolve()}"
+
+    @property
+    def resolved_public_url(self) -> str:
+        if self.public_url:
+            return self.public_url
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+    @property
+    def tiny_model_dir(self) -> Path:
+        return self.data_dir / "models" / "tiny-flux"

@@ -1,0 +1,293 @@
+"""Persistence of tasks and their outputs (SQLAlchemy; SQLite or PostgreSQL).
+
+Every change of status is one conditional UPDATE (``WHERE status = <expected>``), so two
+workers, or a worker and a Cancel, can never both win: whoever's statement matches first owns
+the change and the other sees ``False``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import sessionmaker
+
+from fluxhost.auth import random_token
+from fluxhost.db import Output, Task
+from fluxhost.tasks import RUNNING, TERMINAL, Status, previous_status
+
+_TIME_COLUMN = {
+    Status.ACCEPT: "accept_time",
+    Status.PREPROCESS_START: "preprocess_start_time",
+    Status.PREPROCESS_END: "preprocess_end_time",
+    Status.ASSIGN: "assign_time",
+    Status.START: "start_time",
+    Status.END: "end_time",
+    Status.POSTPROCESS_START: "postprocess_start_time",
+    Status.POSTPROCESS_END: "postprocess_end_time",
+    Status.CANCEL: "cancel_time",
+}
+
+
+class StopResult(Enum):
+    """What Cancel or Kill found."""
+
+    STOPPED = "stopped"
+    NOT_FOUND = "not_found"
+    NOT_STOPPABLE = "not_stoppable"
+
+
+@dataclass(frozen=True)
+class NewOutput:
+    """A file a worker stored, to be recorded on its task."""
+
+    name: str
+    content_type: str
+    size: int
+    folder: str
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What a recovery sweep did with tasks whose worker went away."""
+
+    requeued: list[int]
+    failed: list[int]
+
+
+class TaskStore:
+    def __init__(self, sessions: sessionmaker):
+        self._sessions = sessions
+
+    # --- the API's side -------------------------------------------------------------------
+
+    def create(
+        self,
+        project_id: int,
+        model_slug: str,
+        parameters: dict[str, Any],
+        request: dict[str, Any],
+        callback_url: str = "",
+    ) -> Task:
+        task = Task(
+            uuid=str(uuid.uuid4()),
+            socket_token=random_token(30),
+            project_id=project_id,
+            model_slug=model_slug,
+            parameters=parameters,
+            request=request,
+            callback_url=callback_url,
+            status=Status.QUEUE.value,
+            pexit="",
+            debug_output="",
+            debug_error="",
+            attempts=0,
+            files_deleted=False,
+            create_time=time.time(),
+        )
+        with self._sessions.begin() as session:
+            session.add(task)
+            session.flush()
+            session.refresh(task, ["outputs"])
+        return task
+
+    def get(self, task_id: int) -> Task | None:
+        with self._sessions() as session:
+            return session.get(Task, task_id)
+
+    def find(self, project_id: int, *, task_id: int | None = None, token: str | None = None) -> Task | None:
+        """A task of ``project_id`` by id or socket token; None when absent or another's."""
+        query = select(Task).where(Task.project_id == project_id)
+        if task_id is not None:
+            query = query.where(Task.id == task_id)
+        elif token:
+            query = query.where(Task.socket_token == token)
+        else:
+            return None
+        with self._sessions() as session:
+            return session.scalar(query)
+
+    def list(
+        self,
+        project_id: int,
+        *,
+        start: int = 0,
+        limit: int = 20,
+        newest_first: bool = True,
+        sort: str = "id",
+        model_slug: str | None = None,
+    ) -> tuple[int, list[Task]]:
+        where = [Task.project_id == project_id]
+        if model_slug:
+            where.append(Task.model_slug == model_slug)
+        column = {"id": Task.id, "createtime": Task.create_time, "status": Task.status}.get(sort, Task.id)
+        order = [column.desc(), Task.id.desc()] if newest_first else [column.asc(), Task.id.asc()]
+        with self._sessions() as session:
+            total = session.scalar(select(func.count()).select_from(Task).where(*where)) or 0
+            tasks = session.scalars(select(Task).where(*where).order_by(*order).offset(start).limit(limit)).all()
+        return total, list(tasks)
+
+    def cancel(self, project_id: int, task_id: int) -> StopResult:
+        """Cancel a task no worker has claimed: it will never run."""
+        return self._stop(project_id, task_id, (Status.QUEUE,))
+
+    def kill(self, project_id: int, task_id: int) -> StopResult:
+        """Stop a queued or running task; its worker notices at the next denoising step."""
+        return self._stop(project_id, task_id, (Status.QUEUE, *RUNNING))
+
+    def _stop(self, project_id: int, task_id: int, allowed: tuple[Status, ...]) -> StopResult:
+        with self._sessions.begin() as session:
+            changed = session.execute(
+                update(Task)
+                .where(Task.id == task_id, Task.project_id == project_id, Task.status.in_([s.value for s in allowed]))
+                .values(status=Status.CANCEL.value, cancel_time=time.time(), lease_expires_at=None)
+            ).rowcount
+            if changed:
+                return StopResult.STOPPED
+            exists = session.scalar(select(Task.id).where(Task.id == task_id, Task.project_id == project_id))
+            return StopResult.NOT_STOPPABLE if exists else StopResult.NOT_FOUND
+
+    def mark_files_deleted(self, task_id: int) -> list[Output]:
+        """Forget a finished task's outputs (the record stays); returns what to remove from storage."""
+        with self._sessions.begin() as session:
+            task = session.get(Task, task_id)
+            if task is None:
+                return []
+            removed = list(task.outputs)
+            task.outputs.clear()
+            task.files_deleted = True
+            return removed
+
+    # --- the worker's side ----------------------------------------------------------------
+
+    def claim_next(self, worker_id: str, model_slugs: list[str], lease_seconds: float) -> Task | None:
+        """Atomically move the oldest queued task of these models to ``task_accept`` for us."""
+        now = time.time()
+        oldest = (
+            select(Task.id)
+            .where(Task.status == Status.QUEUE.value, Task.model_slug.in_(model_slugs))
+            .order_by(Task.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        with self._sessions.begin() as session:
+            claimed = session.execute(
+                update(Task)
+                .where(Task.id == oldest, Task.status == Status.QUEUE.value)
+                .values(
+                    status=Status.ACCEPT.value,
+                    accept_time=now,
+                    worker_id=worker_id,
+                    lease_expires_at=now + lease_seconds,
+                    attempts=Task.attempts + 1,
+                )
+                .returning(Task.id)
+            ).scalar()
+        return self.get(claimed) if claimed is not None else None
+
+    def advance(self, task_id: int, status: Status, lease_seconds: float | None = None, **values: Any) -> bool:
+        """Move a task one step along the worker path; False if it was cancelled meanwhile."""
+        now = time.time()
+        values[_TIME_COLUMN[status]] = now
+        if lease_seconds is not None:
+            values["lease_expires_at"] = now + lease_seconds
+        with self._sessions.begin() as session:
+            return bool(
+                session.execute(
+                    update(Task)
+                    .where(Task.id == task_id, Task.status == previous_status(status).value)
+                    .values(status=status.value, **values)
+                ).rowcount
+            )
+
+    def renew_lease(self, task_id: int, worker_id: str, lease_seconds: float) -> bool:
+        """Extend our claim; False when the task is no longer ours to run (killed, taken over)."""
+        with self._sessions.begin() as session:
+            return bool(
+                session.execute(
+                    update(Task)
+                    .where(Task.id == task_id, Task.worker_id == worker_id,
+                           Task.status.in_([s.value for s in RUNNING]))
+                    .values(lease_expires_at=time.time() + lease_seconds)
+                ).rowcount
+            )
+
+    def finish(self, task_id: int, outputs: list[NewOutput], debug_output: str) -> bool:
+        """``task_postprocess_start`` -> ``task_postprocess_end`` with pexit 0 and the outputs."""
+        now = time.time()
+        with self._sessions.begin() as session:
+            done = session.execute(
+                update(Task)
+                .where(Task.id == task_id, Task.status == Status.POSTPROCESS_START.value)
+                .values(status=Status.POSTPROCESS_END.value, postprocess_end_time=now, pexit="0",
+                        debug_output=debug_output, lease_expires_at=None)
+            ).rowcount
+            if not done:
+                return False
+            for output in outputs:
+                session.add(
+                    Output(id=uuid.uuid4().hex, task_id=task_id, name=output.name,
+                           content_type=output.content_type, size=output.size, folder=output.folder,
+                           access_key=random_token(30), added_at=now)
+                )
+            return True
+
+    def fail(self, task_id: int, error: str, debug_output: str = "") -> bool:
+        """End a running task as failed: ``task_postprocess_end``, pexit 1, the reason kept."""
+        now = time.time()
+        with self._sessions.begin() as session:
+            return bool(
+                session.execute(
+                    update(Task)
+                    .where(Task.id == task_id, Task.status.in_([s.value for s in (Status.QUEUE, *RUNNING)]))
+                    .values(status=Status.POSTPROCESS_END.value, pexit="1", debug_error=error,
+                            debug_output=debug_output, postprocess_end_time=now,
+                            end_time=func.coalesce(Task.end_time, now), lease_expires_at=None)
+                ).rowcount
+            )
+
+    def set_debug_output(self, task_id: int, text: str) -> None:
+        with self._sessions.begin() as session:
+            session.execute(update(Task).where(Task.id == task_id).values(debug_output=text))
+
+    def recover(self, max_attempts: int, *, only_expired: bool = True) -> Recovery:
+        """Take back tasks whose worker is gone: queue them again, or fail them for good once they
+        have had ``max_attempts`` runs. With ``only_expired=False`` every claimed task counts as
+        lost (a single embedded worker that just started knows no other worker runs them)."""
+        now = time.time()
+        requeued: list[int] = []
+        failed: list[int] = []
+        where = [Task.status.in_([s.value for s in RUNNING])]
+        if only_expired:
+            where.append(Task.lease_expires_at < now)
+        with self._sessions() as session:
+            lost = session.execute(select(Task.id, Task.attempts).where(*where)).all()
+        for task_id, attempts in lost:
+            if attempts >= max_attempts:
+                message = f"The worker running this task was lost {attempts} times; giving up."
+                if self.fail(task_id, message):
+                    failed.append(task_id)
+                continue
+            with self._sessions.begin() as session:
+                changed = session.execute(
+                    update(Task)
+                    .where(Task.id == task_id, *where)
+                    .values(status=Status.QUEUE.value, worker_id=None, lease_expires_at=None,
+                            **{column: None for column in _TIME_COLUMN.values()})
+                ).rowcount
+            if changed:
+                requeued.append(task_id)
+        return Recovery(requeued, failed)
+
+    def queued_ids(self) -> list[int]:
+        with self._sessions() as session:
+            return list(session.scalars(select(Task.id).where(Task.status == Status.QUEUE.value).order_by(Task.id)))
+
+
+def is_terminal(task: Task) -> bool:
+    return Status(task.status) in TERMINAL

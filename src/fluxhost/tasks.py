@@ -1,0 +1,68 @@
+"""Task statuses and the order a task walks through them (no I/O here)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    """The protocol's task statuses, in lifecycle order."""
+
+    QUEUE = "task_queue"  # stored, waiting for a worker
+    ACCEPT = "task_accept"  # a worker claimed it
+    PREPROCESS_START = "task_preprocess_start"  # inputs being prepared (seed, prompt)
+    PREPROCESS_END = "task_preprocess_end"  # inputs ready
+    ASSIGN = "task_assign"  # handed to a loaded engine
+    START = "task_start"  # denoising running
+    OUTPUT = "task_output"  # event only: progress or a log line while running
+    END = "task_end"  # denoising done
+    POSTPROCESS_START = "task_postprocess_start"  # encoding and storing files
+    POSTPROCESS_END = "task_postprocess_end"  # terminal: done or failed (see pexit)
+    CANCEL = "task_cancel"  # terminal: cancelled while queued or killed while running
+
+
+TERMINAL = frozenset({Status.POSTPROCESS_END, Status.CANCEL})
+
+# Claimed by a worker and not yet finished: these are what a crash can leave behind.
+RUNNING = frozenset(
+    {
+        Status.ACCEPT,
+        Status.PREPROCESS_START,
+        Status.PREPROCESS_END,
+        Status.ASSIGN,
+        Status.START,
+        Status.END,
+        Status.POSTPROCESS_START,
+    }
+)
+
+# The statuses a worker moves a task through, in order; each may only follow the one before it.
+WORKER_PATH = (
+    Status.QUEUE,
+    Status.ACCEPT,
+    Status.PREPROCESS_START,
+    Status.PREPROCESS_END,
+    Status.ASSIGN,
+    Status.START,
+    Status.END,
+    Status.POSTPROCESS_START,
+    Status.POSTPROCESS_END,
+)
+
+
+def previous_status(status: Status) -> Status:
+    """The status a task must hold for a worker to move it to ``status``."""
+    index = WORKER_PATH.index(status)
+    if index == 0:
+        raise ValueError(f"{status} starts the lifecycle")
+    return WORKER_PATH[index - 1]
+
+
+def is_cancellable(status: Status) -> bool:
+    """Cancel only takes a task that no worker has claimed yet."""
+    return status == Status.QUEUE
+
+
+def is_killable(status: Status) -> bool:
+    """Kill takes any task that has not ended, queued or running."""
+    return status not in TERMINAL

@@ -1,0 +1,157 @@
+"""One task from claim to terminal state: the lifecycle, the engine, the files, the events."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from fluxhost.db import Task
+from fluxhost.engines import Engine, GenerationRequest
+from fluxhost.events import EventBus, TaskEvent
+from fluxhost.images import CONTENT_TYPES, encode
+from fluxhost.settings import ModelSettings
+from fluxhost.storage import Storage
+from fluxhost.store import NewOutput, TaskStore
+from fluxhost.tasks import Status
+
+log = logging.getLogger(__name__)
+
+FILE_EXTENSIONS = {"png": "png", "jpeg": "jpg"}
+
+
+class TaskStopped(Exception):
+    """The task left our hands while running: killed, or its lease was taken over."""
+
+
+@dataclass
+class ServedModel:
+    """A model slug with its settings and its loaded engine."""
+
+    slug: str
+    settings: ModelSettings
+    engine: Engine
+
+
+def progress_message(step: int, total: int, started: float, now: float) -> dict[str, str]:
+    """The protocol's ``progressGenerate`` object for a ``task_output`` frame."""
+    elapsed = max(now - started, 1e-9)
+    speed = step / elapsed
+    remaining = (total - step) / speed if speed else 0.0
+    return {
+        "type": "progressGenerate",
+        "task": "Generate",
+        "percentage": str(round(100 * step / total)),
+        "stepCurrent": str(step),
+        "stepTotal": str(total),
+        "speed": f"{speed:.2f}",
+        "speedType": "it/s",
+        "elapsedTime": f"{round(elapsed)}s",
+        "remainingTime": f"{round(remaining)}s",
+    }
+
+
+class Worker:
+    def __init__(
+        self,
+        worker_id: str,
+        store: TaskStore,
+        models: dict[str, ServedModel],
+        storage: Storage,
+        events: EventBus,
+        lease_seconds: float,
+    ):
+        self.worker_id = worker_id
+        self.store = store
+        self.models = models
+        self.storage = storage
+        self.events = events
+        self.lease_seconds = lease_seconds
+
+    def run(self, task: Task) -> None:
+        """Take a claimed task (in ``task_accept``) to its end. Never raises."""
+        self._emit(task, Status.ACCEPT)
+        log_lines: list[str] = []
+        saved: list[NewOutput] = []
+        try:
+            self._run(task, log_lines, saved)
+        except TaskStopped:
+            self._discard(saved)
+            log_lines.append("Stopped by Kill.")
+            self.store.set_debug_output(task.id, "\n".join(log_lines))
+            log.info("task %s stopped while running", task.id)
+        except Exception as error:  # the task fails; the worker goes on with the next one
+            self._discard(saved)
+            log.exception("task %s failed", task.id)
+            if self.store.fail(task.id, f"{type(error).__name__}: {error}", "\n".join(log_lines)):
+                self._emit(task, Status.POSTPROCESS_END)
+
+    def _run(self, task: Task, log_lines: list[str], saved: list[NewOutput]) -> None:
+        model = self.models[task.model_slug]
+        self._advance(task, Status.PREPROCESS_START)
+        request = GenerationRequest(
+            prompt=task.request["prompt"],
+            width=task.request["width"],
+            height=task.request["height"],
+            seed=task.request["seed"],
+            steps=model.settings.steps,
+            guidance=model.settings.guidance,
+        )
+        if task.request.get("prompt_upsampling"):
+            log_lines.append("Prompt upsampling is not available on this server: prompt used as given.")
+        log_lines.append(
+            f"model {task.model_slug}: {model.engine.description}; seed {request.seed}, "
+            f"{request.width}x{request.height}, {request.steps} steps, guidance {request.guidance}"
+        )
+        self._advance(task, Status.PREPROCESS_END)
+        self._advance(task, Status.ASSIGN)
+        self._advance(task, Status.START)
+
+        started = time.monotonic()
+        stop_step = [0]
+
+        def on_step(step: int, total: int) -> None:
+            stop_step[0] = step
+            if not self.store.renew_lease(task.id, self.worker_id, self.lease_seconds):
+                log_lines.append(f"Stopped at step {step} of {total}.")
+                raise TaskStopped
+            self._emit(task, Status.OUTPUT, progress_message(step, total, started, time.monotonic()))
+
+        images = model.engine.generate(request, on_step)
+        log_lines.append(f"Generated {len(images)} image(s) in {time.monotonic() - started:.2f}s.")
+        self._advance(task, Status.END)
+        self._advance(task, Status.POSTPROCESS_START)
+
+        output_format = task.request["output_format"]
+        metadata = {
+            "model": task.model_slug,
+            "prompt": request.prompt,
+            "seed": request.seed,
+            "width": request.width,
+            "height": request.height,
+            "steps": request.steps,
+            "guidance": request.guidance,
+            "aspectRatio": task.request["aspect_ratio"],
+            "engine": model.engine.description,
+        }
+        folder = self.storage.new_folder()
+        for index, image in enumerate(images):
+            data = encode(image, output_format, metadata)
+            name = f"{index}.{FILE_EXTENSIONS[output_format]}"
+            self.storage.save(folder, name, data)
+            saved.append(NewOutput(name, CONTENT_TYPES[output_format], len(data), folder))
+        if not self.store.finish(task.id, saved, "\n".join(log_lines)):
+            raise TaskStopped
+        self._emit(task, Status.POSTPROCESS_END)
+
+    def _advance(self, task: Task, status: Status) -> None:
+        if not self.store.advance(task.id, status, lease_seconds=self.lease_seconds):
+            raise TaskStopped
+        self._emit(task, status)
+
+    def _emit(self, task: Task, status: Status, message: object = None) -> None:
+        self.events.publish(TaskEvent(task.id, task.socket_token, status.value, message))
+
+    def _discard(self, saved: list[NewOutput]) -> None:
+        for output in saved:
+            self.storage.delete(output.folder, output.name)

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from fluxhost.auth import KeyMode
+from fluxhost.engines.tiny import ensure_tiny_pipeline
+from fluxhost.settings import ModelSettings, Settings
+from tests.helpers import SLUG, LiveServer, ProtocolClient, free_port
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny FLUX pipeline folder for the whole run, loaded like real weights."""
+    return ensure_tiny_pipeline(tmp_path_factory.mktemp("weights") / "tiny-flux")
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, tiny_weights: Path) -> Callable[..., Settings]:
+    def make(steps: int = 4, **overrides) -> Settings:
+        port = free_port()
+        values = dict(
+            data_dir=tmp_path / "data",
+            host="127.0.0.1",
+            port=port,
+            torch_threads=2,
+            models={SLUG: ModelSettings(weights=str(tiny_weights), steps=steps, max_sequence_length=32)},
+        )
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def server(make_settings) -> Iterator[LiveServer]:
+    with LiveServer(make_settings()) as live:
+        yield live
+
+
+@pytest.fixture
+def client(server: LiveServer) -> ProtocolClient:
+    return ProtocolClient(server.base_url, server.service.keys.create(KeyMode.SIGNATURE))
