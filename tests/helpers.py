@@ -73,7 +73,7 @@ class ProtocolClient:
                 "x-signature": sign(self.key.api_key, self.key.api_secret, nonce)}
 
     def post(self, path: str, body: dict[str, Any] | None = None, **kwargs: Any) -> httpx.Response:
-        headers = kwargs.pop("headers", None) or self.headers()
+        headers = kwargs.pop("headers") if "headers" in kwargs else self.headers()
         return httpx.post(f"{self.base_url}/v1/{path}", json=body or {}, headers=headers, timeout=30, **kwargs)
 
     def call(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:

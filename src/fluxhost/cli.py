@@ -75,8 +75,8 @@ def serve(
     for slug, model in settings.models.items():
         source = model.weights or "the tiny random-weight pipeline: it draws noise, not pictures"
         engine = "bench engine (load tests only)" if settings.engine == "bench" else source
-        console.print(f"[bold yellow]Serving {slug} from {engine}[/]", highlight=False)
-    console.print(f"API on {settings.resolved_public_url}/v1  (data in {settings.data_dir.resolve()})")
+        console.print(f"[bold yellow]Serving {slug} from {engine}[/]", highlight=False, soft_wrap=True)
+    console.print(f"API on {settings.resolved_public_url}/v1  (data in {settings.data_dir.resolve()})", soft_wrap=True)
     uvicorn.run(create_app(service), host=settings.host, port=settings.port, log_level="warning")
 
 

@@ -42,6 +42,7 @@ class LocalDispatcher:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self.ready = threading.Event()  # set once the worker (and its engines) is loaded
+        self.worker: Worker | None = None
 
     def start(self) -> None:
         if self.concurrency:
@@ -55,6 +56,7 @@ class LocalDispatcher:
         except Exception:
             log.exception("the worker could not start: tasks stay queued")
             return
+        self.worker = worker
         self.ready.set()
         for index in range(self.concurrency):
             thread = threading.Thread(target=self._loop, args=(worker,), name=f"fluxhost-worker-{index}",

@@ -71,8 +71,13 @@ class Service:
             torch.set_num_threads(self.settings.torch_threads)
         models = {}
         for slug, model in self.settings.models.items():
-            engine = build_engine(model, self.settings)
-            engine.load()
+            try:
+                engine = build_engine(model, self.settings)
+                engine.load()
+            except Exception as error:  # its tasks fail with this reason; other models still serve
+                log.exception("model %s could not be loaded", slug)
+                models[slug] = ServedModel(slug, model, None, f"{type(error).__name__}: {error}")
+                continue
             log.warning("SERVING %s with %s", slug, engine.description)
             models[slug] = ServedModel(slug, model, engine)
         return Worker(self.worker_id, self.store, models, self.storage, self.events, self.settings.lease_seconds)

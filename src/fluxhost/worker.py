@@ -26,11 +26,12 @@ class TaskStopped(Exception):
 
 @dataclass
 class ServedModel:
-    """A model slug with its settings and its loaded engine."""
+    """A model slug with its settings and its loaded engine (or why it could not be loaded)."""
 
     slug: str
     settings: ModelSettings
-    engine: Engine
+    engine: Engine | None
+    load_error: str = ""
 
 
 def progress_message(step: int, total: int, started: float, now: float) -> dict[str, str]:
@@ -88,6 +89,8 @@ class Worker:
 
     def _run(self, task: Task, log_lines: list[str], saved: list[NewOutput]) -> None:
         model = self.models[task.model_slug]
+        if model.engine is None:
+            raise RuntimeError(f"model {model.slug} could not be loaded: {model.load_error}")
         self._advance(task, Status.PREPROCESS_START)
         request = GenerationRequest(
             prompt=task.request["prompt"],

@@ -6,7 +6,9 @@ import logging
 import threading
 
 import torch
+import transformers
 from diffusers import DiffusionPipeline
+from diffusers.utils import logging as diffusers_logging
 from PIL.Image import Image
 
 from fluxhost.engines.base import GenerationRequest, StepCallback
@@ -48,6 +50,8 @@ class FluxEngine:
         self._lock = threading.Lock()
 
     def load(self) -> None:
+        diffusers_logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
         pipeline = DiffusionPipeline.from_pretrained(self.weights, dtype=self.dtype)
         if self.model.cpu_offload and self.device != "cpu":
             pipeline.enable_model_cpu_offload(device=self.device)

@@ -1,0 +1,88 @@
+"""The command line: keys, models, and a first `fluxhost serve` as a newcomer sees it."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fluxhost.cli import app
+from fluxhost.auth import KeyMode, NewKey
+from tests.helpers import ProtocolClient, free_port
+
+FLUXHOST = str(Path(sys.executable).with_name("fluxhost"))
+
+
+@pytest.fixture
+def cli_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLUXHOST_DATA_DIR", str(tmp_path / "data"))
+    return CliRunner()
+
+
+def test_keys_create_list_revoke(cli_env):
+    created = cli_env.invoke(app, ["keys", "create", "--json", "--name", "ci", "--project", "team"])
+    assert created.exit_code == 0, created.output
+    key = json.loads(created.output)
+    assert {"api_key", "api_secret", "webhook_secret"} <= set(key) and key["mode"] == "signature"
+    assert key["webhook_secret"].startswith("whsec_")
+    key_only = json.loads(cli_env.invoke(app, ["keys", "create", "--json", "--mode", "key-only"]).output)
+    assert key_only["project"] != "team" and key_only["mode"] == "key-only"
+
+    listed = json.loads(cli_env.invoke(app, ["keys", "list", "--json"]).output)
+    assert [(k["name"], k["project"], k["revoked"]) for k in listed][0] == ("ci", "team", False)
+    table = cli_env.invoke(app, ["keys", "list"]).output
+    assert key["api_key"][:8] in table and key["api_secret"] not in table
+
+    assert cli_env.invoke(app, ["keys", "revoke", key["api_key"][:8]]).exit_code == 0
+    assert json.loads(cli_env.invoke(app, ["keys", "list", "--json"]).output)[0]["revoked"] is True
+    assert cli_env.invoke(app, ["keys", "revoke", "nothing"]).exit_code == 1
+
+
+def test_models_build_tiny_writes_a_loadable_pipeline(cli_env, tmp_path):
+    result = cli_env.invoke(app, ["models", "build-tiny", str(tmp_path / "tiny")])
+    assert result.exit_code == 0, result.output
+    index = json.loads((tmp_path / "tiny" / "model_index.json").read_text())
+    assert index["_class_name"] == "FluxPipeline"
+    vae = json.loads((tmp_path / "tiny" / "vae" / "config.json").read_text())
+    assert vae["latent_channels"] == 16 and len(vae["block_out_channels"]) == 4  # scale factor 8
+
+
+def test_first_serve_prints_a_key_and_a_request_that_works(tmp_path):
+    port = free_port()
+    env = {**os.environ, "FLUXHOST_DATA_DIR": str(tmp_path / "data"), "FLUXHOST_PORT": str(port)}
+    env.pop("FLUXHOST_MODELS", None)
+    process = subprocess.Popen([FLUXHOST, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    lines: list[str] = []
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("API on"):
+                break
+        banner = "".join(lines)
+        assert "tiny random-weight pipeline: it draws noise" in banner
+        commands = [line.strip() for line in lines if line.strip().startswith(("export ", "curl "))]
+        assert len(commands) == 4, banner
+        time.sleep(0.5)
+        answer = None
+        for _ in range(100):  # the port opens a moment after the banner
+            done = subprocess.run(["bash", "-c", "; ".join(commands)], capture_output=True, text=True, timeout=30)
+            if done.stdout:
+                answer = json.loads(done.stdout)
+                break
+            time.sleep(0.2)
+        assert answer and answer["result"] is True and answer["taskid"] == "1"
+        api_key = re.search(r"api key: +(\w{32})", banner).group(1)
+        api_secret = re.search(r"api secret: +(\w{32})", banner).group(1)
+        key = NewKey(1, "", "", KeyMode.SIGNATURE, api_key, api_secret, "")
+        task = ProtocolClient(f"http://127.0.0.1:{port}", key).wait("1")
+        assert task["pexit"] == "0" and task["outputs"]
+    finally:
+        process.kill()
+        process.wait(10)
+    assert (tmp_path / "data" / "models" / "tiny-flux" / "model_index.json").exists()

@@ -1,0 +1,107 @@
+"""Tasks survive the process being killed: a real `fluxhost serve`, SIGKILLed mid-run, restarted."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fluxhost.auth import KeyMode, KeyStore, NewKey
+from fluxhost.db import make_engine, make_sessionmaker, migrate
+from fluxhost.store import TaskStore
+from tests.helpers import SLUG, ProtocolClient, free_port
+
+FLUXHOST = str(Path(sys.executable).with_name("fluxhost"))
+
+
+@pytest.fixture
+def serve_env(tmp_path, tiny_weights):
+    port = free_port()
+    env = {
+        **os.environ,
+        "FLUXHOST_DATA_DIR": str(tmp_path / "data"),
+        "FLUXHOST_PORT": str(port),
+        "FLUXHOST_TORCH_THREADS": "2",
+        "FLUXHOST_MODELS": json.dumps({SLUG: {"weights": str(tiny_weights), "steps": 25, "max_sequence_length": 32}}),
+    }
+    return env, f"http://127.0.0.1:{port}"
+
+
+def start(env) -> subprocess.Popen:
+    return subprocess.Popen([FLUXHOST, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_up(base_url: str, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "server exited"
+        try:
+            httpx.post(f"{base_url}/v1/Tool/List", timeout=2)
+            return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError("server did not come up")
+
+
+def test_sigkill_loses_no_task(serve_env):
+    env, base_url = serve_env
+    created = subprocess.run([FLUXHOST, "keys", "create", "--json"], env=env, capture_output=True, text=True, check=True)
+    key_json = json.loads(created.stdout)
+    key = NewKey(key_json["id"], key_json["project"], key_json["name"], key_json["mode"],
+                 key_json["api_key"], key_json["api_secret"], key_json["webhook_secret"])
+    client = ProtocolClient(base_url, key)
+
+    process = start(env)
+    try:
+        wait_up(base_url, process)
+        ids = [client.run(seed=str(n))["taskid"] for n in range(3)]
+        client.wait(ids[0], ("task_start",))
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+        process = start(env)
+        wait_up(base_url, process)
+        tasks = [client.wait(taskid, timeout=180) for taskid in ids]
+    finally:
+        process.kill()
+        process.wait(10)
+    for task in tasks:
+        assert task["status"] == "task_postprocess_end" and task["pexit"] == "0", task
+        assert len(task["outputs"]) == 1
+
+
+@pytest.fixture
+def store_and_project(tmp_path) -> tuple[TaskStore, int]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    migrate(engine)
+    sessions = make_sessionmaker(engine)
+    key = KeyStore(sessions, 3600).create(KeyMode.KEY_ONLY)
+    project_id = KeyStore(sessions, 3600).authenticate(key.api_key, None, None).project_id
+    return TaskStore(sessions), project_id
+
+
+def test_a_task_whose_worker_keeps_dying_fails_with_a_reason(store_and_project):
+    store, project_id = store_and_project
+    task = store.create(project_id, SLUG, {}, {})
+    for attempt in range(1, 3):
+        assert store.claim_next(f"worker-{attempt}", [SLUG], lease_seconds=60).id == task.id
+        recovery = store.recover(max_attempts=2, only_expired=False)
+        if attempt == 1:
+            assert recovery.requeued == [task.id] and store.get(task.id).status == "task_queue"
+    assert recovery.failed == [task.id]
+    lost = store.get(task.id)
+    assert lost.status == "task_postprocess_end" and lost.pexit == "1" and "lost 2 times" in lost.debug_error
+
+
+def test_only_expired_leases_are_taken_back(store_and_project):
+    store, project_id = store_and_project
+    fresh, stale = store.create(project_id, SLUG, {}, {}), store.create(project_id, SLUG, {}, {})
+    store.claim_next("alive", [SLUG], lease_seconds=600)
+    store.claim_next("dead", [SLUG], lease_seconds=-1)
+    assert store.recover(max_attempts=3).requeued == [stale.id]
+    assert store.get(fresh.id).status == "task_accept"

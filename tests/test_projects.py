@@ -1,0 +1,76 @@
+"""Projects are walled off from each other; files can be deleted; the catalog describes the tool."""
+
+import httpx
+
+from fluxhost.auth import KeyMode
+from tests.helpers import SLUG, ProtocolClient
+
+NO_TASK = [{"code": 1, "message": "There is no task yet."}]
+
+
+def test_another_project_cannot_see_or_touch_a_task(server, client):
+    run = client.run()
+    other = ProtocolClient(server.base_url, server.service.keys.create(KeyMode.SIGNATURE))
+    for path in ("Task/Detail", "Task/Cancel", "Task/Kill", "Task/InputOutputDelete"):
+        assert other.call(path, {"taskid": run["taskid"]})["errors"] == NO_TASK, path
+        assert other.call(path, {"tasktoken": run["socketaccesstoken"]})["errors"] == NO_TASK, path
+    assert other.call("Task/List", {}) == {"total": "0", "errors": [], "tasklist": [], "result": True}
+    task = client.wait(run["taskid"])
+    assert task["status"] == "task_postprocess_end" and task["outputs"]
+
+
+def test_keys_of_one_project_share_its_tasks(server, client):
+    run = client.run()
+    same = server.service.keys.create(KeyMode.KEY_ONLY, project=client.key.project)
+    colleague = ProtocolClient(server.base_url, same, signed=False)
+    assert colleague.detail(run["taskid"])["socketaccesstoken"] == run["socketaccesstoken"]
+
+
+def test_list_is_newest_first_and_pages(client):
+    ids = [client.run()["taskid"] for _ in range(3)]
+    listed = client.call("Task/List", {})
+    assert listed["total"] == "3" and [t["id"] for t in listed["tasklist"]] == ids[::-1]
+    oldest_first = client.call("Task/List", {"order": "asc", "start": "1", "limit": "1"})
+    assert oldest_first["total"] == "3" and [t["id"] for t in oldest_first["tasklist"]] == [ids[1]]
+    for taskid in ids:
+        client.wait(taskid)
+
+
+def test_input_output_delete_removes_the_files_and_keeps_the_record(client):
+    run = client.run()
+    url = client.wait(run["taskid"])["outputs"][0]["url"]
+    assert httpx.get(url, timeout=10).status_code == 200
+    for _ in range(2):  # idempotent
+        assert client.call("Task/InputOutputDelete", {"tasktoken": run["socketaccesstoken"]}) == {
+            "result": True, "errors": []}
+    task = client.detail(run["taskid"])
+    assert task["status"] == "task_postprocess_end" and task["outputs"] == [] and task["size"] == "0"
+    assert httpx.get(url, timeout=10).status_code == 404
+
+
+def test_input_output_delete_waits_for_the_end(client):
+    run = client.run()
+    answer = client.call("Task/InputOutputDelete", {"tasktoken": run["socketaccesstoken"]})
+    if answer["result"] is False:  # still running: refused
+        assert answer["errors"][0]["code"] == 1
+    client.wait(run["taskid"])
+
+
+def test_tool_list_and_detail(client):
+    listed = client.call("Tool/List", {"search": "flux", "categories": '["text-to-image"]'})
+    assert listed["total"] == "1" and listed["tool"][0]["slugproject"] == "flux-pro-1.1"
+    assert client.call("Tool/List", {"search": "nothing-like-it"})["total"] == "0"
+    for project in ("flux-pro-1.1", "flux-pro-1-1"):
+        [tool] = client.call("Tool/Detail", {"slugowner": "black-forest-labs", "slugproject": project})["tool"]
+        items = {item["id"]: item for group in tool["parameters"] for item in group["items"]}
+        assert list(items) == ["prompt", "promptUpsampling", "safetyTolerance", "aspectRatio", "seed", "outputFormat"]
+        sizes = {o["value"]: (o["width"], o["height"]) for o in items["aspectRatio"]["options"]}
+        assert sizes["16:9"] == ("1376", "768") and sizes["1:1"] == ("1024", "1024")
+        assert items["seed"]["default"] == "42" and items["outputFormat"]["default"] == "png"
+
+
+def test_the_dashed_slug_runs_the_same_model(client):
+    answer = client.call("Run/black-forest-labs/flux-pro-1-1", {"prompt": "x"})
+    assert answer["result"] is True
+    task = client.wait(answer["taskid"])
+    assert f"{task['modelslugowner']}/{task['modelslugproject']}" == SLUG
