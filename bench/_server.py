@@ -1,0 +1,64 @@
+"""Shared by the bench scripts: a throwaway `fluxhost serve` on loopback, and signed requests."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from fluxhost.auth import sign
+
+FLUXHOST = str(Path(sys.executable).with_name("fluxhost"))
+SLUG = "black-forest-labs/flux-pro-1.1"
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
+
+
+@contextmanager
+def running_server(port: int, **settings: str):
+    """Start `fluxhost serve` with these FLUXHOST_* settings; yield (base_url, key dict)."""
+    with tempfile.TemporaryDirectory() as data:
+        env = {**os.environ, "FLUXHOST_DATA_DIR": data, "FLUXHOST_PORT": str(port),
+               "FLUXHOST_LOG_LEVEL": "WARNING", **{f"FLUXHOST_{k.upper()}": v for k, v in settings.items()}}
+        key = json.loads(subprocess.run([FLUXHOST, "keys", "create", "--json"], env=env, check=True,
+                                        capture_output=True, text=True).stdout)
+        process = subprocess.Popen([FLUXHOST, "serve"], env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        base_url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    httpx.post(f"{base_url}/v1/Tool/List", timeout=2)
+                    break
+                except httpx.TransportError:
+                    if time.monotonic() > deadline or process.poll() is not None:
+                        raise RuntimeError("server did not start") from None
+                    time.sleep(0.2)
+            yield base_url, key
+        finally:
+            process.terminate()
+            process.wait(30)
+
+
+class Signer:
+    """Fresh signed headers per call: nonces unique even within one millisecond."""
+
+    def __init__(self, key: dict):
+        self.api_key, self.api_secret = key["api_key"], key["api_secret"]
+        self._nonces = itertools.count(time.time_ns() // 1000)
+
+    def headers(self) -> dict[str, str]:
+        nonce = str(next(self._nonces))
+        return {"x-api-key": self.api_key, "x-nonce": nonce, "x-signature": sign(self.api_key, self.api_secret, nonce)}

@@ -1,0 +1,85 @@
+"""Load on the whole service, engine cost removed: N concurrent clients do signed Run then Detail
+polling against `fluxhost serve` with the bench engine (a small solid-colour PNG per task).
+
+Prints Run/s, Detail/s, their p50/p99 latency, and completed tasks/s with submit-to-done p50/p99;
+then the same for one client doing one task at a time. Loopback only; bounded in time.
+
+    python bench/serve_load.py [--clients 32] [--seconds 10] [--port 8799]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+import httpx
+
+from _server import SLUG, Signer, percentile, running_server
+
+TERMINAL = ("task_postprocess_end", "task_cancel")
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.run: list[float] = []
+        self.detail: list[float] = []
+        self.done: list[float] = []
+
+
+async def one_client(http: httpx.AsyncClient, signer: Signer, stats: Stats, until: float, poll: float) -> None:
+    while time.perf_counter() < until:
+        submitted = time.perf_counter()
+        response = await http.post(f"/v1/Run/{SLUG}", json={"prompt": "load", "seed": "1"}, headers=signer.headers())
+        stats.run.append(time.perf_counter() - submitted)
+        token = response.json()["socketaccesstoken"]
+        while True:
+            began = time.perf_counter()
+            detail = await http.post("/v1/Task/Detail", json={"tasktoken": token}, headers=signer.headers())
+            stats.detail.append(time.perf_counter() - began)
+            if detail.json()["tasklist"][0]["status"] in TERMINAL:
+                stats.done.append(time.perf_counter() - submitted)
+                break
+            if poll:
+                await asyncio.sleep(poll)
+
+
+async def measure(base_url: str, key: dict, clients: int, seconds: float, poll: float) -> tuple[Stats, float]:
+    stats = Stats()
+    signer = Signer(key)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as http:
+        started = time.perf_counter()
+        until = started + seconds
+        await asyncio.gather(*(one_client(http, signer, stats, until, poll) for _ in range(clients)))
+        return stats, time.perf_counter() - started
+
+
+def report(title: str, stats: Stats, wall: float) -> None:
+    ms = 1000
+    print(f"\n{title} ({wall:.1f} s)")
+    print(f"  Run     {len(stats.run) / wall:8.1f}/s   p50 {percentile(stats.run, .5) * ms:6.2f} ms   "
+          f"p99 {percentile(stats.run, .99) * ms:6.2f} ms")
+    print(f"  Detail  {len(stats.detail) / wall:8.1f}/s   p50 {percentile(stats.detail, .5) * ms:6.2f} ms   "
+          f"p99 {percentile(stats.detail, .99) * ms:6.2f} ms")
+    print(f"  done    {len(stats.done) / wall:8.1f} tasks/s   submit-to-done p50 "
+          f"{percentile(stats.done, .5) * ms:6.2f} ms   p99 {percentile(stats.done, .99) * ms:6.2f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--port", type=int, default=8799)
+    parser.add_argument("--concurrency", default="2", help="FLUXHOST_WORKER_CONCURRENCY of the server")
+    args = parser.parse_args()
+    with running_server(args.port, engine="bench", worker_concurrency=args.concurrency) as (base_url, key):
+        asyncio.run(measure(base_url, key, 2, 1.0, 0))  # warm up connections and caches
+        stats, wall = asyncio.run(measure(base_url, key, args.clients, args.seconds, poll=0.05))
+        report(f"{args.clients} concurrent clients, Run then Detail every 50 ms", stats, wall)
+        stats, wall = asyncio.run(measure(base_url, key, 1, args.seconds, poll=0))
+        report("1 client, one task at a time, Detail back to back", stats, wall)
+
+
+if __name__ == "__main__":
+    main()
