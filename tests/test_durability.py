@@ -82,7 +82,7 @@ def store_and_project(tmp_path) -> tuple[TaskStore, int]:
     sessions = make_sessionmaker(engine)
     key = KeyStore(sessions, 3600).create(KeyMode.KEY_ONLY)
     project_id = KeyStore(sessions, 3600).authenticate(key.api_key, None, None).project_id
-    return TaskStore(sessions), project_id
+    return TaskStore(engine), project_id
 
 
 def test_a_task_whose_worker_keeps_dying_fails_with_a_reason(store_and_project):

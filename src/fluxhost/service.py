@@ -33,7 +33,7 @@ class Service:
         self.db = make_engine(settings.resolved_database_url)
         migrate(self.db)
         sessions = make_sessionmaker(self.db)
-        self.store = TaskStore(sessions)
+        self.store = TaskStore(self.db)
         self.keys = KeyStore(sessions, settings.nonce_retention_seconds)
         self.storage = LocalStorage(settings.files_dir, settings.resolved_public_url)
         self.events = LocalEventBus()

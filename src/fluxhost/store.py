@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import sessionmaker
+from itertools import pairwise
+
+from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy.orm import joinedload
 
 from fluxhost.auth import random_token
-from fluxhost.db import Output, Task
+from fluxhost.db import Output, Task, make_sessionmaker
 from fluxhost.tasks import RUNNING, TERMINAL, Status, previous_status
 
 _TIME_COLUMN = {
@@ -52,6 +54,24 @@ class NewOutput:
 
 
 @dataclass(frozen=True)
+class TaskRef:
+    """A task just created: what the Run answer needs."""
+
+    id: int
+    socket_token: str
+
+
+@dataclass(frozen=True)
+class ClaimedTask:
+    """What a worker needs of the task it claimed."""
+
+    id: int
+    socket_token: str
+    model_slug: str
+    request: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Recovery:
     """What a recovery sweep did with tasks whose worker went away."""
 
@@ -60,8 +80,11 @@ class Recovery:
 
 
 class TaskStore:
-    def __init__(self, sessions: sessionmaker):
-        self._sessions = sessions
+    """Reads go through ORM sessions; the worker's frequent writes are single Core statements."""
+
+    def __init__(self, db: Engine):
+        self._db = db
+        self._sessions = make_sessionmaker(db)
 
     # --- the API's side -------------------------------------------------------------------
 
@@ -72,28 +95,30 @@ class TaskStore:
         parameters: dict[str, Any],
         request: dict[str, Any],
         callback_url: str = "",
-    ) -> Task:
-        task = Task(
-            uuid=str(uuid.uuid4()),
-            socket_token=random_token(30),
-            project_id=project_id,
-            model_slug=model_slug,
-            parameters=parameters,
-            request=request,
-            callback_url=callback_url,
-            status=Status.QUEUE.value,
-            pexit="",
-            debug_output="",
-            debug_error="",
-            attempts=0,
-            files_deleted=False,
-            create_time=time.time(),
-        )
-        with self._sessions.begin() as session:
-            session.add(task)
-            session.flush()
-            session.refresh(task, ["outputs"])
-        return task
+    ) -> TaskRef:
+        token = random_token(30)
+        with self._db.begin() as connection:
+            task_id = connection.execute(
+                insert(Task)
+                .values(
+                    uuid=str(uuid.uuid4()),
+                    socket_token=token,
+                    project_id=project_id,
+                    model_slug=model_slug,
+                    parameters=parameters,
+                    request=request,
+                    callback_url=callback_url,
+                    status=Status.QUEUE.value,
+                    pexit="",
+                    debug_output="",
+                    debug_error="",
+                    attempts=0,
+                    files_deleted=False,
+                    create_time=time.time(),
+                )
+                .returning(Task.id)
+            ).scalar_one()
+        return TaskRef(task_id, token)
 
     def get(self, task_id: int) -> Task | None:
         with self._sessions() as session:
@@ -101,7 +126,7 @@ class TaskStore:
 
     def find(self, project_id: int, *, task_id: int | None = None, token: str | None = None) -> Task | None:
         """A task of ``project_id`` by id or socket token; None when absent or another's."""
-        query = select(Task).where(Task.project_id == project_id)
+        query = select(Task).options(joinedload(Task.outputs)).where(Task.project_id == project_id)
         if task_id is not None:
             query = query.where(Task.id == task_id)
         elif token:
@@ -109,7 +134,7 @@ class TaskStore:
         else:
             return None
         with self._sessions() as session:
-            return session.scalar(query)
+            return session.scalars(query).unique().one_or_none()
 
     def list(
         self,
@@ -164,7 +189,7 @@ class TaskStore:
 
     # --- the worker's side ----------------------------------------------------------------
 
-    def claim_next(self, worker_id: str, model_slugs: list[str], lease_seconds: float) -> Task | None:
+    def claim_next(self, worker_id: str, model_slugs: list[str], lease_seconds: float) -> ClaimedTask | None:
         """Atomically move the oldest queued task of these models to ``task_accept`` for us."""
         now = time.time()
         oldest = (
@@ -175,8 +200,8 @@ class TaskStore:
             .with_for_update(skip_locked=True)
             .scalar_subquery()
         )
-        with self._sessions.begin() as session:
-            claimed = session.execute(
+        with self._db.begin() as connection:
+            claimed = connection.execute(
                 update(Task)
                 .where(Task.id == oldest, Task.status == Status.QUEUE.value)
                 .values(
@@ -186,30 +211,34 @@ class TaskStore:
                     lease_expires_at=now + lease_seconds,
                     attempts=Task.attempts + 1,
                 )
-                .returning(Task.id)
-            ).scalar()
-        return self.get(claimed) if claimed is not None else None
+                .returning(Task.id, Task.socket_token, Task.model_slug, Task.request)
+            ).first()
+        return ClaimedTask(*claimed) if claimed is not None else None
 
-    def advance(self, task_id: int, status: Status, lease_seconds: float | None = None, **values: Any) -> bool:
-        """Move a task one step along the worker path; False if it was cancelled meanwhile."""
+    def advance(self, task_id: int, *statuses: Status, lease_seconds: float | None = None) -> bool:
+        """Move a task along the worker path through ``statuses`` (consecutive, each stamped with
+        the time now) in one statement; False if it was cancelled or killed meanwhile."""
+        for before, after in pairwise(statuses):
+            if previous_status(after) != before:
+                raise ValueError(f"{after} does not follow {before}")
         now = time.time()
-        values[_TIME_COLUMN[status]] = now
+        values: dict[str, Any] = {_TIME_COLUMN[status]: now for status in statuses}
         if lease_seconds is not None:
             values["lease_expires_at"] = now + lease_seconds
-        with self._sessions.begin() as session:
+        with self._db.begin() as connection:
             return bool(
-                session.execute(
+                connection.execute(
                     update(Task)
-                    .where(Task.id == task_id, Task.status == previous_status(status).value)
-                    .values(status=status.value, **values)
+                    .where(Task.id == task_id, Task.status == previous_status(statuses[0]).value)
+                    .values(status=statuses[-1].value, **values)
                 ).rowcount
             )
 
     def renew_lease(self, task_id: int, worker_id: str, lease_seconds: float) -> bool:
         """Extend our claim; False when the task is no longer ours to run (killed, taken over)."""
-        with self._sessions.begin() as session:
+        with self._db.begin() as connection:
             return bool(
-                session.execute(
+                connection.execute(
                     update(Task)
                     .where(Task.id == task_id, Task.worker_id == worker_id,
                            Task.status.in_([s.value for s in RUNNING]))
@@ -220,29 +249,31 @@ class TaskStore:
     def finish(self, task_id: int, outputs: list[NewOutput], debug_output: str) -> bool:
         """``task_postprocess_start`` -> ``task_postprocess_end`` with pexit 0 and the outputs."""
         now = time.time()
-        with self._sessions.begin() as session:
-            done = session.execute(
+        with self._db.begin() as connection:
+            done = connection.execute(
                 update(Task)
                 .where(Task.id == task_id, Task.status == Status.POSTPROCESS_START.value)
                 .values(status=Status.POSTPROCESS_END.value, postprocess_end_time=now, pexit="0",
                         debug_output=debug_output, lease_expires_at=None)
             ).rowcount
-            if not done:
-                return False
-            for output in outputs:
-                session.add(
-                    Output(id=uuid.uuid4().hex, task_id=task_id, name=output.name,
-                           content_type=output.content_type, size=output.size, folder=output.folder,
-                           access_key=random_token(30), added_at=now)
+            if done and outputs:
+                connection.execute(
+                    insert(Output),
+                    [
+                        {"id": uuid.uuid4().hex, "task_id": task_id, "name": output.name,
+                         "content_type": output.content_type, "size": output.size, "folder": output.folder,
+                         "access_key": random_token(30), "added_at": now}
+                        for output in outputs
+                    ],
                 )
-            return True
+            return bool(done)
 
     def fail(self, task_id: int, error: str, debug_output: str = "") -> bool:
         """End a running task as failed: ``task_postprocess_end``, pexit 1, the reason kept."""
         now = time.time()
-        with self._sessions.begin() as session:
+        with self._db.begin() as connection:
             return bool(
-                session.execute(
+                connection.execute(
                     update(Task)
                     .where(Task.id == task_id, Task.status.in_([s.value for s in (Status.QUEUE, *RUNNING)]))
                     .values(status=Status.POSTPROCESS_END.value, pexit="1", debug_error=error,
@@ -252,8 +283,8 @@ class TaskStore:
             )
 
     def set_debug_output(self, task_id: int, text: str) -> None:
-        with self._sessions.begin() as session:
-            session.execute(update(Task).where(Task.id == task_id).values(debug_output=text))
+        with self._db.begin() as connection:
+            connection.execute(update(Task).where(Task.id == task_id).values(debug_output=text))
 
     def recover(self, max_attempts: int, *, only_expired: bool = True) -> Recovery:
         """Take back tasks whose worker is gone: queue them again, or fail them for good once they

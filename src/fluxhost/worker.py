@@ -6,13 +6,12 @@ import logging
 import time
 from dataclasses import dataclass
 
-from fluxhost.db import Task
 from fluxhost.engines import Engine, GenerationRequest
 from fluxhost.events import EventBus, TaskEvent
 from fluxhost.images import CONTENT_TYPES, encode
 from fluxhost.settings import ModelSettings
 from fluxhost.storage import Storage
-from fluxhost.store import NewOutput, TaskStore
+from fluxhost.store import ClaimedTask, NewOutput, TaskStore
 from fluxhost.tasks import Status
 
 log = logging.getLogger(__name__)
@@ -69,7 +68,7 @@ class Worker:
         self.events = events
         self.lease_seconds = lease_seconds
 
-    def run(self, task: Task) -> None:
+    def run(self, task: ClaimedTask) -> None:
         """Take a claimed task (in ``task_accept``) to its end. Never raises."""
         self._emit(task, Status.ACCEPT)
         log_lines: list[str] = []
@@ -87,11 +86,10 @@ class Worker:
             if self.store.fail(task.id, f"{type(error).__name__}: {error}", "\n".join(log_lines)):
                 self._emit(task, Status.POSTPROCESS_END)
 
-    def _run(self, task: Task, log_lines: list[str], saved: list[NewOutput]) -> None:
+    def _run(self, task: ClaimedTask, log_lines: list[str], saved: list[NewOutput]) -> None:
         model = self.models[task.model_slug]
         if model.engine is None:
             raise RuntimeError(f"model {model.slug} could not be loaded: {model.load_error}")
-        self._advance(task, Status.PREPROCESS_START)
         request = GenerationRequest(
             prompt=task.request["prompt"],
             width=task.request["width"],
@@ -106,9 +104,9 @@ class Worker:
             f"model {task.model_slug}: {model.engine.description}; seed {request.seed}, "
             f"{request.width}x{request.height}, {request.steps} steps, guidance {request.guidance}"
         )
-        self._advance(task, Status.PREPROCESS_END)
-        self._advance(task, Status.ASSIGN)
-        self._advance(task, Status.START)
+        # Nothing slow happens between these yet (inputs were validated at Run, the engine is
+        # warm): one write stamps them all. Split the call when a stage starts doing real work.
+        self._advance(task, Status.PREPROCESS_START, Status.PREPROCESS_END, Status.ASSIGN, Status.START)
 
         started = time.monotonic()
         stop_step = [0]
@@ -122,8 +120,7 @@ class Worker:
 
         images = model.engine.generate(request, on_step)
         log_lines.append(f"Generated {len(images)} image(s) in {time.monotonic() - started:.2f}s.")
-        self._advance(task, Status.END)
-        self._advance(task, Status.POSTPROCESS_START)
+        self._advance(task, Status.END, Status.POSTPROCESS_START)
 
         output_format = task.request["output_format"]
         metadata = {
@@ -147,12 +144,13 @@ class Worker:
             raise TaskStopped
         self._emit(task, Status.POSTPROCESS_END)
 
-    def _advance(self, task: Task, status: Status) -> None:
-        if not self.store.advance(task.id, status, lease_seconds=self.lease_seconds):
+    def _advance(self, task: ClaimedTask, *statuses: Status) -> None:
+        if not self.store.advance(task.id, *statuses, lease_seconds=self.lease_seconds):
             raise TaskStopped
-        self._emit(task, status)
+        for status in statuses:
+            self._emit(task, status)
 
-    def _emit(self, task: Task, status: Status, message: object = None) -> None:
+    def _emit(self, task: ClaimedTask, status: Status, message: object = None) -> None:
         self.events.publish(TaskEvent(task.id, task.socket_token, status.value, message))
 
     def _discard(self, saved: list[NewOutput]) -> None:
