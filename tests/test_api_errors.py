@@ -58,7 +58,8 @@ def test_unknown_paths_and_methods_answer_json(server, client):
 
 
 def test_task_lookups(client):
-    assert client.call("Task/Detail", {})["errors"] == [{"code": 0, "message": "taskid or socketaccesstoken is required"}]
+    required = [{"code": 0, "message": "taskid or socketaccesstoken is required"}]
+    assert client.call("Task/Detail", {})["errors"] == required
     for body in ({"taskid": "999"}, {"taskid": "abc"}, {"tasktoken": "nope"}):
         assert client.call("Task/Detail", body)["errors"] == [{"code": 1, "message": "There is no task yet."}]
 

@@ -24,7 +24,8 @@ def test_a_good_signature_passes(client):
 
 def test_wrong_secret(server, client):
     nonce = str(int(time.time()))
-    headers = {"x-api-key": client.key.api_key, "x-nonce": nonce, "x-signature": sign(client.key.api_key, "wrong", nonce)}
+    signature = sign(client.key.api_key, "wrong", nonce)
+    headers = {"x-api-key": client.key.api_key, "x-nonce": nonce, "x-signature": signature}
     refused(client.post(f"Run/{SLUG}", {"prompt": "x"}, headers=headers), INVALID)
 
 
@@ -75,14 +76,14 @@ def test_revoked_keys_are_unknown(server, client):
 
 
 def test_spent_nonces_survive_a_restart(make_settings):
-    from fluxhost.db import make_engine, make_sessionmaker, migrate
+    from fluxhost.db import make_engine, migrate
 
     settings = make_settings()
 
     def open_store() -> KeyStore:
         engine = make_engine(settings.resolved_database_url)
         migrate(engine)
-        return KeyStore(make_sessionmaker(engine), 3600)
+        return KeyStore(engine, 3600)
 
     store = open_store()
     key = store.create(KeyMode.SIGNATURE)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from fluxhost.auth import KeyMode, KeyStore, NewKey
-from fluxhost.db import make_engine, make_sessionmaker, migrate
+from fluxhost.db import make_engine, migrate
 from fluxhost.store import TaskStore
 from tests.helpers import SLUG, ProtocolClient, free_port
 
@@ -50,7 +50,8 @@ def wait_up(base_url: str, process: subprocess.Popen) -> None:
 
 def test_sigkill_loses_no_task(serve_env):
     env, base_url = serve_env
-    created = subprocess.run([FLUXHOST, "keys", "create", "--json"], env=env, capture_output=True, text=True, check=True)
+    created = subprocess.run([FLUXHOST, "keys", "create", "--json"], env=env, capture_output=True, text=True,
+                             check=True)
     key_json = json.loads(created.stdout)
     key = NewKey(key_json["id"], key_json["project"], key_json["name"], key_json["mode"],
                  key_json["api_key"], key_json["api_secret"], key_json["webhook_secret"])
@@ -79,9 +80,8 @@ def test_sigkill_loses_no_task(serve_env):
 def store_and_project(tmp_path) -> tuple[TaskStore, int]:
     engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     migrate(engine)
-    sessions = make_sessionmaker(engine)
-    key = KeyStore(sessions, 3600).create(KeyMode.KEY_ONLY)
-    project_id = KeyStore(sessions, 3600).authenticate(key.api_key, None, None).project_id
+    keys = KeyStore(engine, 3600)
+    project_id = keys.authenticate(keys.create(KeyMode.KEY_ONLY).api_key, None, None).project_id
     return TaskStore(engine), project_id
 
 
@@ -92,9 +92,9 @@ def test_a_task_whose_worker_keeps_dying_fails_with_a_reason(store_and_project):
         assert store.claim_next(f"worker-{attempt}", [SLUG], lease_seconds=60).id == task.id
         recovery = store.recover(max_attempts=2, only_expired=False)
         if attempt == 1:
-            assert recovery.requeued == [task.id] and store.get(task.id).status == "task_queue"
+            assert recovery.requeued == [task.id] and store.get(task.id).row.status == "task_queue"
     assert recovery.failed == [task.id]
-    lost = store.get(task.id)
+    lost = store.get(task.id).row
     assert lost.status == "task_postprocess_end" and lost.pexit == "1" and "lost 2 times" in lost.debug_error
 
 
@@ -104,4 +104,4 @@ def test_only_expired_leases_are_taken_back(store_and_project):
     store.claim_next("alive", [SLUG], lease_seconds=600)
     store.claim_next("dead", [SLUG], lease_seconds=-1)
     assert store.recover(max_attempts=3).requeued == [stale.id]
-    assert store.get(fresh.id).status == "task_accept"
+    assert store.get(fresh.id).row.status == "task_accept"

@@ -8,8 +8,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from fluxhost.images import embedded_parameters
 from fluxhost.auth import KeyMode
+from fluxhost.images import embedded_parameters
 from tests.helpers import SLUG, LiveServer, ProtocolClient
 
 

@@ -18,11 +18,10 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy import delete, select
+from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import sessionmaker
 
-from fluxhost.db import ApiKey, Project, UsedNonce
+from fluxhost.db import ApiKey, Project, UsedNonce, make_sessionmaker
 
 ALPHANUMERIC = string.ascii_letters + string.digits
 _NONCE = re.compile(r"[0-9]{1,40}")
@@ -95,8 +94,9 @@ class KeyInfo:
 class KeyStore:
     """Projects, their keys and spent nonces, in the database."""
 
-    def __init__(self, sessions: sessionmaker, nonce_retention_seconds: int):
-        self._sessions = sessions
+    def __init__(self, db: Engine, nonce_retention_seconds: int):
+        self._db = db
+        self._sessions = make_sessionmaker(db)
         self.nonce_retention = nonce_retention_seconds
 
     def create(self, mode: KeyMode, name: str | None = None, project: str | None = None) -> NewKey:
@@ -159,14 +159,17 @@ class KeyStore:
         The nonce is checked as part of the signature but not spent: see :meth:`spend_nonce`."""
         if not api_key:
             raise AuthError(UNKNOWN_KEY)
-        with self._sessions() as session:
-            key = session.scalar(
-                select(ApiKey).where(ApiKey.key_digest == _digest(api_key), ApiKey.revoked_at.is_(None))
-            )
-            if key is None:
-                raise AuthError(UNKNOWN_KEY)
-            caller = Caller(key.id, key.project_id, key.project.name, KeyMode(key.mode))
-            secret = key.secret
+        query = (
+            select(ApiKey.id, ApiKey.project_id, Project.name, ApiKey.mode, ApiKey.secret)
+            .join(Project, Project.id == ApiKey.project_id)
+            .where(ApiKey.key_digest == _digest(api_key), ApiKey.revoked_at.is_(None))
+        )
+        with self._db.connect() as connection:
+            key = connection.execute(query).first()
+        if key is None:
+            raise AuthError(UNKNOWN_KEY)
+        caller = Caller(key.id, key.project_id, key.name, KeyMode(key.mode))
+        secret = key.secret
         if caller.mode == KeyMode.KEY_ONLY:
             return caller
         if not nonce or not signature:
@@ -190,8 +193,9 @@ class KeyStore:
         if as_time is not None and abs(now - as_time) > self.nonce_retention:
             return False  # older than what we remember: it could be a replay
         try:
-            with self._sessions.begin() as session:
-                session.add(UsedNonce(api_key_id=key_id, nonce=nonce.lstrip("0") or "0", used_at=now))
+            with self._db.begin() as connection:
+                connection.execute(insert(UsedNonce).values(api_key_id=key_id, nonce=nonce.lstrip("0") or "0",
+                                                            used_at=now))
         except IntegrityError:
             return False
         return True
@@ -199,8 +203,8 @@ class KeyStore:
     def purge_nonces(self) -> int:
         """Forget nonces older than the retention period; returns how many."""
         cutoff = time.time() - self.nonce_retention
-        with self._sessions.begin() as session:
-            return session.execute(delete(UsedNonce).where(UsedNonce.used_at < cutoff)).rowcount
+        with self._db.begin() as connection:
+            return connection.execute(delete(UsedNonce).where(UsedNonce.used_at < cutoff)).rowcount
 
 
 def _signature_hex(header: str) -> str:

@@ -25,11 +25,11 @@ console = Console()
 
 def _key_store(settings: Settings):
     from fluxhost.auth import KeyStore
-    from fluxhost.db import make_engine, make_sessionmaker, migrate
+    from fluxhost.db import make_engine, migrate
 
     engine = make_engine(settings.resolved_database_url)
     migrate(engine)
-    return KeyStore(make_sessionmaker(engine), settings.nonce_retention_seconds)
+    return KeyStore(engine, settings.nonce_retention_seconds)
 
 
 def _first_key_banner(key: NewKey, settings: Settings) -> str:

@@ -12,7 +12,7 @@ import threading
 import uuid
 
 from fluxhost.auth import KeyStore
-from fluxhost.db import make_engine, make_sessionmaker, migrate
+from fluxhost.db import make_engine, migrate
 from fluxhost.dispatch import LocalDispatcher
 from fluxhost.events import LocalEventBus
 from fluxhost.settings import Settings
@@ -32,9 +32,8 @@ class Service:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = make_engine(settings.resolved_database_url)
         migrate(self.db)
-        sessions = make_sessionmaker(self.db)
         self.store = TaskStore(self.db)
-        self.keys = KeyStore(sessions, settings.nonce_retention_seconds)
+        self.keys = KeyStore(self.db, settings.nonce_retention_seconds)
         self.storage = LocalStorage(settings.files_dir, settings.resolved_public_url)
         self.events = LocalEventBus()
         self.catalog = Catalog(

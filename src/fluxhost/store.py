@@ -11,16 +11,17 @@ import time
 import uuid
 from dataclasses import dataclass
 from enum import Enum
+from itertools import pairwise
 from typing import Any
 
-from itertools import pairwise
-
-from sqlalchemy import Engine, func, insert, select, update
-from sqlalchemy.orm import joinedload
+from sqlalchemy import Engine, Row, delete, func, insert, select, update
 
 from fluxhost.auth import random_token
-from fluxhost.db import Output, Task, make_sessionmaker
+from fluxhost.db import Output, Task
 from fluxhost.tasks import RUNNING, TERMINAL, Status, previous_status
+
+tasks = Task.__table__
+outputs = Output.__table__
 
 _TIME_COLUMN = {
     Status.ACCEPT: "accept_time",
@@ -54,6 +55,14 @@ class NewOutput:
 
 
 @dataclass(frozen=True)
+class TaskRecord:
+    """A task as read back: its row (columns as attributes) and its outputs' rows."""
+
+    row: Row
+    outputs: list[Row]
+
+
+@dataclass(frozen=True)
 class TaskRef:
     """A task just created: what the Run answer needs."""
 
@@ -80,11 +89,10 @@ class Recovery:
 
 
 class TaskStore:
-    """Reads go through ORM sessions; the worker's frequent writes are single Core statements."""
+    """Plain Core statements: every call here sits on a hot path (Detail polls, the worker)."""
 
     def __init__(self, db: Engine):
         self._db = db
-        self._sessions = make_sessionmaker(db)
 
     # --- the API's side -------------------------------------------------------------------
 
@@ -120,21 +128,24 @@ class TaskStore:
             ).scalar_one()
         return TaskRef(task_id, token)
 
-    def get(self, task_id: int) -> Task | None:
-        with self._sessions() as session:
-            return session.get(Task, task_id)
+    def get(self, task_id: int) -> TaskRecord | None:
+        return self._read(tasks.c.id == task_id)
 
-    def find(self, project_id: int, *, task_id: int | None = None, token: str | None = None) -> Task | None:
+    def find(self, project_id: int, *, task_id: int | None = None, token: str | None = None) -> TaskRecord | None:
         """A task of ``project_id`` by id or socket token; None when absent or another's."""
-        query = select(Task).options(joinedload(Task.outputs)).where(Task.project_id == project_id)
         if task_id is not None:
-            query = query.where(Task.id == task_id)
-        elif token:
-            query = query.where(Task.socket_token == token)
-        else:
-            return None
-        with self._sessions() as session:
-            return session.scalars(query).unique().one_or_none()
+            return self._read(tasks.c.project_id == project_id, tasks.c.id == task_id)
+        if token:
+            return self._read(tasks.c.project_id == project_id, tasks.c.socket_token == token)
+        return None
+
+    def _read(self, *where: Any) -> TaskRecord | None:
+        with self._db.connect() as connection:
+            row = connection.execute(select(tasks).where(*where)).first()
+            if row is None:
+                return None
+            files = connection.execute(select(outputs).where(outputs.c.task_id == row.id).order_by(outputs.c.name))
+            return TaskRecord(row, files.all())
 
     def list(
         self,
@@ -145,16 +156,21 @@ class TaskStore:
         newest_first: bool = True,
         sort: str = "id",
         model_slug: str | None = None,
-    ) -> tuple[int, list[Task]]:
-        where = [Task.project_id == project_id]
+    ) -> tuple[int, list[TaskRecord]]:
+        where = [tasks.c.project_id == project_id]
         if model_slug:
-            where.append(Task.model_slug == model_slug)
-        column = {"id": Task.id, "createtime": Task.create_time, "status": Task.status}.get(sort, Task.id)
-        order = [column.desc(), Task.id.desc()] if newest_first else [column.asc(), Task.id.asc()]
-        with self._sessions() as session:
-            total = session.scalar(select(func.count()).select_from(Task).where(*where)) or 0
-            tasks = session.scalars(select(Task).where(*where).order_by(*order).offset(start).limit(limit)).all()
-        return total, list(tasks)
+            where.append(tasks.c.model_slug == model_slug)
+        column = {"id": tasks.c.id, "createtime": tasks.c.create_time, "status": tasks.c.status}.get(sort, tasks.c.id)
+        order = [column.desc(), tasks.c.id.desc()] if newest_first else [column.asc(), tasks.c.id.asc()]
+        with self._db.connect() as connection:
+            total = connection.execute(select(func.count()).select_from(tasks).where(*where)).scalar_one()
+            rows = connection.execute(select(tasks).where(*where).order_by(*order).offset(start).limit(limit)).all()
+            files: dict[int, list[Row]] = {row.id: [] for row in rows}
+            if rows:
+                query = select(outputs).where(outputs.c.task_id.in_(list(files))).order_by(outputs.c.name)
+                for output in connection.execute(query):
+                    files[output.task_id].append(output)
+        return total, [TaskRecord(row, files[row.id]) for row in rows]
 
     def cancel(self, project_id: int, task_id: int) -> StopResult:
         """Cancel a task no worker has claimed: it will never run."""
@@ -165,27 +181,26 @@ class TaskStore:
         return self._stop(project_id, task_id, (Status.QUEUE, *RUNNING))
 
     def _stop(self, project_id: int, task_id: int, allowed: tuple[Status, ...]) -> StopResult:
-        with self._sessions.begin() as session:
-            changed = session.execute(
+        with self._db.begin() as connection:
+            changed = connection.execute(
                 update(Task)
                 .where(Task.id == task_id, Task.project_id == project_id, Task.status.in_([s.value for s in allowed]))
                 .values(status=Status.CANCEL.value, cancel_time=time.time(), lease_expires_at=None)
             ).rowcount
             if changed:
                 return StopResult.STOPPED
-            exists = session.scalar(select(Task.id).where(Task.id == task_id, Task.project_id == project_id))
+            exists = connection.execute(
+                select(Task.id).where(Task.id == task_id, Task.project_id == project_id)
+            ).first()
             return StopResult.NOT_STOPPABLE if exists else StopResult.NOT_FOUND
 
-    def mark_files_deleted(self, task_id: int) -> list[Output]:
-        """Forget a finished task's outputs (the record stays); returns what to remove from storage."""
-        with self._sessions.begin() as session:
-            task = session.get(Task, task_id)
-            if task is None:
-                return []
-            removed = list(task.outputs)
-            task.outputs.clear()
-            task.files_deleted = True
-            return removed
+    def mark_files_deleted(self, task_id: int) -> list[Row]:
+        """Forget a task's outputs (the record stays); returns what to remove from storage."""
+        with self._db.begin() as connection:
+            removed = connection.execute(select(outputs).where(outputs.c.task_id == task_id)).all()
+            connection.execute(delete(outputs).where(outputs.c.task_id == task_id))
+            connection.execute(update(tasks).where(tasks.c.id == task_id).values(files_deleted=True))
+        return removed
 
     # --- the worker's side ----------------------------------------------------------------
 
@@ -296,16 +311,16 @@ class TaskStore:
         where = [Task.status.in_([s.value for s in RUNNING])]
         if only_expired:
             where.append(Task.lease_expires_at < now)
-        with self._sessions() as session:
-            lost = session.execute(select(Task.id, Task.attempts).where(*where)).all()
+        with self._db.connect() as connection:
+            lost = connection.execute(select(Task.id, Task.attempts).where(*where)).all()
         for task_id, attempts in lost:
             if attempts >= max_attempts:
                 message = f"The worker running this task was lost {attempts} times; giving up."
                 if self.fail(task_id, message):
                     failed.append(task_id)
                 continue
-            with self._sessions.begin() as session:
-                changed = session.execute(
+            with self._db.begin() as connection:
+                changed = connection.execute(
                     update(Task)
                     .where(Task.id == task_id, *where)
                     .values(status=Status.QUEUE.value, worker_id=None, lease_expires_at=None,
@@ -315,10 +330,6 @@ class TaskStore:
                 requeued.append(task_id)
         return Recovery(requeued, failed)
 
-    def queued_ids(self) -> list[int]:
-        with self._sessions() as session:
-            return list(session.scalars(select(Task.id).where(Task.status == Status.QUEUE.value).order_by(Task.id)))
 
-
-def is_terminal(task: Task) -> bool:
-    return Status(task.status) in TERMINAL
+def is_terminal(task: TaskRecord) -> bool:
+    return Status(task.row.status) in TERMINAL

@@ -16,10 +16,9 @@ from starlette.exceptions import HTTPException
 from fluxhost.api.body import BodyError, read_parameters
 from fluxhost.api.wire import fail, ok, render_task, task_list
 from fluxhost.auth import AuthError, Caller
-from fluxhost.db import Task
 from fluxhost.events import TaskEvent
 from fluxhost.service import Service
-from fluxhost.store import StopResult, is_terminal
+from fluxhost.store import StopResult, TaskRecord, is_terminal
 from fluxhost.tasks import Status
 from fluxhost.tools import InputError, validate_inputs
 
@@ -137,7 +136,7 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
         except BodyError:
             raise ProtocolError(0, INVALID) from None
 
-    def find_task(caller: Caller, params: dict[str, Any]) -> Task:
+    def find_task(caller: Caller, params: dict[str, Any]) -> TaskRecord:
         token = params.get("tasktoken") or params.get("socketaccesstoken")
         task_id = params.get("taskid")
         if not token and task_id in (None, ""):
@@ -151,8 +150,8 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
             raise ProtocolError(1, NO_TASK)
         return task
 
-    def rendered(task: Task) -> dict[str, Any]:
-        tool = service.catalog.find(*task.model_slug.split("/", 1))
+    def rendered(task: TaskRecord) -> dict[str, Any]:
+        tool = service.catalog.find(*task.row.model_slug.split("/", 1))
         return render_task(task, service.storage, tool.description if tool else "")
 
     @app.post("/v1/Run/{owner}/{project}")
@@ -202,14 +201,14 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
         task = find_task(caller, params)
         spend_nonce(request, caller)
         stop = service.store.kill if kill else service.store.cancel
-        result = stop(caller.project_id, task.id)
+        result = stop(caller.project_id, task.row.id)
         if result is StopResult.NOT_FOUND:
             raise ProtocolError(1, NO_TASK)
         if result is StopResult.NOT_STOPPABLE:
             raise ProtocolError(1, "Task is not in a cancellable state." if not kill else
                                 "Task is not in a killable state.")
-        service.events.publish(TaskEvent(task.id, task.socket_token, Status.CANCEL.value))
-        return task_list([rendered(service.store.get(task.id))])
+        service.events.publish(TaskEvent(task.row.id, task.row.socket_token, Status.CANCEL.value))
+        return task_list([rendered(service.store.get(task.row.id))])
 
     @app.post("/v1/Task/Cancel")
     async def task_cancel(request: Request) -> JSONResponse:
@@ -226,7 +225,7 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
         spend_nonce(request, caller)
         if not is_terminal(task):
             raise ProtocolError(1, "Task is not finished yet: its files can be deleted once it ends.")
-        for output in service.store.mark_files_deleted(task.id):
+        for output in service.store.mark_files_deleted(task.row.id):
             service.storage.delete(output.folder, output.name)
         return ok()
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi.responses import JSONResponse
+from sqlalchemy import Row
 
-from fluxhost.db import Output, Task
 from fluxhost.storage import Storage
+from fluxhost.store import TaskRecord
 
 
 def seconds(value: float | None) -> str:
@@ -15,7 +16,7 @@ def seconds(value: float | None) -> str:
     return str(int(value)) if value else "0"
 
 
-def render_output(output: Output, task: Task, storage: Storage) -> dict[str, str]:
+def render_output(output: Row, task: Row, storage: Storage) -> dict[str, str]:
     return {
         "id": output.id,
         "name": output.name,
@@ -30,9 +31,10 @@ def render_output(output: Output, task: Task, storage: Storage) -> dict[str, str
     }
 
 
-def render_task(task: Task, storage: Storage, model_description: str = "") -> dict[str, Any]:
+def render_task(record: TaskRecord, storage: Storage, model_description: str = "") -> dict[str, Any]:
+    task = record.row
     owner, _, project = task.model_slug.partition("/")
-    outputs = [render_output(output, task, storage) for output in task.outputs]
+    outputs = [render_output(output, task, storage) for output in record.outputs]
     ended = task.postprocess_end_time or task.cancel_time
     return {
         "id": str(task.id),
@@ -54,7 +56,7 @@ def render_task(task: Task, storage: Storage, model_description: str = "") -> di
         "postprocessstarttime": seconds(task.postprocess_start_time),
         "postprocessendtime": seconds(task.postprocess_end_time),
         "outputs": outputs,
-        "size": str(sum(output.size for output in task.outputs)),
+        "size": str(sum(output.size for output in record.outputs)),
         "pexit": task.pexit,
         "totalcost": "0",
         "modeldescription": model_description,
