@@ -25,6 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
+	$(PIP) install --quiet -e '.[test,bench]'
 	$(PY) bench/serve_load.py
 	$(PY) bench/engine_overhead.py
 

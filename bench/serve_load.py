@@ -13,7 +13,7 @@ import argparse
 import asyncio
 import time
 
-import httpx
+import aiohttp
 
 from _server import SLUG, Signer, percentile, running_server
 
@@ -27,17 +27,22 @@ class Stats:
         self.done: list[float] = []
 
 
-async def one_client(http: httpx.AsyncClient, signer: Signer, stats: Stats, until: float, poll: float) -> None:
+async def post(http: aiohttp.ClientSession, path: str, body: dict, signer: Signer) -> dict:
+    async with http.post(path, json=body, headers=signer.headers()) as response:
+        return await response.json()
+
+
+async def one_client(http: aiohttp.ClientSession, signer: Signer, stats: Stats, until: float, poll: float) -> None:
     while time.perf_counter() < until:
         submitted = time.perf_counter()
-        response = await http.post(f"/v1/Run/{SLUG}", json={"prompt": "load", "seed": "1"}, headers=signer.headers())
+        run = await post(http, f"/v1/Run/{SLUG}", {"prompt": "load", "seed": "1"}, signer)
         stats.run.append(time.perf_counter() - submitted)
-        token = response.json()["socketaccesstoken"]
+        token = run["socketaccesstoken"]
         while True:
             began = time.perf_counter()
-            detail = await http.post("/v1/Task/Detail", json={"tasktoken": token}, headers=signer.headers())
+            detail = await post(http, "/v1/Task/Detail", {"tasktoken": token}, signer)
             stats.detail.append(time.perf_counter() - began)
-            if detail.json()["tasklist"][0]["status"] in TERMINAL:
+            if detail["tasklist"][0]["status"] in TERMINAL:
                 stats.done.append(time.perf_counter() - submitted)
                 break
             if poll:
@@ -47,8 +52,8 @@ async def one_client(http: httpx.AsyncClient, signer: Signer, stats: Stats, unti
 async def measure(base_url: str, key: dict, clients: int, seconds: float, poll: float) -> tuple[Stats, float]:
     stats = Stats()
     signer = Signer(key)
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as http:
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(base_url, connector=connector, timeout=aiohttp.ClientTimeout(30)) as http:
         started = time.perf_counter()
         until = started + seconds
         await asyncio.gather(*(one_client(http, signer, stats, until, poll) for _ in range(clients)))

@@ -76,14 +76,14 @@ def test_revoked_keys_are_unknown(server, client):
 
 
 def test_spent_nonces_survive_a_restart(make_settings):
-    from fluxhost.db import make_engine, migrate
+    from fluxhost.db import Database
 
     settings = make_settings()
 
     def open_store() -> KeyStore:
-        engine = make_engine(settings.resolved_database_url)
-        migrate(engine)
-        return KeyStore(engine, 3600)
+        db = Database(settings.resolved_database_url)
+        db.migrate()
+        return KeyStore(db, 3600)
 
     store = open_store()
     key = store.create(KeyMode.SIGNATURE)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from fluxhost.auth import KeyMode, KeyStore, NewKey
-from fluxhost.db import make_engine, migrate
+from fluxhost.db import Database
 from fluxhost.store import TaskStore
 from tests.helpers import SLUG, ProtocolClient, free_port
 
@@ -78,11 +78,11 @@ def test_sigkill_loses_no_task(serve_env):
 
 @pytest.fixture
 def store_and_project(tmp_path) -> tuple[TaskStore, int]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    migrate(engine)
-    keys = KeyStore(engine, 3600)
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    db.migrate()
+    keys = KeyStore(db, 3600)
     project_id = keys.authenticate(keys.create(KeyMode.KEY_ONLY).api_key, None, None).project_id
-    return TaskStore(engine), project_id
+    return TaskStore(db), project_id
 
 
 def test_a_task_whose_worker_keeps_dying_fails_with_a_reason(store_and_project):

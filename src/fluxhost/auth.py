@@ -18,10 +18,10 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from fluxhost.db import ApiKey, Project, UsedNonce, make_sessionmaker
+from fluxhost.db import ApiKey, Database, Project, UsedNonce, make_sessionmaker
 
 ALPHANUMERIC = string.ascii_letters + string.digits
 _NONCE = re.compile(r"[0-9]{1,40}")
@@ -94,7 +94,7 @@ class KeyInfo:
 class KeyStore:
     """Projects, their keys and spent nonces, in the database."""
 
-    def __init__(self, db: Engine, nonce_retention_seconds: int):
+    def __init__(self, db: Database, nonce_retention_seconds: int):
         self._db = db
         self._sessions = make_sessionmaker(db)
         self.nonce_retention = nonce_retention_seconds
@@ -164,7 +164,7 @@ class KeyStore:
             .join(Project, Project.id == ApiKey.project_id)
             .where(ApiKey.key_digest == _digest(api_key), ApiKey.revoked_at.is_(None))
         )
-        with self._db.connect() as connection:
+        with self._db.read() as connection:
             key = connection.execute(query).first()
         if key is None:
             raise AuthError(UNKNOWN_KEY)
@@ -193,7 +193,7 @@ class KeyStore:
         if as_time is not None and abs(now - as_time) > self.nonce_retention:
             return False  # older than what we remember: it could be a replay
         try:
-            with self._db.begin() as connection:
+            with self._db.write() as connection:
                 connection.execute(insert(UsedNonce).values(api_key_id=key_id, nonce=nonce.lstrip("0") or "0",
                                                             used_at=now))
         except IntegrityError:
@@ -203,7 +203,7 @@ class KeyStore:
     def purge_nonces(self) -> int:
         """Forget nonces older than the retention period; returns how many."""
         cutoff = time.time() - self.nonce_retention
-        with self._db.begin() as connection:
+        with self._db.write() as connection:
             return connection.execute(delete(UsedNonce).where(UsedNonce.used_at < cutoff)).rowcount
 
 

@@ -25,11 +25,11 @@ console = Console()
 
 def _key_store(settings: Settings):
     from fluxhost.auth import KeyStore
-    from fluxhost.db import make_engine, migrate
+    from fluxhost.db import Database
 
-    engine = make_engine(settings.resolved_database_url)
-    migrate(engine)
-    return KeyStore(engine, settings.nonce_retention_seconds)
+    db = Database(settings.resolved_database_url)
+    db.migrate()
+    return KeyStore(db, settings.nonce_retention_seconds)
 
 
 def _first_key_banner(key: NewKey, settings: Settings) -> str:

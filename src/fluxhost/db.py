@@ -6,12 +6,15 @@ created and upgraded only by the Alembic migrations in ``fluxhost/migrations``.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import JSON, Engine, Float, ForeignKey, Integer, String, Text, create_engine, event
+from sqlalchemy import JSON, Connection, Float, ForeignKey, Integer, String, Text, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -124,20 +127,48 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, a busy timeout and a folder to live in."""
-    if url.startswith("sqlite"):
-        path = url.split(":///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-        event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+class Database:
+    """The engine, with reads and writes told apart.
+
+    SQLite takes one writer at a time, and a connection that finds the write lock taken sleeps in
+    SQLite's busy handler (1, 2, 5, 10... ms). Writers of one process therefore queue on a Python
+    lock instead, which hands over in microseconds; other processes still meet the busy timeout.
+    """
+
+    def __init__(self, url: str):
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            path = url.split(":///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        self._write_lock = threading.Lock() if self.is_sqlite else nullcontext()
+
+    def read(self) -> AbstractContextManager[Connection]:
+        return self.engine.connect()
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A transaction that commits on success and rolls back on error."""
+        with self._write_lock, self.engine.begin() as connection:
+            yield connection
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (idempotent; safe at every start)."""
+        config = alembic_config(self.engine.url.render_as_string(hide_password=False))
+        with self._write_lock, self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
 
 
-def make_sessionmaker(engine: Engine) -> sessionmaker:
-    return sessionmaker(engine, expire_on_commit=False)
+def make_sessionmaker(db: Database) -> sessionmaker:
+    return sessionmaker(db.engine, expire_on_commit=False)
 
 
 def alembic_config(url: str) -> Config:
@@ -145,11 +176,3 @@ def alembic_config(url: str) -> Config:
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
-
-
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest migration (idempotent; safe at every start)."""
-    config = alembic_config(engine.url.render_as_string(hide_password=False))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")

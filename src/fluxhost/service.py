@@ -12,7 +12,7 @@ import threading
 import uuid
 
 from fluxhost.auth import KeyStore
-from fluxhost.db import make_engine, migrate
+from fluxhost.db import Database
 from fluxhost.dispatch import LocalDispatcher
 from fluxhost.events import LocalEventBus
 from fluxhost.settings import Settings
@@ -30,8 +30,8 @@ class Service:
     def __init__(self, settings: Settings):
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.db = make_engine(settings.resolved_database_url)
-        migrate(self.db)
+        self.db = Database(settings.resolved_database_url)
+        self.db.migrate()
         self.store = TaskStore(self.db)
         self.keys = KeyStore(self.db, settings.nonce_retention_seconds)
         self.storage = LocalStorage(settings.files_dir, settings.resolved_public_url)

@@ -14,10 +14,10 @@ from enum import Enum
 from itertools import pairwise
 from typing import Any
 
-from sqlalchemy import Engine, Row, delete, func, insert, select, update
+from sqlalchemy import Row, delete, func, insert, select, update
 
 from fluxhost.auth import random_token
-from fluxhost.db import Output, Task
+from fluxhost.db import Database, Output, Task
 from fluxhost.tasks import RUNNING, TERMINAL, Status, previous_status
 
 tasks = Task.__table__
@@ -91,7 +91,7 @@ class Recovery:
 class TaskStore:
     """Plain Core statements: every call here sits on a hot path (Detail polls, the worker)."""
 
-    def __init__(self, db: Engine):
+    def __init__(self, db: Database):
         self._db = db
 
     # --- the API's side -------------------------------------------------------------------
@@ -105,7 +105,7 @@ class TaskStore:
         callback_url: str = "",
     ) -> TaskRef:
         token = random_token(30)
-        with self._db.begin() as connection:
+        with self._db.write() as connection:
             task_id = connection.execute(
                 insert(Task)
                 .values(
@@ -140,7 +140,7 @@ class TaskStore:
         return None
 
     def _read(self, *where: Any) -> TaskRecord | None:
-        with self._db.connect() as connection:
+        with self._db.read() as connection:
             row = connection.execute(select(tasks).where(*where)).first()
             if row is None:
                 return None
@@ -162,7 +162,7 @@ class TaskStore:
             where.append(tasks.c.model_slug == model_slug)
         column = {"id": tasks.c.id, "createtime": tasks.c.create_time, "status": tasks.c.status}.get(sort, tasks.c.id)
         order = [column.desc(), tasks.c.id.desc()] if newest_first else [column.asc(), tasks.c.id.asc()]
-        with self._db.connect() as connection:
+        with self._db.read() as connection:
             total = connection.execute(select(func.count()).select_from(tasks).where(*where)).scalar_one()
             rows = connection.execute(select(tasks).where(*where).order_by(*order).offset(start).limit(limit)).all()
             files: dict[int, list[Row]] = {row.id: [] for row in rows}
@@ -181,7 +181,7 @@ class TaskStore:
         return self._stop(project_id, task_id, (Status.QUEUE, *RUNNING))
 
     def _stop(self, project_id: int, task_id: int, allowed: tuple[Status, ...]) -> StopResult:
-        with self._db.begin() as connection:
+        with self._db.write() as connection:
             changed = connection.execute(
                 update(Task)
                 .where(Task.id == task_id, Task.project_id == project_id, Task.status.in_([s.value for s in allowed]))
@@ -196,7 +196,7 @@ class TaskStore:
 
     def mark_files_deleted(self, task_id: int) -> list[Row]:
         """Forget a task's outputs (the record stays); returns what to remove from storage."""
-        with self._db.begin() as connection:
+        with self._db.write() as connection:
             removed = connection.execute(select(outputs).where(outputs.c.task_id == task_id)).all()
             connection.execute(delete(outputs).where(outputs.c.task_id == task_id))
             connection.execute(update(tasks).where(tasks.c.id == task_id).values(files_deleted=True))
@@ -215,7 +215,7 @@ class TaskStore:
             .with_for_update(skip_locked=True)
             .scalar_subquery()
         )
-        with self._db.begin() as connection:
+        with self._db.write() as connection:
             claimed = connection.execute(
                 update(Task)
                 .where(Task.id == oldest, Task.status == Status.QUEUE.value)
@@ -240,7 +240,7 @@ class TaskStore:
         values: dict[str, Any] = {_TIME_COLUMN[status]: now for status in statuses}
         if lease_seconds is not None:
             values["lease_expires_at"] = now + lease_seconds
-        with self._db.begin() as connection:
+        with self._db.write() as connection:
             return bool(
                 connection.execute(
                     update(Task)
@@ -251,7 +251,7 @@ class TaskStore:
 
     def renew_lease(self, task_id: int, worker_id: str, lease_seconds: float) -> bool:
         """Extend our claim; False when the task is no longer ours to run (killed, taken over)."""
-        with self._db.begin() as connection:
+        with self._db.write() as connection:
             return bool(
                 connection.execute(
                     update(Task)
@@ -264,7 +264,7 @@ class TaskStore:
     def finish(self, task_id: int, outputs: list[NewOutput], debug_output: str) -> bool:
         """``task_postprocess_start`` -> ``task_postprocess_end`` with pexit 0 and the outputs."""
         now = time.time()
-        with self._db.begin() as connection:
+        with self._db.write() as connection:
             done = connection.execute(
                 update(Task)
                 .where(Task.id == task_id, Task.status == Status.POSTPROCESS_START.value)
@@ -286,7 +286,7 @@ class TaskStore:
     def fail(self, task_id: int, error: str, debug_output: str = "") -> bool:
         """End a running task as failed: ``task_postprocess_end``, pexit 1, the reason kept."""
         now = time.time()
-        with self._db.begin() as connection:
+        with self._db.write() as connection:
             return bool(
                 connection.execute(
                     update(Task)
@@ -298,7 +298,7 @@ class TaskStore:
             )
 
     def set_debug_output(self, task_id: int, text: str) -> None:
-        with self._db.begin() as connection:
+        with self._db.write() as connection:
             connection.execute(update(Task).where(Task.id == task_id).values(debug_output=text))
 
     def recover(self, max_attempts: int, *, only_expired: bool = True) -> Recovery:
@@ -311,7 +311,7 @@ class TaskStore:
         where = [Task.status.in_([s.value for s in RUNNING])]
         if only_expired:
             where.append(Task.lease_expires_at < now)
-        with self._db.connect() as connection:
+        with self._db.read() as connection:
             lost = connection.execute(select(Task.id, Task.attempts).where(*where)).all()
         for task_id, attempts in lost:
             if attempts >= max_attempts:
@@ -319,7 +319,7 @@ class TaskStore:
                 if self.fail(task_id, message):
                     failed.append(task_id)
                 continue
-            with self._db.begin() as connection:
+            with self._db.write() as connection:
                 changed = connection.execute(
                     update(Task)
                     .where(Task.id == task_id, *where)

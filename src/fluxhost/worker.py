@@ -67,9 +67,26 @@ class Worker:
         self.storage = storage
         self.events = events
         self.lease_seconds = lease_seconds
+        self._running: set[int] = set()
+        self._killed: set[int] = set()
+        events.subscribe(self._notice_kill)
+
+    def _notice_kill(self, event: TaskEvent) -> None:
+        """Kill and Cancel publish ``task_cancel`` after changing the row: the running generation
+        learns of it at its next step without asking the database."""
+        if event.type == Status.CANCEL.value and event.task_id in self._running:
+            self._killed.add(event.task_id)
 
     def run(self, task: ClaimedTask) -> None:
         """Take a claimed task (in ``task_accept``) to its end. Never raises."""
+        self._running.add(task.id)
+        try:
+            self._run_claimed(task)
+        finally:
+            self._running.discard(task.id)
+            self._killed.discard(task.id)
+
+    def _run_claimed(self, task: ClaimedTask) -> None:
         self._emit(task, Status.ACCEPT)
         log_lines: list[str] = []
         saved: list[NewOutput] = []
@@ -108,15 +125,20 @@ class Worker:
         # warm): one write stamps them all. Split the call when a stage starts doing real work.
         self._advance(task, Status.PREPROCESS_START, Status.PREPROCESS_END, Status.ASSIGN, Status.START)
 
-        started = time.monotonic()
-        stop_step = [0]
+        started = last_renewal = time.monotonic()
 
         def on_step(step: int, total: int) -> None:
-            stop_step[0] = step
-            if not self.store.renew_lease(task.id, self.worker_id, self.lease_seconds):
+            nonlocal last_renewal
+            now = time.monotonic()
+            stopped = task.id in self._killed
+            if not stopped and now - last_renewal > self.lease_seconds / 4:
+                # Also how a kill is seen when the event came through no bus we listen to.
+                stopped = not self.store.renew_lease(task.id, self.worker_id, self.lease_seconds)
+                last_renewal = now
+            if stopped:
                 log_lines.append(f"Stopped at step {step} of {total}.")
                 raise TaskStopped
-            self._emit(task, Status.OUTPUT, progress_message(step, total, started, time.monotonic()))
+            self._emit(task, Status.OUTPUT, progress_message(step, total, started, now))
 
         images = model.engine.generate(request, on_step)
         log_lines.append(f"Generated {len(images)} image(s) in {time.monotonic() - started:.2f}s.")
