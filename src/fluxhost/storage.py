@@ -33,11 +33,10 @@ class LocalStorage:
         return secrets.token_hex(32)
 
     def save(self, folder: str, name: str, data: bytes) -> None:
+        # Written in place: no URL to it exists until the task row records the output.
         path = self._path(folder, name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{name}.partial")
-        partial.write_bytes(data)
-        partial.replace(path)  # a reader never sees half a file
+        path.write_bytes(data)
 
     def url(self, folder: str, name: str) -> str:
         return f"{self.public_url}/files/{folder}/{name}"
