@@ -108,7 +108,7 @@ def test_an_engine_failure_fails_the_task_with_its_reason(server, client):
     assert server.service.dispatcher.ready.wait(30)
     model = server.service.dispatcher.worker.models[SLUG]
 
-    def broken(request, on_step):
+    def broken(request, on_step):  # noqa: ARG001
         raise RuntimeError("CUDA out of memory (simulated)")
 
     model.engine.generate = broken

@@ -22,6 +22,7 @@ class TaskEvent:
     token: str
     type: str  # a Status value
     message: Any = None  # None for lifecycle events; progress dict or log line for task_output
+    preview: str | None = None  # a progress event's step preview, a JPEG data URL
     time: float = field(default_factory=time.time)
 
 

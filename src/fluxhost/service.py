@@ -79,7 +79,8 @@ class Service:
                 continue
             log.warning("SERVING %s with %s", slug, engine.description)
             models[slug] = ServedModel(slug, model, engine)
-        return Worker(self.worker_id, self.store, models, self.storage, self.events, self.settings.lease_seconds)
+        return Worker(self.worker_id, self.store, models, self.storage, self.events, self.settings.lease_seconds,
+                      previews=self.settings.previews)
 
     def _janitor_loop(self) -> None:
         while not self._stopping.wait(JANITOR_SECONDS):

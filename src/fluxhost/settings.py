@@ -56,6 +56,9 @@ class Settings(BaseSettings):
         default="diffusers", description='"bench" swaps every model for a solid-colour engine.'
     )
     models: dict[str, ModelSettings] = Field(default_factory=_default_models)
+    previews: bool = Field(
+        default=False, description="Progress frames carry a small JPEG of the image so far (costs time)."
+    )
     torch_threads: int | None = Field(default=None, ge=1, description="Pin torch CPU threads.")
     nonce_retention_seconds: int = Field(default=86_400, ge=60)
     max_attempts: int = Field(

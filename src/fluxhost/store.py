@@ -139,6 +139,10 @@ class TaskStore:
             return self._read(tasks.c.project_id == project_id, tasks.c.socket_token == token)
         return None
 
+    def find_by_token(self, token: str) -> TaskRecord | None:
+        """Any project's task by its socket token: the token is the socket's only credential."""
+        return self._read(tasks.c.socket_token == token)
+
     def _read(self, *where: Any) -> TaskRecord | None:
         with self._db.read() as connection:
             row = connection.execute(select(tasks).where(*where)).first()

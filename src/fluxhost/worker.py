@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import logging
 import time
 from dataclasses import dataclass
 
+from PIL import Image
+
 from fluxhost.engines import Engine, GenerationRequest
+from fluxhost.engines.base import Preview
 from fluxhost.events import EventBus, TaskEvent
 from fluxhost.images import CONTENT_TYPES, encode
 from fluxhost.settings import ModelSettings
@@ -17,6 +22,7 @@ from fluxhost.tasks import Status
 log = logging.getLogger(__name__)
 
 FILE_EXTENSIONS = {"png": "png", "jpeg": "jpg"}
+PREVIEW_MAX_SIDE = 256
 
 
 class TaskStopped(Exception):
@@ -31,6 +37,15 @@ class ServedModel:
     settings: ModelSettings
     engine: Engine | None
     load_error: str = ""
+
+
+def preview_data_url(image: Image.Image) -> str:
+    """A step preview as a small JPEG data URL, for the ``preview`` field of progress frames."""
+    small = image.convert("RGB")
+    small.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE))
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=70)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def progress_message(step: int, total: int, started: float, now: float) -> dict[str, str]:
@@ -60,6 +75,7 @@ class Worker:
         storage: Storage,
         events: EventBus,
         lease_seconds: float,
+        previews: bool = False,
     ):
         self.worker_id = worker_id
         self.store = store
@@ -67,6 +83,7 @@ class Worker:
         self.storage = storage
         self.events = events
         self.lease_seconds = lease_seconds
+        self.previews = previews
         self._running: set[int] = set()
         self._killed: set[int] = set()
         events.subscribe(self._notice_kill)
@@ -127,7 +144,7 @@ class Worker:
 
         started = last_renewal = time.monotonic()
 
-        def on_step(step: int, total: int) -> None:
+        def on_step(step: int, total: int, preview: Preview | None) -> None:
             nonlocal last_renewal
             now = time.monotonic()
             stopped = task.id in self._killed
@@ -138,7 +155,9 @@ class Worker:
             if stopped:
                 log_lines.append(f"Stopped at step {step} of {total}.")
                 raise TaskStopped
-            self._emit(task, Status.OUTPUT, progress_message(step, total, started, now))
+            message = progress_message(step, total, started, now)
+            picture = preview_data_url(preview()) if self.previews and preview else None
+            self.events.publish(TaskEvent(task.id, task.socket_token, Status.OUTPUT.value, message, picture))
 
         images = model.engine.generate(request, on_step)
         log_lines.append(f"Generated {len(images)} image(s) in {time.monotonic() - started:.2f}s.")

@@ -8,12 +8,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException
 
 from fluxhost.api.body import BodyError, read_parameters
+from fluxhost.api.socket import SocketHub
 from fluxhost.api.wire import fail, ok, render_task, task_list
 from fluxhost.auth import AuthError, Caller
 from fluxhost.events import TaskEvent
@@ -83,13 +84,17 @@ def _callback_url(params: dict[str, Any]) -> str:
 def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
     """The ASGI app over ``service``; with ``manage_service`` it starts and stops the service."""
 
+    hub = SocketHub(service)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         if manage_service:
             service.start()
+        hub.start()
         try:
             yield
         finally:
+            hub.stop()
             if manage_service:
                 service.stop()
 
@@ -273,6 +278,10 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
         if tool is None:
             raise ProtocolError(1, UNKNOWN_MODEL)
         return ok(tool=[tool.detail()])
+
+    @app.websocket("/v1")
+    async def socket(websocket: WebSocket) -> None:
+        await hub.serve(websocket)
 
     @app.get("/files/{folder}/{name}")
     async def file(folder: str, name: str) -> FileResponse:

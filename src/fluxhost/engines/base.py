@@ -8,9 +8,13 @@ from typing import Protocol
 
 from PIL.Image import Image
 
-StepCallback = Callable[[int, int], None]
-"""Called after every denoising step with (step done, 1-based; total steps). It may raise to
-stop the generation: that is how Kill stops a running task at the next step."""
+Preview = Callable[[], Image]
+"""Renders the image as it stands after a step: small and approximate, for progress displays."""
+
+StepCallback = Callable[[int, int, Preview | None], None]
+"""Called after every denoising step with (step done, 1-based; total steps; a preview renderer
+or None where the engine has none). It may raise to stop the generation: that is how Kill stops
+a running task at the next step."""
 
 
 @dataclass(frozen=True)

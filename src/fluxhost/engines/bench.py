@@ -21,5 +21,6 @@ class BenchEngine:
 
     def generate(self, request: GenerationRequest, on_step: StepCallback) -> list[Image.Image]:
         colour = (request.seed & 0xFF, (request.seed >> 8) & 0xFF, (request.seed >> 16) & 0xFF)
-        on_step(1, 1)
-        return [Image.new("RGB", (BENCH_SIZE, BENCH_SIZE), colour)]
+        image = Image.new("RGB", (BENCH_SIZE, BENCH_SIZE), colour)
+        on_step(1, 1, lambda: image)
+        return [image]

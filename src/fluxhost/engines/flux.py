@@ -16,6 +16,7 @@ from fluxhost.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
+PREVIEW_SCALE = 0.25
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -65,7 +66,8 @@ class FluxEngine:
             raise RuntimeError("engine used before load()")
 
         def step_end(_pipeline, step: int, _timestep, tensors: dict) -> dict:
-            on_step(step + 1, request.steps)
+            latents = tensors["latents"]
+            on_step(step + 1, request.steps, lambda: self._preview(latents, request.height, request.width))
             return tensors
 
         # A CPU generator gives the same noise on every device, so a seed means one image.
@@ -83,3 +85,14 @@ class FluxEngine:
                 output_type="pil",
             )
         return list(result.images)
+
+    def _preview(self, packed_latents: torch.Tensor, height: int, width: int) -> Image:
+        """The current latents decoded by the model's own VAE at a quarter of the size: about
+        1/16 of a full decode's cost, and no extra weights to download."""
+        pipeline = self._pipeline
+        latents = pipeline._unpack_latents(packed_latents, height, width, pipeline.vae_scale_factor)
+        latents = torch.nn.functional.interpolate(latents, scale_factor=PREVIEW_SCALE, mode="area")
+        latents = latents / pipeline.vae.config.scaling_factor + pipeline.vae.config.shift_factor
+        with torch.inference_mode():
+            decoded = pipeline.vae.decode(latents.to(pipeline.vae.dtype), return_dict=False)[0]
+        return pipeline.image_processor.postprocess(decoded, output_type="pil")[0]

@@ -1,0 +1,209 @@
+"""The realtime socket: ``{"type": "task_info", "tasktoken": ...}`` in, one frame per event out.
+
+One subscription to the event bus serves every connection. Events arrive on the publisher's
+thread and hop onto the event loop; each frame is serialised once and offered to every
+subscriber's outbox. An outbox never blocks the publisher: it holds every lifecycle frame, keeps
+only the newest progress frame per task, and drops progress beyond a bound, so a slow client
+loses intermediate progress, never a lifecycle or final frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from fluxhost.api.wire import render_output
+from fluxhost.events import TaskEvent
+from fluxhost.service import Service
+from fluxhost.store import TaskRecord
+from fluxhost.tasks import TERMINAL, WORKER_PATH, Status
+
+log = logging.getLogger(__name__)
+
+MAX_PROGRESS_FRAMES = 16  # per connection, waiting to be sent
+MAX_MESSAGE_BYTES = 4096
+_ORDER = {status.value: index for index, status in enumerate(WORKER_PATH)}
+_TERMINAL = {status.value for status in TERMINAL}
+
+
+def frame_text(task_id: int, token: str, kind: str, message: Any = None, **extra: Any) -> str:
+    return json.dumps(
+        {"type": kind, "id": str(task_id), "tasktoken": token, "message": message, "result": True, **extra}
+    )
+
+
+def error_text(message: str, code: int = 0) -> str:
+    return json.dumps({"type": "error", "result": False, "errors": [{"code": code, "message": message}]})
+
+
+class Outbox:
+    """Frames waiting for one connection."""
+
+    def __init__(self) -> None:
+        self._frames: deque[tuple[int | None, str]] = deque()  # (task id of a progress frame, text)
+        self._ready = asyncio.Event()
+
+    def put(self, text: str, progress_of: int | None = None) -> None:
+        if progress_of is not None:
+            waiting = [i for i, (task, _) in enumerate(self._frames) if task is not None]
+            for index in waiting:
+                if self._frames[index][0] == progress_of:
+                    self._frames[index] = (progress_of, text)  # newest progress wins
+                    return
+            if len(waiting) >= MAX_PROGRESS_FRAMES:
+                return
+        self._frames.append((progress_of, text))
+        self._ready.set()
+
+    async def get(self) -> str:
+        while not self._frames:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._frames.popleft()[1]
+
+
+class Subscriber:
+    """One socket connection and where each task it follows has got to."""
+
+    def __init__(self, websocket: WebSocket):
+        self.websocket = websocket
+        self.outbox = Outbox()
+        self.position: dict[int, int] = {}  # task id -> index of the last lifecycle frame sent
+        self.finished: set[int] = set()
+
+    def offer(self, event: TaskEvent, text: str) -> None:
+        if event.task_id in self.finished:
+            return
+        if event.type == Status.OUTPUT.value:
+            self.outbox.put(text, progress_of=event.task_id)
+            return
+        if event.type in _TERMINAL:
+            self.finished.add(event.task_id)
+        else:
+            index = _ORDER.get(event.type, -1)
+            if index <= self.position.get(event.task_id, -1):
+                return  # already told (a late subscriber's state frame overtook it)
+            self.position[event.task_id] = index
+        self.outbox.put(text)
+
+    async def send_loop(self) -> None:
+        while True:
+            text = await self.outbox.get()
+            await self.websocket.send_text(text)
+
+
+class SocketHub:
+    def __init__(self, service: Service):
+        self.service = service
+        self._followers: dict[str, set[Subscriber]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._unsubscribe = None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._unsubscribe = self.service.events.subscribe(self._from_bus)
+
+    def stop(self) -> None:
+        if self._unsubscribe:
+            self._unsubscribe()
+
+    def _from_bus(self, event: TaskEvent) -> None:
+        if event.token in self._followers and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._deliver, event)
+
+    def final_text(self, record: TaskRecord) -> str:
+        """The last frame of a task: its outputs when it ended, nothing when cancelled."""
+        task = record.row
+        if task.status == Status.CANCEL.value:
+            return frame_text(task.id, task.socket_token, task.status)
+        outputs = [render_output(output, task, self.service.storage) for output in record.outputs]
+        return frame_text(task.id, task.socket_token, task.status, outputs, pexit=task.pexit)
+
+    def _deliver(self, event: TaskEvent) -> None:
+        followers = self._followers.get(event.token)
+        if not followers:
+            return
+        if event.type in _TERMINAL:
+            record = self.service.store.get(event.task_id)
+            text = self.final_text(record) if record else frame_text(event.task_id, event.token, event.type)
+        else:
+            extra = {"preview": event.preview} if event.preview else {}
+            text = frame_text(event.task_id, event.token, event.type, event.message, **extra)
+        for subscriber in list(followers):
+            subscriber.offer(event, text)
+
+    def follow(self, subscriber: Subscriber, record: TaskRecord) -> None:
+        """Start sending ``record``'s events to ``subscriber``, beginning with its current state."""
+        task = record.row
+        self._followers.setdefault(task.socket_token, set()).add(subscriber)
+        # Registered before the state is read: an event that overtakes it is dropped as old.
+        current = self.service.store.get(task.id) or record
+        state = TaskEvent(task.id, task.socket_token, current.row.status)
+        text = self.final_text(current) if state.type in _TERMINAL else frame_text(task.id, task.socket_token,
+                                                                                     state.type)
+        subscriber.offer(state, text)
+
+    def forget(self, subscriber: Subscriber) -> None:
+        for token in [t for t, followers in self._followers.items() if subscriber in followers]:
+            self._followers[token].discard(subscriber)
+            if not self._followers[token]:
+                del self._followers[token]
+
+    async def serve(self, websocket: WebSocket) -> None:
+        """One connection: read ``task_info`` frames, follow their tasks, until the client leaves."""
+        await websocket.accept()
+        subscriber = Subscriber(websocket)
+        sender = asyncio.create_task(subscriber.send_loop())
+        try:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                try:
+                    token = requested_token(message.get("text") or message.get("bytes"))
+                except FrameError as error:
+                    subscriber.outbox.put(error_text(str(error)))
+                    continue
+                record = self.service.store.find_by_token(token)
+                if record is None:
+                    await websocket.send_text(error_text("There is no task yet.", code=1))
+                    await websocket.close(code=1008)
+                    break
+                self.follow(subscriber, record)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self.forget(subscriber)
+            sender.cancel()
+            if websocket.client_state == WebSocketState.CONNECTED:
+                try:
+                    await websocket.close()
+                except RuntimeError:
+                    pass
+
+
+class FrameError(ValueError):
+    """A client frame the socket cannot act on; the message is sent back in an error frame."""
+
+
+def requested_token(raw: str | bytes | None) -> str:
+    """The task token of a ``task_info`` frame."""
+    if raw is None or len(raw) > MAX_MESSAGE_BYTES:
+        raise FrameError("Frames must be JSON text of at most 4096 bytes.")
+    try:
+        frame = json.loads(raw)
+    except ValueError:
+        raise FrameError("Frames must be JSON objects.") from None
+    if not isinstance(frame, dict):
+        raise FrameError("Frames must be JSON objects.")
+    if frame.get("type") != "task_info":
+        raise FrameError('Unknown frame type: send {"type": "task_info", "tasktoken": "<socketaccesstoken>"}.')
+    token = frame.get("tasktoken")
+    if not isinstance(token, str) or not token.strip():
+        raise FrameError("tasktoken is required")
+    return token.strip()

@@ -1,0 +1,176 @@
+"""The realtime socket at /v1, spoken to with a real WebSocket client."""
+
+import asyncio
+import base64
+import io
+import json
+
+import pytest
+import websockets
+from PIL import Image
+
+from fluxhost.api.socket import MAX_PROGRESS_FRAMES, Subscriber
+from fluxhost.auth import KeyMode
+from fluxhost.events import TaskEvent
+from tests.helpers import LiveServer, ProtocolClient
+
+LIFECYCLE = ["task_queue", "task_accept", "task_preprocess_start", "task_preprocess_end", "task_assign",
+             "task_start", "task_end", "task_postprocess_start", "task_postprocess_end"]
+TERMINAL = ("task_postprocess_end", "task_cancel")
+
+
+def socket_url(server) -> str:
+    return server.base_url.replace("http://", "ws://") + "/v1"
+
+
+async def follow(url: str, token: str, *, greet: bool = True) -> list[dict]:
+    """Every frame for ``token`` until its terminal one."""
+    async with websockets.connect(url) as ws:
+        await ws.send(json.dumps({"type": "task_info", "tasktoken": token}))
+        frames = []
+        while True:
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 60))
+            frames.append(frame)
+            if frame["type"] in TERMINAL:
+                return frames
+
+
+def test_a_run_seen_through_the_socket(server, client):
+    blocker = client.run()  # keeps the single worker busy: the task below is still queued when followed
+    run = client.run()
+    frames = asyncio.run(follow(socket_url(server), run["socketaccesstoken"]))
+    assert client.detail(blocker["taskid"])["status"] == "task_postprocess_end"
+    assert all(f["tasktoken"] == run["socketaccesstoken"] and f["id"] == run["taskid"] and f["result"] is True
+               for f in frames)
+    lifecycle = [f["type"] for f in frames if f["type"] != "task_output"]
+    assert lifecycle == LIFECYCLE
+    assert all(f["message"] is None for f in frames if f["type"] in LIFECYCLE[:-1])
+
+    progress = [f["message"] for f in frames if f["type"] == "task_output"]
+    assert progress, "no progress frames"
+    assert [int(p["percentage"]) for p in progress] == sorted(int(p["percentage"]) for p in progress)
+    assert progress[-1]["percentage"] == "100" and progress[-1]["stepCurrent"] == progress[-1]["stepTotal"] == "4"
+    assert {"type", "task", "percentage", "stepCurrent", "stepTotal", "speed", "speedType", "elapsedTime",
+            "remainingTime"} <= set(progress[0])
+    assert progress[0]["type"] == "progressGenerate" and progress[0]["speedType"] == "it/s"
+    starts = [i for i, f in enumerate(frames) if f["type"] == "task_start"][0]
+    ends = [i for i, f in enumerate(frames) if f["type"] == "task_end"][0]
+    assert all(starts < i < ends for i, f in enumerate(frames) if f["type"] == "task_output")
+
+    final = frames[-1]
+    assert final["message"] == client.detail(run["taskid"])["outputs"] and final["pexit"] == "0"
+
+
+def test_late_subscribers_learn_the_current_state(server, client):
+    run = client.run()
+    client.wait(run["taskid"])
+    [final] = asyncio.run(follow(socket_url(server), run["socketaccesstoken"]))
+    assert final["type"] == "task_postprocess_end" and final["message"] == client.detail(run["taskid"])["outputs"]
+
+    cancelled_running = client.run()
+    queued = client.run()
+    assert client.call("Task/Cancel", {"taskid": queued["taskid"]})["result"] is True
+    [cancel] = asyncio.run(follow(socket_url(server), queued["socketaccesstoken"]))
+    assert cancel["type"] == "task_cancel" and cancel["message"] is None
+    client.wait(cancelled_running["taskid"])
+
+
+def test_a_subscriber_arriving_mid_run_starts_from_the_current_state(make_settings):
+    with LiveServer(make_settings(steps=40)) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        run = client.run()
+        client.wait(run["taskid"], ("task_start",))
+        frames = asyncio.run(follow(socket_url(live), run["socketaccesstoken"]))
+    assert frames[0]["type"] == "task_start"
+    assert [f["type"] for f in frames if f["type"] != "task_output"] == LIFECYCLE[5:]
+
+
+def test_unknown_tokens_and_malformed_frames(server, client):
+    async def scenario():
+        async with websockets.connect(socket_url(server)) as ws:
+            for bad in ("not json", "[1, 2]", json.dumps({"type": "hello"}), json.dumps({"type": "task_info"}),
+                        b"\x00\x01"):
+                await ws.send(bad)
+                reply = json.loads(await ws.recv())
+                assert reply["type"] == "error" and reply["result"] is False and reply["errors"][0]["message"]
+            run = client.run()  # the connection is still good after all that
+            await ws.send(json.dumps({"type": "task_info", "tasktoken": run["socketaccesstoken"]}))
+            assert json.loads(await ws.recv())["type"] in LIFECYCLE
+            await ws.send(json.dumps({"type": "task_info", "tasktoken": "no-such-token"}))
+            while (reply := json.loads(await ws.recv()))["type"] != "error":
+                pass
+            assert reply["errors"] == [{"code": 1, "message": "There is no task yet."}]
+            with pytest.raises(websockets.ConnectionClosed):
+                while True:
+                    await asyncio.wait_for(ws.recv(), 10)
+            return run
+
+    client.wait(asyncio.run(scenario())["taskid"])
+
+
+def test_one_connection_follows_several_tasks(server, client):
+    runs = [client.run(), client.run()]
+
+    async def scenario():
+        async with websockets.connect(socket_url(server)) as ws:
+            for run in runs:
+                await ws.send(json.dumps({"type": "task_info", "tasktoken": run["socketaccesstoken"]}))
+            finals = {}
+            while len(finals) < 2:
+                frame = json.loads(await asyncio.wait_for(ws.recv(), 60))
+                if frame["type"] in TERMINAL:
+                    finals[frame["id"]] = frame
+            return finals
+
+    finals = asyncio.run(scenario())
+    assert set(finals) == {run["taskid"] for run in runs}
+    assert all(frame["type"] == "task_postprocess_end" for frame in finals.values())
+
+
+def test_a_hundred_subscribers_all_get_the_final_frame(make_settings):
+    with LiveServer(make_settings(steps=12)) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        run = client.run()
+
+        async def crowd():
+            return await asyncio.gather(*(follow(socket_url(live), run["socketaccesstoken"]) for _ in range(100)))
+
+        results = asyncio.run(crowd())
+        outputs = client.detail(run["taskid"])["outputs"]
+    assert len(results) == 100
+    assert all(frames[-1]["type"] == "task_postprocess_end" and frames[-1]["message"] == outputs
+               for frames in results)
+
+
+def test_progress_frames_carry_a_preview_when_asked(make_settings):
+    with LiveServer(make_settings(previews=True)) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        run = client.run(aspectRatio="1:1")
+        frames = asyncio.run(follow(socket_url(live), run["socketaccesstoken"]))
+    previews = [f["preview"] for f in frames if f["type"] == "task_output"]
+    assert previews and all(p.startswith("data:image/jpeg;base64,") for p in previews)
+    image = Image.open(io.BytesIO(base64.b64decode(previews[-1].split(",", 1)[1])))
+    assert image.format == "JPEG" and max(image.size) <= 256
+
+
+def test_a_slow_subscriber_loses_progress_never_lifecycle():
+    async def scenario():
+        subscriber = Subscriber(websocket=None)
+        subscriber.offer(TaskEvent(1, "a", "task_start"), "start-1")
+        for step in range(1, 1001):
+            subscriber.offer(TaskEvent(1, "a", "task_output", {"stepCurrent": str(step)}), f"progress-1-{step}")
+        for task in range(2, 2 + 3 * MAX_PROGRESS_FRAMES):
+            subscriber.offer(TaskEvent(task, "b", "task_output", {}), f"progress-{task}")
+        subscriber.offer(TaskEvent(1, "a", "task_end"), "end-1")
+        subscriber.offer(TaskEvent(1, "a", "task_start"), "stale-start-1")
+        subscriber.offer(TaskEvent(1, "a", "task_postprocess_end"), "final-1")
+        subscriber.offer(TaskEvent(1, "a", "task_output", {}), "after-the-end")
+        frames = []
+        while subscriber.outbox._frames:
+            frames.append(await subscriber.outbox.get())
+        return frames
+
+    frames = asyncio.run(scenario())
+    assert [f for f in frames if not f.startswith("progress")] == ["start-1", "end-1", "final-1"]
+    assert "progress-1-1000" in frames and "progress-1-1" not in frames  # the newest progress wins
+    assert sum(f.startswith("progress") for f in frames) == MAX_PROGRESS_FRAMES
