@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -99,3 +100,44 @@ class ProtocolClient:
                 return task
             assert time.monotonic() < deadline, f"task {taskid} stuck in {task['status']}"
             time.sleep(0.05)
+
+
+class Receiver:
+    """A local HTTP endpoint for callbacks: answers with the given status codes in turn (the last
+    one repeats) and records every request."""
+
+    def __init__(self, statuses: list[int] | None = None):
+        self.statuses = list(statuses or [200])
+        self.requests: list[dict[str, Any]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the http.server hook's name
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                receiver.requests.append({"time": time.monotonic(), "headers": dict(self.headers), "body": body})
+                status = receiver.statuses[min(len(receiver.requests), len(receiver.statuses)) - 1]
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Receiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def wait_for(self, count: int, timeout: float = 60) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while len(self.requests) < count:
+            assert time.monotonic() < deadline, f"{len(self.requests)} of {count} callbacks arrived"
+            time.sleep(0.02)
+        return self.requests

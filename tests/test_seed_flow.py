@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from fluxhost.auth import KeyMode
+from tests.helpers import LiveServer, Receiver
 
 pytestmark = pytest.mark.skipif(not (shutil.which("curl") and shutil.which("openssl")), reason="needs curl, openssl")
 
@@ -67,8 +68,20 @@ def same_shape(example: object, actual: object, where: str = "") -> None:
         same_shape(example[0], actual[0], f"{where}[0]")
 
 
-@pytest.mark.parametrize("callback", ["", ', "callbackUrl": "https://example.com/fluxhost-hook"'])
-def test_seed_run_and_detail_verbatim(server, callback):
+@pytest.fixture
+def receiver():
+    with Receiver() as local:
+        yield local
+
+
+@pytest.mark.parametrize("with_callback", [False, True])
+def test_seed_run_and_detail_verbatim(make_settings, receiver, with_callback):
+    with LiveServer(make_settings(callback_allowlist="127.0.0.1")) as server:
+        check_seed_flow(server, receiver, with_callback)
+
+
+def check_seed_flow(server, receiver, with_callback):
+    callback = f', "callbackUrl": "{receiver.url}"' if with_callback else ""
     key = server.service.keys.create(KeyMode.SIGNATURE)
     prepare = HEADER_PREPARE.format(api_key=key.api_key, api_secret=key.api_secret)
     # The seed exports one NONCE and SIGNATURE and uses them for Run and every Detail poll.
@@ -93,7 +106,7 @@ def test_seed_run_and_detail_verbatim(server, callback):
     assert task["status"] == "task_postprocess_end" and task["pexit"] == "0", task["debugerror"]
     assert task["id"] == run["taskid"]
     assert task["parameters"]["seed"] == "42" and task["parameters"]["aspectRatio"] == "16:9"
-    assert task["callbackurl"] == ("https://example.com/fluxhost-hook" if callback else "")
+    assert task["callbackurl"] == (receiver.url if with_callback else "")
     for field in ("createtime", "accepttime", "preprocessstarttime", "preprocessendtime", "assigntime",
                   "starttime", "endtime", "postprocessstarttime", "postprocessendtime"):
         assert int(task[field]) > 0, field
@@ -107,3 +120,6 @@ def test_seed_run_and_detail_verbatim(server, callback):
     assert str(len(image_bytes)) == output["size"] == task["size"]
     image = Image.open(io.BytesIO(image_bytes))
     assert image.format == "PNG" and image.size == (1376, 768)  # 16:9 at about one megapixel
+    if with_callback:
+        [delivery] = receiver.wait_for(1)
+        assert json.loads(delivery["body"])["tasklist"][0]["outputs"] == task["outputs"]

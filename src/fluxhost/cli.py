@@ -18,18 +18,25 @@ from fluxhost.settings import DEFAULT_MODEL, Settings
 app = typer.Typer(help="fluxhost: a self-hosted FLUX text-to-image service.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys and their projects.", no_args_is_help=True)
 models_app = typer.Typer(help="Models and weights.", no_args_is_help=True)
+callbacks_app = typer.Typer(help="Callback deliveries and their attempts.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
+app.add_typer(callbacks_app, name="callbacks")
 console = Console()
 
 
-def _key_store(settings: Settings):
-    from fluxhost.auth import KeyStore
+def _database(settings: Settings):
     from fluxhost.db import Database
 
     db = Database(settings.resolved_database_url)
     db.migrate()
-    return KeyStore(db, settings.nonce_retention_seconds)
+    return db
+
+
+def _key_store(settings: Settings):
+    from fluxhost.auth import KeyStore
+
+    return KeyStore(_database(settings), settings.nonce_retention_seconds)
 
 
 def _first_key_banner(key: NewKey, settings: Settings) -> str:
@@ -147,4 +154,29 @@ def models_list() -> None:
     for slug, model in settings.models.items():
         table.add_row(slug, model.weights or "(tiny, random weights)", model.device, model.dtype,
                       str(model.steps), str(model.guidance))
+    console.print(table)
+
+
+@callbacks_app.command("list")
+def callbacks_list(
+    task: Annotated[int | None, typer.Option(help="Only the callback of this task id.")] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Callback deliveries, newest first, with every attempt."""
+    from datetime import datetime
+
+    from fluxhost.callbacks import list_deliveries
+
+    found = list_deliveries(_database(Settings()), task_id=task, limit=limit)
+    if as_json:
+        typer.echo(json.dumps(found))
+        return
+    table = Table("task", "url", "status", "attempts", "last answer", "next attempt")
+    for delivery in found:
+        last = delivery["history"][-1] if delivery["history"] else None
+        answer = (str(last["status_code"] or "") + " " + last["error"]).strip() if last else ""
+        upcoming = delivery["next_attempt_at"]
+        table.add_row(str(delivery["task_id"]), delivery["url"], delivery["status"], str(delivery["attempts"]),
+                      answer, datetime.fromtimestamp(upcoming).strftime("%H:%M:%S") if upcoming else "")
     console.print(table)

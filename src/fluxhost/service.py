@@ -10,15 +10,18 @@ import os
 import socket
 import threading
 import uuid
+from typing import Any
 
 from fluxhost.auth import KeyStore
+from fluxhost.callbacks import Allowlist, CallbackSender
 from fluxhost.db import Database
 from fluxhost.dispatch import LocalDispatcher
 from fluxhost.events import LocalEventBus
 from fluxhost.settings import Settings
 from fluxhost.storage import LocalStorage
-from fluxhost.store import TaskStore
+from fluxhost.store import TaskRecord, TaskStore
 from fluxhost.tools import Catalog, Tool
+from fluxhost.wire import render_task, task_list_body
 from fluxhost.worker import ServedModel, Worker
 
 log = logging.getLogger("fluxhost")
@@ -39,6 +42,12 @@ class Service:
         self.catalog = Catalog(
             [Tool(*slug.split("/", 1), model.description) for slug, model in settings.models.items()]
         )
+        self.callback_allowlist = Allowlist.parse(settings.callback_allowlist)
+        self.callbacks = CallbackSender(
+            self.db, self.store, self.events, lambda record: task_list_body([self.render(record)]),
+            self.callback_allowlist, settings.callback_max_attempts, settings.callback_backoff_seconds,
+            settings.callback_timeout_seconds,
+        )
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.dispatcher = LocalDispatcher(self.store, self._make_worker, settings.worker_concurrency)
         self._stopping = threading.Event()
@@ -53,13 +62,20 @@ class Service:
                 log.warning("recovered unfinished tasks: requeued %s, failed %s",
                             recovery.requeued, recovery.failed)
         self.dispatcher.start()
+        self.callbacks.start()
         self._janitor = threading.Thread(target=self._janitor_loop, name="fluxhost-janitor", daemon=True)
         self._janitor.start()
 
     def stop(self) -> None:
         self._stopping.set()
         self.dispatcher.stop()
+        self.callbacks.stop()
         self.db.dispose()
+
+    def render(self, record: TaskRecord) -> dict[str, Any]:
+        """A task as Task/Detail, Task/List and callbacks show it."""
+        tool = self.catalog.find(*record.row.model_slug.split("/", 1))
+        return render_task(record, self.storage, tool.description if tool else "")
 
     def _make_worker(self) -> Worker:
         from fluxhost.engines import build_engine

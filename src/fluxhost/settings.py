@@ -67,6 +67,14 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(
         default=120.0, gt=0, description="A claimed task is taken up again when this runs out."
     )
+    callback_allowlist: str = Field(
+        default="", description="Comma-separated hosts or CIDR ranges callbacks may reach though not public."
+    )
+    callback_max_attempts: int = Field(default=10, ge=1, le=50)
+    callback_backoff_seconds: float = Field(
+        default=30.0, gt=0, description="Wait after the first failed attempt; doubles after each (10 attempts: ~4 h)."
+    )
+    callback_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     log_level: str = "INFO"
 
     @field_validator("public_url")

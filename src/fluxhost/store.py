@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from itertools import pairwise
 from typing import Any
 
-from sqlalchemy import Row, delete, func, insert, select, update
+from sqlalchemy import Connection, Row, delete, func, insert, literal, select, update
 
 from fluxhost.auth import random_token
-from fluxhost.db import Database, Output, Task
+from fluxhost.db import CallbackAttempt, CallbackDelivery, Database, Output, Task
 from fluxhost.tasks import RUNNING, TERMINAL, Status, previous_status
 
 tasks = Task.__table__
 outputs = Output.__table__
+deliveries = CallbackDelivery.__table__
+attempts = CallbackAttempt.__table__
 
 _TIME_COLUMN = {
     Status.ACCEPT: "accept_time",
@@ -56,10 +58,13 @@ class NewOutput:
 
 @dataclass(frozen=True)
 class TaskRecord:
-    """A task as read back: its row (columns as attributes) and its outputs' rows."""
+    """A task as read back: its row (columns as attributes), its outputs' rows, and its
+    callback's delivery and attempts when it has a callback URL."""
 
     row: Row
     outputs: list[Row]
+    callback: Row | None = None
+    callback_attempts: list[Row] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -149,7 +154,17 @@ class TaskStore:
             if row is None:
                 return None
             files = connection.execute(select(outputs).where(outputs.c.task_id == row.id).order_by(outputs.c.name))
-            return TaskRecord(row, files.all())
+            record = TaskRecord(row, files.all())
+            return self._with_callback(connection, record) if row.callback_url else record
+
+    def _with_callback(self, connection: Connection, record: TaskRecord) -> TaskRecord:
+        delivery = connection.execute(select(deliveries).where(deliveries.c.task_id == record.row.id)).first()
+        if delivery is None:
+            return record
+        tried = connection.execute(
+            select(attempts).where(attempts.c.delivery_id == delivery.id).order_by(attempts.c.number)
+        ).all()
+        return TaskRecord(record.row, record.outputs, delivery, tried)
 
     def list(
         self,
@@ -174,7 +189,8 @@ class TaskStore:
                 query = select(outputs).where(outputs.c.task_id.in_(list(files))).order_by(outputs.c.name)
                 for output in connection.execute(query):
                     files[output.task_id].append(output)
-        return total, [TaskRecord(row, files[row.id]) for row in rows]
+            records = [TaskRecord(row, files[row.id]) for row in rows]
+            return total, [self._with_callback(connection, r) if r.row.callback_url else r for r in records]
 
     def cancel(self, project_id: int, task_id: int) -> StopResult:
         """Cancel a task no worker has claimed: it will never run."""
@@ -192,6 +208,7 @@ class TaskStore:
                 .values(status=Status.CANCEL.value, cancel_time=time.time(), lease_expires_at=None)
             ).rowcount
             if changed:
+                _owe_callback(connection, task_id, time.time())
                 return StopResult.STOPPED
             exists = connection.execute(
                 select(Task.id).where(Task.id == task_id, Task.project_id == project_id)
@@ -275,6 +292,8 @@ class TaskStore:
                 .values(status=Status.POSTPROCESS_END.value, postprocess_end_time=now, pexit="0",
                         debug_output=debug_output, lease_expires_at=None)
             ).rowcount
+            if done:
+                _owe_callback(connection, task_id, now)
             if done and outputs:
                 connection.execute(
                     insert(Output),
@@ -291,15 +310,16 @@ class TaskStore:
         """End a running task as failed: ``task_postprocess_end``, pexit 1, the reason kept."""
         now = time.time()
         with self._db.write() as connection:
-            return bool(
-                connection.execute(
-                    update(Task)
-                    .where(Task.id == task_id, Task.status.in_([s.value for s in (Status.QUEUE, *RUNNING)]))
-                    .values(status=Status.POSTPROCESS_END.value, pexit="1", debug_error=error,
-                            debug_output=debug_output, postprocess_end_time=now,
-                            end_time=func.coalesce(Task.end_time, now), lease_expires_at=None)
-                ).rowcount
-            )
+            failed = connection.execute(
+                update(Task)
+                .where(Task.id == task_id, Task.status.in_([s.value for s in (Status.QUEUE, *RUNNING)]))
+                .values(status=Status.POSTPROCESS_END.value, pexit="1", debug_error=error,
+                        debug_output=debug_output, postprocess_end_time=now,
+                        end_time=func.coalesce(Task.end_time, now), lease_expires_at=None)
+            ).rowcount
+            if failed:
+                _owe_callback(connection, task_id, now)
+            return bool(failed)
 
     def set_debug_output(self, task_id: int, text: str) -> None:
         with self._db.write() as connection:
@@ -333,6 +353,19 @@ class TaskStore:
             if changed:
                 requeued.append(task_id)
         return Recovery(requeued, failed)
+
+
+def _owe_callback(connection: Connection, task_id: int, now: float) -> None:
+    """Record, in the transaction that ends the task, the callback it owes (if it has a URL):
+    a crash can then lose neither the task's end nor its callback."""
+    owed = select(
+        tasks.c.id, tasks.c.callback_url, literal("pending"), literal(0), literal(now), literal(now)
+    ).where(tasks.c.id == task_id, tasks.c.callback_url != "")
+    connection.execute(
+        insert(deliveries).from_select(
+            ["task_id", "url", "status", "attempts", "next_attempt_at", "created_at"], owed
+        )
+    )
 
 
 def is_terminal(task: TaskRecord) -> bool:

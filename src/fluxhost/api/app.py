@@ -6,22 +6,23 @@ import json
 import logging
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from fluxhost.api.body import BodyError, read_parameters
 from fluxhost.api.socket import SocketHub
-from fluxhost.api.wire import fail, ok, render_task, task_list
 from fluxhost.auth import AuthError, Caller
+from fluxhost.callbacks import CallbackRefused, check_callback_url
 from fluxhost.events import TaskEvent
 from fluxhost.service import Service
 from fluxhost.store import StopResult, TaskRecord, is_terminal
 from fluxhost.tasks import Status
 from fluxhost.tools import InputError, validate_inputs
+from fluxhost.wire import task_list_body
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,18 @@ NO_TASK = "There is no task yet."
 ID_REQUIRED = "taskid or socketaccesstoken is required"
 UNKNOWN_MODEL = "slug-owner-project-not-exist"
 MAX_LIST = 1000
+
+
+def ok(**fields: Any) -> JSONResponse:
+    return JSONResponse({"result": True, "errors": [], **fields})
+
+
+def fail(code: int, message: str, status_code: int = 200) -> JSONResponse:
+    return JSONResponse({"result": False, "errors": [{"code": code, "message": message}]}, status_code)
+
+
+def task_list(tasks: list[dict[str, Any]], total: int | None = None) -> JSONResponse:
+    return JSONResponse(task_list_body(tasks, total))
 
 
 class ProtocolError(Exception):
@@ -69,16 +82,6 @@ def _list_param(params: dict[str, Any], name: str) -> list[str]:
     except ValueError:
         return [part.strip() for part in str(value).split(",") if part.strip()]
     return [str(v) for v in decoded] if isinstance(decoded, list) else [str(decoded)]
-
-
-def _callback_url(params: dict[str, Any]) -> str:
-    url = str(params.get("callbackUrl") or params.get("callbackurl") or "").strip()
-    if not url:
-        return ""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > 2083:
-        raise ProtocolError(0, "Request parameter [callbackUrl] must be an http or https URL")
-    return url
 
 
 def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
@@ -155,9 +158,14 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
             raise ProtocolError(1, NO_TASK)
         return task
 
-    def rendered(task: TaskRecord) -> dict[str, Any]:
-        tool = service.catalog.find(*task.row.model_slug.split("/", 1))
-        return render_task(task, service.storage, tool.description if tool else "")
+    async def callback_url_of(params: dict[str, Any]) -> str:
+        url = str(params.get("callbackUrl") or params.get("callbackurl") or "").strip()
+        if url:
+            try:  # resolves the host: off the event loop
+                await run_in_threadpool(check_callback_url, url, service.callback_allowlist)
+            except CallbackRefused as error:
+                raise ProtocolError(0, str(error)) from None
+        return url
 
     @app.post("/v1/Run/{owner}/{project}")
     async def run(owner: str, project: str, request: Request) -> JSONResponse:
@@ -170,7 +178,7 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
             inputs = validate_inputs(params)
         except InputError as error:
             raise ProtocolError(0, str(error)) from None
-        callback_url = _callback_url(params)
+        callback_url = await callback_url_of(params)
         spend_nonce(request, caller)
         task = service.store.create(
             caller.project_id,
@@ -198,7 +206,7 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
     async def task_detail(request: Request) -> JSONResponse:
         caller = caller_of(request)
         task = find_task(caller, await parameters_of(request))
-        return task_list([rendered(task)])
+        return task_list([service.render(task)])
 
     async def stop_task(request: Request, kill: bool) -> JSONResponse:
         caller = caller_of(request)
@@ -213,7 +221,7 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
             raise ProtocolError(1, "Task is not in a cancellable state." if not kill else
                                 "Task is not in a killable state.")
         service.events.publish(TaskEvent(task.row.id, task.row.socket_token, Status.CANCEL.value))
-        return task_list([rendered(service.store.get(task.row.id))])
+        return task_list([service.render(service.store.get(task.row.id))])
 
     @app.post("/v1/Task/Cancel")
     async def task_cancel(request: Request) -> JSONResponse:
@@ -247,7 +255,7 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
             caller.project_id, start=start, limit=limit, newest_first=order == "desc",
             sort=str(params.get("sort", "id")).strip().lower(),
         )
-        return task_list([rendered(task) for task in tasks], total)
+        return task_list([service.render(task) for task in tasks], total)
 
     @app.post("/v1/Tool/List")
     async def list_tools(request: Request) -> JSONResponse:

@@ -17,11 +17,11 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from fluxhost.api.wire import render_output
 from fluxhost.events import TaskEvent
 from fluxhost.service import Service
 from fluxhost.store import TaskRecord
 from fluxhost.tasks import TERMINAL, WORKER_PATH, Status
+from fluxhost.wire import render_output
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi.responses import JSONResponse
 from sqlalchemy import Row
 
 from fluxhost.storage import Storage
@@ -28,6 +27,16 @@ def render_output(output: Row, task: Row, storage: Storage) -> dict[str, str]:
         "modifiedtime": seconds(output.added_at),
         "accesskey": output.access_key,
         "url": storage.url(output.folder, output.name),
+    }
+
+
+def render_callback_attempt(attempt: Row) -> dict[str, str]:
+    return {
+        "attempt": str(attempt.number),
+        "time": seconds(attempt.started_at),
+        "statuscode": str(attempt.status_code or ""),
+        "error": attempt.error,
+        "seconds": f"{attempt.duration:.4f}",
     }
 
 
@@ -63,18 +72,11 @@ def render_task(record: TaskRecord, storage: Storage, model_description: str = "
         "modelslugowner": owner,
         "modelslugproject": project,
         "callbackurl": task.callback_url,
+        "callbackstatus": record.callback.status if record.callback else "",
+        "callbackattempts": [render_callback_attempt(attempt) for attempt in record.callback_attempts],
     }
 
 
-def ok(**fields: Any) -> JSONResponse:
-    return JSONResponse({"result": True, "errors": [], **fields})
-
-
-def task_list(tasks: list[dict[str, Any]], total: int | None = None) -> JSONResponse:
-    return JSONResponse(
-        {"total": str(len(tasks) if total is None else total), "errors": [], "tasklist": tasks, "result": True}
-    )
-
-
-def fail(code: int, message: str, status_code: int = 200) -> JSONResponse:
-    return JSONResponse({"result": False, "errors": [{"code": code, "message": message}]}, status_code)
+def task_list_body(tasks: list[dict[str, Any]], total: int | None = None) -> dict[str, Any]:
+    """The Task/Detail and Task/List answer, also the body of a callback."""
+    return {"total": str(len(tasks) if total is None else total), "errors": [], "tasklist": tasks, "result": True}

@@ -1,0 +1,146 @@
+"""Signed callbacks, their retries, their durability and the address guard."""
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from fluxhost.auth import KeyMode
+from fluxhost.callbacks import Allowlist, CallbackRefused, check_callback_url, sign_webhook
+from fluxhost.cli import app
+from tests.helpers import SLUG, LiveServer, ProtocolClient, Receiver
+
+
+def verify(request: dict, webhook_secret: str) -> dict:
+    """What a receiver does: recompute the Standard Webhooks signature, then trust the body."""
+    headers = {k.lower(): v for k, v in request["headers"].items()}
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + request["body"]
+    key = base64.b64decode(webhook_secret.removeprefix("whsec_"))
+    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    assert f"v1,{expected}" in headers["webhook-signature"].split()
+    assert abs(time.time() - int(headers["webhook-timestamp"])) < 60
+    return json.loads(request["body"])
+
+
+def wait_delivery(client: ProtocolClient, taskid: str, status: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while (task := client.detail(taskid))["callbackstatus"] != status:
+        assert time.monotonic() < deadline, task["callbackstatus"]
+        time.sleep(0.05)
+    return task
+
+
+@pytest.fixture
+def callback_server(make_settings):
+    with LiveServer(make_settings(callback_allowlist="127.0.0.1", callback_backoff_seconds=0.3)) as live:
+        yield live
+
+
+@pytest.fixture
+def callback_client(callback_server):
+    return ProtocolClient(callback_server.base_url, callback_server.service.keys.create(KeyMode.SIGNATURE))
+
+
+def test_one_signed_delivery_of_the_detail_answer(callback_client):
+    with Receiver([200]) as receiver:
+        run = callback_client.run(callbackUrl=receiver.url)
+        task = wait_delivery(callback_client, run["taskid"], "delivered")
+        time.sleep(0.5)  # nothing more arrives
+        [request] = receiver.requests
+    body = verify(request, callback_client.key.webhook_secret)
+    assert body["result"] is True and body["total"] == "1"
+    [sent] = body["tasklist"]
+    assert sent["status"] == "task_postprocess_end" and sent["pexit"] == "0"
+    volatile = ("callbackstatus", "callbackattempts")
+    assert {k: v for k, v in sent.items() if k not in volatile} == {k: v for k, v in task.items() if k not in volatile}
+    [attempt] = task["callbackattempts"]
+    assert attempt["attempt"] == "1" and attempt["statuscode"] == "200"
+
+
+def test_retries_with_growing_delays_until_it_is_taken(callback_client):
+    with Receiver([503, 503, 503, 200]) as receiver:
+        run = callback_client.run(callbackUrl=receiver.url)
+        task = wait_delivery(callback_client, run["taskid"], "delivered")
+        requests = receiver.requests
+    assert len(requests) == 4
+    ids = {r["headers"]["webhook-id"] for r in requests}
+    assert len(ids) == 1  # one message, retried: receivers can deduplicate on it
+    gaps = [later["time"] - earlier["time"] for earlier, later in zip(requests, requests[1:], strict=False)]
+    assert gaps[0] < gaps[1] < gaps[2]
+    assert [a["statuscode"] for a in task["callbackattempts"]] == ["503", "503", "503", "200"]
+    for request in requests:
+        verify(request, callback_client.key.webhook_secret)
+
+
+def test_other_client_errors_are_not_retried(callback_client):
+    with Receiver([404, 200]) as receiver:
+        run = callback_client.run(callbackUrl=receiver.url)
+        task = wait_delivery(callback_client, run["taskid"], "failed")
+        time.sleep(1.0)
+        assert len(receiver.requests) == 1
+    assert task["callbackattempts"][0]["statuscode"] == "404"
+
+
+def test_a_cancelled_task_calls_back_too(make_settings):
+    with Receiver() as receiver, LiveServer(make_settings(steps=40, callback_allowlist="127.0.0.1")) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        blocker = client.run()
+        queued = client.run(callbackUrl=receiver.url)
+        assert client.call("Task/Cancel", {"taskid": queued["taskid"]})["result"] is True
+        [request] = receiver.wait_for(1)
+        client.call("Task/Kill", {"taskid": blocker["taskid"]})
+    assert verify(request, client.key.webhook_secret)["tasklist"][0]["status"] == "task_cancel"
+
+
+def test_a_delivery_survives_a_restart(make_settings):
+    settings = make_settings(callback_allowlist="127.0.0.1", callback_backoff_seconds=2.0)
+    with Receiver([503, 200]) as receiver:
+        with LiveServer(settings) as first:
+            client = ProtocolClient(first.base_url, first.service.keys.create(KeyMode.SIGNATURE))
+            run = client.run(callbackUrl=receiver.url)
+            receiver.wait_for(1)
+        with LiveServer(settings) as second:
+            client.base_url = second.base_url
+            task = wait_delivery(client, run["taskid"], "delivered")
+        assert len(receiver.requests) == 2
+    assert [a["statuscode"] for a in task["callbackattempts"]] == ["503", "200"]
+
+    listed = CliRunner(env={"FLUXHOST_DATA_DIR": str(settings.data_dir)}).invoke(
+        app, ["callbacks", "list", "--json", "--task", run["taskid"]]
+    )
+    [delivery] = json.loads(listed.output)
+    assert delivery["status"] == "delivered" and [a["status_code"] for a in delivery["history"]] == [503, 200]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:9/hook", "http://localhost/hook", "http://10.1.2.3/hook", "http://192.168.0.7/x",
+     "http://169.254.169.254/latest/meta-data", "http://[::1]/hook", "http://0.0.0.0/", "http://224.0.0.1/"],
+)
+def test_private_addresses_are_refused_at_run(client, url):
+    answer = client.call(f"Run/{SLUG}", {"prompt": "x", "callbackUrl": url})
+    assert answer["result"] is False
+    assert "non-public address" in answer["errors"][0]["message"]
+    assert client.call("Task/List", {})["total"] == "0"
+
+
+def test_the_allowlist_admits_hosts_and_ranges():
+    for allowed in ("127.0.0.1", "127.0.0.0/8", "localhost"):
+        check_callback_url("http://localhost:8080/hook", Allowlist.parse(f"10.0.0.0/8, {allowed}"))
+    with pytest.raises(CallbackRefused):
+        check_callback_url("http://localhost:8080/hook", Allowlist.parse("10.0.0.0/8"))
+    with pytest.raises(CallbackRefused, match="http or https"):
+        check_callback_url("http://x/" + "a" * 2100, Allowlist.parse(""))
+    with pytest.raises(CallbackRefused, match="cannot be resolved"):
+        check_callback_url("http://no-such-host.invalid/hook", Allowlist.parse(""))
+
+
+def test_the_signature_follows_standard_webhooks():
+    secret = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+    signature = sign_webhook(secret, "msg_1", 1700000000, b'{"a":1}')
+    expected = hmac.new(b"0123456789abcdef0123456789abcdef", b'msg_1.1700000000.{"a":1}', hashlib.sha256).digest()
+    assert signature == "v1," + base64.b64encode(expected).decode()
