@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PIP) install --quiet -e '.[test,bench]'
 	$(PY) bench/serve_load.py
 	$(PY) bench/engine_overhead.py
+	$(PY) bench/socket_fanout.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info
