@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fluxhost.auth import KeyMode, NewKey
+from fluxhost.cli_client import register as register_client_commands
 from fluxhost.settings import DEFAULT_MODEL, Settings
 
 app = typer.Typer(help="fluxhost: a self-hosted FLUX text-to-image service.", no_args_is_help=True)
@@ -23,6 +24,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
 app.add_typer(callbacks_app, name="callbacks")
 console = Console()
+register_client_commands(app)
 
 
 def _database(settings: Settings):

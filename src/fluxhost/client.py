@@ -1,0 +1,469 @@
+"""The Python SDK: a client for any server speaking the task protocol (fluxhost or the hosted API).
+
+    from fluxhost.client import Client
+
+    with Client("http://127.0.0.1:8000", api_key="...", api_secret="...") as client:
+        task = client.run("black-forest-labs/flux-pro-1.1", prompt="a lighthouse at dusk", aspectRatio="16:9")
+        done = task.wait(via="socket", on_progress=lambda p: print(p.percentage))
+        paths = task.download("images/")
+
+:class:`AsyncClient` has the same methods as coroutines. Results are pydantic models parsed from the
+string-typed wire; a ``result: false`` answer raises :class:`ProtocolError` with its code and message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+TERMINAL = ("task_postprocess_end", "task_cancel")
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+
+
+class FluxhostError(Exception):
+    """Anything the client could not do."""
+
+
+class ProtocolError(FluxhostError):
+    """The server answered ``result: false`` (or 401): ``code`` and ``message`` are its words."""
+
+    def __init__(self, code: int, message: str, status_code: int = 200):
+        super().__init__(f"{message} (code {code})")
+        self.code = code
+        self.message = message
+        self.status_code = status_code
+
+
+class AuthenticationError(ProtocolError):
+    """The server refused the credentials (HTTP 401)."""
+
+
+class ServerUnavailable(FluxhostError):
+    """No server answered at the base URL (after retries where allowed)."""
+
+
+class WaitTimeout(FluxhostError):
+    """The task had not ended when ``wait`` gave up."""
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class Output(_Wire):
+    id: str = ""
+    name: str
+    contenttype: str = ""
+    size: int = 0
+    url: str
+
+
+class Progress(_Wire):
+    """A ``task_output`` progress frame's message."""
+
+    percentage: int = 0
+    step: int = Field(0, alias="stepCurrent")
+    total: int = Field(0, alias="stepTotal")
+    speed: float = 0.0
+    speed_type: str = Field("it/s", alias="speedType")
+    elapsed: str = Field("", alias="elapsedTime")
+    remaining: str = Field("", alias="remainingTime")
+
+
+class TaskInfo(_Wire):
+    """A task as Task/Detail shows it, with numbers as numbers."""
+
+    id: int
+    uuid: str = ""
+    socketaccesstoken: str
+    status: str
+    pexit: str = ""
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    debugoutput: str = ""
+    debugerror: str = ""
+    createtime: int = 0
+    starttime: int = 0
+    endtime: int = 0
+    canceltime: int = 0
+    elapsedseconds: float = 0.0
+    outputs: list[Output] = Field(default_factory=list)
+
+    @property
+    def ended(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "task_postprocess_end" and self.pexit == "0"
+
+    @property
+    def cancelled(self) -> bool:
+        return self.status == "task_cancel"
+
+    @property
+    def seed(self) -> str:
+        return str(self.parameters.get("seed", ""))
+
+
+class RunResult(_Wire):
+    taskid: int
+    socketaccesstoken: str
+
+
+class NonceSource:
+    """Millisecond timestamps, bumped so that no two calls share one even within a millisecond."""
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> str:
+        with self._lock:
+            self._last = max(int(time.time() * 1000), self._last + 1)
+            return str(self._last)
+
+
+def _headers(api_key: str, api_secret: str | None, nonces: NonceSource) -> dict[str, str]:
+    if not api_secret:
+        return {"x-api-key": api_key}
+    nonce = nonces.next()
+    signature = hmac.new(api_key.encode(), (api_secret + nonce).encode(), hashlib.sha256).hexdigest()
+    return {"x-api-key": api_key, "x-nonce": nonce, "x-signature": signature}
+
+
+def _answer(response: httpx.Response) -> dict[str, Any]:
+    """The JSON of a protocol answer, or the protocol error it carries."""
+    try:
+        body = response.json()
+    except ValueError:
+        raise FluxhostError(f"the server answered HTTP {response.status_code} with no protocol JSON") from None
+    if body.get("result") is True:
+        return body
+    errors = body.get("errors") or [{"code": 0, "message": f"HTTP {response.status_code}"}]
+    kind = AuthenticationError if response.status_code == 401 else ProtocolError
+    raise kind(int(errors[0].get("code", 0)), str(errors[0].get("message", "")), response.status_code)
+
+
+def _wire_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _lookup(task: int | str) -> dict[str, str]:
+    return {"taskid": str(task)} if isinstance(task, int) or str(task).isdigit() else {"tasktoken": str(task)}
+
+
+def _socket_url(base_url: str) -> str:
+    parts = urlsplit(base_url)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return f"{scheme}://{parts.netloc}/v1"
+
+
+def _poll_intervals(first: float = 0.25, growth: float = 1.5, largest: float = 3.0):
+    interval = first
+    while True:
+        yield interval
+        interval = min(largest, interval * growth)
+
+
+class Client:
+    """A synchronous client. ``api_secret`` given: signed requests; else key-only."""
+
+    def __init__(self, base_url: str = DEFAULT_SERVER, api_key: str = "", api_secret: str | None = None, *,
+                 timeout: float = 30.0, retries: int = 3, transport: httpx.BaseTransport | None = None):
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.api_secret = api_secret
+        self.retries = retries
+        self._nonces = NonceSource()
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def call(self, path: str, body: dict[str, Any] | None = None, *, retry: bool = True) -> dict[str, Any]:
+        """POST ``/v1/{path}``; retried with backoff on 429, 5xx and connection errors if ``retry``."""
+        for attempt in range(self.retries + 1 if retry else 1):
+            last = attempt == (self.retries if retry else 0)
+            try:
+                response = self._http.post(f"/v1/{path}", json=body or {},
+                                           headers=_headers(self.api_key, self.api_secret, self._nonces))
+            except httpx.TransportError as error:
+                if last:
+                    raise ServerUnavailable(f"no answer from {self.base_url}: {error}") from None
+            else:
+                if response.status_code not in RETRY_STATUSES or last:
+                    return _answer(response)
+            time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def run(self, model: str, **inputs: Any) -> Task:
+        """Start ``model`` (``owner/project``) with the tool's inputs. Never retried: a lost answer
+        must not make a second task."""
+        answer = self.call(f"Run/{model}", {k: _wire_value(v) for k, v in inputs.items()}, retry=False)
+        result = RunResult.model_validate(answer)
+        return Task(self, result.taskid, result.socketaccesstoken)
+
+    def detail(self, task: int | str) -> TaskInfo:
+        """A task by id or socket token."""
+        return TaskInfo.model_validate(self.call("Task/Detail", _lookup(task))["tasklist"][0])
+
+    def list_tasks(self, start: int = 0, limit: int = 20, order: str = "desc") -> list[TaskInfo]:
+        answer = self.call("Task/List", {"start": start, "limit": limit, "order": order})
+        return [TaskInfo.model_validate(task) for task in answer["tasklist"]]
+
+    def cancel(self, task: int | str) -> TaskInfo:
+        return TaskInfo.model_validate(self.call("Task/Cancel", _lookup(task))["tasklist"][0])
+
+    def kill(self, task: int | str) -> TaskInfo:
+        return TaskInfo.model_validate(self.call("Task/Kill", _lookup(task))["tasklist"][0])
+
+    def delete_files(self, task: int | str) -> None:
+        self.call("Task/InputOutputDelete", _lookup(task))
+
+    def tools(self, search: str = "") -> list[dict[str, Any]]:
+        return self.call("Tool/List", {"search": search, "limit": 1000})["tool"]
+
+    def tool(self, model: str) -> dict[str, Any]:
+        owner, _, project = model.partition("/")
+        return self.call("Tool/Detail", {"slugowner": owner, "slugproject": project})["tool"][0]
+
+    def wait(self, task: Task, timeout: float | None = None, via: str = "socket",
+             on_progress: Callable[[Progress], None] | None = None) -> TaskInfo:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if via == "socket":
+            try:
+                self._follow_socket(task, deadline, on_progress)
+            except WaitTimeout:
+                raise
+            except Exception:  # the socket failed: polling still gets there
+                pass
+        for interval in _poll_intervals():
+            info = self.detail(task.id)
+            if info.ended:
+                return info
+            if deadline is not None and time.monotonic() + interval > deadline:
+                raise WaitTimeout(f"task {task.id} still {info.status}")
+            time.sleep(interval)
+        raise AssertionError("unreachable")
+
+    def _follow_socket(self, task: Task, deadline: float | None,
+                       on_progress: Callable[[Progress], None] | None) -> None:
+        from websockets.sync.client import connect
+
+        with connect(_socket_url(self.base_url), open_timeout=10) as ws:
+            ws.send(json.dumps({"type": "task_info", "tasktoken": task.token}))
+            while True:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise WaitTimeout(f"task {task.id} did not end in time")
+                try:
+                    frame = json.loads(ws.recv(timeout=remaining))
+                except TimeoutError:
+                    raise WaitTimeout(f"task {task.id} did not end in time") from None
+                if frame.get("result") is False:
+                    raise FluxhostError(str(frame.get("errors")))
+                if frame["type"] == "task_output" and isinstance(frame.get("message"), dict) and on_progress:
+                    on_progress(Progress.model_validate(frame["message"]))
+                if frame["type"] in TERMINAL:
+                    return
+
+    def download(self, info: TaskInfo, folder: str | Path) -> list[Path]:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        saved = []
+        for output in info.outputs:
+            path = folder / f"{info.id}-{Path(output.name).name}"
+            with self._http.stream("GET", output.url) as response:
+                response.raise_for_status()
+                with path.open("wb") as file:
+                    for chunk in response.iter_bytes():
+                        file.write(chunk)
+            saved.append(path)
+        return saved
+
+
+class Task:
+    """A handle on a task this client started or looked up."""
+
+    def __init__(self, client: Client, task_id: int, token: str):
+        self.client = client
+        self.id = task_id
+        self.token = token
+
+    def __repr__(self) -> str:
+        return f"Task(id={self.id})"
+
+    def detail(self) -> TaskInfo:
+        return self.client.detail(self.id)
+
+    def wait(self, timeout: float | None = None, via: str = "socket",
+             on_progress: Callable[[Progress], None] | None = None) -> TaskInfo:
+        """Block until the task ends (``via`` the socket, falling back to polling; or ``"poll"``)."""
+        return self.client.wait(self, timeout, via, on_progress)
+
+    def cancel(self) -> TaskInfo:
+        return self.client.cancel(self.id)
+
+    def kill(self) -> TaskInfo:
+        return self.client.kill(self.id)
+
+    def download(self, folder: str | Path) -> list[Path]:
+        """Save the outputs of the ended task into ``folder``; returns their paths."""
+        return self.client.download(self.client.detail(self.id), folder)
+
+
+class AsyncClient:
+    """The asynchronous client: :class:`Client`'s methods as coroutines."""
+
+    def __init__(self, base_url: str = DEFAULT_SERVER, api_key: str = "", api_secret: str | None = None, *,
+                 timeout: float = 30.0, retries: int = 3, transport: httpx.AsyncBaseTransport | None = None):
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.api_secret = api_secret
+        self.retries = retries
+        self._nonces = NonceSource()
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def call(self, path: str, body: dict[str, Any] | None = None, *, retry: bool = True) -> dict[str, Any]:
+        for attempt in range(self.retries + 1 if retry else 1):
+            last = attempt == (self.retries if retry else 0)
+            try:
+                response = await self._http.post(f"/v1/{path}", json=body or {},
+                                                 headers=_headers(self.api_key, self.api_secret, self._nonces))
+            except httpx.TransportError as error:
+                if last:
+                    raise ServerUnavailable(f"no answer from {self.base_url}: {error}") from None
+            else:
+                if response.status_code not in RETRY_STATUSES or last:
+                    return _answer(response)
+            await asyncio.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def run(self, model: str, **inputs: Any) -> AsyncTask:
+        answer = await self.call(f"Run/{model}", {k: _wire_value(v) for k, v in inputs.items()}, retry=False)
+        result = RunResult.model_validate(answer)
+        return AsyncTask(self, result.taskid, result.socketaccesstoken)
+
+    async def detail(self, task: int | str) -> TaskInfo:
+        return TaskInfo.model_validate((await self.call("Task/Detail", _lookup(task)))["tasklist"][0])
+
+    async def list_tasks(self, start: int = 0, limit: int = 20, order: str = "desc") -> list[TaskInfo]:
+        answer = await self.call("Task/List", {"start": start, "limit": limit, "order": order})
+        return [TaskInfo.model_validate(task) for task in answer["tasklist"]]
+
+    async def cancel(self, task: int | str) -> TaskInfo:
+        return TaskInfo.model_validate((await self.call("Task/Cancel", _lookup(task)))["tasklist"][0])
+
+    async def kill(self, task: int | str) -> TaskInfo:
+        return TaskInfo.model_validate((await self.call("Task/Kill", _lookup(task)))["tasklist"][0])
+
+    async def tools(self, search: str = "") -> list[dict[str, Any]]:
+        return (await self.call("Tool/List", {"search": search, "limit": 1000}))["tool"]
+
+    async def tool(self, model: str) -> dict[str, Any]:
+        owner, _, project = model.partition("/")
+        return (await self.call("Tool/Detail", {"slugowner": owner, "slugproject": project}))["tool"][0]
+
+    async def wait(self, task: AsyncTask, timeout: float | None = None, via: str = "socket",
+                   on_progress: Callable[[Progress], None] | None = None) -> TaskInfo:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if via == "socket":
+            try:
+                await self._follow_socket(task, deadline, on_progress)
+            except WaitTimeout:
+                raise
+            except Exception:  # the socket failed: polling still gets there
+                pass
+        for interval in _poll_intervals():
+            info = await self.detail(task.id)
+            if info.ended:
+                return info
+            if deadline is not None and time.monotonic() + interval > deadline:
+                raise WaitTimeout(f"task {task.id} still {info.status}")
+            await asyncio.sleep(interval)
+        raise AssertionError("unreachable")
+
+    async def _follow_socket(self, task: AsyncTask, deadline: float | None,
+                             on_progress: Callable[[Progress], None] | None) -> None:
+        from websockets.asyncio.client import connect
+
+        async with connect(_socket_url(self.base_url), open_timeout=10) as ws:
+            await ws.send(json.dumps({"type": "task_info", "tasktoken": task.token}))
+            while True:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                try:
+                    frame = json.loads(await asyncio.wait_for(ws.recv(), remaining))
+                except TimeoutError:
+                    raise WaitTimeout(f"task {task.id} did not end in time") from None
+                if frame.get("result") is False:
+                    raise FluxhostError(str(frame.get("errors")))
+                if frame["type"] == "task_output" and isinstance(frame.get("message"), dict) and on_progress:
+                    on_progress(Progress.model_validate(frame["message"]))
+                if frame["type"] in TERMINAL:
+                    return
+
+    async def download(self, info: TaskInfo, folder: str | Path) -> list[Path]:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        saved = []
+        for output in info.outputs:
+            path = folder / f"{info.id}-{Path(output.name).name}"
+            response = await self._http.get(output.url)
+            response.raise_for_status()
+            path.write_bytes(response.content)
+            saved.append(path)
+        return saved
+
+
+class AsyncTask:
+    """A handle on a task, for :class:`AsyncClient`."""
+
+    def __init__(self, client: AsyncClient, task_id: int, token: str):
+        self.client = client
+        self.id = task_id
+        self.token = token
+
+    async def detail(self) -> TaskInfo:
+        return await self.client.detail(self.id)
+
+    async def wait(self, timeout: float | None = None, via: str = "socket",
+                   on_progress: Callable[[Progress], None] | None = None) -> TaskInfo:
+        return await self.client.wait(self, timeout, via, on_progress)
+
+    async def cancel(self) -> TaskInfo:
+        return await self.client.cancel(self.id)
+
+    async def kill(self) -> TaskInfo:
+        return await self.client.kill(self.id)
+
+    async def download(self, folder: str | Path) -> list[Path]:
+        return await self.client.download(await self.client.detail(self.id), folder)

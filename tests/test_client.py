@@ -1,0 +1,152 @@
+"""The SDK and the client commands, against the real app."""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from fluxhost.auth import KeyMode
+from fluxhost.client import (
+    AsyncClient,
+    AuthenticationError,
+    Client,
+    NonceSource,
+    ProtocolError,
+    RunResult,
+    ServerUnavailable,
+    TaskInfo,
+)
+from tests.helpers import SLUG, LiveServer, free_port
+from tests.test_seed_flow import SEED_DETAIL_EXAMPLE
+
+FLUXHOST = str(Path(sys.executable).with_name("fluxhost"))
+
+
+@pytest.fixture
+def sdk(server):
+    key = server.service.keys.create(KeyMode.SIGNATURE)
+    with Client(server.base_url, key.api_key, key.api_secret) as client:
+        yield client
+
+
+@pytest.mark.parametrize("via", ["socket", "poll"])
+def test_run_wait_download(sdk, tmp_path, via):
+    progress = []
+    task = sdk.run(SLUG, prompt="a red fox", aspectRatio="3:2", seed=7)
+    info = task.wait(timeout=120, via=via, on_progress=progress.append)
+    assert info.succeeded and info.seed == "7" and info.outputs[0].size > 0
+    if via == "socket":
+        assert [p.step for p in progress] == [1, 2, 3, 4] and progress[-1].percentage == 100
+    [path] = task.download(tmp_path)
+    assert Image.open(path).size == (1248, 832)
+
+
+def test_cancel_and_kill(make_settings):
+    with LiveServer(make_settings(steps=60)) as live:
+        key = live.service.keys.create(KeyMode.SIGNATURE)
+        with Client(live.base_url, key.api_key, key.api_secret) as client:
+            running, queued = client.run(SLUG, prompt="a"), client.run(SLUG, prompt="b")
+            assert queued.cancel().cancelled
+            while running.detail().status != "task_start":
+                time.sleep(0.05)
+            assert running.kill().cancelled
+            assert running.wait(timeout=30).cancelled and queued.wait(timeout=30, via="poll").cancelled
+
+
+def test_protocol_errors_are_exceptions(sdk, server):
+    with pytest.raises(ProtocolError) as error:
+        sdk.run(SLUG, prompt="x", aspectRatio="7:3")
+    assert error.value.code == 0 and error.value.message.startswith("Request parameter [aspectRatio]")
+    with pytest.raises(ProtocolError) as error:
+        sdk.detail(999)
+    assert (error.value.code, error.value.message) == (1, "There is no task yet.")
+    with pytest.raises(AuthenticationError) as error:
+        Client(server.base_url, "wrong-key", "x").list_tasks()
+    assert error.value.status_code == 401 and error.value.message == "Project authorization is not founded."
+    with pytest.raises(ServerUnavailable):
+        Client(f"http://127.0.0.1:{free_port()}", "k", retries=0).list_tasks()
+
+
+def test_the_seed_examples_parse_exactly():
+    info = TaskInfo.model_validate(SEED_DETAIL_EXAMPLE["tasklist"][0])
+    assert (info.id, info.status, info.elapsedseconds, info.createtime) == (2221, "task_postprocess_end", 6.0,
+                                                                             1734513807)
+    assert info.socketaccesstoken == "eDcCm5yyUfIvMFspTwww49OUfgXkQt" and info.canceltime == 0
+    [output] = info.outputs
+    assert (output.name, output.size, output.contenttype) == ("0.png", 202472, "image/png")
+    seed_run = {"errors": [], "taskid": "2221", "socketaccesstoken": "eDcCm5yyUfIvMFspTwww49OUfgXkQt", "result": True}
+    run = RunResult.model_validate(seed_run)
+    assert (run.taskid, run.socketaccesstoken) == (2221, "eDcCm5yyUfIvMFspTwww49OUfgXkQt")
+
+
+def test_nonces_are_unique_within_a_millisecond():
+    nonces = NonceSource()
+    drawn = [int(nonces.next()) for _ in range(5000)]
+    assert drawn == sorted(set(drawn)) and len(str(drawn[0])) == 13
+
+
+def test_key_only_and_async_client(server, tmp_path):
+    key = server.service.keys.create(KeyMode.KEY_ONLY)
+
+    async def scenario():
+        async with AsyncClient(server.base_url, key.api_key) as client:
+            task = await client.run(SLUG, prompt="a boat", aspectRatio="1:1")
+            info = await task.wait(timeout=120)
+            listed = await client.list_tasks()
+            tools = await client.tools()
+            return info, await task.download(tmp_path), listed, tools
+
+    info, [path], listed, tools = asyncio.run(scenario())
+    assert info.succeeded and Image.open(path).size == (1024, 1024)
+    assert [t.id for t in listed] == [info.id] and tools[0]["slugproject"] == "flux-pro-1.1"
+
+
+@pytest.fixture
+def cli_env(server, tmp_path):
+    key = server.service.keys.create(KeyMode.SIGNATURE)
+    return {**os.environ, "FLUXHOST_API_KEY": key.api_key, "FLUXHOST_API_SECRET": key.api_secret,
+            "FLUXHOST_SERVER": server.base_url, "XDG_CONFIG_HOME": str(tmp_path / "config")}
+
+
+def test_the_run_command_saves_the_image(cli_env, tmp_path):
+    target = tmp_path / "fox.png"
+    done = subprocess.run([FLUXHOST, "run", "a fox", "--aspect-ratio", "9:16", "--seed", "42", "-o", str(target)],
+                          env=cli_env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "step 4/4 (100%)" in done.stderr
+    assert done.stdout.split() == [str(target), "768x1376", "seed", "42"]
+    assert Image.open(target).size == (768, 1376)
+
+    listed = subprocess.run([FLUXHOST, "tasks", "list", "--json"], env=cli_env, capture_output=True, text=True)
+    assert json.loads(listed.stdout)[0]["parameters"]["seed"] == "42"
+    refused = subprocess.run([FLUXHOST, "run", "x", "--aspect-ratio", "7:3"], env=cli_env, capture_output=True,
+                             text=True)
+    assert refused.returncode == 2 and "aspectRatio" in refused.stderr
+    bad = subprocess.run([FLUXHOST, "tasks", "list"], env={**cli_env, "FLUXHOST_API_KEY": "nope"},
+                         capture_output=True, text=True)
+    assert bad.returncode == 4 and "Bad credentials" in bad.stderr
+
+
+def test_ctrl_c_kills_the_remote_task(make_settings, tmp_path):
+    with LiveServer(make_settings(steps=100)) as live:
+        key = live.service.keys.create(KeyMode.SIGNATURE)
+        env = {**os.environ, "FLUXHOST_API_KEY": key.api_key, "FLUXHOST_API_SECRET": key.api_secret,
+               "FLUXHOST_SERVER": live.base_url}
+        process = subprocess.Popen([FLUXHOST, "run", "a long one", "-o", str(tmp_path)], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for line in process.stderr:
+            if line.startswith("step "):
+                break
+        process.send_signal(signal.SIGINT)
+        _, rest = process.communicate(timeout=60)
+        assert process.returncode == 130, rest
+        assert "killed" in rest
+        with Client(live.base_url, key.api_key, key.api_secret) as client:
+            assert client.detail(1).cancelled
