@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from httpx import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 TERMINAL = ("task_postprocess_end", "task_cancel")
@@ -156,6 +157,26 @@ def _answer(response: httpx.Response) -> dict[str, Any]:
     raise kind(int(errors[0].get("code", 0)), str(errors[0].get("message", "")), response.status_code)
 
 
+def _settle(attempt: Response | httpx.TransportError, last: bool, base_url: str) -> dict[str, Any] | None:
+    """The answer of one try of a call; None when it should be tried again."""
+    if isinstance(attempt, httpx.TransportError):
+        if last:
+            raise ServerUnavailable(f"no answer from {base_url}: {attempt}") from None
+        return None
+    if attempt.status_code in RETRY_STATUSES and not last:
+        return None
+    return _answer(attempt)
+
+
+def _frame_ends(frame: dict[str, Any], on_progress: Callable[[Progress], None] | None) -> bool:
+    """Act on one socket frame; True once it is the task's last."""
+    if frame.get("result") is False:
+        raise FluxhostError(str(frame.get("errors")))
+    if frame["type"] == "task_output" and isinstance(frame.get("message"), dict) and on_progress:
+        on_progress(Progress.model_validate(frame["message"]))
+    return frame["type"] in TERMINAL
+
+
 def _wire_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -202,17 +223,16 @@ class Client:
 
     def call(self, path: str, body: dict[str, Any] | None = None, *, retry: bool = True) -> dict[str, Any]:
         """POST ``/v1/{path}``; retried with backoff on 429, 5xx and connection errors if ``retry``."""
-        for attempt in range(self.retries + 1 if retry else 1):
-            last = attempt == (self.retries if retry else 0)
+        tries = self.retries + 1 if retry else 1
+        for attempt in range(tries):
             try:
-                response = self._http.post(f"/v1/{path}", json=body or {},
-                                           headers=_headers(self.api_key, self.api_secret, self._nonces))
+                outcome = self._http.post(f"/v1/{path}", json=body or {},
+                                          headers=_headers(self.api_key, self.api_secret, self._nonces))
             except httpx.TransportError as error:
-                if last:
-                    raise ServerUnavailable(f"no answer from {self.base_url}: {error}") from None
-            else:
-                if response.status_code not in RETRY_STATUSES or last:
-                    return _answer(response)
+                outcome = error
+            answer = _settle(outcome, attempt == tries - 1, self.base_url)
+            if answer is not None:
+                return answer
             time.sleep(0.5 * 2**attempt)
         raise AssertionError("unreachable")
 
@@ -280,11 +300,7 @@ class Client:
                     frame = json.loads(ws.recv(timeout=remaining))
                 except TimeoutError:
                     raise WaitTimeout(f"task {task.id} did not end in time") from None
-                if frame.get("result") is False:
-                    raise FluxhostError(str(frame.get("errors")))
-                if frame["type"] == "task_output" and isinstance(frame.get("message"), dict) and on_progress:
-                    on_progress(Progress.model_validate(frame["message"]))
-                if frame["type"] in TERMINAL:
+                if _frame_ends(frame, on_progress):
                     return
 
     def download(self, info: TaskInfo, folder: str | Path) -> list[Path]:
@@ -354,17 +370,16 @@ class AsyncClient:
         await self._http.aclose()
 
     async def call(self, path: str, body: dict[str, Any] | None = None, *, retry: bool = True) -> dict[str, Any]:
-        for attempt in range(self.retries + 1 if retry else 1):
-            last = attempt == (self.retries if retry else 0)
+        tries = self.retries + 1 if retry else 1
+        for attempt in range(tries):
             try:
-                response = await self._http.post(f"/v1/{path}", json=body or {},
-                                                 headers=_headers(self.api_key, self.api_secret, self._nonces))
+                outcome = await self._http.post(f"/v1/{path}", json=body or {},
+                                                headers=_headers(self.api_key, self.api_secret, self._nonces))
             except httpx.TransportError as error:
-                if last:
-                    raise ServerUnavailable(f"no answer from {self.base_url}: {error}") from None
-            else:
-                if response.status_code not in RETRY_STATUSES or last:
-                    return _answer(response)
+                outcome = error
+            answer = _settle(outcome, attempt == tries - 1, self.base_url)
+            if answer is not None:
+                return answer
             await asyncio.sleep(0.5 * 2**attempt)
         raise AssertionError("unreachable")
 
@@ -424,11 +439,7 @@ class AsyncClient:
                     frame = json.loads(await asyncio.wait_for(ws.recv(), remaining))
                 except TimeoutError:
                     raise WaitTimeout(f"task {task.id} did not end in time") from None
-                if frame.get("result") is False:
-                    raise FluxhostError(str(frame.get("errors")))
-                if frame["type"] == "task_output" and isinstance(frame.get("message"), dict) and on_progress:
-                    on_progress(Progress.model_validate(frame["message"]))
-                if frame["type"] in TERMINAL:
+                if _frame_ends(frame, on_progress):
                     return
 
     async def download(self, info: TaskInfo, folder: str | Path) -> list[Path]:
