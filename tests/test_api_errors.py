@@ -82,3 +82,19 @@ def test_odd_requests_never_500(client, path, body):
     assert response.status_code == 200
     answer = response.json()
     assert answer["result"] is False and answer["errors"][0]["message"]
+
+
+def test_form_bodies_are_read_like_json(client, server):
+    headers = client.headers()
+    multipart = httpx.post(f"{server.base_url}/v1/Run/{SLUG}", headers=headers, timeout=10,
+                           files={"prompt": (None, "a fox"), "seed": (None, "5"), "aspectRatio": (None, "1:1")})
+    assert multipart.json()["result"] is True, multipart.text
+    urlencoded = httpx.post(f"{server.base_url}/v1/Run/{SLUG}", headers=client.headers(), timeout=10,
+                            data={"prompt": "a fox", "seed": "6", "outputFormat": "jpeg"})
+    assert urlencoded.json()["result"] is True, urlencoded.text
+    first = client.detail(multipart.json()["taskid"])["parameters"]
+    second = client.detail(urlencoded.json()["taskid"])["parameters"]
+    assert first == {"prompt": "a fox", "seed": "5", "aspectRatio": "1:1"}
+    assert second == {"prompt": "a fox", "seed": "6", "outputFormat": "jpeg"}
+    for taskid in (multipart.json()["taskid"], urlencoded.json()["taskid"]):
+        client.wait(taskid)
