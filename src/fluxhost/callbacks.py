@@ -43,6 +43,8 @@ MAX_URL_LENGTH = 2083
 MAX_RESPONSE_BYTES = 64 * 1024
 CLAIM_SECONDS = 120.0  # a delivery being sent is not due again before this (a crash mid-send)
 SENDERS = 4
+PASS_INTERVAL = 0.05  # passes over due deliveries are at least this far apart: task ends coalesce
+IDLE_SECONDS = 5.0  # also finds deliveries owed by tasks that ended in other processes
 deliveries = CallbackDelivery.__table__
 attempts = CallbackAttempt.__table__
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -177,7 +179,8 @@ class CallbackSender:
             except Exception:
                 log.exception("callback pass failed")
                 wait = 1.0
-            self._wake.wait(wait)
+            self._stopping.wait(min(wait, PASS_INTERVAL))
+            self._wake.wait(max(0.0, wait - PASS_INTERVAL))
             self._wake.clear()
 
     def _claim_due(self) -> list[int]:
@@ -204,7 +207,7 @@ class CallbackSender:
             upcoming = connection.execute(
                 select(func.min(deliveries.c.next_attempt_at)).where(deliveries.c.status == "pending")
             ).scalar()
-        return 30.0 if upcoming is None else min(30.0, max(0.0, upcoming - time.time()))
+        return IDLE_SECONDS if upcoming is None else min(IDLE_SECONDS, max(0.0, upcoming - time.time()))
 
     def _deliver(self, delivery_id: int) -> None:
         try:
