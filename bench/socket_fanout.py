@@ -23,7 +23,7 @@ import httpx
 import uvicorn
 
 from _server import SLUG, Signer, percentile
-from fluxhost.api.app import create_app
+from fluxhost.api.app import UVICORN_OPTIONS, create_app
 from fluxhost.auth import KeyMode
 from fluxhost.engines.tiny import ensure_tiny_pipeline
 from fluxhost.service import Service
@@ -81,7 +81,7 @@ def main() -> None:
                 published.setdefault((event.type, step), event.time)
 
         service.events.subscribe(note)
-        server = uvicorn.Server(uvicorn.Config(create_app(service), port=args.port, log_level="warning"))
+        server = uvicorn.Server(uvicorn.Config(create_app(service), port=args.port, **UVICORN_OPTIONS))
         threading.Thread(target=server.run, daemon=True).start()
         while not server.started:
             time.sleep(0.05)

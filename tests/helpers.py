@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from fluxhost.api.app import create_app
+from fluxhost.api.app import UVICORN_OPTIONS, create_app
 from fluxhost.auth import NewKey, sign
 from fluxhost.service import Service
 from fluxhost.settings import Settings
@@ -35,8 +35,8 @@ class LiveServer:
         self.settings = settings
         self.service = Service(settings)
         self.server = uvicorn.Server(
-            uvicorn.Config(create_app(self.service), host=settings.host, port=settings.port,
-                           log_level="warning", lifespan="on")
+            uvicorn.Config(create_app(self.service), host=settings.host, port=settings.port, lifespan="on",
+                           **UVICORN_OPTIONS)
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.base_url = f"http://{settings.host}:{settings.port}"

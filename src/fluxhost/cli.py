@@ -71,7 +71,7 @@ def serve(
     """Run the API and the worker together."""
     import uvicorn
 
-    from fluxhost.api.app import create_app
+    from fluxhost.api.app import UVICORN_OPTIONS, create_app
     from fluxhost.service import Service
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
@@ -86,7 +86,7 @@ def serve(
         engine = "bench engine (load tests only)" if settings.engine == "bench" else source
         console.print(f"[bold yellow]Serving {slug} from {engine}[/]", highlight=False, soft_wrap=True)
     console.print(f"API on {settings.resolved_public_url}/v1  (data in {settings.data_dir.resolve()})", soft_wrap=True)
-    uvicorn.run(create_app(service), host=settings.host, port=settings.port, log_level="warning")
+    uvicorn.run(create_app(service), host=settings.host, port=settings.port, **UVICORN_OPTIONS)
 
 
 @keys_app.command("create")

@@ -26,6 +26,10 @@ from fluxhost.wire import task_list_body
 
 log = logging.getLogger(__name__)
 
+# How uvicorn serves the app. Socket frames are small JSON fanned out to many subscribers:
+# per-message compression would be done once per subscriber for little gain.
+UVICORN_OPTIONS = {"ws": "websockets-sansio", "ws_per_message_deflate": False, "log_level": "warning"}
+
 INVALID = "Request parameters are invalid."
 NO_TASK = "There is no task yet."
 ID_REQUIRED = "taskid or socketaccesstoken is required"
