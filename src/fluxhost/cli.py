@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 from pathlib import Path
 from typing import Annotated
@@ -74,9 +75,12 @@ def serve(
     from fluxhost.api.app import UVICORN_OPTIONS, create_app
     from fluxhost.service import Service
 
+    # transformers warns at import about optional packages serving does not use (torchvision).
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = Settings(**overrides)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     service = Service(settings)
     if service.keys.count_active() == 0:
         key = service.keys.create(KeyMode.SIGNATURE, name="first key")

@@ -11,7 +11,9 @@ from __future__ import annotations
 import string
 from pathlib import Path
 
+import huggingface_hub
 import torch
+import transformers
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
 
@@ -115,5 +117,7 @@ def ensure_tiny_pipeline(folder: Path) -> Path:
     """The tiny pipeline's folder, built there first if it is not yet."""
     if not (folder / "model_index.json").exists():
         folder.mkdir(parents=True, exist_ok=True)
+        huggingface_hub.utils.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
         build_tiny_pipeline().save_pretrained(folder)
     return folder
