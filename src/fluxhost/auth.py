@@ -18,13 +18,22 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from fluxhost.db import ApiKey, Database, Project, UsedNonce, make_sessionmaker
 
 ALPHANUMERIC = string.ascii_letters + string.digits
 _NONCE = re.compile(r"[0-9]{1,40}")
+
+
+# Built once: composing a statement costs more than running it on SQLite.
+_FIND_KEY = (
+    select(ApiKey.id, ApiKey.project_id, Project.name, ApiKey.mode, ApiKey.secret)
+    .join(Project, Project.id == ApiKey.project_id)
+    .where(ApiKey.key_digest == bindparam("digest"), ApiKey.revoked_at.is_(None))
+)
+_SPEND_NONCE = insert(UsedNonce)
 
 
 class KeyMode(StrEnum):
@@ -159,13 +168,8 @@ class KeyStore:
         The nonce is checked as part of the signature but not spent: see :meth:`spend_nonce`."""
         if not api_key:
             raise AuthError(UNKNOWN_KEY)
-        query = (
-            select(ApiKey.id, ApiKey.project_id, Project.name, ApiKey.mode, ApiKey.secret)
-            .join(Project, Project.id == ApiKey.project_id)
-            .where(ApiKey.key_digest == _digest(api_key), ApiKey.revoked_at.is_(None))
-        )
         with self._db.read() as connection:
-            key = connection.execute(query).first()
+            key = connection.execute(_FIND_KEY, {"digest": _digest(api_key)}).first()
         if key is None:
             raise AuthError(UNKNOWN_KEY)
         caller = Caller(key.id, key.project_id, key.name, KeyMode(key.mode))
@@ -194,8 +198,8 @@ class KeyStore:
             return False  # older than what we remember: it could be a replay
         try:
             with self._db.write() as connection:
-                connection.execute(insert(UsedNonce).values(api_key_id=key_id, nonce=nonce.lstrip("0") or "0",
-                                                            used_at=now))
+                connection.execute(_SPEND_NONCE, {"api_key_id": key_id, "nonce": nonce.lstrip("0") or "0",
+                                                  "used_at": now})
         except IntegrityError:
             return False
         return True

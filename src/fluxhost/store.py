@@ -7,6 +7,7 @@ the change and the other sees ``False``.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from enum import Enum
 from itertools import pairwise
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, func, insert, literal, select, update
+from sqlalchemy import Connection, Row, Select, Update, bindparam, delete, func, insert, literal, select, update
 
 from fluxhost.auth import random_token
 from fluxhost.db import CallbackAttempt, CallbackDelivery, Database, Output, Task
@@ -36,6 +37,65 @@ _TIME_COLUMN = {
     Status.POSTPROCESS_END: "postprocess_end_time",
     Status.CANCEL: "cancel_time",
 }
+
+
+# Hot-path statements, built once: composing a statement costs more than running it on SQLite.
+_INSERT_TASK = insert(tasks).returning(tasks.c.id)
+_TASK_BY_ID = select(tasks).where(tasks.c.id == bindparam("task_id"))
+_TASK_BY_TOKEN = select(tasks).where(tasks.c.socket_token == bindparam("token"))
+_PROJECT_TASK_BY_ID = _TASK_BY_ID.where(tasks.c.project_id == bindparam("project_id"))
+_PROJECT_TASK_BY_TOKEN = _TASK_BY_TOKEN.where(tasks.c.project_id == bindparam("project_id"))
+_OUTPUTS_OF_TASK = select(outputs).where(outputs.c.task_id == bindparam("task_id")).order_by(outputs.c.name)
+_DELIVERY_OF_TASK = select(deliveries).where(deliveries.c.task_id == bindparam("task_id"))
+_ATTEMPTS_OF_DELIVERY = (
+    select(attempts).where(attempts.c.delivery_id == bindparam("delivery_id")).order_by(attempts.c.number)
+)
+_OLDEST_QUEUED = (
+    select(tasks.c.id)
+    .where(tasks.c.status == Status.QUEUE.value, tasks.c.model_slug.in_(bindparam("slugs", expanding=True)))
+    .order_by(tasks.c.id)
+    .limit(1)
+    .with_for_update(skip_locked=True)
+    .scalar_subquery()
+)
+_CLAIM_OLDEST = (
+    update(tasks)
+    .where(tasks.c.id == _OLDEST_QUEUED, tasks.c.status == Status.QUEUE.value)
+    .values(status=Status.ACCEPT.value, accept_time=bindparam("now"), worker_id=bindparam("worker_id"),
+            lease_expires_at=bindparam("lease_until"), attempts=tasks.c.attempts + 1)
+    .returning(tasks.c.id, tasks.c.socket_token, tasks.c.model_slug, tasks.c.request)
+)
+_RENEW_LEASE = (
+    update(tasks)
+    .where(tasks.c.id == bindparam("task_id"), tasks.c.worker_id == bindparam("worker_id"),
+           tasks.c.status.in_([s.value for s in RUNNING]))
+    .values(lease_expires_at=bindparam("lease_until"))
+)
+_FINISH = (
+    update(tasks)
+    .where(tasks.c.id == bindparam("task_id"), tasks.c.status == Status.POSTPROCESS_START.value)
+    .values(status=Status.POSTPROCESS_END.value, postprocess_end_time=bindparam("now"), pexit="0",
+            debug_output=bindparam("debug_output"), lease_expires_at=None)
+)
+_INSERT_OUTPUT = insert(outputs)
+_OWE_CALLBACK = insert(deliveries).from_select(
+    ["task_id", "url", "status", "attempts", "next_attempt_at", "created_at"],
+    select(tasks.c.id, tasks.c.callback_url, literal("pending"), literal(0), bindparam("now"), bindparam("now"))
+    .where(tasks.c.id == bindparam("task_id"), tasks.c.callback_url != ""),
+)
+
+
+@functools.cache
+def _advance_statement(statuses: tuple[Status, ...], renews_lease: bool) -> Update:
+    """``UPDATE`` moving a task through consecutive ``statuses``, stamping each with ``now``."""
+    values: dict[str, Any] = {_TIME_COLUMN[status]: bindparam("now") for status in statuses}
+    if renews_lease:
+        values["lease_expires_at"] = bindparam("lease_until")
+    return (
+        update(tasks)
+        .where(tasks.c.id == bindparam("task_id"), tasks.c.status == previous_status(statuses[0]).value)
+        .values(status=statuses[-1].value, **values)
+    )
 
 
 class StopResult(Enum):
@@ -110,60 +170,44 @@ class TaskStore:
         callback_url: str = "",
     ) -> TaskRef:
         token = random_token(30)
+        values = {
+            "uuid": str(uuid.uuid4()), "socket_token": token, "project_id": project_id, "model_slug": model_slug,
+            "parameters": parameters, "request": request, "callback_url": callback_url,
+            "status": Status.QUEUE.value, "pexit": "", "debug_output": "", "debug_error": "", "attempts": 0,
+            "files_deleted": False, "create_time": time.time(),
+        }
         with self._db.write() as connection:
-            task_id = connection.execute(
-                insert(Task)
-                .values(
-                    uuid=str(uuid.uuid4()),
-                    socket_token=token,
-                    project_id=project_id,
-                    model_slug=model_slug,
-                    parameters=parameters,
-                    request=request,
-                    callback_url=callback_url,
-                    status=Status.QUEUE.value,
-                    pexit="",
-                    debug_output="",
-                    debug_error="",
-                    attempts=0,
-                    files_deleted=False,
-                    create_time=time.time(),
-                )
-                .returning(Task.id)
-            ).scalar_one()
+            task_id = connection.execute(_INSERT_TASK, values).scalar_one()
         return TaskRef(task_id, token)
 
     def get(self, task_id: int) -> TaskRecord | None:
-        return self._read(tasks.c.id == task_id)
+        return self._read(_TASK_BY_ID, {"task_id": task_id})
 
     def find(self, project_id: int, *, task_id: int | None = None, token: str | None = None) -> TaskRecord | None:
         """A task of ``project_id`` by id or socket token; None when absent or another's."""
         if task_id is not None:
-            return self._read(tasks.c.project_id == project_id, tasks.c.id == task_id)
+            return self._read(_PROJECT_TASK_BY_ID, {"project_id": project_id, "task_id": task_id})
         if token:
-            return self._read(tasks.c.project_id == project_id, tasks.c.socket_token == token)
+            return self._read(_PROJECT_TASK_BY_TOKEN, {"project_id": project_id, "token": token})
         return None
 
     def find_by_token(self, token: str) -> TaskRecord | None:
         """Any project's task by its socket token: the token is the socket's only credential."""
-        return self._read(tasks.c.socket_token == token)
+        return self._read(_TASK_BY_TOKEN, {"token": token})
 
-    def _read(self, *where: Any) -> TaskRecord | None:
+    def _read(self, statement: Select, parameters: dict[str, Any]) -> TaskRecord | None:
         with self._db.read() as connection:
-            row = connection.execute(select(tasks).where(*where)).first()
+            row = connection.execute(statement, parameters).first()
             if row is None:
                 return None
-            files = connection.execute(select(outputs).where(outputs.c.task_id == row.id).order_by(outputs.c.name))
-            record = TaskRecord(row, files.all())
+            record = TaskRecord(row, connection.execute(_OUTPUTS_OF_TASK, {"task_id": row.id}).all())
             return self._with_callback(connection, record) if row.callback_url else record
 
     def _with_callback(self, connection: Connection, record: TaskRecord) -> TaskRecord:
-        delivery = connection.execute(select(deliveries).where(deliveries.c.task_id == record.row.id)).first()
+        delivery = connection.execute(_DELIVERY_OF_TASK, {"task_id": record.row.id}).first()
         if delivery is None:
             return record
-        tried = connection.execute(
-            select(attempts).where(attempts.c.delivery_id == delivery.id).order_by(attempts.c.number)
-        ).all()
+        tried = connection.execute(_ATTEMPTS_OF_DELIVERY, {"delivery_id": delivery.id}).all()
         return TaskRecord(record.row, record.outputs, delivery, tried)
 
     def list(
@@ -228,26 +272,10 @@ class TaskStore:
     def claim_next(self, worker_id: str, model_slugs: list[str], lease_seconds: float) -> ClaimedTask | None:
         """Atomically move the oldest queued task of these models to ``task_accept`` for us."""
         now = time.time()
-        oldest = (
-            select(Task.id)
-            .where(Task.status == Status.QUEUE.value, Task.model_slug.in_(model_slugs))
-            .order_by(Task.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
         with self._db.write() as connection:
             claimed = connection.execute(
-                update(Task)
-                .where(Task.id == oldest, Task.status == Status.QUEUE.value)
-                .values(
-                    status=Status.ACCEPT.value,
-                    accept_time=now,
-                    worker_id=worker_id,
-                    lease_expires_at=now + lease_seconds,
-                    attempts=Task.attempts + 1,
-                )
-                .returning(Task.id, Task.socket_token, Task.model_slug, Task.request)
+                _CLAIM_OLDEST,
+                {"slugs": model_slugs, "now": now, "worker_id": worker_id, "lease_until": now + lease_seconds},
             ).first()
         return ClaimedTask(*claimed) if claimed is not None else None
 
@@ -258,45 +286,34 @@ class TaskStore:
             if previous_status(after) != before:
                 raise ValueError(f"{after} does not follow {before}")
         now = time.time()
-        values: dict[str, Any] = {_TIME_COLUMN[status]: now for status in statuses}
-        if lease_seconds is not None:
-            values["lease_expires_at"] = now + lease_seconds
+        lease_until = None if lease_seconds is None else now + lease_seconds
         with self._db.write() as connection:
-            return bool(
-                connection.execute(
-                    update(Task)
-                    .where(Task.id == task_id, Task.status == previous_status(statuses[0]).value)
-                    .values(status=statuses[-1].value, **values)
-                ).rowcount
+            moved = connection.execute(
+                _advance_statement(statuses, lease_seconds is not None),
+                {"task_id": task_id, "now": now, "lease_until": lease_until},
             )
+            return bool(moved.rowcount)
 
     def renew_lease(self, task_id: int, worker_id: str, lease_seconds: float) -> bool:
         """Extend our claim; False when the task is no longer ours to run (killed, taken over)."""
         with self._db.write() as connection:
-            return bool(
-                connection.execute(
-                    update(Task)
-                    .where(Task.id == task_id, Task.worker_id == worker_id,
-                           Task.status.in_([s.value for s in RUNNING]))
-                    .values(lease_expires_at=time.time() + lease_seconds)
-                ).rowcount
+            renewed = connection.execute(
+                _RENEW_LEASE, {"task_id": task_id, "worker_id": worker_id, "lease_until": time.time() + lease_seconds}
             )
+            return bool(renewed.rowcount)
 
     def finish(self, task_id: int, outputs: list[NewOutput], debug_output: str) -> bool:
         """``task_postprocess_start`` -> ``task_postprocess_end`` with pexit 0 and the outputs."""
         now = time.time()
         with self._db.write() as connection:
             done = connection.execute(
-                update(Task)
-                .where(Task.id == task_id, Task.status == Status.POSTPROCESS_START.value)
-                .values(status=Status.POSTPROCESS_END.value, postprocess_end_time=now, pexit="0",
-                        debug_output=debug_output, lease_expires_at=None)
+                _FINISH, {"task_id": task_id, "now": now, "debug_output": debug_output}
             ).rowcount
             if done:
                 _owe_callback(connection, task_id, now)
             if done and outputs:
                 connection.execute(
-                    insert(Output),
+                    _INSERT_OUTPUT,
                     [
                         {"id": uuid.uuid4().hex, "task_id": task_id, "name": output.name,
                          "content_type": output.content_type, "size": output.size, "folder": output.folder,
@@ -358,14 +375,7 @@ class TaskStore:
 def _owe_callback(connection: Connection, task_id: int, now: float) -> None:
     """Record, in the transaction that ends the task, the callback it owes (if it has a URL):
     a crash can then lose neither the task's end nor its callback."""
-    owed = select(
-        tasks.c.id, tasks.c.callback_url, literal("pending"), literal(0), literal(now), literal(now)
-    ).where(tasks.c.id == task_id, tasks.c.callback_url != "")
-    connection.execute(
-        insert(deliveries).from_select(
-            ["task_id", "url", "status", "attempts", "next_attempt_at", "created_at"], owed
-        )
-    )
+    connection.execute(_OWE_CALLBACK, {"task_id": task_id, "now": now})
 
 
 def is_terminal(task: TaskRecord) -> bool:
