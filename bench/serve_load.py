@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--port", type=int, default=8799)
-    parser.add_argument("--concurrency", default="2", help="FLUXHOST_WORKER_CONCURRENCY of the server")
+    parser.add_argument("--concurrency", default="1", help="FLUXHOST_WORKER_CONCURRENCY of the server")
     args = parser.parse_args()
     with running_server(args.port, engine="bench", worker_concurrency=args.concurrency) as (base_url, key):
         asyncio.run(measure(base_url, key, 2, 1.0, 0))  # warm up connections and caches

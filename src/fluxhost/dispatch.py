@@ -9,7 +9,6 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from fluxhost.store import TaskStore
 from fluxhost.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -31,11 +30,9 @@ class LocalDispatcher:
 
     def __init__(
         self,
-        store: TaskStore,
         make_worker: Callable[[], Worker],
         concurrency: int,
     ):
-        self.store = store
         self.make_worker = make_worker
         self.concurrency = concurrency
         self._wake = threading.Event()
@@ -74,10 +71,9 @@ class LocalDispatcher:
             thread.join(timeout)
 
     def _loop(self, worker: Worker) -> None:
-        slugs = list(worker.models)
         while not self._stopping.is_set():
             try:
-                task = self.store.claim_next(worker.worker_id, slugs, worker.lease_seconds)
+                task = worker.claim()
             except Exception:
                 log.exception("claiming a task failed; retrying")
                 task = None

@@ -49,7 +49,7 @@ class Service:
             settings.callback_timeout_seconds,
         )
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.dispatcher = LocalDispatcher(self.store, self._make_worker, settings.worker_concurrency)
+        self.dispatcher = LocalDispatcher(self._make_worker, settings.worker_concurrency)
         self._stopping = threading.Event()
         self._janitor: threading.Thread | None = None
 

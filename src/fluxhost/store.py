@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Row, Select, Update, bindparam, delete, func,
 
 from fluxhost.auth import random_token
 from fluxhost.db import CallbackAttempt, CallbackDelivery, Database, Output, Task
-from fluxhost.tasks import RUNNING, TERMINAL, Status, previous_status
+from fluxhost.tasks import RUNNING, TERMINAL, WORKER_PATH, Status, previous_status
 
 tasks = Task.__table__
 outputs = Output.__table__
@@ -58,13 +58,22 @@ _OLDEST_QUEUED = (
     .with_for_update(skip_locked=True)
     .scalar_subquery()
 )
-_CLAIM_OLDEST = (
-    update(tasks)
-    .where(tasks.c.id == _OLDEST_QUEUED, tasks.c.status == Status.QUEUE.value)
-    .values(status=Status.ACCEPT.value, accept_time=bindparam("now"), worker_id=bindparam("worker_id"),
-            lease_expires_at=bindparam("lease_until"), attempts=tasks.c.attempts + 1)
-    .returning(tasks.c.id, tasks.c.socket_token, tasks.c.model_slug, tasks.c.request)
-)
+
+
+@functools.cache
+def _claim_statement(through: Status) -> Update:
+    """``UPDATE`` claiming the oldest queued task and walking it from ``task_accept`` to
+    ``through``, every stage stamped with ``now``."""
+    stages = WORKER_PATH[WORKER_PATH.index(Status.ACCEPT) : WORKER_PATH.index(through) + 1]
+    return (
+        update(tasks)
+        .where(tasks.c.id == _OLDEST_QUEUED, tasks.c.status == Status.QUEUE.value)
+        .values(status=through.value, worker_id=bindparam("worker_id"), lease_expires_at=bindparam("lease_until"),
+                attempts=tasks.c.attempts + 1, **{_TIME_COLUMN[stage]: bindparam("now") for stage in stages})
+        .returning(tasks.c.id, tasks.c.socket_token, tasks.c.model_slug, tasks.c.request)
+    )
+
+
 _RENEW_LEASE = (
     update(tasks)
     .where(tasks.c.id == bindparam("task_id"), tasks.c.worker_id == bindparam("worker_id"),
@@ -269,12 +278,15 @@ class TaskStore:
 
     # --- the worker's side ----------------------------------------------------------------
 
-    def claim_next(self, worker_id: str, model_slugs: list[str], lease_seconds: float) -> ClaimedTask | None:
-        """Atomically move the oldest queued task of these models to ``task_accept`` for us."""
+    def claim_next(
+        self, worker_id: str, model_slugs: list[str], lease_seconds: float, through: Status = Status.ACCEPT
+    ) -> ClaimedTask | None:
+        """Atomically take the oldest queued task of these models, moving it through ``task_accept``
+        up to ``through`` (a worker with nothing to do in between saves the writes)."""
         now = time.time()
         with self._db.write() as connection:
             claimed = connection.execute(
-                _CLAIM_OLDEST,
+                _claim_statement(through),
                 {"slugs": model_slugs, "now": now, "worker_id": worker_id, "lease_until": now + lease_seconds},
             ).first()
         return ClaimedTask(*claimed) if claimed is not None else None

@@ -94,8 +94,15 @@ class Worker:
         if event.type == Status.CANCEL.value and event.task_id in self._running:
             self._killed.add(event.task_id)
 
+    def claim(self) -> ClaimedTask | None:
+        """The oldest queued task of our models, now ours and in ``task_start``. Preprocessing
+        has nothing slow to do yet (inputs were validated at Run, the engine is warm), so the claim
+        stamps accept, preprocess and assign in the same write; a stage that starts doing real
+        work gets its own ``advance`` instead."""
+        return self.store.claim_next(self.worker_id, list(self.models), self.lease_seconds, through=Status.START)
+
     def run(self, task: ClaimedTask) -> None:
-        """Take a claimed task (in ``task_accept``) to its end. Never raises."""
+        """Take a task :meth:`claim` returned to its end. Never raises."""
         self._running.add(task.id)
         try:
             self._run_claimed(task)
@@ -104,7 +111,8 @@ class Worker:
             self._killed.discard(task.id)
 
     def _run_claimed(self, task: ClaimedTask) -> None:
-        self._emit(task, Status.ACCEPT)
+        for status in (Status.ACCEPT, Status.PREPROCESS_START, Status.PREPROCESS_END, Status.ASSIGN, Status.START):
+            self._emit(task, status)
         log_lines: list[str] = []
         saved: list[NewOutput] = []
         try:
@@ -138,9 +146,6 @@ class Worker:
             f"model {task.model_slug}: {model.engine.description}; seed {request.seed}, "
             f"{request.width}x{request.height}, {request.steps} steps, guidance {request.guidance}"
         )
-        # Nothing slow happens between these yet (inputs were validated at Run, the engine is
-        # warm): one write stamps them all. Split the call when a stage starts doing real work.
-        self._advance(task, Status.PREPROCESS_START, Status.PREPROCESS_END, Status.ASSIGN, Status.START)
 
         started = last_renewal = time.monotonic()
 
