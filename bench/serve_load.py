@@ -2,7 +2,8 @@
 polling against `fluxhost serve` with the bench engine (a small solid-colour PNG per task).
 
 Prints Run/s, Detail/s, their p50/p99 latency, and completed tasks/s with submit-to-done p50/p99;
-then the same for one client doing one task at a time. Loopback only; bounded in time.
+then the same for one client doing one task at a time (polling back to back, polling every 2 ms,
+and following each task on the socket). Loopback only; bounded in time.
 
     python bench/serve_load.py [--clients 32] [--seconds 10] [--port 8799]
 """
@@ -49,6 +50,23 @@ async def one_client(http: aiohttp.ClientSession, signer: Signer, stats: Stats, 
                 await asyncio.sleep(poll)
 
 
+async def one_client_by_socket(base_url: str, key: dict, seconds: float) -> tuple[Stats, float]:
+    """One client, one task at a time, following each task on one socket instead of polling."""
+    stats = Stats()
+    signer = Signer(key)
+    async with aiohttp.ClientSession(base_url) as http, http.ws_connect("/v1") as ws:
+        started = time.perf_counter()
+        while time.perf_counter() < started + seconds:
+            submitted = time.perf_counter()
+            run = await post(http, f"/v1/Run/{SLUG}", {"prompt": "load", "seed": "1"}, signer)
+            stats.run.append(time.perf_counter() - submitted)
+            await ws.send_json({"type": "task_info", "tasktoken": run["socketaccesstoken"]})
+            while (await ws.receive_json())["type"] not in TERMINAL:
+                pass
+            stats.done.append(time.perf_counter() - submitted)
+        return stats, time.perf_counter() - started
+
+
 async def measure(base_url: str, key: dict, clients: int, seconds: float, poll: float) -> tuple[Stats, float]:
     stats = Stats()
     signer = Signer(key)
@@ -65,8 +83,9 @@ def report(title: str, stats: Stats, wall: float) -> None:
     print(f"\n{title} ({wall:.1f} s)")
     print(f"  Run     {len(stats.run) / wall:8.1f}/s   p50 {percentile(stats.run, .5) * ms:6.2f} ms   "
           f"p99 {percentile(stats.run, .99) * ms:6.2f} ms")
-    print(f"  Detail  {len(stats.detail) / wall:8.1f}/s   p50 {percentile(stats.detail, .5) * ms:6.2f} ms   "
-          f"p99 {percentile(stats.detail, .99) * ms:6.2f} ms")
+    if stats.detail:
+        print(f"  Detail  {len(stats.detail) / wall:8.1f}/s   p50 {percentile(stats.detail, .5) * ms:6.2f} ms   "
+              f"p99 {percentile(stats.detail, .99) * ms:6.2f} ms")
     print(f"  done    {len(stats.done) / wall:8.1f} tasks/s   submit-to-done p50 "
           f"{percentile(stats.done, .5) * ms:6.2f} ms   p99 {percentile(stats.done, .99) * ms:6.2f} ms")
 
@@ -85,6 +104,8 @@ def main() -> None:
         for poll in (0, 0.002):
             stats, wall = asyncio.run(measure(base_url, key, 1, args.seconds, poll=poll))
             report(f"1 client, one task at a time, Detail every {poll * 1000:g} ms", stats, wall)
+        stats, wall = asyncio.run(one_client_by_socket(base_url, key, args.seconds))
+        report("1 client, one task at a time, following each on the socket (no Detail)", stats, wall)
 
 
 if __name__ == "__main__":
