@@ -103,5 +103,6 @@ def test_only_expired_leases_are_taken_back(store_and_project):
     fresh, stale = store.create(project_id, SLUG, {}, {}), store.create(project_id, SLUG, {}, {})
     store.claim_next("alive", [SLUG], lease_seconds=600)
     store.claim_next("dead", [SLUG], lease_seconds=-1)
+    assert store.recover(max_attempts=3, alive_worker="dead").requeued == []  # our own: still running
     assert store.recover(max_attempts=3).requeued == [stale.id]
     assert store.get(fresh.id).row.status == "task_accept"

@@ -101,7 +101,8 @@ class Service:
     def _janitor_loop(self) -> None:
         while not self._stopping.wait(JANITOR_SECONDS):
             try:
-                recovery = self.store.recover(self.settings.max_attempts)
+                # Our own tasks are running here whatever their lease says (one step can outlast it).
+                recovery = self.store.recover(self.settings.max_attempts, alive_worker=self.worker_id)
                 if recovery.requeued:
                     self.dispatcher.notify()
                 self.keys.purge_nonces()

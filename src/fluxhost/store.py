@@ -354,16 +354,19 @@ class TaskStore:
         with self._db.write() as connection:
             connection.execute(update(Task).where(Task.id == task_id).values(debug_output=text))
 
-    def recover(self, max_attempts: int, *, only_expired: bool = True) -> Recovery:
+    def recover(self, max_attempts: int, *, only_expired: bool = True, alive_worker: str | None = None) -> Recovery:
         """Take back tasks whose worker is gone: queue them again, or fail them for good once they
         have had ``max_attempts`` runs. With ``only_expired=False`` every claimed task counts as
-        lost (a single embedded worker that just started knows no other worker runs them)."""
+        lost (a single embedded worker that just started knows no other worker runs them); the
+        tasks of ``alive_worker`` (the caller's own, known to be running) are never taken."""
         now = time.time()
         requeued: list[int] = []
         failed: list[int] = []
         where = [Task.status.in_([s.value for s in RUNNING])]
         if only_expired:
             where.append(Task.lease_expires_at < now)
+        if alive_worker:
+            where.append(Task.worker_id != alive_worker)
         with self._db.read() as connection:
             lost = connection.execute(select(Task.id, Task.attempts).where(*where)).all()
         for task_id, attempts in lost:
