@@ -34,8 +34,9 @@ class LiveServer:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.service = Service(settings)
+        self.app = create_app(self.service)
         self.server = uvicorn.Server(
-            uvicorn.Config(create_app(self.service), host=settings.host, port=settings.port, lifespan="on",
+            uvicorn.Config(self.app, host=settings.host, port=settings.port, lifespan="on",
                            **UVICORN_OPTIONS)
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True)

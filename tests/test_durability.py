@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ import pytest
 
 from fluxhost.auth import KeyMode, KeyStore, NewKey
 from fluxhost.db import Database
+from fluxhost.service import worker_may_be_alive
 from fluxhost.store import TaskStore
 from tests.helpers import SLUG, ProtocolClient, free_port
 
@@ -90,7 +92,7 @@ def test_a_task_whose_worker_keeps_dying_fails_with_a_reason(store_and_project):
     task = store.create(project_id, SLUG, {}, {})
     for attempt in range(1, 3):
         assert store.claim_next(f"worker-{attempt}", [SLUG], lease_seconds=60).id == task.id
-        recovery = store.recover(max_attempts=2, only_expired=False)
+        recovery = store.recover(max_attempts=2, dead_workers={f"worker-{attempt}"})
         if attempt == 1:
             assert recovery.requeued == [task.id] and store.get(task.id).row.status == "task_queue"
     assert recovery.failed == [task.id]
@@ -106,3 +108,13 @@ def test_only_expired_leases_are_taken_back(store_and_project):
     assert store.recover(max_attempts=3, alive_worker="dead").requeued == []  # our own: still running
     assert store.recover(max_attempts=3).requeued == [stale.id]
     assert store.get(fresh.id).row.status == "task_accept"
+
+
+def test_only_a_dead_process_of_this_host_is_known_dead():
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # reaped: its pid names no process (Linux hands pids out in increasing order)
+    host = socket.gethostname()
+    assert not worker_may_be_alive(f"{host}-{ended.pid}-abc123")
+    assert worker_may_be_alive(f"{host}-{os.getpid()}-abc123")
+    assert worker_may_be_alive(f"another-host-{ended.pid}-abc123")
+    assert worker_may_be_alive("not-a-worker-id")

@@ -4,6 +4,7 @@ import asyncio
 import base64
 import io
 import json
+import time
 
 import pytest
 import websockets
@@ -137,6 +138,10 @@ def test_a_hundred_subscribers_all_get_the_final_frame(make_settings):
 
         results = asyncio.run(crowd())
         outputs = client.detail(run["taskid"])["outputs"]
+        deadline = time.monotonic() + 10
+        while live.app.state.socket_hub.followed_tasks:  # every closed connection is forgotten
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
     assert len(results) == 100
     assert all(frames[-1]["type"] == "task_postprocess_end" and frames[-1]["message"] == outputs
                for frames in results)

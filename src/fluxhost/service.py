@@ -29,6 +29,21 @@ log = logging.getLogger("fluxhost")
 JANITOR_SECONDS = 30.0
 
 
+def worker_may_be_alive(worker_id: str) -> bool:
+    """Whether the process behind a worker id (``host-pid-random``) may still be running. Only a
+    process of this host can be known dead; another host's tasks come back when their lease ends."""
+    parts = worker_id.rsplit("-", 2)
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return True
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Service:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -55,12 +70,10 @@ class Service:
 
     def start(self) -> None:
         """Take back what a crash left, then start the workers and the janitor."""
-        if self.settings.worker_concurrency:
-            # The embedded worker is the only one on this database: whatever is claimed was ours.
-            recovery = self.store.recover(self.settings.max_attempts, only_expired=False)
-            if recovery.requeued or recovery.failed:
-                log.warning("recovered unfinished tasks: requeued %s, failed %s",
-                            recovery.requeued, recovery.failed)
+        dead = {worker for worker in self.store.claiming_workers() if not worker_may_be_alive(worker)}
+        recovery = self.store.recover(self.settings.max_attempts, dead_workers=dead)
+        if recovery.requeued or recovery.failed:
+            log.warning("recovered unfinished tasks: requeued %s, failed %s", recovery.requeued, recovery.failed)
         self.dispatcher.start()
         self.callbacks.start()
         self._janitor = threading.Thread(target=self._janitor_loop, name="fluxhost-janitor", daemon=True)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import functools
 import time
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from enum import Enum
 from itertools import pairwise
 from typing import Any
 
-from sqlalchemy import Connection, Row, Select, Update, bindparam, delete, func, insert, literal, select, update
+from sqlalchemy import Connection, Row, Select, Update, bindparam, delete, func, insert, literal, or_, select, update
 
 from fluxhost.auth import random_token
 from fluxhost.db import CallbackAttempt, CallbackDelivery, Database, Output, Task
@@ -354,17 +355,27 @@ class TaskStore:
         with self._db.write() as connection:
             connection.execute(update(Task).where(Task.id == task_id).values(debug_output=text))
 
-    def recover(self, max_attempts: int, *, only_expired: bool = True, alive_worker: str | None = None) -> Recovery:
+    def claiming_workers(self) -> set[str]:
+        """The workers that hold claimed, unfinished tasks."""
+        with self._db.read() as connection:
+            return set(connection.execute(
+                select(Task.worker_id).distinct().where(Task.status.in_([s.value for s in RUNNING]))
+            ).scalars())
+
+    def recover(
+        self, max_attempts: int, *, dead_workers: Collection[str] = (), alive_worker: str | None = None
+    ) -> Recovery:
         """Take back tasks whose worker is gone: queue them again, or fail them for good once they
-        have had ``max_attempts`` runs. With ``only_expired=False`` every claimed task counts as
-        lost (a single embedded worker that just started knows no other worker runs them); the
-        tasks of ``alive_worker`` (the caller's own, known to be running) are never taken."""
+        have had ``max_attempts`` runs. Gone means: one of ``dead_workers`` (known dead, whatever
+        the lease says), or a lease run out; the tasks of ``alive_worker`` (the caller's own,
+        running right now) are never taken."""
         now = time.time()
         requeued: list[int] = []
         failed: list[int] = []
-        where = [Task.status.in_([s.value for s in RUNNING])]
-        if only_expired:
-            where.append(Task.lease_expires_at < now)
+        gone = Task.lease_expires_at < now
+        if dead_workers:
+            gone = or_(gone, Task.worker_id.in_(list(dead_workers)))
+        where = [Task.status.in_([s.value for s in RUNNING]), gone]
         if alive_worker:
             where.append(Task.worker_id != alive_worker)
         with self._db.read() as connection:

@@ -107,6 +107,7 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
 
     app = FastAPI(title="fluxhost", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.service = service
+    app.state.socket_hub = hub
 
     @app.exception_handler(AuthError)
     async def _auth_error(_request: Request, error: AuthError) -> JSONResponse:

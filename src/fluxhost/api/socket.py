@@ -75,6 +75,7 @@ class Subscriber:
         self.outbox = Outbox()
         self.position: dict[int, int] = {}  # task id -> index of the last lifecycle frame sent
         self.finished: set[int] = set()
+        self.tokens: set[str] = set()  # the tasks it follows
 
     def offer(self, event: TaskEvent, text: str) -> None:
         if event.task_id in self.finished:
@@ -103,6 +104,11 @@ class SocketHub:
         self._followers: dict[str, set[Subscriber]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unsubscribe = None
+
+    @property
+    def followed_tasks(self) -> int:
+        """How many tasks some connection follows now."""
+        return len(self._followers)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -141,6 +147,7 @@ class SocketHub:
         """Start sending ``record``'s events to ``subscriber``, beginning with its current state."""
         task = record.row
         self._followers.setdefault(task.socket_token, set()).add(subscriber)
+        subscriber.tokens.add(task.socket_token)
         # Registered before the state is read: an event that overtakes it is dropped as old.
         current = self.service.store.get(task.id) or record
         state = TaskEvent(task.id, task.socket_token, current.row.status)
@@ -149,10 +156,11 @@ class SocketHub:
         subscriber.offer(state, text)
 
     def forget(self, subscriber: Subscriber) -> None:
-        for token in [t for t, followers in self._followers.items() if subscriber in followers]:
-            self._followers[token].discard(subscriber)
-            if not self._followers[token]:
-                del self._followers[token]
+        for token in subscriber.tokens:
+            followers = self._followers.get(token, set())
+            followers.discard(subscriber)
+            if not followers:
+                self._followers.pop(token, None)
 
     async def serve(self, websocket: WebSocket) -> None:
         """One connection: read ``task_info`` frames, follow their tasks, until the client leaves."""
