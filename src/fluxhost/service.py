@@ -15,7 +15,7 @@ from typing import Any
 from fluxhost.auth import KeyStore
 from fluxhost.callbacks import Allowlist, CallbackSender
 from fluxhost.db import Database
-from fluxhost.dispatch import LocalDispatcher
+from fluxhost.dispatch import Dispatcher, LocalDispatcher
 from fluxhost.events import LocalEventBus
 from fluxhost.settings import Settings
 from fluxhost.storage import LocalStorage
@@ -64,7 +64,7 @@ class Service:
             settings.callback_timeout_seconds,
         )
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.dispatcher = LocalDispatcher(self._make_worker, settings.worker_concurrency)
+        self.dispatcher: Dispatcher = LocalDispatcher(self._make_worker, settings.worker_concurrency)
         self._stopping = threading.Event()
         self._janitor: threading.Thread | None = None
 

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Row, Select, Update, bindparam, delete, func,
 
 from fluxhost.auth import random_token
 from fluxhost.db import CallbackAttempt, CallbackDelivery, Database, Output, Task
-from fluxhost.tasks import RUNNING, TERMINAL, WORKER_PATH, Status, previous_status
+from fluxhost.tasks import CANCELLABLE, KILLABLE, RUNNING, TERMINAL, WORKER_PATH, Status, previous_status
 
 tasks = Task.__table__
 outputs = Output.__table__
@@ -248,13 +248,13 @@ class TaskStore:
 
     def cancel(self, project_id: int, task_id: int) -> StopResult:
         """Cancel a task no worker has claimed: it will never run."""
-        return self._stop(project_id, task_id, (Status.QUEUE,))
+        return self._stop(project_id, task_id, CANCELLABLE)
 
     def kill(self, project_id: int, task_id: int) -> StopResult:
         """Stop a queued or running task; its worker notices at the next denoising step."""
-        return self._stop(project_id, task_id, (Status.QUEUE, *RUNNING))
+        return self._stop(project_id, task_id, KILLABLE)
 
-    def _stop(self, project_id: int, task_id: int, allowed: tuple[Status, ...]) -> StopResult:
+    def _stop(self, project_id: int, task_id: int, allowed: frozenset[Status]) -> StopResult:
         with self._db.write() as connection:
             changed = connection.execute(
                 update(Task)

@@ -58,11 +58,6 @@ def previous_status(status: Status) -> Status:
     return WORKER_PATH[index - 1]
 
 
-def is_cancellable(status: Status) -> bool:
-    """Cancel only takes a task that no worker has claimed yet."""
-    return status == Status.QUEUE
-
-
-def is_killable(status: Status) -> bool:
-    """Kill takes any task that has not ended, queued or running."""
-    return status not in TERMINAL
+# Cancel takes only a task no worker has claimed; Kill takes any task that has not ended.
+CANCELLABLE = frozenset({Status.QUEUE})
+KILLABLE = frozenset({Status.QUEUE, *RUNNING})
