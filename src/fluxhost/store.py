@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Row, Select, Update, bindparam, delete, func,
 
 from fluxhost.auth import random_token
 from fluxhost.db import CallbackAttempt, CallbackDelivery, Database, Output, Task
-from fluxhost.tasks import CANCELLABLE, KILLABLE, RUNNING, TERMINAL, WORKER_PATH, Status, previous_status
+from fluxhost.tasks import CANCELLABLE, KILLABLE, RUNNING, TERMINAL, Status, previous_status, stages
 
 tasks = Task.__table__
 outputs = Output.__table__
@@ -65,12 +65,12 @@ _OLDEST_QUEUED = (
 def _claim_statement(through: Status) -> Update:
     """``UPDATE`` claiming the oldest queued task and walking it from ``task_accept`` to
     ``through``, every stage stamped with ``now``."""
-    stages = WORKER_PATH[WORKER_PATH.index(Status.ACCEPT) : WORKER_PATH.index(through) + 1]
     return (
         update(tasks)
         .where(tasks.c.id == _OLDEST_QUEUED, tasks.c.status == Status.QUEUE.value)
         .values(status=through.value, worker_id=bindparam("worker_id"), lease_expires_at=bindparam("lease_until"),
-                attempts=tasks.c.attempts + 1, **{_TIME_COLUMN[stage]: bindparam("now") for stage in stages})
+                attempts=tasks.c.attempts + 1,
+                **{_TIME_COLUMN[stage]: bindparam("now") for stage in stages(Status.ACCEPT, through)})
         .returning(tasks.c.id, tasks.c.socket_token, tasks.c.model_slug, tasks.c.request)
     )
 

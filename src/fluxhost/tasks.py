@@ -50,6 +50,11 @@ WORKER_PATH = (
 )
 
 
+def stages(first: Status, last: Status) -> tuple[Status, ...]:
+    """The statuses of the worker path from ``first`` to ``last``, both included."""
+    return WORKER_PATH[WORKER_PATH.index(first) : WORKER_PATH.index(last) + 1]
+
+
 def previous_status(status: Status) -> Status:
     """The status a task must hold for a worker to move it to ``status``."""
     index = WORKER_PATH.index(status)

@@ -17,11 +17,15 @@ from fluxhost.images import CONTENT_TYPES, encode
 from fluxhost.settings import ModelSettings
 from fluxhost.storage import Storage
 from fluxhost.store import ClaimedTask, NewOutput, TaskStore
-from fluxhost.tasks import Status
+from fluxhost.tasks import Status, stages
 
 log = logging.getLogger(__name__)
 
 FILE_EXTENSIONS = {"png": "png", "jpeg": "jpg"}
+# Preprocessing has nothing slow to do yet (inputs were validated at Run, the engine is warm), so
+# the claim stamps accept, preprocess and assign in the same write; a stage that starts doing
+# real work gets its own ``advance`` instead.
+CLAIMED_THROUGH = Status.START
 PREVIEW_MAX_SIDE = 256
 
 
@@ -95,11 +99,8 @@ class Worker:
             self._killed.add(event.task_id)
 
     def claim(self) -> ClaimedTask | None:
-        """The oldest queued task of our models, now ours and in ``task_start``. Preprocessing
-        has nothing slow to do yet (inputs were validated at Run, the engine is warm), so the claim
-        stamps accept, preprocess and assign in the same write; a stage that starts doing real
-        work gets its own ``advance`` instead."""
-        return self.store.claim_next(self.worker_id, list(self.models), self.lease_seconds, through=Status.START)
+        """The oldest queued task of our models, now ours and in :data:`CLAIMED_THROUGH`."""
+        return self.store.claim_next(self.worker_id, list(self.models), self.lease_seconds, through=CLAIMED_THROUGH)
 
     def run(self, task: ClaimedTask) -> None:
         """Take a task :meth:`claim` returned to its end. Never raises."""
@@ -111,7 +112,7 @@ class Worker:
             self._killed.discard(task.id)
 
     def _run_claimed(self, task: ClaimedTask) -> None:
-        for status in (Status.ACCEPT, Status.PREPROCESS_START, Status.PREPROCESS_END, Status.ASSIGN, Status.START):
+        for status in stages(Status.ACCEPT, CLAIMED_THROUGH):
             self._emit(task, status)
         log_lines: list[str] = []
         saved: list[NewOutput] = []
@@ -119,7 +120,8 @@ class Worker:
             self._run(task, log_lines, saved)
         except TaskStopped:
             self._discard(saved)
-            log_lines.append("Stopped by Kill.")
+            killed = task.id in self._killed
+            log_lines.append("Stopped by Kill." if killed else "Stopped: this worker no longer holds the task.")
             self.store.set_debug_output(task.id, "\n".join(log_lines))
             log.info("task %s stopped while running", task.id)
         except Exception as error:  # the task fails; the worker goes on with the next one
