@@ -13,7 +13,7 @@ from PIL import Image
 from fluxhost.api.socket import MAX_PROGRESS_FRAMES, Subscriber
 from fluxhost.auth import KeyMode
 from fluxhost.events import TaskEvent
-from tests.helpers import LiveServer, ProtocolClient
+from tests.helpers import SLUG, LiveServer, ProtocolClient
 
 LIFECYCLE = ["task_queue", "task_accept", "task_preprocess_start", "task_preprocess_end", "task_assign",
              "task_start", "task_end", "task_postprocess_start", "task_postprocess_end"]
@@ -179,3 +179,21 @@ def test_a_slow_subscriber_loses_progress_never_lifecycle():
     assert [f for f in frames if not f.startswith("progress")] == ["start-1", "end-1", "final-1"]
     assert "progress-1-1000" in frames and "progress-1-1" not in frames  # the newest progress wins
     assert sum(f.startswith("progress") for f in frames) == MAX_PROGRESS_FRAMES
+
+
+def test_a_preview_that_fails_does_not_fail_the_task(make_settings):
+    with LiveServer(make_settings(previews=True)) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        assert live.service.dispatcher.ready.wait(30)
+        engine = live.service.dispatcher.worker.models[SLUG].engine
+
+        def broken_preview(*_args):
+            raise NotImplementedError("this pipeline has no latent layout we know")
+
+        engine._preview = broken_preview
+        client.run()  # a blocker: the task below is still queued when followed
+        run = client.run()
+        frames = asyncio.run(follow(socket_url(live), run["socketaccesstoken"]))
+    progress = [f for f in frames if f["type"] == "task_output"]
+    assert progress and all("preview" not in f for f in progress)
+    assert frames[-1]["type"] == "task_postprocess_end" and frames[-1]["pexit"] == "0"

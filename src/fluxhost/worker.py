@@ -163,7 +163,7 @@ class Worker:
                 log_lines.append(f"Stopped at step {step} of {total}.")
                 raise TaskStopped
             message = progress_message(step, total, started, now)
-            picture = preview_data_url(preview()) if self.previews and preview else None
+            picture = self._preview(preview) if self.previews and preview else None
             self.events.publish(TaskEvent(task.id, task.socket_token, Status.OUTPUT.value, message, picture))
 
         images = model.engine.generate(request, on_step)
@@ -191,6 +191,15 @@ class Worker:
         if not self.store.finish(task.id, saved, "\n".join(log_lines)):
             raise TaskStopped
         self._emit(task, Status.POSTPROCESS_END)
+
+    def _preview(self, preview: Preview) -> str | None:
+        """A progress preview, or None when the engine cannot draw one: previews are a nicety,
+        never a reason for a task to fail."""
+        try:
+            return preview_data_url(preview())
+        except Exception:
+            log.warning("step preview failed; progress goes on without it", exc_info=True)
+            return None
 
     def _advance(self, task: ClaimedTask, *statuses: Status) -> None:
         if not self.store.advance(task.id, *statuses, lease_seconds=self.lease_seconds):
