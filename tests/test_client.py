@@ -150,3 +150,11 @@ def test_ctrl_c_kills_the_remote_task(make_settings, tmp_path):
         assert "killed" in rest
         with Client(live.base_url, key.api_key, key.api_secret) as client:
             assert client.detail(1).cancelled
+
+
+def test_a_failing_socket_falls_back_to_polling(sdk, monkeypatch):
+    closed = f"ws://127.0.0.1:{free_port()}/v1"
+    monkeypatch.setattr("fluxhost.client._socket_url", lambda base_url: closed)
+    progress = []
+    info = sdk.run(SLUG, prompt="a heron").wait(timeout=120, via="socket", on_progress=progress.append)
+    assert info.succeeded and progress == []  # the result came by polling
