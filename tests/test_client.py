@@ -158,3 +158,24 @@ def test_a_failing_socket_falls_back_to_polling(sdk, monkeypatch):
     progress = []
     info = sdk.run(SLUG, prompt="a heron").wait(timeout=120, via="socket", on_progress=progress.append)
     assert info.succeeded and progress == []  # the result came by polling
+
+
+def test_reads_are_retried_on_503_and_run_is_not():
+    import httpx
+
+    answers = {"Task/List": [503, 503, 200], "Run/a/b": [503, 200]}
+    seen: list[str] = []
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        path = request.url.path.removeprefix("/v1/")
+        seen.append(path)
+        status = answers[path].pop(0)
+        if status != 200:
+            return httpx.Response(status, json={"result": False, "errors": [{"code": 0, "message": "busy"}]})
+        return httpx.Response(200, json={"result": True, "errors": [], "total": "0", "tasklist": []})
+
+    client = Client("http://fluxhost.test", "key", retries=3, transport=httpx.MockTransport(reply))
+    assert client.list_tasks() == [] and seen.count("Task/List") == 3
+    with pytest.raises(ProtocolError) as error:
+        client.run("a/b", prompt="x")
+    assert error.value.status_code == 503 and seen.count("Run/a/b") == 1
