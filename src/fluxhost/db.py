@@ -85,7 +85,6 @@ class Task(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
     lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    files_deleted: Mapped[bool] = mapped_column(default=False)
 
     create_time: Mapped[float] = mapped_column(Float)
     accept_time: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from enum import Enum
-from itertools import pairwise
 from typing import Any
 
 from sqlalchemy import Connection, Row, Select, Update, bindparam, delete, func, insert, literal, or_, select, update
@@ -98,6 +97,8 @@ _OWE_CALLBACK = insert(deliveries).from_select(
 @functools.cache
 def _advance_statement(statuses: tuple[Status, ...], renews_lease: bool) -> Update:
     """``UPDATE`` moving a task through consecutive ``statuses``, stamping each with ``now``."""
+    if statuses != stages(statuses[0], statuses[-1]):
+        raise ValueError(f"not consecutive stages of the worker path: {statuses}")
     values: dict[str, Any] = {_TIME_COLUMN[status]: bindparam("now") for status in statuses}
     if renews_lease:
         values["lease_expires_at"] = bindparam("lease_until")
@@ -184,7 +185,7 @@ class TaskStore:
             "uuid": str(uuid.uuid4()), "socket_token": token, "project_id": project_id, "model_slug": model_slug,
             "parameters": parameters, "request": request, "callback_url": callback_url,
             "status": Status.QUEUE.value, "pexit": "", "debug_output": "", "debug_error": "", "attempts": 0,
-            "files_deleted": False, "create_time": time.time(),
+            "create_time": time.time(),
         }
         with self._db.write() as connection:
             task_id = connection.execute(_INSERT_TASK, values).scalar_one()
@@ -228,11 +229,8 @@ class TaskStore:
         limit: int = 20,
         newest_first: bool = True,
         sort: str = "id",
-        model_slug: str | None = None,
     ) -> tuple[int, list[TaskRecord]]:
         where = [tasks.c.project_id == project_id]
-        if model_slug:
-            where.append(tasks.c.model_slug == model_slug)
         column = {"id": tasks.c.id, "createtime": tasks.c.create_time, "status": tasks.c.status}.get(sort, tasks.c.id)
         order = [column.desc(), tasks.c.id.desc()] if newest_first else [column.asc(), tasks.c.id.asc()]
         with self._db.read() as connection:
@@ -255,26 +253,26 @@ class TaskStore:
         return self._stop(project_id, task_id, KILLABLE)
 
     def _stop(self, project_id: int, task_id: int, allowed: frozenset[Status]) -> StopResult:
+        now = time.time()
         with self._db.write() as connection:
             changed = connection.execute(
                 update(Task)
                 .where(Task.id == task_id, Task.project_id == project_id, Task.status.in_([s.value for s in allowed]))
-                .values(status=Status.CANCEL.value, cancel_time=time.time(), lease_expires_at=None)
+                .values(status=Status.CANCEL.value, cancel_time=now, lease_expires_at=None)
             ).rowcount
             if changed:
-                _owe_callback(connection, task_id, time.time())
+                _owe_callback(connection, task_id, now)
                 return StopResult.STOPPED
             exists = connection.execute(
                 select(Task.id).where(Task.id == task_id, Task.project_id == project_id)
             ).first()
             return StopResult.NOT_STOPPABLE if exists else StopResult.NOT_FOUND
 
-    def mark_files_deleted(self, task_id: int) -> list[Row]:
+    def delete_outputs(self, task_id: int) -> list[Row]:
         """Forget a task's outputs (the record stays); returns what to remove from storage."""
         with self._db.write() as connection:
             removed = connection.execute(select(outputs).where(outputs.c.task_id == task_id)).all()
             connection.execute(delete(outputs).where(outputs.c.task_id == task_id))
-            connection.execute(update(tasks).where(tasks.c.id == task_id).values(files_deleted=True))
         return removed
 
     # --- the worker's side ----------------------------------------------------------------
@@ -295,9 +293,6 @@ class TaskStore:
     def advance(self, task_id: int, *statuses: Status, lease_seconds: float | None = None) -> bool:
         """Move a task along the worker path through ``statuses`` (consecutive, each stamped with
         the time now) in one statement; False if it was cancelled or killed meanwhile."""
-        for before, after in pairwise(statuses):
-            if previous_status(after) != before:
-                raise ValueError(f"{after} does not follow {before}")
         now = time.time()
         lease_until = None if lease_seconds is None else now + lease_seconds
         with self._db.write() as connection:
@@ -342,7 +337,7 @@ class TaskStore:
         with self._db.write() as connection:
             failed = connection.execute(
                 update(Task)
-                .where(Task.id == task_id, Task.status.in_([s.value for s in (Status.QUEUE, *RUNNING)]))
+                .where(Task.id == task_id, Task.status.in_([s.value for s in KILLABLE]))
                 .values(status=Status.POSTPROCESS_END.value, pexit="1", debug_error=error,
                         debug_output=debug_output, postprocess_end_time=now,
                         end_time=func.coalesce(Task.end_time, now), lease_expires_at=None)

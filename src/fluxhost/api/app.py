@@ -243,7 +243,7 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
         spend_nonce(request, caller)
         if not is_terminal(task):
             raise ProtocolError(1, "Task is not finished yet: its files can be deleted once it ends.")
-        for output in service.store.mark_files_deleted(task.row.id):
+        for output in service.store.delete_outputs(task.row.id):
             service.storage.delete(output.folder, output.name)
         return ok()
 

@@ -54,7 +54,6 @@ def upgrade() -> None:
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('worker_id', sa.String(length=100), nullable=True),
     sa.Column('lease_expires_at', sa.Float(), nullable=True),
-    sa.Column('files_deleted', sa.Boolean(), nullable=False),
     sa.Column('create_time', sa.Float(), nullable=False),
     sa.Column('accept_time', sa.Float(), nullable=True),
     sa.Column('preprocess_start_time', sa.Float(), nullable=True),
