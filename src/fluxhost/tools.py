@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 DEFAULT_PROMPT = (
@@ -63,6 +63,10 @@ class GenerationInputs:
     output_format: str
     parameters: dict[str, Any]
 
+    def for_worker(self) -> dict[str, Any]:
+        """What the task row keeps for the worker: everything but the parameters as sent."""
+        return {name: value for name, value in asdict(self).items() if name != "parameters"}
+
 
 def _text(value: Any) -> str:
     if isinstance(value, bool):
@@ -74,7 +78,8 @@ def _text(value: Any) -> str:
     raise InputError("Request parameters are invalid.")
 
 
-def _integer(name: str, value: Any, low: int, high: int) -> int:
+def integer_input(name: str, value: Any, low: int, high: int) -> int:
+    """``value`` (an integer, or its text) within ``low``..``high``, or the protocol's message."""
     message = f"Request parameter [{name}] must be between {low} and {high}"
     if isinstance(value, bool):
         raise InputError(message)
@@ -114,7 +119,7 @@ def validate_inputs(raw: dict[str, Any]) -> GenerationInputs:
 
     upsampling = _choice("promptUpsampling", raw.get("promptUpsampling", "false"), ("false", "true"))
     safety = raw.get("safetyTolerance", "2")
-    safety = _integer("safetyTolerance", "2" if safety in ("", None) else safety, SAFETY_MIN, SAFETY_MAX)
+    safety = integer_input("safetyTolerance", "2" if safety in ("", None) else safety, SAFETY_MIN, SAFETY_MAX)
     aspect_ratio = _text(raw.get("aspectRatio", "16:9")) or "16:9"
     if aspect_ratio not in ASPECT_RATIOS:
         raise InputError(f"Request parameter [aspectRatio] must be one of {', '.join(ASPECT_RATIOS)}")
@@ -122,7 +127,7 @@ def validate_inputs(raw: dict[str, Any]) -> GenerationInputs:
 
     seed_value = raw.get("seed")
     seed_given = _text(seed_value) != ""
-    seed = _integer("seed", seed_value, 0, SEED_MAX) if seed_given else secrets.randbelow(SEED_MAX + 1)
+    seed = integer_input("seed", seed_value, 0, SEED_MAX) if seed_given else secrets.randbelow(SEED_MAX + 1)
 
     parameters = {name: raw[name] for name in INPUT_NAMES if name in raw}
     if not seed_given:

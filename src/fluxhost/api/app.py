@@ -21,7 +21,7 @@ from fluxhost.events import TaskEvent
 from fluxhost.service import Service
 from fluxhost.store import StopResult, TaskRecord, is_terminal
 from fluxhost.tasks import Status
-from fluxhost.tools import InputError, validate_inputs
+from fluxhost.tools import InputError, integer_input, validate_inputs
 from fluxhost.wire import task_list_body
 
 log = logging.getLogger(__name__)
@@ -63,12 +63,9 @@ def _int_param(params: dict[str, Any], name: str, default: int, low: int, high: 
     if value in (None, ""):
         return default
     try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise ProtocolError(0, f"Request parameter [{name}] must be between {low} and {high}") from None
-    if not low <= number <= high:
-        raise ProtocolError(0, f"Request parameter [{name}] must be between {low} and {high}")
-    return number
+        return integer_input(name, value, low, high)
+    except InputError as error:
+        raise ProtocolError(0, str(error)) from None
 
 
 def _bool_param(params: dict[str, Any], name: str) -> bool:
@@ -189,16 +186,7 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
             caller.project_id,
             tool.slug,
             parameters=inputs.parameters,
-            request={
-                "prompt": inputs.prompt,
-                "prompt_upsampling": inputs.prompt_upsampling,
-                "safety_tolerance": inputs.safety_tolerance,
-                "aspect_ratio": inputs.aspect_ratio,
-                "width": inputs.width,
-                "height": inputs.height,
-                "seed": inputs.seed,
-                "output_format": inputs.output_format,
-            },
+            request=inputs.for_worker(),
             callback_url=callback_url,
         )
         service.events.publish(TaskEvent(task.id, task.socket_token, Status.QUEUE.value))
