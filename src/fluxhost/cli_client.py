@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -173,10 +174,11 @@ def tasks_list(start: int = 0, limit: int = 20, server: ServerOption = None, as_
         raise fail_on(error) from None
 
 
-def _one(action: str, task: str, server: str | None, as_json: bool) -> None:
+def _one(action: Callable[[Client], TaskInfo | None], server: str | None, as_json: bool) -> None:
+    """Do ``action`` with a client and show the task it returns."""
     client = make_client(server)
     try:
-        info = getattr(client, action)(task)
+        info = action(client)
     except (ProtocolError, ServerUnavailable) as error:
         raise fail_on(error) from None
     if info is not None:
@@ -186,25 +188,25 @@ def _one(action: str, task: str, server: str | None, as_json: bool) -> None:
 @tasks_app.command("show")
 def tasks_show(task: str, server: ServerOption = None, as_json: JsonOption = False) -> None:
     """One task, by id or socket token."""
-    _one("detail", task, server, as_json)
+    _one(lambda client: client.detail(task), server, as_json)
 
 
 @tasks_app.command("cancel")
 def tasks_cancel(task: str, server: ServerOption = None, as_json: JsonOption = False) -> None:
     """Cancel a queued task."""
-    _one("cancel", task, server, as_json)
+    _one(lambda client: client.cancel(task), server, as_json)
 
 
 @tasks_app.command("kill")
 def tasks_kill(task: str, server: ServerOption = None, as_json: JsonOption = False) -> None:
     """Stop a running task."""
-    _one("kill", task, server, as_json)
+    _one(lambda client: client.kill(task), server, as_json)
 
 
 @tasks_app.command("delete")
 def tasks_delete(task: str, server: ServerOption = None) -> None:
     """Delete an ended task's files (the record stays)."""
-    _one("delete_files", task, server, False)
+    _one(lambda client: client.delete_files(task), server, False)
     console.print("Files deleted.")
 
 

@@ -10,6 +10,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
+FILE_EXTENSIONS = {"png": "png", "jpeg": "jpg"}
 _EXIF_IMAGE_DESCRIPTION = 0x010E
 _EXIF_SOFTWARE = 0x0131
 JPEG_QUALITY = 95

@@ -13,7 +13,7 @@ from PIL import Image
 from fluxhost.engines import Engine, GenerationRequest
 from fluxhost.engines.base import Preview
 from fluxhost.events import EventBus, TaskEvent
-from fluxhost.images import CONTENT_TYPES, encode
+from fluxhost.images import CONTENT_TYPES, FILE_EXTENSIONS, encode
 from fluxhost.settings import ModelSettings
 from fluxhost.storage import Storage
 from fluxhost.store import ClaimedTask, NewOutput, TaskStore
@@ -21,7 +21,6 @@ from fluxhost.tasks import Status, stages
 
 log = logging.getLogger(__name__)
 
-FILE_EXTENSIONS = {"png": "png", "jpeg": "jpg"}
 # Preprocessing has nothing slow to do yet (inputs were validated at Run, the engine is warm), so
 # the claim stamps accept, preprocess and assign in the same write; a stage that starts doing
 # real work gets its own ``advance`` instead.
