@@ -49,11 +49,13 @@ def test_input_output_delete_removes_the_files_and_keeps_the_record(client):
 
 
 def test_input_output_delete_waits_for_the_end(client):
+    blocker = client.run()  # keeps the single worker busy: the task below has not ended
     run = client.run()
     answer = client.call("Task/InputOutputDelete", {"tasktoken": run["socketaccesstoken"]})
-    if answer["result"] is False:  # still running: refused
-        assert answer["errors"][0]["code"] == 1
-    client.wait(run["taskid"])
+    assert answer["result"] is False and answer["errors"][0]["code"] == 1
+    assert "once it ends" in answer["errors"][0]["message"]
+    for taskid in (blocker["taskid"], run["taskid"]):
+        assert client.wait(taskid)["outputs"]
 
 
 def test_tool_list_and_detail(client):

@@ -68,12 +68,12 @@ def test_late_subscribers_learn_the_current_state(server, client):
     [final] = asyncio.run(follow(socket_url(server), run["socketaccesstoken"]))
     assert final["type"] == "task_postprocess_end" and final["message"] == client.detail(run["taskid"])["outputs"]
 
-    cancelled_running = client.run()
+    blocker = client.run()  # keeps the worker busy, so the next task is still queued when cancelled
     queued = client.run()
     assert client.call("Task/Cancel", {"taskid": queued["taskid"]})["result"] is True
     [cancel] = asyncio.run(follow(socket_url(server), queued["socketaccesstoken"]))
     assert cancel["type"] == "task_cancel" and cancel["message"] is None
-    client.wait(cancelled_running["taskid"])
+    client.wait(blocker["taskid"])
 
 
 def test_a_subscriber_arriving_mid_run_starts_from_the_current_state(make_settings):
