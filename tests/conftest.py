@@ -43,3 +43,15 @@ def server(make_settings) -> Iterator[LiveServer]:
 @pytest.fixture
 def client(server: LiveServer) -> ProtocolClient:
     return ProtocolClient(server.base_url, server.service.keys.create(KeyMode.SIGNATURE))
+
+
+@pytest.fixture
+def slow_server(make_settings):
+    """A single worker on a 60-step model: a task runs long enough to be queued behind or killed."""
+    with LiveServer(make_settings(steps=60)) as live:
+        yield live
+
+
+@pytest.fixture
+def slow_client(slow_server):
+    return ProtocolClient(slow_server.base_url, slow_server.service.keys.create(KeyMode.SIGNATURE))

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from fluxhost.auth import KeyMode, KeyStore, sign
-from tests.helpers import SLUG, ProtocolClient
+from tests.helpers import SLUG, LiveServer, ProtocolClient
 
 UNKNOWN = "Project authorization is not founded."
 REQUIRED = "Project requires signature authentication. x-signature and x-nonce headers are required."
@@ -54,8 +54,39 @@ def test_the_seed_flow_reuses_the_run_nonce_for_reads(client):
         assert answer["result"] is True
     assert client.post("Task/List", {}, headers=headers).json()["result"] is True
     assert client.post("Tool/List", {}, headers=headers).json()["result"] is True
-    # ...but a state-changing call with it is a replay.
-    refused(client.post("Task/Kill", {"tasktoken": run["socketaccesstoken"]}, headers=headers), INVALID)
+    # A different state-changing request may carry it too; resending one exactly is a replay.
+    kill = {"tasktoken": run["socketaccesstoken"]}
+    assert client.post("Task/Kill", kill, headers=headers).json()["result"] is True
+    refused(client.post("Task/Kill", kill, headers=headers), INVALID)
+
+
+def test_two_runs_in_one_second_share_a_seconds_nonce(client):
+    """What `date +%s` signing does: one nonce, two different Runs, both meant."""
+    headers = client.headers(str(int(time.time())))
+    first = client.post(f"Run/{SLUG}", {"prompt": "a red fox"}, headers=headers).json()
+    second = client.post(f"Run/{SLUG}", {"prompt": "a blue fox"}, headers=headers).json()
+    assert first["result"] is True and second["result"] is True and first["taskid"] != second["taskid"]
+    refused(client.post(f"Run/{SLUG}", {"prompt": "a blue fox"}, headers=headers), INVALID)
+    assert client.call("Task/List", {})["total"] == "2"
+
+
+def test_the_same_body_on_another_path_is_another_request(client):
+    run = client.run()
+    headers = client.headers(str(int(time.time())))
+    body = {"tasktoken": run["socketaccesstoken"]}
+    assert client.post("Task/Kill", body, headers=headers).json()["result"] is True
+    # Cancel of the now-stopped task is refused for its state, not as a replay.
+    answer = client.post("Task/Cancel", body, headers=headers)
+    assert answer.status_code == 200 and answer.json()["result"] is False
+
+
+def test_timestamp_nonces_outside_the_window_are_refused(make_settings):
+    with LiveServer(make_settings(nonce_window_seconds=60)) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        for late in (str(int(time.time()) - 120), str(int(time.time() * 1000) + 120_000)):
+            refused(client.post(f"Run/{SLUG}", {"prompt": "x"}, headers=client.headers(late)), INVALID)
+        inside = str(int(time.time()) - 30)
+        assert client.post(f"Run/{SLUG}", {"prompt": "x"}, headers=client.headers(inside)).json()["result"] is True
 
 
 def test_stale_timestamp_nonces_are_refused(client):
@@ -83,17 +114,17 @@ def test_spent_nonces_survive_a_restart(make_settings):
     def open_store() -> KeyStore:
         db = Database(settings.resolved_database_url)
         db.migrate()
-        return KeyStore(db, 3600)
+        return KeyStore(db, 3600, 3600)
 
     store = open_store()
     key = store.create(KeyMode.SIGNATURE)
     nonce = str(int(time.time()))
     caller = store.authenticate(key.api_key, nonce, sign(key.api_key, key.api_secret, nonce))
-    store.spend_nonce(caller, nonce)
+    store.spend_nonce(caller, nonce, "run-digest")
     reopened = open_store()
     with pytest.raises(Exception, match=INVALID):
-        reopened.spend_nonce(caller, nonce)
-    reopened.spend_nonce(caller, "987654321987654321")  # other integers are fine once
+        reopened.spend_nonce(caller, nonce, "run-digest")
+    reopened.spend_nonce(caller, "987654321987654321", "run-digest")  # other integers are fine once
 
 
 def test_the_openssl_output_line_is_accepted_as_a_signature(client):
@@ -101,3 +132,33 @@ def test_the_openssl_output_line_is_accepted_as_a_signature(client):
     line = f"SHA2-256(stdin)= {sign(client.key.api_key, client.key.api_secret, nonce)}"
     headers = {"x-api-key": client.key.api_key, "x-nonce": nonce, "x-signature": line}
     assert client.post(f"Run/{SLUG}", {"prompt": "x"}, headers=headers).json()["result"] is True
+
+
+def test_the_retention_must_cover_the_window(tmp_path):
+    from pydantic import ValidationError
+
+    from fluxhost.settings import Settings
+
+    with pytest.raises(ValidationError, match="at least nonce_window_seconds"):
+        Settings(data_dir=tmp_path, nonce_window_seconds=600, nonce_retention_seconds=300)
+
+
+def test_nonces_spent_before_the_upgrade_are_kept(tmp_path):
+    from alembic import command
+    from sqlalchemy import text
+
+    from fluxhost.db import Database, alembic_config
+
+    db = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    config = alembic_config(str(db.engine.url))
+    with db.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0002")
+        connection.execute(text("INSERT INTO projects (id, name, webhook_secret, created_at) VALUES (1, 'p', 'w', 0)"))
+        connection.execute(text("INSERT INTO api_keys (id, project_id, name, key_digest, key_prefix, secret, mode, "
+                                "created_at) VALUES (1, 1, 'k', 'd', 'p', 's', 'signature', 0)"))
+        connection.execute(text("INSERT INTO used_nonces (api_key_id, nonce, used_at) VALUES (1, '1700000000', 5)"))
+    db.migrate()
+    with db.read() as connection:
+        rows = connection.execute(text("SELECT api_key_id, nonce, request_digest, used_at FROM spent_requests")).all()
+    assert [tuple(row) for row in rows] == [(1, "1700000000", "", 5.0)]

@@ -82,7 +82,7 @@ def test_sigkill_loses_no_task(serve_env):
 def store_and_project(tmp_path) -> tuple[TaskStore, int]:
     db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
     db.migrate()
-    keys = KeyStore(db, 3600)
+    keys = KeyStore(db, 3600, 3600)
     project_id = keys.authenticate(keys.create(KeyMode.KEY_ONLY).api_key, None, None).project_id
     return TaskStore(db), project_id
 

@@ -5,7 +5,6 @@ import threading
 import time
 
 import httpx
-import pytest
 from PIL import Image
 
 from fluxhost.auth import KeyMode
@@ -42,18 +41,6 @@ def test_a_random_seed_is_recorded_and_reproduces_the_image(client):
     seed = first["parameters"]["seed"]
     again = client.wait(client.run(seed=seed)["taskid"])
     assert download(first) == download(again)
-
-
-@pytest.fixture
-def slow_server(make_settings):
-    """A single worker on a 60-step model: a task runs long enough to be queued behind or killed."""
-    with LiveServer(make_settings(steps=60)) as live:
-        yield live
-
-
-@pytest.fixture
-def slow_client(slow_server):
-    return ProtocolClient(slow_server.base_url, slow_server.service.keys.create(KeyMode.SIGNATURE))
 
 
 def test_cancel_of_a_queued_task_means_it_never_runs(slow_client):

@@ -1,9 +1,18 @@
 """API keys, HMAC request signatures and nonce replay protection.
 
 A signed request carries ``x-api-key``, ``x-nonce`` and
-``x-signature = hex(HMAC_SHA256(key=API_KEY, msg=API_SECRET + NONCE))``. Calls that create or
-change something spend their nonce (single use); read-only calls only check the signature, because
-the documented client flow reuses the Run nonce for every Detail poll.
+``x-signature = hex(HMAC_SHA256(key=API_KEY, msg=API_SECRET + NONCE))``. The signature covers
+neither the path nor the body, so replay protection cannot rest on the signature alone:
+
+- Calls that create or change something are remembered by key, nonce, path and body digest, and
+  an exact resend is refused. Two different requests may share a nonce: clients that sign with
+  ``date +%s`` (the hosted API's own examples, its n8n node) send two Runs in one second with one
+  nonce, and both are meant.
+- Timestamp-like nonces (10 digits: seconds, 13: milliseconds) must lie within the nonce window
+  of the server's clock, so a captured request cannot be replayed after the window; other integers
+  are accepted once per request for the retention period.
+- Read-only calls only check the signature: the documented flow reuses the Run nonce for every
+  Detail poll.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from enum import StrEnum
 from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from fluxhost.db import ApiKey, Database, Project, UsedNonce, make_sessionmaker
+from fluxhost.db import ApiKey, Database, Project, SpentRequest, make_sessionmaker
 
 ALPHANUMERIC = string.ascii_letters + string.digits
 _NONCE = re.compile(r"[0-9]{1,40}")
@@ -33,7 +42,7 @@ _FIND_KEY = (
     .join(Project, Project.id == ApiKey.project_id)
     .where(ApiKey.key_digest == bindparam("digest"), ApiKey.revoked_at.is_(None))
 )
-_SPEND_NONCE = insert(UsedNonce)
+_SPEND_REQUEST = insert(SpentRequest)
 
 
 class KeyMode(StrEnum):
@@ -103,9 +112,10 @@ class KeyInfo:
 class KeyStore:
     """Projects, their keys and spent nonces, in the database."""
 
-    def __init__(self, db: Database, nonce_retention_seconds: int):
+    def __init__(self, db: Database, nonce_window_seconds: int, nonce_retention_seconds: int):
         self._db = db
         self._sessions = make_sessionmaker(db)
+        self.nonce_window = nonce_window_seconds
         self.nonce_retention = nonce_retention_seconds
 
     def create(self, mode: KeyMode, name: str | None = None, project: str | None = None) -> NewKey:
@@ -183,32 +193,39 @@ class KeyStore:
             raise AuthError(BAD_SIGNATURE)
         return caller
 
-    def spend_nonce(self, caller: Caller, nonce: str | None) -> None:
-        """Use up the nonce of a state-changing call; a replayed or stale one is refused."""
-        if caller.mode == KeyMode.SIGNATURE and not self._spend(caller.key_id, (nonce or "").strip()):
+    def spend_nonce(self, caller: Caller, nonce: str | None, request_digest: str) -> None:
+        """Accept a state-changing call once: an exact resend (same nonce and request digest) or a
+        timestamp nonce outside the window is refused."""
+        if caller.mode == KeyMode.SIGNATURE and not self._spend(caller.key_id, (nonce or "").strip(), request_digest):
             raise AuthError(BAD_SIGNATURE)
 
-    def _spend(self, key_id: int, nonce: str) -> bool:
-        """Record ``nonce`` as used; False when it was used before or is a stale timestamp."""
+    def _spend(self, key_id: int, nonce: str, request_digest: str) -> bool:
+        """Record the request as accepted; False when it was accepted before or its timestamp
+        nonce is outside the window."""
         if not _NONCE.fullmatch(nonce):
             return False
         now = time.time()
         as_time = _nonce_time(nonce)
-        if as_time is not None and abs(now - as_time) > self.nonce_retention:
-            return False  # older than what we remember: it could be a replay
+        if as_time is not None and abs(now - as_time) > self.nonce_window:
+            return False
         try:
             with self._db.write() as connection:
-                connection.execute(_SPEND_NONCE, {"api_key_id": key_id, "nonce": nonce.lstrip("0") or "0",
-                                                  "used_at": now})
+                connection.execute(_SPEND_REQUEST, {"api_key_id": key_id, "nonce": nonce.lstrip("0") or "0",
+                                                    "request_digest": request_digest, "used_at": now})
         except IntegrityError:
             return False
         return True
 
     def purge_nonces(self) -> int:
-        """Forget nonces older than the retention period; returns how many."""
+        """Forget accepted requests older than the retention period; returns how many."""
         cutoff = time.time() - self.nonce_retention
         with self._db.write() as connection:
-            return connection.execute(delete(UsedNonce).where(UsedNonce.used_at < cutoff)).rowcount
+            return connection.execute(delete(SpentRequest).where(SpentRequest.used_at < cutoff)).rowcount
+
+
+def request_digest(path: str, body: bytes) -> str:
+    """What tells two requests apart for replay protection: SHA-256 over the path and the body."""
+    return hashlib.sha256(path.encode() + b"\n" + body).hexdigest()
 
 
 def _signature_hex(header: str) -> str:

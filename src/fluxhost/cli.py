@@ -39,7 +39,7 @@ def _database(settings: Settings):
 def _key_store(settings: Settings):
     from fluxhost.auth import KeyStore
 
-    return KeyStore(_database(settings), settings.nonce_retention_seconds)
+    return KeyStore(_database(settings), settings.nonce_window_seconds, settings.nonce_retention_seconds)
 
 
 def _first_key_banner(key: NewKey, settings: Settings) -> str:

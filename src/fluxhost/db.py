@@ -54,13 +54,16 @@ class ApiKey(Base):
     project: Mapped[Project] = relationship(lazy="joined")
 
 
-class UsedNonce(Base):
-    """A nonce already spent by a state-changing call, remembered for the retention period."""
+class SpentRequest(Base):
+    """A state-changing request already accepted, remembered for the retention period so that an
+    exact resend (same key, nonce, path and body) is refused. ``request_digest`` is SHA-256 over
+    the path and the body."""
 
-    __tablename__ = "used_nonces"
+    __tablename__ = "spent_requests"
 
     api_key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
     nonce: Mapped[str] = mapped_column(String(40), primary_key=True)
+    request_digest: Mapped[str] = mapped_column(String(64), primary_key=True)
     used_at: Mapped[float] = mapped_column(Float, index=True)
 
 

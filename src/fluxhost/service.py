@@ -51,7 +51,7 @@ class Service:
         self.db = Database(settings.resolved_database_url)
         self.db.migrate()
         self.store = TaskStore(self.db)
-        self.keys = KeyStore(self.db, settings.nonce_retention_seconds)
+        self.keys = KeyStore(self.db, settings.nonce_window_seconds, settings.nonce_retention_seconds)
         self.storage = LocalStorage(settings.files_dir, settings.resolved_public_url)
         self.events = LocalEventBus()
         self.catalog = Catalog(

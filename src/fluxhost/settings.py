@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "black-forest-labs/flux-pro-1.1"
@@ -60,7 +60,12 @@ class Settings(BaseSettings):
         default=False, description="Progress frames carry a small JPEG of the image so far (costs time)."
     )
     torch_threads: int | None = Field(default=None, ge=1, description="Pin torch CPU threads.")
-    nonce_retention_seconds: int = Field(default=86_400, ge=60)
+    nonce_window_seconds: int = Field(
+        default=900, ge=10, description="Timestamp nonces further than this from the server's clock are refused."
+    )
+    nonce_retention_seconds: int = Field(
+        default=86_400, ge=60, description="How long accepted state-changing requests are remembered against resends."
+    )
     max_attempts: int = Field(
         default=3, ge=1, description="Runs a task gets before a lost worker fails it for good."
     )
@@ -76,6 +81,13 @@ class Settings(BaseSettings):
     )
     callback_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _retention_covers_window(self) -> Settings:
+        if self.nonce_retention_seconds < self.nonce_window_seconds:
+            raise ValueError("nonce_retention_seconds must be at least nonce_window_seconds: a request "
+                             "forgotten while its nonce is still in the window could be replayed")
+        return self
 
     @field_validator("public_url")
     @classmethod

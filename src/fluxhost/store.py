@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Row, Select, Update, bindparam, delete, func,
 
 from fluxhost.auth import random_token
 from fluxhost.db import CallbackAttempt, CallbackDelivery, Database, Output, Task
-from fluxhost.tasks import CANCELLABLE, KILLABLE, RUNNING, TERMINAL, Status, previous_status, stages
+from fluxhost.tasks import CANCELLABLE, KILLABLE, RUNNING, STOPPED_PEXIT, TERMINAL, Status, previous_status, stages
 
 tasks = Task.__table__
 outputs = Output.__table__
@@ -157,6 +157,17 @@ class ClaimedTask:
 
 
 @dataclass(frozen=True)
+class ModelStats:
+    """What the tasks of one model say about it."""
+
+    runs: int
+    successes: int
+    errors: int
+    last_run_at: float | None
+    mean_seconds: float | None  # claim to files stored, successful runs only
+
+
+@dataclass(frozen=True)
 class Recovery:
     """What a recovery sweep did with tasks whose worker went away."""
 
@@ -229,8 +240,14 @@ class TaskStore:
         limit: int = 20,
         newest_first: bool = True,
         sort: str = "id",
+        model_name: str = "",
     ) -> tuple[int, list[TaskRecord]]:
+        """A page of the project's tasks and how many there are in all; ``model_name`` keeps the
+        tasks whose model slug contains it (either spelling of version dots)."""
         where = [tasks.c.project_id == project_id]
+        if model_name:
+            spelled = func.replace(func.lower(tasks.c.model_slug), ".", "-")
+            where.append(spelled.contains(model_name.strip().lower().replace(".", "-"), autoescape=True))
         column = {"id": tasks.c.id, "createtime": tasks.c.create_time, "status": tasks.c.status}.get(sort, tasks.c.id)
         order = [column.desc(), tasks.c.id.desc()] if newest_first else [column.asc(), tasks.c.id.asc()]
         with self._db.read() as connection:
@@ -243,6 +260,21 @@ class TaskStore:
                     files[output.task_id].append(output)
             records = [TaskRecord(row, files[row.id]) for row in rows]
             return total, [self._with_callback(connection, r) if r.row.callback_url else r for r in records]
+
+    def model_stats(self) -> dict[str, ModelStats]:
+        """Run counts and the mean compute time of successful runs, per model slug."""
+        ended = tasks.c.status == Status.POSTPROCESS_END.value
+        succeeded = ended & (tasks.c.pexit == "0")
+        query = select(
+            tasks.c.model_slug,
+            func.count(),
+            func.count().filter(succeeded),
+            func.count().filter(ended & (tasks.c.pexit != "0")),
+            func.max(tasks.c.create_time),
+            func.avg(tasks.c.postprocess_end_time - tasks.c.accept_time).filter(succeeded),
+        ).group_by(tasks.c.model_slug)
+        with self._db.read() as connection:
+            return {row[0]: ModelStats(*row[1:]) for row in connection.execute(query)}
 
     def cancel(self, project_id: int, task_id: int) -> StopResult:
         """Cancel a task no worker has claimed: it will never run."""
@@ -258,7 +290,8 @@ class TaskStore:
             changed = connection.execute(
                 update(Task)
                 .where(Task.id == task_id, Task.project_id == project_id, Task.status.in_([s.value for s in allowed]))
-                .values(status=Status.CANCEL.value, cancel_time=now, lease_expires_at=None)
+                .values(status=Status.CANCEL.value, cancel_time=now, end_time=func.coalesce(Task.end_time, now),
+                        pexit=STOPPED_PEXIT, lease_expires_at=None)
             ).rowcount
             if changed:
                 _owe_callback(connection, task_id, now)

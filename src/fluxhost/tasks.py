@@ -15,6 +15,8 @@ class Status(StrEnum):
     ASSIGN = "task_assign"  # handed to a loaded engine
     START = "task_start"  # denoising running
     OUTPUT = "task_output"  # event only: progress or a log line while running
+    OUTPUT_FULL = "task_output_full"  # event only: the whole log once the generation is over
+    ERROR_FULL = "task_error_full"  # event only: the whole error text of a failed run
     END = "task_end"  # denoising done
     POSTPROCESS_START = "task_postprocess_start"  # encoding and storing files
     POSTPROCESS_END = "task_postprocess_end"  # terminal: done or failed (see pexit)
@@ -63,6 +65,12 @@ def previous_status(status: Status) -> Status:
     return WORKER_PATH[index - 1]
 
 
+# Events that carry text rather than a change of status: never coalesced, never out of order.
+LOG_EVENTS = frozenset({Status.OUTPUT_FULL, Status.ERROR_FULL})
+
 # Cancel takes only a task no worker has claimed; Kill takes any task that has not ended.
 CANCELLABLE = frozenset({Status.QUEUE})
 KILLABLE = frozenset({Status.QUEUE, *RUNNING})
+
+# The exit code of a task stopped by Cancel or Kill: not "0" (it made nothing), not empty (it ended).
+STOPPED_PEXIT = "-1"

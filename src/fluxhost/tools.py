@@ -6,11 +6,14 @@ API, so a client written for that page works unchanged against any of them.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import secrets
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from fluxhost.store import ModelStats
 
 DEFAULT_PROMPT = (
     "A quiet, sun-drenched Los Angeles street from a low, eye-level perspective. Tall, slender "
@@ -221,6 +224,26 @@ INPUT_ITEMS: list[dict[str, Any]] = [
 INPUT_NAMES = tuple(item["id"] for item in INPUT_ITEMS)
 
 CATEGORIES = ["tool", "flux", "text-to-image"]
+CATEGORY_TITLES = {"flux": "FLUX", "text-to-image": "Text to Image"}
+# A self-hosted run costs nothing: the hosted API's price list, with its one flat tier at zero.
+FREE = json.dumps([{"inputs": {}, "price": 0, "priceMethod": "cpr"}])
+
+
+def measured_fields(stats: ModelStats | None) -> dict[str, Any]:
+    """The hosted API's ``taskstat`` and ``computingtime`` for a tool, from this server's tasks."""
+    stats = stats or ModelStats(0, 0, 0, None, None)
+    fields: dict[str, Any] = {
+        "taskstat": {
+            "runcount": str(stats.runs),
+            "successcount": str(stats.successes),
+            "errorcount": str(stats.errors),
+            "lastruntime": str(int(stats.last_run_at or 0)),
+        }
+    }
+    if stats.mean_seconds is not None:
+        seconds = stats.mean_seconds
+        fields["computingtime"] = f"{seconds:.0f} seconds" if seconds >= 10 else f"{seconds:.1f} seconds"
+    return fields
 
 
 @dataclass(frozen=True)
@@ -235,7 +258,7 @@ class Tool:
     def slug(self) -> str:
         return f"{self.owner}/{self.project}"
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, stats: ModelStats | None = None) -> dict[str, Any]:
         """The Tool/List entry (every value a string or list, as the hosted API sends)."""
         return {
             "id": self.slug,
@@ -249,11 +272,33 @@ class Tool:
             "categories": list(CATEGORIES),
             "tags": ["image generation", "flux"],
             "image": "",
+            "dynamicprice": FREE,
+            **measured_fields(stats),
         }
 
-    def detail(self) -> dict[str, Any]:
+    def matches(self, search: str) -> bool:
+        """Whether every word of ``search`` appears (case-insensitively) somewhere in the slug,
+        title, description or categories, as a search box finds things."""
+        haystack = " ".join([self.slug, self.description, *CATEGORIES]).lower()  # the title is the slug
+        return all(word in haystack for word in search.lower().split())
+
+    def detail(self, stats: ModelStats | None = None) -> dict[str, Any]:
         """The Tool/Detail entry: the summary plus the input schema."""
-        return {**self.summary(), "parameters": [{"title": "Inputs", "items": INPUT_ITEMS}]}
+        return {**self.summary(stats), "parameters": [{"title": "Inputs", "items": INPUT_ITEMS}]}
+
+
+def explore(tools: list[Tool], stats: dict[str, ModelStats]) -> list[dict[str, Any]]:
+    """Tool/Explore's groups: the tools under each category they belong to (the catch-all
+    ``tool`` category aside), in Tool/List's item shape."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for tool in tools:
+        for category in CATEGORIES:
+            if category != "tool":
+                groups.setdefault(category, []).append(tool.summary(stats.get(tool.slug)))
+    return [
+        {"id": category, "title": CATEGORY_TITLES.get(category, category), "tools": items, "total": str(len(items))}
+        for category, items in groups.items()
+    ]
 
 
 def clean_slug_part(part: str) -> str:

@@ -126,7 +126,9 @@ class Worker:
         except Exception as error:  # the task fails; the worker goes on with the next one
             self._discard(saved)
             log.exception("task %s failed", task.id)
-            if self.store.fail(task.id, f"{type(error).__name__}: {error}", "\n".join(log_lines)):
+            reason = f"{type(error).__name__}: {error}"
+            if self.store.fail(task.id, reason, "\n".join(log_lines)):
+                self._emit(task, Status.ERROR_FULL, {"raw": reason})
                 self._emit(task, Status.POSTPROCESS_END)
 
     def _run(self, task: ClaimedTask, log_lines: list[str], saved: list[NewOutput]) -> None:
@@ -167,6 +169,7 @@ class Worker:
 
         images = model.engine.generate(request, on_step)
         log_lines.append(f"Generated {len(images)} image(s) in {time.monotonic() - started:.2f}s.")
+        self._emit(task, Status.OUTPUT_FULL, {"raw": "\n".join(log_lines)})
         self._advance(task, Status.END, Status.POSTPROCESS_START)
 
         output_format = task.request["output_format"]

@@ -15,13 +15,13 @@ from starlette.exceptions import HTTPException
 
 from fluxhost.api.body import BodyError, read_parameters
 from fluxhost.api.socket import SocketHub
-from fluxhost.auth import AuthError, Caller
+from fluxhost.auth import AuthError, Caller, request_digest
 from fluxhost.callbacks import CallbackRefused, check_callback_url
 from fluxhost.events import TaskEvent
 from fluxhost.service import Service
 from fluxhost.store import StopResult, TaskRecord, is_terminal
 from fluxhost.tasks import Status
-from fluxhost.tools import InputError, integer_input, validate_inputs
+from fluxhost.tools import InputError, explore, integer_input, validate_inputs
 from fluxhost.wire import task_list_body
 
 log = logging.getLogger(__name__)
@@ -137,8 +137,9 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
             headers.get("x-api-key"), headers.get("x-nonce"), headers.get("x-signature")
         )
 
-    def spend_nonce(request: Request, caller: Caller) -> None:
-        service.keys.spend_nonce(caller, request.headers.get("x-nonce"))
+    async def spend_nonce(request: Request, caller: Caller) -> None:
+        digest = request_digest(request.url.path, await request.body())
+        service.keys.spend_nonce(caller, request.headers.get("x-nonce"), digest)
 
     async def parameters_of(request: Request) -> dict[str, Any]:
         try:
@@ -146,7 +147,7 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
         except BodyError:
             raise ProtocolError(0, INVALID) from None
 
-    def find_task(caller: Caller, params: dict[str, Any]) -> TaskRecord:
+    def find_task(caller: Caller, params: dict[str, Any], not_found: str = NO_TASK) -> TaskRecord:
         token = params.get("tasktoken") or params.get("socketaccesstoken")
         task_id = params.get("taskid")
         if not token and task_id in (None, ""):
@@ -157,7 +158,7 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
         elif str(task_id).strip().isdigit():
             task = service.store.find(caller.project_id, task_id=int(str(task_id).strip()))
         if task is None:
-            raise ProtocolError(1, NO_TASK)
+            raise ProtocolError(1, not_found)
         return task
 
     async def callback_url_of(params: dict[str, Any]) -> str:
@@ -181,7 +182,7 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
         except InputError as error:
             raise ProtocolError(0, str(error)) from None
         callback_url = await callback_url_of(params)
-        spend_nonce(request, caller)
+        await spend_nonce(request, caller)
         task = service.store.create(
             caller.project_id,
             tool.slug,
@@ -205,14 +206,14 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
         caller = caller_of(request)
         params = await parameters_of(request)
         task = find_task(caller, params)
-        spend_nonce(request, caller)
+        await spend_nonce(request, caller)
         stop = service.store.kill if kill else service.store.cancel
         result = stop(caller.project_id, task.row.id)
         if result is StopResult.NOT_FOUND:
             raise ProtocolError(1, NO_TASK)
         if result is StopResult.NOT_STOPPABLE:
-            raise ProtocolError(1, "Task is not in a cancellable state." if not kill else
-                                "Task is not in a killable state.")
+            raise ProtocolError(1, "Task could not be killed: it has already ended." if kill else
+                                "Task is not in a cancellable state.")
         service.events.publish(TaskEvent(task.row.id, task.row.socket_token, Status.CANCEL.value))
         return task_list([service.render(service.store.get(task.row.id))])
 
@@ -227,10 +228,10 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
     @app.post("/v1/Task/InputOutputDelete")
     async def task_delete_files(request: Request) -> JSONResponse:
         caller = caller_of(request)
-        task = find_task(caller, await parameters_of(request))
-        spend_nonce(request, caller)
+        task = find_task(caller, await parameters_of(request), not_found="task-not-exist")
+        await spend_nonce(request, caller)
         if not is_terminal(task):
-            raise ProtocolError(1, "Task is not finished yet: its files can be deleted once it ends.")
+            raise ProtocolError(1, "Task must be completed or cancelled before deleting files")
         for output in service.store.delete_outputs(task.row.id):
             service.storage.delete(output.folder, output.name)
         return ok()
@@ -246,7 +247,7 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
             raise ProtocolError(0, "Request parameter [order] must be one of desc, asc")
         total, tasks = service.store.list(
             caller.project_id, start=start, limit=limit, newest_first=order == "desc",
-            sort=str(params.get("sort", "id")).strip().lower(),
+            sort=str(params.get("sort", "id")).strip().lower(), model_name=str(params.get("modelName") or ""),
         )
         return task_list([service.render(task) for task in tasks], total)
 
@@ -256,19 +257,23 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
         params = await parameters_of(request)
         start = _int_param(params, "start", 0, 0, 10**9)
         limit = _int_param(params, "limit", 20, 1, MAX_LIST)
-        search = str(params.get("search", "")).strip().lower()
+        search = str(params.get("search", ""))
         categories = set(_list_param(params, "categories"))
         owner = str(params.get("slugowner", "")).strip().lower()
         tools = [
             tool for tool in service.catalog.tools
-            if (not search or search in f"{tool.slug} {tool.description}".lower())
+            if tool.matches(search)
             and (not owner or tool.owner.lower() == owner)
             and (not categories or categories & set(tool.summary()["categories"]))
         ]
         if str(params.get("order", "asc")).strip().lower() == "desc":
             tools.reverse()
         chosen = tools[start : start + limit]
-        entries = [tool.summary() if _bool_param(params, "summary") else tool.detail() for tool in chosen]
+        stats = service.store.model_stats()
+        entries = [
+            tool.summary(stats.get(tool.slug)) if _bool_param(params, "summary") else tool.detail(stats.get(tool.slug))
+            for tool in chosen
+        ]
         return ok(total=str(len(tools)), tool=entries)
 
     @app.post("/v1/Tool/Detail")
@@ -278,7 +283,12 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
         tool = service.catalog.find(str(params.get("slugowner", "")), str(params.get("slugproject", "")))
         if tool is None:
             raise ProtocolError(1, UNKNOWN_MODEL)
-        return ok(tool=[tool.detail()])
+        return ok(tool=[tool.detail(service.store.model_stats().get(tool.slug))])
+
+    @app.post("/v1/Tool/Explore")
+    async def explore_tools(request: Request) -> JSONResponse:
+        caller_of(request)
+        return ok(explore=explore(service.catalog.tools, service.store.model_stats()))
 
     @app.websocket("/v1")
     async def socket(websocket: WebSocket) -> None:

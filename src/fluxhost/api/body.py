@@ -39,7 +39,11 @@ def parse_object_text(text: str) -> dict[str, Any]:
 
 
 async def read_parameters(request: Request) -> dict[str, Any]:
-    """The request's parameters as a flat dict; :class:`BodyError` when unreadable."""
+    """The request's parameters as a flat dict; :class:`BodyError` when unreadable. The body is
+    read whole first (and kept by Starlette), so the replay check can digest it afterwards."""
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise BodyError("body too large")
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data") and "boundary=" in content_type:
         try:
@@ -47,9 +51,6 @@ async def read_parameters(request: Request) -> dict[str, Any]:
         except Exception as error:  # malformed multipart: python-multipart's errors vary
             raise BodyError("unparseable multipart body") from error
         return {key: value for key, value in form.items() if isinstance(value, str)}
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise BodyError("body too large")
     try:
         text = raw.decode("utf-8").strip()
     except UnicodeDecodeError as error:

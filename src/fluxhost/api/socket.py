@@ -20,7 +20,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from fluxhost.events import TaskEvent
 from fluxhost.service import Service
 from fluxhost.store import TaskRecord
-from fluxhost.tasks import TERMINAL, WORKER_PATH, Status
+from fluxhost.tasks import LOG_EVENTS, TERMINAL, WORKER_PATH, Status
 from fluxhost.wire import render_output
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ MAX_PROGRESS_FRAMES = 16  # per connection, waiting to be sent
 MAX_MESSAGE_BYTES = 4096
 _ORDER = {status.value: index for index, status in enumerate(WORKER_PATH)}
 _TERMINAL = {status.value for status in TERMINAL}
+_LOG_EVENTS = {status.value for status in LOG_EVENTS}
 
 
 def frame_text(task_id: int, token: str, kind: str, message: Any = None, **extra: Any) -> str:
@@ -85,7 +86,7 @@ class Subscriber:
             return
         if event.type in _TERMINAL:
             self.finished.add(event.task_id)
-        else:
+        elif event.type not in _LOG_EVENTS:
             index = _ORDER.get(event.type, -1)
             if index <= self.position.get(event.task_id, -1):
                 return  # already told (a late subscriber's state frame overtook it)
