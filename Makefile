@@ -13,7 +13,7 @@ $(PY):
 # torch first, pinned, only where none is present: an unpinned torch pulls CUDA builds.
 $(STAMP): pyproject.toml | $(PY)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet $(TORCH)
-	$(PIP) install --quiet -e '.[test]'
+	$(PIP) install --quiet -e '.[server,test]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
-	$(PIP) install --quiet -e '.[test,bench]'
+	$(PIP) install --quiet -e '.[server,test,bench]'
 	$(PY) bench/serve_load.py
 	$(PY) bench/engine_overhead.py
 	$(PY) bench/socket_fanout.py

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from fluxhost.auth import sign
+from fluxhost.signing import signed_headers
 
 FLUXHOST = str(Path(sys.executable).with_name("fluxhost"))
 SLUG = "black-forest-labs/flux-pro-1.1"
@@ -60,5 +60,4 @@ class Signer:
         self._nonces = itertools.count(time.time_ns() // 1000)
 
     def headers(self) -> dict[str, str]:
-        nonce = str(next(self._nonces))
-        return {"x-api-key": self.api_key, "x-nonce": nonce, "x-signature": sign(self.api_key, self.api_secret, nonce)}
+        return signed_headers(self.api_key, self.api_secret, str(next(self._nonces)))

@@ -25,7 +25,8 @@ from diffusers import FluxPipeline
 
 from _server import SLUG, Signer, running_server
 from fluxhost.engines.tiny import ensure_tiny_pipeline
-from fluxhost.tools import size_for_aspect_ratio
+from fluxhost.inputs import size_for_aspect_ratio
+from fluxhost.statuses import TERMINAL
 
 PROMPT = "a lighthouse on a cliff at dusk"
 
@@ -63,7 +64,7 @@ def through_service(weights: Path, images: int, steps: int, threads: int) -> flo
                 while True:
                     task = http.post("/v1/Task/Detail", json={"tasktoken": token},
                                      headers=signer.headers()).json()["tasklist"][0]
-                    if task["status"] in ("task_postprocess_end", "task_cancel"):
+                    if task["status"] in TERMINAL:
                         assert task["pexit"] == "0", task["debugerror"]
                         return float(task["elapsedseconds"])
                     time.sleep(0.2)

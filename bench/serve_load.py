@@ -17,8 +17,7 @@ import time
 import aiohttp
 
 from _server import SLUG, Signer, percentile, running_server
-
-TERMINAL = ("task_postprocess_end", "task_cancel")
+from fluxhost.statuses import TERMINAL
 
 
 class Stats:

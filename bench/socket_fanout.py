@@ -24,12 +24,11 @@ import uvicorn
 
 from _server import SLUG, Signer, percentile
 from fluxhost.api.app import UVICORN_OPTIONS, create_app
-from fluxhost.auth import KeyMode
 from fluxhost.engines.tiny import ensure_tiny_pipeline
 from fluxhost.service import Service
 from fluxhost.settings import ModelSettings, Settings
-
-TERMINAL = ("task_postprocess_end", "task_cancel")
+from fluxhost.signing import KeyMode
+from fluxhost.statuses import TERMINAL
 
 
 async def subscribers(url: str, token: str, count: int) -> None:
@@ -77,7 +76,7 @@ def main() -> None:
 
         def note(event) -> None:
             if event.token in followed:
-                step = event.message["stepCurrent"] if event.type == "task_output" else ""
+                step = str(event.progress.step) if event.progress else ""
                 published.setdefault((event.type, step), event.time)
 
         service.events.subscribe(note)

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from fluxhost.auth import KeyMode
 from fluxhost.engines.tiny import ensure_tiny_pipeline
 from fluxhost.settings import ModelSettings, Settings
+from fluxhost.signing import KeyMode
 from tests.helpers import SLUG, LiveServer, ProtocolClient, free_port
 
 

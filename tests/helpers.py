@@ -6,19 +6,22 @@ import itertools
 import socket
 import threading
 import time
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import uvicorn
+from starlette.types import ASGIApp
 
 from fluxhost.api.app import UVICORN_OPTIONS, create_app
-from fluxhost.auth import NewKey, sign
 from fluxhost.service import Service
 from fluxhost.settings import Settings
+from fluxhost.signing import sign_request
+from fluxhost.statuses import TERMINAL
+from fluxhost.store.keys import NewKey
 
-TERMINAL = ("task_postprocess_end", "task_cancel")
 SLUG = "black-forest-labs/flux-pro-1.1"
 
 
@@ -31,10 +34,11 @@ def free_port() -> int:
 class LiveServer:
     """The real app under uvicorn on a loopback port, in a background thread."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, doors: Mapping[str, Callable[[Service], ASGIApp]] | None = None):
+        """``doors``: prefix -> a function making a door app over the service, mounted beside /v1."""
         self.settings = settings
         self.service = Service(settings)
-        self.app = create_app(self.service)
+        self.app = create_app(self.service, {prefix: make(self.service) for prefix, make in (doors or {}).items()})
         self.server = uvicorn.Server(
             uvicorn.Config(self.app, host=settings.host, port=settings.port, lifespan="on",
                            **UVICORN_OPTIONS)
@@ -72,7 +76,7 @@ class ProtocolClient:
             return {"x-api-key": self.key.api_key}
         nonce = nonce or str(next(_nonces))
         return {"x-api-key": self.key.api_key, "x-nonce": nonce,
-                "x-signature": sign(self.key.api_key, self.key.api_secret, nonce)}
+                "x-signature": sign_request(self.key.api_key, self.key.api_secret, nonce)}
 
     def post(self, path: str, body: dict[str, Any] | None = None, **kwargs: Any) -> httpx.Response:
         headers = kwargs.pop("headers") if "headers" in kwargs else self.headers()
@@ -93,7 +97,7 @@ class ProtocolClient:
         assert answer["result"] is True, answer
         return answer["tasklist"][0]
 
-    def wait(self, taskid: str, statuses: tuple[str, ...] = TERMINAL, timeout: float = 120) -> dict[str, Any]:
+    def wait(self, taskid: str, statuses: Collection[str] = TERMINAL, timeout: float = 120) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
             task = self.detail(taskid)

@@ -5,7 +5,10 @@ import time
 import httpx
 import pytest
 
-from fluxhost.auth import KeyMode, KeyStore, sign
+from fluxhost.auth import Authenticator
+from fluxhost.signing import KeyMode, sign_request
+from fluxhost.store.database import Database
+from fluxhost.store.keys import KeyStore
 from tests.helpers import SLUG, LiveServer, ProtocolClient
 
 UNKNOWN = "Project authorization is not founded."
@@ -24,7 +27,7 @@ def test_a_good_signature_passes(client):
 
 def test_wrong_secret(server, client):
     nonce = str(int(time.time()))
-    signature = sign(client.key.api_key, "wrong", nonce)
+    signature = sign_request(client.key.api_key, "wrong", nonce)
     headers = {"x-api-key": client.key.api_key, "x-nonce": nonce, "x-signature": signature}
     refused(client.post(f"Run/{SLUG}", {"prompt": "x"}, headers=headers), INVALID)
 
@@ -107,21 +110,20 @@ def test_revoked_keys_are_unknown(server, client):
 
 
 def test_spent_nonces_survive_a_restart(make_settings):
-    from fluxhost.db import Database
-
     settings = make_settings()
 
-    def open_store() -> KeyStore:
+    def open_database() -> Database:
         db = Database(settings.resolved_database_url)
         db.migrate()
-        return KeyStore(db, 3600, 3600)
+        return db
 
-    store = open_store()
-    key = store.create(KeyMode.SIGNATURE)
+    db = open_database()
+    key = KeyStore(db).create(KeyMode.SIGNATURE)
+    store = Authenticator(db, 3600, 3600)
     nonce = str(int(time.time()))
-    caller = store.authenticate(key.api_key, nonce, sign(key.api_key, key.api_secret, nonce))
+    caller = store.authenticate(key.api_key, nonce, sign_request(key.api_key, key.api_secret, nonce))
     store.spend_nonce(caller, nonce, "run-digest")
-    reopened = open_store()
+    reopened = Authenticator(open_database(), 3600, 3600)
     with pytest.raises(Exception, match=INVALID):
         reopened.spend_nonce(caller, nonce, "run-digest")
     reopened.spend_nonce(caller, "987654321987654321", "run-digest")  # other integers are fine once
@@ -129,7 +131,7 @@ def test_spent_nonces_survive_a_restart(make_settings):
 
 def test_the_openssl_output_line_is_accepted_as_a_signature(client):
     nonce = str(int(time.time()))
-    line = f"SHA2-256(stdin)= {sign(client.key.api_key, client.key.api_secret, nonce)}"
+    line = f"SHA2-256(stdin)= {sign_request(client.key.api_key, client.key.api_secret, nonce)}"
     headers = {"x-api-key": client.key.api_key, "x-nonce": nonce, "x-signature": line}
     assert client.post(f"Run/{SLUG}", {"prompt": "x"}, headers=headers).json()["result"] is True
 
@@ -147,7 +149,7 @@ def test_nonces_spent_before_the_upgrade_are_kept(tmp_path):
     from alembic import command
     from sqlalchemy import text
 
-    from fluxhost.db import Database, alembic_config
+    from fluxhost.store.database import alembic_config
 
     db = Database(f"sqlite:///{tmp_path / 'old.db'}")
     config = alembic_config(str(db.engine.url))

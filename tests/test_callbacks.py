@@ -9,9 +9,9 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from fluxhost.auth import KeyMode
-from fluxhost.callbacks import Allowlist, CallbackRefused, check_callback_url, sign_webhook
 from fluxhost.cli import app
+from fluxhost.signing import KeyMode, sign_webhook
+from fluxhost.urlguard import Allowlist, UrlRefused, check_public_url
 from tests.helpers import SLUG, LiveServer, ProtocolClient, Receiver
 
 
@@ -130,13 +130,13 @@ def test_private_addresses_are_refused_at_run(client, url):
 
 def test_the_allowlist_admits_hosts_and_ranges():
     for allowed in ("127.0.0.1", "127.0.0.0/8", "localhost"):
-        check_callback_url("http://localhost:8080/hook", Allowlist.parse(f"10.0.0.0/8, {allowed}"))
-    with pytest.raises(CallbackRefused):
-        check_callback_url("http://localhost:8080/hook", Allowlist.parse("10.0.0.0/8"))
-    with pytest.raises(CallbackRefused, match="http or https"):
-        check_callback_url("http://x/" + "a" * 2100, Allowlist.parse(""))
-    with pytest.raises(CallbackRefused, match="cannot be resolved"):
-        check_callback_url("http://no-such-host.invalid/hook", Allowlist.parse(""))
+        check_public_url("http://localhost:8080/hook", Allowlist.parse(f"10.0.0.0/8, {allowed}"), "callbackUrl")
+    with pytest.raises(UrlRefused):
+        check_public_url("http://localhost:8080/hook", Allowlist.parse("10.0.0.0/8"), "callbackUrl")
+    with pytest.raises(UrlRefused, match="http or https"):
+        check_public_url("http://x/" + "a" * 2100, Allowlist.parse(""), "callbackUrl")
+    with pytest.raises(UrlRefused, match="cannot be resolved"):
+        check_public_url("http://no-such-host.invalid/hook", Allowlist.parse(""), "callbackUrl")
 
 
 def test_the_signature_follows_standard_webhooks():

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fluxhost.auth import KeyMode, NewKey
 from fluxhost.cli import app
+from fluxhost.signing import KeyMode
+from fluxhost.store.keys import NewKey
 from tests.helpers import ProtocolClient, free_port
 
 FLUXHOST = str(Path(sys.executable).with_name("fluxhost"))

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fluxhost.auth import KeyMode
 from fluxhost.client import (
     AsyncClient,
     AuthenticationError,
@@ -23,6 +22,7 @@ from fluxhost.client import (
     ServerUnavailable,
     TaskInfo,
 )
+from fluxhost.signing import KeyMode
 from tests.helpers import SLUG, LiveServer, free_port
 from tests.test_seed_flow import SEED_DETAIL_EXAMPLE
 

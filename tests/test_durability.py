@@ -12,10 +12,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fluxhost.auth import KeyMode, KeyStore, NewKey
-from fluxhost.db import Database
+from fluxhost.auth import Authenticator
 from fluxhost.service import worker_may_be_alive
-from fluxhost.store import TaskStore
+from fluxhost.signing import KeyMode
+from fluxhost.store.database import Database
+from fluxhost.store.keys import KeyStore, NewKey
+from fluxhost.store.tasks import TaskStore
+from fluxhost.store.work import WorkStore
+from fluxhost.workorder import WorkOrder
 from tests.helpers import SLUG, ProtocolClient, free_port
 
 FLUXHOST = str(Path(sys.executable).with_name("fluxhost"))
@@ -78,36 +82,39 @@ def test_sigkill_loses_no_task(serve_env):
         assert len(task["outputs"]) == 1
 
 
+ORDER = WorkOrder(prompt="a fox", width=64, height=64, seed=1, output_format="png", aspect_ratio="1:1").encode()
+
+
 @pytest.fixture
-def store_and_project(tmp_path) -> tuple[TaskStore, int]:
+def stores_and_project(tmp_path) -> tuple[TaskStore, WorkStore, int]:
     db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
     db.migrate()
-    keys = KeyStore(db, 3600, 3600)
-    project_id = keys.authenticate(keys.create(KeyMode.KEY_ONLY).api_key, None, None).project_id
-    return TaskStore(db), project_id
+    key = KeyStore(db).create(KeyMode.KEY_ONLY)
+    project_id = Authenticator(db, 3600, 3600).authenticate(key.api_key, None, None).project_id
+    return TaskStore(db), WorkStore(db), project_id
 
 
-def test_a_task_whose_worker_keeps_dying_fails_with_a_reason(store_and_project):
-    store, project_id = store_and_project
-    task = store.create(project_id, SLUG, {}, {})
+def test_a_task_whose_worker_keeps_dying_fails_with_a_reason(stores_and_project):
+    tasks, work, project_id = stores_and_project
+    task = tasks.create(project_id, SLUG, {}, ORDER)
     for attempt in range(1, 3):
-        assert store.claim_next(f"worker-{attempt}", [SLUG], lease_seconds=60).id == task.id
-        recovery = store.recover(max_attempts=2, dead_workers={f"worker-{attempt}"})
+        assert work.claim_next(f"worker-{attempt}", [SLUG], lease_seconds=60).id == task.id
+        recovery = work.recover(max_attempts=2, dead_workers={f"worker-{attempt}"})
         if attempt == 1:
-            assert recovery.requeued == [task.id] and store.get(task.id).row.status == "task_queue"
+            assert recovery.requeued == [task.id] and tasks.get(task.id).row.status == "task_queue"
     assert recovery.failed == [task.id]
-    lost = store.get(task.id).row
+    lost = tasks.get(task.id).row
     assert lost.status == "task_postprocess_end" and lost.pexit == "1" and "lost 2 times" in lost.debug_error
 
 
-def test_only_expired_leases_are_taken_back(store_and_project):
-    store, project_id = store_and_project
-    fresh, stale = store.create(project_id, SLUG, {}, {}), store.create(project_id, SLUG, {}, {})
-    store.claim_next("alive", [SLUG], lease_seconds=600)
-    store.claim_next("dead", [SLUG], lease_seconds=-1)
-    assert store.recover(max_attempts=3, alive_worker="dead").requeued == []  # our own: still running
-    assert store.recover(max_attempts=3).requeued == [stale.id]
-    assert store.get(fresh.id).row.status == "task_accept"
+def test_only_expired_leases_are_taken_back(stores_and_project):
+    tasks, work, project_id = stores_and_project
+    fresh, stale = tasks.create(project_id, SLUG, {}, ORDER), tasks.create(project_id, SLUG, {}, ORDER)
+    work.claim_next("alive", [SLUG], lease_seconds=600)
+    work.claim_next("dead", [SLUG], lease_seconds=-1)
+    assert work.recover(max_attempts=3, alive_worker="dead").requeued == []  # our own: still running
+    assert work.recover(max_attempts=3).requeued == [stale.id]
+    assert tasks.get(fresh.id).row.status == "task_accept"
 
 
 def test_only_a_dead_process_of_this_host_is_known_dead():

@@ -7,8 +7,9 @@ import time
 import httpx
 from PIL import Image
 
-from fluxhost.auth import KeyMode
 from fluxhost.images import embedded_parameters
+from fluxhost.signing import KeyMode
+from fluxhost.statuses import TERMINAL
 from tests.helpers import SLUG, LiveServer, ProtocolClient
 
 
@@ -69,7 +70,7 @@ def test_kill_stops_a_running_task_within_a_step(slow_server, slow_client):
     def record(event):
         if event.type == "task_output":
             with seen:
-                steps.append(int(event.message["stepCurrent"]))
+                steps.append(event.progress.step)
                 seen.notify_all()
 
     slow_server.service.events.subscribe(record)
@@ -95,7 +96,7 @@ def test_an_engine_failure_fails_the_task_with_its_reason(server, client):
     assert server.service.dispatcher.ready.wait(30)
     model = server.service.dispatcher.worker.models[SLUG]
 
-    def broken(request, on_step):  # noqa: ARG001
+    def broken(request, on_start, on_step):  # noqa: ARG001
         raise RuntimeError("CUDA out of memory (simulated)")
 
     model.engine.generate = broken
@@ -112,3 +113,17 @@ def test_a_model_that_cannot_load_fails_its_tasks_clearly(make_settings, tmp_pat
         client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
         task = client.wait(client.run()["taskid"])
     assert task["pexit"] == "1" and "could not be loaded" in task["debugerror"]
+
+
+def test_a_task_waiting_for_the_engine_is_assigned_not_started(make_settings):
+    with LiveServer(make_settings(steps=100, worker_concurrency=2)) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        first = client.run()["taskid"]
+        client.wait(first, statuses=("task_start",))
+        second = client.run()["taskid"]
+        waiting = client.wait(second, statuses=("task_assign", "task_start", *TERMINAL))
+        assert client.detail(first)["status"] == "task_start", "the first task ended too soon to tell"
+        assert waiting["status"] == "task_assign" and waiting["starttime"] == "0"  # claimed, not started
+        client.call("Task/Kill", {"taskid": first})
+        done = client.wait(second)
+        assert done["pexit"] == "0" and int(done["starttime"]) >= int(waiting["assigntime"])

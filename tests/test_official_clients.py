@@ -67,7 +67,7 @@ def test_the_socket_sends_the_whole_output_once_generation_is_over(server, clien
 def test_a_failed_run_sends_its_whole_error(server, client):
     assert server.service.dispatcher.ready.wait(30)
 
-    def broken(request, on_step):  # noqa: ARG001
+    def broken(request, on_start, on_step):  # noqa: ARG001
         raise RuntimeError("out of memory (simulated)")
 
     server.service.dispatcher.worker.models[SLUG].engine.generate = broken
@@ -75,7 +75,7 @@ def test_a_failed_run_sends_its_whole_error(server, client):
     server.service.events.subscribe(events.append)
     task = client.wait(client.run()["taskid"])
     [error] = [event for event in events if event.type == "task_error_full"]
-    assert error.message == {"raw": task["debugerror"]} and "out of memory (simulated)" in task["debugerror"]
+    assert error.text == task["debugerror"] and "out of memory (simulated)" in task["debugerror"]
 
 
 def test_cancelled_and_killed_tasks_have_an_exit_code_and_an_end_time(slow_client):

@@ -2,7 +2,7 @@
 
 import httpx
 
-from fluxhost.auth import KeyMode
+from fluxhost.signing import KeyMode
 from tests.helpers import SLUG, ProtocolClient
 
 NO_TASK = [{"code": 1, "message": "There is no task yet."}]

@@ -13,7 +13,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from fluxhost.auth import KeyMode
+from fluxhost.signing import KeyMode
+from fluxhost.statuses import TERMINAL
 from tests.helpers import LiveServer, Receiver
 
 pytestmark = pytest.mark.skipif(not (shutil.which("curl") and shutil.which("openssl")), reason="needs curl, openssl")
@@ -97,7 +98,7 @@ def check_seed_flow(server, receiver, with_callback):
     while True:
         detail = bash(exports + DETAIL_COMMAND.format(base=server.base_url, token=run["socketaccesstoken"]))
         task = detail["tasklist"][0]
-        if task["status"] in ("task_postprocess_end", "task_cancel"):
+        if task["status"] in TERMINAL:
             break
         assert time.monotonic() < deadline
         time.sleep(0.2)

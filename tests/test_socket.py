@@ -11,13 +11,13 @@ import websockets
 from PIL import Image
 
 from fluxhost.api.socket import MAX_PROGRESS_FRAMES, Subscriber
-from fluxhost.auth import KeyMode
-from fluxhost.events import TaskEvent
+from fluxhost.events import Progress, TaskEvent
+from fluxhost.signing import KeyMode
+from fluxhost.statuses import TERMINAL, Status
 from tests.helpers import SLUG, LiveServer, ProtocolClient
 
 LIFECYCLE = ["task_queue", "task_accept", "task_preprocess_start", "task_preprocess_end", "task_assign",
              "task_start", "task_end", "task_postprocess_start", "task_postprocess_end"]
-TERMINAL = ("task_postprocess_end", "task_cancel")
 
 
 def socket_url(server) -> str:
@@ -161,15 +161,15 @@ def test_progress_frames_carry_a_preview_when_asked(make_settings):
 def test_a_slow_subscriber_loses_progress_never_lifecycle():
     async def scenario():
         subscriber = Subscriber(websocket=None)
-        subscriber.offer(TaskEvent(1, "a", "task_start"), "start-1")
+        subscriber.offer(TaskEvent(1, "a", Status.START), "start-1")
         for step in range(1, 1001):
-            subscriber.offer(TaskEvent(1, "a", "task_output", {"stepCurrent": str(step)}), f"progress-1-{step}")
+            subscriber.offer(TaskEvent(1, "a", Status.OUTPUT, Progress.measure(step, 1000, 1.0)), f"progress-1-{step}")
         for task in range(2, 2 + 3 * MAX_PROGRESS_FRAMES):
-            subscriber.offer(TaskEvent(task, "b", "task_output", {}), f"progress-{task}")
-        subscriber.offer(TaskEvent(1, "a", "task_end"), "end-1")
-        subscriber.offer(TaskEvent(1, "a", "task_start"), "stale-start-1")
-        subscriber.offer(TaskEvent(1, "a", "task_postprocess_end"), "final-1")
-        subscriber.offer(TaskEvent(1, "a", "task_output", {}), "after-the-end")
+            subscriber.offer(TaskEvent(task, "b", Status.OUTPUT, Progress.measure(1, 1000, 1.0)), f"progress-{task}")
+        subscriber.offer(TaskEvent(1, "a", Status.END), "end-1")
+        subscriber.offer(TaskEvent(1, "a", Status.START), "stale-start-1")
+        subscriber.offer(TaskEvent(1, "a", Status.POSTPROCESS_END), "final-1")
+        subscriber.offer(TaskEvent(1, "a", Status.OUTPUT, Progress.measure(1000, 1000, 1.0)), "after-the-end")
         frames = []
         while subscriber.outbox._frames:
             frames.append(await subscriber.outbox.get())

@@ -1,16 +1,18 @@
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from fluxhost.tools import (
-    ASPECT_RATIOS,
-    SEED_MAX,
-    Catalog,
-    InputError,
-    Tool,
-    size_for_aspect_ratio,
-    validate_inputs,
-)
+from fluxhost.inputs import ASPECT_RATIOS, SEED_MAX, InputError, InputSchema, size_for_aspect_ratio
+from fluxhost.settings import ModelSettings
+from fluxhost.signing import KeyMode
+from fluxhost.tools import Catalog, Tool
+from fluxhost.workorder import WorkOrder
+from tests.helpers import SLUG, LiveServer, ProtocolClient
+
+validate_inputs = InputSchema().validate  # the seed tool's inputs
 
 
 @pytest.mark.parametrize("ratio", ASPECT_RATIOS)
@@ -23,15 +25,17 @@ def test_aspect_ratios_give_about_a_megapixel_in_multiples_of_32(ratio):
 
 
 def test_defaults_follow_the_seed():
-    inputs = validate_inputs({"prompt": "a cat", "seed": "7"})
+    run = validate_inputs({"prompt": "a cat", "seed": "7"})
+    inputs = run.order
     assert (inputs.aspect_ratio, inputs.width, inputs.height) == ("16:9", 1376, 768)
     assert inputs.output_format == "png" and inputs.safety_tolerance == 2 and not inputs.prompt_upsampling
-    assert inputs.parameters == {"prompt": "a cat", "seed": "7"}
+    assert run.parameters == {"prompt": "a cat", "seed": "7"}
 
 
 def test_strings_and_json_values_are_both_accepted():
-    as_strings = validate_inputs({"prompt": "x", "seed": "42", "safetyTolerance": "3", "promptUpsampling": "true"})
-    as_json = validate_inputs({"prompt": "x", "seed": 42, "safetyTolerance": 3, "promptUpsampling": True})
+    strings = {"prompt": "x", "seed": "42", "safetyTolerance": "3", "promptUpsampling": "true"}
+    as_strings = validate_inputs(strings).order
+    as_json = validate_inputs({"prompt": "x", "seed": 42, "safetyTolerance": 3, "promptUpsampling": True}).order
     assert (as_strings.seed, as_strings.safety_tolerance, as_strings.prompt_upsampling) == (42, 3, True)
     assert (as_json.seed, as_json.safety_tolerance, as_json.prompt_upsampling) == (42, 3, True)
 
@@ -39,9 +43,9 @@ def test_strings_and_json_values_are_both_accepted():
 @pytest.mark.parametrize("seed", [None, ""])
 def test_a_missing_seed_is_drawn_and_recorded(seed):
     raw = {"prompt": "x"} if seed is None else {"prompt": "x", "seed": seed}
-    inputs = validate_inputs(raw)
-    assert 0 <= inputs.seed <= SEED_MAX
-    assert inputs.parameters["seed"] == str(inputs.seed)
+    run = validate_inputs(raw)
+    assert 0 <= run.order.seed <= SEED_MAX
+    assert run.parameters["seed"] == str(run.order.seed)
 
 
 @pytest.mark.parametrize(
@@ -68,14 +72,14 @@ def test_bad_inputs_get_the_protocol_message(raw, message):
 
 @given(st.integers(min_value=0, max_value=SEED_MAX))
 def test_every_valid_seed_round_trips(seed):
-    assert validate_inputs({"prompt": "x", "seed": str(seed)}).seed == seed
-    assert validate_inputs({"prompt": "x", "seed": seed}).seed == seed
+    assert validate_inputs({"prompt": "x", "seed": str(seed)}).order.seed == seed
+    assert validate_inputs({"prompt": "x", "seed": seed}).order.seed == seed
 
 
 @given(st.text())
 def test_seed_text_is_accepted_only_as_an_integer(text):
     try:
-        seed = validate_inputs({"prompt": "x", "seed": text}).seed
+        seed = validate_inputs({"prompt": "x", "seed": text}).order.seed
     except InputError:
         return
     assert text.strip() == "" or int(text.strip()) == seed
@@ -85,3 +89,57 @@ def test_catalog_finds_both_spellings_of_the_slug():
     catalog = Catalog([Tool("black-forest-labs", "flux-pro-1.1", "d")])
     assert catalog.find("black-forest-labs", "flux-pro-1-1") is catalog.find("black-forest-labs", "flux-pro-1.1")
     assert catalog.find("black-forest-labs", "flux-pro-2") is None
+
+
+def test_each_model_publishes_and_checks_its_own_inputs():
+    catalog = Catalog.from_models({
+        SLUG: ModelSettings(),
+        "acme/flux-dev": ModelSettings(steps=28, guidance=3.5, exposed_inputs=["steps", "guidance"]),
+    })
+    seed_tool, dev_tool = catalog.tools
+    seed_ids = [item["id"] for item in seed_tool.detail()["parameters"][0]["items"]]
+    dev_items = {item["id"]: item for item in dev_tool.detail()["parameters"][0]["items"]}
+    assert "steps" not in seed_ids and "guidance" not in seed_ids
+    assert list(dev_items)[: len(seed_ids)] == seed_ids
+    assert (dev_items["steps"]["default"], dev_items["guidance"]["default"]) == ("28", "3.5")
+
+    tuned = dev_tool.schema.validate({"prompt": "x", "steps": "8", "guidance": 2.5})
+    assert (tuned.order.steps, tuned.order.guidance) == (8, 2.5)
+    assert tuned.parameters == {"prompt": "x", "steps": "8", "guidance": 2.5, "seed": str(tuned.order.seed)}
+    untuned = dev_tool.schema.validate({"prompt": "x"})
+    assert untuned.order.steps is None and untuned.order.guidance is None  # the model's configured values
+    with pytest.raises(InputError, match=r"Request parameter \[steps\] must be between 1 and 100"):
+        dev_tool.schema.validate({"prompt": "x", "steps": "500"})
+    with pytest.raises(InputError, match=r"Request parameter \[guidance\]"):
+        dev_tool.schema.validate({"prompt": "x", "guidance": "lots"})
+    ignored = seed_tool.schema.validate({"prompt": "x", "seed": "1", "steps": "500"})  # not this model's input
+    assert ignored.order.steps is None and ignored.parameters == {"prompt": "x", "seed": "1"}
+
+
+def test_a_work_order_survives_its_codec():
+    order = InputSchema().validate({"prompt": "a fox", "seed": "9", "aspectRatio": "1:1"}).order
+    assert WorkOrder.decode(json.loads(json.dumps(order.encode()))) == order
+    with pytest.raises(ValidationError):
+        WorkOrder.decode({**order.encode(), "width": -5})
+
+
+def test_a_tuned_run_reaches_the_engine(make_settings, tiny_weights):
+    models = {
+        SLUG: ModelSettings(weights=str(tiny_weights), steps=4, max_sequence_length=32),
+        "acme/flux-dev": ModelSettings(weights=str(tiny_weights), steps=4, max_sequence_length=32,
+                                       exposed_inputs=["steps", "guidance"]),
+    }
+    with LiveServer(make_settings(models=models)) as live:
+        totals: dict[int, set[int]] = {}
+        live.service.events.subscribe(
+            lambda event: event.progress and totals.setdefault(event.task_id, set()).add(event.progress.total))
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        detail = client.call("Tool/Detail", {"slugowner": "acme", "slugproject": "flux-dev"})
+        assert {"steps", "guidance"} <= {item["id"] for item in detail["tool"][0]["parameters"][0]["items"]}
+        tuned = client.call("Run/acme/flux-dev", {"prompt": "a fox", "steps": "2", "guidance": "1.5"})
+        plain = client.call(f"Run/{SLUG}", {"prompt": "a fox", "steps": "2"})
+        refused = client.call("Run/acme/flux-dev", {"prompt": "a fox", "steps": "0"})
+        assert refused["errors"][0]["message"] == "Request parameter [steps] must be between 1 and 100"
+        for run in (tuned, plain):
+            assert client.wait(run["taskid"])["pexit"] == "0"
+    assert totals[int(tuned["taskid"])] == {2} and totals[int(plain["taskid"])] == {4}

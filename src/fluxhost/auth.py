@@ -1,4 +1,4 @@
-"""API keys, HMAC request signatures and nonce replay protection.
+"""Who a request comes from: API key lookup, HMAC request signatures and replay protection.
 
 A signed request carries ``x-api-key``, ``x-nonce`` and
 ``x-signature = hex(HMAC_SHA256(key=API_KEY, msg=API_SECRET + NONCE))``. The signature covers
@@ -13,46 +13,33 @@ neither the path nor the body, so replay protection cannot rest on the signature
   are accepted once per request for the retention period.
 - Read-only calls only check the signature: the documented flow reuses the Run nonce for every
   Detail poll.
+
+Plain Core statements built once: this runs on every request.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import re
-import secrets
-import string
 import time
 from dataclasses import dataclass
-from enum import StrEnum
 
 from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from fluxhost.db import ApiKey, Database, Project, SpentRequest, make_sessionmaker
+from fluxhost.signing import KeyMode, sign_request
+from fluxhost.store.database import Database
+from fluxhost.store.keys import key_digest
+from fluxhost.store.schema import ApiKey, Project, SpentRequest
 
-ALPHANUMERIC = string.ascii_letters + string.digits
 _NONCE = re.compile(r"[0-9]{1,40}")
-
-
-# Built once: composing a statement costs more than running it on SQLite.
 _FIND_KEY = (
     select(ApiKey.id, ApiKey.project_id, Project.name, ApiKey.mode, ApiKey.secret)
     .join(Project, Project.id == ApiKey.project_id)
     .where(ApiKey.key_digest == bindparam("digest"), ApiKey.revoked_at.is_(None))
 )
 _SPEND_REQUEST = insert(SpentRequest)
-
-
-class KeyMode(StrEnum):
-    SIGNATURE = "signature"  # x-api-key + x-nonce + x-signature
-    KEY_ONLY = "key-only"  # x-api-key alone
-
-
-class AuthError(Exception):
-    """A request that fails authentication; ``str(error)`` is the protocol's 401 message."""
-
 
 UNKNOWN_KEY = "Project authorization is not founded."
 SIGNATURE_REQUIRED = (
@@ -61,18 +48,8 @@ SIGNATURE_REQUIRED = (
 BAD_SIGNATURE = "Project authorization is not valid."
 
 
-def random_token(length: int) -> str:
-    """A random alphanumeric string (keys, secrets, socket tokens, access keys)."""
-    return "".join(secrets.choice(ALPHANUMERIC) for _ in range(length))
-
-
-def sign(api_key: str, api_secret: str, nonce: str) -> str:
-    """The x-signature a client sends: hex HMAC-SHA256 keyed by the key over secret + nonce."""
-    return hmac.new(api_key.encode(), (api_secret + nonce).encode(), hashlib.sha256).hexdigest()
-
-
-def _digest(api_key: str) -> str:
-    return hashlib.sha256(api_key.encode()).hexdigest()
+class AuthError(Exception):
+    """A request that fails authentication; ``str(error)`` is the protocol's 401 message."""
 
 
 @dataclass(frozen=True)
@@ -85,93 +62,18 @@ class Caller:
     mode: KeyMode
 
 
-@dataclass(frozen=True)
-class NewKey:
-    """A key as created: the only time its secret and webhook secret are shown."""
-
-    key_id: int
-    project: str
-    name: str
-    mode: KeyMode
-    api_key: str
-    api_secret: str
-    webhook_secret: str
+def request_digest(path: str, body: bytes) -> str:
+    """What tells two requests apart for replay protection: SHA-256 over the path and the body."""
+    return hashlib.sha256(path.encode() + b"\n" + body).hexdigest()
 
 
-@dataclass(frozen=True)
-class KeyInfo:
-    key_id: int
-    project: str
-    name: str
-    mode: KeyMode
-    prefix: str
-    created_at: float
-    revoked: bool
-
-
-class KeyStore:
-    """Projects, their keys and spent nonces, in the database."""
+class Authenticator:
+    """Checks a request's key and signature, and spends the nonces of state-changing calls."""
 
     def __init__(self, db: Database, nonce_window_seconds: int, nonce_retention_seconds: int):
         self._db = db
-        self._sessions = make_sessionmaker(db)
         self.nonce_window = nonce_window_seconds
         self.nonce_retention = nonce_retention_seconds
-
-    def create(self, mode: KeyMode, name: str | None = None, project: str | None = None) -> NewKey:
-        """A new key for ``project`` (created when missing; default: a project of its own)."""
-        api_key = random_token(32)
-        api_secret = random_token(32)
-        now = time.time()
-        with self._sessions.begin() as session:
-            project_name = project or f"project-{random_token(8).lower()}"
-            record = session.scalar(select(Project).where(Project.name == project_name))
-            if record is None:
-                webhook_key = base64.b64encode(secrets.token_bytes(24)).decode()
-                record = Project(name=project_name, webhook_secret=f"whsec_{webhook_key}", created_at=now)
-                session.add(record)
-                session.flush()
-            key = ApiKey(
-                project_id=record.id,
-                name=name or project_name,
-                key_digest=_digest(api_key),
-                key_prefix=api_key[:8],
-                secret=api_secret,
-                mode=mode.value,
-                created_at=now,
-            )
-            session.add(key)
-            session.flush()
-            return NewKey(key.id, record.name, key.name, mode, api_key, api_secret, record.webhook_secret)
-
-    def list(self) -> list[KeyInfo]:
-        with self._sessions() as session:
-            keys = session.scalars(select(ApiKey).order_by(ApiKey.id)).all()
-            return [
-                KeyInfo(k.id, k.project.name, k.name, KeyMode(k.mode), k.key_prefix, k.created_at,
-                        k.revoked_at is not None)
-                for k in keys
-            ]
-
-    def revoke(self, key: str) -> bool:
-        """Revoke by id, by the key's first characters (as ``keys list`` shows), or by the key."""
-        with self._sessions.begin() as session:
-            query = select(ApiKey).where(ApiKey.revoked_at.is_(None))
-            if key.isdigit():
-                query = query.where(ApiKey.id == int(key))
-            elif len(key) > 12:
-                query = query.where(ApiKey.key_digest == _digest(key))
-            else:
-                query = query.where(ApiKey.key_prefix == key)
-            found = session.scalars(query).all()
-            if len(found) != 1:
-                return False
-            found[0].revoked_at = time.time()
-            return True
-
-    def count_active(self) -> int:
-        with self._sessions() as session:
-            return len(session.scalars(select(ApiKey.id).where(ApiKey.revoked_at.is_(None))).all())
 
     def authenticate(self, api_key: str | None, nonce: str | None, signature: str | None) -> Caller:
         """The caller behind these headers, or :class:`AuthError` with the protocol's message.
@@ -179,7 +81,7 @@ class KeyStore:
         if not api_key:
             raise AuthError(UNKNOWN_KEY)
         with self._db.read() as connection:
-            key = connection.execute(_FIND_KEY, {"digest": _digest(api_key)}).first()
+            key = connection.execute(_FIND_KEY, {"digest": key_digest(api_key)}).first()
         if key is None:
             raise AuthError(UNKNOWN_KEY)
         caller = Caller(key.id, key.project_id, key.name, KeyMode(key.mode))
@@ -188,7 +90,7 @@ class KeyStore:
             return caller
         if not nonce or not signature:
             raise AuthError(SIGNATURE_REQUIRED)
-        expected = sign(api_key, secret, nonce.strip())
+        expected = sign_request(api_key, secret, nonce.strip())
         if not hmac.compare_digest(expected.encode(), _signature_hex(signature).encode()):
             raise AuthError(BAD_SIGNATURE)
         return caller
@@ -221,11 +123,6 @@ class KeyStore:
         cutoff = time.time() - self.nonce_retention
         with self._db.write() as connection:
             return connection.execute(delete(SpentRequest).where(SpentRequest.used_at < cutoff)).rowcount
-
-
-def request_digest(path: str, body: bytes) -> str:
-    """What tells two requests apart for replay protection: SHA-256 over the path and the body."""
-    return hashlib.sha256(path.encode() + b"\n" + body).hexdigest()
 
 
 def _signature_hex(header: str) -> str:

@@ -13,9 +13,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fluxhost.auth import KeyMode, NewKey
+from fluxhost import DEFAULT_MODEL
 from fluxhost.cli_client import register as register_client_commands
-from fluxhost.settings import DEFAULT_MODEL, Settings
+from fluxhost.signing import KeyMode
 
 app = typer.Typer(help="fluxhost: a self-hosted FLUX text-to-image service.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys and their projects.", no_args_is_help=True)
@@ -28,21 +28,47 @@ console = Console()
 register_client_commands(app)
 
 
-def _database(settings: Settings):
-    from fluxhost.db import Database
+# What the ``server`` extra brings: a command that needs one of them is a server command.
+SERVER_PACKAGES = frozenset({
+    "fastapi", "starlette", "uvicorn", "multipart", "pydantic_settings", "sqlalchemy", "alembic", "yaml",
+    "torch", "diffusers", "accelerate", "transformers", "safetensors", "sentencepiece", "google",
+})
+
+
+def main() -> None:
+    """The ``fluxhost`` entry point: on a client-only install, server commands say what to install."""
+    try:
+        app()
+    except ModuleNotFoundError as error:
+        if (error.name or "").partition(".")[0] not in SERVER_PACKAGES:
+            raise
+        console.print(f"This command runs the server, which needs {error.name} (not installed here): "
+                      "pip install 'fluxhost[server]'", markup=False, highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None
+
+
+def _settings():
+    """The server's settings, imported when a server command needs them."""
+    from fluxhost.settings import Settings
+
+    return Settings()
+
+
+def _database(settings):
+    from fluxhost.store.database import Database
 
     db = Database(settings.resolved_database_url)
     db.migrate()
     return db
 
 
-def _key_store(settings: Settings):
-    from fluxhost.auth import KeyStore
+def _key_store(settings):
+    from fluxhost.store.keys import KeyStore
 
-    return KeyStore(_database(settings), settings.nonce_window_seconds, settings.nonce_retention_seconds)
+    return KeyStore(_database(settings))
 
 
-def _first_key_banner(key: NewKey, settings: Settings) -> str:
+def _first_key_banner(key, settings) -> str:
     """What a first start prints: the new key and a Run request ready to paste."""
     base = settings.resolved_public_url
     run = f"{base}/v1/Run/{DEFAULT_MODEL}"
@@ -74,6 +100,7 @@ def serve(
 
     from fluxhost.api.app import UVICORN_OPTIONS, create_app
     from fluxhost.service import Service
+    from fluxhost.settings import Settings
 
     # transformers warns at import about optional packages serving does not use (torchvision).
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -103,7 +130,7 @@ def keys_create(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object, for scripts.")] = False,
 ) -> None:
     """Create a key. Its secret is printed once and never again."""
-    key = _key_store(Settings()).create(mode, name=name, project=project)
+    key = _key_store(_settings()).create(mode, name=name, project=project)
     if as_json:
         typer.echo(json.dumps({
             "id": key.key_id, "project": key.project, "name": key.name, "mode": key.mode.value,
@@ -119,7 +146,7 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Every key, without its secret."""
-    keys = _key_store(Settings()).list()
+    keys = _key_store(_settings()).list()
     if as_json:
         typer.echo(json.dumps([
             {"id": k.key_id, "project": k.project, "name": k.name, "mode": k.mode.value,
@@ -136,7 +163,7 @@ def keys_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 @keys_app.command("revoke")
 def keys_revoke(key: Annotated[str, typer.Argument(help="The key's id, its first 8 characters, or the key.")]) -> None:
     """Revoke a key: requests with it are refused from now on."""
-    if not _key_store(Settings()).revoke(key):
+    if not _key_store(_settings()).revoke(key):
         console.print(f"No single active key matches {key!r}.")
         raise typer.Exit(1)
     console.print("Revoked.")
@@ -155,7 +182,7 @@ def models_build_tiny(folder: Annotated[Path, typer.Argument(help="Where to writ
 @models_app.command("list")
 def models_list() -> None:
     """The models this configuration serves."""
-    settings = Settings()
+    settings = _settings()
     table = Table("slug", "weights", "device", "dtype", "steps", "guidance")
     for slug, model in settings.models.items():
         table.add_row(slug, model.weights or "(tiny, random weights)", model.device, model.dtype,
@@ -172,9 +199,9 @@ def callbacks_list(
     """Callback deliveries, newest first, with every attempt."""
     from datetime import datetime
 
-    from fluxhost.callbacks import list_deliveries
+    from fluxhost.store.deliveries import Deliveries
 
-    found = list_deliveries(_database(Settings()), task_id=task, limit=limit)
+    found = Deliveries(_database(_settings())).list(task_id=task, limit=limit)
     if as_json:
         typer.echo(json.dumps(found))
         return

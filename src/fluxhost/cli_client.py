@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from fluxhost import DEFAULT_MODEL
 from fluxhost.client import (
     DEFAULT_SERVER,
     AuthenticationError,
@@ -28,7 +29,6 @@ from fluxhost.client import (
     TaskInfo,
 )
 from fluxhost.client import Progress as StepProgress
-from fluxhost.settings import DEFAULT_MODEL
 
 EXIT_FAILED, EXIT_REFUSED, EXIT_NO_SERVER, EXIT_CREDENTIALS, EXIT_MODERATED, EXIT_CANCELLED = 1, 2, 3, 4, 5, 6
 EXIT_INTERRUPTED = 130

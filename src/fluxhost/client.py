@@ -14,8 +14,6 @@ string-typed wire; a ``result: false`` answer raises :class:`ProtocolError` with
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import threading
 import time
@@ -28,7 +26,9 @@ import httpx
 from httpx import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-TERMINAL = ("task_postprocess_end", "task_cancel")
+from fluxhost.signing import signed_headers
+from fluxhost.statuses import TERMINAL, Status
+
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
@@ -107,11 +107,11 @@ class TaskInfo(_Wire):
 
     @property
     def succeeded(self) -> bool:
-        return self.status == "task_postprocess_end" and self.pexit == "0"
+        return self.status == Status.POSTPROCESS_END and self.pexit == "0"
 
     @property
     def cancelled(self) -> bool:
-        return self.status == "task_cancel"
+        return self.status == Status.CANCEL
 
     @property
     def seed(self) -> str:
@@ -137,11 +137,7 @@ class NonceSource:
 
 
 def _headers(api_key: str, api_secret: str | None, nonces: NonceSource) -> dict[str, str]:
-    if not api_secret:
-        return {"x-api-key": api_key}
-    nonce = nonces.next()
-    signature = hmac.new(api_key.encode(), (api_secret + nonce).encode(), hashlib.sha256).hexdigest()
-    return {"x-api-key": api_key, "x-nonce": nonce, "x-signature": signature}
+    return signed_headers(api_key, api_secret, nonces.next() if api_secret else "")
 
 
 def _answer(response: httpx.Response) -> dict[str, Any]:
@@ -172,7 +168,7 @@ def _frame_ends(frame: dict[str, Any], on_progress: Callable[[Progress], None] |
     """Act on one socket frame; True once it is the task's last."""
     if frame.get("result") is False:
         raise FluxhostError(str(frame.get("errors")))
-    if frame["type"] == "task_output" and isinstance(frame.get("message"), dict) and on_progress:
+    if frame["type"] == Status.OUTPUT and isinstance(frame.get("message"), dict) and on_progress:
         on_progress(Progress.model_validate(frame["message"]))
     return frame["type"] in TERMINAL
 

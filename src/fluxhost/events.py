@@ -1,7 +1,9 @@
-"""Task events (the socket's frames): the worker publishes, whoever listens subscribes.
+"""Task events: the worker and the task operations publish, the socket (and whoever else) listens.
 
-The embedded bus delivers in-process; the worker never knows who listens. Handlers run on the
-publishing thread and must return quickly (hand the event to a queue or an event loop).
+An event is a typed record with a JSON codec, so it can cross a process boundary unchanged; what
+a door makes of it (the hosted protocol's ``progressGenerate`` frames, say) is the door's business.
+The embedded bus delivers in-process; handlers run on the publishing thread and must return
+quickly (hand the event to a queue or an event loop).
 """
 
 from __future__ import annotations
@@ -11,20 +13,52 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
+
+from pydantic import TypeAdapter
+
+from fluxhost.statuses import Status
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Progress:
+    """Where a generation stands after a denoising step."""
+
+    step: int  # steps done, 1-based
+    total: int
+    rate: float  # steps per second so far
+    elapsed: float  # seconds since the generation started
+    remaining: float  # seconds still to go, estimated from the rate
+
+    @classmethod
+    def measure(cls, step: int, total: int, elapsed: float) -> Progress:
+        rate = step / max(elapsed, 1e-9)
+        return cls(step, total, rate, elapsed, (total - step) / rate if rate else 0.0)
+
+
+@dataclass(frozen=True)
 class TaskEvent:
+    """Something that happened to a task: a change of status, a step's progress, its whole log."""
+
     task_id: int
     token: str
-    type: str  # a Status value
-    message: Any = None  # None for lifecycle events; progress dict or log line for task_output
-    preview: str | None = None  # a progress event's step preview, a JPEG data URL
+    type: Status
+    progress: Progress | None = None  # with ``task_output``: the step just done
+    preview: str | None = None  # with progress, when previews are on: the image so far, a JPEG data URL
+    text: str | None = None  # with ``task_output_full`` / ``task_error_full``: the whole log or error
     time: float = field(default_factory=time.time)
 
+    def encode(self) -> bytes:
+        return _EVENT_JSON.dump_json(self)
+
+    @staticmethod
+    def decode(data: bytes | str) -> TaskEvent:
+        return _EVENT_JSON.validate_json(data)
+
+
+_EVENT_JSON = TypeAdapter(TaskEvent)
 
 Handler = Callable[[TaskEvent], None]
 
@@ -32,7 +66,8 @@ Handler = Callable[[TaskEvent], None]
 class EventBus(Protocol):
     def publish(self, event: TaskEvent) -> None: ...
 
-    def subscribe(self, handler: Handler) -> Callable[[], None]: ...
+    def subscribe(self, handler: Handler) -> Callable[[], None]:
+        """Start calling ``handler`` for every event; returns the function that stops it."""
 
 
 class LocalEventBus:
@@ -48,7 +83,6 @@ class LocalEventBus:
                 log.exception("event handler failed for task %s", event.task_id)
 
     def subscribe(self, handler: Handler) -> Callable[[], None]:
-        """Start calling ``handler`` for every event; returns the function that stops it."""
         with self._lock:
             self._handlers = [*self._handlers, handler]
 

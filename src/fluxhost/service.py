@@ -1,4 +1,5 @@
-"""The running service: settings turned into a store, keys, storage, events, engines and workers.
+"""The running service: settings turned into a store, keys, files, events, engines and workers,
+wired together; its :attr:`Service.operations` are what every door calls.
 
 The API and the CLI receive a :class:`Service`; nothing here knows about HTTP.
 """
@@ -10,18 +11,23 @@ import os
 import socket
 import threading
 import uuid
-from typing import Any
 
-from fluxhost.auth import KeyStore
-from fluxhost.callbacks import Allowlist, CallbackSender
-from fluxhost.db import Database
+from fluxhost.auth import Authenticator
+from fluxhost.callbacks.poster import WebhookPoster
+from fluxhost.callbacks.sender import CallbackSender
 from fluxhost.dispatch import Dispatcher, LocalDispatcher
 from fluxhost.events import LocalEventBus
+from fluxhost.files import LocalFileStore
+from fluxhost.operations import Operations
+from fluxhost.protocol_json import render_task, task_list_body
 from fluxhost.settings import Settings
-from fluxhost.storage import LocalStorage
-from fluxhost.store import TaskRecord, TaskStore
-from fluxhost.tools import Catalog, Tool
-from fluxhost.wire import render_task, task_list_body
+from fluxhost.store.database import Database
+from fluxhost.store.deliveries import Deliveries
+from fluxhost.store.keys import KeyStore
+from fluxhost.store.tasks import TaskRecord, TaskStore
+from fluxhost.store.work import WorkStore
+from fluxhost.tools import Catalog
+from fluxhost.urlguard import Allowlist
 from fluxhost.worker import ServedModel, Worker
 
 log = logging.getLogger("fluxhost")
@@ -50,28 +56,31 @@ class Service:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(settings.resolved_database_url)
         self.db.migrate()
-        self.store = TaskStore(self.db)
-        self.keys = KeyStore(self.db, settings.nonce_window_seconds, settings.nonce_retention_seconds)
-        self.storage = LocalStorage(settings.files_dir, settings.resolved_public_url)
+        self.tasks = TaskStore(self.db)
+        self.work = WorkStore(self.db)
+        self.keys = KeyStore(self.db)
+        self.auth = Authenticator(self.db, settings.nonce_window_seconds, settings.nonce_retention_seconds)
+        self.files = LocalFileStore(settings.files_dir, settings.resolved_public_url)
         self.events = LocalEventBus()
-        self.catalog = Catalog(
-            [Tool(*slug.split("/", 1), model.description) for slug, model in settings.models.items()]
-        )
-        self.callback_allowlist = Allowlist.parse(settings.callback_allowlist)
+        self.catalog = Catalog.from_models(settings.models)
+        self.url_allowlist = Allowlist.parse(settings.callback_allowlist)
+        self.deliveries = Deliveries(self.db)
         self.callbacks = CallbackSender(
-            self.db, self.store, self.events, lambda record: task_list_body([self.render(record)]),
-            self.callback_allowlist, settings.callback_max_attempts, settings.callback_backoff_seconds,
-            settings.callback_timeout_seconds,
+            self.deliveries, self.tasks, self.events, self.callback_body,
+            WebhookPoster(self.url_allowlist, settings.callback_timeout_seconds),
+            settings.callback_max_attempts, settings.callback_backoff_seconds,
         )
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.dispatcher: Dispatcher = LocalDispatcher(self._make_worker, settings.worker_concurrency)
+        self.operations = Operations(self.tasks, self.files, self.events, self.dispatcher, self.catalog,
+                                     self.url_allowlist)
         self._stopping = threading.Event()
         self._janitor: threading.Thread | None = None
 
     def start(self) -> None:
         """Take back what a crash left, then start the workers and the janitor."""
-        dead = {worker for worker in self.store.claiming_workers() if not worker_may_be_alive(worker)}
-        recovery = self.store.recover(self.settings.max_attempts, dead_workers=dead)
+        dead = {worker for worker in self.work.claiming_workers() if not worker_may_be_alive(worker)}
+        recovery = self.work.recover(self.settings.max_attempts, dead_workers=dead)
         if recovery.requeued or recovery.failed:
             log.warning("recovered unfinished tasks: requeued %s, failed %s", recovery.requeued, recovery.failed)
         self.dispatcher.start()
@@ -85,10 +94,9 @@ class Service:
         self.callbacks.stop()
         self.db.dispose()
 
-    def render(self, record: TaskRecord) -> dict[str, Any]:
-        """A task as Task/Detail, Task/List and callbacks show it."""
-        tool = self.catalog.find(*record.row.model_slug.split("/", 1))
-        return render_task(record, self.storage, tool.description if tool else "")
+    def callback_body(self, record: TaskRecord) -> dict[str, object]:
+        """What a callback posts: the task's Task/Detail answer in the hosted protocol."""
+        return task_list_body([render_task(record, self.files, self.catalog.description_of(record.row.model_slug))])
 
     def _make_worker(self) -> Worker:
         from fluxhost.engines import build_engine
@@ -108,16 +116,16 @@ class Service:
                 continue
             log.warning("SERVING %s with %s", slug, engine.description)
             models[slug] = ServedModel(slug, model, engine)
-        return Worker(self.worker_id, self.store, models, self.storage, self.events, self.settings.lease_seconds,
+        return Worker(self.worker_id, self.work, models, self.files, self.events, self.settings.lease_seconds,
                       previews=self.settings.previews)
 
     def _janitor_loop(self) -> None:
         while not self._stopping.wait(JANITOR_SECONDS):
             try:
                 # Our own tasks are running here whatever their lease says (one step can outlast it).
-                recovery = self.store.recover(self.settings.max_attempts, alive_worker=self.worker_id)
+                recovery = self.work.recover(self.settings.max_attempts, alive_worker=self.worker_id)
                 if recovery.requeued:
                     self.dispatcher.notify()
-                self.keys.purge_nonces()
+                self.auth.purge_nonces()
             except Exception:
                 log.exception("janitor pass failed")

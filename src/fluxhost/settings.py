@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_MODEL = "black-forest-labs/flux-pro-1.1"
+from fluxhost import DEFAULT_MODEL
 
 
 class ModelSettings(BaseModel):
@@ -30,6 +30,11 @@ class ModelSettings(BaseModel):
     guidance: float = Field(default=3.5, ge=0, le=50)
     max_sequence_length: int = Field(default=512, ge=16, le=512, description="T5 prompt tokens.")
     cpu_offload: bool = False
+    exposed_inputs: list[Literal["steps", "guidance"]] = Field(
+        default_factory=list,
+        description="Inputs beyond the seed tool's that this model publishes in Tool/Detail and takes at Run; "
+        "the configured steps and guidance are their defaults.",
+    )
     description: str = (
         "FLUX text-to-image: state-of-the-art image generation with excellent prompt following."
     )
@@ -51,6 +56,10 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = 8000
+    api_threads: int | None = Field(
+        default=None, ge=1, description="Threads doing the API's database work off the event loop; default: "
+        "1 with SQLite, 8 with a database across the network."
+    )
     worker_concurrency: int = Field(default=1, ge=0, description="Tasks run at once; 0: no worker.")
     engine: Literal["diffusers", "bench"] = Field(
         default="diffusers", description='"bench" swaps every model for a solid-colour engine.'
@@ -97,6 +106,15 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'fluxhost.db').resolve()}"
+
+    @property
+    def resolved_api_threads(self) -> int:
+        """With SQLite a query is a few tens of microseconds of interpreter time and writes take
+        turns anyway: each extra thread only takes the GIL from the in-process worker (measured in
+        ``bench/serve_load.py``). A server across the network makes queries wait, and threads help."""
+        if self.api_threads is not None:
+            return self.api_threads
+        return 1 if self.resolved_database_url.startswith("sqlite") else 8
 
     @property
     def resolved_public_url(self) -> str:

@@ -6,25 +6,25 @@ import base64
 import io
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL import Image
 
 from fluxhost.engines import Engine, GenerationRequest
-from fluxhost.engines.base import Preview
-from fluxhost.events import EventBus, TaskEvent
+from fluxhost.engines.base import GenerationStopped, Preview
+from fluxhost.events import EventBus, Progress, TaskEvent
+from fluxhost.files import FileStore
 from fluxhost.images import CONTENT_TYPES, FILE_EXTENSIONS, encode
 from fluxhost.settings import ModelSettings
-from fluxhost.storage import Storage
-from fluxhost.store import ClaimedTask, NewOutput, TaskStore
-from fluxhost.tasks import Status, stages
+from fluxhost.statuses import Status, stages
+from fluxhost.store.work import ClaimedTask, NewOutput, WorkStore
 
 log = logging.getLogger(__name__)
 
 # Preprocessing has nothing slow to do yet (inputs were validated at Run, the engine is warm), so
-# the claim stamps accept, preprocess and assign in the same write; a stage that starts doing
-# real work gets its own ``advance`` instead.
-CLAIMED_THROUGH = Status.START
+# the claim stamps accept through assign in the same write; ``task_start`` waits for the engine
+# to really start (a generation may queue for the model first).
+CLAIMED_THROUGH = Status.ASSIGN
 PREVIEW_MAX_SIDE = 256
 
 
@@ -42,8 +42,21 @@ class ServedModel:
     load_error: str = ""
 
 
+@dataclass
+class RunLog:
+    """What one run has written and stored so far: its log lines, and files to remove if it ends
+    without them."""
+
+    lines: list[str] = field(default_factory=list)
+    saved: list[NewOutput] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
 def preview_data_url(image: Image.Image) -> str:
-    """A step preview as a small JPEG data URL, for the ``preview`` field of progress frames."""
+    """A step preview as a small JPEG data URL, for progress events."""
     small = image.convert("RGB")
     small.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE))
     buffer = io.BytesIO()
@@ -51,31 +64,13 @@ def preview_data_url(image: Image.Image) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def progress_message(step: int, total: int, started: float, now: float) -> dict[str, str]:
-    """The protocol's ``progressGenerate`` object for a ``task_output`` frame."""
-    elapsed = max(now - started, 1e-9)
-    speed = step / elapsed
-    remaining = (total - step) / speed if speed else 0.0
-    return {
-        "type": "progressGenerate",
-        "task": "Generate",
-        "percentage": str(round(100 * step / total)),
-        "stepCurrent": str(step),
-        "stepTotal": str(total),
-        "speed": f"{speed:.2f}",
-        "speedType": "it/s",
-        "elapsedTime": f"{round(elapsed)}s",
-        "remainingTime": f"{round(remaining)}s",
-    }
-
-
 class Worker:
     def __init__(
         self,
         worker_id: str,
-        store: TaskStore,
+        store: WorkStore,
         models: dict[str, ServedModel],
-        storage: Storage,
+        files: FileStore,
         events: EventBus,
         lease_seconds: float,
         previews: bool = False,
@@ -83,7 +78,7 @@ class Worker:
         self.worker_id = worker_id
         self.store = store
         self.models = models
-        self.storage = storage
+        self.files = files
         self.events = events
         self.lease_seconds = lease_seconds
         self.previews = previews
@@ -94,7 +89,7 @@ class Worker:
     def _notice_kill(self, event: TaskEvent) -> None:
         """Kill and Cancel publish ``task_cancel`` after changing the row: the running generation
         learns of it at its next step without asking the database."""
-        if event.type == Status.CANCEL.value and event.task_id in self._running:
+        if event.type == Status.CANCEL and event.task_id in self._running:
             self._killed.add(event.task_id)
 
     def claim(self) -> ClaimedTask | None:
@@ -113,46 +108,51 @@ class Worker:
     def _run_claimed(self, task: ClaimedTask) -> None:
         for status in stages(Status.ACCEPT, CLAIMED_THROUGH):
             self._emit(task, status)
-        log_lines: list[str] = []
-        saved: list[NewOutput] = []
+        run = RunLog()
         try:
-            self._run(task, log_lines, saved)
+            self._run(task, run)
         except TaskStopped:
-            self._discard(saved)
+            self._discard(run.saved)
             killed = task.id in self._killed
-            log_lines.append("Stopped by Kill." if killed else "Stopped: this worker no longer holds the task.")
-            self.store.set_debug_output(task.id, "\n".join(log_lines))
+            run.lines.append("Stopped by Kill." if killed else "Stopped: this worker no longer holds the task.")
+            self.store.set_debug_output(task.id, run.text)
             log.info("task %s stopped while running", task.id)
         except Exception as error:  # the task fails; the worker goes on with the next one
-            self._discard(saved)
+            self._discard(run.saved)
             log.exception("task %s failed", task.id)
             reason = f"{type(error).__name__}: {error}"
-            if self.store.fail(task.id, reason, "\n".join(log_lines)):
-                self._emit(task, Status.ERROR_FULL, {"raw": reason})
+            if self.store.fail(task.id, reason, run.text):
+                self._emit(task, Status.ERROR_FULL, text=reason)
                 self._emit(task, Status.POSTPROCESS_END)
 
-    def _run(self, task: ClaimedTask, log_lines: list[str], saved: list[NewOutput]) -> None:
+    def _run(self, task: ClaimedTask, run: RunLog) -> None:
         model = self.models[task.model_slug]
         if model.engine is None:
             raise RuntimeError(f"model {model.slug} could not be loaded: {model.load_error}")
+        order = task.order
         request = GenerationRequest(
-            prompt=task.request["prompt"],
-            width=task.request["width"],
-            height=task.request["height"],
-            seed=task.request["seed"],
-            steps=model.settings.steps,
-            guidance=model.settings.guidance,
+            prompt=order.prompt,
+            width=order.width,
+            height=order.height,
+            seed=order.seed,
+            steps=order.steps or model.settings.steps,
+            guidance=model.settings.guidance if order.guidance is None else order.guidance,
+            num_images=order.num_images,
         )
-        if task.request.get("prompt_upsampling"):
-            log_lines.append("Prompt upsampling is not available on this server: prompt used as given.")
-        log_lines.append(
+        if order.prompt_upsampling:
+            run.lines.append("Prompt upsampling is not available on this server: prompt used as given.")
+        run.lines.append(
             f"model {task.model_slug}: {model.engine.description}; seed {request.seed}, "
             f"{request.width}x{request.height}, {request.steps} steps, guidance {request.guidance}"
         )
-
         started = last_renewal = time.monotonic()
 
-        def on_step(step: int, total: int, preview: Preview | None) -> None:
+        def on_start() -> None:
+            nonlocal started
+            started = time.monotonic()
+            self._advance(task, Status.START)
+
+        def on_step(step: int, total: int, preview: Preview | None) -> bool:
             nonlocal last_renewal
             now = time.monotonic()
             stopped = task.id in self._killed
@@ -161,18 +161,21 @@ class Worker:
                 stopped = not self.store.renew_lease(task.id, self.worker_id, self.lease_seconds)
                 last_renewal = now
             if stopped:
-                log_lines.append(f"Stopped at step {step} of {total}.")
-                raise TaskStopped
-            message = progress_message(step, total, started, now)
+                run.lines.append(f"Stopped at step {step} of {total}.")
+                return False
             picture = self._preview(preview) if self.previews and preview else None
-            self.events.publish(TaskEvent(task.id, task.socket_token, Status.OUTPUT.value, message, picture))
+            self.events.publish(TaskEvent(task.id, task.socket_token, Status.OUTPUT,
+                                          progress=Progress.measure(step, total, now - started), preview=picture))
+            return True
 
-        images = model.engine.generate(request, on_step)
-        log_lines.append(f"Generated {len(images)} image(s) in {time.monotonic() - started:.2f}s.")
-        self._emit(task, Status.OUTPUT_FULL, {"raw": "\n".join(log_lines)})
+        try:
+            images = model.engine.generate(request, on_start, on_step)
+        except GenerationStopped:
+            raise TaskStopped from None
+        run.lines.append(f"Generated {len(images)} image(s) in {time.monotonic() - started:.2f}s.")
+        self._emit(task, Status.OUTPUT_FULL, text=run.text)
         self._advance(task, Status.END, Status.POSTPROCESS_START)
 
-        output_format = task.request["output_format"]
         metadata = {
             "model": task.model_slug,
             "prompt": request.prompt,
@@ -181,16 +184,16 @@ class Worker:
             "height": request.height,
             "steps": request.steps,
             "guidance": request.guidance,
-            "aspectRatio": task.request["aspect_ratio"],
+            "aspectRatio": order.aspect_ratio,
             "engine": model.engine.description,
         }
-        folder = self.storage.new_folder()
+        folder = self.files.new_folder()
         for index, image in enumerate(images):
-            data = encode(image, output_format, metadata)
-            name = f"{index}.{FILE_EXTENSIONS[output_format]}"
-            self.storage.save(folder, name, data)
-            saved.append(NewOutput(name, CONTENT_TYPES[output_format], len(data), folder))
-        if not self.store.finish(task.id, saved, "\n".join(log_lines)):
+            data = encode(image, order.output_format, {**metadata, "seed": request.seed + index})
+            name = f"{index}.{FILE_EXTENSIONS[order.output_format]}"
+            self.files.save(folder, name, data)
+            run.saved.append(NewOutput(name, CONTENT_TYPES[order.output_format], len(data), folder))
+        if not self.store.finish(task.id, run.saved, run.text):
             raise TaskStopped
         self._emit(task, Status.POSTPROCESS_END)
 
@@ -209,9 +212,9 @@ class Worker:
         for status in statuses:
             self._emit(task, status)
 
-    def _emit(self, task: ClaimedTask, status: Status, message: object = None) -> None:
-        self.events.publish(TaskEvent(task.id, task.socket_token, status.value, message))
+    def _emit(self, task: ClaimedTask, status: Status, text: str | None = None) -> None:
+        self.events.publish(TaskEvent(task.id, task.socket_token, status, text=text))
 
     def _discard(self, saved: list[NewOutput]) -> None:
         for output in saved:
-            self.storage.delete(output.folder, output.name)
+            self.files.delete(output.folder, output.name)

@@ -13,33 +13,21 @@ import asyncio
 import json
 import logging
 from collections import deque
-from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from fluxhost.api.offload import Offload
 from fluxhost.events import TaskEvent
+from fluxhost.protocol_json import error_frame_text, event_frame_text, final_frame_text, frame_text
 from fluxhost.service import Service
-from fluxhost.store import TaskRecord
-from fluxhost.tasks import LOG_EVENTS, TERMINAL, WORKER_PATH, Status
-from fluxhost.wire import render_output
+from fluxhost.statuses import LOG_EVENTS, TERMINAL, WORKER_PATH, Status
+from fluxhost.store.tasks import TaskRecord
 
 log = logging.getLogger(__name__)
 
 MAX_PROGRESS_FRAMES = 16  # per connection, waiting to be sent
 MAX_MESSAGE_BYTES = 4096
-_ORDER = {status.value: index for index, status in enumerate(WORKER_PATH)}
-_TERMINAL = {status.value for status in TERMINAL}
-_LOG_EVENTS = {status.value for status in LOG_EVENTS}
-
-
-def frame_text(task_id: int, token: str, kind: str, message: Any = None, **extra: Any) -> str:
-    return json.dumps(
-        {"type": kind, "id": str(task_id), "tasktoken": token, "message": message, "result": True, **extra}
-    )
-
-
-def error_text(message: str, code: int = 0) -> str:
-    return json.dumps({"type": "error", "result": False, "errors": [{"code": code, "message": message}]})
+_ORDER = {status: index for index, status in enumerate(WORKER_PATH)}
 
 
 class Outbox:
@@ -81,12 +69,12 @@ class Subscriber:
     def offer(self, event: TaskEvent, text: str) -> None:
         if event.task_id in self.finished:
             return
-        if event.type == Status.OUTPUT.value:
+        if event.type == Status.OUTPUT:
             self.outbox.put(text, progress_of=event.task_id)
             return
-        if event.type in _TERMINAL:
+        if event.type in TERMINAL:
             self.finished.add(event.task_id)
-        elif event.type not in _LOG_EVENTS:
+        elif event.type not in LOG_EVENTS:
             index = _ORDER.get(event.type, -1)
             if index <= self.position.get(event.task_id, -1):
                 return  # already told (a late subscriber's state frame overtook it)
@@ -100,8 +88,9 @@ class Subscriber:
 
 
 class SocketHub:
-    def __init__(self, service: Service):
+    def __init__(self, service: Service, offload: Offload):
         self.service = service
+        self.offload = offload
         self._followers: dict[str, set[Subscriber]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unsubscribe = None
@@ -120,41 +109,41 @@ class SocketHub:
             self._unsubscribe()
 
     def _from_bus(self, event: TaskEvent) -> None:
-        if event.token in self._followers and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._deliver, event)
-
-    def final_text(self, record: TaskRecord) -> str:
-        """The last frame of a task: its outputs when it ended, nothing when cancelled."""
-        task = record.row
-        if task.status == Status.CANCEL.value:
-            return frame_text(task.id, task.socket_token, task.status)
-        outputs = [render_output(output, task, self.service.storage) for output in record.outputs]
-        return frame_text(task.id, task.socket_token, task.status, outputs, pexit=task.pexit)
-
-    def _deliver(self, event: TaskEvent) -> None:
-        followers = self._followers.get(event.token)
-        if not followers:
+        """On the publisher's thread: render the frame (reading the store for a final one), then
+        hand it to the loop."""
+        if event.token not in self._followers or self._loop is None:
             return
-        if event.type in _TERMINAL:
-            record = self.service.store.get(event.task_id)
-            text = self.final_text(record) if record else frame_text(event.task_id, event.token, event.type)
+        if event.type in TERMINAL:
+            text = self.state_text(self.service.tasks.get(event.task_id), event)
         else:
-            extra = {"preview": event.preview} if event.preview else {}
-            text = frame_text(event.task_id, event.token, event.type, event.message, **extra)
-        for subscriber in list(followers):
+            text = event_frame_text(event)
+        self._loop.call_soon_threadsafe(self._deliver, event, text)
+
+    def state_text(self, record: TaskRecord | None, event: TaskEvent) -> str:
+        """The frame telling where a task stands: its final frame once it has ended."""
+        if record is None:
+            return frame_text(event.task_id, event.token, event.type)
+        if record.ended:
+            return final_frame_text(record, self.service.files)
+        return frame_text(record.row.id, record.row.socket_token, record.row.status)
+
+    def _deliver(self, event: TaskEvent, text: str) -> None:
+        for subscriber in list(self._followers.get(event.token, ())):
             subscriber.offer(event, text)
 
-    def follow(self, subscriber: Subscriber, record: TaskRecord) -> None:
-        """Start sending ``record``'s events to ``subscriber``, beginning with its current state."""
-        task = record.row
-        self._followers.setdefault(task.socket_token, set()).add(subscriber)
-        subscriber.tokens.add(task.socket_token)
+    async def follow(self, subscriber: Subscriber, token: str) -> bool:
+        """Start sending the events of the task behind ``token`` to ``subscriber``, beginning with
+        its current state; False when there is no such task."""
         # Registered before the state is read: an event that overtakes it is dropped as old.
-        current = self.service.store.get(task.id) or record
-        state = TaskEvent(task.id, task.socket_token, current.row.status)
-        text = self.final_text(current) if state.type in _TERMINAL else frame_text(task.id, task.socket_token,
-                                                                                     state.type)
-        subscriber.offer(state, text)
+        self._followers.setdefault(token, set()).add(subscriber)
+        subscriber.tokens.add(token)
+        record = await self.offload.run(self.service.tasks.find_by_token, token)
+        if record is None:
+            return False
+        task = record.row
+        state = TaskEvent(task.id, task.socket_token, Status(task.status))
+        subscriber.offer(state, self.state_text(record, state))
+        return True
 
     def forget(self, subscriber: Subscriber) -> None:
         for token in subscriber.tokens:
@@ -176,14 +165,12 @@ class SocketHub:
                 try:
                     token = requested_token(message.get("text") or message.get("bytes"))
                 except FrameError as error:
-                    subscriber.outbox.put(error_text(str(error)))
+                    subscriber.outbox.put(error_frame_text(str(error)))
                     continue
-                record = self.service.store.find_by_token(token)
-                if record is None:
-                    await websocket.send_text(error_text("There is no task yet.", code=1))
+                if not await self.follow(subscriber, token):
+                    await websocket.send_text(error_frame_text("There is no task yet.", code=1))
                     await websocket.close(code=1008)
                     break
-                self.follow(subscriber, record)
         except WebSocketDisconnect:
             pass
         finally:

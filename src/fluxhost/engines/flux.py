@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 
@@ -11,7 +12,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
 from PIL.Image import Image
 
-from fluxhost.engines.base import GenerationRequest, StepCallback
+from fluxhost.engines.base import GenerationRequest, GenerationStopped, StartCallback, StepCallback
 from fluxhost.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class FluxEngine:
         self.dtype = resolve_dtype(model.dtype, self.device)
         self.description = f"{label or weights} on {self.device} ({str(self.dtype).removeprefix('torch.')})"
         self._pipeline: DiffusionPipeline | None = None
+        self._takes_images = False
         self._lock = threading.Lock()
 
     def load(self) -> None:
@@ -59,31 +61,48 @@ class FluxEngine:
         else:
             pipeline.to(self.device)
         pipeline.set_progress_bar_config(disable=True)
+        self._takes_images = "image" in inspect.signature(pipeline.__call__).parameters
         self._pipeline = pipeline
 
-    def generate(self, request: GenerationRequest, on_step: StepCallback) -> list[Image]:
+    def generate(self, request: GenerationRequest, on_start: StartCallback, on_step: StepCallback) -> list[Image]:
         if self._pipeline is None:
             raise RuntimeError("engine used before load()")
+        if request.images and not self._takes_images:
+            raise ValueError(f"{self.weights} takes no input images")
+        stopped = False
 
-        def step_end(_pipeline, step: int, _timestep, tensors: dict) -> dict:
+        def step_end(pipeline, step: int, _timestep, tensors: dict) -> dict:
+            nonlocal stopped
             latents = tensors["latents"]
-            on_step(step + 1, request.steps, lambda: self._preview(latents, request.height, request.width))
+
+            def preview() -> Image:
+                return self._preview(latents, request.height, request.width)
+
+            if not on_step(step + 1, pipeline.num_timesteps, preview):
+                pipeline._interrupt = True  # diffusers' documented way: skip the remaining steps
+                stopped = True
             return tensors
 
-        # A CPU generator gives the same noise on every device, so a seed means one image.
-        generator = torch.Generator(device="cpu").manual_seed(request.seed)
+        # CPU generators give the same noise on every device, so a seed means one image.
+        generators = [torch.Generator(device="cpu").manual_seed(request.seed + i) for i in range(request.num_images)]
+        images = {"image": list(request.images)} if request.images else {}
         with self._lock, torch.inference_mode():
+            on_start()
             result = self._pipeline(
                 prompt=request.prompt,
                 width=request.width,
                 height=request.height,
                 num_inference_steps=request.steps,
                 guidance_scale=request.guidance,
-                generator=generator,
+                num_images_per_prompt=request.num_images,
+                generator=generators,
                 max_sequence_length=self.model.max_sequence_length,
                 callback_on_step_end=step_end,
                 output_type="pil",
+                **images,
             )
+        if stopped:
+            raise GenerationStopped
         return list(result.images)
 
     def _preview(self, packed_latents: torch.Tensor, height: int, width: int) -> Image:

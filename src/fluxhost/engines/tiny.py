@@ -17,7 +17,7 @@ import transformers
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
 
-from fluxhost.tools import DEFAULT_PROMPT
+from fluxhost.inputs import DEFAULT_PROMPT
 
 HIDDEN = 32  # text encoders' width: the transformer's joint and pooled projection sizes
 BUILD_SEED = 0

@@ -1,6 +1,9 @@
-"""Where output files live. The embedded default is a local folder served by the API at
-``{public_url}/files/{folder}/{name}``, where ``folder`` is 64 random hex digits: the URL is the
-capability, as with the hosted service's CDN links."""
+"""Where task files live: the seam every reader and writer of files goes through.
+
+The embedded default is a local folder served by the API at ``{public_url}/files/{folder}/{name}``,
+where ``folder`` is 64 random hex digits: the URL is the capability, as with the hosted service's
+CDN links. An object store replaces it by implementing :class:`FileStore`.
+"""
 
 from __future__ import annotations
 
@@ -14,17 +17,23 @@ _FOLDER = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
-class Storage(Protocol):
-    def new_folder(self) -> str: ...
+class FileStore(Protocol):
+    def new_folder(self) -> str:
+        """A fresh, unguessable folder name for one task's files."""
 
     def save(self, folder: str, name: str, data: bytes) -> None: ...
 
-    def url(self, folder: str, name: str) -> str: ...
+    def read(self, folder: str, name: str) -> bytes | None:
+        """The file's bytes; None for a malformed reference or a file that is not there."""
 
-    def delete(self, folder: str, name: str) -> None: ...
+    def url(self, folder: str, name: str) -> str:
+        """Where a client downloads the file."""
+
+    def delete(self, folder: str, name: str) -> None:
+        """Remove the file (and its folder once empty); a missing file is not an error."""
 
 
-class LocalStorage:
+class LocalFileStore:
     def __init__(self, root: Path, public_url: str):
         self.root = root
         self.public_url = public_url.rstrip("/")
@@ -38,6 +47,14 @@ class LocalStorage:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
 
+    def read(self, folder: str, name: str) -> bytes | None:
+        if not _FOLDER.fullmatch(folder) or not _NAME.fullmatch(name):
+            return None
+        try:
+            return self._path(folder, name).read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+
     def url(self, folder: str, name: str) -> str:
         return f"{self.public_url}/files/{folder}/{name}"
 
@@ -46,13 +63,6 @@ class LocalStorage:
         path.unlink(missing_ok=True)
         if path.parent.exists() and not any(path.parent.iterdir()):
             shutil.rmtree(path.parent, ignore_errors=True)
-
-    def open_path(self, folder: str, name: str) -> Path | None:
-        """The file behind a URL, or None for a malformed or unknown one."""
-        if not _FOLDER.fullmatch(folder) or not _NAME.fullmatch(name):
-            return None
-        path = self._path(folder, name)
-        return path if path.is_file() else None
 
     def _path(self, folder: str, name: str) -> Path:
         if not _FOLDER.fullmatch(folder) or not _NAME.fullmatch(name):

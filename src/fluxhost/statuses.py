@@ -25,19 +25,6 @@ class Status(StrEnum):
 
 TERMINAL = frozenset({Status.POSTPROCESS_END, Status.CANCEL})
 
-# Claimed by a worker and not yet finished: these are what a crash can leave behind.
-RUNNING = frozenset(
-    {
-        Status.ACCEPT,
-        Status.PREPROCESS_START,
-        Status.PREPROCESS_END,
-        Status.ASSIGN,
-        Status.START,
-        Status.END,
-        Status.POSTPROCESS_START,
-    }
-)
-
 # The statuses a worker moves a task through, in order; each may only follow the one before it.
 WORKER_PATH = (
     Status.QUEUE,
@@ -50,6 +37,9 @@ WORKER_PATH = (
     Status.POSTPROCESS_START,
     Status.POSTPROCESS_END,
 )
+
+# Claimed by a worker and not yet finished: these are what a crash can leave behind.
+RUNNING = frozenset(WORKER_PATH[1:-1])
 
 
 def stages(first: Status, last: Status) -> tuple[Status, ...]:

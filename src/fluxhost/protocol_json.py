@@ -1,0 +1,135 @@
+"""The hosted protocol's JSON: task and output objects, list answers, socket frames and their
+progress messages. In task and output objects every value is a string.
+
+Shared by the hosted protocol's door (answers and socket frames) and the callbacks (whose body is
+a Task/Detail answer); nothing else renders the protocol's strings.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import Row
+
+from fluxhost.events import Progress, TaskEvent
+from fluxhost.files import FileStore
+from fluxhost.statuses import Status
+from fluxhost.store.tasks import TaskRecord
+
+
+def seconds(value: float | None) -> str:
+    """Unix seconds as the protocol writes them: a string, "0" when not reached yet."""
+    return str(int(value)) if value else "0"
+
+
+def render_output(output: Row, task: Row, files: FileStore) -> dict[str, str]:
+    return {
+        "id": output.id,
+        "name": output.name,
+        "contenttype": output.content_type,
+        "parentid": output.folder[:32],
+        "uuid": task.uuid,
+        "size": str(output.size),
+        "addedtime": seconds(output.added_at),
+        "modifiedtime": seconds(output.added_at),
+        "accesskey": output.access_key,
+        "url": files.url(output.folder, output.name),
+    }
+
+
+def render_callback_attempt(attempt: Row) -> dict[str, str]:
+    return {
+        "attempt": str(attempt.number),
+        "time": seconds(attempt.started_at),
+        "statuscode": str(attempt.status_code or ""),
+        "error": attempt.error,
+        "seconds": f"{attempt.duration:.4f}",
+    }
+
+
+def render_task(record: TaskRecord, files: FileStore, model_description: str = "") -> dict[str, Any]:
+    task = record.row
+    owner, _, project = task.model_slug.partition("/")
+    outputs = [render_output(output, task, files) for output in record.outputs]
+    ended = task.postprocess_end_time or task.cancel_time
+    return {
+        "id": str(task.id),
+        "uuid": task.uuid,
+        "socketaccesstoken": task.socket_token,
+        "parameters": task.parameters,
+        "debugoutput": task.debug_output,
+        "debugerror": task.debug_error,
+        "starttime": seconds(task.start_time),
+        "endtime": seconds(task.end_time),
+        "elapsedseconds": f"{(ended - task.create_time) if ended else 0:.4f}",
+        "status": task.status,
+        "createtime": seconds(task.create_time),
+        "canceltime": seconds(task.cancel_time),
+        "assigntime": seconds(task.assign_time),
+        "accepttime": seconds(task.accept_time),
+        "preprocessstarttime": seconds(task.preprocess_start_time),
+        "preprocessendtime": seconds(task.preprocess_end_time),
+        "postprocessstarttime": seconds(task.postprocess_start_time),
+        "postprocessendtime": seconds(task.postprocess_end_time),
+        "outputs": outputs,
+        "size": str(sum(output.size for output in record.outputs)),
+        "pexit": task.pexit,
+        "totalcost": "0",
+        "modeldescription": model_description,
+        "modelslugowner": owner,
+        "modelslugproject": project,
+        "callbackurl": task.callback_url,
+        "callbackstatus": record.callback.status if record.callback else "",
+        "callbackattempts": [render_callback_attempt(attempt) for attempt in record.callback_attempts],
+    }
+
+
+def task_list_body(tasks: list[dict[str, Any]], total: int | None = None) -> dict[str, Any]:
+    """The Task/Detail and Task/List answer, also the body of a callback."""
+    return {"total": str(len(tasks) if total is None else total), "errors": [], "tasklist": tasks, "result": True}
+
+
+def progress_message(progress: Progress) -> dict[str, str]:
+    """The ``progressGenerate`` object of a ``task_output`` frame."""
+    return {
+        "type": "progressGenerate",
+        "task": "Generate",
+        "percentage": str(round(100 * progress.step / progress.total)),
+        "stepCurrent": str(progress.step),
+        "stepTotal": str(progress.total),
+        "speed": f"{progress.rate:.2f}",
+        "speedType": "it/s",
+        "elapsedTime": f"{round(progress.elapsed)}s",
+        "remainingTime": f"{round(progress.remaining)}s",
+    }
+
+
+def frame_text(task_id: int, token: str, kind: str, message: Any = None, **extra: Any) -> str:
+    """One socket frame: ``{"type", "id", "tasktoken", "message", "result"}`` and any extra fields."""
+    return json.dumps(
+        {"type": kind, "id": str(task_id), "tasktoken": token, "message": message, "result": True, **extra}
+    )
+
+
+def error_frame_text(message: str, code: int = 0) -> str:
+    return json.dumps({"type": "error", "result": False, "errors": [{"code": code, "message": message}]})
+
+
+def event_frame_text(event: TaskEvent) -> str:
+    """The frame of a non-final event: a lifecycle step (no message), progress, or a whole log."""
+    if event.progress is not None:
+        extra = {"preview": event.preview} if event.preview else {}
+        return frame_text(event.task_id, event.token, event.type, progress_message(event.progress), **extra)
+    if event.text is not None:
+        return frame_text(event.task_id, event.token, event.type, {"raw": event.text})
+    return frame_text(event.task_id, event.token, event.type)
+
+
+def final_frame_text(record: TaskRecord, files: FileStore) -> str:
+    """The last frame of a task: its outputs and ``pexit`` when it ended, nothing when cancelled."""
+    task = record.row
+    if task.status == Status.CANCEL.value:
+        return frame_text(task.id, task.socket_token, task.status)
+    outputs = [render_output(output, task, files) for output in record.outputs]
+    return frame_text(task.id, task.socket_token, task.status, outputs, pexit=task.pexit)

@@ -1,0 +1,199 @@
+"""The API's side of the task table: create, read, list, stop, forget files, measure.
+
+Every change of status is one conditional UPDATE (``WHERE status IN <allowed>``), so a Kill and a
+finishing worker can never both win. Plain Core statements, most built once: every call here sits
+on a hot path (Detail polls), and composing a statement costs more than running it on SQLite.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from sqlalchemy import Row, Select, bindparam, delete, func, insert, select, update
+
+from fluxhost.statuses import CANCELLABLE, KILLABLE, STOPPED_PEXIT, TERMINAL, Status
+from fluxhost.store.database import Database
+from fluxhost.store.deliveries import callback_of, owe_callback
+from fluxhost.store.schema import outputs, random_token, tasks
+
+_INSERT_TASK = insert(tasks).returning(tasks.c.id)
+_TASK_BY_ID = select(tasks).where(tasks.c.id == bindparam("task_id"))
+_TASK_BY_TOKEN = select(tasks).where(tasks.c.socket_token == bindparam("token"))
+_PROJECT_TASK_BY_ID = _TASK_BY_ID.where(tasks.c.project_id == bindparam("project_id"))
+_PROJECT_TASK_BY_TOKEN = _TASK_BY_TOKEN.where(tasks.c.project_id == bindparam("project_id"))
+_OUTPUTS_OF_TASK = select(outputs).where(outputs.c.task_id == bindparam("task_id")).order_by(outputs.c.name)
+_SORT_COLUMNS = {"id": tasks.c.id, "createtime": tasks.c.create_time, "status": tasks.c.status}
+
+
+class StopResult(Enum):
+    """What Cancel or Kill found."""
+
+    STOPPED = "stopped"
+    NOT_FOUND = "not_found"
+    NOT_STOPPABLE = "not_stoppable"
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """A task as read back: its row (columns as attributes), its outputs' rows, and its
+    callback's delivery and attempts when it has a callback URL."""
+
+    row: Row
+    outputs: list[Row]
+    callback: Row | None = None
+    callback_attempts: list[Row] = field(default_factory=list)
+
+    @property
+    def ended(self) -> bool:
+        return Status(self.row.status) in TERMINAL
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    """A task just created: what the Run answer needs."""
+
+    id: int
+    socket_token: str
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """What the tasks of one model say about it."""
+
+    runs: int
+    successes: int
+    errors: int
+    last_run_at: float | None
+    mean_seconds: float | None  # claim to files stored, successful runs only
+
+
+class TaskStore:
+    def __init__(self, db: Database):
+        self._db = db
+
+    def create(
+        self,
+        project_id: int,
+        model_slug: str,
+        parameters: dict[str, Any],
+        request: dict[str, Any],
+        callback_url: str = "",
+    ) -> TaskRef:
+        """A queued task; ``parameters`` are the inputs as sent, ``request`` the work order."""
+        token = random_token(30)
+        values = {
+            "uuid": str(uuid.uuid4()), "socket_token": token, "project_id": project_id, "model_slug": model_slug,
+            "parameters": parameters, "request": request, "callback_url": callback_url,
+            "status": Status.QUEUE.value, "pexit": "", "debug_output": "", "debug_error": "", "attempts": 0,
+            "create_time": time.time(),
+        }
+        with self._db.write() as connection:
+            task_id = connection.execute(_INSERT_TASK, values).scalar_one()
+        return TaskRef(task_id, token)
+
+    def get(self, task_id: int) -> TaskRecord | None:
+        return self._read(_TASK_BY_ID, {"task_id": task_id})
+
+    def find(self, project_id: int, *, task_id: int | None = None, token: str | None = None) -> TaskRecord | None:
+        """A task of ``project_id`` by id or socket token; None when absent or another's."""
+        if task_id is not None:
+            return self._read(_PROJECT_TASK_BY_ID, {"project_id": project_id, "task_id": task_id})
+        if token:
+            return self._read(_PROJECT_TASK_BY_TOKEN, {"project_id": project_id, "token": token})
+        return None
+
+    def find_by_token(self, token: str) -> TaskRecord | None:
+        """Any project's task by its socket token: the token is the socket's only credential."""
+        return self._read(_TASK_BY_TOKEN, {"token": token})
+
+    def _read(self, statement: Select, parameters: dict[str, Any]) -> TaskRecord | None:
+        with self._db.read() as connection:
+            row = connection.execute(statement, parameters).first()
+            if row is None:
+                return None
+            files = connection.execute(_OUTPUTS_OF_TASK, {"task_id": row.id}).all()
+            if not row.callback_url:
+                return TaskRecord(row, files)
+            return TaskRecord(row, files, *callback_of(connection, row.id))
+
+    def list(
+        self,
+        project_id: int,
+        *,
+        start: int = 0,
+        limit: int = 20,
+        newest_first: bool = True,
+        sort: str = "id",
+        model_name: str = "",
+    ) -> tuple[int, list[TaskRecord]]:
+        """A page of the project's tasks and how many there are in all; ``model_name`` keeps the
+        tasks whose model slug contains it (either spelling of version dots)."""
+        where = [tasks.c.project_id == project_id]
+        if model_name:
+            spelled = func.replace(func.lower(tasks.c.model_slug), ".", "-")
+            where.append(spelled.contains(model_name.strip().lower().replace(".", "-"), autoescape=True))
+        column = _SORT_COLUMNS.get(sort, tasks.c.id)
+        order = [column.desc(), tasks.c.id.desc()] if newest_first else [column.asc(), tasks.c.id.asc()]
+        with self._db.read() as connection:
+            total = connection.execute(select(func.count()).select_from(tasks).where(*where)).scalar_one()
+            rows = connection.execute(select(tasks).where(*where).order_by(*order).offset(start).limit(limit)).all()
+            files: dict[int, list[Row]] = {row.id: [] for row in rows}
+            if rows:
+                query = select(outputs).where(outputs.c.task_id.in_(list(files))).order_by(outputs.c.name)
+                for output in connection.execute(query):
+                    files[output.task_id].append(output)
+            return total, [
+                TaskRecord(row, files[row.id], *callback_of(connection, row.id)) if row.callback_url
+                else TaskRecord(row, files[row.id])
+                for row in rows
+            ]
+
+    def model_stats(self) -> dict[str, ModelStats]:
+        """Run counts and the mean compute time of successful runs, per model slug."""
+        ended = tasks.c.status == Status.POSTPROCESS_END.value
+        succeeded = ended & (tasks.c.pexit == "0")
+        query = select(
+            tasks.c.model_slug,
+            func.count(),
+            func.count().filter(succeeded),
+            func.count().filter(ended & (tasks.c.pexit != "0")),
+            func.max(tasks.c.create_time),
+            func.avg(tasks.c.postprocess_end_time - tasks.c.accept_time).filter(succeeded),
+        ).group_by(tasks.c.model_slug)
+        with self._db.read() as connection:
+            return {row[0]: ModelStats(*row[1:]) for row in connection.execute(query)}
+
+    def cancel(self, project_id: int, task_id: int) -> StopResult:
+        """Cancel a task no worker has claimed: it will never run."""
+        return self._stop(project_id, task_id, CANCELLABLE)
+
+    def kill(self, project_id: int, task_id: int) -> StopResult:
+        """Stop a queued or running task; its worker notices at the next denoising step."""
+        return self._stop(project_id, task_id, KILLABLE)
+
+    def _stop(self, project_id: int, task_id: int, allowed: frozenset[Status]) -> StopResult:
+        now = time.time()
+        mine = (tasks.c.id == task_id) & (tasks.c.project_id == project_id)
+        with self._db.write() as connection:
+            changed = connection.execute(
+                update(tasks)
+                .where(mine, tasks.c.status.in_([s.value for s in allowed]))
+                .values(status=Status.CANCEL.value, cancel_time=now, end_time=func.coalesce(tasks.c.end_time, now),
+                        pexit=STOPPED_PEXIT, lease_expires_at=None)
+            ).rowcount
+            if changed:
+                owe_callback(connection, task_id, now)
+                return StopResult.STOPPED
+            exists = connection.execute(select(tasks.c.id).where(mine)).first()
+            return StopResult.NOT_STOPPABLE if exists else StopResult.NOT_FOUND
+
+    def delete_outputs(self, task_id: int) -> list[Row]:
+        """Forget a task's outputs (the record stays); returns what to remove from file storage."""
+        with self._db.write() as connection:
+            removed = connection.execute(select(outputs).where(outputs.c.task_id == task_id)).all()
+            connection.execute(delete(outputs).where(outputs.c.task_id == task_id))
+        return removed

@@ -1,0 +1,223 @@
+"""The worker's side of the task table: claim, advance, renew, finish, fail, recover.
+
+A worker claims a task by one conditional UPDATE on the oldest queued row, so a wake-up delivered
+twice runs the task once, and every later move is conditional on the status it expects: when a
+Kill got there first, the worker's statement matches nothing and it learns it lost the task.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import uuid
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from sqlalchemy import Row, Update, bindparam, func, insert, or_, select, update
+
+from fluxhost.statuses import KILLABLE, RUNNING, Status, previous_status, stages
+from fluxhost.store.database import Database
+from fluxhost.store.deliveries import owe_callback
+from fluxhost.store.schema import TIME_COLUMN, outputs, random_token, tasks
+from fluxhost.workorder import WorkOrder
+
+_OLDEST_QUEUED = (
+    select(tasks.c.id)
+    .where(tasks.c.status == Status.QUEUE.value, tasks.c.model_slug.in_(bindparam("slugs", expanding=True)))
+    .order_by(tasks.c.id)
+    .limit(1)
+    .with_for_update(skip_locked=True)
+    .scalar_subquery()
+)
+_RENEW_LEASE = (
+    update(tasks)
+    .where(tasks.c.id == bindparam("task_id"), tasks.c.worker_id == bindparam("worker_id"),
+           tasks.c.status.in_([s.value for s in RUNNING]))
+    .values(lease_expires_at=bindparam("lease_until"))
+)
+_FINISH = (
+    update(tasks)
+    .where(tasks.c.id == bindparam("task_id"), tasks.c.status == Status.POSTPROCESS_START.value)
+    .values(status=Status.POSTPROCESS_END.value, postprocess_end_time=bindparam("now"), pexit="0",
+            debug_output=bindparam("debug_output"), lease_expires_at=None)
+)
+_INSERT_OUTPUT = insert(outputs)
+
+
+@functools.cache
+def _claim_statement(through: Status) -> Update:
+    """``UPDATE`` claiming the oldest queued task and walking it from ``task_accept`` to
+    ``through``, every stage stamped with ``now``."""
+    return (
+        update(tasks)
+        .where(tasks.c.id == _OLDEST_QUEUED, tasks.c.status == Status.QUEUE.value)
+        .values(status=through.value, worker_id=bindparam("worker_id"), lease_expires_at=bindparam("lease_until"),
+                attempts=tasks.c.attempts + 1,
+                **{TIME_COLUMN[stage]: bindparam("now") for stage in stages(Status.ACCEPT, through)})
+        .returning(tasks.c.id, tasks.c.socket_token, tasks.c.model_slug, tasks.c.request)
+    )
+
+
+@functools.cache
+def _advance_statement(statuses: tuple[Status, ...], renews_lease: bool) -> Update:
+    """``UPDATE`` moving a task through consecutive ``statuses``, stamping each with ``now``."""
+    if statuses != stages(statuses[0], statuses[-1]):
+        raise ValueError(f"not consecutive stages of the worker path: {statuses}")
+    values = {TIME_COLUMN[status]: bindparam("now") for status in statuses}
+    if renews_lease:
+        values["lease_expires_at"] = bindparam("lease_until")
+    return (
+        update(tasks)
+        .where(tasks.c.id == bindparam("task_id"), tasks.c.status == previous_status(statuses[0]).value)
+        .values(status=statuses[-1].value, **values)
+    )
+
+
+@dataclass(frozen=True)
+class ClaimedTask:
+    """What a worker needs of the task it claimed."""
+
+    id: int
+    socket_token: str
+    model_slug: str
+    order: WorkOrder
+
+
+@dataclass(frozen=True)
+class NewOutput:
+    """A file a worker stored, to be recorded on its task."""
+
+    name: str
+    content_type: str
+    size: int
+    folder: str
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What a recovery sweep did with tasks whose worker went away."""
+
+    requeued: list[int]
+    failed: list[int]
+
+
+class WorkStore:
+    def __init__(self, db: Database):
+        self._db = db
+
+    def claim_next(
+        self, worker_id: str, model_slugs: list[str], lease_seconds: float, through: Status = Status.ACCEPT
+    ) -> ClaimedTask | None:
+        """Atomically take the oldest queued task of these models, moving it through ``task_accept``
+        up to ``through`` (a worker with nothing to do in between saves the writes)."""
+        now = time.time()
+        with self._db.write() as connection:
+            claimed = connection.execute(
+                _claim_statement(through),
+                {"slugs": model_slugs, "now": now, "worker_id": worker_id, "lease_until": now + lease_seconds},
+            ).first()
+        if claimed is None:
+            return None
+        return ClaimedTask(claimed.id, claimed.socket_token, claimed.model_slug, WorkOrder.decode(claimed.request))
+
+    def advance(self, task_id: int, *statuses: Status, lease_seconds: float | None = None) -> bool:
+        """Move a task along the worker path through ``statuses`` (consecutive, each stamped with
+        the time now) in one statement; False if it was cancelled or killed meanwhile."""
+        now = time.time()
+        lease_until = None if lease_seconds is None else now + lease_seconds
+        with self._db.write() as connection:
+            moved = connection.execute(
+                _advance_statement(statuses, lease_seconds is not None),
+                {"task_id": task_id, "now": now, "lease_until": lease_until},
+            )
+            return bool(moved.rowcount)
+
+    def renew_lease(self, task_id: int, worker_id: str, lease_seconds: float) -> bool:
+        """Extend our claim; False when the task is no longer ours to run (killed, taken over)."""
+        with self._db.write() as connection:
+            renewed = connection.execute(
+                _RENEW_LEASE, {"task_id": task_id, "worker_id": worker_id, "lease_until": time.time() + lease_seconds}
+            )
+            return bool(renewed.rowcount)
+
+    def finish(self, task_id: int, files: list[NewOutput], debug_output: str) -> bool:
+        """``task_postprocess_start`` -> ``task_postprocess_end`` with pexit 0 and the outputs."""
+        now = time.time()
+        with self._db.write() as connection:
+            done = connection.execute(
+                _FINISH, {"task_id": task_id, "now": now, "debug_output": debug_output}
+            ).rowcount
+            if done:
+                owe_callback(connection, task_id, now)
+            if done and files:
+                connection.execute(
+                    _INSERT_OUTPUT,
+                    [
+                        {"id": uuid.uuid4().hex, "task_id": task_id, "name": output.name,
+                         "content_type": output.content_type, "size": output.size, "folder": output.folder,
+                         "access_key": random_token(30), "added_at": now}
+                        for output in files
+                    ],
+                )
+            return bool(done)
+
+    def fail(self, task_id: int, error: str, debug_output: str = "") -> bool:
+        """End a running task as failed: ``task_postprocess_end``, pexit 1, the reason kept."""
+        now = time.time()
+        with self._db.write() as connection:
+            failed = connection.execute(
+                update(tasks)
+                .where(tasks.c.id == task_id, tasks.c.status.in_([s.value for s in KILLABLE]))
+                .values(status=Status.POSTPROCESS_END.value, pexit="1", debug_error=error,
+                        debug_output=debug_output, postprocess_end_time=now,
+                        end_time=func.coalesce(tasks.c.end_time, now), lease_expires_at=None)
+            ).rowcount
+            if failed:
+                owe_callback(connection, task_id, now)
+            return bool(failed)
+
+    def set_debug_output(self, task_id: int, text: str) -> None:
+        with self._db.write() as connection:
+            connection.execute(update(tasks).where(tasks.c.id == task_id).values(debug_output=text))
+
+    def claiming_workers(self) -> set[str]:
+        """The workers that hold claimed, unfinished tasks."""
+        with self._db.read() as connection:
+            return set(connection.execute(
+                select(tasks.c.worker_id).distinct().where(tasks.c.status.in_([s.value for s in RUNNING]))
+            ).scalars())
+
+    def recover(
+        self, max_attempts: int, *, dead_workers: Collection[str] = (), alive_worker: str | None = None
+    ) -> Recovery:
+        """Take back tasks whose worker is gone: queue them again, or fail them for good once they
+        have had ``max_attempts`` runs. Gone means: one of ``dead_workers`` (known dead, whatever
+        the lease says), or a lease run out; the tasks of ``alive_worker`` (the caller's own,
+        running right now) are never taken."""
+        now = time.time()
+        requeued: list[int] = []
+        failed: list[int] = []
+        gone = tasks.c.lease_expires_at < now
+        if dead_workers:
+            gone = or_(gone, tasks.c.worker_id.in_(list(dead_workers)))
+        where = [tasks.c.status.in_([s.value for s in RUNNING]), gone]
+        if alive_worker:
+            where.append(tasks.c.worker_id != alive_worker)
+        with self._db.read() as connection:
+            lost: list[Row] = connection.execute(select(tasks.c.id, tasks.c.attempts).where(*where)).all()
+        for task_id, attempts in lost:
+            if attempts >= max_attempts:
+                message = f"The worker running this task was lost {attempts} times; giving up."
+                if self.fail(task_id, message):
+                    failed.append(task_id)
+                continue
+            with self._db.write() as connection:
+                changed = connection.execute(
+                    update(tasks)
+                    .where(tasks.c.id == task_id, *where)
+                    .values(status=Status.QUEUE.value, worker_id=None, lease_expires_at=None,
+                            **{column: None for column in TIME_COLUMN.values()})
+                ).rowcount
+            if changed:
+                requeued.append(task_id)
+        return Recovery(requeued, failed)

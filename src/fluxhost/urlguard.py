@@ -1,0 +1,74 @@
+"""The guard against server-side request forgery, for every URL a client makes the server call.
+
+A self-hosted server sits inside someone's network: a URL a key holder supplies (a callback, and
+later an input image) must not reach loopback, private, link-local, multicast or reserved
+addresses unless the operator allow-lists them. Checked when the URL is given and again before
+each connection, since DNS answers can change in between.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+MAX_URL_LENGTH = 2083
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class UrlRefused(ValueError):
+    """A URL the server will not call; ``str(error)`` says why, for the caller."""
+
+
+@dataclass(frozen=True)
+class Allowlist:
+    """Hosts and networks the server may call although they are not public."""
+
+    hosts: frozenset[str]
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Allowlist:
+        """Comma-separated host names and CIDR ranges (a bare address is a one-address range)."""
+        hosts, networks = set(), []
+        for entry in (part.strip() for part in text.split(",")):
+            if not entry:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                hosts.add(entry.lower().rstrip("."))
+        return cls(frozenset(hosts), tuple(networks))
+
+    def admits(self, host: str, address: Address) -> bool:
+        return host.lower().rstrip(".") in self.hosts or any(address in network for network in self.networks)
+
+
+def _is_public(address: Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast
+
+
+def check_public_url(url: str, allowlist: Allowlist, parameter: str) -> None:
+    """Refuse a URL that is not http(s), too long, unresolvable, or resolves to a non-public
+    address the allowlist does not admit; the message names the request ``parameter``."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > MAX_URL_LENGTH:
+        raise UrlRefused(
+            f"Request parameter [{parameter}] must be an http or https URL of at most {MAX_URL_LENGTH} characters"
+        )
+    host = parts.hostname
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, ValueError):
+        raise UrlRefused(f"Request parameter [{parameter}] host {host} cannot be resolved") from None
+    for *_, sockaddr in found:
+        address = ipaddress.ip_address(sockaddr[0].split("%")[0])
+        if not _is_public(address) and not allowlist.admits(host, address):
+            raise UrlRefused(
+                f"Request parameter [{parameter}] points to a non-public address ({address}); "
+                "the server admits such hosts only through FLUXHOST_CALLBACK_ALLOWLIST"
+            )
