@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) bench/serve_load.py
 	$(PY) bench/engine_overhead.py
 	$(PY) bench/socket_fanout.py
+	$(PY) bench/batching.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info

@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import os
+
+# No test reaches the model hub: set before anything imports huggingface_hub, which reads it once.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,14 +24,15 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def make_settings(tmp_path: Path, tiny_weights: Path) -> Callable[..., Settings]:
-    def make(steps: int = 4, **overrides) -> Settings:
+    def make(steps: int = 4, max_batch: int = 4, **overrides) -> Settings:
         port = free_port()
         values = dict(
             data_dir=tmp_path / "data",
             host="127.0.0.1",
             port=port,
             torch_threads=2,
-            models={SLUG: ModelSettings(weights=str(tiny_weights), steps=steps, max_sequence_length=32)},
+            models={SLUG: ModelSettings(weights=str(tiny_weights), steps=steps, max_sequence_length=32,
+                                        max_batch=max_batch)},
         )
         values.update(overrides)
         return Settings(**values)
@@ -47,8 +53,9 @@ def client(server: LiveServer) -> ProtocolClient:
 
 @pytest.fixture
 def slow_server(make_settings):
-    """A single worker on a 60-step model: a task runs long enough to be queued behind or killed."""
-    with LiveServer(make_settings(steps=60)) as live:
+    """A single worker on a 60-step model, one task per call: a task runs long enough to be queued
+    behind or killed."""
+    with LiveServer(make_settings(steps=60, max_batch=1)) as live:
         yield live
 
 

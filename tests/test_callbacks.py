@@ -86,7 +86,8 @@ def test_other_client_errors_are_not_retried(callback_client):
 
 
 def test_a_cancelled_task_calls_back_too(make_settings):
-    with Receiver() as receiver, LiveServer(make_settings(steps=40, callback_allowlist="127.0.0.1")) as live:
+    with Receiver() as receiver, LiveServer(make_settings(steps=40, max_batch=1,
+                                                          callback_allowlist="127.0.0.1")) as live:
         client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
         blocker = client.run()
         queued = client.run(callbackUrl=receiver.url)

@@ -49,6 +49,9 @@ def test_models_build_tiny_writes_a_loadable_pipeline(cli_env, tmp_path):
     assert result.exit_code == 0, result.output
     index = json.loads((tmp_path / "tiny" / "model_index.json").read_text())
     assert index["_class_name"] == "FluxPipeline"
+    klein = cli_env.invoke(app, ["models", "build-tiny", str(tmp_path / "klein"), "--family", "klein"])
+    assert klein.exit_code == 0, klein.output
+    assert json.loads((tmp_path / "klein" / "model_index.json").read_text())["_class_name"] == "Flux2KleinPipeline"
     vae = json.loads((tmp_path / "tiny" / "vae" / "config.json").read_text())
     assert vae["latent_channels"] == 16 and len(vae["block_out_channels"]) == 4  # scale factor 8
 
@@ -67,6 +70,7 @@ def test_first_serve_prints_a_key_and_a_request_that_works(tmp_path):
                 break
         banner = "".join(lines)
         assert "tiny random-weight pipeline: it draws noise" in banner
+        assert "For real pictures on a GPU: FLUXHOST_FLUX_PRO_MODEL=schnell make serve" in banner
         commands = [line.strip() for line in lines if line.strip().startswith(("export ", "curl "))]
         assert len(commands) == 4, banner
         time.sleep(0.5)

@@ -18,9 +18,12 @@ def download(task: dict) -> bytes:
     return httpx.get(output["url"], timeout=30).content
 
 
-def test_same_seed_same_bytes_other_seed_other_image(client):
-    first, second, other = (client.run(seed=seed)["taskid"] for seed in ("42", "42", "43"))
-    images = [download(client.wait(taskid)) for taskid in (first, second, other)]
+def test_same_seed_same_bytes_other_seed_other_image(make_settings):
+    # Byte for byte when run one per call; a batched run is within one grey level (test_batching).
+    with LiveServer(make_settings(max_batch=1)) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        first, second, other = (client.run(seed=seed)["taskid"] for seed in ("42", "42", "43"))
+        images = [download(client.wait(taskid)) for taskid in (first, second, other)]
     assert images[0] == images[1]
     assert images[0] != images[2]
 
@@ -96,23 +99,32 @@ def test_an_engine_failure_fails_the_task_with_its_reason(server, client):
     assert server.service.dispatcher.ready.wait(30)
     model = server.service.dispatcher.worker.models[SLUG]
 
-    def broken(request, on_start, on_step):  # noqa: ARG001
+    def broken(requests, on_start, on_step):  # noqa: ARG001
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    model.engine.generate = broken
+    model.engine.generate_batch = broken
     task = client.wait(client.run()["taskid"])
     assert task["status"] == "task_postprocess_end" and task["pexit"] == "1"
     assert "CUDA out of memory (simulated)" in task["debugerror"] and task["outputs"] == []
 
 
-def test_a_model_that_cannot_load_fails_its_tasks_clearly(make_settings, tmp_path):
+def test_a_model_that_cannot_load_refuses_runs_and_fails_its_queued_tasks(make_settings, tmp_path, tiny_weights):
     from fluxhost.settings import ModelSettings
 
-    settings = make_settings(models={SLUG: ModelSettings(weights=str(tmp_path / "missing"))})
-    with LiveServer(settings) as live:
-        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
-        task = client.wait(client.run()["taskid"])
-    assert task["pexit"] == "1" and "could not be loaded" in task["debugerror"]
+    models = {SLUG: ModelSettings(weights=str(tmp_path / "missing")),
+              "acme/working": ModelSettings(weights=str(tiny_weights), steps=2, max_sequence_length=32)}
+    with LiveServer(make_settings(models=models, worker_concurrency=0)) as live:  # queued before any load
+        key = live.service.keys.create(KeyMode.SIGNATURE)
+        queued = ProtocolClient(live.base_url, key).run()["taskid"]
+    with LiveServer(make_settings(models=models)) as live:
+        client = ProtocolClient(live.base_url, key)
+        task = client.wait(queued)
+        assert task["pexit"] == "1" and "could not be loaded" in task["debugerror"]
+        assert "FLUXHOST_MODELS" in task["debugerror"]
+        refused = client.call(f"Run/{SLUG}", {"prompt": "a fox"})
+        assert refused["result"] is False and "FLUXHOST_MODELS" in refused["errors"][0]["message"]
+        served = client.call("Run/acme/working", {"prompt": "a fox"})
+        assert client.wait(served["taskid"])["pexit"] == "0"  # the other model keeps serving
 
 
 def test_a_task_waiting_for_the_engine_is_assigned_not_started(make_settings):

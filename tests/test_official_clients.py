@@ -67,10 +67,10 @@ def test_the_socket_sends_the_whole_output_once_generation_is_over(server, clien
 def test_a_failed_run_sends_its_whole_error(server, client):
     assert server.service.dispatcher.ready.wait(30)
 
-    def broken(request, on_start, on_step):  # noqa: ARG001
+    def broken(requests, on_start, on_step):  # noqa: ARG001
         raise RuntimeError("out of memory (simulated)")
 
-    server.service.dispatcher.worker.models[SLUG].engine.generate = broken
+    server.service.dispatcher.worker.models[SLUG].engine.generate_batch = broken
     events = []
     server.service.events.subscribe(events.append)
     task = client.wait(client.run()["taskid"])

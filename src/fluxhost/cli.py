@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fluxhost import DEFAULT_MODEL
@@ -90,6 +91,15 @@ def _first_key_banner(key, settings) -> str:
     )
 
 
+def _real_pictures_hint() -> str:
+    from fluxhost.presets import PRESETS
+
+    schnell = PRESETS["schnell"]
+    return (f"For real pictures on a GPU: FLUXHOST_FLUX_PRO_MODEL=schnell make serve  ({schnell.title}, about "
+            f"{schnell.download_gb} GB, downloaded on first start; `fluxhost models pull schnell` shows the "
+            "download). Presets: " + ", ".join(PRESETS) + ".")
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
@@ -112,10 +122,12 @@ def serve(
     if service.keys.count_active() == 0:
         key = service.keys.create(KeyMode.SIGNATURE, name="first key")
         console.print(_first_key_banner(key, settings), highlight=False, soft_wrap=True)
-    for slug, model in settings.models.items():
+    for slug, model in service.models.items():
         source = model.weights or "the tiny random-weight pipeline: it draws noise, not pictures"
         engine = "bench engine (load tests only)" if settings.engine == "bench" else source
         console.print(f"[bold yellow]Serving {slug} from {engine}[/]", highlight=False, soft_wrap=True)
+    if settings.engine != "bench" and any(model.weights is None for model in service.models.values()):
+        console.print(_real_pictures_hint(), markup=False, highlight=False, soft_wrap=True)
     console.print(f"API on {settings.resolved_public_url}/v1  (data in {settings.data_dir.resolve()})", soft_wrap=True)
     uvicorn.run(create_app(service), host=settings.host, port=settings.port, **UVICORN_OPTIONS)
 
@@ -170,24 +182,71 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="The key's id, its first
 
 
 @models_app.command("build-tiny")
-def models_build_tiny(folder: Annotated[Path, typer.Argument(help="Where to write the pipeline.")]) -> None:
-    """Write a tiny random-weight FLUX pipeline (draws noise) that loads like real weights."""
-    from fluxhost.engines.tiny import ensure_tiny_pipeline
+def models_build_tiny(
+    folder: Annotated[Path, typer.Argument(help="Where to write the pipeline.")],
+    family: Annotated[str, typer.Option(help="flux1 (FluxPipeline), klein (Flux2KleinPipeline) or "
+                                             "preview-decoder (AutoencoderTiny).")] = "flux1",
+) -> None:
+    """Write a tiny random-weight model (draws noise) that loads like real weights."""
+    from fluxhost.engines.tiny import TINY_BUILDERS, ensure_tiny_pipeline
 
-    ensure_tiny_pipeline(folder)
-    console.print(f"Tiny FLUX pipeline in {folder}. Serve it with "
+    if family not in TINY_BUILDERS:
+        console.print(f"Unknown family {family!r}: choose from {', '.join(TINY_BUILDERS)}.", highlight=False)
+        raise typer.Exit(2)
+    ensure_tiny_pipeline(folder, family)
+    console.print(f"Tiny {family} model in {folder}. Serve it with "
                   f'FLUXHOST_MODELS=\'{{"{DEFAULT_MODEL}": {{"weights": "{folder}"}}}}\'', highlight=False)
 
 
 @models_app.command("list")
 def models_list() -> None:
-    """The models this configuration serves."""
+    """The models this configuration serves, and the presets it could."""
+    from fluxhost.presets import PRESETS
+
     settings = _settings()
-    table = Table("slug", "weights", "device", "dtype", "steps", "guidance")
-    for slug, model in settings.models.items():
+    table = Table("slug", "weights", "device", "dtype", "steps", "guidance", "batch")
+    for slug, model in settings.served_models.items():
         table.add_row(slug, model.weights or "(tiny, random weights)", model.device, model.dtype,
-                      str(model.steps), str(model.guidance))
+                      str(model.steps), str(model.guidance), str(model.max_batch))
     console.print(table)
+    presets = Table("preset", "model", "slug", "weights", "download", "licence")
+    for preset in PRESETS.values():
+        presets.add_row(preset.name, escape(preset.title), preset.slug, preset.weights, f"~{preset.download_gb} GB",
+                        preset.licence)
+    console.print(presets)
+
+
+@models_app.command("pull")
+def models_pull(
+    name: Annotated[str, typer.Argument(help="A preset (schnell, dev, klein) or a Hugging Face hub id.")],
+) -> None:
+    """Download a model's diffusers weights into the Hugging Face cache (HF_HOME, HF_TOKEN and
+    HF_HUB_OFFLINE are honoured), with a progress bar; `serve` then loads them from there."""
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    from fluxhost.presets import PRESETS
+
+    preset = PRESETS.get(name.lower())
+    repo = preset.weights if preset else name
+    if preset:
+        console.print(f"{preset.title} ({repo}, about {preset.download_gb} GB, licence: {preset.licence})",
+                      markup=False, highlight=False)
+    try:
+        # The diffusers folders only: the repos also hold single-file checkpoints of the same weights.
+        folder = huggingface_hub.snapshot_download(repo, allow_patterns=["model_index.json", "*/*"])
+    except LocalEntryNotFoundError as error:
+        console.print(f"Cannot download {repo}: offline mode is on (HF_HUB_OFFLINE) or the hub cannot be "
+                      f"reached, and it is not in the cache ({error}).", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    except (HfHubHTTPError, OSError, ValueError) as error:
+        console.print(f"Cannot download {repo}: {error}. Gated models need their licence accepted on the hub "
+                      "and HF_TOKEN set.", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    console.print(f"Ready in {folder}.", highlight=False)
+    if preset:
+        console.print(f"Serve it: FLUXHOST_PRESETS={preset.name} (slug {preset.slug}) or "
+                      f"FLUXHOST_FLUX_PRO_MODEL={preset.name} (behind {DEFAULT_MODEL}).", highlight=False)
 
 
 @callbacks_app.command("list")

@@ -30,16 +30,23 @@ class LocalDispatcher:
 
     def __init__(
         self,
-        make_worker: Callable[[], Worker],
+        make_workers: Callable[[], list[Worker]],
         concurrency: int,
     ):
-        self.make_worker = make_worker
+        """``make_workers``: one worker per device, each with its own engines; ``concurrency``:
+        threads per worker."""
+        self.make_workers = make_workers
         self.concurrency = concurrency
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.ready = threading.Event()  # set once the worker (and its engines) is loaded
-        self.worker: Worker | None = None
+        self.ready = threading.Event()  # set once the workers (and their engines) are loaded
+        self.workers: list[Worker] = []
+
+    @property
+    def worker(self) -> Worker | None:
+        """The first device's worker (the only one on a single-device machine)."""
+        return self.workers[0] if self.workers else None
 
     def start(self) -> None:
         if self.concurrency:
@@ -49,17 +56,18 @@ class LocalDispatcher:
 
     def _start_workers(self) -> None:
         try:
-            worker = self.make_worker()
+            workers = self.make_workers()
         except Exception:
-            log.exception("the worker could not start: tasks stay queued")
+            log.exception("the workers could not start: tasks stay queued")
             return
-        self.worker = worker
+        self.workers = workers
         self.ready.set()
-        for index in range(self.concurrency):
-            thread = threading.Thread(target=self._loop, args=(worker,), name=f"fluxhost-worker-{index}",
-                                      daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        for device, worker in enumerate(workers):
+            for index in range(self.concurrency):
+                name = f"fluxhost-worker-{index}" if len(workers) == 1 else f"fluxhost-worker-{device}.{index}"
+                thread = threading.Thread(target=self._loop, args=(worker,), name=name, daemon=True)
+                thread.start()
+                self._threads.append(thread)
 
     def notify(self) -> None:
         self._wake.set()
@@ -73,12 +81,12 @@ class LocalDispatcher:
     def _loop(self, worker: Worker) -> None:
         while not self._stopping.is_set():
             try:
-                task = worker.claim()
+                batch = worker.claim()
             except Exception:
                 log.exception("claiming a task failed; retrying")
-                task = None
-            if task is not None:
-                worker.run(task)
+                batch = []
+            if batch:
+                worker.run(batch)
                 continue
             self._wake.wait(IDLE_POLL_SECONDS)
             self._wake.clear()

@@ -9,6 +9,7 @@ loop.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,10 @@ class OperationError(Exception):
 
 class UnknownModel(OperationError):
     """No served model has that slug."""
+
+
+class ModelUnavailable(OperationError):
+    """The model is served but could not be loaded; ``str(error)`` says why and what to change."""
 
 
 class InvalidInput(OperationError):
@@ -87,7 +92,10 @@ class Operations:
         dispatcher: Dispatcher,
         catalog: Catalog,
         url_allowlist: Allowlist,
+        load_error: Callable[[str], str | None] = lambda _slug: None,
     ):
+        """``load_error(slug)``: why that model could not be loaded here, or None."""
+        self.load_error = load_error
         self.tasks = tasks
         self.files = files
         self.events = events
@@ -103,6 +111,9 @@ class Operations:
         tool = self.catalog.find(owner, project)
         if tool is None:
             raise UnknownModel(f"{owner}/{project}")
+        problem = self.load_error(tool.slug)
+        if problem:
+            raise ModelUnavailable(f"Model {tool.slug} is not available on this server: {problem}")
         try:
             validated = tool.schema.validate(inputs)
         except InputError as error:

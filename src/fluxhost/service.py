@@ -62,7 +62,8 @@ class Service:
         self.auth = Authenticator(self.db, settings.nonce_window_seconds, settings.nonce_retention_seconds)
         self.files = LocalFileStore(settings.files_dir, settings.resolved_public_url)
         self.events = LocalEventBus()
-        self.catalog = Catalog.from_models(settings.models)
+        self.models = settings.served_models
+        self.catalog = Catalog.from_models(self.models)
         self.url_allowlist = Allowlist.parse(settings.callback_allowlist)
         self.deliveries = Deliveries(self.db)
         self.callbacks = CallbackSender(
@@ -71,9 +72,9 @@ class Service:
             settings.callback_max_attempts, settings.callback_backoff_seconds,
         )
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.dispatcher: Dispatcher = LocalDispatcher(self._make_worker, settings.worker_concurrency)
+        self.dispatcher: Dispatcher = LocalDispatcher(self._make_workers, settings.worker_concurrency)
         self.operations = Operations(self.tasks, self.files, self.events, self.dispatcher, self.catalog,
-                                     self.url_allowlist)
+                                     self.url_allowlist, self.load_error)
         self._stopping = threading.Event()
         self._janitor: threading.Thread | None = None
 
@@ -98,26 +99,41 @@ class Service:
         """What a callback posts: the task's Task/Detail answer in the hosted protocol."""
         return task_list_body([render_task(record, self.files, self.catalog.description_of(record.row.model_slug))])
 
-    def _make_worker(self) -> Worker:
+    def load_error(self, slug: str) -> str | None:
+        """Why ``slug`` cannot run here: its model failed to load on every device of this process.
+        None while loading, when it loaded somewhere, or when this process runs no workers."""
+        workers = getattr(self.dispatcher, "workers", [])
+        served = [worker.models[slug] for worker in workers if slug in worker.models]
+        if served and all(model.engine is None for model in served):
+            return served[0].load_error
+        return None
+
+    def _make_workers(self) -> list[Worker]:
+        """One worker per device, each loading every model there; a model that fails to load is
+        kept with its reason, and the others serve."""
         from fluxhost.engines import build_engine
 
         if self.settings.torch_threads:
             import torch
 
             torch.set_num_threads(self.settings.torch_threads)
-        models = {}
-        for slug, model in self.settings.models.items():
-            try:
-                engine = build_engine(model, self.settings)
-                engine.load()
-            except Exception as error:  # its tasks fail with this reason; other models still serve
-                log.exception("model %s could not be loaded", slug)
-                models[slug] = ServedModel(slug, model, None, f"{type(error).__name__}: {error}")
-                continue
-            log.warning("SERVING %s with %s", slug, engine.description)
-            models[slug] = ServedModel(slug, model, engine)
-        return Worker(self.worker_id, self.work, models, self.files, self.events, self.settings.lease_seconds,
-                      previews=self.settings.previews)
+        workers = []
+        for device in self.settings.device_list:
+            models = {}
+            for slug, model in self.models.items():
+                try:
+                    engine = build_engine(model, self.settings, device)
+                    engine.load()
+                except Exception as error:
+                    log.error("model %s could not be loaded: %s", slug, error)
+                    models[slug] = ServedModel(slug, model, None, str(error) or type(error).__name__)
+                    continue
+                log.warning("SERVING %s with %s", slug, engine.description)
+                models[slug] = ServedModel(slug, model, engine)
+            # One id for the process: recovery knows a process, not its devices.
+            workers.append(Worker(self.worker_id, self.work, models, self.files, self.events,
+                                  self.settings.lease_seconds, previews=self.settings.previews))
+        return workers
 
     def _janitor_loop(self) -> None:
         while not self._stopping.wait(JANITOR_SECONDS):

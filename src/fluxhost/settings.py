@@ -17,7 +17,7 @@ from fluxhost import DEFAULT_MODEL
 
 
 class ModelSettings(BaseModel):
-    """How one model slug (``owner/project``) is served."""
+    """How one model slug (``owner/project``) is served: its weights, defaults, memory and speed."""
 
     weights: str | None = Field(
         default=None,
@@ -25,11 +25,10 @@ class ModelSettings(BaseModel):
         "None serves the tiny random-weight pipeline (draws noise, for tests and demos).",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    device: str = Field(default="auto", description='"auto", "cpu", "cuda", "cuda:1", "mps"...')
+    device: str = Field(default="auto", description='"auto" (the worker\'s device), "cpu", "cuda:1", "mps"...')
     steps: int = Field(default=28, ge=1, le=100, description="Denoising steps per image.")
     guidance: float = Field(default=3.5, ge=0, le=50)
-    max_sequence_length: int = Field(default=512, ge=16, le=512, description="T5 prompt tokens.")
-    cpu_offload: bool = False
+    max_sequence_length: int = Field(default=512, ge=16, le=512, description="Prompt tokens the text encoder reads.")
     exposed_inputs: list[Literal["steps", "guidance"]] = Field(
         default_factory=list,
         description="Inputs beyond the seed tool's that this model publishes in Tool/Detail and takes at Run; "
@@ -37,6 +36,47 @@ class ModelSettings(BaseModel):
     )
     description: str = (
         "FLUX text-to-image: state-of-the-art image generation with excellent prompt following."
+    )
+    # Memory
+    offload: Literal["none", "model", "sequential", "group"] = Field(
+        default="none", description="Keep weights in CPU memory and move them to the device as needed: whole "
+        "models (model), layer by layer (sequential: least memory, slowest) or groups of blocks (group).",
+    )
+    vae_tiling: bool = Field(default=False, description="Decode in tiles: large images in less memory.")
+    vae_slicing: bool = Field(default=False, description="Decode a batch one image at a time.")
+    quantize: Literal["none", "int8", "fp8", "nf4"] = Field(
+        default="none", description="Quantize the transformer's weights: int8 and fp8 with torchao (fp8 needs a "
+        "recent GPU), nf4 with bitsandbytes (CUDA).",
+    )
+    # Speed
+    compile: bool = Field(default=False, description="torch.compile the transformer's repeated blocks (GPU).")
+    attention_backend: str | None = Field(
+        default=None, description='diffusers attention backend: "native", "flash", "_native_cudnn", "sage"...'
+    )
+    cache: Literal["none", "first_block", "taylorseer", "magcache"] = Field(
+        default="none", description="Skip transformer work on steps that change little (diffusers cache hooks)."
+    )
+    cache_threshold: float | None = Field(
+        default=None, gt=0, description="The cache's threshold (first_block, magcache); default: diffusers'."
+    )
+    warmup_sizes: list[str] = Field(
+        default_factory=list, description='Sizes ("1024x1024") generated once at load, so compilation and '
+        "kernel selection happen before any request.",
+    )
+    max_batch: int = Field(
+        default=4, ge=1, le=64, description="Queued tasks of the same size, steps and guidance run as one call."
+    )
+    batch_wait_ms: int = Field(
+        default=0, ge=0, le=10_000, description="How long a batch waits for more tasks (0: only those queued).",
+    )
+    prompt_cache: int = Field(default=64, ge=0, description="Prompts whose text-encoder outputs are kept (LRU).")
+    preview_decoder: str | None = Field(
+        default=None, description="An AutoencoderTiny (folder or hub id, e.g. madebyollin/taef1) for step "
+        "previews instead of the quarter-size VAE decode.",
+    )
+    setting: str = Field(
+        default="FLUXHOST_MODELS", exclude=True,
+        description="The setting this model came from, named in messages about its weights.",
     )
 
 
@@ -65,6 +105,17 @@ class Settings(BaseSettings):
         default="diffusers", description='"bench" swaps every model for a solid-colour engine.'
     )
     models: dict[str, ModelSettings] = Field(default_factory=_default_models)
+    presets: str = Field(
+        default="", description='Presets served under their own slugs, comma-separated: "schnell,dev,klein".'
+    )
+    flux_pro_model: str | None = Field(
+        default=None, description="What serves black-forest-labs/flux-pro-1.1: a preset name (schnell, dev, "
+        "klein), a hub id or a diffusers folder; default: the models table (the tiny pipeline).",
+    )
+    devices: str = Field(
+        default="auto", description='Devices, one worker and one copy of every model each: "cuda:0,cuda:1"; '
+        '"auto": the first GPU, else the CPU.',
+    )
     previews: bool = Field(
         default=False, description="Progress frames carry a small JPEG of the image so far (costs time)."
     )
@@ -102,6 +153,33 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
+
+    @property
+    def served_models(self) -> dict[str, ModelSettings]:
+        """Every slug served: the models table, the presets, and the seed slug's model."""
+        from fluxhost.presets import served_models
+
+        return served_models(self)
+
+    @property
+    def device_list(self) -> list[str]:
+        names = [name.strip() for name in self.devices.split(",") if name.strip()]
+        return names or ["auto"]
+
+    @field_validator("presets")
+    @classmethod
+    def _known_presets(cls, value: str) -> str:
+        from fluxhost.presets import preset_names
+
+        preset_names(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_worker_per_device(self) -> Settings:
+        names = self.device_list
+        if len(set(names)) != len(names):
+            raise ValueError("devices must not repeat: two engines on one device fight over its memory")
+        return self
 
     @property
     def resolved_database_url(self) -> str:

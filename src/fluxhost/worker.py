@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from fluxhost.engines import Engine, GenerationRequest
-from fluxhost.engines.base import GenerationStopped, Preview
+from fluxhost.engines.base import GenerationStopped, Preview, batch_key
 from fluxhost.events import EventBus, Progress, TaskEvent
 from fluxhost.files import FileStore
 from fluxhost.images import CONTENT_TYPES, FILE_EXTENSIONS, encode
 from fluxhost.settings import ModelSettings
 from fluxhost.statuses import Status, stages
 from fluxhost.store.work import ClaimedTask, NewOutput, WorkStore
+from fluxhost.workorder import WorkOrder
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,20 @@ log = logging.getLogger(__name__)
 # to really start (a generation may queue for the model first).
 CLAIMED_THROUGH = Status.ASSIGN
 PREVIEW_MAX_SIDE = 256
+BATCH_POLL_SECONDS = 0.01
+
+
+def generation_request(order: WorkOrder, model: ModelSettings) -> GenerationRequest:
+    """What the engine is asked for: the order, with the model's defaults where it gives none."""
+    return GenerationRequest(
+        prompt=order.prompt,
+        width=order.width,
+        height=order.height,
+        seed=order.seed,
+        steps=order.steps or model.steps,
+        guidance=model.guidance if order.guidance is None else order.guidance,
+        num_images=order.num_images,
+    )
 
 
 class TaskStopped(Exception):
@@ -92,76 +107,110 @@ class Worker:
         if event.type == Status.CANCEL and event.task_id in self._running:
             self._killed.add(event.task_id)
 
-    def claim(self) -> ClaimedTask | None:
-        """The oldest queued task of our models, now ours and in :data:`CLAIMED_THROUGH`."""
-        return self.store.claim_next(self.worker_id, list(self.models), self.lease_seconds, through=CLAIMED_THROUGH)
+    def claim(self) -> list[ClaimedTask]:
+        """The oldest queued task of our models, with the queued tasks that can share its pipeline
+        call (same model, size, steps and guidance; up to the model's ``max_batch``, waiting up to
+        its ``batch_wait_ms`` for more), all now ours and in :data:`CLAIMED_THROUGH`. Empty when
+        nothing is queued."""
+        first = self.store.claim_next(self.worker_id, list(self.models), self.lease_seconds, through=CLAIMED_THROUGH)
+        if first is None:
+            return []
+        model = self.models[first.model_slug]
+        batch = [first]
+        if model.engine is None or model.settings.max_batch == 1:
+            return batch
+        key = batch_key(generation_request(first.order, model.settings))
 
-    def run(self, task: ClaimedTask) -> None:
-        """Take a task :meth:`claim` returned to its end. Never raises."""
-        self._running.add(task.id)
+        def joins(order: WorkOrder) -> bool:
+            return batch_key(generation_request(order, model.settings)) == key
+
+        deadline = time.monotonic() + model.settings.batch_wait_ms / 1000
+        while True:
+            batch += self.store.claim_more(self.worker_id, first.model_slug, self.lease_seconds,
+                                           model.settings.max_batch - len(batch), joins, through=CLAIMED_THROUGH)
+            if len(batch) >= model.settings.max_batch or time.monotonic() >= deadline:
+                return batch
+            time.sleep(min(BATCH_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+
+    def run(self, batch: list[ClaimedTask]) -> None:
+        """Take the tasks :meth:`claim` returned to their ends. Never raises."""
+        self._running.update(task.id for task in batch)
         try:
-            self._run_claimed(task)
+            self._run_batch(batch)
         finally:
-            self._running.discard(task.id)
-            self._killed.discard(task.id)
+            for task in batch:
+                self._running.discard(task.id)
+                self._killed.discard(task.id)
 
-    def _run_claimed(self, task: ClaimedTask) -> None:
-        for status in stages(Status.ACCEPT, CLAIMED_THROUGH):
-            self._emit(task, status)
-        run = RunLog()
+    def _run_batch(self, batch: list[ClaimedTask]) -> None:
+        for task in batch:
+            for status in stages(Status.ACCEPT, CLAIMED_THROUGH):
+                self._emit(task, status)
+        runs = {task.id: RunLog() for task in batch}
+        model = self.models[batch[0].model_slug]
         try:
-            self._run(task, run)
-        except TaskStopped:
-            self._discard(run.saved)
-            killed = task.id in self._killed
-            run.lines.append("Stopped by Kill." if killed else "Stopped: this worker no longer holds the task.")
-            self.store.set_debug_output(task.id, run.text)
-            log.info("task %s stopped while running", task.id)
-        except Exception as error:  # the task fails; the worker goes on with the next one
-            self._discard(run.saved)
-            log.exception("task %s failed", task.id)
-            reason = f"{type(error).__name__}: {error}"
-            if self.store.fail(task.id, reason, run.text):
-                self._emit(task, Status.ERROR_FULL, text=reason)
-                self._emit(task, Status.POSTPROCESS_END)
+            if model.engine is None:
+                raise RuntimeError(f"model {model.slug} could not be loaded: {model.load_error}")
+            requests = [generation_request(task.order, model.settings) for task in batch]
+            results, seconds = self._generate(batch, requests, model.engine, runs)
+        except Exception as error:  # every task of the call fails; the worker goes on with the next
+            log.exception("tasks %s failed", [task.id for task in batch])
+            for task in batch:
+                self._fail(task, runs[task.id], error)
+            return
+        for task, request, images in zip(batch, requests, results, strict=True):
+            run = runs[task.id]
+            try:
+                if images is None:
+                    raise TaskStopped
+                run.lines.append(f"Generated {len(images)} image(s) in {seconds:.2f}s.")
+                self._store(task, model, request, images, run)
+            except TaskStopped:
+                self._stopped(task, run)
+            except Exception as error:
+                log.exception("task %s failed", task.id)
+                self._fail(task, run, error)
 
-    def _run(self, task: ClaimedTask, run: RunLog) -> None:
-        model = self.models[task.model_slug]
-        if model.engine is None:
-            raise RuntimeError(f"model {model.slug} could not be loaded: {model.load_error}")
-        order = task.order
-        request = GenerationRequest(
-            prompt=order.prompt,
-            width=order.width,
-            height=order.height,
-            seed=order.seed,
-            steps=order.steps or model.settings.steps,
-            guidance=model.settings.guidance if order.guidance is None else order.guidance,
-            num_images=order.num_images,
-        )
-        if order.prompt_upsampling:
-            run.lines.append("Prompt upsampling is not available on this server: prompt used as given.")
-        run.lines.append(
-            f"model {task.model_slug}: {model.engine.description}; seed {request.seed}, "
-            f"{request.width}x{request.height}, {request.steps} steps, guidance {request.guidance}"
-        )
-        started = last_renewal = time.monotonic()
+    def _generate(self, batch: list[ClaimedTask], requests: list[GenerationRequest], engine: Engine,
+                  runs: dict[int, RunLog]) -> tuple[list[list[Image.Image] | None], float]:
+        """One pipeline call for the batch: each task's images, or None for a task stopped on the
+        way; and the seconds the call took."""
+        for task, request in zip(batch, requests, strict=True):
+            run = runs[task.id]
+            if task.order.prompt_upsampling:
+                run.lines.append("Prompt upsampling is not available on this server: prompt used as given.")
+            run.lines.append(
+                f"model {task.model_slug}: {engine.description}; seed {request.seed}, "
+                f"{request.width}x{request.height}, {request.steps} steps, guidance {request.guidance}"
+            )
+            if len(batch) > 1:
+                run.lines.append(f"Batched with {len(batch) - 1} other task(s) in one pipeline call.")
+        stopped: set[int] = set()
+        started = time.monotonic()
+        last_renewal = dict.fromkeys((task.id for task in batch), started)
 
         def on_start() -> None:
             nonlocal started
             started = time.monotonic()
-            self._advance(task, Status.START)
+            for task in batch:
+                try:
+                    self._advance(task, Status.START)
+                except TaskStopped:
+                    stopped.add(task.id)
 
-        def on_step(step: int, total: int, preview: Preview | None) -> bool:
-            nonlocal last_renewal
+        def on_step(index: int, step: int, total: int, preview: Preview | None) -> bool:
+            task = batch[index]
+            if task.id in stopped:
+                return False
             now = time.monotonic()
-            stopped = task.id in self._killed
-            if not stopped and now - last_renewal > self.lease_seconds / 4:
+            lost = task.id in self._killed
+            if not lost and now - last_renewal[task.id] > self.lease_seconds / 4:
                 # Also how a kill is seen when the event came through no bus we listen to.
-                stopped = not self.store.renew_lease(task.id, self.worker_id, self.lease_seconds)
-                last_renewal = now
-            if stopped:
-                run.lines.append(f"Stopped at step {step} of {total}.")
+                lost = not self.store.renew_lease(task.id, self.worker_id, self.lease_seconds)
+                last_renewal[task.id] = now
+            if lost:
+                runs[task.id].lines.append(f"Stopped at step {step} of {total}.")
+                stopped.add(task.id)
                 return False
             picture = self._preview(preview) if self.previews and preview else None
             self.events.publish(TaskEvent(task.id, task.socket_token, Status.OUTPUT,
@@ -169,13 +218,17 @@ class Worker:
             return True
 
         try:
-            images = model.engine.generate(request, on_start, on_step)
+            results = engine.generate_batch(requests, on_start, on_step)
         except GenerationStopped:
-            raise TaskStopped from None
-        run.lines.append(f"Generated {len(images)} image(s) in {time.monotonic() - started:.2f}s.")
+            results = [None] * len(batch)
+        return results, time.monotonic() - started
+
+    def _store(self, task: ClaimedTask, model: ServedModel, request: GenerationRequest, images: list[Image.Image],
+               run: RunLog) -> None:
+        """Encode and keep a task's images, then end it."""
         self._emit(task, Status.OUTPUT_FULL, text=run.text)
         self._advance(task, Status.END, Status.POSTPROCESS_START)
-
+        order = task.order
         metadata = {
             "model": task.model_slug,
             "prompt": request.prompt,
@@ -196,6 +249,20 @@ class Worker:
         if not self.store.finish(task.id, run.saved, run.text):
             raise TaskStopped
         self._emit(task, Status.POSTPROCESS_END)
+
+    def _stopped(self, task: ClaimedTask, run: RunLog) -> None:
+        self._discard(run.saved)
+        killed = task.id in self._killed
+        run.lines.append("Stopped by Kill." if killed else "Stopped: this worker no longer holds the task.")
+        self.store.set_debug_output(task.id, run.text)
+        log.info("task %s stopped while running", task.id)
+
+    def _fail(self, task: ClaimedTask, run: RunLog, error: Exception) -> None:
+        self._discard(run.saved)
+        reason = f"{type(error).__name__}: {error}"
+        if self.store.fail(task.id, reason, run.text):
+            self._emit(task, Status.ERROR_FULL, text=reason)
+            self._emit(task, Status.POSTPROCESS_END)
 
     def _preview(self, preview: Preview) -> str | None:
         """A progress preview, or None when the engine cannot draw one: previews are a nicety,

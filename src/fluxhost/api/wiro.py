@@ -28,6 +28,7 @@ from fluxhost.auth import AuthError, Caller, request_digest
 from fluxhost.inputs import InputError, integer_input
 from fluxhost.operations import (
     InvalidInput,
+    ModelUnavailable,
     NotCancellable,
     NotKillable,
     OperationError,
@@ -179,7 +180,7 @@ def create_wiro_app(service: Service, offload: Offload) -> FastAPI:
 
     @app.exception_handler(OperationError)
     async def _refused(_request: Request, error: OperationError) -> JSONResponse:
-        if isinstance(error, InvalidInput):
+        if isinstance(error, (InvalidInput, ModelUnavailable)):
             return fail(0, str(error))
         code, message = REFUSALS[type(error)]
         return fail(code, message)

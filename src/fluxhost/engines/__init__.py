@@ -10,9 +10,10 @@ TINY_LABEL = "tiny random-weight FLUX pipeline (draws noise: configure real weig
 __all__ = ["Engine", "GenerationRequest", "StepCallback", "build_engine"]
 
 
-def build_engine(model: ModelSettings, settings: Settings) -> Engine:
-    """The engine serving ``model``: the bench engine when asked for, else diffusers FLUX on the
-    configured weights, else on the tiny pipeline (built on first use)."""
+def build_engine(model: ModelSettings, settings: Settings, device: str = "auto") -> Engine:
+    """The engine serving ``model`` on ``device`` (where the model names none): the bench engine
+    when asked for, else diffusers FLUX on the configured weights, else on the tiny pipeline
+    (built on first use)."""
     if settings.engine == "bench":
         from fluxhost.engines.bench import BenchEngine
 
@@ -20,8 +21,8 @@ def build_engine(model: ModelSettings, settings: Settings) -> Engine:
     from fluxhost.engines.flux import FluxEngine
 
     if model.weights:
-        return FluxEngine(model.weights, model)
+        return FluxEngine(model.weights, model, device=device)
     from fluxhost.engines.tiny import ensure_tiny_pipeline
 
     folder = ensure_tiny_pipeline(settings.tiny_model_dir)
-    return FluxEngine(str(folder), model, label=TINY_LABEL)
+    return FluxEngine(str(folder), model, device=device, label=TINY_LABEL)

@@ -1,8 +1,8 @@
-"""The engine contract: loaded once and kept warm, then ``generate(request, on_start, on_step)``."""
+"""The engine contract: loaded once and kept warm, then ``generate_batch(requests, on_start, on_step)``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,6 +16,12 @@ StepCallback = Callable[[int, int, Preview | None], bool]
 counts them; a preview renderer or None where the engine has none). It returns True to go on and
 False to stop: the engine then interrupts the pipeline the library's own way, so the library's
 cleanup (offload hooks and the like) still runs, and raises :class:`GenerationStopped`."""
+
+BatchStepCallback = Callable[[int, int, int, Preview | None], bool]
+"""The batch form of :data:`StepCallback`: (index of the request in the batch, steps done, total,
+preview of that request's image). False drops that request: its images are not returned (None in
+its place); when every request is dropped the pipeline is interrupted and
+:class:`GenerationStopped` is raised."""
 
 StartCallback = Callable[[], None]
 """Called once the generation really starts, after any wait for the model to be free."""
@@ -38,12 +44,30 @@ class GenerationRequest:
 
 
 class Engine(Protocol):
-    """Turns requests into images. ``generate`` may be called from several threads; an engine that
-    cannot run two generations at once serialises them itself (and calls ``on_start`` only once
-    the generation's turn has come)."""
+    """Turns requests into images. ``generate_batch`` may be called from several threads; an engine
+    that cannot run two generations at once serialises them itself (and calls ``on_start`` only
+    once the generation's turn has come). Requests of one batch share size, steps and guidance."""
 
     description: str  # what it serves, for the start-up banner and the task log
+    batches: int  # pipeline calls made so far: a batch of four is one
 
     def load(self) -> None: ...
 
-    def generate(self, request: GenerationRequest, on_start: StartCallback, on_step: StepCallback) -> list[Image]: ...
+    def generate_batch(self, requests: Sequence[GenerationRequest], on_start: StartCallback,
+                       on_step: BatchStepCallback) -> list[list[Image] | None]: ...
+
+
+def generate(engine: Engine, request: GenerationRequest, on_start: StartCallback, on_step: StepCallback) -> list[Image]:
+    """One request on its own."""
+    def on_batch_step(_index: int, step: int, total: int, preview: Preview | None) -> bool:
+        return on_step(step, total, preview)
+
+    [images] = engine.generate_batch([request], on_start, on_batch_step)
+    if images is None:
+        raise GenerationStopped
+    return images
+
+
+def batch_key(request: GenerationRequest) -> tuple[object, ...]:
+    """Requests with equal keys can share a pipeline call."""
+    return request.width, request.height, request.steps, request.guidance, bool(request.images)

@@ -1,24 +1,36 @@
-"""The diffusers FLUX engine: any diffusers text-to-image FLUX pipeline, local folder or hub id."""
+"""The diffusers FLUX engine: a FLUX.1 or FLUX.2 [klein] pipeline (local folder or hub id), with
+the model's memory and speed options, prompt-encoding cache, batched calls and step previews."""
 
 from __future__ import annotations
 
 import inspect
 import logging
 import threading
+from collections import OrderedDict
+from collections.abc import Sequence
 
 import torch
 import transformers
-from diffusers import DiffusionPipeline
+from diffusers import AutoencoderTiny, DiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
 from PIL.Image import Image
 
-from fluxhost.engines.base import GenerationRequest, GenerationStopped, StartCallback, StepCallback
+from fluxhost.engines.base import (
+    BatchStepCallback,
+    GenerationRequest,
+    GenerationStopped,
+    StartCallback,
+)
+from fluxhost.engines.families import Encoding, Family, family_of
 from fluxhost.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
 PREVIEW_SCALE = 0.25
+WARMUP_STEPS = 2
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DEVICE_LOCKS: dict[str, threading.Lock] = {}
+_DEVICE_LOCKS_GUARD = threading.Lock()
 
 
 def resolve_device(device: str) -> str:
@@ -38,80 +50,243 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return torch.float32 if device == "cpu" else torch.bfloat16
 
 
-class FluxEngine:
-    """Wraps one diffusers pipeline, loaded once. Generations on one pipeline are serialised:
-    its scheduler keeps per-call state."""
+def device_lock(device: str) -> threading.Lock:
+    """One lock per device, shared by every engine on it: two generations never fight over one
+    GPU's memory and compute."""
+    name = str(torch.device(device if device != "cuda" else "cuda:0"))
+    with _DEVICE_LOCKS_GUARD:
+        return _DEVICE_LOCKS.setdefault(name, threading.Lock())
 
-    def __init__(self, weights: str, model: ModelSettings, *, label: str | None = None):
+
+class WeightsUnavailable(RuntimeError):
+    """The weights could not be loaded; the message names the setting to change."""
+
+
+class PromptCache:
+    """Text-encoder outputs of recent prompts (least recently used out first)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._entries: OrderedDict[tuple[str, int], Encoding] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple[str, int], compute) -> Encoding:
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry
+        self.misses += 1
+        entry = compute()
+        if self.size:
+            self._entries[key] = entry
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return entry
+
+
+class FluxEngine:
+    """One diffusers pipeline, loaded once. Generations are serialised per device: a pipeline's
+    scheduler keeps per-call state, and a GPU runs one generation fastest alone."""
+
+    def __init__(self, weights: str, model: ModelSettings, *, device: str = "auto", label: str | None = None):
         self.weights = weights
         self.model = model
-        self.device = resolve_device(model.device)
+        self.device = resolve_device(model.device if model.device != "auto" else device)
         self.dtype = resolve_dtype(model.dtype, self.device)
-        self.description = f"{label or weights} on {self.device} ({str(self.dtype).removeprefix('torch.')})"
+        self._label = label or weights
+        self.family: Family | None = None
+        self.batches = 0
+        self.prompts = PromptCache(model.prompt_cache)
         self._pipeline: DiffusionPipeline | None = None
+        self._preview_decoder: AutoencoderTiny | None = None
         self._takes_images = False
-        self._lock = threading.Lock()
+        self._lock = device_lock(self.device)
+
+    @property
+    def description(self) -> str:
+        family = f"{self.family.name}, " if self.family else ""
+        return f"{self._label} ({family}{self.device}, {str(self.dtype).removeprefix('torch.')})"
+
+    # --- loading --------------------------------------------------------------------------
 
     def load(self) -> None:
         diffusers_logging.disable_progress_bar()
         transformers.utils.logging.disable_progress_bar()
-        pipeline = DiffusionPipeline.from_pretrained(self.weights, dtype=self.dtype)
-        if self.model.cpu_offload and self.device != "cpu":
-            pipeline.enable_model_cpu_offload(device=self.device)
-        else:
-            pipeline.to(self.device)
+        try:
+            pipeline = DiffusionPipeline.from_pretrained(self.weights, dtype=self.dtype, **self._load_quantization())
+        except (OSError, ValueError) as error:
+            raise WeightsUnavailable(self._weights_message(error)) from error
+        self.family = family_of(pipeline)
+        self._quantize(pipeline)
+        self._place(pipeline)
+        if self.model.vae_tiling:
+            pipeline.vae.enable_tiling()
+        if self.model.vae_slicing:
+            pipeline.vae.enable_slicing()
+        if self.model.attention_backend:
+            pipeline.transformer.set_attention_backend(self.model.attention_backend)
+        if self.model.cache != "none":
+            pipeline.transformer.enable_cache(self._cache_config())
+        if self.model.compile:
+            pipeline.transformer.compile_repeated_blocks(fullgraph=True)
+        if self.model.preview_decoder:
+            self._preview_decoder = AutoencoderTiny.from_pretrained(self.model.preview_decoder, dtype=self.dtype)
+            self._preview_decoder.to(self.device)
         pipeline.set_progress_bar_config(disable=True)
         self._takes_images = "image" in inspect.signature(pipeline.__call__).parameters
         self._pipeline = pipeline
+        self._warm_up()
 
-    def generate(self, request: GenerationRequest, on_start: StartCallback, on_step: StepCallback) -> list[Image]:
-        if self._pipeline is None:
+    def _weights_message(self, error: Exception) -> str:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        from fluxhost.presets import PRESETS
+
+        pulls = [name for name, preset in PRESETS.items() if preset.weights == self.weights]
+        hint = f", or download them first: fluxhost models pull {pulls[0]}" if pulls else ""
+        return (f"weights {self.weights!r} could not be loaded ({first_line}). Set {self.model.setting} to a "
+                f"diffusers FLUX folder or Hugging Face hub id{hint}.")
+
+    def _load_quantization(self) -> dict[str, object]:
+        if self.model.quantize != "nf4":
+            return {}
+        from diffusers import PipelineQuantizationConfig
+
+        return {"quantization_config": PipelineQuantizationConfig(
+            quant_backend="bitsandbytes_4bit",
+            quant_kwargs={"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": self.dtype},
+            components_to_quantize=["transformer"],
+        )}
+
+    def _quantize(self, pipeline: DiffusionPipeline) -> None:
+        if self.model.quantize not in ("int8", "fp8"):
+            return
+        try:
+            from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+        except ImportError as error:
+            raise RuntimeError("quantize int8/fp8 needs torchao: pip install 'fluxhost[quant]'") from error
+        config = Int8WeightOnlyConfig() if self.model.quantize == "int8" else Float8WeightOnlyConfig()
+        quantize_(pipeline.transformer, config)
+
+    def _place(self, pipeline: DiffusionPipeline) -> None:
+        offload = self.model.offload
+        if offload in ("model", "sequential") and self.device == "cpu":
+            log.warning("offload=%s has nothing to do on the CPU: the weights already live in its memory", offload)
+            offload = "none"
+        if offload == "model":
+            pipeline.enable_model_cpu_offload(device=self.device)
+        elif offload == "sequential":
+            pipeline.enable_sequential_cpu_offload(device=self.device)
+        elif offload == "group":
+            pipeline.enable_group_offload(onload_device=torch.device(self.device), offload_device=torch.device("cpu"),
+                                          offload_type="block_level", num_blocks_per_group=1)
+        else:
+            pipeline.to(self.device)
+
+    def _cache_config(self):
+        from diffusers import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
+
+        threshold = {} if self.model.cache_threshold is None else {"threshold": self.model.cache_threshold}
+        if self.model.cache == "taylorseer":
+            return TaylorSeerCacheConfig(taylor_factors_dtype=self.dtype)
+        if self.family is None or self.family.name != "FLUX.1":
+            # diffusers 0.42: MagCache ratios are calibrated on FLUX.1, FirstBlockCache breaks on FLUX.2 blocks.
+            raise ValueError(f"cache={self.model.cache} works with FLUX.1 models only; use taylorseer")
+        if self.model.cache == "first_block":
+            return FirstBlockCacheConfig(**threshold)
+        from diffusers.hooks.mag_cache import FLUX_MAG_RATIOS
+
+        return MagCacheConfig(num_inference_steps=self.model.steps, mag_ratios=FLUX_MAG_RATIOS, **threshold)
+
+    def _warm_up(self) -> None:
+        """One generation per configured size, so that compilation and kernel choice happen now."""
+        for size in self.model.warmup_sizes:
+            width, height = (int(side) for side in size.lower().split("x"))
+            request = GenerationRequest("warm-up", width, height, 0, min(WARMUP_STEPS, self.model.steps),
+                                        self.model.guidance)
+            self.generate_batch([request], lambda: None, lambda *_: True)
+            log.info("warmed up %s at %s", self._label, size)
+
+    # --- generating ------------------------------------------------------------------------
+
+    def _encode(self, prompt: str) -> Encoding:
+        key = (prompt, self.model.max_sequence_length)
+        return self.prompts.get(key, lambda: self.family.encode(self._pipeline, prompt, self.model.max_sequence_length))
+
+    def generate_batch(self, requests: Sequence[GenerationRequest], on_start: StartCallback,
+                       on_step: BatchStepCallback) -> list[list[Image] | None]:
+        pipeline, family = self._pipeline, self.family
+        if pipeline is None or family is None:
             raise RuntimeError("engine used before load()")
-        if request.images and not self._takes_images:
-            raise ValueError(f"{self.weights} takes no input images")
-        stopped = False
+        first = requests[0]
+        if any(request.images for request in requests):
+            if not self._takes_images:
+                raise ValueError(f"{self.weights} takes no input images")
+            if len(requests) > 1:
+                raise ValueError("requests with input images run one at a time")
+        # Row r of the pipeline's batch is image (r - first row) of request owner[r].
+        owner = [index for index, request in enumerate(requests) for _ in range(request.num_images)]
+        rows = {index: owner.index(index) for index in range(len(requests))}
+        dropped: set[int] = set()
 
         def step_end(pipeline, step: int, _timestep, tensors: dict) -> dict:
-            nonlocal stopped
             latents = tensors["latents"]
+            for index, row in rows.items():
+                if index in dropped:
+                    continue
 
-            def preview() -> Image:
-                return self._preview(latents, request.height, request.width)
+                def preview(row: int = row) -> Image:
+                    return self._preview(latents[row : row + 1], first.height, first.width)
 
-            if not on_step(step + 1, pipeline.num_timesteps, preview):
+                if not on_step(index, step + 1, pipeline.num_timesteps, preview):
+                    dropped.add(index)
+            if len(dropped) == len(requests):
                 pipeline._interrupt = True  # diffusers' documented way: skip the remaining steps
-                stopped = True
             return tensors
 
-        # CPU generators give the same noise on every device, so a seed means one image.
-        generators = [torch.Generator(device="cpu").manual_seed(request.seed + i) for i in range(request.num_images)]
-        images = {"image": list(request.images)} if request.images else {}
+        # CPU generators give the same noise on every device, so a seed means one image, alone or batched.
+        generators = [torch.Generator(device="cpu").manual_seed(request.seed + number)
+                      for request in requests for number in range(request.num_images)]
+        images = {"image": list(first.images)} if first.images else {}
         with self._lock, torch.inference_mode():
             on_start()
-            result = self._pipeline(
-                prompt=request.prompt,
-                width=request.width,
-                height=request.height,
-                num_inference_steps=request.steps,
-                guidance_scale=request.guidance,
-                num_images_per_prompt=request.num_images,
+            encodings = [self._encode(requests[index].prompt) for index in owner]
+            result = pipeline(
+                **family.prompt_arguments(pipeline, encodings, first.guidance, self._encode),
+                width=first.width,
+                height=first.height,
+                num_inference_steps=first.steps,
+                guidance_scale=first.guidance,
                 generator=generators,
                 max_sequence_length=self.model.max_sequence_length,
                 callback_on_step_end=step_end,
                 output_type="pil",
                 **images,
             )
-        if stopped:
+            self.batches += 1
+        if len(dropped) == len(requests):
             raise GenerationStopped
-        return list(result.images)
+        outputs: list[list[Image] | None] = []
+        for index, request in enumerate(requests):
+            start = rows[index]
+            outputs.append(None if index in dropped else list(result.images[start : start + request.num_images]))
+        return outputs
 
     def _preview(self, packed_latents: torch.Tensor, height: int, width: int) -> Image:
-        """The current latents decoded by the model's own VAE at a quarter of the size: about
-        1/16 of a full decode's cost, and no extra weights to download."""
-        pipeline = self._pipeline
-        latents = pipeline._unpack_latents(packed_latents, height, width, pipeline.vae_scale_factor)
-        latents = torch.nn.functional.interpolate(latents, scale_factor=PREVIEW_SCALE, mode="area")
-        latents = latents / pipeline.vae.config.scaling_factor + pipeline.vae.config.shift_factor
+        """One image's current latents, decoded by the tiny preview decoder when configured, else
+        by the model's own VAE at a quarter of the size (about 1/16 of a full decode's cost)."""
+        pipeline, family = self._pipeline, self.family
+        latents = family.image_latents(pipeline, packed_latents, height, width)
+        if self._preview_decoder is not None:
+            decoder = self._preview_decoder
+            config = decoder.config
+            latents = latents / getattr(config, "scaling_factor", 1.0) + (getattr(config, "shift_factor", 0.0) or 0.0)
+        else:
+            decoder = pipeline.vae
+            latents = torch.nn.functional.interpolate(latents, scale_factor=PREVIEW_SCALE, mode="area")
+            if family.scales_for_vae():
+                latents = latents / decoder.config.scaling_factor + decoder.config.shift_factor
         with torch.inference_mode():
-            decoded = pipeline.vae.decode(latents.to(pipeline.vae.dtype), return_dict=False)[0]
+            decoded = decoder.decode(latents.to(decoder.device, decoder.dtype), return_dict=False)[0]
         return pipeline.image_processor.postprocess(decoded, output_type="pil")[0]
+

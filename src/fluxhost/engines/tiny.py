@@ -1,9 +1,10 @@
-"""Builds a tiny FLUX pipeline with random weights from configs alone (no download).
+"""Builds tiny FLUX pipelines with random weights from configs alone (no download).
 
-The folder it writes is an ordinary diffusers ``FluxPipeline`` (FLUX shapes: 16 latent channels,
-4 VAE levels so a scale factor of 8, 2x2 packed patches), so the engine loads it with
-``from_pretrained`` exactly as it loads real weights. It draws noise: it exists so that tests and
-the offline demo run the real code path on a CPU in about a second per image.
+The folders it writes are ordinary diffusers pipelines with the real models' shapes where they
+matter (FLUX.1: 16 latent channels, 4 VAE levels so a scale factor of 8, 2x2 packed patches;
+FLUX.2 [klein]: 32 latent channels patchified to 128, a Qwen3 text encoder read at layers 9, 18
+and 27), so the engine loads them with ``from_pretrained`` exactly as it loads real weights. They
+draw noise: they exist so that tests and the offline demo run the real code path on a CPU.
 """
 
 from __future__ import annotations
@@ -14,8 +15,28 @@ from pathlib import Path
 import huggingface_hub
 import torch
 import transformers
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
+from diffusers import (
+    AutoencoderKL,
+    AutoencoderKLFlux2,
+    AutoencoderTiny,
+    DiffusionPipeline,
+    FlowMatchEulerDiscreteScheduler,
+    Flux2KleinPipeline,
+    Flux2Transformer2DModel,
+    FluxPipeline,
+    FluxTransformer2DModel,
+)
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+    Qwen2Tokenizer,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
 
 from fluxhost.inputs import DEFAULT_PROMPT
 
@@ -94,16 +115,8 @@ def build_tiny_pipeline() -> FluxPipeline:
         scaling_factor=0.3611,
         shift_factor=0.1159,
     )
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        shift=3.0,
-        use_dynamic_shifting=True,
-        base_shift=0.5,
-        max_shift=1.15,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
-    )
     return FluxPipeline(
-        scheduler=scheduler,
+        scheduler=_scheduler(),
         vae=vae,
         text_encoder=clip,
         tokenizer=clip_tokenizer,
@@ -113,11 +126,76 @@ def build_tiny_pipeline() -> FluxPipeline:
     )
 
 
-def ensure_tiny_pipeline(folder: Path) -> Path:
-    """The tiny pipeline's folder, built there first if it is not yet."""
-    if not (folder / "model_index.json").exists():
+def _scheduler() -> FlowMatchEulerDiscreteScheduler:
+    return FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+
+
+KLEIN_TEXT_LAYERS = 27  # the pipeline reads hidden states 9, 18 and 27
+# Qwen3's chat markup, reduced to what the pipeline's apply_chat_template call needs.
+KLEIN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_klein_pipeline() -> Flux2KleinPipeline:
+    torch.manual_seed(BUILD_SEED)
+    tokenizer = Qwen2Tokenizer().train_new_from_iterator([_training_text()], vocab_size=300)
+    tokenizer.chat_template = KLEIN_CHAT_TEMPLATE
+    hidden = 16
+    text_encoder = Qwen3ForCausalLM(
+        Qwen3Config(vocab_size=len(tokenizer) + 8, hidden_size=hidden, intermediate_size=32,
+                    num_hidden_layers=KLEIN_TEXT_LAYERS, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                    max_position_embeddings=512, tie_word_embeddings=True)
+    )
+    transformer = Flux2Transformer2DModel(
+        patch_size=1,
+        in_channels=128,  # 32 latent channels patchified 2x2
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=3 * hidden,  # three hidden-state layers side by side
+        timestep_guidance_channels=32,
+        axes_dims_rope=(4, 4, 4, 4),  # sums to attention_head_dim
+        guidance_embeds=False,  # klein is step-distilled: no guidance embedding
+    )
+    vae = AutoencoderKLFlux2(block_out_channels=(16, 16, 16, 16), layers_per_block=1, latent_channels=32,
+                             norm_num_groups=8, use_quant_conv=False, use_post_quant_conv=False)
+    return Flux2KleinPipeline(scheduler=_scheduler(), vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                              transformer=transformer, is_distilled=True)
+
+
+def build_tiny_preview_decoder(latent_channels: int = 16) -> AutoencoderTiny:
+    """A random AutoencoderTiny shaped like the public taef1 (FLUX.1 latents in, RGB out)."""
+    torch.manual_seed(BUILD_SEED)
+    return AutoencoderTiny(in_channels=3, out_channels=3, encoder_block_out_channels=(8, 8, 8, 8),
+                           decoder_block_out_channels=(8, 8, 8, 8), num_encoder_blocks=(1, 1, 1, 1),
+                           num_decoder_blocks=(1, 1, 1, 1), latent_channels=latent_channels,
+                           scaling_factor=1.0, shift_factor=0.0)
+
+
+TINY_BUILDERS = {
+    "flux1": build_tiny_pipeline,
+    "klein": build_tiny_klein_pipeline,
+    "preview-decoder": build_tiny_preview_decoder,
+}
+
+
+def ensure_tiny_pipeline(folder: Path, family: str = "flux1") -> Path:
+    """A tiny model's folder (``family``: a key of :data:`TINY_BUILDERS`), built there first if it
+    is not yet."""
+    if not any((folder / name).exists() for name in ("model_index.json", "config.json")):
         folder.mkdir(parents=True, exist_ok=True)
         huggingface_hub.utils.disable_progress_bars()
         transformers.utils.logging.disable_progress_bar()
-        build_tiny_pipeline().save_pretrained(folder)
+        built: DiffusionPipeline | AutoencoderTiny = TINY_BUILDERS[family]()
+        built.save_pretrained(folder)
     return folder

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from sqlalchemy import Row, Update, bindparam, func, insert, or_, select, update
@@ -44,13 +44,22 @@ _FINISH = (
 _INSERT_OUTPUT = insert(outputs)
 
 
+_QUEUED_OF_MODEL = (
+    select(tasks.c.id, tasks.c.request)
+    .where(tasks.c.status == Status.QUEUE.value, tasks.c.model_slug == bindparam("slug"))
+    .order_by(tasks.c.id)
+    .limit(bindparam("limit"))
+)
+
+
 @functools.cache
-def _claim_statement(through: Status) -> Update:
-    """``UPDATE`` claiming the oldest queued task and walking it from ``task_accept`` to
-    ``through``, every stage stamped with ``now``."""
+def _claim_statement(through: Status, by_id: bool = False) -> Update:
+    """``UPDATE`` claiming the oldest queued task (or, ``by_id``, the queued task ``task_id``) and
+    walking it from ``task_accept`` to ``through``, every stage stamped with ``now``."""
+    chosen = bindparam("task_id") if by_id else _OLDEST_QUEUED
     return (
         update(tasks)
-        .where(tasks.c.id == _OLDEST_QUEUED, tasks.c.status == Status.QUEUE.value)
+        .where(tasks.c.id == chosen, tasks.c.status == Status.QUEUE.value)
         .values(status=through.value, worker_id=bindparam("worker_id"), lease_expires_at=bindparam("lease_until"),
                 attempts=tasks.c.attempts + 1,
                 **{TIME_COLUMN[stage]: bindparam("now") for stage in stages(Status.ACCEPT, through)})
@@ -119,6 +128,28 @@ class WorkStore:
         if claimed is None:
             return None
         return ClaimedTask(claimed.id, claimed.socket_token, claimed.model_slug, WorkOrder.decode(claimed.request))
+
+    def claim_more(
+        self, worker_id: str, model_slug: str, lease_seconds: float, limit: int, joins: Callable[[WorkOrder], bool],
+        through: Status = Status.ACCEPT,
+    ) -> list[ClaimedTask]:
+        """Up to ``limit`` more queued tasks of ``model_slug`` whose orders ``joins`` accepts, oldest
+        first, each claimed as :meth:`claim_next` does (a task another worker took first is skipped)."""
+        with self._db.read() as connection:
+            queued = connection.execute(_QUEUED_OF_MODEL, {"slug": model_slug, "limit": limit * 8}).all()
+        candidates = [(task_id, order) for task_id, order in
+                      ((task_id, WorkOrder.decode(request)) for task_id, request in queued) if joins(order)]
+        claimed: list[ClaimedTask] = []
+        for task_id, _order in candidates[:limit]:
+            now = time.time()
+            with self._db.write() as connection:
+                row = connection.execute(
+                    _claim_statement(through, by_id=True),
+                    {"task_id": task_id, "now": now, "worker_id": worker_id, "lease_until": now + lease_seconds},
+                ).first()
+            if row is not None:
+                claimed.append(ClaimedTask(row.id, row.socket_token, row.model_slug, WorkOrder.decode(row.request)))
+        return claimed
 
     def advance(self, task_id: int, *statuses: Status, lease_seconds: float | None = None) -> bool:
         """Move a task along the worker path through ``statuses`` (consecutive, each stamped with

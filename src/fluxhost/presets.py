@@ -1,0 +1,82 @@
+"""Open FLUX models by short name, so that real weights are one setting away.
+
+``FLUXHOST_PRESETS=schnell,dev`` serves presets under their own slugs;
+``FLUXHOST_FLUX_PRO_MODEL=schnell`` puts one behind the seed's ``black-forest-labs/flux-pro-1.1``;
+``fluxhost models pull schnell`` downloads its weights into the Hugging Face cache first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fluxhost import DEFAULT_MODEL
+from fluxhost.settings import ModelSettings, Settings
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    slug: str
+    weights: str  # the Hugging Face hub id of its diffusers folder
+    title: str
+    steps: int
+    guidance: float
+    max_sequence_length: int
+    exposed_inputs: tuple[str, ...]
+    description: str
+    download_gb: int
+    licence: str
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def model_settings(self, setting: str, **overrides: object) -> ModelSettings:
+        values = dict(weights=self.weights, steps=self.steps, guidance=self.guidance,
+                      max_sequence_length=self.max_sequence_length, exposed_inputs=list(self.exposed_inputs),
+                      description=self.description, setting=setting, **self.extra)
+        return ModelSettings(**{**values, **overrides})
+
+
+PRESETS: dict[str, Preset] = {
+    preset.name: preset
+    for preset in (
+        Preset("schnell", "black-forest-labs/flux-1-schnell", "black-forest-labs/FLUX.1-schnell", "FLUX.1 [schnell]",
+               steps=4, guidance=0.0, max_sequence_length=256, exposed_inputs=("steps",),
+               description="FLUX.1 [schnell]: fast text-to-image in 4 steps, distilled from FLUX.1 [pro].",
+               download_gb=34, licence="Apache-2.0"),
+        Preset("dev", "black-forest-labs/flux-1-dev", "black-forest-labs/FLUX.1-dev", "FLUX.1 [dev]",
+               steps=28, guidance=3.5, max_sequence_length=512, exposed_inputs=("steps", "guidance"),
+               description="FLUX.1 [dev]: guidance-distilled text-to-image with top prompt following and detail.",
+               download_gb=34, licence="FLUX.1 [dev] Non-Commercial (accept it on the hub, then set HF_TOKEN)"),
+        Preset("klein", "black-forest-labs/flux-2-klein", "black-forest-labs/FLUX.2-klein-4B", "FLUX.2 [klein] 4B",
+               steps=4, guidance=1.0, max_sequence_length=512, exposed_inputs=("steps",),
+               description="FLUX.2 [klein]: a compact 4B FLUX.2 model, 4 steps, fits consumer GPUs.",
+               download_gb=16, licence="Apache-2.0"),
+    )
+}
+
+
+def preset_names(text: str) -> list[str]:
+    """The preset names in a comma-separated setting; ValueError naming an unknown one."""
+    names = [name.strip().lower() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in PRESETS]
+    if unknown:
+        raise ValueError(f"unknown preset {unknown[0]!r} in FLUXHOST_PRESETS: choose from {', '.join(PRESETS)}")
+    return names
+
+
+def served_models(settings: Settings) -> dict[str, ModelSettings]:
+    """The models table, plus each preset under its slug, plus what serves the seed's slug."""
+    models = dict(settings.models)
+    for name in preset_names(settings.presets):
+        preset = PRESETS[name]
+        models.setdefault(preset.slug, preset.model_settings("FLUXHOST_PRESETS"))
+    chosen = (settings.flux_pro_model or "").strip()
+    if chosen:
+        seed = models.get(DEFAULT_MODEL, ModelSettings())
+        setting = "FLUXHOST_FLUX_PRO_MODEL"
+        if chosen.lower() in PRESETS:
+            # The seed tool keeps its own page and inputs; the preset brings weights and defaults.
+            models[DEFAULT_MODEL] = PRESETS[chosen.lower()].model_settings(
+                setting, exposed_inputs=seed.exposed_inputs, description=seed.description)
+        else:
+            models[DEFAULT_MODEL] = seed.model_copy(update={"weights": chosen, "setting": setting})
+    return models

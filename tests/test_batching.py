@@ -1,0 +1,77 @@
+"""Queued tasks of one model, size, steps and guidance run as one pipeline call, each with its own
+prompt and seed, each image as it would be alone (within one grey level); a Kill drops one task."""
+
+import io
+import threading
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from fluxhost.signing import KeyMode
+from tests.helpers import SLUG, LiveServer, ProtocolClient
+
+PROMPTS = ["a red fox in the snow", "a lighthouse at dusk", "a quiet street", "a red fox in the snow"]
+
+
+def pixels(task: dict) -> np.ndarray:
+    [output] = task["outputs"]
+    return np.asarray(Image.open(io.BytesIO(httpx.get(output["url"], timeout=30).content)).convert("RGB"), dtype=int)
+
+
+def engine_of(live: LiveServer):
+    return live.service.dispatcher.worker.models[SLUG].engine
+
+
+def queue_while_no_worker(make_settings, runs: list[dict], **settings) -> tuple[ProtocolClient, list[str]]:
+    """Queue ``runs`` on a server without a worker, so that the next server finds them all queued."""
+    with LiveServer(make_settings(worker_concurrency=0, **settings)) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        return client, [client.run(**run)["taskid"] for run in runs]
+
+
+def test_four_queued_tasks_run_in_one_call_each_as_it_would_alone(make_settings):
+    runs = [{"prompt": prompt, "seed": str(seed), "aspectRatio": "1:1"} for seed, prompt in enumerate(PROMPTS)]
+    client, batched = queue_while_no_worker(make_settings, runs)
+    with LiveServer(make_settings()) as live:
+        client.base_url = live.base_url
+        tasks = [client.wait(taskid) for taskid in batched]
+        assert engine_of(live).batches == 1
+        together = [pixels(task) for task in tasks]
+    assert all(task["pexit"] == "0" for task in tasks)
+    assert all("Batched with 3 other task(s) in one pipeline call." in task["debugoutput"] for task in tasks)
+
+    with LiveServer(make_settings(max_batch=1)) as live:
+        client.base_url = live.base_url
+        alone = [pixels(client.wait(client.run(**run)["taskid"])) for run in runs]
+        assert engine_of(live).batches == 4
+    for batched_image, single_image in zip(together, alone, strict=True):
+        assert np.abs(batched_image - single_image).max() <= 1
+    assert np.abs(together[0] - together[1]).max() > 1  # each kept its own prompt and seed
+
+
+def test_a_kill_in_a_batch_drops_that_task_only(make_settings):
+    runs = [{"prompt": prompt, "seed": str(seed), "aspectRatio": "1:1"} for seed, prompt in enumerate(PROMPTS)]
+    client, batched = queue_while_no_worker(make_settings, runs, steps=30)
+    with LiveServer(make_settings(steps=30)) as live:
+        client.base_url = live.base_url
+        victim = batched[1]
+        progressed: set[str] = set()
+        victim_running = threading.Event()
+
+        def seen(event) -> None:
+            if event.progress:
+                progressed.add(str(event.task_id))
+                if str(event.task_id) == victim and event.progress.step >= 2:
+                    victim_running.set()
+
+        live.service.events.subscribe(seen)
+        assert victim_running.wait(120)
+        assert client.call("Task/Kill", {"taskid": victim})["result"] is True
+        tasks = {taskid: client.wait(taskid) for taskid in batched}
+    assert tasks[victim]["status"] == "task_cancel" and tasks[victim]["outputs"] == []
+    assert "Stopped at step" in tasks[victim]["debugoutput"]
+    for taskid in batched:
+        if taskid != victim:
+            assert tasks[taskid]["pexit"] == "0" and len(tasks[taskid]["outputs"]) == 1
+    assert progressed == set(batched)  # every task of the batch got progress

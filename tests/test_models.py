@@ -1,0 +1,160 @@
+"""The FLUX engine's models and options on tiny pipelines: FLUX.1 and FLUX.2 [klein], presets,
+memory and speed options, the prompt cache and step previews. GPU-only options are marked."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fluxhost import DEFAULT_MODEL
+from fluxhost.engines.base import GenerationRequest, generate
+from fluxhost.engines.flux import FluxEngine
+from fluxhost.engines.tiny import ensure_tiny_pipeline
+from fluxhost.presets import PRESETS
+from fluxhost.settings import ModelSettings, Settings
+from fluxhost.signing import KeyMode
+from fluxhost.tools import Catalog
+from tests.helpers import SLUG, LiveServer, ProtocolClient
+
+KLEIN = "black-forest-labs/flux-2-klein"
+FLUXHOST = str(Path(sys.executable).with_name("fluxhost"))
+
+
+@pytest.fixture(scope="session")
+def tiny_klein(tmp_path_factory) -> Path:
+    return ensure_tiny_pipeline(tmp_path_factory.mktemp("weights") / "tiny-klein", "klein")
+
+
+@pytest.fixture(scope="session")
+def tiny_preview_decoder(tmp_path_factory) -> Path:
+    return ensure_tiny_pipeline(tmp_path_factory.mktemp("weights") / "tiny-taef", "preview-decoder")
+
+
+def run_once(weights: Path, **options) -> tuple[FluxEngine, list, list]:
+    """Load ``weights`` with ``options`` and make one 256x256 image, rendering a preview each step."""
+    torch.set_num_threads(2)
+    engine = FluxEngine(str(weights), ModelSettings(steps=3, max_sequence_length=32, **options), device="cpu")
+    engine.load()
+    previews = []
+
+    def on_step(step, total, preview):
+        previews.append(preview().size)
+        return True
+
+    guidance = 1.0 if engine.family.name.startswith("FLUX.2") else 3.5
+    images = generate(engine, GenerationRequest("a red fox", 256, 256, 7, 3, guidance), lambda: None, on_step)
+    return engine, images, previews
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"offload": "group"},
+    {"offload": "model"},  # nothing to move on a CPU: a warning, and it runs
+    {"vae_tiling": True, "vae_slicing": True},
+    {"attention_backend": "native"},
+    {"cache": "first_block", "cache_threshold": 0.2},
+    {"cache": "taylorseer"},
+    {"cache": "magcache"},
+    {"warmup_sizes": ["256x256"]},
+], ids=lambda options: ",".join(options) or "plain")
+def test_flux1_options_run(tiny_weights, options):
+    engine, [image], previews = run_once(tiny_weights, **options)
+    assert image.size == (256, 256) and previews == [(64, 64)] * 3
+    assert engine.batches == 1 + len(options.get("warmup_sizes", []))
+
+
+def test_klein_runs_with_previews_and_options(tiny_klein):
+    engine, [image], previews = run_once(tiny_klein, cache="taylorseer", vae_tiling=True)
+    assert engine.family.name == "FLUX.2 [klein]" and image.size == (256, 256)
+    assert previews == [(64, 64)] * 3
+
+
+def test_a_tiny_autoencoder_draws_the_previews(tiny_weights, tiny_preview_decoder):
+    _engine, _images, previews = run_once(tiny_weights, preview_decoder=str(tiny_preview_decoder))
+    assert previews == [(256, 256)] * 3  # full size: the tiny decoder is cheap
+
+
+@pytest.mark.parametrize("cache", ["magcache", "first_block"])
+def test_caches_without_klein_support_are_refused_for_it(tiny_klein, cache):
+    with pytest.raises(ValueError, match=cache):
+        run_once(tiny_klein, cache=cache)
+
+
+def test_an_identical_prompt_reuses_its_encoding(tiny_weights):
+    engine, _images, _previews = run_once(tiny_weights)
+    request = GenerationRequest("a red fox", 256, 256, 8, 3, 3.5)
+    generate(engine, request, lambda: None, lambda *_: True)
+    generate(engine, GenerationRequest("a heron", 256, 256, 8, 3, 3.5), lambda: None, lambda *_: True)
+    assert (engine.prompts.hits, engine.prompts.misses) == (1, 2)
+
+
+@pytest.mark.quant
+def test_int8_weights_with_torchao(tiny_weights):
+    pytest.importorskip("torchao")
+    _engine, [image], _previews = run_once(tiny_weights, quantize="int8")
+    assert image.size == (256, 256)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("options", [{"compile": True, "warmup_sizes": ["256x256"]}, {"quantize": "fp8"},
+                                     {"quantize": "nf4"}, {"offload": "model"}, {"offload": "sequential"}])
+def test_gpu_options_run(tiny_weights, options):
+    engine = FluxEngine(str(tiny_weights), ModelSettings(steps=3, max_sequence_length=32, **options), device="cuda")
+    engine.load()
+    [image] = generate(engine, GenerationRequest("a red fox", 256, 256, 7, 3, 3.5), lambda: None, lambda *_: True)
+    assert image.size == (256, 256)
+
+
+def test_klein_serves_under_its_own_slug(make_settings, tiny_klein):
+    klein = ModelSettings(weights=str(tiny_klein), steps=2, guidance=1.0, max_sequence_length=32,
+                          exposed_inputs=["steps"])
+    settings = make_settings()
+    with LiveServer(make_settings(models={**settings.models, KLEIN: klein})) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        listed = client.call("Tool/List", {})
+        assert {tool["id"] for tool in listed["tool"]} == {SLUG, KLEIN}
+        [detail] = client.call("Tool/Detail", {"slugowner": "black-forest-labs", "slugproject": "flux-2-klein"})["tool"]
+        assert "steps" in [item["id"] for item in detail["parameters"][0]["items"]]
+        run = client.call(f"Run/{KLEIN}", {"prompt": "a heron", "aspectRatio": "1:1", "steps": "3"})
+        task = client.wait(run["taskid"])
+    assert task["pexit"] == "0" and len(task["outputs"]) == 1
+    assert "FLUX.2 [klein]" in task["debugoutput"] and "3 steps" in task["debugoutput"]
+
+
+def test_presets_serve_by_name_and_behind_the_seed_slug():
+    settings = Settings(presets="schnell, klein", flux_pro_model="dev")
+    models = settings.served_models
+    assert models[PRESETS["schnell"].slug].weights == "black-forest-labs/FLUX.1-schnell"
+    assert models[PRESETS["schnell"].slug].steps == 4 and models[PRESETS["klein"].slug].steps == 4
+    seed = models[DEFAULT_MODEL]
+    assert (seed.weights, seed.steps, seed.guidance, seed.exposed_inputs) == ("black-forest-labs/FLUX.1-dev", 28, 3.5,
+                                                                              [])
+    assert seed.setting == "FLUXHOST_FLUX_PRO_MODEL"
+    tools = {tool.slug: tool for tool in Catalog.from_models(models).tools}
+    assert set(tools) == {DEFAULT_MODEL, PRESETS["schnell"].slug, PRESETS["klein"].slug}
+    assert [item.id for item in tools[PRESETS["schnell"].slug].schema.extra] == ["steps"]
+    assert Settings(flux_pro_model="/models/my-flux").served_models[DEFAULT_MODEL].weights == "/models/my-flux"
+    with pytest.raises(ValueError, match="unknown preset 'turbo'"):
+        Settings(presets="turbo")
+    with pytest.raises(ValueError, match="devices must not repeat"):
+        Settings(devices="cuda:0,cuda:0")
+
+
+def test_missing_preset_weights_name_the_setting_and_the_pull():
+    preset = PRESETS["schnell"]
+    engine = FluxEngine(preset.weights, preset.model_settings("FLUXHOST_PRESETS"), device="cpu")
+    message = engine._weights_message(OSError("We couldn't connect to the hub\nand more"))
+    assert message == ("weights 'black-forest-labs/FLUX.1-schnell' could not be loaded (We couldn't connect to the "
+                       "hub). Set FLUXHOST_PRESETS to a diffusers FLUX folder or Hugging Face hub id, or download "
+                       "them first: fluxhost models pull schnell.")
+
+
+def test_models_pull_offline_says_why(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    done = subprocess.run([FLUXHOST, "models", "pull", "schnell"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1
+    assert "FLUX.1 [schnell]" in done.stdout and "offline mode is on" in done.stdout
