@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(PY) bench/engine_overhead.py
 	$(PY) bench/socket_fanout.py
 	$(PY) bench/batching.py
+	$(PY) bench/moderation.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info

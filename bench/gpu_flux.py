@@ -68,8 +68,6 @@ def measure(weights: str, model: ModelSettings, device: str, size: int, images: 
         call()
     seconds = (time.perf_counter() - began) / (calls * batch)
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-    del engine
-    gc.collect()
     return seconds, peak
 
 
@@ -103,6 +101,7 @@ def main() -> None:
                 seconds, peak = measure(weights, base.model_copy(update=options), args.device, args.size,
                                         args.images, batch)
                 print(f"| {name:34} | {seconds:7.3f} | {peak:8.2f} |", flush=True)
+                gc.collect()  # the row's engine goes before the next one loads
             except Exception as error:  # an option this machine lacks (no torchao, no bitsandbytes...)
                 print(f"| {name:34} | {'-':>7} | {'-':>8} |  {type(error).__name__}: {str(error)[:80]}", flush=True)
 

@@ -12,7 +12,7 @@ import math
 import re
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fluxhost.workorder import WorkOrder
@@ -184,13 +184,18 @@ class ValidatedRun:
 
 @dataclass(frozen=True)
 class InputSchema:
-    """The inputs one model takes: the seed tool's, plus ``extra`` (e.g. steps and guidance)."""
+    """The inputs one model takes: the seed tool's, plus ``extra`` (e.g. steps and guidance);
+    ``notes`` (input id, text) add what this server does with an input to its description."""
 
     extra: tuple[Input, ...] = field(default_factory=tuple)
+    notes: tuple[tuple[str, str], ...] = ()
 
     @property
     def inputs(self) -> tuple[Input, ...]:
-        return SEED_TOOL_INPUTS + self.extra
+        notes = dict(self.notes)
+        seed = tuple(replace(item, description=f"{item.description} {notes[item.id]}") if item.id in notes else item
+                     for item in SEED_TOOL_INPUTS)
+        return seed + self.extra
 
     def items(self) -> list[dict[str, Any]]:
         """Tool/Detail's ``parameters`` items."""

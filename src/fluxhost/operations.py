@@ -23,6 +23,12 @@ from fluxhost.store.tasks import ModelStats, StopResult, TaskRecord, TaskRef, Ta
 from fluxhost.tools import Catalog, Tool
 from fluxhost.urlguard import Allowlist, UrlRefused, check_public_url
 
+UPSAMPLING_UNAVAILABLE = (
+    "Prompt upsampling is not available on this server: its operator can set FLUXHOST_UPSAMPLER_URL (an "
+    "OpenAI-compatible API) or FLUXHOST_UPSAMPLER_LOCAL (a transformers language model). Send "
+    "promptUpsampling=false to use the prompt as given."
+)
+
 
 class OperationError(Exception):
     """A request the service refuses; the subclass says why."""
@@ -93,9 +99,12 @@ class Operations:
         catalog: Catalog,
         url_allowlist: Allowlist,
         load_error: Callable[[str], str | None] = lambda _slug: None,
+        upsampling: bool = False,
     ):
-        """``load_error(slug)``: why that model could not be loaded here, or None."""
+        """``load_error(slug)``: why that model could not be loaded here, or None; ``upsampling``:
+        whether a prompt upsampler is configured."""
         self.load_error = load_error
+        self.upsampling = upsampling
         self.tasks = tasks
         self.files = files
         self.events = events
@@ -118,6 +127,8 @@ class Operations:
             validated = tool.schema.validate(inputs)
         except InputError as error:
             raise InvalidInput(str(error)) from None
+        if validated.order.prompt_upsampling and not self.upsampling:
+            raise InvalidInput(UPSAMPLING_UNAVAILABLE)
         if callback_url:
             try:
                 check_public_url(callback_url, self.url_allowlist, "callbackUrl")

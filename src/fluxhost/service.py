@@ -20,6 +20,7 @@ from fluxhost.events import LocalEventBus
 from fluxhost.files import LocalFileStore
 from fluxhost.operations import Operations
 from fluxhost.protocol_json import render_task, task_list_body
+from fluxhost.safety.moderator import Moderator
 from fluxhost.settings import Settings
 from fluxhost.store.database import Database
 from fluxhost.store.deliveries import Deliveries
@@ -27,6 +28,7 @@ from fluxhost.store.keys import KeyStore
 from fluxhost.store.tasks import TaskRecord, TaskStore
 from fluxhost.store.work import WorkStore
 from fluxhost.tools import Catalog
+from fluxhost.upsampling import ChatCompletions, LocalLanguageModel, Upsampler
 from fluxhost.urlguard import Allowlist
 from fluxhost.worker import ServedModel, Worker
 
@@ -63,7 +65,17 @@ class Service:
         self.files = LocalFileStore(settings.files_dir, settings.resolved_public_url)
         self.events = LocalEventBus()
         self.models = settings.served_models
-        self.catalog = Catalog.from_models(self.models)
+        self.moderator = Moderator(
+            settings.safety_terms_dir, text_model=settings.safety_text_model, image_model=settings.safety_image_model,
+            image_backend=settings.safety_image_backend,
+            unsafe_labels=frozenset(label.strip() for label in settings.safety_unsafe_labels.split(",") if label),
+        )
+        upsampling = bool(settings.upsampler_url or settings.upsampler_local)
+        self.catalog = Catalog.from_models(self.models, {
+            "safetyTolerance": self.moderator.describe(),
+            "promptUpsampling": "Available on this server." if upsampling else (
+                "Not available on this server: Runs asking for it are refused."),
+        })
         self.url_allowlist = Allowlist.parse(settings.callback_allowlist)
         self.deliveries = Deliveries(self.db)
         self.callbacks = CallbackSender(
@@ -74,7 +86,7 @@ class Service:
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.dispatcher: Dispatcher = LocalDispatcher(self._make_workers, settings.worker_concurrency)
         self.operations = Operations(self.tasks, self.files, self.events, self.dispatcher, self.catalog,
-                                     self.url_allowlist, self.load_error)
+                                     self.url_allowlist, self.load_error, upsampling)
         self._stopping = threading.Event()
         self._janitor: threading.Thread | None = None
 
@@ -117,6 +129,8 @@ class Service:
             import torch
 
             torch.set_num_threads(self.settings.torch_threads)
+        self.moderator.load()
+        upsampler = self._load_upsampler()
         workers = []
         for device in self.settings.device_list:
             models = {}
@@ -132,8 +146,23 @@ class Service:
                 models[slug] = ServedModel(slug, model, engine)
             # One id for the process: recovery knows a process, not its devices.
             workers.append(Worker(self.worker_id, self.work, models, self.files, self.events,
-                                  self.settings.lease_seconds, previews=self.settings.previews))
+                                  self.settings.lease_seconds, previews=self.settings.previews,
+                                  moderator=self.moderator, upsampler=upsampler,
+                                  upsampler_fallback=self.settings.upsampler_fallback))
         return workers
+
+    def _load_upsampler(self) -> Upsampler | None:
+        settings = self.settings
+        try:
+            if settings.upsampler_url:
+                api_key = settings.upsampler_api_key.get_secret_value()
+                return ChatCompletions(settings.upsampler_url, settings.upsampler_model, api_key,
+                                       settings.upsampler_timeout_seconds)
+            if settings.upsampler_local:
+                return LocalLanguageModel(settings.upsampler_local)
+        except Exception as error:  # tasks asking for upsampling then fail (or fall back) with this reason
+            log.error("the prompt upsampler could not be loaded: %s", error)
+        return None
 
     def _janitor_loop(self) -> None:
         while not self._stopping.wait(JANITOR_SECONDS):

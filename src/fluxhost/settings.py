@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fluxhost import DEFAULT_MODEL
@@ -140,6 +140,36 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="Wait after the first failed attempt; doubles after each (10 attempts: ~4 h)."
     )
     callback_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    safety_terms_dir: Path | None = Field(
+        default=None, description="Folder of prompt term lists (<category>.txt); default: the shipped lists."
+    )
+    safety_text_model: str | None = Field(
+        default=None, description="A transformers text-classification model for prompts (folder or hub id)."
+    )
+    safety_image_model: str | None = Field(
+        default=None, description="A transformers image-classification model for images, e.g. "
+        "Falconsai/nsfw_image_detection.",
+    )
+    safety_image_backend: Literal["transformers", "nudenet"] = Field(
+        default="transformers", description="nudenet: NudeNet's detector instead (pip install nudenet; AGPL-3.0)."
+    )
+    safety_unsafe_labels: str = Field(
+        default="nsfw,porn,hentai,sexy,unsafe,toxic,severe_toxic,obscene,threat,identity_hate,"
+        "FEMALE_GENITALIA_EXPOSED,MALE_GENITALIA_EXPOSED,FEMALE_BREAST_EXPOSED,BUTTOCKS_EXPOSED,ANUS_EXPOSED",
+        description="Classifier labels that mean unsafe, comma-separated.",
+    )
+    upsampler_url: str | None = Field(
+        default=None, description="An OpenAI-compatible API's base URL, ending in /v1, for promptUpsampling."
+    )
+    upsampler_model: str = Field(default="", description="The model name the upsampler URL serves.")
+    upsampler_api_key: SecretStr = Field(default=SecretStr(""), description="Bearer token for the upsampler URL.")
+    upsampler_local: str | None = Field(
+        default=None, description="A transformers causal LM (folder or hub id) run in process for promptUpsampling."
+    )
+    upsampler_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    upsampler_fallback: bool = Field(
+        default=False, description="When upsampling fails, generate from the prompt as given instead of failing."
+    )
     log_level: str = "INFO"
 
     @model_validator(mode="after")

@@ -103,13 +103,15 @@ class Catalog:
     """The models this server serves, found by slug in either spelling."""
 
     @classmethod
-    def from_models(cls, models: dict[str, ModelSettings]) -> Catalog:
+    def from_models(cls, models: dict[str, ModelSettings], notes: dict[str, str] | None = None) -> Catalog:
+        """``notes``: input id -> what this server does with it, added to its description."""
         tools = []
         for slug, model in models.items():
             extra = [steps_input(model.steps) if name == "steps" else guidance_input(model.guidance)
                      for name in model.exposed_inputs]
             owner, project = slug.split("/", 1)
-            tools.append(Tool(owner, project, model.description, InputSchema(tuple(extra))))
+            tools.append(Tool(owner, project, model.description,
+                              InputSchema(tuple(extra), tuple((notes or {}).items()))))
         return cls(tools)
 
     def __init__(self, tools: list[Tool]):

@@ -6,7 +6,7 @@ import base64
 import io
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from PIL import Image
 
@@ -15,9 +15,11 @@ from fluxhost.engines.base import GenerationStopped, Preview, batch_key
 from fluxhost.events import EventBus, Progress, TaskEvent
 from fluxhost.files import FileStore
 from fluxhost.images import CONTENT_TYPES, FILE_EXTENSIONS, encode
+from fluxhost.safety.moderator import Moderator
 from fluxhost.settings import ModelSettings
 from fluxhost.statuses import Status, stages
 from fluxhost.store.work import ClaimedTask, NewOutput, WorkStore
+from fluxhost.upsampling import Upsampler, UpsamplingFailed
 from fluxhost.workorder import WorkOrder
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,10 @@ def generation_request(order: WorkOrder, model: ModelSettings) -> GenerationRequ
         guidance=model.guidance if order.guidance is None else order.guidance,
         num_images=order.num_images,
     )
+
+
+class Moderated(Exception):
+    """Moderation refused a task's prompt or image; the message is the task's ``debugerror``."""
 
 
 class TaskStopped(Exception):
@@ -89,6 +95,9 @@ class Worker:
         events: EventBus,
         lease_seconds: float,
         previews: bool = False,
+        moderator: Moderator | None = None,
+        upsampler: Upsampler | None = None,
+        upsampler_fallback: bool = False,
     ):
         self.worker_id = worker_id
         self.store = store
@@ -97,6 +106,9 @@ class Worker:
         self.events = events
         self.lease_seconds = lease_seconds
         self.previews = previews
+        self.moderator = moderator or Moderator()
+        self.upsampler = upsampler
+        self.upsampler_fallback = upsampler_fallback
         self._running: set[int] = set()
         self._killed: set[int] = set()
         events.subscribe(self._notice_kill)
@@ -148,10 +160,25 @@ class Worker:
                 self._emit(task, status)
         runs = {task.id: RunLog() for task in batch}
         model = self.models[batch[0].model_slug]
+        if model.engine is None:
+            for task in batch:
+                self._fail(task, runs[task.id], RuntimeError(f"model {model.slug} could not be loaded: "
+                                                             f"{model.load_error}"))
+            return
+        prepared = []
+        for task in batch:
+            try:
+                prepared.append((task, self._prepare(task, model, runs[task.id])))
+            except Moderated as verdict:
+                self._refuse(task, runs[task.id], str(verdict))
+            except Exception as error:
+                log.warning("task %s failed before generation: %s", task.id, error)
+                self._fail(task, runs[task.id], error)
+        if not prepared:
+            return
+        batch = [task for task, _request in prepared]
+        requests = [request for _task, request in prepared]
         try:
-            if model.engine is None:
-                raise RuntimeError(f"model {model.slug} could not be loaded: {model.load_error}")
-            requests = [generation_request(task.order, model.settings) for task in batch]
             results, seconds = self._generate(batch, requests, model.engine, runs)
         except Exception as error:  # every task of the call fails; the worker goes on with the next
             log.exception("tasks %s failed", [task.id for task in batch])
@@ -164,7 +191,13 @@ class Worker:
                 if images is None:
                     raise TaskStopped
                 run.lines.append(f"Generated {len(images)} image(s) in {seconds:.2f}s.")
+                for image in images:
+                    category = self.moderator.check_image(image, task.order.safety_tolerance)
+                    if category:
+                        raise Moderated(f"Content Moderated: {category}")
                 self._store(task, model, request, images, run)
+            except Moderated as verdict:
+                self._refuse(task, run, str(verdict))
             except TaskStopped:
                 self._stopped(task, run)
             except Exception as error:
@@ -177,8 +210,6 @@ class Worker:
         way; and the seconds the call took."""
         for task, request in zip(batch, requests, strict=True):
             run = runs[task.id]
-            if task.order.prompt_upsampling:
-                run.lines.append("Prompt upsampling is not available on this server: prompt used as given.")
             run.lines.append(
                 f"model {task.model_slug}: {engine.description}; seed {request.seed}, "
                 f"{request.width}x{request.height}, {request.steps} steps, guidance {request.guidance}"
@@ -223,6 +254,38 @@ class Worker:
             results = [None] * len(batch)
         return results, time.monotonic() - started
 
+    def _prepare(self, task: ClaimedTask, model: ServedModel, run: RunLog) -> GenerationRequest:
+        """The task's generation request once its prompt passed moderation and, when asked, was
+        upsampled (and the rewrite passed moderation too)."""
+        order = task.order
+        request = generation_request(order, model.settings)
+        if category := self.moderator.check_prompt(order.prompt, order.safety_tolerance):
+            raise Moderated(f"Request Moderated: {category}")
+        if not order.prompt_upsampling:
+            return request
+        try:
+            if self.upsampler is None:
+                raise UpsamplingFailed("no upsampler could be loaded on this worker (see its log)")
+            rewritten = self.upsampler.rewrite(order.prompt, order.seed)
+        except UpsamplingFailed as error:
+            if not self.upsampler_fallback:
+                raise UpsamplingFailed(f"prompt upsampling failed: {error}") from None
+            run.lines.append(f"Prompt upsampling failed ({error}): prompt used as given.")
+            return request
+        if category := self.moderator.check_prompt(rewritten, order.safety_tolerance):
+            raise Moderated(f"Request Moderated: {category}")
+        run.lines.append(f"Prompt upsampled by {self.upsampler.description}: {rewritten}")
+        return replace(request, prompt=rewritten)
+
+    def _refuse(self, task: ClaimedTask, run: RunLog, reason: str) -> None:
+        """End a task that moderation refused: nothing generated or kept, the category said, never
+        the text that was refused."""
+        self._discard(run.saved)
+        run.lines.append(reason)
+        if self.store.fail(task.id, reason, run.text):
+            self._emit(task, Status.ERROR_FULL, text=reason)
+            self._emit(task, Status.POSTPROCESS_END)
+
     def _store(self, task: ClaimedTask, model: ServedModel, request: GenerationRequest, images: list[Image.Image],
                run: RunLog) -> None:
         """Encode and keep a task's images, then end it."""
@@ -232,6 +295,7 @@ class Worker:
         metadata = {
             "model": task.model_slug,
             "prompt": request.prompt,
+            **({"originalPrompt": order.prompt} if request.prompt != order.prompt else {}),
             "seed": request.seed,
             "width": request.width,
             "height": request.height,
