@@ -107,7 +107,25 @@ class ProtocolClient:
             time.sleep(0.05)
 
 
-class Receiver:
+class LoopbackServer:
+    """An ``http.server`` handler class served on a loopback port in a background thread, for the
+    outside services a test stands in for; it stops when the ``with`` block ends."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], path: str = ""):
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def __enter__(self):
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Receiver(LoopbackServer):
     """A local HTTP endpoint for callbacks: answers with the given status codes in turn (the last
     one repeats) and records every request."""
 
@@ -128,17 +146,7 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Receiver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler, "/hook")
 
     def wait_for(self, count: int, timeout: float = 60) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout

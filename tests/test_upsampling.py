@@ -3,9 +3,8 @@ in-process tiny language model: what the engine sees, what the task and the imag
 what happens without a backend or when it fails."""
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
@@ -14,12 +13,12 @@ import pytest
 from fluxhost.images import embedded_parameters
 from fluxhost.signing import KeyMode
 from fluxhost.tinymodels import tiny_language_model
-from tests.helpers import SLUG, LiveServer, ProtocolClient
+from tests.helpers import SLUG, LiveServer, LoopbackServer, ProtocolClient
 
 REWRITE = "A red fox in fresh snow at dawn, low golden light, soft rim light, shallow depth of field"
 
 
-class ChatServer:
+class ChatServer(LoopbackServer):
     """An OpenAI-compatible chat-completions endpoint on loopback that answers ``reply`` after
     ``delay`` seconds and records what it was sent."""
 
@@ -41,17 +40,7 @@ class ChatServer:
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def __enter__(self) -> "ChatServer":
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler, "/v1")
 
 
 def test_the_rewritten_prompt_is_generated_and_recorded(make_settings):

@@ -75,6 +75,7 @@ def fail_on(error: Exception) -> typer.Exit:
 
 def register(app: typer.Typer) -> None:
     app.command("run")(run)
+    app.command("edit")(edit)
     app.command("tools")(tools)
     app.command("login")(login)
     app.add_typer(tasks_app, name="tasks")
@@ -90,8 +91,37 @@ def run(
     server: ServerOption = None,
 ) -> None:
     """Generate an image: shows progress, saves the image, prints its path, size and seed."""
-    client = make_client(server)
     inputs: dict[str, Any] = {"prompt": prompt, "aspectRatio": aspect_ratio, "outputFormat": output_format}
+    _generate(make_client(server), model, inputs, seed, output)
+
+
+def edit(
+    image: Annotated[str, typer.Argument(help="The image to edit: a file, or an http(s) URL.")],
+    prompt: Annotated[str, typer.Argument(help="What to change, e.g. \"make the sky purple\".")],
+    aspect_ratio: Annotated[str, typer.Option("--aspect-ratio", help="Default: the input image's.")] = "",
+    seed: Annotated[str | None, typer.Option(help="0 to 4294967295; default: random, printed.")] = None,
+    output_format: Annotated[str, typer.Option("--format", help="png or jpeg")] = "png",
+    model: Annotated[str, typer.Option(help="An editing model's slug.")] = "black-forest-labs/flux-kontext-pro",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="File or folder to save to.")] = None,
+    server: ServerOption = None,
+) -> None:
+    """Edit an image by instruction: shows progress, saves the result, prints its path, size and seed."""
+    inputs: dict[str, Any] = {"prompt": prompt, "outputFormat": output_format}
+    if aspect_ratio:
+        inputs["aspectRatio"] = aspect_ratio
+    if image.startswith(("http://", "https://")):
+        inputs["inputImageUrl"] = image
+    else:
+        path = Path(image)
+        if not path.is_file():
+            console.print(f"[red]No such image file:[/] {escape(image)}")
+            raise typer.Exit(EXIT_REFUSED)
+        inputs["inputImage"] = path
+    _generate(make_client(server), model, inputs, seed, output)
+
+
+def _generate(client: Client, model: str, inputs: dict[str, Any], seed: str | None, output: Path | None) -> None:
+    """Run, follow with progress (Ctrl-C kills the task), save; exit with the documented codes."""
     if seed is not None:
         inputs["seed"] = seed
     try:

@@ -173,10 +173,22 @@ def _frame_ends(frame: dict[str, Any], on_progress: Callable[[Progress], None] |
     return frame["type"] in TERMINAL
 
 
-def _wire_value(value: Any) -> str:
+def _wire_value(value: Any) -> str | Path | bytes:
+    if isinstance(value, (Path, bytes)):
+        return value  # a file, sent as a multipart upload
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def _content(body: dict[str, Any]) -> dict[str, Any]:
+    """httpx's arguments for a body: JSON, or multipart when a value is a file."""
+    files = {key: (value.name if isinstance(value, Path) else key,
+                   value.read_bytes() if isinstance(value, Path) else value)
+             for key, value in body.items() if isinstance(value, (Path, bytes))}
+    if not files:
+        return {"json": body}
+    return {"data": {key: value for key, value in body.items() if key not in files}, "files": files}
 
 
 def _lookup(task: int | str) -> dict[str, str]:
@@ -218,11 +230,13 @@ class Client:
         self._http.close()
 
     def call(self, path: str, body: dict[str, Any] | None = None, *, retry: bool = True) -> dict[str, Any]:
-        """POST ``/v1/{path}``; retried with backoff on 429, 5xx and connection errors if ``retry``."""
+        """POST ``/v1/{path}``; retried with backoff on 429, 5xx and connection errors if ``retry``.
+        Values that are files (a ``Path`` or ``bytes``) go as multipart uploads."""
         tries = self.retries + 1 if retry else 1
+        content = _content(body or {})
         for attempt in range(tries):
             try:
-                outcome = self._http.post(f"/v1/{path}", json=body or {},
+                outcome = self._http.post(f"/v1/{path}", **content,
                                           headers=_headers(self.api_key, self.api_secret, self._nonces))
             except httpx.TransportError as error:
                 outcome = error
@@ -232,9 +246,15 @@ class Client:
             time.sleep(0.5 * 2**attempt)
         raise AssertionError("unreachable")
 
+    def upload(self, file: Path | bytes) -> str:
+        """Store an image on the server (File/Upload); returns its URL, which a later Run takes as
+        ``inputImage``."""
+        return self.call("File/Upload", {"file": file})["list"][0]["url"]
+
     def run(self, model: str, **inputs: Any) -> Task:
-        """Start ``model`` (``owner/project``) with the tool's inputs. Never retried: a lost answer
-        must not make a second task."""
+        """Start ``model`` (``owner/project``) with the tool's inputs (an ``inputImage`` may be a
+        ``Path`` or ``bytes``: it is uploaded with the request). Never retried: a lost answer must
+        not make a second task."""
         answer = self.call(f"Run/{model}", {k: _wire_value(v) for k, v in inputs.items()}, retry=False)
         result = RunResult.model_validate(answer)
         return Task(self, result.taskid, result.socketaccesstoken)
@@ -367,9 +387,10 @@ class AsyncClient:
 
     async def call(self, path: str, body: dict[str, Any] | None = None, *, retry: bool = True) -> dict[str, Any]:
         tries = self.retries + 1 if retry else 1
+        content = _content(body or {})
         for attempt in range(tries):
             try:
-                outcome = await self._http.post(f"/v1/{path}", json=body or {},
+                outcome = await self._http.post(f"/v1/{path}", **content,
                                                 headers=_headers(self.api_key, self.api_secret, self._nonces))
             except httpx.TransportError as error:
                 outcome = error
@@ -378,6 +399,9 @@ class AsyncClient:
                 return answer
             await asyncio.sleep(0.5 * 2**attempt)
         raise AssertionError("unreachable")
+
+    async def upload(self, file: Path | bytes) -> str:
+        return (await self.call("File/Upload", {"file": file}))["list"][0]["url"]
 
     async def run(self, model: str, **inputs: Any) -> AsyncTask:
         answer = await self.call(f"Run/{model}", {k: _wire_value(v) for k, v in inputs.items()}, retry=False)

@@ -32,6 +32,9 @@ class FileStore(Protocol):
     def delete(self, folder: str, name: str) -> None:
         """Remove the file (and its folder once empty); a missing file is not an error."""
 
+    def find(self, url: str) -> tuple[str, str] | None:
+        """The (folder, name) of a URL this store handed out, or None for any other URL."""
+
 
 class LocalFileStore:
     def __init__(self, root: Path, public_url: str):
@@ -63,6 +66,13 @@ class LocalFileStore:
         path.unlink(missing_ok=True)
         if path.parent.exists() and not any(path.parent.iterdir()):
             shutil.rmtree(path.parent, ignore_errors=True)
+
+    def find(self, url: str) -> tuple[str, str] | None:
+        prefix = f"{self.public_url}/files/"
+        if not url.startswith(prefix):
+            return None
+        folder, _, name = url[len(prefix):].partition("/")
+        return (folder, name) if _FOLDER.fullmatch(folder) and _NAME.fullmatch(name) else None
 
     def _path(self, folder: str, name: str) -> Path:
         if not _FOLDER.fullmatch(folder) or not _NAME.fullmatch(name):

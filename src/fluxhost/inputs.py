@@ -163,6 +163,23 @@ SEED_TOOL_INPUTS = (
 )
 
 
+IMAGE_INPUTS = (
+    Input("inputImage", "fileinput", "Input Image",
+          "The image to edit: an uploaded file (multipart) or its URL (e.g. one File/Upload returned). PNG, JPEG "
+          "or WebP.", ""),
+    Input("inputImageUrl", "text", "Input Image URL", "The image to edit, by http(s) URL (instead of inputImage).",
+          ""),
+)
+ASPECT_OF_INPUT = ("Aspect ratio of the image; empty: the input image's own (about one megapixel, multiples of "
+                   "32). Each option gives the width and height in pixels it produces.")
+
+
+def strength_input(default: float) -> Input:
+    return Input("strength", "range", "Strength",
+                 "How far to move from the input image: 0 keeps it, 1 ignores it.", f"{default:g}",
+                 bounds=(0.05, 1, 0.05))
+
+
 def steps_input(default: int) -> Input:
     return Input("steps", "range", "Steps", "Denoising steps: more is slower and usually finer.", str(default),
                  bounds=(1, STEPS_MAX, 1))
@@ -189,13 +206,18 @@ class InputSchema:
 
     extra: tuple[Input, ...] = field(default_factory=tuple)
     notes: tuple[tuple[str, str], ...] = ()
+    takes_image: bool = False  # edit and image-to-image models: inputImage or inputImageUrl is required
 
     @property
     def inputs(self) -> tuple[Input, ...]:
         notes = dict(self.notes)
         seed = tuple(replace(item, description=f"{item.description} {notes[item.id]}") if item.id in notes else item
                      for item in SEED_TOOL_INPUTS)
-        return seed + self.extra
+        if not self.takes_image:
+            return seed + self.extra
+        seed = tuple(replace(item, default="", description=ASPECT_OF_INPUT) if item.id == "aspectRatio" else item
+                     for item in seed)
+        return seed[:1] + IMAGE_INPUTS + seed[1:] + self.extra
 
     def items(self) -> list[dict[str, Any]]:
         """Tool/Detail's ``parameters`` items."""
@@ -212,8 +234,11 @@ class InputSchema:
         upsampling = choice_input("promptUpsampling", raw.get("promptUpsampling", "false"), ("false", "true"))
         safety = raw.get("safetyTolerance", "2")
         safety = integer_input("safetyTolerance", "2" if safety in ("", None) else safety, SAFETY_MIN, SAFETY_MAX)
-        aspect_ratio = text_value(raw.get("aspectRatio", "16:9")) or "16:9"
-        if aspect_ratio not in ASPECT_RATIOS:
+        if self.takes_image and not (raw.get("inputImage") or text_value(raw.get("inputImageUrl"))):
+            raise InputError("Request parameter [inputImage] required")
+        default_ratio = "" if self.takes_image else "16:9"
+        aspect_ratio = text_value(raw.get("aspectRatio", default_ratio)) or default_ratio
+        if aspect_ratio and aspect_ratio not in ASPECT_RATIOS:
             raise InputError(f"Request parameter [aspectRatio] must be one of {', '.join(ASPECT_RATIOS)}")
         output_format = choice_input("outputFormat", raw.get("outputFormat") or "png", OUTPUT_FORMATS)
 
@@ -221,10 +246,11 @@ class InputSchema:
         seed = integer_input("seed", raw.get("seed"), 0, SEED_MAX) if seed_given else secrets.randbelow(SEED_MAX + 1)
         tuning = self._tuning(raw)
 
-        parameters = {item.id: raw[item.id] for item in self.inputs if item.id in raw}
+        parameters = {item.id: raw[item.id] for item in self.inputs if item.id in raw and item.id != "inputImage"}
         if not seed_given:
             parameters["seed"] = str(seed)  # recorded, so the image can be made again
-        width, height = size_for_aspect_ratio(aspect_ratio)
+        # Image models without an aspect ratio take the input's: the caller sets the size once it has it.
+        width, height = size_for_aspect_ratio(aspect_ratio or "1:1")
         order = WorkOrder(
             prompt=prompt, width=width, height=height, seed=seed, output_format=output_format,
             aspect_ratio=aspect_ratio, prompt_upsampling=upsampling == "true", safety_tolerance=safety, **tuning,
@@ -239,4 +265,6 @@ class InputSchema:
             tuning["steps"] = integer_input("steps", raw["steps"], 1, STEPS_MAX)
         if "guidance" in given:
             tuning["guidance"] = number_input("guidance", raw["guidance"], 0, GUIDANCE_MAX)
+        if "strength" in given:
+            tuning["strength"] = number_input("strength", raw["strength"], 0.05, 1)
         return tuning

@@ -9,19 +9,25 @@ loop.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fluxhost.auth import Caller
 from fluxhost.dispatch import Dispatcher
 from fluxhost.events import EventBus, TaskEvent
 from fluxhost.files import FileStore
+from fluxhost.image_inputs import DEFAULT_LIMITS, ImageLimits, ImageRefused, InputImage, decode, fetch, size_like
 from fluxhost.inputs import InputError, ValidatedRun
 from fluxhost.statuses import Status
 from fluxhost.store.tasks import ModelStats, StopResult, TaskRecord, TaskRef, TaskStore
 from fluxhost.tools import Catalog, Tool
 from fluxhost.urlguard import Allowlist, UrlRefused, check_public_url
+from fluxhost.workorder import FileRef
+
+log = logging.getLogger(__name__)
 
 UPSAMPLING_UNAVAILABLE = (
     "Prompt upsampling is not available on this server: its operator can set FLUXHOST_UPSAMPLER_URL (an "
@@ -69,6 +75,19 @@ class RunOrder:
     tool: Tool
     validated: ValidatedRun
     callback_url: str = ""
+    image: InputImage | None = None
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A file a caller stored for later Runs."""
+
+    id: str
+    name: str
+    content_type: str
+    size: int
+    url: str
+    added_at: float
 
 
 @dataclass(frozen=True)
@@ -100,11 +119,13 @@ class Operations:
         url_allowlist: Allowlist,
         load_error: Callable[[str], str | None] = lambda _slug: None,
         upsampling: bool = False,
+        image_limits: ImageLimits = DEFAULT_LIMITS,
     ):
         """``load_error(slug)``: why that model could not be loaded here, or None; ``upsampling``:
         whether a prompt upsampler is configured."""
         self.load_error = load_error
         self.upsampling = upsampling
+        self.image_limits = image_limits
         self.tasks = tasks
         self.files = files
         self.events = events
@@ -127,6 +148,16 @@ class Operations:
             validated = tool.schema.validate(inputs)
         except InputError as error:
             raise InvalidInput(str(error)) from None
+        image = None
+        if tool.schema.takes_image:
+            try:
+                image = self.input_image(inputs)
+            except ImageRefused as error:
+                raise InvalidInput(str(error)) from None
+            if not validated.order.aspect_ratio:
+                width, height = size_like(image.image)
+                validated = replace(validated, order=validated.order.model_copy(update={"width": width,
+                                                                                      "height": height}))
         if validated.order.prompt_upsampling and not self.upsampling:
             raise InvalidInput(UPSAMPLING_UNAVAILABLE)
         if callback_url:
@@ -134,20 +165,55 @@ class Operations:
                 check_public_url(callback_url, self.url_allowlist, "callbackUrl")
             except UrlRefused as error:
                 raise InvalidInput(str(error)) from None
-        return RunOrder(tool, validated, callback_url)
+        return RunOrder(tool, validated, callback_url, image)
+
+    def input_image(self, inputs: dict[str, Any]) -> InputImage:
+        """The Run's input image: uploaded bytes, a file this server stored, or a URL fetched through
+        the SSRF guard (this blocks)."""
+        parameter = "inputImage" if inputs.get("inputImage") else "inputImageUrl"
+        value = inputs[parameter]
+        return decode(value if isinstance(value, bytes) else self._bytes_at(str(value).strip(), parameter),
+                      parameter, self.image_limits)
+
+    def _bytes_at(self, url: str, parameter: str) -> bytes:
+        own = self.files.find(url)
+        if own is None:
+            return fetch(url, parameter, self.url_allowlist, self.image_limits)
+        data = self.files.read(*own)
+        if data is None:
+            raise ImageRefused(f"Request parameter [{parameter}] names a file this server no longer has")
+        return data
 
     def run(self, caller: Caller, order: RunOrder) -> TaskRef:
-        """Queue a checked Run: the task row, its ``task_queue`` event, a worker woken."""
+        """Queue a checked Run: its input image kept, the task row, its ``task_queue`` event, a
+        worker woken."""
+        work, parameters = order.validated.order, dict(order.validated.parameters)
+        if order.image is not None:
+            folder, name = self.files.new_folder(), f"input-0.{order.image.extension}"
+            self.files.save(folder, name, order.image.data)
+            stored = FileRef(folder=folder, name=name, content_type=order.image.content_type,
+                             size=len(order.image.data))
+            work = work.model_copy(update={"input_images": (stored,)})
+            parameters.setdefault("inputImage", self.files.url(folder, name))
         task = self.tasks.create(
             caller.project_id,
             order.tool.slug,
-            parameters=order.validated.parameters,
-            request=order.validated.order.encode(),
+            parameters=parameters,
+            request=work.encode(),
             callback_url=order.callback_url,
         )
         self.events.publish(TaskEvent(task.id, task.socket_token, Status.QUEUE))
         self.dispatcher.notify()
         return task
+
+    def upload(self, caller: Caller, image: InputImage) -> Upload:
+        """Keep a checked image; its URL is a capability (as output URLs are) that a later Run
+        takes as ``inputImage`` or ``inputImageUrl``."""
+        folder, name = self.files.new_folder(), f"upload.{image.extension}"
+        self.files.save(folder, name, image.data)
+        log.info("project %s uploaded %s bytes", caller.project_id, len(image.data))
+        return Upload(folder[:32], name, image.content_type, len(image.data), self.files.url(folder, name),
+                      time.time())
 
     # --- tasks --------------------------------------------------------------------------
 
@@ -191,6 +257,8 @@ class Operations:
             raise TaskNotEnded()
         for output in self.tasks.delete_outputs(task.row.id):
             self.files.delete(output.folder, output.name)
+        for stored in self.tasks.forget_inputs(task.row.id):
+            self.files.delete(stored["folder"], stored["name"])
 
     # --- tools --------------------------------------------------------------------------
 

@@ -27,6 +27,11 @@ class Preset:
     download_gb: int
     licence: str
     extra: dict[str, object] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()  # more slugs served by the same model (and the same loaded engine)
+
+    @property
+    def slugs(self) -> tuple[str, ...]:
+        return (self.slug, *self.aliases)
 
     def model_settings(self, setting: str, **overrides: object) -> ModelSettings:
         values = dict(weights=self.weights, steps=self.steps, guidance=self.guidance,
@@ -50,6 +55,11 @@ PRESETS: dict[str, Preset] = {
                steps=4, guidance=1.0, max_sequence_length=512, exposed_inputs=("steps",),
                description="FLUX.2 [klein]: a compact 4B FLUX.2 model, 4 steps, fits consumer GPUs.",
                download_gb=16, licence="Apache-2.0"),
+        Preset("kontext", "black-forest-labs/flux-kontext-pro", "black-forest-labs/FLUX.1-Kontext-dev",
+               "FLUX.1 Kontext [dev]", steps=28, guidance=2.5, max_sequence_length=512, exposed_inputs=("steps",),
+               description="FLUX.1 Kontext: text-based image editing, transforming images through natural language.",
+               download_gb=34, licence="FLUX.1 [dev] Non-Commercial (accept it on the hub, then set HF_TOKEN)",
+               extra={"kind": "edit"}, aliases=("black-forest-labs/flux-kontext-max",)),
     )
 }
 
@@ -68,7 +78,8 @@ def served_models(settings: Settings) -> dict[str, ModelSettings]:
     models = dict(settings.models)
     for name in preset_names(settings.presets):
         preset = PRESETS[name]
-        models.setdefault(preset.slug, preset.model_settings("FLUXHOST_PRESETS"))
+        for slug in preset.slugs:
+            models.setdefault(slug, preset.model_settings("FLUXHOST_PRESETS"))
     chosen = (settings.flux_pro_model or "").strip()
     if chosen:
         seed = models.get(DEFAULT_MODEL, ModelSettings())

@@ -73,6 +73,8 @@ def render_task(record: TaskRecord, files: FileStore, model_description: str = "
         "postprocessstarttime": seconds(task.postprocess_start_time),
         "postprocessendtime": seconds(task.postprocess_end_time),
         "outputs": outputs,
+        "inputs": [{"name": file["name"], "contenttype": file["content_type"], "size": str(file["size"]),
+                    "url": files.url(file["folder"], file["name"])} for file in record.inputs],
         "size": str(sum(output.size for output in record.outputs)),
         "pexit": task.pexit,
         "totalcost": "0",

@@ -18,6 +18,7 @@ from fluxhost.callbacks.sender import CallbackSender
 from fluxhost.dispatch import Dispatcher, LocalDispatcher
 from fluxhost.events import LocalEventBus
 from fluxhost.files import LocalFileStore
+from fluxhost.image_inputs import ImageLimits
 from fluxhost.operations import Operations
 from fluxhost.protocol_json import render_task, task_list_body
 from fluxhost.safety.moderator import Moderator
@@ -86,7 +87,9 @@ class Service:
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.dispatcher: Dispatcher = LocalDispatcher(self._make_workers, settings.worker_concurrency)
         self.operations = Operations(self.tasks, self.files, self.events, self.dispatcher, self.catalog,
-                                     self.url_allowlist, self.load_error, upsampling)
+                                     self.url_allowlist, self.load_error, upsampling,
+                                     ImageLimits(settings.input_max_bytes, settings.input_max_pixels,
+                                                 settings.input_timeout_seconds))
         self._stopping = threading.Event()
         self._janitor: threading.Thread | None = None
 
@@ -123,7 +126,7 @@ class Service:
     def _make_workers(self) -> list[Worker]:
         """One worker per device, each loading every model there; a model that fails to load is
         kept with its reason, and the others serve."""
-        from fluxhost.engines import build_engine
+        from fluxhost.engines import Engine, build_engine
 
         if self.settings.torch_threads:
             import torch
@@ -134,16 +137,23 @@ class Service:
         workers = []
         for device in self.settings.device_list:
             models = {}
+            loaded: dict[str, Engine | Exception] = {}  # slugs with the same pipeline settings share one engine
             for slug, model in self.models.items():
-                try:
-                    engine = build_engine(model, self.settings, device)
-                    engine.load()
-                except Exception as error:
-                    log.error("model %s could not be loaded: %s", slug, error)
-                    models[slug] = ServedModel(slug, model, None, str(error) or type(error).__name__)
+                same = model.model_dump_json(exclude={"description", "exposed_inputs", "setting"})
+                if same not in loaded:
+                    try:
+                        engine = build_engine(model, self.settings, device)
+                        engine.load()
+                        loaded[same] = engine
+                    except Exception as error:
+                        loaded[same] = error
+                found = loaded[same]
+                if isinstance(found, Exception):
+                    log.error("model %s could not be loaded: %s", slug, found)
+                    models[slug] = ServedModel(slug, model, None, str(found) or type(found).__name__)
                     continue
-                log.warning("SERVING %s with %s", slug, engine.description)
-                models[slug] = ServedModel(slug, model, engine)
+                log.warning("SERVING %s with %s", slug, found.description)
+                models[slug] = ServedModel(slug, model, found)
             # One id for the process: recovery knows a process, not its devices.
             workers.append(Worker(self.worker_id, self.work, models, self.files, self.events,
                                   self.settings.lease_seconds, previews=self.settings.previews,

@@ -37,6 +37,11 @@ class ModelSettings(BaseModel):
     description: str = (
         "FLUX text-to-image: state-of-the-art image generation with excellent prompt following."
     )
+    kind: Literal["text-to-image", "edit", "image-to-image"] = Field(
+        default="text-to-image", description="edit: an instruction edits an input image (FLUX Kontext, FLUX.2 "
+        "[klein]); image-to-image: an input image is redrawn from the prompt, as far as its strength says.",
+    )
+    strength: float = Field(default=0.85, gt=0, le=1, description="image-to-image: how far from the input to go.")
     # Memory
     offload: Literal["none", "model", "sequential", "group"] = Field(
         default="none", description="Keep weights in CPU memory and move them to the device as needed: whole "
@@ -140,6 +145,11 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="Wait after the first failed attempt; doubles after each (10 attempts: ~4 h)."
     )
     callback_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    input_max_bytes: int = Field(default=20_000_000, ge=10_000, description="Largest input image file.")
+    input_max_pixels: int = Field(
+        default=25_000_000, ge=10_000, description="Most pixels an input image may have (decompression-bomb guard)."
+    )
+    input_timeout_seconds: float = Field(default=15.0, gt=0, le=120, description="Time to fetch an input URL.")
     safety_terms_dir: Path | None = Field(
         default=None, description="Folder of prompt term lists (<category>.txt); default: the shipped lists."
     )

@@ -21,9 +21,11 @@ class Status(StrEnum):
     POSTPROCESS_START = "task_postprocess_start"  # encoding and storing files
     POSTPROCESS_END = "task_postprocess_end"  # terminal: done or failed (see pexit)
     CANCEL = "task_cancel"  # terminal: cancelled while queued or killed while running
+    ERROR = "task_error"  # terminal: failed before its generation could start (see debugerror)
 
 
-TERMINAL = frozenset({Status.POSTPROCESS_END, Status.CANCEL})
+TERMINAL = frozenset({Status.POSTPROCESS_END, Status.CANCEL, Status.ERROR})
+FAILED_STATUSES = frozenset({Status.POSTPROCESS_END, Status.ERROR})  # ended by a worker, pexit tells how
 
 # The statuses a worker moves a task through, in order; each may only follow the one before it.
 WORKER_PATH = (

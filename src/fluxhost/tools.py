@@ -7,12 +7,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from fluxhost.inputs import InputSchema, guidance_input, steps_input
+from fluxhost.inputs import InputSchema, guidance_input, steps_input, strength_input
 from fluxhost.settings import ModelSettings
 from fluxhost.store.tasks import ModelStats
 
 CATEGORIES = ["tool", "flux", "text-to-image"]
-CATEGORY_TITLES = {"flux": "FLUX", "text-to-image": "Text to Image"}
+EDIT_CATEGORIES = ["tool", "flux", "image-to-image", "image-editing"]
+CATEGORY_TITLES = {"flux": "FLUX", "text-to-image": "Text to Image", "image-to-image": "Image to Image",
+                   "image-editing": "Image Editing"}
 # A self-hosted run costs nothing: the hosted API's price list, with its one flat tier at zero.
 FREE = json.dumps([{"inputs": {}, "price": 0, "priceMethod": "cpr"}])
 
@@ -42,6 +44,7 @@ class Tool:
     project: str
     description: str
     schema: InputSchema = field(default_factory=InputSchema)
+    category_names: tuple[str, ...] = tuple(CATEGORIES)
 
     @property
     def slug(self) -> str:
@@ -49,7 +52,7 @@ class Tool:
 
     @property
     def categories(self) -> list[str]:
-        return list(CATEGORIES)
+        return list(self.category_names)
 
     def summary(self, stats: ModelStats | None = None) -> dict[str, Any]:
         """The Tool/List entry (every value a string or list, as the hosted API sends)."""
@@ -109,9 +112,12 @@ class Catalog:
         for slug, model in models.items():
             extra = [steps_input(model.steps) if name == "steps" else guidance_input(model.guidance)
                      for name in model.exposed_inputs]
+            if model.kind == "image-to-image":
+                extra.append(strength_input(model.strength))
             owner, project = slug.split("/", 1)
-            tools.append(Tool(owner, project, model.description,
-                              InputSchema(tuple(extra), tuple((notes or {}).items()))))
+            schema = InputSchema(tuple(extra), tuple((notes or {}).items()), takes_image=model.kind != "text-to-image")
+            categories = CATEGORIES if model.kind == "text-to-image" else EDIT_CATEGORIES
+            tools.append(Tool(owner, project, model.description, schema, tuple(categories)))
         return cls(tools)
 
     def __init__(self, tools: list[Tool]):

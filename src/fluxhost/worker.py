@@ -14,13 +14,14 @@ from fluxhost.engines import Engine, GenerationRequest
 from fluxhost.engines.base import GenerationStopped, Preview, batch_key
 from fluxhost.events import EventBus, Progress, TaskEvent
 from fluxhost.files import FileStore
+from fluxhost.image_inputs import ImageLimits, decode
 from fluxhost.images import CONTENT_TYPES, FILE_EXTENSIONS, encode
 from fluxhost.safety.moderator import Moderator
 from fluxhost.settings import ModelSettings
 from fluxhost.statuses import Status, stages
 from fluxhost.store.work import ClaimedTask, NewOutput, WorkStore
 from fluxhost.upsampling import Upsampler, UpsamplingFailed
-from fluxhost.workorder import WorkOrder
+from fluxhost.workorder import FileRef, WorkOrder
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ def generation_request(order: WorkOrder, model: ModelSettings) -> GenerationRequ
         steps=order.steps or model.steps,
         guidance=model.guidance if order.guidance is None else order.guidance,
         num_images=order.num_images,
+        strength=(order.strength or model.strength) if model.kind == "image-to-image" else None,
     )
 
 
@@ -129,12 +131,12 @@ class Worker:
             return []
         model = self.models[first.model_slug]
         batch = [first]
-        if model.engine is None or model.settings.max_batch == 1:
-            return batch
+        if model.engine is None or model.settings.max_batch == 1 or first.order.input_images:
+            return batch  # edits run one per call: each brings its own image
         key = batch_key(generation_request(first.order, model.settings))
 
         def joins(order: WorkOrder) -> bool:
-            return batch_key(generation_request(order, model.settings)) == key
+            return not order.input_images and batch_key(generation_request(order, model.settings)) == key
 
         deadline = time.monotonic() + model.settings.batch_wait_ms / 1000
         while True:
@@ -163,7 +165,7 @@ class Worker:
         if model.engine is None:
             for task in batch:
                 self._fail(task, runs[task.id], RuntimeError(f"model {model.slug} could not be loaded: "
-                                                             f"{model.load_error}"))
+                                                             f"{model.load_error}"), before_start=True)
             return
         prepared = []
         for task in batch:
@@ -173,7 +175,7 @@ class Worker:
                 self._refuse(task, runs[task.id], str(verdict))
             except Exception as error:
                 log.warning("task %s failed before generation: %s", task.id, error)
-                self._fail(task, runs[task.id], error)
+                self._fail(task, runs[task.id], error, before_start=True)
         if not prepared:
             return
         batch = [task for task, _request in prepared]
@@ -261,6 +263,8 @@ class Worker:
         request = generation_request(order, model.settings)
         if category := self.moderator.check_prompt(order.prompt, order.safety_tolerance):
             raise Moderated(f"Request Moderated: {category}")
+        if order.input_images:
+            request = replace(request, images=tuple(self._input_image(stored) for stored in order.input_images))
         if not order.prompt_upsampling:
             return request
         try:
@@ -276,6 +280,12 @@ class Worker:
             raise Moderated(f"Request Moderated: {category}")
         run.lines.append(f"Prompt upsampled by {self.upsampler.description}: {rewritten}")
         return replace(request, prompt=rewritten)
+
+    def _input_image(self, stored: FileRef) -> Image.Image:
+        data = self.files.read(stored.folder, stored.name)
+        if data is None:
+            raise RuntimeError(f"the input image {stored.name} is no longer stored (deleted?)")
+        return decode(data, "inputImage", ImageLimits(max_bytes=len(data), max_pixels=2**31)).image
 
     def _refuse(self, task: ClaimedTask, run: RunLog, reason: str) -> None:
         """End a task that moderation refused: nothing generated or kept, the category said, never
@@ -321,12 +331,14 @@ class Worker:
         self.store.set_debug_output(task.id, run.text)
         log.info("task %s stopped while running", task.id)
 
-    def _fail(self, task: ClaimedTask, run: RunLog, error: Exception) -> None:
+    def _fail(self, task: ClaimedTask, run: RunLog, error: Exception, before_start: bool = False) -> None:
+        """End a task as failed, in ``task_error`` when its generation never started."""
         self._discard(run.saved)
         reason = f"{type(error).__name__}: {error}"
-        if self.store.fail(task.id, reason, run.text):
+        status = Status.ERROR if before_start else Status.POSTPROCESS_END
+        if self.store.fail(task.id, reason, run.text, status):
             self._emit(task, Status.ERROR_FULL, text=reason)
-            self._emit(task, Status.POSTPROCESS_END)
+            self._emit(task, status)
 
     def _preview(self, preview: Preview) -> str | None:
         """A progress preview, or None when the engine cannot draw one: previews are a nicety,

@@ -12,6 +12,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class FileRef(BaseModel):
+    """A file in the file store: an input image kept with its task."""
+
+    model_config = ConfigDict(frozen=True)
+
+    folder: str
+    name: str
+    content_type: str
+    size: int
+
+
 class WorkOrder(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -26,6 +37,8 @@ class WorkOrder(BaseModel):
     steps: int | None = Field(default=None, ge=1, description="None: the model's configured steps.")
     guidance: float | None = Field(default=None, ge=0, description="None: the model's configured guidance.")
     num_images: int = Field(default=1, ge=1)
+    input_images: tuple[FileRef, ...] = ()
+    strength: float | None = Field(default=None, gt=0, le=1, description="image-to-image only.")
 
     def encode(self) -> dict[str, Any]:
         """The JSON-ready form stored with the task."""

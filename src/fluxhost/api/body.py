@@ -38,19 +38,26 @@ def parse_object_text(text: str) -> dict[str, Any]:
     return {str(key): item for key, item in value.items()}
 
 
-async def read_parameters(request: Request) -> dict[str, Any]:
-    """The request's parameters as a flat dict; :class:`BodyError` when unreadable. The body is
-    read whole first (and kept by Starlette), so the replay check can digest it afterwards."""
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise BodyError("body too large")
+async def read_parameters(request: Request, max_upload_bytes: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    """The request's parameters as a flat dict, an uploaded file's value being its bytes;
+    :class:`BodyError` when unreadable. A multipart body may be up to ``max_upload_bytes`` (files),
+    any other up to :data:`MAX_BODY_BYTES`. The body is read whole first (and kept by Starlette),
+    so the replay check can digest it afterwards."""
     content_type = request.headers.get("content-type", "").lower()
-    if content_type.startswith("multipart/form-data") and "boundary=" in content_type:
+    multipart = content_type.startswith("multipart/form-data") and "boundary=" in content_type
+    limit = max(max_upload_bytes, MAX_BODY_BYTES) if multipart else MAX_BODY_BYTES
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyError("body too large")
+    raw = await request.body()
+    if len(raw) > limit:
+        raise BodyError("body too large")
+    if multipart:
         try:
             form = await request.form()
+            return {key: value if isinstance(value, str) else await value.read() for key, value in form.items()}
         except Exception as error:  # malformed multipart: python-multipart's errors vary
             raise BodyError("unparseable multipart body") from error
-        return {key: value for key, value in form.items() if isinstance(value, str)}
     try:
         text = raw.decode("utf-8").strip()
     except UnicodeDecodeError as error:

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException
 from fluxhost.api.body import BodyError, read_parameters
 from fluxhost.api.offload import Offload
 from fluxhost.auth import AuthError, Caller, request_digest
+from fluxhost.image_inputs import ImageRefused, decode
 from fluxhost.inputs import InputError, integer_input
 from fluxhost.operations import (
     InvalidInput,
@@ -49,6 +50,7 @@ NO_TASK = "There is no task yet."
 ID_REQUIRED = "taskid or socketaccesstoken is required"
 UNKNOWN_MODEL = "slug-owner-project-not-exist"
 MAX_LIST = 1000
+UPLOAD_OVERHEAD_BYTES = 1_000_000  # multipart framing and the other fields around a file
 
 # (code, message) of each refusal; InvalidInput carries its own message.
 REFUSALS: dict[type[OperationError], tuple[int, str]] = {
@@ -84,9 +86,9 @@ class Parameters:
         self._values = values
 
     @classmethod
-    async def of(cls, request: Request) -> Parameters:
+    async def of(cls, request: Request, max_upload_bytes: int) -> Parameters:
         try:
-            return cls(await read_parameters(request))
+            return cls(await read_parameters(request, max_upload_bytes))
         except BodyError:
             return cls(None)
 
@@ -206,8 +208,8 @@ def create_wiro_app(service: Service, offload: Offload) -> FastAPI:
                      resolves: Callable[[Parameters], bool] = lambda _: False) -> JSONResponse:
         """Read the request on the loop, then run ``work`` (auth, one operation, rendering) off it;
         on the shared threads when ``resolves`` says it will look up a host name."""
-        body = await request.body()
-        call = Call(service, request, body, await Parameters.of(request))
+        parameters = await Parameters.of(request, service.settings.input_max_bytes + UPLOAD_OVERHEAD_BYTES)
+        call = Call(service, request, await request.body(), parameters)
         run_off_loop = offload.run_waiting if resolves(call.parameters) else offload.run
         return JSONResponse(await run_off_loop(work, call))
 
@@ -215,8 +217,13 @@ def create_wiro_app(service: Service, offload: Offload) -> FastAPI:
         values = parameters.values
         return str(values.get("callbackUrl") or values.get("callbackurl") or "").strip()
 
-    def names_a_callback(parameters: Parameters) -> bool:
-        return parameters.readable and bool(callback_url(parameters))
+    def fetches(parameters: Parameters) -> bool:
+        """Whether the Run resolves a host name: a callback URL or an input image URL to fetch."""
+        if not parameters.readable:
+            return False
+        values = parameters.values
+        image_url = values.get("inputImageUrl") or isinstance(values.get("inputImage"), str)
+        return bool(callback_url(parameters) or image_url)
 
     @app.post("/Run/{owner}/{project}")
     async def run(owner: str, project: str, request: Request) -> JSONResponse:
@@ -228,7 +235,26 @@ def create_wiro_app(service: Service, offload: Offload) -> FastAPI:
             task = call.operations.run(caller, order)
             return {"errors": [], "taskid": str(task.id), "socketaccesstoken": task.socket_token, "result": True}
 
-        return await handle(request, work, resolves=names_a_callback)
+        return await handle(request, work, resolves=fetches)
+
+    @app.post("/File/Upload")
+    async def upload_file(request: Request) -> JSONResponse:
+        def work(call: Call) -> dict[str, Any]:
+            caller = call.caller()
+            data = call.parameters.values.get("file")
+            if not isinstance(data, bytes):
+                raise ProtocolError(0, "Request parameter [file] required: send the file as multipart form data")
+            try:
+                image = decode(data, "file", call.operations.image_limits)
+            except ImageRefused as error:
+                raise ProtocolError(0, str(error)) from None
+            call.spend_nonce(caller)
+            upload = call.operations.upload(caller, image)
+            return ok(list=[{"id": upload.id, "name": upload.name, "contenttype": upload.content_type,
+                             "size": str(upload.size), "parentid": "", "url": upload.url,
+                             "addedtime": str(int(upload.added_at)), "accesskey": ""}])
+
+        return await handle(request, work)
 
     @app.post("/Task/Detail")
     async def task_detail(request: Request) -> JSONResponse:

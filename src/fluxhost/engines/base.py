@@ -41,6 +41,7 @@ class GenerationRequest:
     guidance: float
     num_images: int = 1
     images: tuple[Image, ...] = ()  # input images, for models that edit or take references
+    strength: float | None = None  # image-to-image: how far from the input image to go
 
 
 class Engine(Protocol):

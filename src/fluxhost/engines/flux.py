@@ -117,6 +117,7 @@ class FluxEngine:
             pipeline = DiffusionPipeline.from_pretrained(self.weights, dtype=self.dtype, **self._load_quantization())
         except (OSError, ValueError) as error:
             raise WeightsUnavailable(self._weights_message(error)) from error
+        pipeline = self._for_kind(pipeline)
         self.family = family_of(pipeline)
         self._quantize(pipeline)
         self._place(pipeline)
@@ -137,6 +138,18 @@ class FluxEngine:
         self._takes_images = "image" in inspect.signature(pipeline.__call__).parameters
         self._pipeline = pipeline
         self._warm_up()
+
+    def _for_kind(self, pipeline: DiffusionPipeline) -> DiffusionPipeline:
+        """The pipeline that does what the model's ``kind`` says, sharing the loaded components."""
+        takes = inspect.signature(pipeline.__call__).parameters
+        if self.model.kind == "image-to-image" and "strength" not in takes:
+            from diffusers import AutoPipelineForImage2Image
+
+            return AutoPipelineForImage2Image.from_pipe(pipeline)
+        if self.model.kind == "edit" and "image" not in takes:
+            raise ValueError(f"{type(pipeline).__name__} from {self.weights!r} does not edit images: set "
+                             f"{self.model.setting} to FLUX.1 Kontext or FLUX.2 [klein] weights for kind=edit")
+        return pipeline
 
     def _weights_message(self, error: Exception) -> str:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -248,6 +261,8 @@ class FluxEngine:
         generators = [torch.Generator(device="cpu").manual_seed(request.seed + number)
                       for request in requests for number in range(request.num_images)]
         images = {"image": list(first.images)} if first.images else {}
+        if first.strength is not None:
+            images["strength"] = first.strength
         with self._lock, torch.inference_mode():
             on_start()
             encodings = [self._encode(requests[index].prompt) for index in owner]

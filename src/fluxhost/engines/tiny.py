@@ -23,6 +23,7 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     Flux2KleinPipeline,
     Flux2Transformer2DModel,
+    FluxKontextPipeline,
     FluxPipeline,
     FluxTransformer2DModel,
 )
@@ -182,8 +183,14 @@ def build_tiny_preview_decoder(latent_channels: int = 16) -> AutoencoderTiny:
                            scaling_factor=1.0, shift_factor=0.0)
 
 
+def build_tiny_kontext_pipeline() -> FluxKontextPipeline:
+    """FLUX.1 Kontext has FLUX.1's components; only the pipeline (and the trained weights) differ."""
+    return FluxKontextPipeline.from_pipe(build_tiny_pipeline())
+
+
 TINY_BUILDERS = {
     "flux1": build_tiny_pipeline,
+    "kontext": build_tiny_kontext_pipeline,
     "klein": build_tiny_klein_pipeline,
     "preview-decoder": build_tiny_preview_decoder,
 }

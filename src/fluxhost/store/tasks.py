@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Row, Select, bindparam, delete, func, insert, select, update
 
-from fluxhost.statuses import CANCELLABLE, KILLABLE, STOPPED_PEXIT, TERMINAL, Status
+from fluxhost.statuses import CANCELLABLE, FAILED_STATUSES, KILLABLE, STOPPED_PEXIT, TERMINAL, Status
 from fluxhost.store.database import Database
 from fluxhost.store.deliveries import callback_of, owe_callback
 from fluxhost.store.schema import outputs, random_token, tasks
@@ -50,6 +50,11 @@ class TaskRecord:
     @property
     def ended(self) -> bool:
         return Status(self.row.status) in TERMINAL
+
+    @property
+    def inputs(self) -> list[dict[str, Any]]:
+        """The input files kept with the task (stored in its work order)."""
+        return list((self.row.request or {}).get("input_images") or ())
 
 
 @dataclass(frozen=True)
@@ -154,7 +159,7 @@ class TaskStore:
 
     def model_stats(self) -> dict[str, ModelStats]:
         """Run counts and the mean compute time of successful runs, per model slug."""
-        ended = tasks.c.status == Status.POSTPROCESS_END.value
+        ended = tasks.c.status.in_([status.value for status in FAILED_STATUSES])
         succeeded = ended & (tasks.c.pexit == "0")
         query = select(
             tasks.c.model_slug,
@@ -190,6 +195,17 @@ class TaskStore:
                 return StopResult.STOPPED
             exists = connection.execute(select(tasks.c.id).where(mine)).first()
             return StopResult.NOT_STOPPABLE if exists else StopResult.NOT_FOUND
+
+    def forget_inputs(self, task_id: int) -> list[dict[str, Any]]:
+        """Forget a task's input files (its work order no longer names them); returns what to
+        remove from file storage."""
+        with self._db.write() as connection:
+            request = connection.execute(select(tasks.c.request).where(tasks.c.id == task_id)).scalar_one_or_none()
+            if not request or not request.get("input_images"):
+                return []
+            connection.execute(update(tasks).where(tasks.c.id == task_id)
+                               .values(request={**request, "input_images": []}))
+        return list(request["input_images"])
 
     def delete_outputs(self, task_id: int) -> list[Row]:
         """Forget a task's outputs (the record stays); returns what to remove from file storage."""

@@ -192,14 +192,15 @@ class WorkStore:
                 )
             return bool(done)
 
-    def fail(self, task_id: int, error: str, debug_output: str = "") -> bool:
-        """End a running task as failed: ``task_postprocess_end``, pexit 1, the reason kept."""
+    def fail(self, task_id: int, error: str, debug_output: str = "", status: Status = Status.POSTPROCESS_END) -> bool:
+        """End a running task as failed: ``status`` (``task_postprocess_end``, or ``task_error``
+        when its generation never started), pexit 1, the reason kept."""
         now = time.time()
         with self._db.write() as connection:
             failed = connection.execute(
                 update(tasks)
                 .where(tasks.c.id == task_id, tasks.c.status.in_([s.value for s in KILLABLE]))
-                .values(status=Status.POSTPROCESS_END.value, pexit="1", debug_error=error,
+                .values(status=status.value, pexit="1", debug_error=error,
                         debug_output=debug_output, postprocess_end_time=now,
                         end_time=func.coalesce(tasks.c.end_time, now), lease_expires_at=None)
             ).rowcount
