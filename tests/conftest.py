@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 
 # No test reaches the model hub: set before anything imports huggingface_hub, which reads it once.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -23,11 +24,32 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path, tiny_weights: Path) -> Callable[..., Settings]:
+def database_url() -> Iterator[str | None]:
+    """A fresh PostgreSQL database for the test when FLUXHOST_TEST_POSTGRES names a server (as the
+    CI's second pass does); None for the embedded SQLite default."""
+    server = os.environ.get("FLUXHOST_TEST_POSTGRES")
+    if not server:
+        yield None
+        return
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    admin = make_url(server).set(drivername="postgresql").render_as_string(hide_password=False)
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    yield make_url(server).set(database=name).render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, tiny_weights: Path, database_url: str | None) -> Callable[..., Settings]:
     def make(steps: int = 4, max_batch: int = 4, **overrides) -> Settings:
         port = free_port()
         values = dict(
             data_dir=tmp_path / "data",
+            database_url=database_url,
             host="127.0.0.1",
             port=port,
             torch_threads=2,
@@ -42,7 +64,9 @@ def make_settings(tmp_path: Path, tiny_weights: Path) -> Callable[..., Settings]
 
 @pytest.fixture
 def server(make_settings) -> Iterator[LiveServer]:
-    with LiveServer(make_settings()) as live:
+    """The service as configured by default, but one task per pipeline call: tests that keep the
+    worker busy with one task and look at the next rely on it (test_batching covers batches)."""
+    with LiveServer(make_settings(max_batch=1)) as live:
         yield live
 
 

@@ -110,7 +110,8 @@ def test_a_delivery_survives_a_restart(make_settings):
         assert len(receiver.requests) == 2
     assert [a["statuscode"] for a in task["callbackattempts"]] == ["503", "200"]
 
-    listed = CliRunner(env={"FLUXHOST_DATA_DIR": str(settings.data_dir)}).invoke(
+    listed = CliRunner(env={"FLUXHOST_DATA_DIR": str(settings.data_dir),
+                            "FLUXHOST_DATABASE_URL": settings.database_url or ""}).invoke(
         app, ["callbacks", "list", "--json", "--task", run["taskid"]]
     )
     [delivery] = json.loads(listed.output)

@@ -22,9 +22,11 @@ app = typer.Typer(help="fluxhost: a self-hosted FLUX text-to-image service.", no
 keys_app = typer.Typer(help="API keys and their projects.", no_args_is_help=True)
 models_app = typer.Typer(help="Models and weights.", no_args_is_help=True)
 callbacks_app = typer.Typer(help="Callback deliveries and their attempts.", no_args_is_help=True)
+db_app = typer.Typer(help="The database.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
 app.add_typer(callbacks_app, name="callbacks")
+app.add_typer(db_app, name="db")
 console = Console()
 register_client_commands(app)
 
@@ -247,6 +249,15 @@ def models_pull(
     if preset:
         console.print(f"Serve it: FLUXHOST_PRESETS={preset.name} (slug {preset.slug}) or "
                       f"FLUXHOST_FLUX_PRO_MODEL={preset.name} (behind {DEFAULT_MODEL}).", highlight=False)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Bring the database (FLUXHOST_DATABASE_URL) to the newest schema. Every start does this too;
+    run it first when several processes share a PostgreSQL database."""
+    settings = _settings()
+    _database(settings)
+    console.print(f"Schema up to date: {settings.resolved_database_url.split('@')[-1]}", highlight=False)
 
 
 @callbacks_app.command("list")

@@ -91,3 +91,51 @@ class LocalEventBus:
                 self._handlers = [h for h in self._handlers if h is not handler]
 
         return unsubscribe
+
+
+class RedisEventBus:
+    """Events through Redis pub/sub, for several processes: every process publishes to one channel
+    and hears every event (its own included) in the order Redis received them, on one listener
+    thread that hands them to the local handlers. A late subscriber reads the current state from
+    the store, as the socket does."""
+
+    def __init__(self, url: str, channel: str = "fluxhost:events"):
+        import redis
+
+        self.channel = channel
+        self._redis = redis.Redis.from_url(url)
+        self._local = LocalEventBus()
+        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(channel)
+        self._pubsub.get_message(timeout=5)  # the confirmation: from here on, nothing published is missed
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._listen, name="fluxhost-events", daemon=True)
+        self._thread.start()
+
+    def publish(self, event: TaskEvent) -> None:
+        self._redis.publish(self.channel, event.encode())
+
+    def subscribe(self, handler: Handler) -> Callable[[], None]:
+        return self._local.subscribe(handler)
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._thread.join(5)
+        self._pubsub.close()
+        self._redis.close()
+
+    def _listen(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                message = self._pubsub.get_message(timeout=0.5)
+            except Exception:
+                log.exception("the Redis event subscription failed; resubscribing")
+                self._stopping.wait(1.0)
+                continue
+            if message and message["type"] == "message":
+                try:
+                    event = TaskEvent.decode(message["data"])
+                except ValueError:
+                    log.warning("ignored a malformed event on %s", self.channel)
+                    continue
+                self._local.publish(event)

@@ -16,7 +16,7 @@ from fluxhost.auth import Authenticator
 from fluxhost.callbacks.poster import WebhookPoster
 from fluxhost.callbacks.sender import CallbackSender
 from fluxhost.dispatch import Dispatcher, LocalDispatcher
-from fluxhost.events import LocalEventBus
+from fluxhost.events import EventBus, LocalEventBus, RedisEventBus
 from fluxhost.files import LocalFileStore
 from fluxhost.image_inputs import ImageLimits
 from fluxhost.operations import Operations
@@ -64,7 +64,7 @@ class Service:
         self.keys = KeyStore(self.db)
         self.auth = Authenticator(self.db, settings.nonce_window_seconds, settings.nonce_retention_seconds)
         self.files = LocalFileStore(settings.files_dir, settings.resolved_public_url)
-        self.events = LocalEventBus()
+        self.events: EventBus = RedisEventBus(settings.events_url) if settings.events_url else LocalEventBus()
         self.models = settings.served_models
         self.moderator = Moderator(
             settings.safety_terms_dir, text_model=settings.safety_text_model, image_model=settings.safety_image_model,
@@ -108,6 +108,8 @@ class Service:
         self._stopping.set()
         self.dispatcher.stop()
         self.callbacks.stop()
+        if isinstance(self.events, RedisEventBus):
+            self.events.close()
         self.db.dispose()
 
     def callback_body(self, record: TaskRecord) -> dict[str, object]:

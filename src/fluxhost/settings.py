@@ -106,6 +106,10 @@ class Settings(BaseSettings):
         "1 with SQLite, 8 with a database across the network."
     )
     worker_concurrency: int = Field(default=1, ge=0, description="Tasks run at once; 0: no worker.")
+    events_url: str | None = Field(
+        default=None, description="redis://...: task events through Redis pub/sub, shared by every API and "
+        "worker process; default: in-process only.",
+    )
     engine: Literal["diffusers", "bench"] = Field(
         default="diffusers", description='"bench" swaps every model for a solid-colour engine.'
     )

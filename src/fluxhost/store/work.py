@@ -31,7 +31,7 @@ _OLDEST_QUEUED = (
 )
 _RENEW_LEASE = (
     update(tasks)
-    .where(tasks.c.id == bindparam("task_id"), tasks.c.worker_id == bindparam("worker_id"),
+    .where(tasks.c.id == bindparam("task_id"), tasks.c.worker_id == bindparam("claimant"),
            tasks.c.status.in_([s.value for s in RUNNING]))
     .values(lease_expires_at=bindparam("lease_until"))
 )
@@ -60,7 +60,7 @@ def _claim_statement(through: Status, by_id: bool = False) -> Update:
     return (
         update(tasks)
         .where(tasks.c.id == chosen, tasks.c.status == Status.QUEUE.value)
-        .values(status=through.value, worker_id=bindparam("worker_id"), lease_expires_at=bindparam("lease_until"),
+        .values(status=through.value, worker_id=bindparam("claimant"), lease_expires_at=bindparam("lease_until"),
                 attempts=tasks.c.attempts + 1,
                 **{TIME_COLUMN[stage]: bindparam("now") for stage in stages(Status.ACCEPT, through)})
         .returning(tasks.c.id, tasks.c.socket_token, tasks.c.model_slug, tasks.c.request)
@@ -123,7 +123,7 @@ class WorkStore:
         with self._db.write() as connection:
             claimed = connection.execute(
                 _claim_statement(through),
-                {"slugs": model_slugs, "now": now, "worker_id": worker_id, "lease_until": now + lease_seconds},
+                {"slugs": model_slugs, "now": now, "claimant": worker_id, "lease_until": now + lease_seconds},
             ).first()
         if claimed is None:
             return None
@@ -145,7 +145,7 @@ class WorkStore:
             with self._db.write() as connection:
                 row = connection.execute(
                     _claim_statement(through, by_id=True),
-                    {"task_id": task_id, "now": now, "worker_id": worker_id, "lease_until": now + lease_seconds},
+                    {"task_id": task_id, "now": now, "claimant": worker_id, "lease_until": now + lease_seconds},
                 ).first()
             if row is not None:
                 claimed.append(ClaimedTask(row.id, row.socket_token, row.model_slug, WorkOrder.decode(row.request)))
@@ -167,7 +167,7 @@ class WorkStore:
         """Extend our claim; False when the task is no longer ours to run (killed, taken over)."""
         with self._db.write() as connection:
             renewed = connection.execute(
-                _RENEW_LEASE, {"task_id": task_id, "worker_id": worker_id, "lease_until": time.time() + lease_seconds}
+                _RENEW_LEASE, {"task_id": task_id, "claimant": worker_id, "lease_until": time.time() + lease_seconds}
             )
             return bool(renewed.rowcount)
 

@@ -1,0 +1,78 @@
+"""Several API and worker services on one PostgreSQL database and one Redis: tasks and their events
+cross from any service to any other; Kill reaches the worker running the task; a nonce spent on one
+API is refused by the other. Runs where FLUXHOST_TEST_FLEET_POSTGRES and FLUXHOST_TEST_REDIS name
+servers (`eval "$(.ci/services start)"`, as `.ci/run` does)."""
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from fluxhost.signing import KeyMode
+from tests.helpers import LiveServer, ProtocolClient
+from tests.test_socket import follow, socket_url
+
+POSTGRES = os.environ.get("FLUXHOST_TEST_FLEET_POSTGRES")
+REDIS = os.environ.get("FLUXHOST_TEST_REDIS")
+pytestmark = pytest.mark.skipif(not (POSTGRES and REDIS), reason="needs PostgreSQL and Redis: .ci/services start")
+
+
+@pytest.fixture
+def fleet_database() -> Iterator[str]:
+    admin = make_url(POSTGRES).set(drivername="postgresql").render_as_string(hide_password=False)
+    name = f"fleet_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    yield make_url(POSTGRES).set(database=name).render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def fleet(make_settings, fleet_database, tmp_path):
+    """API A (no worker) and API B (with a worker), sharing the database, the events and the files."""
+    shared = dict(database_url=fleet_database, events_url=REDIS, data_dir=tmp_path / "shared")
+    with LiveServer(make_settings(steps=30, max_batch=1, worker_concurrency=0, **shared)) as api_a, \
+            LiveServer(make_settings(steps=30, max_batch=1, **shared)) as api_b:
+        key = api_a.service.keys.create(KeyMode.SIGNATURE)
+        yield ProtocolClient(api_a.base_url, key), ProtocolClient(api_b.base_url, key), api_a
+
+
+def test_a_socket_on_one_api_follows_a_task_run_through_another(fleet):
+    client_a, client_b, api_a = fleet
+    run = client_b.run(seed="9")
+    frames = asyncio.run(follow(socket_url(api_a), run["socketaccesstoken"]))
+    kinds = [frame["type"] for frame in frames]
+    assert kinds[-1] == "task_postprocess_end" and frames[-1]["pexit"] == "0"
+    assert "task_output" in kinds and kinds.index("task_start") < kinds.index("task_output")
+    assert client_a.detail(run["taskid"])["status"] == "task_postprocess_end"
+
+
+def test_kill_and_cancel_through_one_api_reach_the_worker_behind_another(fleet):
+    client_a, client_b, _api_a = fleet
+    running = client_b.run()["taskid"]
+    queued = client_b.run()["taskid"]
+    client_a.wait(running, statuses=("task_start",))
+    assert client_a.call("Task/Cancel", {"taskid": queued})["tasklist"][0]["status"] == "task_cancel"
+    assert client_a.call("Task/Kill", {"taskid": running})["result"] is True
+    assert client_b.wait(running)["status"] == "task_cancel"
+    deadline = time.monotonic() + 30
+    while "Stopped at step" not in client_b.detail(running)["debugoutput"]:  # the worker's note follows the stop
+        assert time.monotonic() < deadline, "the worker behind API B never stopped the killed task"
+        time.sleep(0.05)
+    assert client_b.detail(queued)["starttime"] == "0"
+
+
+def test_a_nonce_spent_on_one_api_is_refused_by_another(fleet):
+    client_a, client_b, _api_a = fleet
+    headers = client_a.headers()
+    body = {"prompt": "a red fox", "seed": "1"}
+    first = client_a.post("Run/black-forest-labs/flux-pro-1.1", body, headers=headers)
+    again = client_b.post("Run/black-forest-labs/flux-pro-1.1", body, headers=headers)
+    assert first.json()["result"] is True
+    assert again.json()["result"] is False and client_a.call("Task/List", {})["total"] == "1"
