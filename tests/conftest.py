@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 
 # No test reaches the model hub: set before anything imports huggingface_hub, which reads it once.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -14,7 +13,7 @@ import pytest
 from fluxhost.engines.tiny import ensure_tiny_pipeline
 from fluxhost.settings import ModelSettings, Settings
 from fluxhost.signing import KeyMode
-from tests.helpers import SLUG, LiveServer, ProtocolClient, free_port
+from tests.helpers import SLUG, LiveServer, ProtocolClient, free_port, fresh_postgres_database
 
 
 @pytest.fixture(scope="session")
@@ -31,16 +30,8 @@ def database_url() -> Iterator[str | None]:
     if not server:
         yield None
         return
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    admin = make_url(server).set(drivername="postgresql").render_as_string(hide_password=False)
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f"CREATE DATABASE {name}")
-    yield make_url(server).set(database=name).render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with fresh_postgres_database(server) as url:
+        yield url
 
 
 @pytest.fixture

@@ -6,15 +6,12 @@ servers (`eval "$(.ci/services start)"`, as `.ci/run` does)."""
 import asyncio
 import os
 import time
-import uuid
 from collections.abc import Iterator
 
-import psycopg
 import pytest
-from sqlalchemy.engine import make_url
 
 from fluxhost.signing import KeyMode
-from tests.helpers import LiveServer, ProtocolClient
+from tests.helpers import LiveServer, ProtocolClient, fresh_postgres_database
 from tests.test_socket import follow, socket_url
 
 POSTGRES = os.environ.get("FLUXHOST_TEST_FLEET_POSTGRES")
@@ -24,13 +21,8 @@ pytestmark = pytest.mark.skipif(not (POSTGRES and REDIS), reason="needs PostgreS
 
 @pytest.fixture
 def fleet_database() -> Iterator[str]:
-    admin = make_url(POSTGRES).set(drivername="postgresql").render_as_string(hide_password=False)
-    name = f"fleet_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f"CREATE DATABASE {name}")
-    yield make_url(POSTGRES).set(database=name).render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with fresh_postgres_database(POSTGRES, "fleet") as url:
+        yield url
 
 
 @pytest.fixture
