@@ -1,7 +1,7 @@
 """Several API and worker services on one PostgreSQL database and one Redis: tasks and their events
 cross from any service to any other; Kill reaches the worker running the task; a nonce spent on one
 API is refused by the other. Runs where FLUXHOST_TEST_FLEET_POSTGRES and FLUXHOST_TEST_REDIS name
-servers (`eval "$(.ci/services start)"`, as `.ci/run` does)."""
+servers, as `.ci/run` sets them from `.ci/services start`."""
 
 import asyncio
 import os
@@ -16,7 +16,7 @@ from tests.test_socket import follow, socket_url
 
 POSTGRES = os.environ.get("FLUXHOST_TEST_FLEET_POSTGRES")
 REDIS = os.environ.get("FLUXHOST_TEST_REDIS")
-pytestmark = pytest.mark.skipif(not (POSTGRES and REDIS), reason="needs PostgreSQL and Redis: .ci/services start")
+pytestmark = pytest.mark.skipif(not (POSTGRES and REDIS), reason="needs PostgreSQL and Redis: run .ci/run")
 
 
 @pytest.fixture
