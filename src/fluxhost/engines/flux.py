@@ -260,9 +260,9 @@ class FluxEngine:
         # CPU generators give the same noise on every device, so a seed means one image, alone or batched.
         generators = [torch.Generator(device="cpu").manual_seed(request.seed + number)
                       for request in requests for number in range(request.num_images)]
-        images = {"image": list(first.images)} if first.images else {}
+        image_arguments: dict[str, object] = {"image": list(first.images)} if first.images else {}
         if first.strength is not None:
-            images["strength"] = first.strength
+            image_arguments["strength"] = first.strength
         with self._lock, torch.inference_mode():
             on_start()
             encodings = [self._encode(requests[index].prompt) for index in owner]
@@ -276,7 +276,7 @@ class FluxEngine:
                 max_sequence_length=self.model.max_sequence_length,
                 callback_on_step_end=step_end,
                 output_type="pil",
-                **images,
+                **image_arguments,
             )
             self.batches += 1
         if len(dropped) == len(requests):

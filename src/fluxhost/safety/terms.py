@@ -60,7 +60,7 @@ class TermLists:
 
     def _current(self) -> list[Term]:
         files = sorted(self.folder.glob("*.txt"))
-        stamp = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+        stamp = tuple((f.name, info.st_mtime_ns, info.st_size) for f in files for info in (f.stat(),))
         with self._lock:
             if stamp != self._stamp:
                 self._terms = [term for f in files for term in parse(f.stem, f.read_text(encoding="utf-8"))]
