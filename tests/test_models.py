@@ -148,8 +148,12 @@ def test_missing_preset_weights_name_the_setting_and_the_pull():
     engine = FluxEngine(preset.weights, preset.model_settings("FLUXHOST_PRESETS"), device="cpu")
     message = engine._weights_message(OSError("We couldn't connect to the hub\nand more"))
     assert message == ("weights 'black-forest-labs/FLUX.1-schnell' could not be loaded (We couldn't connect to the "
-                       "hub). Set FLUXHOST_PRESETS to a diffusers FLUX folder or Hugging Face hub id, or download "
-                       "them first: fluxhost models pull schnell.")
+                       "hub). Download them first: fluxhost models pull schnell, or take 'schnell' out of "
+                       "FLUXHOST_PRESETS.")
+    behind_the_seed = FluxEngine(preset.weights, preset.model_settings("FLUXHOST_FLUX_PRO_MODEL"), device="cpu")
+    assert behind_the_seed._weights_message(OSError("gone")).endswith(
+        "Set FLUXHOST_FLUX_PRO_MODEL to a diffusers FLUX folder or Hugging Face hub id, or download them first: "
+        "fluxhost models pull schnell.")
 
 
 def test_models_pull_offline_says_why(tmp_path):

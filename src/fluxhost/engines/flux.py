@@ -152,13 +152,19 @@ class FluxEngine:
         return pipeline
 
     def _weights_message(self, error: Exception) -> str:
+        """Why the weights did not load and what to do: pull a preset's weights, or point the
+        setting the model came from at others (a preset list takes names, not folders)."""
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         from fluxhost.presets import PRESETS
 
         pulls = [name for name, preset in PRESETS.items() if preset.weights == self.weights]
-        hint = f", or download them first: fluxhost models pull {pulls[0]}" if pulls else ""
-        return (f"weights {self.weights!r} could not be loaded ({first_line}). Set {self.model.setting} to a "
-                f"diffusers FLUX folder or Hugging Face hub id{hint}.")
+        if self.model.setting == "FLUXHOST_PRESETS":
+            remedy = (f"Download them first: fluxhost models pull {pulls[0]}, or take {pulls[0]!r} out of "
+                      "FLUXHOST_PRESETS") if pulls else "Take it out of FLUXHOST_PRESETS"
+        else:
+            hint = f", or download them first: fluxhost models pull {pulls[0]}" if pulls else ""
+            remedy = f"Set {self.model.setting} to a diffusers FLUX folder or Hugging Face hub id{hint}"
+        return f"weights {self.weights!r} could not be loaded ({first_line}). {remedy}."
 
     def _load_quantization(self) -> dict[str, object]:
         if self.model.quantize != "nf4":
