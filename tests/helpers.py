@@ -1,9 +1,14 @@
-"""A live fluxhost server in a thread, and a protocol client that signs like real clients do."""
+"""A live fluxhost server in a thread or as a process, and a protocol client that signs like real
+clients do."""
 
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -60,6 +65,45 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(30)
+
+
+FLUXHOST = os.path.join(os.path.dirname(sys.executable), "fluxhost")
+
+
+class ServiceProcess:
+    """``fluxhost <args>`` as a child process with ``env`` added to ours, its output collected."""
+
+    def __init__(self, args: list[str], env: Mapping[str, str]):
+        self.process = subprocess.Popen([FLUXHOST, *args], env={**os.environ, **env}, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"never printed {text!r}:\n{self.output}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._reader.join(5)
 
 
 @contextmanager

@@ -101,7 +101,7 @@ def test_a_task_whose_worker_keeps_dying_fails_with_a_reason(stores_and_project)
         assert work.claim_next(f"worker-{attempt}", [SLUG], lease_seconds=60).id == task.id
         recovery = work.recover(max_attempts=2, dead_workers={f"worker-{attempt}"})
         if attempt == 1:
-            assert recovery.requeued == [task.id] and tasks.get(task.id).row.status == "task_queue"
+            assert recovery.requeued == [(task.id, SLUG)] and tasks.get(task.id).row.status == "task_queue"
     assert recovery.failed == [task.id]
     lost = tasks.get(task.id).row
     assert lost.status == "task_postprocess_end" and lost.pexit == "1" and "lost 2 times" in lost.debug_error
@@ -113,7 +113,7 @@ def test_only_expired_leases_are_taken_back(stores_and_project):
     work.claim_next("alive", [SLUG], lease_seconds=600)
     work.claim_next("dead", [SLUG], lease_seconds=-1)
     assert work.recover(max_attempts=3, alive_worker="dead").requeued == []  # our own: still running
-    assert work.recover(max_attempts=3).requeued == [stale.id]
+    assert work.recover(max_attempts=3).requeued == [(stale.id, SLUG)]
     assert tasks.get(fresh.id).row.status == "task_accept"
 
 

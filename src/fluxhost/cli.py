@@ -35,6 +35,7 @@ register_client_commands(app)
 SERVER_PACKAGES = frozenset({
     "fastapi", "starlette", "uvicorn", "multipart", "pydantic_settings", "sqlalchemy", "alembic", "yaml",
     "torch", "diffusers", "accelerate", "transformers", "safetensors", "sentencepiece", "google",
+    "psycopg", "redis", "celery", "kombu", "boto3", "botocore",
 })
 
 
@@ -107,19 +108,17 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
 ) -> None:
-    """Run the API and the worker together."""
+    """Run the API, with its worker unless FLUXHOST_WORKER_CONCURRENCY=0 or a broker is set (then
+    `fluxhost worker` processes run the tasks)."""
     import uvicorn
 
     from fluxhost.api.app import UVICORN_OPTIONS, create_app
     from fluxhost.service import Service
     from fluxhost.settings import Settings
 
-    # transformers warns at import about optional packages serving does not use (torchvision).
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = Settings(**overrides)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    _configure_logging(settings)
     service = Service(settings)
     if service.keys.count_active() == 0:
         key = service.keys.create(KeyMode.SIGNATURE, name="first key")
@@ -131,7 +130,42 @@ def serve(
     if settings.engine != "bench" and any(model.weights is None for model in service.models.values()):
         console.print(_real_pictures_hint(), markup=False, highlight=False, soft_wrap=True)
     console.print(f"API on {settings.resolved_public_url}/v1  (data in {settings.data_dir.resolve()})", soft_wrap=True)
+    if settings.broker_url:
+        console.print("Tasks go to the broker: start `fluxhost worker` processes to run them.", soft_wrap=True)
+    elif not settings.worker_concurrency:
+        console.print("No worker in this process (FLUXHOST_WORKER_CONCURRENCY=0).", soft_wrap=True)
     uvicorn.run(create_app(service), host=settings.host, port=settings.port, **UVICORN_OPTIONS)
+
+
+@app.command()
+def worker(
+    model: Annotated[list[str] | None, typer.Option(help="A model slug to serve (repeatable); default: all.")] = None,
+    device: Annotated[str | None, typer.Option(help='The device, e.g. "cuda:0"; default: the first of '
+                                               "FLUXHOST_DEVICES.")] = None,
+) -> None:
+    """Run tasks from the broker (FLUXHOST_BROKER_URL): one process per GPU, models loaded once."""
+    from fluxhost.service import Service
+    from fluxhost.settings import Settings
+
+    settings = Settings()
+    if not settings.broker_url:
+        console.print("A worker takes its tasks from a broker: set FLUXHOST_BROKER_URL (redis://...). Without "
+                      "one, `fluxhost serve` runs the worker itself.", markup=False, soft_wrap=True)
+        raise typer.Exit(2)
+    _configure_logging(settings)
+    service = Service(settings)
+    try:
+        service.run_worker(model, device)
+    except ValueError as error:
+        console.print(str(error), markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _configure_logging(settings) -> None:
+    # transformers warns at import about optional packages serving does not use (torchvision).
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 @keys_app.command("create")

@@ -203,7 +203,7 @@ class Operations:
             callback_url=order.callback_url,
         )
         self.events.publish(TaskEvent(task.id, task.socket_token, Status.QUEUE))
-        self.dispatcher.notify()
+        self.dispatcher.notify(task.id, order.tool.slug)
         return task
 
     def upload(self, caller: Caller, image: InputImage) -> Upload:

@@ -64,7 +64,8 @@ class Service:
         self.keys = KeyStore(self.db)
         self.auth = Authenticator(self.db, settings.nonce_window_seconds, settings.nonce_retention_seconds)
         self.files = LocalFileStore(settings.files_dir, settings.resolved_public_url)
-        self.events: EventBus = RedisEventBus(settings.events_url) if settings.events_url else LocalEventBus()
+        events_url = settings.resolved_events_url
+        self.events: EventBus = RedisEventBus(events_url) if events_url else LocalEventBus()
         self.models = settings.served_models
         self.moderator = Moderator(
             settings.safety_terms_dir, text_model=settings.safety_text_model, image_model=settings.safety_image_model,
@@ -85,7 +86,13 @@ class Service:
             settings.callback_max_attempts, settings.callback_backoff_seconds,
         )
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.dispatcher: Dispatcher = LocalDispatcher(self._make_workers, settings.worker_concurrency)
+        self.dispatcher: Dispatcher
+        if settings.broker_url:
+            from fluxhost.dispatch.celery import CeleryDispatcher
+
+            self.dispatcher = CeleryDispatcher(settings.broker_url, settings.broker_visibility_seconds)
+        else:
+            self.dispatcher = LocalDispatcher(self._make_workers, settings.worker_concurrency)
         self.operations = Operations(self.tasks, self.files, self.events, self.dispatcher, self.catalog,
                                      self.url_allowlist, self.load_error, upsampling,
                                      ImageLimits(settings.input_max_bytes, settings.input_max_pixels,
@@ -94,15 +101,31 @@ class Service:
         self._janitor: threading.Thread | None = None
 
     def start(self) -> None:
-        """Take back what a crash left, then start the workers and the janitor."""
-        dead = {worker for worker in self.work.claiming_workers() if not worker_may_be_alive(worker)}
-        recovery = self.work.recover(self.settings.max_attempts, dead_workers=dead)
-        if recovery.requeued or recovery.failed:
-            log.warning("recovered unfinished tasks: requeued %s, failed %s", recovery.requeued, recovery.failed)
+        """Take back what a crash left, then start the workers, the callbacks and the janitor."""
+        self._recover()
         self.dispatcher.start()
         self.callbacks.start()
-        self._janitor = threading.Thread(target=self._janitor_loop, name="fluxhost-janitor", daemon=True)
-        self._janitor.start()
+        self._start_janitor()
+
+    def run_worker(self, slugs: list[str] | None = None, device: str | None = None) -> None:
+        """Be a Celery worker process (``fluxhost worker``) until told to stop: load the models
+        (``slugs``, default all) once on ``device`` (default the first configured), then run the
+        tasks their queues bring."""
+        from fluxhost.dispatch.celery import CeleryDispatcher, consume
+
+        if not isinstance(self.dispatcher, CeleryDispatcher):
+            raise RuntimeError("a worker process takes its tasks from a broker: set FLUXHOST_BROKER_URL")
+        unknown = sorted(set(slugs or ()) - set(self.models))
+        if unknown:
+            raise ValueError(f"not a model of this server: {', '.join(unknown)} (served: {', '.join(self.models)})")
+        worker = self._make_workers([device or self.settings.device_list[0]], slugs)[0]
+        self._recover()
+        self.dispatcher.start()
+        self._start_janitor()
+        try:
+            consume(self.dispatcher.app, worker, self.settings.log_level)
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -125,9 +148,9 @@ class Service:
             return served[0].load_error
         return None
 
-    def _make_workers(self) -> list[Worker]:
-        """One worker per device, each loading every model there; a model that fails to load is
-        kept with its reason, and the others serve."""
+    def _make_workers(self, devices: list[str] | None = None, slugs: list[str] | None = None) -> list[Worker]:
+        """One worker per device (default: the configured ones), each loading every model (or those
+        of ``slugs``) there; a model that fails to load is kept with its reason, and the others serve."""
         from fluxhost.engines import Engine, build_engine
 
         if self.settings.torch_threads:
@@ -137,10 +160,12 @@ class Service:
         self.moderator.load()
         upsampler = self._load_upsampler()
         workers = []
-        for device in self.settings.device_list:
+        for device in devices or self.settings.device_list:
             models = {}
             loaded: dict[str, Engine | Exception] = {}  # slugs with the same pipeline settings share one engine
             for slug, model in self.models.items():
+                if slugs and slug not in slugs:
+                    continue
                 same = model.model_dump_json(exclude={"description", "exposed_inputs", "setting"})
                 if same not in loaded:
                     try:
@@ -176,13 +201,28 @@ class Service:
             log.error("the prompt upsampler could not be loaded: %s", error)
         return None
 
+    def _recover(self) -> None:
+        """Queue again (or fail for good) the tasks of workers that are gone: a process of this
+        host that no longer runs, or any worker whose lease ran out. Our own tasks are running
+        here whatever their lease says (one step can outlast it)."""
+        dead = {worker for worker in self.work.claiming_workers() if not worker_may_be_alive(worker)}
+        recovery = self.work.recover(self.settings.max_attempts, dead_workers=dead, alive_worker=self.worker_id)
+        if recovery.requeued or recovery.failed:
+            log.warning("recovered unfinished tasks: requeued %s, failed %s",
+                        [task_id for task_id, _slug in recovery.requeued], recovery.failed)
+        for task_id, model_slug in recovery.requeued:
+            self.dispatcher.notify(task_id, model_slug)
+
+    def _start_janitor(self) -> None:
+        self._janitor = threading.Thread(target=self._janitor_loop, name="fluxhost-janitor", daemon=True)
+        self._janitor.start()
+
     def _janitor_loop(self) -> None:
-        while not self._stopping.wait(JANITOR_SECONDS):
+        """Recovery twice a lease (at most every :data:`JANITOR_SECONDS`), and old nonces purged."""
+        interval = min(JANITOR_SECONDS, self.settings.lease_seconds / 2)
+        while not self._stopping.wait(interval):
             try:
-                # Our own tasks are running here whatever their lease says (one step can outlast it).
-                recovery = self.work.recover(self.settings.max_attempts, alive_worker=self.worker_id)
-                if recovery.requeued:
-                    self.dispatcher.notify()
+                self._recover()
                 self.auth.purge_nonces()
             except Exception:
                 log.exception("janitor pass failed")

@@ -106,12 +106,24 @@ class Settings(BaseSettings):
         "1 with SQLite, 8 with a database across the network."
     )
     worker_concurrency: int = Field(default=1, ge=0, description="Tasks run at once; 0: no worker.")
+    broker_url: str | None = Field(
+        default=None, description="redis://...: tasks go to Celery workers (`fluxhost worker`), a queue per "
+        "model; `fluxhost serve` is then an API process only. Default: worker threads in the API process.",
+    )
     events_url: str | None = Field(
         default=None, description="redis://...: task events through Redis pub/sub, shared by every API and "
-        "worker process; default: in-process only.",
+        "worker process; default: the broker's URL when it is Redis, else in-process only.",
+    )
+    broker_visibility_seconds: int = Field(
+        default=3600, ge=10, description="A message a worker took and never acknowledged (it died) goes back "
+        "to the queue after this long; recovery in the store has usually run the task again by then.",
     )
     engine: Literal["diffusers", "bench"] = Field(
         default="diffusers", description='"bench" swaps every model for a solid-colour engine.'
+    )
+    bench_step_ms: float = Field(
+        default=0.0, ge=0, le=60_000, description="The bench engine's time per denoising step (a model's "
+        "steps times this is a task's engine time)."
     )
     models: dict[str, ModelSettings] = Field(default_factory=_default_models)
     presets: str = Field(
@@ -244,6 +256,13 @@ class Settings(BaseSettings):
             return self.public_url
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         return f"http://{host}:{self.port}"
+
+    @property
+    def resolved_events_url(self) -> str | None:
+        if self.events_url:
+            return self.events_url
+        broker = self.broker_url or ""
+        return broker if broker.startswith(("redis://", "rediss://")) else None
 
     @property
     def files_dir(self) -> Path:

@@ -121,12 +121,16 @@ class Worker:
         if event.type == Status.CANCEL and event.task_id in self._running:
             self._killed.add(event.task_id)
 
-    def claim(self) -> list[ClaimedTask]:
-        """The oldest queued task of our models, with the queued tasks that can share its pipeline
-        call (same model, size, steps and guidance; up to the model's ``max_batch``, waiting up to
-        its ``batch_wait_ms`` for more), all now ours and in :data:`CLAIMED_THROUGH`. Empty when
-        nothing is queued."""
-        first = self.store.claim_next(self.worker_id, list(self.models), self.lease_seconds, through=CLAIMED_THROUGH)
+    def claim(self, task_id: int | None = None) -> list[ClaimedTask]:
+        """The oldest queued task of our models (or task ``task_id``, if still queued), with the
+        queued tasks that can share its pipeline call (same model, size, steps and guidance; up to
+        the model's ``max_batch``, waiting up to its ``batch_wait_ms`` for more), all now ours and
+        in :data:`CLAIMED_THROUGH`. Empty when there is no such task."""
+        if task_id is None:
+            first = self.store.claim_next(self.worker_id, list(self.models), self.lease_seconds,
+                                          through=CLAIMED_THROUGH)
+        else:
+            first = self.store.claim_queued(task_id, self.worker_id, self.lease_seconds, through=CLAIMED_THROUGH)
         if first is None:
             return []
         model = self.models[first.model_slug]

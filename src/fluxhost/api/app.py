@@ -60,6 +60,10 @@ def create_app(service: Service, doors: Mapping[str, ASGIApp] | None = None, *,
         content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
         return Response(data, media_type=content_type, headers=FILE_HEADERS)
 
+    async def alive(_request: Request) -> JSONResponse:
+        """Liveness for load balancers and container health checks: the process answers."""
+        return JSONResponse({"status": "ok"})
+
     async def not_found(_request: Request, error: HTTPException) -> JSONResponse:
         if error.status_code == 404:
             return fail(0, "Error parsing url.", 404)
@@ -69,6 +73,7 @@ def create_app(service: Service, doors: Mapping[str, ASGIApp] | None = None, *,
         WebSocketRoute("/v1", hub.serve),
         Mount("/v1", create_wiro_app(service, offload)),
         Route("/files/{folder}/{name}", serve_file, methods=["GET", "HEAD"]),
+        Route("/healthz", alive, methods=["GET", "HEAD"]),
         *(Mount(prefix, door) for prefix, door in (doors or {}).items()),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: not_found})

@@ -17,7 +17,7 @@ def build_engine(model: ModelSettings, settings: Settings, device: str = "auto")
     if settings.engine == "bench":
         from fluxhost.engines.bench import BenchEngine
 
-        return BenchEngine()
+        return BenchEngine(settings.bench_step_ms / 1000)
     from fluxhost.engines.flux import FluxEngine
 
     if model.weights:

@@ -10,10 +10,12 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, create_engine, event
+from sqlalchemy import Connection, create_engine, event, text
 from sqlalchemy.orm import sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent.parent / "migrations"
+# Processes of a fleet start together and each migrates: on PostgreSQL they take turns on this lock.
+_MIGRATION_LOCK = 0x666C7578  # "flux"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -58,6 +60,8 @@ class Database:
         """Bring the schema to the newest migration (idempotent; safe at every start)."""
         config = alembic_config(self.engine.url.render_as_string(hide_password=False))
         with self._write_lock, self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 

@@ -106,7 +106,7 @@ class NewOutput:
 class Recovery:
     """What a recovery sweep did with tasks whose worker went away."""
 
-    requeued: list[int]
+    requeued: list[tuple[int, str]]  # (task id, model slug): each needs a worker again
     failed: list[int]
 
 
@@ -141,15 +141,24 @@ class WorkStore:
                       ((task_id, WorkOrder.decode(request)) for task_id, request in queued) if joins(order)]
         claimed: list[ClaimedTask] = []
         for task_id, _order in candidates[:limit]:
-            now = time.time()
-            with self._db.write() as connection:
-                row = connection.execute(
-                    _claim_statement(through, by_id=True),
-                    {"task_id": task_id, "now": now, "claimant": worker_id, "lease_until": now + lease_seconds},
-                ).first()
-            if row is not None:
-                claimed.append(ClaimedTask(row.id, row.socket_token, row.model_slug, WorkOrder.decode(row.request)))
+            task = self.claim_queued(task_id, worker_id, lease_seconds, through)
+            if task is not None:
+                claimed.append(task)
         return claimed
+
+    def claim_queued(
+        self, task_id: int, worker_id: str, lease_seconds: float, through: Status = Status.ACCEPT
+    ) -> ClaimedTask | None:
+        """Atomically take task ``task_id`` as :meth:`claim_next` does, if it is still queued; None
+        when it is not (taken by another worker, cancelled, finished, or never committed)."""
+        now = time.time()
+        with self._db.write() as connection:
+            row = connection.execute(
+                _claim_statement(through, by_id=True),
+                {"task_id": task_id, "now": now, "claimant": worker_id, "lease_until": now + lease_seconds},
+            ).first()
+        return None if row is None else ClaimedTask(row.id, row.socket_token, row.model_slug,
+                                                    WorkOrder.decode(row.request))
 
     def advance(self, task_id: int, *statuses: Status, lease_seconds: float | None = None) -> bool:
         """Move a task along the worker path through ``statuses`` (consecutive, each stamped with
@@ -227,7 +236,7 @@ class WorkStore:
         the lease says), or a lease run out; the tasks of ``alive_worker`` (the caller's own,
         running right now) are never taken."""
         now = time.time()
-        requeued: list[int] = []
+        requeued: list[tuple[int, str]] = []
         failed: list[int] = []
         gone = tasks.c.lease_expires_at < now
         if dead_workers:
@@ -236,8 +245,10 @@ class WorkStore:
         if alive_worker:
             where.append(tasks.c.worker_id != alive_worker)
         with self._db.read() as connection:
-            lost: list[Row] = connection.execute(select(tasks.c.id, tasks.c.attempts).where(*where)).all()
-        for task_id, attempts in lost:
+            lost: list[Row] = connection.execute(
+                select(tasks.c.id, tasks.c.attempts, tasks.c.model_slug).where(*where)
+            ).all()
+        for task_id, attempts, model_slug in lost:
             if attempts >= max_attempts:
                 message = f"The worker running this task was lost {attempts} times; giving up."
                 if self.fail(task_id, message):
@@ -251,5 +262,5 @@ class WorkStore:
                             **{column: None for column in TIME_COLUMN.values()})
                 ).rowcount
             if changed:
-                requeued.append(task_id)
+                requeued.append((task_id, model_slug))
         return Recovery(requeued, failed)

@@ -1,28 +1,16 @@
-"""Getting queued tasks to workers. The database is the queue: a dispatcher only wakes workers,
-which claim tasks by an atomic state change, so a lost or repeated wake-up never loses or
-doubles a task."""
+"""Worker threads next to the API: they poll the store, and a queued task wakes them at once."""
 
 from __future__ import annotations
 
 import logging
 import threading
 from collections.abc import Callable
-from typing import Protocol
 
 from fluxhost.worker import Worker
 
 log = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 1.0  # also picks up tasks queued by other processes or requeued by recovery
-
-
-class Dispatcher(Protocol):
-    def start(self) -> None: ...
-
-    def notify(self) -> None:
-        """A task was queued."""
-
-    def stop(self) -> None: ...
 
 
 class LocalDispatcher:
@@ -69,7 +57,8 @@ class LocalDispatcher:
                 thread.start()
                 self._threads.append(thread)
 
-    def notify(self) -> None:
+    def notify(self, task_id: int, model_slug: str) -> None:
+        """Wake an idle worker thread: whichever is free claims the oldest queued task."""
         self._wake.set()
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -1,0 +1,102 @@
+"""Dispatch through Celery: one queue per model, a message per queued task carrying only its id.
+
+API processes send; `fluxhost worker` processes consume, one task at a time (the solo pool: the
+models stay loaded in the worker's own process, on its one device). Messages are acknowledged
+after the task ran (``acks_late``) and a worker reserves one at a time (prefetch 1), so a worker
+that dies leaves its message to come back. Whatever the broker delivers, the store decides: a
+message whose task is no longer queued (run by another worker after recovery, cancelled, or a
+second delivery) claims nothing and is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from celery import Celery
+
+from fluxhost.worker import Worker
+
+log = logging.getLogger(__name__)
+
+RUN_TASK = "fluxhost.run"
+RESEND_SECONDS = 5.0
+
+
+def queue_name(model_slug: str) -> str:
+    return f"fluxhost.{model_slug}"
+
+
+def celery_app(broker_url: str, visibility_seconds: int) -> Celery:
+    app = Celery("fluxhost", broker=broker_url, set_as_current=False)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": visibility_seconds},
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_default_queue="fluxhost",
+    )
+    return app
+
+
+class CeleryDispatcher:
+    """The API side: a message to the model's queue for every task queued. A message the broker
+    would not take is kept and offered again every :data:`RESEND_SECONDS`, so a broker outage
+    delays tasks but loses none."""
+
+    def __init__(self, broker_url: str, visibility_seconds: int):
+        self.app = celery_app(broker_url, visibility_seconds)
+        self._unsent: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._resend_loop, name="fluxhost-dispatch", daemon=True)
+        self._thread.start()
+
+    def notify(self, task_id: int, model_slug: str) -> None:
+        try:
+            self.app.send_task(RUN_TASK, args=[task_id], queue=queue_name(model_slug))
+        except Exception as error:
+            log.error("task %s stays queued until the broker takes its message: %s", task_id, error)
+            with self._lock:
+                self._unsent[task_id] = model_slug
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread:
+            self._thread.join(5)
+        self.app.close()
+
+    def _resend_loop(self) -> None:
+        while not self._stopping.wait(RESEND_SECONDS):
+            with self._lock:
+                unsent, self._unsent = self._unsent, {}
+            for task_id, model_slug in unsent.items():
+                self.notify(task_id, model_slug)
+
+
+def consume(app: Celery, worker: Worker, loglevel: str) -> None:
+    """Run ``worker`` on its models' queues until the process is told to stop (SIGTERM or Ctrl-C
+    finish the task in hand first)."""
+
+    @app.task(name=RUN_TASK)
+    def run(task_id: int) -> None:
+        batch = worker.claim(task_id)
+        if not batch:
+            log.info("task %s is no longer queued: message dropped", task_id)
+            return
+        worker.run(batch)
+
+    queues = ",".join(queue_name(slug) for slug in worker.models)
+    app.worker_main(["worker", "--pool=solo", "--concurrency=1", f"--queues={queues}", f"--loglevel={loglevel}",
+                     f"--hostname=fluxhost-{os.getpid()}@%h", "--without-gossip", "--without-mingle",
+                     "--without-heartbeat"])

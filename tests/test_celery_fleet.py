@@ -1,0 +1,150 @@
+"""The scaled-out deployment as processes: two `fluxhost serve` API processes and two `fluxhost
+worker` Celery workers on one PostgreSQL database and one Redis (broker and events). Runs where
+FLUXHOST_TEST_FLEET_POSTGRES and FLUXHOST_TEST_REDIS name servers, as `.ci/run` sets them."""
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import redis
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+from fluxhost.signing import KeyMode
+from fluxhost.store.database import Database
+from fluxhost.store.keys import KeyStore
+from fluxhost.store.schema import outputs, tasks
+from tests.helpers import SLUG, ProtocolClient, ServiceProcess, free_port, fresh_postgres_database
+from tests.test_socket import follow
+
+POSTGRES = os.environ.get("FLUXHOST_TEST_FLEET_POSTGRES")
+REDIS = os.environ.get("FLUXHOST_TEST_REDIS")
+pytestmark = pytest.mark.skipif(not (POSTGRES and REDIS), reason="needs PostgreSQL and Redis: run .ci/run")
+
+REDIS_DATABASE = 7  # the broker's queues of one test must not reach the next one's workers
+STEP_MS = 50
+
+
+@dataclass
+class Fleet:
+    api_a: ProtocolClient
+    api_b: ProtocolClient
+    workers: list[ServiceProcess]
+    db: Database
+
+    def row(self, taskid: str):
+        with self.db.read() as connection:
+            return connection.execute(select(tasks).where(tasks.c.id == int(taskid))).one()
+
+    def worker_pid(self, taskid: str) -> int:
+        return int(self.row(taskid).worker_id.rsplit("-", 2)[1])
+
+
+@pytest.fixture
+def fleet(tmp_path) -> Iterator[Fleet]:
+    broker = make_url(REDIS).set(database=str(REDIS_DATABASE)).render_as_string()
+    queues = redis.Redis.from_url(broker)
+    queues.flushdb()
+    with fresh_postgres_database(POSTGRES, "celery") as database_url:
+        db = Database(database_url)
+        db.migrate()
+        key = KeyStore(db).create(KeyMode.SIGNATURE)
+        env = {
+            "FLUXHOST_DATABASE_URL": database_url,
+            "FLUXHOST_BROKER_URL": broker,
+            "FLUXHOST_DATA_DIR": str(tmp_path / "shared"),
+            "FLUXHOST_ENGINE": "bench",
+            "FLUXHOST_BENCH_STEP_MS": str(STEP_MS),
+            "FLUXHOST_MODELS": json.dumps({SLUG: {"steps": 4, "max_batch": 1, "exposed_inputs": ["steps"]}}),
+            "FLUXHOST_LEASE_SECONDS": "2",
+            "FLUXHOST_LOG_LEVEL": "INFO",
+        }
+        ports = [free_port(), free_port()]
+        processes = [ServiceProcess(["serve", "--port", str(port)], env) for port in ports]
+        processes += [ServiceProcess(["worker"], env) for _ in range(2)]
+        try:
+            for process in processes[2:]:
+                process.wait_for(" ready.")
+            clients = [ProtocolClient(f"http://127.0.0.1:{port}", key) for port in ports]
+            for client in clients:
+                _wait_until_answering(client.base_url)
+            yield Fleet(clients[0], clients[1], processes[2:], db)
+        finally:
+            for process in processes:
+                process.stop()
+            db.dispose()
+            queues.flushdb()
+            queues.close()
+
+
+def _wait_until_answering(base_url: str) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"{base_url} never answered"
+        time.sleep(0.1)
+
+
+def test_tasks_from_both_apis_spread_over_both_workers(fleet):
+    runs = [(fleet.api_a if index % 2 else fleet.api_b).run(seed=str(index)) for index in range(8)]
+    for run in runs:
+        assert fleet.api_a.wait(run["taskid"])["status"] == "task_postprocess_end"
+    pids = {fleet.worker_pid(run["taskid"]) for run in runs}
+    assert pids == {worker.process.pid for worker in fleet.workers}
+
+
+def test_a_socket_on_one_api_follows_a_task_run_through_the_other(fleet):
+    run = fleet.api_b.run(seed="9", steps="40")  # 2 s: the socket joins while it runs
+    url = fleet.api_a.base_url.replace("http://", "ws://") + "/v1"
+    frames = asyncio.run(follow(url, run["socketaccesstoken"]))
+    kinds = [frame["type"] for frame in frames]
+    assert kinds[-1] == "task_postprocess_end" and frames[-1]["pexit"] == "0"
+    assert "task_start" in kinds and kinds.count("task_output") >= 2
+
+
+def test_a_worker_killed_mid_task_leaves_it_to_the_other_exactly_once(fleet):
+    taskid = fleet.api_a.run(steps="60")["taskid"]  # 3 s of engine time
+    fleet.api_a.wait(taskid, statuses=("task_start",))
+    first = fleet.worker_pid(taskid)
+    os.kill(first, signal.SIGKILL)
+    done = fleet.api_b.wait(taskid, timeout=60)
+    assert done["status"] == "task_postprocess_end" and done["pexit"] == "0"
+    row = fleet.row(taskid)
+    assert row.attempts == 2 and fleet.worker_pid(taskid) != first
+    with fleet.db.read() as connection:
+        assert connection.execute(select(func.count()).where(outputs.c.task_id == int(taskid))).scalar() == 1
+    time.sleep(1)  # nothing runs it a third time
+    assert fleet.row(taskid).attempts == 2
+
+
+def test_cancel_and_kill_through_one_api_reach_the_workers(fleet):
+    running = [fleet.api_b.run(steps="60")["taskid"] for _ in range(2)]
+    queued = fleet.api_b.run()["taskid"]
+    for taskid in running:
+        fleet.api_a.wait(taskid, statuses=("task_start",))
+    assert fleet.api_a.call("Task/Cancel", {"taskid": queued})["tasklist"][0]["status"] == "task_cancel"
+    assert fleet.api_a.call("Task/Kill", {"taskid": running[0]})["result"] is True
+    assert fleet.api_b.wait(running[0])["status"] == "task_cancel"
+    deadline = time.monotonic() + 30
+    while "Stopped at step" not in fleet.api_b.detail(running[0])["debugoutput"]:
+        assert time.monotonic() < deadline, "the worker never stopped the killed task"
+        time.sleep(0.05)
+    assert fleet.api_b.wait(running[1])["status"] == "task_postprocess_end"
+    assert fleet.api_b.detail(queued)["starttime"] == "0"
+
+
+def test_a_nonce_spent_on_one_api_is_refused_by_the_other(fleet):
+    headers = fleet.api_a.headers()
+    body = {"prompt": "a red fox", "seed": "1"}
+    assert fleet.api_a.post(f"Run/{SLUG}", body, headers=headers).json()["result"] is True
+    assert fleet.api_b.post(f"Run/{SLUG}", body, headers=headers).json()["result"] is False
