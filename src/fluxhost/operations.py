@@ -18,10 +18,10 @@ from typing import Any
 from fluxhost.auth import Caller
 from fluxhost.dispatch import Dispatcher
 from fluxhost.events import EventBus, TaskEvent
-from fluxhost.files import FileStore
 from fluxhost.image_inputs import DEFAULT_LIMITS, ImageLimits, ImageRefused, InputImage, decode, fetch, size_like
 from fluxhost.inputs import InputError, ValidatedRun
 from fluxhost.statuses import Status
+from fluxhost.storage import FileStore
 from fluxhost.store.tasks import ModelStats, StopResult, TaskRecord, TaskRef, TaskStore
 from fluxhost.tools import Catalog, Tool
 from fluxhost.urlguard import Allowlist, UrlRefused, check_public_url

@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import Row
 
 from fluxhost.events import Progress, TaskEvent
-from fluxhost.files import FileStore
 from fluxhost.statuses import Status
+from fluxhost.storage import FileStore
 from fluxhost.store.tasks import TaskRecord
 
 

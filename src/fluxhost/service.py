@@ -17,12 +17,12 @@ from fluxhost.callbacks.poster import WebhookPoster
 from fluxhost.callbacks.sender import CallbackSender
 from fluxhost.dispatch import Dispatcher, LocalDispatcher
 from fluxhost.events import EventBus, LocalEventBus, RedisEventBus
-from fluxhost.files import LocalFileStore
 from fluxhost.image_inputs import ImageLimits
 from fluxhost.operations import Operations
 from fluxhost.protocol_json import render_task, task_list_body
 from fluxhost.safety.moderator import Moderator
 from fluxhost.settings import Settings
+from fluxhost.storage import FileStore, LocalFileStore
 from fluxhost.store.database import Database
 from fluxhost.store.deliveries import Deliveries
 from fluxhost.store.keys import KeyStore
@@ -63,7 +63,7 @@ class Service:
         self.work = WorkStore(self.db)
         self.keys = KeyStore(self.db)
         self.auth = Authenticator(self.db, settings.nonce_window_seconds, settings.nonce_retention_seconds)
-        self.files = LocalFileStore(settings.files_dir, settings.resolved_public_url)
+        self.files = self._file_store()
         events_url = settings.resolved_events_url
         self.events: EventBus = RedisEventBus(events_url) if events_url else LocalEventBus()
         self.models = settings.served_models
@@ -134,6 +134,20 @@ class Service:
         if isinstance(self.events, RedisEventBus):
             self.events.close()
         self.db.dispose()
+
+    def _file_store(self) -> FileStore:
+        settings = self.settings
+        if settings.storage == "local":
+            return LocalFileStore(settings.files_dir, settings.resolved_public_url)
+        from fluxhost.storage.s3 import S3FileStore
+
+        secret = settings.s3_secret_access_key
+        return S3FileStore(
+            settings.s3_bucket, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
+            access_key_id=settings.s3_access_key_id, secret_access_key=secret.get_secret_value() if secret else None,
+            prefix=settings.s3_prefix, url_mode=settings.s3_url_mode, public_url=settings.s3_public_url,
+            url_seconds=settings.s3_url_seconds, path_style=settings.s3_path_style,
+        )
 
     def callback_body(self, record: TaskRecord) -> dict[str, object]:
         """What a callback posts: the task's Task/Detail answer in the hosted protocol."""

@@ -99,6 +99,34 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         default=None, description="Base of the file links the API hands out; default: host+port."
     )
+    storage: Literal["local", "s3"] = Field(
+        default="local", description="Where task files go: the data folder, served by the API; or an "
+        "S3-compatible bucket (the FLUXHOST_S3_* settings), downloaded from there.",
+    )
+    s3_bucket: str = Field(default="", description="The bucket (it must exist).")
+    s3_endpoint_url: str | None = Field(
+        default=None, description="The store's address for MinIO, SeaweedFS, R2...; default: AWS S3."
+    )
+    s3_region: str | None = Field(default=None, description="The bucket's region; default: boto3's.")
+    s3_access_key_id: str | None = Field(
+        default=None, description="With the secret: the store's credentials; default: boto3's lookup "
+        "(AWS_* variables, profile, instance role).",
+    )
+    s3_secret_access_key: SecretStr | None = None
+    s3_prefix: str = Field(default="", description='Prepended to every object key, e.g. "fluxhost/".')
+    s3_url_mode: Literal["presigned", "public"] = Field(
+        default="presigned", description="presigned: signed download URLs, the bucket stays private; public: "
+        "plain URLs under FLUXHOST_S3_PUBLIC_URL (objects must be publicly readable there).",
+    )
+    s3_public_url: str | None = Field(
+        default=None, description="Base of public URLs (a CDN); default: the bucket's own address."
+    )
+    s3_url_seconds: int = Field(
+        default=604_800, ge=60, le=604_800, description="How long a presigned URL works (at most 7 days)."
+    )
+    s3_path_style: bool = Field(
+        default=False, description="Address the bucket as endpoint/bucket/key (most self-hosted stores).",
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     api_threads: int | None = Field(
@@ -229,6 +257,12 @@ class Settings(BaseSettings):
 
         preset_names(value)
         return value
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> Settings:
+        if self.storage == "s3" and not self.s3_bucket:
+            raise ValueError("FLUXHOST_STORAGE=s3 needs FLUXHOST_S3_BUCKET")
+        return self
 
     @model_validator(mode="after")
     def _one_worker_per_device(self) -> Settings:

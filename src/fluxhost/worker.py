@@ -13,12 +13,12 @@ from PIL import Image
 from fluxhost.engines import Engine, GenerationRequest
 from fluxhost.engines.base import GenerationStopped, Preview, batch_key
 from fluxhost.events import EventBus, Progress, TaskEvent
-from fluxhost.files import FileStore
 from fluxhost.image_inputs import ImageLimits, decode
 from fluxhost.images import CONTENT_TYPES, FILE_EXTENSIONS, encode
 from fluxhost.safety.moderator import Moderator
 from fluxhost.settings import ModelSettings
 from fluxhost.statuses import Status, stages
+from fluxhost.storage import FileStore
 from fluxhost.store.work import ClaimedTask, NewOutput, WorkStore
 from fluxhost.upsampling import Upsampler, UpsamplingFailed
 from fluxhost.workorder import FileRef, WorkOrder

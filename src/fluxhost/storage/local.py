@@ -1,39 +1,11 @@
-"""Where task files live: the seam every reader and writer of files goes through.
-
-The embedded default is a local folder served by the API at ``{public_url}/files/{folder}/{name}``,
-where ``folder`` is 64 random hex digits: the URL is the capability, as with the hosted service's
-CDN links. An object store replaces it by implementing :class:`FileStore`.
-"""
+"""Task files in a local folder, served by the API at ``{public_url}/files/{folder}/{name}``."""
 
 from __future__ import annotations
 
-import re
-import secrets
 import shutil
 from pathlib import Path
-from typing import Protocol
 
-_FOLDER = re.compile(r"[0-9a-f]{64}")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
-
-
-class FileStore(Protocol):
-    def new_folder(self) -> str:
-        """A fresh, unguessable folder name for one task's files."""
-
-    def save(self, folder: str, name: str, data: bytes) -> None: ...
-
-    def read(self, folder: str, name: str) -> bytes | None:
-        """The file's bytes; None for a malformed reference or a file that is not there."""
-
-    def url(self, folder: str, name: str) -> str:
-        """Where a client downloads the file."""
-
-    def delete(self, folder: str, name: str) -> None:
-        """Remove the file (and its folder once empty); a missing file is not an error."""
-
-    def find(self, url: str) -> tuple[str, str] | None:
-        """The (folder, name) of a URL this store handed out, or None for any other URL."""
+from fluxhost.storage.base import new_folder, well_formed
 
 
 class LocalFileStore:
@@ -42,7 +14,7 @@ class LocalFileStore:
         self.public_url = public_url.rstrip("/")
 
     def new_folder(self) -> str:
-        return secrets.token_hex(32)
+        return new_folder()
 
     def save(self, folder: str, name: str, data: bytes) -> None:
         # Written in place: no URL to it exists until the task row records the output.
@@ -51,7 +23,7 @@ class LocalFileStore:
         path.write_bytes(data)
 
     def read(self, folder: str, name: str) -> bytes | None:
-        if not _FOLDER.fullmatch(folder) or not _NAME.fullmatch(name):
+        if not well_formed(folder, name):
             return None
         try:
             return self._path(folder, name).read_bytes()
@@ -72,9 +44,9 @@ class LocalFileStore:
         if not url.startswith(prefix):
             return None
         folder, _, name = url[len(prefix):].partition("/")
-        return (folder, name) if _FOLDER.fullmatch(folder) and _NAME.fullmatch(name) else None
+        return (folder, name) if well_formed(folder, name) else None
 
     def _path(self, folder: str, name: str) -> Path:
-        if not _FOLDER.fullmatch(folder) or not _NAME.fullmatch(name):
+        if not well_formed(folder, name):
             raise ValueError("malformed file reference")
         return self.root / folder[:2] / folder / name
