@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,12 +26,15 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
 
 
+def _environment(settings: dict[str, str]) -> dict[str, str]:
+    return {**os.environ, "FLUXHOST_LOG_LEVEL": "WARNING", **{f"FLUXHOST_{k.upper()}": v for k, v in settings.items()}}
+
+
 @contextmanager
 def running_server(port: int, **settings: str):
     """Start `fluxhost serve` with these FLUXHOST_* settings; yield (base_url, key dict)."""
     with tempfile.TemporaryDirectory() as data:
-        env = {**os.environ, "FLUXHOST_DATA_DIR": data, "FLUXHOST_PORT": str(port),
-               "FLUXHOST_LOG_LEVEL": "WARNING", **{f"FLUXHOST_{k.upper()}": v for k, v in settings.items()}}
+        env = _environment({"data_dir": data, "port": str(port), **settings})
         key = json.loads(subprocess.run([FLUXHOST, "keys", "create", "--json"], env=env, check=True,
                                         capture_output=True, text=True).stdout)
         process = subprocess.Popen([FLUXHOST, "serve"], env=env, stdout=subprocess.DEVNULL,
@@ -61,3 +65,27 @@ class Signer:
 
     def headers(self) -> dict[str, str]:
         return signed_headers(self.api_key, self.api_secret, str(next(self._nonces)))
+
+
+@contextmanager
+def running_workers(count: int, **settings: str):
+    """Start ``count`` `fluxhost worker` processes with these FLUXHOST_* settings (a broker among
+    them) and wait until each says it is ready."""
+    env = _environment(settings)
+    processes = [subprocess.Popen([FLUXHOST, "worker"], env={**env, "FLUXHOST_LOG_LEVEL": "INFO"},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for _ in range(count)]
+    try:
+        for process in processes:
+            for line in process.stderr:
+                if " ready." in line:
+                    break
+            else:
+                raise RuntimeError("a worker exited before it was ready")
+            threading.Thread(target=process.stderr.read, daemon=True).start()  # keep its pipe drained
+        yield
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(30)

@@ -91,3 +91,14 @@ def test_first_serve_prints_a_key_and_a_request_that_works(tmp_path):
         process.kill()
         process.wait(10)
     assert (tmp_path / "data" / "models" / "tiny-flux" / "model_index.json").exists()
+
+
+def test_a_worker_says_what_it_needs_and_what_it_cannot_reach(tmp_path):
+    env = {**os.environ, "FLUXHOST_DATA_DIR": str(tmp_path / "data")}
+    no_broker = subprocess.run([FLUXHOST, "worker"], env=env, capture_output=True, text=True, timeout=60)
+    assert no_broker.returncode == 2 and "set FLUXHOST_BROKER_URL" in no_broker.stdout
+    closed = free_port()  # nothing listens there
+    unreachable = subprocess.run([FLUXHOST, "worker"], env={**env, "FLUXHOST_BROKER_URL": f"redis://127.0.0.1:{closed}/0"},
+                                 capture_output=True, text=True, timeout=60)
+    assert unreachable.returncode == 1 and unreachable.stdout.startswith("Could not reach Redis")
+    assert "Traceback" not in unreachable.stdout + unreachable.stderr

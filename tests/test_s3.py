@@ -68,7 +68,7 @@ def test_files_round_trip_through_presigned_urls(s3_server, bucket):
     assert store.read(folder, "0.png") is None and not exists(s3_server, bucket, f"fluxhost/{folder}/0.png")
 
 
-def test_public_urls_are_plain_and_stable(s3_server):
+def test_public_urls_are_plain_and_signed_ones_name_the_clients_address(s3_server, bucket):
     store = store_on(s3_server, PUBLIC_BUCKET, url_mode="public")
     folder = store.new_folder()
     store.save(folder, "0.jpg", b"\xff\xd8 not really a jpeg")
@@ -76,6 +76,17 @@ def test_public_urls_are_plain_and_stable(s3_server):
     assert url == f"{s3_server.endpoint}/{PUBLIC_BUCKET}/{folder}/0.jpg" == store.url(folder, "0.jpg")
     assert httpx.get(url, timeout=10).content == b"\xff\xd8 not really a jpeg"
     assert store.find(url) == (folder, "0.jpg")
+
+    # The service reaches the store at one address, clients at another: URLs are signed for theirs.
+    port = s3_server.endpoint.rsplit(":", 1)[1]
+    signed_for_clients = store_on(s3_server, bucket, public_endpoint_url=f"http://s3.example.test:{port}")
+    signed_for_clients.save(folder, "0.png", b"private")
+    url = signed_for_clients.url(folder, "0.png")
+    assert url.startswith(f"http://s3.example.test:{port}/{bucket}/{folder}/0.png?")
+    same_server = url.replace(f"s3.example.test:{port}", f"127.0.0.1:{port}")  # no lookup of that name
+    assert httpx.get(same_server, headers={"Host": f"s3.example.test:{port}"}, timeout=10).content == b"private"
+    assert httpx.get(same_server, timeout=10).status_code == 403  # signed for the other host
+    assert signed_for_clients.find(url) == (folder, "0.png")
 
     behind_cdn = store_on(s3_server, PUBLIC_BUCKET, url_mode="public", public_url="https://cdn.example.com/img/")
     assert behind_cdn.url(folder, "0.jpg") == f"https://cdn.example.com/img/{folder}/0.jpg"

@@ -113,13 +113,12 @@ def serve(
     import uvicorn
 
     from fluxhost.api.app import UVICORN_OPTIONS, create_app
-    from fluxhost.service import Service
     from fluxhost.settings import Settings
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = Settings(**overrides)
     _configure_logging(settings)
-    service = Service(settings)
+    service = _connected_service(settings)
     if service.keys.count_active() == 0:
         key = service.keys.create(KeyMode.SIGNATURE, name="first key")
         console.print(_first_key_banner(key, settings), highlight=False, soft_wrap=True)
@@ -144,7 +143,6 @@ def worker(
                                                "FLUXHOST_DEVICES.")] = None,
 ) -> None:
     """Run tasks from the broker (FLUXHOST_BROKER_URL): one process per GPU, models loaded once."""
-    from fluxhost.service import Service
     from fluxhost.settings import Settings
 
     settings = Settings()
@@ -153,12 +151,28 @@ def worker(
                       "one, `fluxhost serve` runs the worker itself.", markup=False, soft_wrap=True)
         raise typer.Exit(2)
     _configure_logging(settings)
-    service = Service(settings)
+    service = _connected_service(settings)
     try:
         service.run_worker(model, device)
     except ValueError as error:
         console.print(str(error), markup=False, soft_wrap=True)
         raise typer.Exit(2) from None
+
+
+def _connected_service(settings):
+    """The service, or a one-line reason when its database or Redis cannot be reached."""
+    from redis.exceptions import RedisError
+    from sqlalchemy.exc import OperationalError
+
+    from fluxhost.service import Service
+
+    try:
+        return Service(settings)
+    except (OperationalError, RedisError) as error:
+        what = "the database" if isinstance(error, OperationalError) else "Redis (FLUXHOST_BROKER_URL/EVENTS_URL)"
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        console.print(f"Could not reach {what}: {reason}", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 def _configure_logging(settings) -> None:

@@ -143,7 +143,8 @@ class Service:
 
         secret = settings.s3_secret_access_key
         return S3FileStore(
-            settings.s3_bucket, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
+            settings.s3_bucket, endpoint_url=settings.s3_endpoint_url,
+            public_endpoint_url=settings.s3_public_endpoint_url, region=settings.s3_region,
             access_key_id=settings.s3_access_key_id, secret_access_key=secret.get_secret_value() if secret else None,
             prefix=settings.s3_prefix, url_mode=settings.s3_url_mode, public_url=settings.s3_public_url,
             url_seconds=settings.s3_url_seconds, path_style=settings.s3_path_style,

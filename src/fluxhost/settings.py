@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(
         default=None, description="The store's address for MinIO, SeaweedFS, R2...; default: AWS S3."
     )
+    s3_public_endpoint_url: str | None = Field(
+        default=None, description="The store's address as clients reach it, when not the same as the "
+        "service's (inside a compose network, say): download URLs are made for it.",
+    )
     s3_region: str | None = Field(default=None, description="The bucket's region; default: boto3's.")
     s3_access_key_id: str | None = Field(
         default=None, description="With the secret: the store's credentials; default: boto3's lookup "

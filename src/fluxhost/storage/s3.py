@@ -28,6 +28,7 @@ class S3FileStore:
         bucket: str,
         *,
         endpoint_url: str | None = None,
+        public_endpoint_url: str | None = None,
         region: str | None = None,
         access_key_id: str | None = None,
         secret_access_key: str | None = None,
@@ -37,10 +38,12 @@ class S3FileStore:
         url_seconds: int = MAX_PRESIGNED_SECONDS,
         path_style: bool = False,
     ):
-        """``access_key_id``/``secret_access_key`` None: boto3's own lookup (environment, profile,
-        instance role); ``prefix``: prepended to every key (``"fluxhost/"``); ``public_url``: the
-        base of public URLs (default: the bucket's own address); ``path_style``: address the
-        bucket as ``endpoint/bucket/key`` (most self-hosted stores want it)."""
+        """``public_endpoint_url``: the store's address as clients reach it, when it differs from
+        ours (``http://s3:8333`` inside a compose network, ``https://s3.example.com`` outside):
+        URLs are signed for that host. ``access_key_id``/``secret_access_key`` None: boto3's own
+        lookup (environment, profile, instance role). ``prefix``: prepended to every key
+        (``"fluxhost/"``). ``public_url``: the base of public URLs (default: the bucket's address).
+        ``path_style``: address the bucket as ``endpoint/bucket/key`` (most self-hosted stores)."""
         import boto3
         from botocore.config import Config
 
@@ -50,12 +53,15 @@ class S3FileStore:
         self.prefix = prefix
         self.url_mode = url_mode
         self.url_seconds = min(url_seconds, MAX_PRESIGNED_SECONDS)
-        self._client = boto3.client(
-            "s3", endpoint_url=endpoint_url, region_name=region, aws_access_key_id=access_key_id,
-            aws_secret_access_key=secret_access_key,
-            config=Config(signature_version="s3v4", s3={"addressing_style": "path" if path_style else "auto"},
-                          retries={"mode": "standard", "max_attempts": 3}),
-        )
+        config = Config(signature_version="s3v4", s3={"addressing_style": "path" if path_style else "auto"},
+                        retries={"mode": "standard", "max_attempts": 3})
+
+        def client(endpoint: str | None):
+            return boto3.client("s3", endpoint_url=endpoint, region_name=region, aws_access_key_id=access_key_id,
+                                aws_secret_access_key=secret_access_key, config=config)
+
+        self._client = client(endpoint_url)
+        self._signer = client(public_endpoint_url) if public_endpoint_url else self._client  # never connects
         self._missing = (self._client.exceptions.NoSuchKey,)
         bucket_url = self._bucket_url()
         self.public_url = (public_url or bucket_url).rstrip("/")
@@ -82,7 +88,7 @@ class S3FileStore:
         key = self._key(folder, name)
         if self.url_mode == "public":
             return f"{self.public_url}/{key}"
-        return self._client.generate_presigned_url(
+        return self._signer.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.url_seconds
         )
 
@@ -104,7 +110,7 @@ class S3FileStore:
         return f"{self.prefix}{folder}/{name}"
 
     def _bucket_url(self) -> str:
-        """The bucket's own address, ending in ``/``, as this client's addressing style spells it."""
-        signed = self._client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": "k"},
+        """The bucket's address as clients reach it, ending in ``/``, spelled in the addressing style."""
+        signed = self._signer.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": "k"},
                                                      ExpiresIn=60)
         return signed.split("?", 1)[0].removesuffix("k")
