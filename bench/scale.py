@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import tempfile
 import time
-import uuid
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
+from pathlib import Path
 
 import aiohttp
-import psycopg
 import redis
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import make_url
@@ -32,21 +32,11 @@ from _server import SLUG, Signer, running_server, running_workers
 from fluxhost.statuses import TERMINAL
 from fluxhost.store.schema import tasks
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: its test helpers
+from tests.helpers import fresh_postgres_database  # noqa: E402
+
 ENGINE_MS = (0, 50)
 REDIS_DATABASE = 8
-
-
-@contextmanager
-def fresh_database(server_url: str):
-    admin = make_url(server_url).set(drivername="postgresql").render_as_string(hide_password=False)
-    name = f"scale_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f"CREATE DATABASE {name}")
-    try:
-        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as connection:
-            connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 async def submit(base_url: str, key: dict, count: int) -> None:
@@ -95,7 +85,8 @@ def measure(setup: str, workers: int, engine_ms: int, count: int, port: int, pos
             base_url, key = stack.enter_context(running_server(port, **settings))
         else:
             redis.Redis.from_url(broker).flushdb()
-            settings.update(database_url=stack.enter_context(fresh_database(postgres)), broker_url=broker)
+            database_url = stack.enter_context(fresh_postgres_database(postgres, "scale"))
+            settings.update(database_url=database_url, broker_url=broker)
             base_url, key = stack.enter_context(running_server(port, **settings))
             stack.enter_context(running_workers(workers, **settings))
         asyncio.run(submit(base_url, key, count))
