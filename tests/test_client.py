@@ -139,8 +139,11 @@ def test_ctrl_c_kills_the_remote_task(make_settings, tmp_path):
         key = live.service.keys.create(KeyMode.SIGNATURE)
         env = {**os.environ, "FLUXHOST_API_KEY": key.api_key, "FLUXHOST_API_SECRET": key.api_secret,
                "FLUXHOST_SERVER": live.base_url}
-        process = subprocess.Popen([FLUXHOST, "run", "a long one", "-o", str(tmp_path)], env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # Started as a terminal would: a shell's background job passes SIGINT on ignored.
+        as_from_a_terminal = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                              "from fluxhost.cli import main; sys.argv[0] = 'fluxhost'; main()")
+        process = subprocess.Popen([sys.executable, "-c", as_from_a_terminal, "run", "a long one", "-o", str(tmp_path)],
+                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for line in process.stderr:
             if line.startswith("step "):
                 break
