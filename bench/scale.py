@@ -2,9 +2,10 @@
 SQLite, N worker threads) versus the distributed path (a `fluxhost serve` API on PostgreSQL with
 a Redis broker, N `fluxhost worker` processes), with the bench engine at 0 and 50 ms per task.
 
-For each setup a batch of tasks is submitted at once through the API and the database says when
-each was claimed and ended: the rate is tasks over the time from the first claim to the last end,
-and the per-task overhead is one worker's seconds per task less the engine's. Prints a table.
+For each setup a batch of tasks is queued through the API before the workers start, and the
+database says when each was claimed and ended: the rate is tasks over the time from the first
+claim to the last end, and the per-task overhead is one worker's seconds per task less the
+engine's. Prints a table.
 
 Needs PostgreSQL and Redis (what `.ci/services start` prints):
 
@@ -76,20 +77,24 @@ def wait_and_time(database_url: str, count: int) -> tuple[float, int]:
 
 
 def measure(setup: str, workers: int, engine_ms: int, count: int, port: int, postgres: str, broker: str) -> dict:
+    """The tasks are all queued before any worker starts, so what is timed is the workers' pace,
+    not how fast the API takes Runs."""
     with ExitStack() as stack:
         data = stack.enter_context(tempfile.TemporaryDirectory())
         settings = {"engine": "bench", "bench_step_ms": str(engine_ms), "data_dir": data,
                     "models": json.dumps({SLUG: {"steps": 1, "max_batch": 1}})}
         if setup == "embedded":
-            settings.update(database_url=f"sqlite:///{data}/fluxhost.db", worker_concurrency=str(workers))
-            base_url, key = stack.enter_context(running_server(port, **settings))
+            settings["database_url"] = f"sqlite:///{data}/fluxhost.db"
+            with running_server(port, worker_concurrency="0", **settings) as (base_url, key):
+                asyncio.run(submit(base_url, key, count))
+            stack.enter_context(running_server(port, worker_concurrency=str(workers), **settings))
         else:
             redis.Redis.from_url(broker).flushdb()
             database_url = stack.enter_context(fresh_postgres_database(postgres, "scale"))
             settings.update(database_url=database_url, broker_url=broker)
             base_url, key = stack.enter_context(running_server(port, **settings))
+            asyncio.run(submit(base_url, key, count))
             stack.enter_context(running_workers(workers, **settings))
-        asyncio.run(submit(base_url, key, count))
         seconds, good = wait_and_time(settings["database_url"], count)
     if good != count:
         raise RuntimeError(f"{count - good} tasks failed")

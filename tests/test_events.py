@@ -1,13 +1,19 @@
 """Task events are typed records that cross a process boundary unchanged."""
 
 import json
+import os
+import time
+import uuid
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fluxhost.events import Progress, TaskEvent
+from fluxhost.events import Progress, RedisEventBus, TaskEvent
 from fluxhost.protocol_json import event_frame_text
 from fluxhost.statuses import Status
+
+REDIS = os.environ.get("FLUXHOST_TEST_REDIS")
 
 progress = st.builds(Progress.measure, st.integers(1, 100), st.just(100),
                      st.floats(0.001, 1e4, allow_nan=False))
@@ -38,3 +44,23 @@ def test_the_door_renders_progress_in_the_protocols_words():
                     "stepTotal": "4", "speed": "2.00", "speedType": "it/s", "elapsedTime": "2s",
                     "remainingTime": "0s"},
     }
+
+
+@pytest.mark.skipif(not REDIS, reason="needs Redis: run .ci/run")
+def test_events_through_redis_reach_every_bus_in_order_and_close_sends_what_is_queued():
+    channel = f"fluxhost:test:{uuid.uuid4().hex}"
+    publisher, listener = RedisEventBus(REDIS, channel), RedisEventBus(REDIS, channel)
+    heard: list[TaskEvent] = []
+    listener.subscribe(heard.append)
+    sent = [TaskEvent(task_id, "tok", Status.OUTPUT, Progress.measure(step, 500, 1.0))
+            for task_id in (1, 2) for step in range(1, 501)]
+    try:
+        for event in sent:
+            publisher.publish(event)
+        publisher.close()  # returns once everything queued is sent
+        deadline = time.monotonic() + 10
+        while len(heard) < len(sent) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert heard == sent
+    finally:
+        listener.close()

@@ -9,6 +9,7 @@ quickly (hand the event to a queue or an event loop).
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -97,7 +98,12 @@ class RedisEventBus:
     """Events through Redis pub/sub, for several processes: every process publishes to one channel
     and hears every event (its own included) in the order Redis received them, on one listener
     thread that hands them to the local handlers. A late subscriber reads the current state from
-    the store, as the socket does."""
+    the store, as the socket does.
+
+    Publishing only queues the event: a sender thread sends what has queued in one pipelined
+    round trip, in order, so a worker never waits on Redis between two steps of a task. An event
+    still queued when the process dies is lost to the listeners, never to the task: the store
+    has its state."""
 
     def __init__(self, url: str, channel: str = "fluxhost:events"):
         import redis
@@ -108,21 +114,49 @@ class RedisEventBus:
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         self._pubsub.subscribe(channel)
         self._pubsub.get_message(timeout=5)  # the confirmation: from here on, nothing published is missed
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._listen, name="fluxhost-events", daemon=True)
-        self._thread.start()
+        self._listener = threading.Thread(target=self._listen, name="fluxhost-events", daemon=True)
+        self._listener.start()
+        self._sender = threading.Thread(target=self._send, name="fluxhost-events-out", daemon=True)
+        self._sender.start()
 
     def publish(self, event: TaskEvent) -> None:
-        self._redis.publish(self.channel, event.encode())
+        self._outbox.put(event.encode())
 
     def subscribe(self, handler: Handler) -> Callable[[], None]:
         return self._local.subscribe(handler)
 
     def close(self) -> None:
+        """Send what is queued, then stop listening."""
+        self._outbox.put(None)
+        self._sender.join(5)
         self._stopping.set()
-        self._thread.join(5)
+        self._listener.join(5)
         self._pubsub.close()
         self._redis.close()
+
+    def _send(self) -> None:
+        import redis
+
+        while True:
+            batch = [self._outbox.get()]
+            while not self._outbox.empty():
+                batch.append(self._outbox.get())
+            closing = None in batch
+            pipeline = self._redis.pipeline(transaction=False)
+            for data in batch:
+                if data is not None:
+                    pipeline.publish(self.channel, data)
+            for attempt in range(3):
+                try:
+                    pipeline.execute()
+                    break
+                except redis.RedisError as error:
+                    log.warning("publishing %s events failed (attempt %s): %s", len(batch), attempt + 1, error)
+                    time.sleep(0.5 * (attempt + 1))
+            if closing:
+                return
 
     def _listen(self) -> None:
         while not self._stopping.is_set():

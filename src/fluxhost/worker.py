@@ -302,9 +302,10 @@ class Worker:
 
     def _store(self, task: ClaimedTask, model: ServedModel, request: GenerationRequest, images: list[Image.Image],
                run: RunLog) -> None:
-        """Encode and keep a task's images, then end it."""
+        """Encode and keep a task's images, then end it (one write: a task's last moves are not
+        worth a round trip each to a database across the network)."""
+        generated_at = time.time()
         self._emit(task, Status.OUTPUT_FULL, text=run.text)
-        self._advance(task, Status.END, Status.POSTPROCESS_START)
         order = task.order
         metadata = {
             "model": task.model_slug,
@@ -324,9 +325,10 @@ class Worker:
             name = f"{index}.{FILE_EXTENSIONS[order.output_format]}"
             self.files.save(folder, name, data)
             run.saved.append(NewOutput(name, CONTENT_TYPES[order.output_format], len(data), folder))
-        if not self.store.finish(task.id, run.saved, run.text):
+        if not self.store.finish(task.id, run.saved, run.text, generated_at):
             raise TaskStopped
-        self._emit(task, Status.POSTPROCESS_END)
+        for status in stages(Status.END, Status.POSTPROCESS_END):
+            self._emit(task, status)
 
     def _stopped(self, task: ClaimedTask, run: RunLog) -> None:
         self._discard(run.saved)

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent.parent / "migrations"
 # Processes of a fleet start together and each migrates: on PostgreSQL they take turns on this lock.
 _MIGRATION_LOCK = 0x666C7578  # "flux"
+
+
+# A pooled connection used this recently is taken to be alive; one idle for longer is pinged first.
+IDLE_PING_SECONDS = 5.0
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -25,6 +31,29 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
+    record.info["checked_in"] = time.monotonic()
+
+
+def _ping_if_idle(engine: Engine) -> Callable[[Any, Any, Any], None]:
+    """A checkout hook that pings a pooled connection only when it sat idle: a server restart is
+    still caught before a request meets a dead connection, without the round trip per checkout
+    that ``pool_pre_ping`` costs (several per task on a worker). A restart within the last few
+    seconds shows as one failed statement, after which SQLAlchemy renews the whole pool."""
+
+    def ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get("checked_in", 0.0) < IDLE_PING_SECONDS:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:
+            raise DisconnectionError(str(error)) from error
+        if not alive:
+            raise DisconnectionError("the pooled connection no longer answers")
+
+    return ping
 
 
 class Database:
@@ -44,7 +73,9 @@ class Database:
             self.engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
             event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
-            self.engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+            self.engine = create_engine(url, pool_size=10, max_overflow=20)
+            event.listen(self.engine, "checkout", _ping_if_idle(self.engine))
+            event.listen(self.engine, "checkin", _note_checkin)
         self._write_lock = threading.Lock() if self.is_sqlite else nullcontext()
 
     def read(self) -> AbstractContextManager[Connection]:

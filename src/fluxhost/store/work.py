@@ -37,8 +37,9 @@ _RENEW_LEASE = (
 )
 _FINISH = (
     update(tasks)
-    .where(tasks.c.id == bindparam("task_id"), tasks.c.status == Status.POSTPROCESS_START.value)
-    .values(status=Status.POSTPROCESS_END.value, postprocess_end_time=bindparam("now"), pexit="0",
+    .where(tasks.c.id == bindparam("task_id"), tasks.c.status == Status.START.value)
+    .values(status=Status.POSTPROCESS_END.value, end_time=bindparam("generated_at"),
+            postprocess_start_time=bindparam("generated_at"), postprocess_end_time=bindparam("now"), pexit="0",
             debug_output=bindparam("debug_output"), lease_expires_at=None)
 )
 _INSERT_OUTPUT = insert(outputs)
@@ -180,12 +181,14 @@ class WorkStore:
             )
             return bool(renewed.rowcount)
 
-    def finish(self, task_id: int, files: list[NewOutput], debug_output: str) -> bool:
-        """``task_postprocess_start`` -> ``task_postprocess_end`` with pexit 0 and the outputs."""
+    def finish(self, task_id: int, files: list[NewOutput], debug_output: str, generated_at: float) -> bool:
+        """``task_start`` -> ``task_postprocess_end`` with pexit 0 and the outputs, in one write:
+        ``task_end`` and ``task_postprocess_start`` are stamped with ``generated_at`` (when the
+        images were ready), ``task_postprocess_end`` now (they are stored)."""
         now = time.time()
         with self._db.write() as connection:
             done = connection.execute(
-                _FINISH, {"task_id": task_id, "now": now, "debug_output": debug_output}
+                _FINISH, {"task_id": task_id, "now": now, "generated_at": generated_at, "debug_output": debug_output}
             ).rowcount
             if done:
                 owe_callback(connection, task_id, now)
