@@ -5,7 +5,7 @@ Prints Run/s, Detail/s, their p50/p99 latency, and completed tasks/s with submit
 then the same for one client doing one task at a time (polling back to back, polling every 2 ms,
 and following each task on the socket). Loopback only; bounded in time.
 
-    python bench/serve_load.py [--clients 32] [--seconds 10] [--port 8799]
+    python bench/serve_load.py [--clients 32] [--seconds 10] [--port 8799] [--worker process|thread]
 """
 
 from __future__ import annotations
@@ -95,8 +95,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--port", type=int, default=8799)
     parser.add_argument("--concurrency", default="1", help="FLUXHOST_WORKER_CONCURRENCY of the server")
+    parser.add_argument("--worker", choices=("process", "thread"), default="process",
+                        help="the worker in a child process (the default) or in a thread of the API's process")
     args = parser.parse_args()
-    with running_server(args.port, engine="bench", worker_concurrency=args.concurrency) as (base_url, key):
+    with running_server(args.port, engine="bench", worker_concurrency=args.concurrency,
+                        worker_process=str(args.worker == "process").lower()) as (base_url, key):
         asyncio.run(measure(base_url, key, 2, 1.0, 0))  # warm up connections and caches
         stats, wall = asyncio.run(measure(base_url, key, args.clients, args.seconds, poll=0.05))
         report(f"{args.clients} concurrent clients, Run then Detail every 50 ms", stats, wall)

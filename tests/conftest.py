@@ -44,6 +44,7 @@ def make_settings(tmp_path: Path, tiny_weights: Path, database_url: str | None) 
             host="127.0.0.1",
             port=port,
             torch_threads=2,
+            worker_process=False,  # tests reach into the worker's engines; test_worker_process covers the child
             models={SLUG: ModelSettings(weights=str(tiny_weights), steps=steps, max_sequence_length=32,
                                         max_batch=max_batch)},
         )

@@ -54,7 +54,9 @@ def worker_may_be_alive(worker_id: str) -> bool:
 
 
 class Service:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, worker_id: str | None = None):
+        """``worker_id``: the id this process's workers claim tasks under; default: a new one
+        (a child worker process takes its parent's)."""
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(settings.resolved_database_url)
@@ -85,12 +87,17 @@ class Service:
             WebhookPoster(self.url_allowlist, settings.callback_timeout_seconds),
             settings.callback_max_attempts, settings.callback_backoff_seconds,
         )
-        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.dispatcher: Dispatcher
         if settings.broker_url:
             from fluxhost.dispatch.celery import CeleryDispatcher
 
             self.dispatcher = CeleryDispatcher(settings.broker_url, settings.broker_visibility_seconds)
+        elif settings.worker_process:
+            from fluxhost.dispatch.child import ChildProcessDispatcher
+
+            self.dispatcher = ChildProcessDispatcher(settings, self.worker_id, self.events,
+                                                     on_lost=lambda: self._recover(lost=self.worker_id))
         else:
             self.dispatcher = LocalDispatcher(self._make_workers, settings.worker_concurrency)
         self.operations = Operations(self.tasks, self.files, self.events, self.dispatcher, self.catalog,
@@ -155,13 +162,8 @@ class Service:
         return task_list_body([render_task(record, self.files, self.catalog.description_of(record.row.model_slug))])
 
     def load_error(self, slug: str) -> str | None:
-        """Why ``slug`` cannot run here: its model failed to load on every device of this process.
-        None while loading, when it loaded somewhere, or when this process runs no workers."""
-        workers = getattr(self.dispatcher, "workers", [])
-        served = [worker.models[slug] for worker in workers if slug in worker.models]
-        if served and all(model.engine is None for model in served):
-            return served[0].load_error
-        return None
+        """Why ``slug`` cannot run here (its model failed to load), or None."""
+        return self.dispatcher.load_error(slug)
 
     def _make_workers(self, devices: list[str] | None = None, slugs: list[str] | None = None) -> list[Worker]:
         """One worker per device (default: the configured ones), each loading every model (or those
@@ -216,12 +218,16 @@ class Service:
             log.error("the prompt upsampler could not be loaded: %s", error)
         return None
 
-    def _recover(self) -> None:
+    def _recover(self, lost: str | None = None) -> None:
         """Queue again (or fail for good) the tasks of workers that are gone: a process of this
-        host that no longer runs, or any worker whose lease ran out. Our own tasks are running
-        here whatever their lease says (one step can outlast it)."""
+        host that no longer runs, any worker whose lease ran out, and ``lost`` (our child worker
+        process, which died). Our own tasks are running here whatever their lease says (one step
+        can outlast it)."""
         dead = {worker for worker in self.work.claiming_workers() if not worker_may_be_alive(worker)}
-        recovery = self.work.recover(self.settings.max_attempts, dead_workers=dead, alive_worker=self.worker_id)
+        if lost:
+            dead.add(lost)
+        alive = None if lost == self.worker_id else self.worker_id
+        recovery = self.work.recover(self.settings.max_attempts, dead_workers=dead, alive_worker=alive)
         if recovery.requeued or recovery.failed:
             log.warning("recovered unfinished tasks: requeued %s, failed %s",
                         [task_id for task_id, _slug in recovery.requeued], recovery.failed)

@@ -138,6 +138,11 @@ class Settings(BaseSettings):
         "1 with SQLite, 8 with a database across the network."
     )
     worker_concurrency: int = Field(default=1, ge=0, description="Tasks run at once; 0: no worker.")
+    worker_process: bool = Field(
+        default=True, description="The embedded worker runs in a child process (restarted if it dies), so "
+        "that the API and the worker do not share one interpreter lock (GIL); false: threads of the API's "
+        "process. Without effect when a broker is set.",
+    )
     broker_url: str | None = Field(
         default=None, description="redis://...: tasks go to Celery workers (`fluxhost worker`), a queue per "
         "model; `fluxhost serve` is then an API process only. Default: worker threads in the API process.",

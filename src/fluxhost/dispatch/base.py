@@ -13,4 +13,8 @@ class Dispatcher(Protocol):
     def notify(self, task_id: int, model_slug: str) -> None:
         """Task ``task_id`` of ``model_slug`` was queued (or queued again)."""
 
+    def load_error(self, slug: str) -> str | None:
+        """Why ``slug`` cannot run: its model failed to load wherever this dispatcher's workers
+        are; None when it loaded, is still loading, or cannot be known here."""
+
     def stop(self) -> None: ...

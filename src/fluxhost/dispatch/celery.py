@@ -70,6 +70,10 @@ class CeleryDispatcher:
             with self._lock:
                 self._unsent[task_id] = model_slug
 
+    def load_error(self, slug: str) -> str | None:
+        """Models load in the worker processes: the API takes every Run of a model it serves."""
+        return None
+
     def stop(self) -> None:
         self._stopping.set()
         if self._thread:

@@ -36,6 +36,14 @@ class LocalDispatcher:
         """The first device's worker (the only one on a single-device machine)."""
         return self.workers[0] if self.workers else None
 
+    def load_error(self, slug: str) -> str | None:
+        """Why ``slug`` cannot run here: its model failed to load on every device. None while
+        loading, when it loaded somewhere, or when there are no workers."""
+        served = [worker.models[slug] for worker in self.workers if slug in worker.models]
+        if served and all(model.engine is None for model in served):
+            return served[0].load_error
+        return None
+
     def start(self) -> None:
         if self.concurrency:
             thread = threading.Thread(target=self._start_workers, name="fluxhost-loader", daemon=True)

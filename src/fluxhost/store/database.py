@@ -9,6 +9,11 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # Windows: one process's writers still take turns on a threading lock
+    fcntl = None
+
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, text
@@ -56,27 +61,53 @@ def _ping_if_idle(engine: Engine) -> Callable[[Any, Any, Any], None]:
     return ping
 
 
+class _WriterTurns:
+    """Writers to one SQLite file take turns on a lock file next to it (``flock``), which hands
+    over in microseconds where SQLite's busy handler sleeps for milliseconds: the API and a child
+    worker process write often. A process's own threads also take turns on a threading lock,
+    since ``flock`` does not tell them apart."""
+
+    def __init__(self, database_path: Path):
+        self._threads = threading.Lock()
+        self._file = (database_path.parent / f"{database_path.name}.lock").open("a+b")
+
+    def __enter__(self) -> None:
+        self._threads.acquire()
+        fcntl.flock(self._file, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._file, fcntl.LOCK_UN)
+        self._threads.release()
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class Database:
     """The engine, with reads and writes told apart.
 
     SQLite takes one writer at a time, and a connection that finds the write lock taken sleeps in
-    SQLite's busy handler (1, 2, 5, 10... ms). Writers of one process therefore queue on a Python
-    lock instead, which hands over in microseconds; other processes still meet the busy timeout.
+    SQLite's busy handler (1, 2, 5, 10... ms). Writers therefore queue on a lock of ours instead,
+    which hands over in microseconds: a Python lock, and a lock file shared with other processes
+    where the platform has ``flock``; anything else still meets the busy timeout.
     """
 
     def __init__(self, url: str):
         self.is_sqlite = url.startswith("sqlite")
+        self._turns: _WriterTurns | None = None
         if self.is_sqlite:
             path = url.split(":///", 1)[-1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
+                if fcntl is not None:
+                    self._turns = _WriterTurns(Path(path))
             self.engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
             event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
             self.engine = create_engine(url, pool_size=10, max_overflow=20)
             event.listen(self.engine, "checkout", _ping_if_idle(self.engine))
             event.listen(self.engine, "checkin", _note_checkin)
-        self._write_lock = threading.Lock() if self.is_sqlite else nullcontext()
+        self._write_lock = self._turns or (threading.Lock() if self.is_sqlite else nullcontext())
 
     def read(self) -> AbstractContextManager[Connection]:
         return self.engine.connect()
@@ -98,6 +129,8 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._turns is not None:
+            self._turns.close()
 
 
 def make_sessionmaker(db: Database) -> sessionmaker:

@@ -1,0 +1,183 @@
+"""The embedded worker in a child process (the default; ``FLUXHOST_WORKER_PROCESS=false`` keeps
+it in the API's process).
+
+The API and the worker then no longer take turns on one interpreter lock: a client polling hard
+does not slow the generation, nor the generation the API. Nothing else changes: the child runs
+the same worker threads on the same database and files, and a pipe carries what crossed a
+function call before: wake-ups and Kill/Cancel down, every task event and the models' load
+results up. The child uses the parent's worker id, so the parent's recovery treats the child's
+tasks as its own; when the child dies, the parent takes those tasks back and starts a new one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import signal
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
+
+from fluxhost.events import EventBus, TaskEvent
+from fluxhost.statuses import Status
+
+if TYPE_CHECKING:
+    from fluxhost.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# One byte says what a message on the pipe is.
+WAKE, EVENT, LOADED, QUIT = b"W", b"E", b"L", b"Q"
+# A child that keeps dying young is restarted ever more slowly: 1, 2, 4... seconds, at most 60.
+RESTART_DELAY_SECONDS = 1.0
+MAX_RESTART_DELAY_SECONDS = 60.0
+
+
+class ChildProcessDispatcher:
+    """The parent's side: starts the child, relays to and from it, restarts it when it dies."""
+
+    def __init__(self, settings: Settings, worker_id: str, events: EventBus, on_lost: Callable[[], None]):
+        """``on_lost()``: take back the tasks of a child that died (it shares ``worker_id``)."""
+        self.settings = settings
+        self.worker_id = worker_id
+        self.events = events
+        self.on_lost = on_lost
+        self.load_errors: dict[str, str] = {}
+        self._context = multiprocessing.get_context("spawn")
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._pipe: Connection | None = None
+        self._send_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._monitor: threading.Thread | None = None
+        self._started_at = 0.0
+        self._restart_delay = RESTART_DELAY_SECONDS
+        self._unsubscribe = events.subscribe(self._forward_stop)
+
+    def start(self) -> None:
+        if not self.settings.worker_concurrency:
+            return
+        self._spawn()
+        self._monitor = threading.Thread(target=self._relay, name="fluxhost-child-relay", daemon=True)
+        self._monitor.start()
+
+    def notify(self, task_id: int, model_slug: str) -> None:
+        self._send(WAKE)
+
+    def load_error(self, slug: str) -> str | None:
+        return self.load_errors.get(slug) or None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def stop(self, timeout: float = 20.0) -> None:
+        self._stopping.set()
+        self._unsubscribe()
+        self._send(QUIT)
+        if self._process is not None:
+            self._process.join(timeout)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join(5)
+        if self._monitor is not None:
+            self._monitor.join(5)
+
+    def _spawn(self) -> None:
+        parent_end, child_end = self._context.Pipe()
+        self._process = self._context.Process(target=run_child, args=(self.settings, self.worker_id, child_end),
+                                              name="fluxhost-worker", daemon=True)
+        self._process.start()
+        self._started_at = time.monotonic()
+        child_end.close()
+        self._pipe = parent_end
+
+    def _send(self, message: bytes) -> None:
+        with self._send_lock:
+            if self._pipe is None:
+                return
+            try:
+                self._pipe.send_bytes(message)
+            except (OSError, ValueError):  # the child is gone: the relay restarts it and recovery re-runs
+                pass
+
+    def _forward_stop(self, event: TaskEvent) -> None:
+        """Kill and Cancel happen in the API: the child's running generation must hear of them."""
+        if event.type == Status.CANCEL:
+            self._send(EVENT + event.encode())
+
+    def _relay(self) -> None:
+        """Hand the child's messages on; when it dies (not asked to), recover and start a new one."""
+        while not self._stopping.is_set():
+            try:
+                message = self._pipe.recv_bytes()
+            except (EOFError, OSError):
+                if self._stopping.is_set():
+                    return
+                log.error("the worker process exited (code %s): its tasks are taken back, a new one starts",
+                          self._process.exitcode if self._process else None)
+                with self._send_lock:
+                    self._pipe = None
+                self._process.join(5)
+                self.on_lost()
+                lived = time.monotonic() - self._started_at
+                self._restart_delay = (RESTART_DELAY_SECONDS if lived > MAX_RESTART_DELAY_SECONDS
+                                       else min(self._restart_delay * 2, MAX_RESTART_DELAY_SECONDS))
+                if self._stopping.wait(self._restart_delay):
+                    return
+                self._spawn()
+                continue
+            kind, body = message[:1], message[1:]
+            if kind == EVENT:
+                self.events.publish(TaskEvent.decode(body))
+            elif kind == LOADED:
+                self.load_errors = json.loads(body)
+
+
+def run_child(settings: Settings, worker_id: str, pipe: Connection) -> None:
+    """The child process: the embedded service's worker threads, relaying through ``pipe``."""
+    from fluxhost.service import Service
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops us
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    service = Service(settings.model_copy(update={"worker_process": False}), worker_id=worker_id)
+    injecting = threading.local()
+    send_lock = threading.Lock()
+
+    def send(message: bytes) -> None:
+        with send_lock:
+            pipe.send_bytes(message)
+
+    def to_parent(event: TaskEvent) -> None:
+        if not getattr(injecting, "active", False):  # what the parent sent is not sent back
+            send(EVENT + event.encode())
+
+    def report_loads() -> None:
+        dispatcher.ready.wait()
+        send(LOADED + json.dumps({slug: model.load_error for worker in dispatcher.workers
+                                  for slug, model in worker.models.items() if model.engine is None}).encode())
+
+    service.events.subscribe(to_parent)
+    dispatcher = service.dispatcher
+    dispatcher.start()
+    threading.Thread(target=report_loads, name="fluxhost-child-loads", daemon=True).start()
+    injecting.active = True
+    try:
+        while True:
+            try:
+                message = pipe.recv_bytes()
+            except (EOFError, OSError):  # the parent is gone
+                break
+            kind, body = message[:1], message[1:]
+            if kind == QUIT:
+                break
+            if kind == WAKE:
+                dispatcher.notify(0, "")
+            elif kind == EVENT:
+                service.events.publish(TaskEvent.decode(body))
+    finally:
+        dispatcher.stop()
+        service.db.dispose()

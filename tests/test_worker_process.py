@@ -1,0 +1,76 @@
+"""The embedded worker in a child process (FLUXHOST_WORKER_PROCESS): the same lifecycle as the
+worker thread, with the socket, Kill and load failures crossing the pipe, and a child that dies
+replaced, its task run again to one completion."""
+
+import asyncio
+import os
+import signal
+import time
+
+import httpx
+
+from fluxhost.settings import ModelSettings
+from fluxhost.signing import KeyMode
+from tests.helpers import SLUG, LiveServer, ProtocolClient
+from tests.test_socket import follow, socket_url
+
+
+def bench(make_settings, steps: int):
+    """The bench engine, 20 ms a step: the child starts in a moment and a task lasts steps/50 s."""
+    return make_settings(steps=steps, worker_process=True, engine="bench", bench_step_ms=20)
+
+
+def child_pid(live: LiveServer) -> int:
+    deadline = time.monotonic() + 30
+    while live.service.dispatcher.pid is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return live.service.dispatcher.pid
+
+
+def test_a_task_runs_in_the_child_and_the_socket_sees_its_frames(make_settings):
+    with LiveServer(bench(make_settings, steps=8)) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        run = client.run(seed="4")
+        frames = asyncio.run(follow(socket_url(live), run["socketaccesstoken"]))
+        assert [frame["type"] for frame in frames][-1] == "task_postprocess_end"
+        task = client.detail(run["taskid"])
+        assert task["pexit"] == "0"
+        assert live.service.tasks.get(int(run["taskid"])).row.worker_id == live.service.worker_id  # the parent's id
+        assert httpx.get(task["outputs"][0]["url"], timeout=10).content[:4] == b"\x89PNG"
+        assert child_pid(live) != os.getpid()
+
+
+def test_kill_reaches_the_generation_in_the_child(make_settings):
+    with LiveServer(bench(make_settings, steps=100)) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        taskid = client.run()["taskid"]
+        client.wait(taskid, statuses=("task_start",))
+        assert client.call("Task/Kill", {"taskid": taskid})["result"] is True
+        deadline = time.monotonic() + 30
+        while "Stopped at step" not in client.detail(taskid)["debugoutput"]:
+            assert time.monotonic() < deadline, "the child never stopped the killed task"
+            time.sleep(0.05)
+
+
+def test_a_child_that_dies_is_replaced_and_its_task_completes_once(make_settings):
+    with LiveServer(bench(make_settings, steps=100)) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        taskid = client.run()["taskid"]
+        client.wait(taskid, statuses=("task_start",))
+        first = child_pid(live)
+        os.kill(first, signal.SIGKILL)
+        task = client.wait(taskid, timeout=120)
+        assert task["status"] == "task_postprocess_end" and task["pexit"] == "0" and len(task["outputs"]) == 1
+        assert live.service.tasks.get(int(taskid)).row.attempts == 2 and child_pid(live) != first
+
+
+def test_a_model_the_child_cannot_load_refuses_runs(make_settings, tmp_path):
+    models = {SLUG: ModelSettings(weights=str(tmp_path / "missing"))}
+    with LiveServer(make_settings(models=models, worker_process=True)) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        deadline = time.monotonic() + 60
+        while (refused := client.call(f"Run/{SLUG}", {"prompt": "a fox"}))["result"]:
+            assert time.monotonic() < deadline, "the load failure never reached the API"
+            time.sleep(0.2)
+        assert "FLUXHOST_MODELS" in refused["errors"][0]["message"]
