@@ -92,7 +92,8 @@ class Service:
         if settings.broker_url:
             from fluxhost.dispatch.celery import CeleryDispatcher
 
-            self.dispatcher = CeleryDispatcher(settings.broker_url, settings.broker_visibility_seconds)
+            self.dispatcher = CeleryDispatcher(settings.broker_url, settings.broker_visibility_seconds,
+                                               settings.broker_transport_options)
         elif settings.worker_process:
             from fluxhost.dispatch.child import ChildProcessDispatcher
 

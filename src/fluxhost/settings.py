@@ -8,7 +8,7 @@ Nested values (the model table) are JSON, e.g.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -154,6 +154,11 @@ class Settings(BaseSettings):
     broker_visibility_seconds: int = Field(
         default=3600, ge=10, description="A message a worker took and never acknowledged (it died) goes back "
         "to the queue after this long; recovery in the store has usually run the task again by then.",
+    )
+    broker_transport_options: dict[str, Any] = Field(
+        default_factory=dict, description='JSON: more of kombu\'s transport options, e.g. {"master_name": '
+        '"mymaster"} for Redis Sentinel, or how often unacknowledged messages are looked for '
+        '("unacked_restore_interval", "unacked_restore_throttle").',
     )
     engine: Literal["diffusers", "bench"] = Field(
         default="diffusers", description='"bench" swaps every model for a solid-colour engine.'

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from typing import Any
 
 from celery import Celery
 
@@ -28,7 +29,7 @@ def queue_name(model_slug: str) -> str:
     return f"fluxhost.{model_slug}"
 
 
-def celery_app(broker_url: str, visibility_seconds: int) -> Celery:
+def celery_app(broker_url: str, visibility_seconds: int, transport_options: dict[str, Any] | None = None) -> Celery:
     app = Celery("fluxhost", broker=broker_url, set_as_current=False)
     app.conf.update(
         task_acks_late=True,
@@ -38,7 +39,7 @@ def celery_app(broker_url: str, visibility_seconds: int) -> Celery:
         task_serializer="json",
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": visibility_seconds},
+        broker_transport_options={"visibility_timeout": visibility_seconds, **(transport_options or {})},
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         task_default_queue="fluxhost",
@@ -51,8 +52,8 @@ class CeleryDispatcher:
     would not take is kept and offered again every :data:`RESEND_SECONDS`, so a broker outage
     delays tasks but loses none."""
 
-    def __init__(self, broker_url: str, visibility_seconds: int):
-        self.app = celery_app(broker_url, visibility_seconds)
+    def __init__(self, broker_url: str, visibility_seconds: int, transport_options: dict[str, Any] | None = None):
+        self.app = celery_app(broker_url, visibility_seconds, transport_options)
         self._unsent: dict[int, str] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
