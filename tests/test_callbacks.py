@@ -3,15 +3,18 @@
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
+import socket
 import time
 
 import pytest
 from typer.testing import CliRunner
 
+from fluxhost.callbacks.poster import WebhookPoster
 from fluxhost.cli import app
 from fluxhost.signing import KeyMode, sign_webhook
-from fluxhost.urlguard import Allowlist, UrlRefused, check_public_url
+from fluxhost.urlguard import Allowlist, PinnedUrl, UrlRefused, check_public_url
 from tests.helpers import SLUG, LiveServer, ProtocolClient, Receiver
 
 
@@ -139,6 +142,40 @@ def test_the_allowlist_admits_hosts_and_ranges():
         check_public_url("http://x/" + "a" * 2100, Allowlist.parse(""), "callbackUrl")
     with pytest.raises(UrlRefused, match="cannot be resolved"):
         check_public_url("http://no-such-host.invalid/hook", Allowlist.parse(""), "callbackUrl")
+
+
+def test_a_connection_goes_to_the_address_that_was_checked(monkeypatch):
+    """DNS answers once: a host that resolves elsewhere a moment later (rebinding) is not asked
+    again, the callback goes to the checked address, under its own name."""
+    real_lookup = socket.getaddrinfo
+    lookups = []
+
+    def one_answer(host, *args, **kwargs):
+        if host != "hooks.example.test":
+            return real_lookup(host, *args, **kwargs)
+        lookups.append(host)
+        assert len(lookups) == 1, "the name was resolved again after the check"
+        return real_lookup("127.0.0.1", *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", one_answer)
+    with Receiver() as receiver:
+        port = receiver.server.server_address[1]
+        poster = WebhookPoster(Allowlist.parse("hooks.example.test"), timeout_seconds=5)
+        secret = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+        outcome = poster.post(f"http://hooks.example.test:{port}/hook", "msg_1", secret, b"{}")
+    assert outcome.delivered and lookups == ["hooks.example.test"]
+    assert {name.lower(): value for name, value in receiver.requests[0]["headers"].items()}["host"] == (
+        f"hooks.example.test:{port}")
+
+
+def test_a_pinned_url_keeps_its_name_for_the_host_header_and_tls():
+    pinned = PinnedUrl("https://user:pw@hooks.example.com:8443/a/b?x=1", ipaddress.ip_address("2001:db8::7"))
+    request = pinned.request()
+    assert str(request["url"]) == "https://user:pw@[2001:db8::7]:8443/a/b?x=1"
+    assert request["headers"] == {"host": "hooks.example.com:8443"}
+    assert request["extensions"] == {"sni_hostname": "hooks.example.com"}
+    assert PinnedUrl("http://hooks.example.com/x", ipaddress.ip_address("192.0.2.1")).request()["headers"] == {
+        "host": "hooks.example.com"}
 
 
 def test_the_signature_follows_standard_webhooks():

@@ -90,11 +90,12 @@ def fetch(url: str, parameter: str, allowlist: Allowlist, limits: ImageLimits) -
                       headers={"user-agent": "fluxhost-input-fetcher"}) as client:
         for _ in range(MAX_REDIRECTS + 1):
             try:
-                check_public_url(url, allowlist, parameter)
+                target = check_public_url(url, allowlist, parameter).request()
             except UrlRefused as error:
                 raise ImageRefused(str(error)) from None
             try:
-                with client.stream("GET", url) as response:
+                with client.stream("GET", target["url"], headers=target["headers"],
+                                   extensions=target["extensions"]) as response:
                     if response.is_redirect and "location" in response.headers:
                         url = urljoin(url, response.headers["location"])
                         continue

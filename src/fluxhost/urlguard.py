@@ -3,7 +3,8 @@
 A self-hosted server sits inside someone's network: a URL a key holder supplies (a callback, and
 later an input image) must not reach loopback, private, link-local, multicast or reserved
 addresses unless the operator allow-lists them. Checked when the URL is given and again before
-each connection, since DNS answers can change in between.
+each connection, since DNS answers can change in between; and the connection goes to the address
+that was checked (:class:`PinnedUrl`), so a second DNS answer (rebinding) never gets a say.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
+
+import httpx
 
 MAX_URL_LENGTH = 2083
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -51,9 +55,26 @@ def _is_public(address: Address) -> bool:
     return address.is_global and not address.is_multicast
 
 
-def check_public_url(url: str, allowlist: Allowlist, parameter: str) -> None:
+@dataclass(frozen=True)
+class PinnedUrl:
+    """A URL that passed the guard, with the address its host resolved to then."""
+
+    url: str
+    address: Address
+
+    def request(self) -> dict[str, Any]:
+        """httpx request arguments that reach the checked address: the URL with that address for
+        its host, the name kept for the Host header and for TLS (SNI and the certificate check)."""
+        original = httpx.URL(self.url)
+        host_header = original.host if original.port is None else f"{original.host}:{original.port}"
+        return {"url": original.copy_with(host=str(self.address)), "headers": {"host": host_header},
+                "extensions": {"sni_hostname": original.host}}
+
+
+def check_public_url(url: str, allowlist: Allowlist, parameter: str) -> PinnedUrl:
     """Refuse a URL that is not http(s), too long, unresolvable, or resolves to a non-public
-    address the allowlist does not admit; the message names the request ``parameter``."""
+    address the allowlist does not admit; the message names the request ``parameter``. Returns
+    the URL pinned to the first address found, which a connection should use."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > MAX_URL_LENGTH:
         raise UrlRefused(
@@ -65,10 +86,11 @@ def check_public_url(url: str, allowlist: Allowlist, parameter: str) -> None:
         found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, ValueError):
         raise UrlRefused(f"Request parameter [{parameter}] host {host} cannot be resolved") from None
-    for *_, sockaddr in found:
-        address = ipaddress.ip_address(sockaddr[0].split("%")[0])
+    addresses = [ipaddress.ip_address(sockaddr[0].split("%")[0]) for *_, sockaddr in found]
+    for address in addresses:
         if not _is_public(address) and not allowlist.admits(host, address):
             raise UrlRefused(
                 f"Request parameter [{parameter}] points to a non-public address ({address}); "
                 "the server admits such hosts only through FLUXHOST_CALLBACK_ALLOWLIST"
             )
+    return PinnedUrl(url, addresses[0])

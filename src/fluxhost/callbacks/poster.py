@@ -35,11 +35,13 @@ class WebhookPoster:
 
     def post(self, url: str, message_id: str, secret: str, body: bytes) -> Outcome:
         try:
-            check_public_url(url, self.allowlist, "callbackUrl")  # again: DNS may have changed since Run
+            pinned = check_public_url(url, self.allowlist, "callbackUrl")  # again: DNS may have changed since Run
         except UrlRefused as error:
             return Outcome(None, str(error), retry=False)
         timestamp = int(time.time())
+        target = pinned.request()
         headers = {
+            **target["headers"],
             "content-type": "application/json",
             "user-agent": "fluxhost-callbacks",
             "webhook-id": message_id,
@@ -48,7 +50,7 @@ class WebhookPoster:
         }
         try:
             with httpx.Client(timeout=self.timeout, follow_redirects=False) as client, client.stream(
-                "POST", url, content=body, headers=headers
+                "POST", target["url"], content=body, headers=headers, extensions=target["extensions"]
             ) as response:
                 read = 0
                 for chunk in response.iter_bytes():
