@@ -22,7 +22,7 @@ def test_compose_gives_every_fluxhost_process_valid_settings():
     assert settings.storage == "s3" and settings.resolved_events_url == settings.broker_url
     services = compose["services"]
     assert services["worker-gpu0"]["command"][:2] == ["fluxhost", "worker"]
-    assert all("/healthz" in " ".join(services[api]["healthcheck"]["test"]) for api in ("api-1", "api-2"))
+    assert all("/readyz" in " ".join(services[api]["healthcheck"]["test"]) for api in ("api-1", "api-2"))
 
 
 def test_the_readme_documents_every_setting():

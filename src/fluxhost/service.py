@@ -162,6 +162,18 @@ class Service:
         """What a callback posts: the task's Task/Detail answer in the hosted protocol."""
         return task_list_body([render_task(record, self.files, self.catalog.description_of(record.row.model_slug))])
 
+    def not_ready(self) -> list[str]:
+        """Why this process cannot serve tasks now: its database unreachable, its workers loading,
+        stopped or without a model. Empty when ready. (Blocks for a database round trip.)"""
+        reasons = []
+        try:
+            self.db.ping()
+        except Exception as error:
+            reasons.append(f"the database cannot be reached ({type(error).__name__})")
+        if problem := self.dispatcher.not_ready():
+            reasons.append(problem)
+        return reasons
+
     def load_error(self, slug: str) -> str | None:
         """Why ``slug`` cannot run here (its model failed to load), or None."""
         return self.dispatcher.load_error(slug)

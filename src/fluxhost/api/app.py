@@ -64,6 +64,14 @@ def create_app(service: Service, doors: Mapping[str, ASGIApp] | None = None, *,
         """Liveness for load balancers and container health checks: the process answers."""
         return JSONResponse({"status": "ok"})
 
+    async def ready(_request: Request) -> JSONResponse:
+        """Readiness: the database answers and this process's workers can take tasks (503 with
+        the reasons otherwise), for load balancers and orchestrators to route by."""
+        reasons = await offload.run_waiting(service.not_ready)
+        if reasons:
+            return JSONResponse({"status": "not ready", "reasons": reasons}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
     async def not_found(_request: Request, error: HTTPException) -> JSONResponse:
         if error.status_code == 404:
             return fail(0, "Error parsing url.", 404)
@@ -74,6 +82,7 @@ def create_app(service: Service, doors: Mapping[str, ASGIApp] | None = None, *,
         Mount("/v1", create_wiro_app(service, offload)),
         Route("/files/{folder}/{name}", serve_file, methods=["GET", "HEAD"]),
         Route("/healthz", alive, methods=["GET", "HEAD"]),
+        Route("/readyz", ready, methods=["GET", "HEAD"]),
         *(Mount(prefix, door) for prefix, door in (doors or {}).items()),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: not_found})

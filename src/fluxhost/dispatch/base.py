@@ -17,4 +17,8 @@ class Dispatcher(Protocol):
         """Why ``slug`` cannot run: its model failed to load wherever this dispatcher's workers
         are; None when it loaded, is still loading, or cannot be known here."""
 
+    def not_ready(self) -> str | None:
+        """Why this process's workers cannot take tasks now (loading, no model loaded, not
+        running); None when they can, or when the workers live elsewhere."""
+
     def stop(self) -> None: ...

@@ -75,6 +75,9 @@ class CeleryDispatcher:
         """Models load in the worker processes: the API takes every Run of a model it serves."""
         return None
 
+    def not_ready(self) -> str | None:
+        return None  # the workers are other processes, with their own health
+
     def stop(self) -> None:
         self._stopping.set()
         if self._thread:

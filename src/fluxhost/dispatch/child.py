@@ -46,6 +46,8 @@ class ChildProcessDispatcher:
         self.events = events
         self.on_lost = on_lost
         self.load_errors: dict[str, str] = {}
+        self._loaded = threading.Event()  # the current child reported its models
+        self._models = list(settings.served_models)
         self._context = multiprocessing.get_context("spawn")
         self._process: multiprocessing.process.BaseProcess | None = None
         self._pipe: Connection | None = None
@@ -69,6 +71,17 @@ class ChildProcessDispatcher:
     def load_error(self, slug: str) -> str | None:
         return self.load_errors.get(slug) or None
 
+    def not_ready(self) -> str | None:
+        if not self.settings.worker_concurrency:
+            return None
+        if self._process is None or not self._process.is_alive():
+            return "the worker process is not running (it is restarted after a failure: see the log)"
+        if not self._loaded.is_set():
+            return "the worker is loading its models"
+        if all(slug in self.load_errors for slug in self._models):
+            return "no model could be loaded (see the log)"
+        return None
+
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
@@ -89,6 +102,7 @@ class ChildProcessDispatcher:
         parent_end, child_end = self._context.Pipe()
         self._process = self._context.Process(target=run_child, args=(self.settings, self.worker_id, child_end),
                                               name="fluxhost-worker", daemon=True)
+        self._loaded.clear()
         self._process.start()
         self._started_at = time.monotonic()
         child_end.close()
@@ -134,6 +148,7 @@ class ChildProcessDispatcher:
                 self.events.publish(TaskEvent.decode(body))
             elif kind == LOADED:
                 self.load_errors = json.loads(body)
+                self._loaded.set()
 
 
 def run_child(settings: Settings, worker_id: str, pipe: Connection) -> None:

@@ -44,6 +44,15 @@ class LocalDispatcher:
             return served[0].load_error
         return None
 
+    def not_ready(self) -> str | None:
+        if not self.concurrency:
+            return None
+        if not self.ready.is_set():
+            return "the worker is loading its models (or could not start: see the log)"
+        if all(model.engine is None for worker in self.workers for model in worker.models.values()):
+            return "no model could be loaded (see the log)"
+        return None
+
     def start(self) -> None:
         if self.concurrency:
             thread = threading.Thread(target=self._start_workers, name="fluxhost-loader", daemon=True)

@@ -112,6 +112,11 @@ class Database:
     def read(self) -> AbstractContextManager[Connection]:
         return self.engine.connect()
 
+    def ping(self) -> None:
+        """One round trip to the database; raises when it cannot be reached."""
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """A transaction that commits on success and rolls back on error."""

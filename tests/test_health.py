@@ -1,0 +1,50 @@
+"""Liveness and readiness: /healthz answers while the process runs; /readyz says 503, with the
+reasons, while the database is unreachable or the workers cannot take tasks."""
+
+import os
+import signal
+import time
+
+import httpx
+from sqlalchemy.exc import OperationalError
+
+from fluxhost.settings import ModelSettings
+from tests.helpers import SLUG, LiveServer
+
+
+def readiness(live: LiveServer, wanted: int, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = httpx.get(f"{live.base_url}/readyz", timeout=10)
+        if answer.status_code == wanted:
+            return answer.json()
+        assert time.monotonic() < deadline, f"/readyz still answers {answer.status_code}: {answer.text}"
+        time.sleep(0.05)
+
+
+def test_ready_once_the_models_are_loaded_and_not_while_the_database_is_gone(make_settings, monkeypatch):
+    with LiveServer(make_settings()) as live:
+        assert httpx.get(f"{live.base_url}/healthz", timeout=10).json() == {"status": "ok"}
+        assert readiness(live, 200) == {"status": "ready"}
+
+        def unreachable() -> None:
+            raise OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+
+        monkeypatch.setattr(live.service.db, "ping", unreachable)
+        assert readiness(live, 503)["reasons"] == ["the database cannot be reached (OperationalError)"]
+        assert httpx.get(f"{live.base_url}/healthz", timeout=10).status_code == 200  # alive all the same
+
+
+def test_not_ready_when_no_model_could_be_loaded(make_settings, tmp_path):
+    models = {SLUG: ModelSettings(weights=str(tmp_path / "missing"))}
+    with LiveServer(make_settings(models=models)) as live:
+        assert readiness(live, 503)["reasons"] == ["no model could be loaded (see the log)"]
+
+
+def test_not_ready_while_the_worker_process_is_restarted(make_settings):
+    with LiveServer(make_settings(worker_process=True, engine="bench")) as live:
+        readiness(live, 200)
+        os.kill(live.service.dispatcher.pid, signal.SIGKILL)
+        reasons = readiness(live, 503)["reasons"]
+        assert reasons[0].startswith(("the worker process is not running", "the worker is loading"))
+        readiness(live, 200)
