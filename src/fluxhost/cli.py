@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-import os
 import shlex
 from pathlib import Path
 from typing import Annotated
@@ -176,10 +174,9 @@ def _connected_service(settings):
 
 
 def _configure_logging(settings) -> None:
-    # transformers warns at import about optional packages serving does not use (torchvision).
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from fluxhost.logs import configure
+
+    configure(settings.log_level, settings.log_format)
 
 
 @keys_app.command("create")

@@ -203,6 +203,8 @@ class Operations:
             callback_url=order.callback_url,
         )
         self.events.publish(TaskEvent(task.id, task.socket_token, Status.QUEUE))
+        log.info("task %s task_queue (%s, project %s)", task.id, order.tool.slug, caller.project_id,
+                 extra={"task_id": task.id, "status": Status.QUEUE.value})
         self.dispatcher.notify(task.id, order.tool.slug)
         return task
 
@@ -247,6 +249,8 @@ class Operations:
         if result is StopResult.NOT_STOPPABLE:
             raise NotKillable() if kill else NotCancellable()
         self.events.publish(TaskEvent(task.row.id, task.row.socket_token, Status.CANCEL))
+        log.info("task %s task_cancel (%s)", task.row.id, "killed" if kill else "cancelled",
+                 extra={"task_id": task.row.id, "status": Status.CANCEL.value})
         return self.tasks.get(task.row.id)
 
     def delete_files(self, caller: Caller, task: TaskRecord) -> None:

@@ -239,6 +239,9 @@ class Settings(BaseSettings):
         default=False, description="When upsampling fails, generate from the prompt as given instead of failing."
     )
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="json: one JSON object per line (time, level, logger, message, task_id...)."
+    )
 
     @model_validator(mode="after")
     def _retention_covers_window(self) -> Settings:

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 # to really start (a generation may queue for the model first).
 CLAIMED_THROUGH = Status.ASSIGN
 PREVIEW_MAX_SIDE = 256
+LOG_ONLY = frozenset({Status.OUTPUT_FULL, Status.ERROR_FULL})  # text, not transitions: their text may hold the prompt
 BATCH_POLL_SECONDS = 0.01
 
 
@@ -363,6 +364,8 @@ class Worker:
 
     def _emit(self, task: ClaimedTask, status: Status, text: str | None = None) -> None:
         self.events.publish(TaskEvent(task.id, task.socket_token, status, text=text))
+        if status not in LOG_ONLY:
+            log.info("task %s %s", task.id, status.value, extra={"task_id": task.id, "status": status.value})
 
     def _discard(self, saved: list[NewOutput]) -> None:
         for output in saved:

@@ -153,11 +153,11 @@ class ChildProcessDispatcher:
 
 def run_child(settings: Settings, worker_id: str, pipe: Connection) -> None:
     """The child process: the embedded service's worker threads, relaying through ``pipe``."""
+    from fluxhost.logs import configure
     from fluxhost.service import Service
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops us
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    configure(settings.log_level, settings.log_format)
     service = Service(settings.model_copy(update={"worker_process": False}), worker_id=worker_id)
     injecting = threading.local()
     send_lock = threading.Lock()
