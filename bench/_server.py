@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,26 +65,3 @@ class Signer:
     def headers(self) -> dict[str, str]:
         return signed_headers(self.api_key, self.api_secret, str(next(self._nonces)))
 
-
-@contextmanager
-def running_workers(count: int, **settings: str):
-    """Start ``count`` `fluxhost worker` processes with these FLUXHOST_* settings (a broker among
-    them) and wait until each says it is ready."""
-    env = _environment(settings)
-    processes = [subprocess.Popen([FLUXHOST, "worker"], env={**env, "FLUXHOST_LOG_LEVEL": "INFO"},
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                 for _ in range(count)]
-    try:
-        for process in processes:
-            for line in process.stderr:
-                if " ready." in line:
-                    break
-            else:
-                raise RuntimeError("a worker exited before it was ready")
-            threading.Thread(target=process.stderr.read, daemon=True).start()  # keep its pipe drained
-        yield
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(30)

@@ -29,12 +29,12 @@ import redis
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import make_url
 
-from _server import SLUG, Signer, running_server, running_workers
+from _server import SLUG, Signer, running_server
 from fluxhost.statuses import TERMINAL
 from fluxhost.store.schema import tasks
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: its test helpers
-from tests.helpers import fresh_postgres_database  # noqa: E402
+from tests.helpers import ServiceProcess, fresh_postgres_database  # noqa: E402
 
 ENGINE_MS = (0, 50)
 REDIS_DATABASE = 8
@@ -94,7 +94,10 @@ def measure(setup: str, workers: int, engine_ms: int, count: int, port: int, pos
             settings.update(database_url=database_url, broker_url=broker)
             base_url, key = stack.enter_context(running_server(port, **settings))
             asyncio.run(submit(base_url, key, count))
-            stack.enter_context(running_workers(workers, **settings))
+            env = {f"FLUXHOST_{name.upper()}": value for name, value in settings.items()}
+            for worker in [ServiceProcess(["worker"], env) for _ in range(workers)]:
+                stack.callback(worker.stop)
+                worker.wait_for(" ready.")
         seconds, good = wait_and_time(settings["database_url"], count)
     if good != count:
         raise RuntimeError(f"{count - good} tasks failed")

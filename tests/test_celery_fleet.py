@@ -28,6 +28,7 @@ REDIS = os.environ.get("FLUXHOST_TEST_REDIS")
 pytestmark = pytest.mark.skipif(not (POSTGRES and REDIS), reason="needs PostgreSQL and Redis: run .ci/run")
 
 REDIS_DATABASE = 7  # the broker's queues of one test must not reach the next one's workers
+BROKER = make_url(REDIS).set(database=str(REDIS_DATABASE)).render_as_string() if REDIS else ""
 STEP_MS = 50
 VISIBILITY_SECONDS = 10  # a dead worker's message comes back within the test
 
@@ -49,8 +50,7 @@ class Fleet:
 
 @pytest.fixture
 def fleet(tmp_path) -> Iterator[Fleet]:
-    broker = make_url(REDIS).set(database=str(REDIS_DATABASE)).render_as_string()
-    queues = redis.Redis.from_url(broker)
+    queues = redis.Redis.from_url(BROKER)
     queues.flushdb()
     with fresh_postgres_database(POSTGRES, "celery") as database_url:
         db = Database(database_url)
@@ -58,7 +58,7 @@ def fleet(tmp_path) -> Iterator[Fleet]:
         key = KeyStore(db).create(KeyMode.SIGNATURE)
         env = {
             "FLUXHOST_DATABASE_URL": database_url,
-            "FLUXHOST_BROKER_URL": broker,
+            "FLUXHOST_BROKER_URL": BROKER,
             "FLUXHOST_DATA_DIR": str(tmp_path / "shared"),
             "FLUXHOST_ENGINE": "bench",
             "FLUXHOST_BENCH_STEP_MS": str(STEP_MS),
@@ -159,7 +159,7 @@ def test_a_nonce_spent_on_one_api_is_refused_by_the_other(fleet):
 def test_a_worker_asked_for_a_model_the_server_does_not_serve_says_so(tmp_path):
     with fresh_postgres_database(POSTGRES, "celery") as database_url:
         env = {"FLUXHOST_DATABASE_URL": database_url, "FLUXHOST_DATA_DIR": str(tmp_path), "FLUXHOST_ENGINE": "bench",
-               "FLUXHOST_BROKER_URL": make_url(REDIS).set(database=str(REDIS_DATABASE)).render_as_string()}
+               "FLUXHOST_BROKER_URL": BROKER}
         worker = ServiceProcess(["worker", "--model", "acme/unknown"], env)
         assert worker.process.wait(60) == 2
         worker.stop()

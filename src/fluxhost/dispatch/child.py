@@ -172,8 +172,8 @@ def run_child(settings: Settings, worker_id: str, pipe: Connection) -> None:
 
     def report_loads() -> None:
         dispatcher.ready.wait()
-        send(LOADED + json.dumps({slug: model.load_error for worker in dispatcher.workers
-                                  for slug, model in worker.models.items() if model.engine is None}).encode())
+        failed = {slug: error for slug in service.models if (error := dispatcher.load_error(slug))}
+        send(LOADED + json.dumps(failed).encode())
 
     service.events.subscribe(to_parent)
     dispatcher = service.dispatcher
