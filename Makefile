@@ -31,6 +31,8 @@ bench: $(STAMP)
 	$(PY) bench/socket_fanout.py
 	$(PY) bench/batching.py
 	$(PY) bench/moderation.py
+	$(PY) bench/faults.py
+	$(PY) bench/soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info

@@ -45,6 +45,7 @@ def make_settings(tmp_path: Path, tiny_weights: Path, database_url: str | None) 
             port=port,
             torch_threads=2,
             worker_process=False,  # tests reach into the worker's engines; test_worker_process covers the child
+            shutdown_grace_seconds=2.0,  # a test's last task need not finish for the server to stop
             models={SLUG: ModelSettings(weights=str(tiny_weights), steps=steps, max_sequence_length=32,
                                         max_batch=max_batch)},
         )

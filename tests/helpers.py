@@ -74,6 +74,7 @@ class ServiceProcess:
     """``fluxhost <args>`` as a child process with ``env`` added to ours, its output collected."""
 
     def __init__(self, args: list[str], env: Mapping[str, str]):
+        env = {"FLUXHOST_SHUTDOWN_GRACE_SECONDS": "2", **env}  # a test's last task need not finish to stop
         self.process = subprocess.Popen([FLUXHOST, *args], env={**os.environ, **env}, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []

@@ -67,6 +67,15 @@ def test_files_round_trip_through_presigned_urls(s3_server, bucket):
     store.delete(folder, "0.png")  # already gone: not an error
     assert store.read(folder, "0.png") is None and not exists(s3_server, bucket, f"fluxhost/{folder}/0.png")
 
+    other = store.new_folder()
+    for name in ("0.png", "1.png"):  # what a run that died left
+        store.save(folder, name, data)
+    store.save(other, "0.png", data)
+    store.clear(folder)
+    store.clear(folder)  # already empty: not an error
+    assert store.read(folder, "0.png") is None and store.read(folder, "1.png") is None
+    assert store.read(other, "0.png") == data  # only that folder
+
 
 def test_public_urls_are_plain_and_signed_ones_name_the_clients_address(s3_server, bucket):
     store = store_on(s3_server, PUBLIC_BUCKET, url_mode="public")

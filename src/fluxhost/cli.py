@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -115,7 +116,7 @@ def serve(
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = Settings(**overrides)
-    _configure_logging(settings)
+    _configure_observability(settings)
     service = _connected_service(settings)
     if service.keys.count_active() == 0:
         key = service.keys.create(KeyMode.SIGNATURE, name="first key")
@@ -131,7 +132,15 @@ def serve(
         console.print("Tasks go to the broker: start `fluxhost worker` processes to run them.", soft_wrap=True)
     elif not settings.worker_concurrency:
         console.print("No worker in this process (FLUXHOST_WORKER_CONCURRENCY=0).", soft_wrap=True)
+    # uvicorn shuts down gracefully on SIGTERM (listener closed, requests answered, then the service
+    # stops: running tasks get FLUXHOST_SHUTDOWN_GRACE_SECONDS), then raises the signal again: a
+    # stop asked for and done ends with status 0, as service managers expect.
+    signal.signal(signal.SIGTERM, _exit_quietly)
     uvicorn.run(create_app(service), host=settings.host, port=settings.port, **UVICORN_OPTIONS)
+
+
+def _exit_quietly(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 @app.command()
@@ -139,6 +148,8 @@ def worker(
     model: Annotated[list[str] | None, typer.Option(help="A model slug to serve (repeatable); default: all.")] = None,
     device: Annotated[str | None, typer.Option(help='The device, e.g. "cuda:0"; default: the first of '
                                                "FLUXHOST_DEVICES.")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve this worker's Prometheus metrics at "
+                                                     "http://FLUXHOST_HOST:PORT/metrics.")] = None,
 ) -> None:
     """Run tasks from the broker (FLUXHOST_BROKER_URL): one process per GPU, models loaded once."""
     from fluxhost.settings import Settings
@@ -148,8 +159,12 @@ def worker(
         console.print("A worker takes its tasks from a broker: set FLUXHOST_BROKER_URL (redis://...). Without "
                       "one, `fluxhost serve` runs the worker itself.", markup=False, soft_wrap=True)
         raise typer.Exit(2)
-    _configure_logging(settings)
+    _configure_observability(settings)
     service = _connected_service(settings)
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr=settings.host, registry=service.worker_metrics.registry)
     try:
         service.run_worker(model, device)
     except ValueError as error:
@@ -173,10 +188,13 @@ def _connected_service(settings):
         raise typer.Exit(1) from None
 
 
-def _configure_logging(settings) -> None:
+def _configure_observability(settings) -> None:
+    """Logs as the settings say; traces exported when OpenTelemetry is installed and asked for."""
+    from fluxhost import tracing
     from fluxhost.logs import configure
 
     configure(settings.log_level, settings.log_format)
+    tracing.configure()
 
 
 @keys_app.command("create")

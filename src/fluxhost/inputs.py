@@ -40,6 +40,7 @@ STEPS_MAX = 100
 GUIDANCE_MAX = 50.0
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
+MAX_INTEGER_CHARS = 40  # past any bound here (and Python parses no more than 4,300 digits)
 _NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)")
 
 
@@ -80,7 +81,7 @@ def integer_input(name: str, value: Any, low: int, high: int) -> int:
         number = value
     else:
         text = text_value(value)
-        if not _INTEGER.fullmatch(text):
+        if len(text) > MAX_INTEGER_CHARS or not _INTEGER.fullmatch(text):
             raise InputError(message)
         number = int(text)
     if not low <= number <= high:
@@ -207,6 +208,7 @@ class InputSchema:
     extra: tuple[Input, ...] = field(default_factory=tuple)
     notes: tuple[tuple[str, str], ...] = ()
     takes_image: bool = False  # edit and image-to-image models: inputImage or inputImageUrl is required
+    max_prompt_chars: int = PROMPT_MAX_CHARS
 
     @property
     def inputs(self) -> tuple[Input, ...]:
@@ -228,8 +230,8 @@ class InputSchema:
         prompt = text_value(raw.get("prompt"))
         if not prompt:
             raise InputError("Request parameter [prompt] required")
-        if len(prompt) > PROMPT_MAX_CHARS:
-            raise InputError(f"Request parameter [prompt] must be between 1 and {PROMPT_MAX_CHARS}")
+        if len(prompt) > self.max_prompt_chars:
+            raise InputError(f"Request parameter [prompt] must be between 1 and {self.max_prompt_chars} characters")
 
         upsampling = choice_input("promptUpsampling", raw.get("promptUpsampling", "false"), ("false", "true"))
         safety = raw.get("safetyTolerance", "2")

@@ -20,10 +20,12 @@ from fluxhost.dispatch import Dispatcher
 from fluxhost.events import EventBus, TaskEvent
 from fluxhost.image_inputs import DEFAULT_LIMITS, ImageLimits, ImageRefused, InputImage, decode, fetch, size_like
 from fluxhost.inputs import InputError, ValidatedRun
+from fluxhost.limits import NO_TASK_LIMITS, TaskLimits
 from fluxhost.statuses import Status
 from fluxhost.storage import FileStore
 from fluxhost.store.tasks import ModelStats, StopResult, TaskRecord, TaskRef, TaskStore
 from fluxhost.tools import Catalog, Tool
+from fluxhost.tracing import context_carrier, current_span
 from fluxhost.urlguard import Allowlist, UrlRefused, check_public_url
 from fluxhost.workorder import FileRef
 
@@ -50,6 +52,11 @@ class ModelUnavailable(OperationError):
 
 class InvalidInput(OperationError):
     """An input the tool refuses; ``str(error)`` says which and why, in the protocol's words."""
+
+
+class TooManyTasks(OperationError):
+    """A Run over a limit on unfinished tasks (the key's, the project's, the model's queue);
+    ``str(error)`` says which."""
 
 
 class TaskNotFound(OperationError):
@@ -120,9 +127,11 @@ class Operations:
         load_error: Callable[[str], str | None] = lambda _slug: None,
         upsampling: bool = False,
         image_limits: ImageLimits = DEFAULT_LIMITS,
+        task_limits: TaskLimits = NO_TASK_LIMITS,
     ):
         """``load_error(slug)``: why that model could not be loaded here, or None; ``upsampling``:
         whether a prompt upsampler is configured."""
+        self.task_limits = task_limits
         self.load_error = load_error
         self.upsampling = upsampling
         self.image_limits = image_limits
@@ -167,6 +176,15 @@ class Operations:
                 raise InvalidInput(str(error)) from None
         return RunOrder(tool, validated, callback_url, image)
 
+    def admit(self, caller: Caller, order: RunOrder) -> None:
+        """Refuse (:class:`TooManyTasks`) a checked Run that would pass a limit on unfinished
+        tasks. Checked, not reserved: Runs arriving together may pass a limit by a few."""
+        if not self.task_limits.any:
+            return
+        counts = self.tasks.unfinished_counts(caller.key_id, caller.project_id, order.tool.slug)
+        if refusal := counts.refusal(self.task_limits, order.tool.slug):
+            raise TooManyTasks(refusal)
+
     def input_image(self, inputs: dict[str, Any]) -> InputImage:
         """The Run's input image: uploaded bytes, a file this server stored, or a URL fetched through
         the SSRF guard (this blocks)."""
@@ -187,7 +205,16 @@ class Operations:
     def run(self, caller: Caller, order: RunOrder) -> TaskRef:
         """Queue a checked Run: its input image kept, the task row, its ``task_queue`` event, a
         worker woken."""
+        with current_span("fluxhost.run", **{"fluxhost.model": order.tool.slug}) as span:
+            task = self._queue(caller, order)
+            if span is not None:
+                span.set_attribute("fluxhost.task_id", task.id)
+            return task
+
+    def _queue(self, caller: Caller, order: RunOrder) -> TaskRef:
         work, parameters = order.validated.order, dict(order.validated.parameters)
+        if carrier := context_carrier():
+            work = work.model_copy(update={"trace": carrier})
         if order.image is not None:
             folder, name = self.files.new_folder(), f"input-0.{order.image.extension}"
             self.files.save(folder, name, order.image.data)
@@ -201,6 +228,7 @@ class Operations:
             parameters=parameters,
             request=work.encode(),
             callback_url=order.callback_url,
+            api_key_id=caller.key_id,
         )
         self.events.publish(TaskEvent(task.id, task.socket_token, Status.QUEUE))
         log.info("task %s task_queue (%s, project %s)", task.id, order.tool.slug, caller.project_id,

@@ -10,7 +10,10 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
+
+from prometheus_client import generate_latest
 
 from fluxhost.auth import Authenticator
 from fluxhost.callbacks.poster import WebhookPoster
@@ -18,6 +21,8 @@ from fluxhost.callbacks.sender import CallbackSender
 from fluxhost.dispatch import Dispatcher, LocalDispatcher
 from fluxhost.events import EventBus, LocalEventBus, RedisEventBus
 from fluxhost.image_inputs import ImageLimits
+from fluxhost.limits import TaskLimits, request_rate
+from fluxhost.metrics import ApiMetrics, WorkerMetrics
 from fluxhost.operations import Operations
 from fluxhost.protocol_json import render_task, task_list_body
 from fluxhost.safety.moderator import Moderator
@@ -59,7 +64,7 @@ class Service:
         (a child worker process takes its parent's)."""
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.db = Database(settings.resolved_database_url)
+        self.db = Database(settings.resolved_database_url, settings.database_timeout_seconds)
         self.db.migrate()
         self.tasks = TaskStore(self.db)
         self.work = WorkStore(self.db)
@@ -75,17 +80,21 @@ class Service:
             unsafe_labels=frozenset(label.strip() for label in settings.safety_unsafe_labels.split(",") if label),
         )
         upsampling = bool(settings.upsampler_url or settings.upsampler_local)
-        self.catalog = Catalog.from_models(self.models, {
+        self.request_rate = request_rate(settings.rate_limit_per_minute, events_url)
+        self.catalog = Catalog.from_models(self.models, max_prompt_chars=settings.max_prompt_chars, notes={
             "safetyTolerance": self.moderator.describe(),
             "promptUpsampling": "Available on this server." if upsampling else (
                 "Not available on this server: Runs asking for it are refused."),
         })
         self.url_allowlist = Allowlist.parse(settings.callback_allowlist)
+        self.metrics = ApiMetrics()
+        self.metrics.watch_tasks(self.work.unfinished_counts)
+        self.worker_metrics = WorkerMetrics()
         self.deliveries = Deliveries(self.db)
         self.callbacks = CallbackSender(
             self.deliveries, self.tasks, self.events, self.callback_body,
             WebhookPoster(self.url_allowlist, settings.callback_timeout_seconds),
-            settings.callback_max_attempts, settings.callback_backoff_seconds,
+            settings.callback_max_attempts, settings.callback_backoff_seconds, self.metrics.callback_attempts,
         )
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.dispatcher: Dispatcher
@@ -100,11 +109,14 @@ class Service:
             self.dispatcher = ChildProcessDispatcher(settings, self.worker_id, self.events,
                                                      on_lost=lambda: self._recover(lost=self.worker_id))
         else:
-            self.dispatcher = LocalDispatcher(self._make_workers, settings.worker_concurrency)
+            self.dispatcher = LocalDispatcher(self._make_workers, settings.worker_concurrency, self.worker_metrics)
         self.operations = Operations(self.tasks, self.files, self.events, self.dispatcher, self.catalog,
                                      self.url_allowlist, self.load_error, upsampling,
                                      ImageLimits(settings.input_max_bytes, settings.input_max_pixels,
-                                                 settings.input_timeout_seconds))
+                                                 settings.input_timeout_seconds),
+                                     TaskLimits(settings.max_unfinished_tasks_per_key,
+                                                settings.max_unfinished_tasks_per_project,
+                                                settings.max_queued_tasks_per_model))
         self._stopping = threading.Event()
         self._janitor: threading.Thread | None = None
 
@@ -135,9 +147,14 @@ class Service:
         finally:
             self.stop()
 
-    def stop(self) -> None:
+    def stop(self, grace_seconds: float | None = None) -> None:
+        """Stop taking tasks, give the running ones ``grace_seconds`` (default: the setting) to
+        finish, queue again what is left, then close."""
         self._stopping.set()
-        self.dispatcher.stop()
+        grace = self.settings.shutdown_grace_seconds if grace_seconds is None else grace_seconds
+        self.dispatcher.stop(grace)
+        if not self.settings.broker_url:  # this process ran the tasks it holds (Celery redelivers its own)
+            self._release_unfinished()
         self.callbacks.stop()
         if isinstance(self.events, RedisEventBus):
             self.events.close()
@@ -157,6 +174,20 @@ class Service:
             prefix=settings.s3_prefix, url_mode=settings.s3_url_mode, public_url=settings.s3_public_url,
             url_seconds=settings.s3_url_seconds, path_style=settings.s3_path_style,
         )
+
+    def _release_unfinished(self) -> None:
+        try:
+            released = self.work.release(self.worker_id)
+        except Exception as error:  # the database is gone: recovery takes the tasks back later
+            log.error("unfinished tasks could not be queued again at shutdown: %s", error)
+            return
+        if released:
+            log.warning("queued again at shutdown: tasks %s", [task_id for task_id, _slug in released])
+
+    def metrics_exposition(self) -> bytes:
+        """``/metrics``: this process's, the database's task counts, and its workers' (the
+        embedded worker's). Blocks for a database round trip."""
+        return generate_latest(self.metrics.registry) + self.dispatcher.metrics()
 
     def callback_body(self, record: TaskRecord) -> dict[str, object]:
         """What a callback posts: the task's Task/Detail answer in the hosted protocol."""
@@ -193,15 +224,18 @@ class Service:
         for device in devices or self.settings.device_list:
             models = {}
             loaded: dict[str, Engine | Exception] = {}  # slugs with the same pipeline settings share one engine
+            load_seconds: dict[str, float] = {}
             for slug, model in self.models.items():
                 if slugs and slug not in slugs:
                     continue
                 same = model.model_dump_json(exclude={"description", "exposed_inputs", "setting"})
                 if same not in loaded:
                     try:
+                        started = time.monotonic()
                         engine = build_engine(model, self.settings, device)
                         engine.load()
                         loaded[same] = engine
+                        load_seconds[same] = time.monotonic() - started
                     except Exception as error:
                         loaded[same] = error
                 found = loaded[same]
@@ -210,12 +244,14 @@ class Service:
                     models[slug] = ServedModel(slug, model, None, str(found) or type(found).__name__)
                     continue
                 log.warning("SERVING %s with %s", slug, found.description)
+                self.worker_metrics.engine_load_seconds.labels(slug, device).set(load_seconds[same])
                 models[slug] = ServedModel(slug, model, found)
             # One id for the process: recovery knows a process, not its devices.
             workers.append(Worker(self.worker_id, self.work, models, self.files, self.events,
                                   self.settings.lease_seconds, previews=self.settings.previews,
                                   moderator=self.moderator, upsampler=upsampler,
-                                  upsampler_fallback=self.settings.upsampler_fallback))
+                                  upsampler_fallback=self.settings.upsampler_fallback,
+                                  metrics=self.worker_metrics))
         return workers
 
     def _load_upsampler(self) -> Upsampler | None:
@@ -246,6 +282,11 @@ class Service:
                         [task_id for task_id, _slug in recovery.requeued], recovery.failed)
         for task_id, model_slug in recovery.requeued:
             self.dispatcher.notify(task_id, model_slug)
+        for folder in recovery.failed_folders:
+            try:
+                self.files.clear(folder)
+            except Exception as error:
+                log.warning("files of a task given up could not be removed: %s", error)
 
     def _start_janitor(self) -> None:
         self._janitor = threading.Thread(target=self._janitor_loop, name="fluxhost-janitor", daemon=True)

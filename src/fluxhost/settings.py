@@ -138,6 +138,35 @@ class Settings(BaseSettings):
         "1 with SQLite, 8 with a database across the network."
     )
     worker_concurrency: int = Field(default=1, ge=0, description="Tasks run at once; 0: no worker.")
+    rate_limit_per_minute: int = Field(
+        default=6000, ge=0, description="Requests one API key may make per minute (polls included), answered "
+        "429 with Retry-After beyond it; counted in Redis when FLUXHOST_EVENTS_URL (or the broker) is Redis, "
+        "else per API process. 0: no limit.",
+    )
+    max_unfinished_tasks_per_key: int = Field(
+        default=1000, ge=0, description="Queued plus running tasks one API key may have; a Run beyond is "
+        "refused. 0: no limit.",
+    )
+    max_unfinished_tasks_per_project: int = Field(
+        default=5000, ge=0, description="Queued plus running tasks one project may have (all its keys). 0: no limit."
+    )
+    max_queued_tasks_per_model: int = Field(
+        default=10_000, ge=0, description="A Run is refused when its model already has this many tasks waiting: "
+        "better told now than served hours later. 0: no limit.",
+    )
+    max_body_bytes: int = Field(
+        default=1_000_000, ge=10_000, description="Largest request body, answered 413 beyond (multipart uploads "
+        "may be FLUXHOST_INPUT_MAX_BYTES plus 1 MB).",
+    )
+    max_prompt_chars: int = Field(default=10_000, ge=1, description="Longest prompt accepted, in characters.")
+    database_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=600, description="How long a request waits for a locked SQLite database (or a "
+        "free connection to PostgreSQL) before it is answered 503, to be retried.",
+    )
+    shutdown_grace_seconds: float = Field(
+        default=30.0, ge=0, description="On SIGTERM, how long running tasks may go on finishing; those still "
+        "running then are stopped and queued again (for the next start, or another process of the fleet).",
+    )
     worker_process: bool = Field(
         default=True, description="The embedded worker runs in a child process (restarted if it dies), so "
         "that the API and the worker do not share one interpreter lock (GIL); false: threads of the API's "

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from fluxhost.inputs import InputSchema, guidance_input, steps_input, strength_input
+from fluxhost.inputs import PROMPT_MAX_CHARS, InputSchema, guidance_input, steps_input, strength_input
 from fluxhost.settings import ModelSettings
 from fluxhost.store.tasks import ModelStats
 
@@ -106,7 +106,8 @@ class Catalog:
     """The models this server serves, found by slug in either spelling."""
 
     @classmethod
-    def from_models(cls, models: dict[str, ModelSettings], notes: dict[str, str] | None = None) -> Catalog:
+    def from_models(cls, models: dict[str, ModelSettings], notes: dict[str, str] | None = None,
+                    max_prompt_chars: int = PROMPT_MAX_CHARS) -> Catalog:
         """``notes``: input id -> what this server does with it, added to its description."""
         tools = []
         for slug, model in models.items():
@@ -115,7 +116,8 @@ class Catalog:
             if model.kind == "image-to-image":
                 extra.append(strength_input(model.strength))
             owner, project = slug.split("/", 1)
-            schema = InputSchema(tuple(extra), tuple((notes or {}).items()), takes_image=model.kind != "text-to-image")
+            schema = InputSchema(tuple(extra), tuple((notes or {}).items()), takes_image=model.kind != "text-to-image",
+                                 max_prompt_chars=max_prompt_chars)
             categories = CATEGORIES if model.kind == "text-to-image" else EDIT_CATEGORIES
             tools.append(Tool(owner, project, model.description, schema, tuple(categories)))
         return cls(tools)

@@ -75,11 +75,13 @@ def check_public_url(url: str, allowlist: Allowlist, parameter: str) -> PinnedUr
     """Refuse a URL that is not http(s), too long, unresolvable, or resolves to a non-public
     address the allowlist does not admit; the message names the request ``parameter``. Returns
     the URL pinned to the first address found, which a connection should use."""
-    parts = urlsplit(url)
+    refusal = f"Request parameter [{parameter}] must be an http or https URL of at most {MAX_URL_LENGTH} characters"
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        raise UrlRefused(refusal) from None
     if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > MAX_URL_LENGTH:
-        raise UrlRefused(
-            f"Request parameter [{parameter}] must be an http or https URL of at most {MAX_URL_LENGTH} characters"
-        )
+        raise UrlRefused(refusal)
     host = parts.hostname
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from PIL import Image
 
@@ -15,11 +17,14 @@ from fluxhost.engines.base import GenerationStopped, Preview, batch_key
 from fluxhost.events import EventBus, Progress, TaskEvent
 from fluxhost.image_inputs import ImageLimits, decode
 from fluxhost.images import CONTENT_TYPES, FILE_EXTENSIONS, encode
+from fluxhost.metrics import WorkerMetrics
 from fluxhost.safety.moderator import Moderator
 from fluxhost.settings import ModelSettings
 from fluxhost.statuses import Status, stages
 from fluxhost.storage import FileStore
+from fluxhost.store.database import DATABASE_FAULTS
 from fluxhost.store.work import ClaimedTask, NewOutput, WorkStore
+from fluxhost.tracing import end_span, start_span
 from fluxhost.upsampling import Upsampler, UpsamplingFailed
 from fluxhost.workorder import FileRef, WorkOrder
 
@@ -31,6 +36,7 @@ log = logging.getLogger(__name__)
 CLAIMED_THROUGH = Status.ASSIGN
 PREVIEW_MAX_SIDE = 256
 LOG_ONLY = frozenset({Status.OUTPUT_FULL, Status.ERROR_FULL})  # text, not transitions: their text may hold the prompt
+HAND_BACK_RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0)  # waits between tries, the last repeated
 BATCH_POLL_SECONDS = 0.01
 
 
@@ -56,6 +62,10 @@ class TaskStopped(Exception):
     """The task left our hands while running: killed, or its lease was taken over."""
 
 
+class OutputNotStored(Exception):
+    """An image could not be written where outputs go (folder unwritable, disk full...)."""
+
+
 @dataclass
 class ServedModel:
     """A model slug with its settings and its loaded engine (or why it could not be loaded)."""
@@ -73,6 +83,7 @@ class RunLog:
 
     lines: list[str] = field(default_factory=list)
     saved: list[NewOutput] = field(default_factory=list)
+    claimed_at: float = field(default_factory=time.time)
 
     @property
     def text(self) -> str:
@@ -101,6 +112,7 @@ class Worker:
         moderator: Moderator | None = None,
         upsampler: Upsampler | None = None,
         upsampler_fallback: bool = False,
+        metrics: WorkerMetrics | None = None,
     ):
         self.worker_id = worker_id
         self.store = store
@@ -112,8 +124,10 @@ class Worker:
         self.moderator = moderator or Moderator()
         self.upsampler = upsampler
         self.upsampler_fallback = upsampler_fallback
+        self.metrics = metrics or WorkerMetrics()
         self._running: set[int] = set()
         self._killed: set[int] = set()
+        self._halting = False
         events.subscribe(self._notice_kill)
 
     def _notice_kill(self, event: TaskEvent) -> None:
@@ -121,6 +135,11 @@ class Worker:
         learns of it at its next step without asking the database."""
         if event.type == Status.CANCEL and event.task_id in self._running:
             self._killed.add(event.task_id)
+
+    def halt(self) -> None:
+        """Stop the running generations at their next step (the worker is shutting down): their
+        tasks end up held by no one running them, for :meth:`WorkStore.release` to queue again."""
+        self._halting = True
 
     def claim(self, task_id: int | None = None) -> list[ClaimedTask]:
         """The oldest queued task of our models (or task ``task_id``, if still queued), with the
@@ -134,6 +153,14 @@ class Worker:
             first = self.store.claim_queued(task_id, self.worker_id, self.lease_seconds, through=CLAIMED_THROUGH)
         if first is None:
             return []
+        batch = self._claim_batch(first)
+        now = time.time()
+        for task in batch:
+            self.metrics.queue_wait_seconds.labels(task.model_slug).observe(max(0.0, now - task.created_at))
+        return batch
+
+    def _claim_batch(self, first: ClaimedTask) -> list[ClaimedTask]:
+        """``first`` and the queued tasks that join its pipeline call (see :meth:`claim`)."""
         model = self.models[first.model_slug]
         batch = [first]
         if model.engine is None or model.settings.max_batch == 1 or first.order.input_images:
@@ -151,17 +178,41 @@ class Worker:
                 return batch
             time.sleep(min(BATCH_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
 
-    def run(self, batch: list[ClaimedTask]) -> None:
-        """Take the tasks :meth:`claim` returned to their ends. Never raises."""
+    def run(self, batch: list[ClaimedTask]) -> list[tuple[int, str]]:
+        """Take the tasks :meth:`claim` returned to their ends. Never raises: when the database
+        fails under a run, its unfinished tasks are handed back to the queue once it answers;
+        returns those, (task id, model slug), for a dispatcher that must announce them again."""
         self._running.update(task.id for task in batch)
+        spans = {task.id: start_span("fluxhost.task", carrier=task.order.trace, **{
+            "fluxhost.task_id": task.id, "fluxhost.model": task.model_slug}) for task in batch}
         try:
-            self._run_batch(batch)
+            self._run_batch(batch, spans)
+            return []
+        except Exception:
+            log.exception("tasks %s could not be taken to their end; queueing them again",
+                          [task.id for task in batch])
+            return self._hand_back([task.id for task in batch])
         finally:
             for task in batch:
                 self._running.discard(task.id)
                 self._killed.discard(task.id)
+                end_span(spans[task.id])
 
-    def _run_batch(self, batch: list[ClaimedTask]) -> None:
+    def _hand_back(self, task_ids: list[int]) -> list[tuple[int, str]]:
+        """Queue again those of ``task_ids`` we still hold, retrying until the database takes it
+        (or the worker halts: recovery at the next start does it then)."""
+        for attempt in itertools.count():
+            try:
+                return self.store.release(self.worker_id, task_ids)
+            except Exception as error:
+                if self._halting:
+                    return []
+                wait = HAND_BACK_RETRY_SECONDS[min(attempt, len(HAND_BACK_RETRY_SECONDS) - 1)]
+                log.warning("queueing tasks %s again failed (%s); retrying in %s s", task_ids, error, wait)
+                time.sleep(wait)
+
+    def _run_batch(self, batch: list[ClaimedTask], spans: dict[int, Any]) -> None:
+        """``spans``: each task's trace span (None where tracing is off)."""
         for task in batch:
             for status in stages(Status.ACCEPT, CLAIMED_THROUGH):
                 self._emit(task, status)
@@ -178,6 +229,8 @@ class Worker:
                 prepared.append((task, self._prepare(task, model, runs[task.id])))
             except Moderated as verdict:
                 self._refuse(task, runs[task.id], str(verdict))
+            except DATABASE_FAULTS:
+                raise  # not the task's fault: run() hands the batch back
             except Exception as error:
                 log.warning("task %s failed before generation: %s", task.id, error)
                 self._fail(task, runs[task.id], error, before_start=True)
@@ -186,7 +239,9 @@ class Worker:
         batch = [task for task, _request in prepared]
         requests = [request for _task, request in prepared]
         try:
-            results, seconds = self._generate(batch, requests, model.engine, runs)
+            results, seconds = self._generate(batch, requests, model.engine, runs, spans)
+        except DATABASE_FAULTS:
+            raise
         except Exception as error:  # every task of the call fails; the worker goes on with the next
             log.exception("tasks %s failed", [task.id for task in batch])
             for task in batch:
@@ -207,12 +262,14 @@ class Worker:
                 self._refuse(task, run, str(verdict))
             except TaskStopped:
                 self._stopped(task, run)
+            except DATABASE_FAULTS:
+                raise  # its files, if written, are cleared by its next run
             except Exception as error:
                 log.exception("task %s failed", task.id)
                 self._fail(task, run, error)
 
     def _generate(self, batch: list[ClaimedTask], requests: list[GenerationRequest], engine: Engine,
-                  runs: dict[int, RunLog]) -> tuple[list[list[Image.Image] | None], float]:
+                  runs: dict[int, RunLog], spans: dict[int, Any]) -> tuple[list[list[Image.Image] | None], float]:
         """One pipeline call for the batch: each task's images, or None for a task stopped on the
         way; and the seconds the call took."""
         for task, request in zip(batch, requests, strict=True):
@@ -224,12 +281,13 @@ class Worker:
             if len(batch) > 1:
                 run.lines.append(f"Batched with {len(batch) - 1} other task(s) in one pipeline call.")
         stopped: set[int] = set()
-        started = time.monotonic()
+        started = last_step = time.monotonic()
         last_renewal = dict.fromkeys((task.id for task in batch), started)
+        step_seconds = self.metrics.step_seconds.labels(batch[0].model_slug)
 
         def on_start() -> None:
-            nonlocal started
-            started = time.monotonic()
+            nonlocal started, last_step
+            started = last_step = time.monotonic()
             for task in batch:
                 try:
                     self._advance(task, Status.START)
@@ -237,11 +295,15 @@ class Worker:
                     stopped.add(task.id)
 
         def on_step(index: int, step: int, total: int, preview: Preview | None) -> bool:
+            nonlocal last_step
             task = batch[index]
             if task.id in stopped:
                 return False
             now = time.monotonic()
-            lost = task.id in self._killed
+            if index == 0:
+                step_seconds.observe(now - last_step)
+                last_step = now
+            lost = task.id in self._killed or self._halting
             if not lost and now - last_renewal[task.id] > self.lease_seconds / 4:
                 # Also how a kill is seen when the event came through no bus we listen to.
                 lost = not self.store.renew_lease(task.id, self.worker_id, self.lease_seconds)
@@ -255,10 +317,15 @@ class Worker:
                                           progress=Progress.measure(step, total, now - started), preview=picture))
             return True
 
+        engine_span = start_span("fluxhost.engine", parent=spans[batch[0].id],
+                                 links=tuple(spans[task.id] for task in batch[1:]),
+                                 **{"fluxhost.model": batch[0].model_slug, "fluxhost.batch_size": len(batch)})
         try:
             results = engine.generate_batch(requests, on_start, on_step)
         except GenerationStopped:
             results = [None] * len(batch)
+        finally:
+            end_span(engine_span)
         return results, time.monotonic() - started
 
     def _prepare(self, task: ClaimedTask, model: ServedModel, run: RunLog) -> GenerationRequest:
@@ -298,6 +365,7 @@ class Worker:
         self._discard(run.saved)
         run.lines.append(reason)
         if self.store.fail(task.id, reason, run.text):
+            self.metrics.finished_task(task.model_slug, "moderated", run.claimed_at)
             self._emit(task, Status.ERROR_FULL, text=reason)
             self._emit(task, Status.POSTPROCESS_END)
 
@@ -320,30 +388,43 @@ class Worker:
             "aspectRatio": order.aspect_ratio,
             "engine": model.engine.description,
         }
-        folder = self.files.new_folder()
+        folder = task.files_folder or self.files.new_folder()
+        if task.files_folder:
+            self._clear(folder)  # what an earlier run of the task wrote before it died
         for index, image in enumerate(images):
             data = encode(image, order.output_format, {**metadata, "seed": request.seed + index})
             name = f"{index}.{FILE_EXTENSIONS[order.output_format]}"
-            self.files.save(folder, name, data)
+            try:
+                self.files.save(folder, name, data)
+            except OSError as error:
+                raise OutputNotStored(f"the image could not be stored ({error.strerror or error}); "
+                                      "nothing is kept of this run") from error
             run.saved.append(NewOutput(name, CONTENT_TYPES[order.output_format], len(data), folder))
         if not self.store.finish(task.id, run.saved, run.text, generated_at):
             raise TaskStopped
+        self.metrics.finished_task(task.model_slug, "completed", run.claimed_at)
         for status in stages(Status.END, Status.POSTPROCESS_END):
             self._emit(task, status)
 
     def _stopped(self, task: ClaimedTask, run: RunLog) -> None:
         self._discard(run.saved)
-        killed = task.id in self._killed
-        run.lines.append("Stopped by Kill." if killed else "Stopped: this worker no longer holds the task.")
+        if task.id in self._killed:
+            run.lines.append("Stopped by Kill.")
+        elif self._halting:
+            run.lines.append("Stopped: the worker shut down; the task is queued again.")
+        else:
+            run.lines.append("Stopped: this worker no longer holds the task.")
         self.store.set_debug_output(task.id, run.text)
+        self.metrics.finished_task(task.model_slug, "stopped", run.claimed_at)
         log.info("task %s stopped while running", task.id)
 
     def _fail(self, task: ClaimedTask, run: RunLog, error: Exception, before_start: bool = False) -> None:
         """End a task as failed, in ``task_error`` when its generation never started."""
         self._discard(run.saved)
-        reason = f"{type(error).__name__}: {error}"
+        reason = str(error) if isinstance(error, OutputNotStored) else f"{type(error).__name__}: {error}"
         status = Status.ERROR if before_start else Status.POSTPROCESS_END
         if self.store.fail(task.id, reason, run.text, status):
+            self.metrics.finished_task(task.model_slug, "failed", run.claimed_at)
             self._emit(task, Status.ERROR_FULL, text=reason)
             self._emit(task, status)
 
@@ -367,6 +448,19 @@ class Worker:
         if status not in LOG_ONLY:
             log.info("task %s %s", task.id, status.value, extra={"task_id": task.id, "status": status.value})
 
+    def _clear(self, folder: str) -> None:
+        try:
+            self.files.clear(folder)
+        except OSError as error:
+            raise OutputNotStored(f"the task's output folder could not be prepared ({error.strerror or error})") \
+                from error
+
     def _discard(self, saved: list[NewOutput]) -> None:
+        """Remove a run's stored files; one that cannot be removed now (its folder unwritable) is
+        logged and left: the task ends either way."""
         for output in saved:
-            self.files.delete(output.folder, output.name)
+            try:
+                self.files.delete(output.folder, output.name)
+            except OSError as error:
+                log.warning("output %s/%s of an ended run could not be removed: %s", output.folder, output.name,
+                            error)

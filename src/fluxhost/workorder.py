@@ -39,6 +39,8 @@ class WorkOrder(BaseModel):
     num_images: int = Field(default=1, ge=1)
     input_images: tuple[FileRef, ...] = ()
     strength: float | None = Field(default=None, gt=0, le=1, description="image-to-image only.")
+    trace: dict[str, str] = Field(default_factory=dict, description="The Run's trace context (W3C traceparent) "
+                                  "when OpenTelemetry is on: the worker's spans join the Run's trace.")
 
     def encode(self) -> dict[str, Any]:
         """The JSON-ready form stored with the task."""

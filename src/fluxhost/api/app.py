@@ -11,8 +11,10 @@ import mimetypes
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
@@ -21,6 +23,7 @@ from starlette.types import ASGIApp
 from fluxhost.api.offload import Offload
 from fluxhost.api.socket import SocketHub
 from fluxhost.api.wiro import create_wiro_app, fail
+from fluxhost.metrics import HttpMetrics
 from fluxhost.service import Service
 
 # How uvicorn serves the app. Socket frames are small JSON fanned out to many subscribers:
@@ -72,6 +75,10 @@ def create_app(service: Service, doors: Mapping[str, ASGIApp] | None = None, *,
             return JSONResponse({"status": "not ready", "reasons": reasons}, status_code=503)
         return JSONResponse({"status": "ready"})
 
+    async def metrics(_request: Request) -> Response:
+        """Prometheus metrics (counts and timings only: no prompt, key or URL is ever a label)."""
+        return Response(await offload.run_waiting(service.metrics_exposition), media_type=CONTENT_TYPE_LATEST)
+
     async def not_found(_request: Request, error: HTTPException) -> JSONResponse:
         if error.status_code == 404:
             return fail(0, "Error parsing url.", 404)
@@ -83,9 +90,11 @@ def create_app(service: Service, doors: Mapping[str, ASGIApp] | None = None, *,
         Route("/files/{folder}/{name}", serve_file, methods=["GET", "HEAD"]),
         Route("/healthz", alive, methods=["GET", "HEAD"]),
         Route("/readyz", ready, methods=["GET", "HEAD"]),
+        Route("/metrics", metrics, methods=["GET"]),
         *(Mount(prefix, door) for prefix, door in (doors or {}).items()),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: not_found})
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: not_found},
+                    middleware=[Middleware(HttpMetrics, metrics=service.metrics)])
     app.state.service = service
     app.state.socket_hub = hub
     return app

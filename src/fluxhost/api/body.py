@@ -11,50 +11,101 @@ values and trailing commas; every scalar stays a string), whatever the header sa
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl
 
 import yaml
+from starlette.datastructures import Headers
+from starlette.formparsers import MultiPartParser
 from starlette.requests import Request
 
-MAX_BODY_BYTES = 1_000_000
+# What a hand-typed body that is not JSON may weigh: the lenient parser runs on the event loop,
+# before the key is checked. libyaml's loader where installed: the pure-Python one takes seconds
+# on a few kilobytes of deep nesting.
+LENIENT_MAX_CHARS = 16_384
+LENIENT_LOADER = getattr(yaml, "CBaseLoader", yaml.BaseLoader)
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 
 
 class BodyError(ValueError):
     """A body that cannot be read as parameters."""
 
 
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int):
+        super().__init__(f"The request body is too large: at most {limit} bytes.")
+        self.limit = limit
+
+
 def parse_object_text(text: str) -> dict[str, Any]:
-    """A ``{...}`` body, strict JSON first, then lenient."""
+    """A ``{...}`` body, strict JSON first, then lenient (small bodies only: the lenient parser is
+    slow, and what needs it is a hand-typed line)."""
     try:
         value = json.loads(text)
+    except RecursionError as error:
+        raise BodyError("body nested too deeply") from error
     except ValueError:
+        if len(text) > LENIENT_MAX_CHARS:
+            raise BodyError("unparseable body") from None
         try:
-            value = yaml.load(text, Loader=yaml.BaseLoader)  # noqa: S506 - BaseLoader builds only str/list/dict
-        except yaml.YAMLError as error:
+            value = yaml.load(text, Loader=LENIENT_LOADER)  # noqa: S506 - builds only str/list/dict
+        except (yaml.YAMLError, RecursionError) as error:
             raise BodyError("unparseable body") from error
     if not isinstance(value, dict):
         raise BodyError("body is not an object")
     return {str(key): item for key, item in value.items()}
 
 
-async def read_parameters(request: Request, max_upload_bytes: int = MAX_BODY_BYTES) -> dict[str, Any]:
-    """The request's parameters as a flat dict, an uploaded file's value being its bytes;
-    :class:`BodyError` when unreadable. A multipart body may be up to ``max_upload_bytes`` (files),
-    any other up to :data:`MAX_BODY_BYTES`. The body is read whole first (and kept by Starlette),
-    so the replay check can digest it afterwards."""
-    content_type = request.headers.get("content-type", "").lower()
-    multipart = content_type.startswith("multipart/form-data") and "boundary=" in content_type
-    limit = max(max_upload_bytes, MAX_BODY_BYTES) if multipart else MAX_BODY_BYTES
+def storable(value: Any) -> bool:
+    """Whether every text in ``value`` can be stored and sent back: no NUL character (PostgreSQL
+    refuses it) and no lone surrogate (a JSON escape such as ``\\ud800``, which no encoder takes)."""
+    if isinstance(value, str):
+        return not _UNSTORABLE.search(value)
+    if isinstance(value, dict):
+        return all(storable(key) and storable(item) for key, item in value.items())
+    if isinstance(value, list):
+        return all(storable(item) for item in value)
+    return True
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, read as it streams in and refused (:class:`BodyTooLarge`) as soon as it is
+    declared or grows past ``limit``: an oversized body is never held in memory."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise BodyError("body too large")
-    raw = await request.body()
-    if len(raw) > limit:
-        raise BodyError("body too large")
-    if multipart:
+        raise BodyTooLarge(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def is_multipart(headers: Headers) -> bool:
+    content_type = headers.get("content-type", "").lower()
+    return content_type.startswith("multipart/form-data") and "boundary=" in content_type
+
+
+async def parse_parameters(raw: bytes, headers: Headers) -> dict[str, Any]:
+    """A body's parameters as a flat dict, an uploaded file's value being its bytes;
+    :class:`BodyError` when unreadable or holding text that cannot be stored."""
+    parameters = await _parameters(raw, headers)
+    if not storable(parameters):
+        raise BodyError("body holds a NUL character or a lone surrogate")
+    return parameters
+
+
+async def _parameters(raw: bytes, headers: Headers) -> dict[str, Any]:
+    if is_multipart(headers):
+        async def body() -> AsyncIterator[bytes]:
+            yield raw
+
         try:
-            form = await request.form()
+            form = await MultiPartParser(headers, body()).parse()
             return {key: value if isinstance(value, str) else await value.read() for key, value in form.items()}
         except Exception as error:  # malformed multipart: python-multipart's errors vary
             raise BodyError("unparseable multipart body") from error

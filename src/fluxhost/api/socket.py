@@ -157,6 +157,8 @@ class SocketHub:
         await websocket.accept()
         subscriber = Subscriber(websocket)
         sender = asyncio.create_task(subscriber.send_loop())
+        connections = self.service.metrics.socket_connections
+        connections.inc()
         try:
             while True:
                 message = await websocket.receive()
@@ -174,6 +176,7 @@ class SocketHub:
         except WebSocketDisconnect:
             pass
         finally:
+            connections.dec()
             self.forget(subscriber)
             sender.cancel()
             if websocket.client_state == WebSocketState.CONNECTED:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -22,11 +23,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from fluxhost.api.body import BodyError, read_parameters
+from fluxhost.api.body import BodyError, BodyTooLarge, is_multipart, parse_parameters, read_body
 from fluxhost.api.offload import Offload
 from fluxhost.auth import AuthError, Caller, request_digest
 from fluxhost.image_inputs import ImageRefused, decode
 from fluxhost.inputs import InputError, integer_input
+from fluxhost.limits import RateLimited
 from fluxhost.operations import (
     InvalidInput,
     ModelUnavailable,
@@ -36,20 +38,24 @@ from fluxhost.operations import (
     TaskNotEnded,
     TaskNotFound,
     TaskQuery,
+    TooManyTasks,
     UnknownModel,
 )
 from fluxhost.protocol_json import render_task, task_list_body
 from fluxhost.service import Service
+from fluxhost.store.database import DATABASE_FAULTS
 from fluxhost.store.tasks import TaskRecord
 from fluxhost.tools import explore
 
 log = logging.getLogger(__name__)
 
 INVALID = "Request parameters are invalid."
+DATABASE_UNAVAILABLE = "The service's database is unavailable right now (locked or unreachable): retry shortly."
 NO_TASK = "There is no task yet."
 ID_REQUIRED = "taskid or socketaccesstoken is required"
 UNKNOWN_MODEL = "slug-owner-project-not-exist"
 MAX_LIST = 1000
+TASK_ID = re.compile(r"[0-9]{1,18}")
 UPLOAD_OVERHEAD_BYTES = 1_000_000  # multipart framing and the other fields around a file
 
 # (code, message) of each refusal; InvalidInput carries its own message.
@@ -86,9 +92,9 @@ class Parameters:
         self._values = values
 
     @classmethod
-    async def of(cls, request: Request, max_upload_bytes: int) -> Parameters:
+    async def of(cls, body: bytes, request: Request) -> Parameters:
         try:
-            return cls(await read_parameters(request, max_upload_bytes))
+            return cls(await parse_parameters(body, request.headers))
         except BodyError:
             return cls(None)
 
@@ -126,7 +132,7 @@ class Parameters:
             return []
         try:
             decoded = json.loads(value)
-        except ValueError:
+        except (ValueError, TypeError):  # not JSON text, or not text at all (a number, an object)
             return [part.strip() for part in str(value).split(",") if part.strip()]
         return [str(v) for v in decoded] if isinstance(decoded, list) else [str(decoded)]
 
@@ -143,9 +149,13 @@ class Call:
         self.parameters = parameters
 
     def caller(self) -> Caller:
+        """Who sends the request, once their key is checked and their request counted against
+        its rate."""
         headers = self.headers
-        return self.service.auth.authenticate(headers.get("x-api-key"), headers.get("x-nonce"),
-                                              headers.get("x-signature"))
+        caller = self.service.auth.authenticate(headers.get("x-api-key"), headers.get("x-nonce"),
+                                                headers.get("x-signature"))
+        self.service.request_rate.take(caller.key_id)
+        return caller
 
     def spend_nonce(self, caller: Caller) -> None:
         self.service.auth.spend_nonce(caller, self.headers.get("x-nonce"), request_digest(self.path, self.body))
@@ -159,9 +169,10 @@ class Call:
             raise ProtocolError(0, ID_REQUIRED)
         if token:
             return self.operations.find(caller, token=str(token).strip())
-        if not str(task_id).strip().isdigit():
+        task_id = str(task_id).strip()
+        if not TASK_ID.fullmatch(task_id):  # ASCII digits a database integer holds
             raise TaskNotFound()
-        return self.operations.find(caller, task_id=int(str(task_id).strip()))
+        return self.operations.find(caller, task_id=int(task_id))
 
     def render(self, record: TaskRecord) -> dict[str, Any]:
         return render_task(record, self.service.files, self.service.catalog.description_of(record.row.model_slug))
@@ -180,9 +191,19 @@ def create_wiro_app(service: Service, offload: Offload) -> FastAPI:
     async def _protocol_error(_request: Request, error: ProtocolError) -> JSONResponse:
         return fail(error.code, error.message)
 
+    @app.exception_handler(RateLimited)
+    async def _rate_limited(_request: Request, error: RateLimited) -> JSONResponse:
+        answer = fail(0, str(error), 429)
+        answer.headers["Retry-After"] = str(error.retry_after)
+        return answer
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_request: Request, error: BodyTooLarge) -> JSONResponse:
+        return fail(0, str(error), 413)
+
     @app.exception_handler(OperationError)
     async def _refused(_request: Request, error: OperationError) -> JSONResponse:
-        if isinstance(error, (InvalidInput, ModelUnavailable)):
+        if isinstance(error, (InvalidInput, ModelUnavailable, TooManyTasks)):
             return fail(0, str(error))
         code, message = REFUSALS[type(error)]
         return fail(code, message)
@@ -199,6 +220,16 @@ def create_wiro_app(service: Service, offload: Offload) -> FastAPI:
     async def _validation_error(_request: Request, _error: RequestValidationError) -> JSONResponse:
         return fail(0, INVALID)
 
+    async def _database_unavailable(request: Request, error: Exception) -> JSONResponse:
+        """Nothing was accepted: the client may send the same request again (its nonce unspent)."""
+        log.warning("the database failed on %s: %s", request.url.path, type(error).__name__)
+        answer = fail(0, DATABASE_UNAVAILABLE, 503)
+        answer.headers["Retry-After"] = "1"
+        return answer
+
+    for fault in DATABASE_FAULTS:
+        app.add_exception_handler(fault, _database_unavailable)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, _error: Exception) -> JSONResponse:
         log.exception("unexpected error on %s", request.url.path)
@@ -208,8 +239,12 @@ def create_wiro_app(service: Service, offload: Offload) -> FastAPI:
                      resolves: Callable[[Parameters], bool] = lambda _: False) -> JSONResponse:
         """Read the request on the loop, then run ``work`` (auth, one operation, rendering) off it;
         on the shared threads when ``resolves`` says it will look up a host name."""
-        parameters = await Parameters.of(request, service.settings.input_max_bytes + UPLOAD_OVERHEAD_BYTES)
-        call = Call(service, request, await request.body(), parameters)
+        settings = service.settings
+        limit = settings.max_body_bytes
+        if is_multipart(request.headers):
+            limit = max(limit, settings.input_max_bytes + UPLOAD_OVERHEAD_BYTES)
+        body = await read_body(request, limit)
+        call = Call(service, request, body, await Parameters.of(body, request))
         run_off_loop = offload.run_waiting if resolves(call.parameters) else offload.run
         return JSONResponse(await run_off_loop(work, call))
 
@@ -231,6 +266,7 @@ def create_wiro_app(service: Service, offload: Offload) -> FastAPI:
             caller = call.caller()
             call.operations.tool(owner, project)
             order = call.operations.prepare_run(owner, project, call.parameters.values, callback_url(call.parameters))
+            call.operations.admit(caller, order)
             call.spend_nonce(caller)
             task = call.operations.run(caller, order)
             return {"errors": [], "taskid": str(task.id), "socketaccesstoken": task.socket_token, "result": True}

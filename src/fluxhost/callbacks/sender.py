@@ -14,6 +14,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from prometheus_client import Counter
+
 from fluxhost.callbacks.poster import WebhookPoster
 from fluxhost.events import EventBus, TaskEvent
 from fluxhost.statuses import TERMINAL
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 SENDERS = 4
 PASS_INTERVAL = 0.05  # passes over due deliveries are at least this far apart: task ends coalesce
 IDLE_SECONDS = 5.0
+CALLBACK_OUTCOMES = {"delivered": "delivered", "pending": "retrying", "failed": "failed"}
 
 
 class CallbackSender:
@@ -37,14 +40,17 @@ class CallbackSender:
         poster: WebhookPoster,
         max_attempts: int,
         backoff_seconds: float,
+        attempts_counter: Counter | None = None,
     ):
-        """``render`` makes a task into the callback's body (the hosted protocol's Task/Detail answer)."""
+        """``render`` makes a task into the callback's body (the hosted protocol's Task/Detail answer);
+        ``attempts_counter`` (labelled by outcome) counts the POSTs made."""
         self.deliveries = deliveries
         self.tasks = tasks
         self.render = render
         self.poster = poster
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
+        self.attempts_counter = attempts_counter
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -106,5 +112,7 @@ class CallbackSender:
                                status, next_at)
         log.info("callback for task %s, attempt %s: %s %s", delivery.task_id, number,
                  outcome.status_code or "-", status)
+        if self.attempts_counter is not None:
+            self.attempts_counter.labels(CALLBACK_OUTCOMES[status]).inc()
         if status == "pending":
             self._wake.set()

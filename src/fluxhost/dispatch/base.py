@@ -21,4 +21,9 @@ class Dispatcher(Protocol):
         """Why this process's workers cannot take tasks now (loading, no model loaded, not
         running); None when they can, or when the workers live elsewhere."""
 
-    def stop(self) -> None: ...
+    def metrics(self) -> bytes:
+        """The Prometheus exposition of this process's workers (empty where they live elsewhere)."""
+
+    def stop(self, grace_seconds: float = 0.0) -> None:
+        """Take no more tasks; let the running ones finish for up to ``grace_seconds``, then stop
+        them (their tasks stay held, for the caller to release)."""

@@ -78,7 +78,12 @@ class CeleryDispatcher:
     def not_ready(self) -> str | None:
         return None  # the workers are other processes, with their own health
 
-    def stop(self) -> None:
+    def metrics(self) -> bytes:
+        return b""  # the workers are `fluxhost worker` processes: each serves its own (--metrics-port)
+
+    def stop(self, grace_seconds: float = 0.0) -> None:
+        """Stop re-sending; tasks run in the worker processes, which Celery's own warm shutdown
+        lets finish."""
         self._stopping.set()
         if self._thread:
             self._thread.join(5)
@@ -102,7 +107,8 @@ def consume(app: Celery, worker: Worker, loglevel: str) -> None:
         if not batch:
             log.info("task %s is no longer queued: message dropped", task_id)
             return
-        worker.run(batch)
+        for handed_back, model_slug in worker.run(batch):  # the database failed under the run
+            app.send_task(RUN_TASK, args=[handed_back], queue=queue_name(model_slug))
 
     queues = ",".join(queue_name(slug) for slug in worker.models)
     app.worker_main(["worker", "--pool=solo", "--concurrency=1", f"--queues={queues}", f"--loglevel={loglevel}",

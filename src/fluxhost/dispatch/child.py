@@ -22,6 +22,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
 from fluxhost.events import EventBus, TaskEvent
+from fluxhost.metrics import PUSH_SECONDS
 from fluxhost.statuses import Status
 
 if TYPE_CHECKING:
@@ -30,10 +31,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # One byte says what a message on the pipe is.
-WAKE, EVENT, LOADED, QUIT = b"W", b"E", b"L", b"Q"
+WAKE, EVENT, LOADED, QUIT, METRICS = b"W", b"E", b"L", b"Q", b"M"
 # A child that keeps dying young is restarted ever more slowly: 1, 2, 4... seconds, at most 60.
 RESTART_DELAY_SECONDS = 1.0
 MAX_RESTART_DELAY_SECONDS = 60.0
+CHILD_EXIT_SECONDS = 20.0  # after its grace: halting generations, releasing tasks, closing
 
 
 class ChildProcessDispatcher:
@@ -56,6 +58,7 @@ class ChildProcessDispatcher:
         self._monitor: threading.Thread | None = None
         self._started_at = 0.0
         self._restart_delay = RESTART_DELAY_SECONDS
+        self._metrics = b""  # the child's last exposition
         self._unsubscribe = events.subscribe(self._forward_stop)
 
     def start(self) -> None:
@@ -86,12 +89,17 @@ class ChildProcessDispatcher:
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
-    def stop(self, timeout: float = 20.0) -> None:
+    def metrics(self) -> bytes:
+        return self._metrics
+
+    def stop(self, grace_seconds: float = 0.0) -> None:
+        """Tell the child to stop (it gives its running tasks ``grace_seconds`` and releases what
+        is left); kill it if it has not exited some time after that."""
         self._stopping.set()
         self._unsubscribe()
-        self._send(QUIT)
+        self._send(QUIT + str(grace_seconds).encode())
         if self._process is not None:
-            self._process.join(timeout)
+            self._process.join(grace_seconds + CHILD_EXIT_SECONDS)
             if self._process.is_alive():
                 self._process.kill()
                 self._process.join(5)
@@ -149,15 +157,22 @@ class ChildProcessDispatcher:
             elif kind == LOADED:
                 self.load_errors = json.loads(body)
                 self._loaded.set()
+            elif kind == METRICS:
+                self._metrics = body
 
 
 def run_child(settings: Settings, worker_id: str, pipe: Connection) -> None:
     """The child process: the embedded service's worker threads, relaying through ``pipe``."""
+    from fluxhost import tracing
     from fluxhost.logs import configure
     from fluxhost.service import Service
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops us
+    # Ctrl-C reaches the whole process group, and a service manager may send SIGTERM to every
+    # process of the service: the parent decides when we stop, and with what grace.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure(settings.log_level, settings.log_format)
+    tracing.configure()
     service = Service(settings.model_copy(update={"worker_process": False}), worker_id=worker_id)
     injecting = threading.local()
     send_lock = threading.Lock()
@@ -175,11 +190,22 @@ def run_child(settings: Settings, worker_id: str, pipe: Connection) -> None:
         failed = {slug: error for slug in service.models if (error := dispatcher.load_error(slug))}
         send(LOADED + json.dumps(failed).encode())
 
+    def push_metrics() -> None:
+        last = b""
+        while not stopping.wait(PUSH_SECONDS):
+            exposition = dispatcher.metrics()
+            if exposition != last:
+                send(METRICS + exposition)
+                last = exposition
+
     service.events.subscribe(to_parent)
     dispatcher = service.dispatcher
     dispatcher.start()
+    stopping = threading.Event()
     threading.Thread(target=report_loads, name="fluxhost-child-loads", daemon=True).start()
+    threading.Thread(target=push_metrics, name="fluxhost-child-metrics", daemon=True).start()
     injecting.active = True
+    grace_seconds = 0.0
     try:
         while True:
             try:
@@ -188,11 +214,12 @@ def run_child(settings: Settings, worker_id: str, pipe: Connection) -> None:
                 break
             kind, body = message[:1], message[1:]
             if kind == QUIT:
+                grace_seconds = float(body or 0)
                 break
             if kind == WAKE:
                 dispatcher.notify(0, "")
             elif kind == EVENT:
                 service.events.publish(TaskEvent.decode(body))
     finally:
-        dispatcher.stop()
-        service.db.dispose()
+        stopping.set()
+        service.stop(grace_seconds)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
+from fluxhost.metrics import WorkerMetrics
 from fluxhost.worker import Worker
 
 log = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 1.0  # also picks up tasks queued by other processes or requeued by recovery
+HALT_SECONDS = 10.0  # a halted generation stops at its next step: the longest step we wait for
 
 
 class LocalDispatcher:
@@ -20,11 +23,13 @@ class LocalDispatcher:
         self,
         make_workers: Callable[[], list[Worker]],
         concurrency: int,
+        worker_metrics: WorkerMetrics | None = None,
     ):
         """``make_workers``: one worker per device, each with its own engines; ``concurrency``:
-        threads per worker."""
+        threads per worker; ``worker_metrics``: what the workers record into."""
         self.make_workers = make_workers
         self.concurrency = concurrency
+        self.worker_metrics = worker_metrics or WorkerMetrics()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -78,11 +83,21 @@ class LocalDispatcher:
         """Wake an idle worker thread: whichever is free claims the oldest queued task."""
         self._wake.set()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def metrics(self) -> bytes:
+        return self.worker_metrics.exposition()
+
+    def stop(self, grace_seconds: float = 0.0) -> None:
         self._stopping.set()
         self._wake.set()
+        deadline = time.monotonic() + grace_seconds
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in self._threads):
+            log.warning("stopping the tasks still running after %.0f s; they are queued again", grace_seconds)
+            for worker in self.workers:
+                worker.halt()
+            for thread in self._threads:
+                thread.join(HALT_SECONDS)
 
     def _loop(self, worker: Worker) -> None:
         while not self._stopping.is_set():

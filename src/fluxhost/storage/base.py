@@ -39,5 +39,8 @@ class FileStore(Protocol):
     def delete(self, folder: str, name: str) -> None:
         """Remove the file (and its folder once empty); a missing file is not an error."""
 
+    def clear(self, folder: str) -> None:
+        """Remove every file of the folder (what a run that died before recording them left)."""
+
     def find(self, url: str) -> tuple[str, str] | None:
         """The (folder, name) of a URL this store handed out, or None for any other URL."""

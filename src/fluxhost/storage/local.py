@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -17,10 +18,16 @@ class LocalFileStore:
         return new_folder()
 
     def save(self, folder: str, name: str, data: bytes) -> None:
-        # Written in place: no URL to it exists until the task row records the output.
+        """Written in place: no URL to it exists until the task row records the output. A write
+        that fails (disk full, folder unwritable) leaves no partial file behind."""
         path = self._path(folder, name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        try:
+            path.write_bytes(data)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self.delete(folder, name)
+            raise
 
     def read(self, folder: str, name: str) -> bytes | None:
         if not well_formed(folder, name):
@@ -38,6 +45,11 @@ class LocalFileStore:
         path.unlink(missing_ok=True)
         if path.parent.exists() and not any(path.parent.iterdir()):
             shutil.rmtree(path.parent, ignore_errors=True)
+
+    def clear(self, folder: str) -> None:
+        path = self._path(folder, "any").parent
+        if path.exists():
+            shutil.rmtree(path)
 
     def find(self, url: str) -> tuple[str, str] | None:
         prefix = f"{self.public_url}/files/"

@@ -95,6 +95,13 @@ class S3FileStore:
     def delete(self, folder: str, name: str) -> None:
         self._client.delete_object(Bucket=self.bucket, Key=self._key(folder, name))
 
+    def clear(self, folder: str) -> None:
+        prefix = self._key(folder, "any").removesuffix("any")
+        listed = self._client.list_objects_v2(Bucket=self.bucket, Prefix=prefix)
+        keys = [{"Key": item["Key"]} for item in listed.get("Contents", [])]
+        if keys:
+            self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+
     def find(self, url: str) -> tuple[str, str] | None:
         parts = urlsplit(url)
         bare = f"{parts.scheme}://{parts.netloc}{parts.path}"

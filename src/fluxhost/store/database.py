@@ -17,7 +17,8 @@ except ImportError:  # Windows: one process's writers still take turns on a thre
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent.parent / "migrations"
@@ -25,17 +26,24 @@ MIGRATIONS_DIR = Path(__file__).parent.parent / "migrations"
 _MIGRATION_LOCK = 0x666C7578  # "flux"
 
 
+# What SQLAlchemy raises when the database is locked past the timeout, unreachable, or its pool
+# empty: a passing fault, after which the same work may be tried again.
+DATABASE_FAULTS = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
+
 # A pooled connection used this recently is taken to be alive; one idle for longer is pinged first.
 IDLE_PING_SECONDS = 5.0
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+def _sqlite_pragmas(busy_seconds: float) -> Callable[[Any, Any], None]:
+    def set_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_seconds * 1000)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return set_pragmas
 
 
 def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
@@ -92,7 +100,9 @@ class Database:
     where the platform has ``flock``; anything else still meets the busy timeout.
     """
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, timeout_seconds: float = 30.0):
+        """``timeout_seconds``: how long a statement waits for a locked SQLite file, or for a
+        connection from a full PostgreSQL pool, before it fails."""
         self.is_sqlite = url.startswith("sqlite")
         self._turns: _WriterTurns | None = None
         if self.is_sqlite:
@@ -101,10 +111,10 @@ class Database:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
                 if fcntl is not None:
                     self._turns = _WriterTurns(Path(path))
-            self.engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            self.engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": timeout_seconds})
+            event.listen(self.engine, "connect", _sqlite_pragmas(timeout_seconds))
         else:
-            self.engine = create_engine(url, pool_size=10, max_overflow=20)
+            self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_timeout=timeout_seconds)
             event.listen(self.engine, "checkout", _ping_if_idle(self.engine))
             event.listen(self.engine, "checkin", _note_checkin)
         self._write_lock = self._turns or (threading.Lock() if self.is_sqlite else nullcontext())

@@ -80,6 +80,9 @@ class Task(Base):
     uuid: Mapped[str] = mapped_column(String(36), unique=True)
     socket_token: Mapped[str] = mapped_column(String(30), unique=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    api_key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the key that made it
+    # Where its outputs go, chosen at Run: a run that died after writing them is cleaned up after.
+    files_folder: Mapped[str | None] = mapped_column(String(64), nullable=True)
     model_slug: Mapped[str] = mapped_column(String(200), index=True)
     parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
     request: Mapped[dict[str, Any]] = mapped_column(JSON)  # validated inputs the engine gets

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import Row, Select, bindparam, delete, func, insert, select, update
+from sqlalchemy import Row, Select, bindparam, case, delete, func, insert, select, update
 
-from fluxhost.statuses import CANCELLABLE, FAILED_STATUSES, KILLABLE, STOPPED_PEXIT, TERMINAL, Status
+from fluxhost.limits import UnfinishedCounts
+from fluxhost.statuses import CANCELLABLE, FAILED_STATUSES, KILLABLE, RUNNING, STOPPED_PEXIT, TERMINAL, Status
+from fluxhost.storage.base import new_folder
 from fluxhost.store.database import Database
 from fluxhost.store.deliveries import callback_of, owe_callback
 from fluxhost.store.schema import outputs, random_token, tasks
@@ -26,6 +28,12 @@ _TASK_BY_TOKEN = select(tasks).where(tasks.c.socket_token == bindparam("token"))
 _PROJECT_TASK_BY_ID = _TASK_BY_ID.where(tasks.c.project_id == bindparam("project_id"))
 _PROJECT_TASK_BY_TOKEN = _TASK_BY_TOKEN.where(tasks.c.project_id == bindparam("project_id"))
 _OUTPUTS_OF_TASK = select(outputs).where(outputs.c.task_id == bindparam("task_id")).order_by(outputs.c.name)
+_UNFINISHED_COUNTS = select(
+    func.sum(case((tasks.c.api_key_id == bindparam("key"), 1), else_=0)).label("of_key"),
+    func.sum(case((tasks.c.project_id == bindparam("project"), 1), else_=0)).label("of_project"),
+    func.sum(case(((tasks.c.model_slug == bindparam("slug")) & (tasks.c.status == Status.QUEUE.value), 1),
+                  else_=0)).label("queued_for_model"),
+).where(tasks.c.status.in_([Status.QUEUE.value, *(s.value for s in RUNNING)]))
 _SORT_COLUMNS = {"id": tasks.c.id, "createtime": tasks.c.create_time, "status": tasks.c.status}
 
 
@@ -87,11 +95,14 @@ class TaskStore:
         parameters: dict[str, Any],
         request: dict[str, Any],
         callback_url: str = "",
+        api_key_id: int | None = None,
     ) -> TaskRef:
-        """A queued task; ``parameters`` are the inputs as sent, ``request`` the work order."""
+        """A queued task; ``parameters`` are the inputs as sent, ``request`` the work order,
+        ``api_key_id`` the key it was made with."""
         token = random_token(30)
         values = {
-            "uuid": str(uuid.uuid4()), "socket_token": token, "project_id": project_id, "model_slug": model_slug,
+            "uuid": str(uuid.uuid4()), "socket_token": token, "project_id": project_id, "api_key_id": api_key_id,
+            "model_slug": model_slug, "files_folder": new_folder(),
             "parameters": parameters, "request": request, "callback_url": callback_url,
             "status": Status.QUEUE.value, "pexit": "", "debug_output": "", "debug_error": "", "attempts": 0,
             "create_time": time.time(),
@@ -99,6 +110,15 @@ class TaskStore:
         with self._db.write() as connection:
             task_id = connection.execute(_INSERT_TASK, values).scalar_one()
         return TaskRef(task_id, token)
+
+    def unfinished_counts(self, api_key_id: int, project_id: int, model_slug: str) -> UnfinishedCounts:
+        """The key's and the project's queued or running tasks, and the model's queue: one pass
+        over the unfinished tasks alone (the status index), however long the history."""
+        with self._db.read() as connection:
+            row = connection.execute(_UNFINISHED_COUNTS, {
+                "key": api_key_id, "project": project_id, "slug": model_slug,
+            }).one()
+        return UnfinishedCounts(row.of_key or 0, row.of_project or 0, row.queued_for_model or 0)
 
     def get(self, task_id: int) -> TaskRecord | None:
         return self._read(_TASK_BY_ID, {"task_id": task_id})

@@ -11,7 +11,7 @@ import functools
 import time
 import uuid
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Row, Update, bindparam, func, insert, or_, select, update
 
@@ -64,7 +64,8 @@ def _claim_statement(through: Status, by_id: bool = False) -> Update:
         .values(status=through.value, worker_id=bindparam("claimant"), lease_expires_at=bindparam("lease_until"),
                 attempts=tasks.c.attempts + 1,
                 **{TIME_COLUMN[stage]: bindparam("now") for stage in stages(Status.ACCEPT, through)})
-        .returning(tasks.c.id, tasks.c.socket_token, tasks.c.model_slug, tasks.c.request)
+        .returning(tasks.c.id, tasks.c.socket_token, tasks.c.model_slug, tasks.c.request, tasks.c.create_time,
+                   tasks.c.files_folder)
     )
 
 
@@ -91,6 +92,13 @@ class ClaimedTask:
     socket_token: str
     model_slug: str
     order: WorkOrder
+    created_at: float
+    files_folder: str | None  # None for a task made before tasks had one
+
+    @classmethod
+    def of(cls, row: Row) -> ClaimedTask:
+        return cls(row.id, row.socket_token, row.model_slug, WorkOrder.decode(row.request), row.create_time,
+                   row.files_folder)
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,7 @@ class Recovery:
 
     requeued: list[tuple[int, str]]  # (task id, model slug): each needs a worker again
     failed: list[int]
+    failed_folders: list[str] = field(default_factory=list)  # where their lost runs may have left files
 
 
 class WorkStore:
@@ -126,9 +135,7 @@ class WorkStore:
                 _claim_statement(through),
                 {"slugs": model_slugs, "now": now, "claimant": worker_id, "lease_until": now + lease_seconds},
             ).first()
-        if claimed is None:
-            return None
-        return ClaimedTask(claimed.id, claimed.socket_token, claimed.model_slug, WorkOrder.decode(claimed.request))
+        return None if claimed is None else ClaimedTask.of(claimed)
 
     def claim_more(
         self, worker_id: str, model_slug: str, lease_seconds: float, limit: int, joins: Callable[[WorkOrder], bool],
@@ -158,8 +165,7 @@ class WorkStore:
                 _claim_statement(through, by_id=True),
                 {"task_id": task_id, "now": now, "claimant": worker_id, "lease_until": now + lease_seconds},
             ).first()
-        return None if row is None else ClaimedTask(row.id, row.socket_token, row.model_slug,
-                                                    WorkOrder.decode(row.request))
+        return None if row is None else ClaimedTask.of(row)
 
     def advance(self, task_id: int, *statuses: Status, lease_seconds: float | None = None) -> bool:
         """Move a task along the worker path through ``statuses`` (consecutive, each stamped with
@@ -231,6 +237,33 @@ class WorkStore:
                 select(tasks.c.worker_id).distinct().where(tasks.c.status.in_([s.value for s in RUNNING]))
             ).scalars())
 
+    def unfinished_counts(self) -> list[tuple[str, str, int]]:
+        """(status, model slug, count) of the tasks queued or running now."""
+        unfinished = [Status.QUEUE.value, *(s.value for s in RUNNING)]
+        with self._db.read() as connection:
+            return [tuple(row) for row in connection.execute(
+                select(tasks.c.status, tasks.c.model_slug, func.count())
+                .where(tasks.c.status.in_(unfinished)).group_by(tasks.c.status, tasks.c.model_slug)
+            )]
+
+    def release(self, worker_id: str, task_ids: Collection[int] | None = None) -> list[tuple[int, str]]:
+        """Queue again, as if never claimed, the unfinished tasks ``worker_id`` holds (of
+        ``task_ids``, default all): a worker shutting down, or whose run the database failed, hands
+        back what it could not finish; the interrupted run is not counted against the task's
+        attempts. Returns (task id, model slug) of each."""
+        held = [tasks.c.worker_id == worker_id, tasks.c.status.in_([s.value for s in RUNNING])]
+        if task_ids is not None:
+            held.append(tasks.c.id.in_(list(task_ids)))
+        with self._db.write() as connection:
+            released = connection.execute(
+                update(tasks).where(*held)
+                .values(status=Status.QUEUE.value, worker_id=None, lease_expires_at=None,
+                        attempts=tasks.c.attempts - 1,
+                        **{column: None for column in TIME_COLUMN.values()})
+                .returning(tasks.c.id, tasks.c.model_slug)
+            ).all()
+        return [(task_id, slug) for task_id, slug in released]
+
     def recover(
         self, max_attempts: int, *, dead_workers: Collection[str] = (), alive_worker: str | None = None
     ) -> Recovery:
@@ -249,13 +282,16 @@ class WorkStore:
             where.append(tasks.c.worker_id != alive_worker)
         with self._db.read() as connection:
             lost: list[Row] = connection.execute(
-                select(tasks.c.id, tasks.c.attempts, tasks.c.model_slug).where(*where)
+                select(tasks.c.id, tasks.c.attempts, tasks.c.model_slug, tasks.c.files_folder).where(*where)
             ).all()
-        for task_id, attempts, model_slug in lost:
+        failed_folders: list[str] = []
+        for task_id, attempts, model_slug, files_folder in lost:
             if attempts >= max_attempts:
                 message = f"The worker running this task was lost {attempts} times; giving up."
                 if self.fail(task_id, message):
                     failed.append(task_id)
+                    if files_folder:
+                        failed_folders.append(files_folder)
                 continue
             with self._db.write() as connection:
                 changed = connection.execute(
@@ -266,4 +302,4 @@ class WorkStore:
                 ).rowcount
             if changed:
                 requeued.append((task_id, model_slug))
-        return Recovery(requeued, failed)
+        return Recovery(requeued, failed, failed_folders)

@@ -1,0 +1,254 @@
+"""Faults under load, then a count: every accepted task must reach a terminal state exactly once,
+with one output file per image and no file that no task names. Exits 1 on any loss.
+
+A `fluxhost serve` (bench engine, the worker in its child process, SQLite, local files) takes Runs
+from a few client threads the whole time, while the script, one fault after another:
+
+1. SIGKILLs the service and starts it again;
+2. SIGTERMs it (graceful: tasks past the grace period are queued again) and starts it again;
+3. SIGKILLs the worker process mid-task (the service starts another);
+4. puts a file where the output folder was for a few seconds (every write there fails);
+5. holds SQLite's write lock from another connection for several seconds (past the service's
+   database timeout: requests answer 503, runs whose last writes fail are queued again).
+
+Then it waits for every accepted task to end and reads the database and the files folder:
+completed tasks have exactly one output each and the file is there; failed ones say why; no task
+is still queued or running; no file lies outside a task's outputs or inputs. Loopback only,
+bounded in time (about a minute and a half).
+
+    python bench/faults.py [--clients 4] [--phase-seconds 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+from _server import FLUXHOST, SLUG, Signer
+from fluxhost.statuses import TERMINAL
+from fluxhost.store.database import Database
+from fluxhost.store.tasks import TaskStore
+
+STEP_MS = 20
+STEPS = 10  # 0.2 s of engine time a task
+GRACE_SECONDS = 0.5
+
+
+class Service:
+    """`fluxhost serve` on a data folder, started and stopped at will."""
+
+    def __init__(self, data_dir: Path, port: int):
+        self.env = {**os.environ, "FLUXHOST_DATA_DIR": str(data_dir), "FLUXHOST_PORT": str(port),
+                    "FLUXHOST_ENGINE": "bench", "FLUXHOST_BENCH_STEP_MS": str(STEP_MS),
+                    "FLUXHOST_MODELS": json.dumps({SLUG: {"steps": STEPS, "max_batch": 1}}),
+                    "FLUXHOST_SHUTDOWN_GRACE_SECONDS": str(GRACE_SECONDS), "FLUXHOST_LOG_LEVEL": "WARNING",
+                    "FLUXHOST_DATABASE_TIMEOUT_SECONDS": "1", "FLUXHOST_RATE_LIMIT_PER_MINUTE": "0"}
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.log = (data_dir.parent / "serve.log").open("ab")
+        self.process: subprocess.Popen | None = None
+
+    def key(self) -> dict:
+        created = subprocess.run([FLUXHOST, "keys", "create", "--json"], env=self.env, check=True,
+                                 capture_output=True, text=True)
+        return json.loads(created.stdout)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen([FLUXHOST, "serve"], env=self.env, stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError("the service did not start (see serve.log)")
+            time.sleep(0.1)
+
+    def signal(self, number: int) -> int:
+        self.process.send_signal(number)
+        return self.process.wait(60)
+
+    def worker_pid(self) -> int | None:
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        pids = children.read_text().split() if children.exists() else []
+        for pid in pids:  # the spawned worker, not multiprocessing's resource tracker
+            if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
+                return int(pid)
+        return None
+
+
+class Load:
+    """Client threads sending Runs back to back; what was accepted, and what was refused how."""
+
+    def __init__(self, base_url: str, key: dict, clients: int):
+        self.base_url = base_url
+        self.signer = Signer(key)
+        self.accepted: list[int] = []
+        self.refused: Counter[str] = Counter()
+        self._stopping = threading.Event()
+        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    def _client(self) -> None:
+        """Run, then poll the task until it ends (as clients do: the load stays what the worker can
+        take), riding out refusals and lost connections."""
+        with httpx.Client(base_url=f"{self.base_url}/v1", timeout=10) as http:
+            seed = 0
+            while not self._stopping.is_set():
+                seed += 1
+                answer = self._post(http, f"/Run/{SLUG}", {"prompt": "fault", "seed": str(seed)})
+                if answer is None:
+                    continue
+                self.accepted.append(int(answer["taskid"]))
+                while not self._stopping.is_set():
+                    detail = self._post(http, "/Task/Detail", {"tasktoken": answer["socketaccesstoken"]})
+                    if detail is not None and detail["tasklist"][0]["status"] in TERMINAL:
+                        break
+                    time.sleep(0.05)
+
+    def _post(self, http: httpx.Client, path: str, body: dict) -> dict | None:
+        """The answer when accepted; None (counted, after a pause) when refused or unreachable."""
+        try:
+            answer = http.post(path, json=body, headers=self.signer.headers())
+        except httpx.TransportError:
+            self.refused["no connection"] += 1
+            time.sleep(0.1)
+            return None
+        if answer.status_code == 200 and answer.json()["result"]:
+            return answer.json()
+        self.refused[f"HTTP {answer.status_code}: {answer.json()['errors'][0]['message'][:50]}"] += 1
+        time.sleep(0.1)
+        return None
+
+
+def wait_until_all_end(tasks: TaskStore, ids: list[int], seconds: float) -> list[int]:
+    """The ids still unfinished after waiting up to ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        open_ids = [task_id for task_id in ids if (record := tasks.get(task_id)) is None or not record.ended]
+        if not open_ids or time.monotonic() > deadline:
+            return open_ids
+        time.sleep(0.5)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--phase-seconds", type=float, default=4.0)
+    parser.add_argument("--port", type=int, default=8797)
+    args = parser.parse_args()
+    pause = args.phase_seconds
+
+    with tempfile.TemporaryDirectory() as scratch:
+        data = Path(scratch) / "data"
+        service = Service(data, args.port)
+        key = service.key()
+        service.start()
+        faults: list[str] = []
+        with Load(service.base_url, key, args.clients) as load:
+            time.sleep(pause)
+            service.signal(signal.SIGKILL)
+            service.start()
+            faults.append("SIGKILL of the service, restarted")
+            time.sleep(pause)
+            code = service.signal(signal.SIGTERM)
+            faults.append(f"SIGTERM of the service (exit status {code}), restarted")
+            service.start()
+            time.sleep(pause)
+            worker = service.worker_pid()
+            if worker:
+                os.kill(worker, signal.SIGKILL)
+                faults.append(f"SIGKILL of the worker process {worker}")
+            time.sleep(pause)
+            files = data / "files"
+            files.rename(data / "files-away")
+            files.write_bytes(b"")
+            time.sleep(pause / 2)
+            files.unlink()
+            (data / "files-away").rename(files)
+            faults.append(f"output folder unwritable for {pause / 2:.0f} s")
+            time.sleep(pause)
+            holder = sqlite3.connect(data / "fluxhost.db", isolation_level=None)
+            holder.execute("BEGIN EXCLUSIVE")
+            time.sleep(pause)
+            holder.rollback()
+            holder.close()
+            faults.append(f"database write-locked for {pause:.0f} s")
+            time.sleep(pause)
+
+        tasks = TaskStore(Database(f"sqlite:///{data / 'fluxhost.db'}"))
+        accepted = sorted(load.accepted)
+        unfinished = wait_until_all_end(tasks, accepted, 120)
+        service.signal(signal.SIGTERM)
+
+        outcomes: Counter[str] = Counter()
+        problems: list[str] = []
+        named: set[Path] = set()
+        attempts: Counter[int] = Counter()
+        for task_id in accepted:
+            record = tasks.get(task_id)
+            if record is None:
+                problems.append(f"task {task_id} was accepted but is not in the database")
+                continue
+            row = record.row
+            attempts[row.attempts] += 1
+            if task_id in unfinished:
+                problems.append(f"task {task_id} never ended ({row.status})")
+            elif row.status == "task_postprocess_end" and row.pexit == "0":
+                outcomes["completed"] += 1
+                if len(record.outputs) != 1:
+                    problems.append(f"task {task_id} completed with {len(record.outputs)} outputs")
+            elif row.status in {status.value for status in TERMINAL}:
+                outcomes[f"failed: {row.debug_error.split(' (')[0][:60]}"] += 1
+                if record.outputs:
+                    problems.append(f"task {task_id} failed but has outputs")
+                if not row.debug_error:
+                    problems.append(f"task {task_id} failed without a reason")
+            for output in record.outputs:
+                path = data / "files" / output.folder[:2] / output.folder / output.name
+                named.add(path)
+                if not path.is_file():
+                    problems.append(f"task {task_id}: its output {output.name} is missing")
+        stray = sorted(path for path in (data / "files").rglob("*") if path.is_file() and path not in named)
+        problems += [f"orphan file {path.relative_to(data)}" for path in stray]
+
+        print("faults:")
+        for fault in faults:
+            print(f"  {fault}")
+        print(f"Runs accepted: {len(accepted)}; refused while faulty: {dict(load.refused)}")
+        for outcome, count in sorted(outcomes.items()):
+            print(f"  {outcome}: {count}")
+        print(f"runs per task: {dict(sorted(attempts.items()))}")
+        if problems:
+            print(f"LOST OR DOUBLED ({len(problems)}):")
+            for problem in problems[:50]:
+                print(f"  {problem}")
+            return 1
+        print("every accepted task ended exactly once; one file per output, no orphan files")
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

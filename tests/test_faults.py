@@ -1,0 +1,102 @@
+"""Disk and database faults against the running service: an output folder that cannot be written
+fails the task with a clear reason and the service goes on; a locked database answers 503 in the
+protocol's shape, loses nothing accepted, and the service recovers by itself."""
+
+import sqlite3
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fluxhost.service import Service
+from fluxhost.signing import KeyMode
+from tests.helpers import SLUG, LiveServer, ProtocolClient
+
+
+def stored_files(root: Path) -> list[Path]:
+    return sorted(path for path in root.rglob("*") if path.is_file())
+
+
+def test_an_unwritable_output_folder_fails_the_task_clearly_and_the_service_goes_on(make_settings):
+    settings = make_settings(engine="bench", steps=2)
+    with LiveServer(settings) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        files = settings.files_dir
+        files.mkdir(parents=True, exist_ok=True)
+        files.rename(files.with_name("files-away"))
+        files.write_bytes(b"")  # where the folder was: nothing can be created under it (even as root)
+        failed = client.wait(client.run(seed="1")["taskid"])
+        assert failed["pexit"] != "0" and failed["outputs"] == []
+        assert failed["debugerror"].startswith("the image could not be stored (")
+        assert "Traceback" not in failed["debugerror"]
+
+        files.unlink()
+        files.with_name("files-away").rename(files)
+        done = client.wait(client.run(seed="2")["taskid"])
+        assert done["pexit"] == "0"
+        assert httpx.get(done["outputs"][0]["url"], timeout=10).status_code == 200
+        assert len(stored_files(files)) == 1  # the failed run left nothing behind
+
+
+def lock_database(settings) -> sqlite3.Connection:
+    """Another program holding SQLite's write lock (a backup tool, a migration by hand)."""
+    holder = sqlite3.connect(settings.resolved_database_url.removeprefix("sqlite:///"), isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    return holder
+
+
+def test_a_locked_database_answers_503_and_loses_nothing(make_settings, caplog):
+    settings = make_settings(engine="bench", bench_step_ms=50, steps=20, database_timeout_seconds=0.3)
+    if not settings.resolved_database_url.startswith("sqlite"):
+        pytest.skip("the lock taken here is SQLite's")
+    with LiveServer(settings) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        running = client.run(seed="1")["taskid"]
+        client.wait(running, statuses=("task_start",))
+        holder = lock_database(settings)  # held while the run ends: its last writes fail
+        try:
+            time.sleep(1.5)
+            headers = client.headers()
+            refused = httpx.post(f"{live.base_url}/v1/Run/{SLUG}", json={"prompt": "a fox"}, headers=headers,
+                                 timeout=10)
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            assert refused.json() == {"result": False, "errors": [
+                {"code": 0, "message": "The service's database is unavailable right now (locked or unreachable): "
+                                       "retry shortly."}]}
+            assert client.detail(running)["status"] != "task_postprocess_end"  # reads go on (WAL)
+        finally:
+            holder.rollback()
+            holder.close()
+        accepted = httpx.post(f"{live.base_url}/v1/Run/{SLUG}", json={"prompt": "a fox"}, headers=headers,
+                              timeout=10).json()  # the same nonce: the refused request spent nothing
+        assert accepted["result"] is True
+        for taskid in (running, accepted["taskid"]):
+            assert client.wait(taskid, timeout=60)["pexit"] == "0"
+        record = live.service.tasks.get(int(running))
+        assert (record.row.attempts, len(record.outputs)) == (1, 1)  # handed back, then run again once
+        assert f"tasks [{running}] could not be taken to their end; queueing them again" in caplog.text
+        assert len(stored_files(settings.files_dir)) == 2
+
+
+def test_files_a_dead_run_left_are_cleared_by_the_next_run(make_settings):
+    """A worker killed between writing its images and recording them leaves files no task names:
+    the task's folder is fixed at Run, so its next run clears them before writing its own."""
+    settings = make_settings(engine="bench", steps=2, worker_concurrency=0)
+    service = Service(settings)
+    try:
+        caller = service.keys.create(KeyMode.KEY_ONLY)
+        client_caller = service.auth.authenticate(caller.api_key, None, None)
+        order = service.operations.prepare_run("black-forest-labs", "flux-pro-1.1", {"prompt": "a fox"})
+        task = service.operations.run(client_caller, order)
+        folder = service.tasks.get(task.id).row.files_folder
+        for name in ("0.png", "1.png"):  # what the dead run wrote
+            service.files.save(folder, name, b"left by a run that died")
+        worker = service._make_workers()[0]
+        worker.run(worker.claim())
+        record = service.tasks.get(task.id)
+        assert [output.name for output in record.outputs] == ["0.png"]
+        assert [path.name for path in stored_files(settings.files_dir)] == ["0.png"]
+        assert service.files.read(folder, "0.png")[:4] == b"\x89PNG"
+    finally:
+        service.stop()
