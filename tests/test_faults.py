@@ -11,6 +11,7 @@ import pytest
 
 from fluxhost.service import Service
 from fluxhost.signing import KeyMode
+from fluxhost.statuses import Status
 from tests.helpers import SLUG, LiveServer, ProtocolClient
 
 
@@ -80,23 +81,47 @@ def test_a_locked_database_answers_503_and_loses_nothing(make_settings, caplog):
 
 
 def test_files_a_dead_run_left_are_cleared_by_the_next_run(make_settings):
-    """A worker killed between writing its images and recording them leaves files no task names:
-    the task's folder is fixed at Run, so its next run clears them before writing its own."""
+    """A worker killed between writing its images and recording them leaves files no task names.
+    Each claim gives its run a new folder and keeps the one before: the next run clears that."""
     settings = make_settings(engine="bench", steps=2, worker_concurrency=0)
     service = Service(settings)
     try:
-        caller = service.keys.create(KeyMode.KEY_ONLY)
-        client_caller = service.auth.authenticate(caller.api_key, None, None)
+        key = service.keys.create(KeyMode.KEY_ONLY)
+        caller = service.auth.authenticate(key.api_key, None, None)
         order = service.operations.prepare_run("black-forest-labs", "flux-pro-1.1", {"prompt": "a fox"})
-        task = service.operations.run(client_caller, order)
-        folder = service.tasks.get(task.id).row.files_folder
-        for name in ("0.png", "1.png"):  # what the dead run wrote
-            service.files.save(folder, name, b"left by a run that died")
+        task = service.operations.run(caller, order)
         worker = service._make_workers()[0]
-        worker.run(worker.claim())
+        died = worker.claim()[0]
+        for name in ("0.png", "1.png"):  # what the run wrote before its process was killed
+            service.files.save(died.files_folder, name, b"left by a run that died")
+        assert service.work.recover(3, dead_workers={worker.worker_id}).requeued == [(task.id, SLUG)]
+
+        again = worker.claim()
+        assert again[0].previous_files_folder == died.files_folder != again[0].files_folder
+        worker.run(again)
         record = service.tasks.get(task.id)
-        assert [output.name for output in record.outputs] == ["0.png"]
+        assert [(output.folder, output.name) for output in record.outputs] == [(again[0].files_folder, "0.png")]
         assert [path.name for path in stored_files(settings.files_dir)] == ["0.png"]
-        assert service.files.read(folder, "0.png")[:4] == b"\x89PNG"
+    finally:
+        service.stop()
+
+
+def test_a_run_that_lost_its_claim_can_neither_finish_nor_fail_the_task(make_settings):
+    """A worker whose lease ran out while it still ran: another took the task over, and the first
+    one's last writes must not end the task nor touch the new run's files."""
+    service = Service(make_settings(engine="bench", worker_concurrency=0))
+    try:
+        key = service.keys.create(KeyMode.KEY_ONLY)
+        caller = service.auth.authenticate(key.api_key, None, None)
+        order = service.operations.prepare_run("black-forest-labs", "flux-pro-1.1", {"prompt": "a fox"})
+        task = service.operations.run(caller, order)
+        stale = service.work.claim_next("worker-a", [SLUG], lease_seconds=60)
+        service.work.recover(3, dead_workers={"worker-a"})
+        current = service.work.claim_next("worker-b", [SLUG], lease_seconds=60)
+        assert current.files_folder != stale.files_folder
+        service.work.advance(task.id, Status.PREPROCESS_START, Status.PREPROCESS_END, Status.ASSIGN, Status.START)
+        assert not service.work.finish(task.id, "worker-a", [], "", time.time())
+        assert not service.work.fail(task.id, "late", worker_id="worker-a")
+        assert service.work.finish(task.id, "worker-b", [], "", time.time())
     finally:
         service.stop()

@@ -827,6 +827,8 @@ BROKE_THE_SERVER = [  # (id, endpoint, body, content type, signed)
     ("inputImage bad IPv6, form", f"Run/{EDIT_SLUG}", b"prompt=x&inputImage=http%3A%2F%2F%5B", FORM, False),
     ("prompt lone surrogate", f"Run/{SLUG}", b'{"prompt": "a fox \\ud83e"}', JSON, False),
     ("prompt lone surrogate, lenient", f"Run/{SLUG}", b'{ prompt: "a fox \\ud83e", }', "multipart/form-data", True),
+    ("taskid over 32 bits (PostgreSQL)", "Task/Detail", b'{"taskid": "3000000000"}', JSON, True),
+    ("JSON nested 400 deep, read back", "Task/List", b'{"a": ' + b"[" * 400 + b"]" * 400 + b"}", JSON, False),
 ]
 
 

@@ -3,6 +3,7 @@ per minute (429 with Retry-After), unfinished tasks per key, per project and per
 body size (413) and prompt length."""
 
 import os
+import socket
 
 import httpx
 import pytest
@@ -47,6 +48,16 @@ def test_the_token_bucket_refills_evenly():
     with pytest.raises(RateLimited):
         rate.take(1)
     rate.take(2)  # every key has its own bucket
+
+
+def test_requests_pass_uncounted_while_redis_cannot_be_reached(caplog):
+    with socket.socket() as unused:  # a loopback port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    rate = RedisRequestRate(f"redis://127.0.0.1:{port}/0", 1)
+    for _ in range(3):
+        rate.take(7)
+    assert caplog.text.count("request rates go uncounted while Redis cannot be reached") == 1
 
 
 @pytest.mark.skipif(not REDIS, reason="needs Redis (FLUXHOST_TEST_REDIS, set by .ci/run)")

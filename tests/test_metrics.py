@@ -49,7 +49,6 @@ def test_a_task_shows_in_the_metrics_of_every_part_it_crossed(make_settings):
     assert value(samples, requests, route="/v1/Task/Detail", method="POST", status="200") >= 2
     assert value(samples, requests, route="unmatched", status="404") == 1  # never the raw path as a label
     assert not any("Nowhere" in str(s.labels) for s in samples[requests])
-    assert value(samples, "fluxhost_tasks_finished_total", model=SLUG, outcome="completed") == 1
     assert value(samples, "fluxhost_task_queue_wait_seconds_count", model=SLUG) == 1
     assert value(samples, "fluxhost_task_run_seconds_count", model=SLUG, outcome="completed") == 1
     assert value(samples, "fluxhost_step_seconds_count", model=SLUG) == 4
@@ -75,7 +74,7 @@ def test_queue_depth_and_sockets_are_counted_while_they_last(slow_server, slow_c
     slow_client.call("Task/Kill", {"taskid": running})
     slow_client.wait(running)
     deadline = time.monotonic() + 10
-    while value(samples := scrape(slow_server), "fluxhost_tasks_finished_total", outcome="stopped") < 1:
+    while value(samples := scrape(slow_server), "fluxhost_task_run_seconds_count", outcome="stopped") < 1:
         assert time.monotonic() < deadline, "the killed run was never counted"
         time.sleep(0.1)
     assert value(samples, "fluxhost_socket_connections") == 0
@@ -89,7 +88,7 @@ def test_the_child_workers_metrics_reach_the_api(make_settings):
         for seed in range(3):
             assert client.wait(client.run(seed=str(seed))["taskid"])["pexit"] == "0"
         deadline = time.monotonic() + 15  # the child sends its figures every couple of seconds
-        while value(samples := scrape(live), "fluxhost_tasks_finished_total", outcome="completed") < 3:
+        while value(samples := scrape(live), "fluxhost_task_run_seconds_count", outcome="completed") < 3:
             assert time.monotonic() < deadline, "the child's task counts never reached /metrics"
             time.sleep(0.2)
         assert value(samples, "fluxhost_step_seconds_count", model=SLUG) == 15

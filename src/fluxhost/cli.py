@@ -128,6 +128,7 @@ def serve(
     if settings.engine != "bench" and any(model.weights is None for model in service.models.values()):
         console.print(_real_pictures_hint(), markup=False, highlight=False, soft_wrap=True)
     console.print(f"API on {settings.resolved_public_url}/v1  (data in {settings.data_dir.resolve()})", soft_wrap=True)
+    console.print(f"Playground: {settings.resolved_public_url}/  (it asks for an API key and secret)", soft_wrap=True)
     if settings.broker_url:
         console.print("Tasks go to the broker: start `fluxhost worker` processes to run them.", soft_wrap=True)
     elif not settings.worker_concurrency:

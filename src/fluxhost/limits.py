@@ -8,11 +8,15 @@ requests. Task counts come from the database at each Run.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 from dataclasses import dataclass
 from typing import Protocol
+
+log = logging.getLogger(__name__)
+REDIS_TIMEOUT_SECONDS = 0.5  # a request waits no longer than this for its count
 
 
 class RateLimited(Exception):
@@ -55,21 +59,32 @@ class LocalRequestRate:
 
 class RedisRequestRate:
     """A counter per key and clock minute in Redis, shared by the fleet's API processes (a burst
-    straddling two minutes may pass up to twice the rate: the price of one round trip)."""
+    straddling two minutes may pass up to twice the rate: the price of one round trip). While
+    Redis cannot be reached, requests pass uncounted: a limit must not become an outage."""
 
     def __init__(self, url: str, per_minute: int, clock=time.time):
         import redis
 
         self.per_minute = per_minute
-        self._redis = redis.Redis.from_url(url)
+        self._redis = redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_SECONDS,
+                                           socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
+        self._unreachable = redis.RedisError
         self._clock = clock
+        self._warned = False
 
     def take(self, key_id: int) -> None:
         now = self._clock()
         minute = int(now // 60)
         counter = f"fluxhost:rate:{key_id}:{minute}"
-        with self._redis.pipeline(transaction=False) as pipeline:
-            count, _ = pipeline.incr(counter).expire(counter, 120).execute()
+        try:
+            with self._redis.pipeline(transaction=False) as pipeline:
+                count, _ = pipeline.incr(counter).expire(counter, 120).execute()
+        except self._unreachable as error:
+            if not self._warned:
+                log.warning("request rates go uncounted while Redis cannot be reached: %s", error)
+                self._warned = True
+            return
+        self._warned = False
         if count > self.per_minute:
             raise RateLimited(self.per_minute, (minute + 1) * 60 - now)
 

@@ -9,6 +9,7 @@ every :data:`PUSH_SECONDS`; a Celery worker (``fluxhost worker --metrics-port``)
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 
@@ -18,7 +19,12 @@ from prometheus_client.registry import Collector
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fluxhost.store.database import DATABASE_FAULTS
+
+log = logging.getLogger(__name__)
+
 PUSH_SECONDS = 2.0
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # any other: "other"
 # Request latencies: a poll takes milliseconds, a Run with an input image to fetch up to seconds.
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Task times: from a bench engine's milliseconds to a large model's minutes.
@@ -61,7 +67,12 @@ class UnfinishedTasks(Collector):
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         family = self._family()
-        for status, model, count in self.counts():
+        try:
+            counts = self.counts()
+        except DATABASE_FAULTS as error:  # the other metrics still answer, this one is left out
+            log.warning("/metrics without task counts: the database failed (%s)", type(error).__name__)
+            return
+        for status, model, count in counts:
             family.add_metric([status, model], count)
         yield family
 
@@ -77,16 +88,14 @@ class WorkerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.queue_wait_seconds = Histogram(
-            "fluxhost_task_queue_wait_seconds", "From a task's creation (or requeue) to a worker claiming it.",
+            "fluxhost_task_queue_wait_seconds", "From a task's creation to a worker claiming it (for a task run "
+            "again, its whole wait so far).",
             ["model"], buckets=TASK_BUCKETS, registry=self.registry,
         )
         self.run_seconds = Histogram(
-            "fluxhost_task_run_seconds", "From a task's claim to its end, by outcome (completed, failed, "
-            "moderated, stopped).", ["model", "outcome"], buckets=TASK_BUCKETS, registry=self.registry,
-        )
-        self.finished = Counter(
-            "fluxhost_tasks_finished_total", "Tasks this worker took to an end, by outcome.",
-            ["model", "outcome"], registry=self.registry,
+            "fluxhost_task_run_seconds", "Each run of a task, from its claim to its end, by outcome: completed, "
+            "failed, moderated, or stopped (killed, or handed on: a task stopped at shutdown runs again).",
+            ["model", "outcome"], buckets=TASK_BUCKETS, registry=self.registry,
         )
         self.step_seconds = Histogram(
             "fluxhost_step_seconds", "Time per denoising step (per pipeline call: a batch's tasks share it).",
@@ -99,7 +108,6 @@ class WorkerMetrics:
 
     def finished_task(self, model: str, outcome: str, claimed_at: float) -> None:
         self.run_seconds.labels(model, outcome).observe(time.time() - claimed_at)
-        self.finished.labels(model, outcome).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -129,7 +137,8 @@ class HttpMetrics:
         try:
             await self.app(scope, receive, noting_status)
         finally:
-            self.metrics.http_seconds.labels(route_template(scope), scope["method"], str(status)).observe(
+            method = scope["method"] if scope["method"] in HTTP_METHODS else "other"
+            self.metrics.http_seconds.labels(route_template(scope), method, str(status)).observe(
                 time.perf_counter() - started)
 
 

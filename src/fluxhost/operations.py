@@ -176,13 +176,14 @@ class Operations:
                 raise InvalidInput(str(error)) from None
         return RunOrder(tool, validated, callback_url, image)
 
-    def admit(self, caller: Caller, order: RunOrder) -> None:
-        """Refuse (:class:`TooManyTasks`) a checked Run that would pass a limit on unfinished
-        tasks. Checked, not reserved: Runs arriving together may pass a limit by a few."""
+    def admit(self, caller: Caller, model_slug: str) -> None:
+        """Refuse (:class:`TooManyTasks`) a Run that would pass a limit on unfinished tasks, before
+        its inputs cost anything. Checked, not reserved: Runs arriving together may pass a limit
+        by a few."""
         if not self.task_limits.any:
             return
-        counts = self.tasks.unfinished_counts(caller.key_id, caller.project_id, order.tool.slug)
-        if refusal := counts.refusal(self.task_limits, order.tool.slug):
+        counts = self.tasks.unfinished_for_run(caller.key_id, caller.project_id, model_slug)
+        if refusal := counts.refusal(self.task_limits, model_slug):
             raise TooManyTasks(refusal)
 
     def input_image(self, inputs: dict[str, Any]) -> InputImage:

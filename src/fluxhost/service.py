@@ -88,7 +88,7 @@ class Service:
         })
         self.url_allowlist = Allowlist.parse(settings.callback_allowlist)
         self.metrics = ApiMetrics()
-        self.metrics.watch_tasks(self.work.unfinished_counts)
+        self.metrics.watch_tasks(self.work.unfinished_by_status)
         self.worker_metrics = WorkerMetrics()
         self.deliveries = Deliveries(self.db)
         self.callbacks = CallbackSender(

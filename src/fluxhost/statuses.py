@@ -63,6 +63,7 @@ LOG_EVENTS = frozenset({Status.OUTPUT_FULL, Status.ERROR_FULL})
 # Cancel takes only a task no worker has claimed; Kill takes any task that has not ended.
 CANCELLABLE = frozenset({Status.QUEUE})
 KILLABLE = frozenset({Status.QUEUE, *RUNNING})
+UNFINISHED = KILLABLE  # queued or running: what limits and the queue-depth gauge count
 
 # The exit code of a task stopped by Cancel or Kill: not "0" (it made nothing), not empty (it ended).
 STOPPED_PEXIT = "-1"

@@ -90,6 +90,11 @@ class RunLog:
         return "\n".join(self.lines)
 
 
+def storage_problem(error: Exception) -> str:
+    """What went wrong with the file store, in words (an OSError's own, without the path)."""
+    return (error.strerror if isinstance(error, OSError) and error.strerror else str(error)) or type(error).__name__
+
+
 def preview_data_url(image: Image.Image) -> str:
     """A step preview as a small JPEG data URL, for progress events."""
     small = image.convert("RGB")
@@ -188,10 +193,18 @@ class Worker:
         try:
             self._run_batch(batch, spans)
             return []
-        except Exception:
+        except DATABASE_FAULTS:
             log.exception("tasks %s could not be taken to their end; queueing them again",
                           [task.id for task in batch])
             return self._hand_back([task.id for task in batch])
+        except Exception as error:  # a bug: those tasks fail, never to be retried in a loop
+            log.exception("tasks %s failed unexpectedly", [task.id for task in batch])
+            for task in batch:
+                try:
+                    self.store.fail(task.id, f"Internal error: {type(error).__name__}", worker_id=self.worker_id)
+                except Exception:
+                    log.exception("task %s could not be marked failed", task.id)
+            return []
         finally:
             for task in batch:
                 self._running.discard(task.id)
@@ -364,7 +377,7 @@ class Worker:
         the text that was refused."""
         self._discard(run.saved)
         run.lines.append(reason)
-        if self.store.fail(task.id, reason, run.text):
+        if self.store.fail(task.id, reason, run.text, worker_id=self.worker_id):
             self.metrics.finished_task(task.model_slug, "moderated", run.claimed_at)
             self._emit(task, Status.ERROR_FULL, text=reason)
             self._emit(task, Status.POSTPROCESS_END)
@@ -388,19 +401,19 @@ class Worker:
             "aspectRatio": order.aspect_ratio,
             "engine": model.engine.description,
         }
-        folder = task.files_folder or self.files.new_folder()
-        if task.files_folder:
-            self._clear(folder)  # what an earlier run of the task wrote before it died
+        folder = task.files_folder
+        if task.previous_files_folder:
+            self._clear(task.previous_files_folder)
         for index, image in enumerate(images):
             data = encode(image, order.output_format, {**metadata, "seed": request.seed + index})
             name = f"{index}.{FILE_EXTENSIONS[order.output_format]}"
             try:
                 self.files.save(folder, name, data)
-            except OSError as error:
-                raise OutputNotStored(f"the image could not be stored ({error.strerror or error}); "
+            except Exception as error:  # a full or unwritable disk, an unreachable bucket...
+                raise OutputNotStored(f"the image could not be stored ({storage_problem(error)}); "
                                       "nothing is kept of this run") from error
             run.saved.append(NewOutput(name, CONTENT_TYPES[order.output_format], len(data), folder))
-        if not self.store.finish(task.id, run.saved, run.text, generated_at):
+        if not self.store.finish(task.id, self.worker_id, run.saved, run.text, generated_at):
             raise TaskStopped
         self.metrics.finished_task(task.model_slug, "completed", run.claimed_at)
         for status in stages(Status.END, Status.POSTPROCESS_END):
@@ -423,7 +436,7 @@ class Worker:
         self._discard(run.saved)
         reason = str(error) if isinstance(error, OutputNotStored) else f"{type(error).__name__}: {error}"
         status = Status.ERROR if before_start else Status.POSTPROCESS_END
-        if self.store.fail(task.id, reason, run.text, status):
+        if self.store.fail(task.id, reason, run.text, status, worker_id=self.worker_id):
             self.metrics.finished_task(task.model_slug, "failed", run.claimed_at)
             self._emit(task, Status.ERROR_FULL, text=reason)
             self._emit(task, status)
@@ -449,11 +462,11 @@ class Worker:
             log.info("task %s %s", task.id, status.value, extra={"task_id": task.id, "status": status.value})
 
     def _clear(self, folder: str) -> None:
+        """Remove what the task's run before this one left unrecorded (it died after writing)."""
         try:
             self.files.clear(folder)
-        except OSError as error:
-            raise OutputNotStored(f"the task's output folder could not be prepared ({error.strerror or error})") \
-                from error
+        except Exception as error:
+            log.warning("files an earlier run left could not be removed: %s", storage_problem(error))
 
     def _discard(self, saved: list[NewOutput]) -> None:
         """Remove a run's stored files; one that cannot be removed now (its folder unwritable) is
@@ -461,6 +474,6 @@ class Worker:
         for output in saved:
             try:
                 self.files.delete(output.folder, output.name)
-            except OSError as error:
+            except Exception as error:
                 log.warning("output %s/%s of an ended run could not be removed: %s", output.folder, output.name,
-                            error)
+                            storage_problem(error))

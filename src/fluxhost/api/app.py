@@ -10,14 +10,16 @@ from __future__ import annotations
 import mimetypes
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
 from fluxhost.api.offload import Offload
@@ -32,6 +34,8 @@ UVICORN_OPTIONS = {"ws": "websockets-sansio", "ws_per_message_deflate": False, "
 
 # Output files never change once a URL to them exists.
 FILE_HEADERS = {"Cache-Control": "public, max-age=31536000, immutable"}
+# The playground: plain ES modules and CSS shipped in the package, served as they are.
+WEB_DIR = Path(__file__).parent.parent / "web"
 
 
 def create_app(service: Service, doors: Mapping[str, ASGIApp] | None = None, *,
@@ -75,6 +79,9 @@ def create_app(service: Service, doors: Mapping[str, ASGIApp] | None = None, *,
             return JSONResponse({"status": "not ready", "reasons": reasons}, status_code=503)
         return JSONResponse({"status": "ready"})
 
+    async def playground(_request: Request) -> FileResponse:
+        return FileResponse(WEB_DIR / "index.html")
+
     async def metrics(_request: Request) -> Response:
         """Prometheus metrics (counts and timings only: no prompt, key or URL is ever a label)."""
         return Response(await offload.run_waiting(service.metrics_exposition), media_type=CONTENT_TYPE_LATEST)
@@ -91,6 +98,8 @@ def create_app(service: Service, doors: Mapping[str, ASGIApp] | None = None, *,
         Route("/healthz", alive, methods=["GET", "HEAD"]),
         Route("/readyz", ready, methods=["GET", "HEAD"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/", playground, methods=["GET", "HEAD"]),
+        Mount("/web", StaticFiles(directory=WEB_DIR)),
         *(Mount(prefix, door) for prefix, door in (doors or {}).items()),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: not_found},

@@ -61,12 +61,17 @@ def parse_object_text(text: str) -> dict[str, Any]:
 def storable(value: Any) -> bool:
     """Whether every text in ``value`` can be stored and sent back: no NUL character (PostgreSQL
     refuses it) and no lone surrogate (a JSON escape such as ``\\ud800``, which no encoder takes)."""
-    if isinstance(value, str):
-        return not _UNSTORABLE.search(value)
-    if isinstance(value, dict):
-        return all(storable(key) and storable(item) for key, item in value.items())
-    if isinstance(value, list):
-        return all(storable(item) for item in value)
+    pending = [value]  # walked without recursion: a body may nest thousands deep
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if _UNSTORABLE.search(item):
+                return False
+        elif isinstance(item, dict):
+            pending += item.keys()
+            pending += item.values()
+        elif isinstance(item, list):
+            pending += item
     return True
 
 

@@ -55,7 +55,8 @@ NO_TASK = "There is no task yet."
 ID_REQUIRED = "taskid or socketaccesstoken is required"
 UNKNOWN_MODEL = "slug-owner-project-not-exist"
 MAX_LIST = 1000
-TASK_ID = re.compile(r"[0-9]{1,18}")
+TASK_ID = re.compile(r"[0-9]{1,10}")
+MAX_TASK_ID = 2**31 - 1  # the largest id an INTEGER column holds (PostgreSQL refuses larger)
 UPLOAD_OVERHEAD_BYTES = 1_000_000  # multipart framing and the other fields around a file
 
 # (code, message) of each refusal; InvalidInput carries its own message.
@@ -170,7 +171,7 @@ class Call:
         if token:
             return self.operations.find(caller, token=str(token).strip())
         task_id = str(task_id).strip()
-        if not TASK_ID.fullmatch(task_id):  # ASCII digits a database integer holds
+        if not TASK_ID.fullmatch(task_id) or int(task_id) > MAX_TASK_ID:
             raise TaskNotFound()
         return self.operations.find(caller, task_id=int(task_id))
 
@@ -221,7 +222,8 @@ def create_wiro_app(service: Service, offload: Offload) -> FastAPI:
         return fail(0, INVALID)
 
     async def _database_unavailable(request: Request, error: Exception) -> JSONResponse:
-        """Nothing was accepted: the client may send the same request again (its nonce unspent)."""
+        """Nothing was accepted. A request refused before its nonce was spent may be sent again as
+        it is; a Run whose task could not be stored after that needs a new nonce."""
         log.warning("the database failed on %s: %s", request.url.path, type(error).__name__)
         answer = fail(0, DATABASE_UNAVAILABLE, 503)
         answer.headers["Retry-After"] = "1"
@@ -264,9 +266,9 @@ def create_wiro_app(service: Service, offload: Offload) -> FastAPI:
     async def run(owner: str, project: str, request: Request) -> JSONResponse:
         def work(call: Call) -> dict[str, Any]:
             caller = call.caller()
-            call.operations.tool(owner, project)
+            tool = call.operations.tool(owner, project)
+            call.operations.admit(caller, tool.slug)
             order = call.operations.prepare_run(owner, project, call.parameters.values, callback_url(call.parameters))
-            call.operations.admit(caller, order)
             call.spend_nonce(caller)
             task = call.operations.run(caller, order)
             return {"errors": [], "taskid": str(task.id), "socketaccesstoken": task.socket_token, "result": True}

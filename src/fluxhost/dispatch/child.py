@@ -131,8 +131,9 @@ class ChildProcessDispatcher:
             self._send(EVENT + event.encode())
 
     def _relay(self) -> None:
-        """Hand the child's messages on; when it dies (not asked to), recover and start a new one."""
-        while not self._stopping.is_set():
+        """Hand the child's messages on until it exits (while it stops too: a child whose pipe
+        filled up would block mid-task); when it dies unasked, recover and start a new one."""
+        while True:
             try:
                 message = self._pipe.recv_bytes()
             except (EOFError, OSError):

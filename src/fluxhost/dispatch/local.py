@@ -96,8 +96,9 @@ class LocalDispatcher:
             log.warning("stopping the tasks still running after %.0f s; they are queued again", grace_seconds)
             for worker in self.workers:
                 worker.halt()
+            deadline = time.monotonic() + HALT_SECONDS
             for thread in self._threads:
-                thread.join(HALT_SECONDS)
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def _loop(self, worker: Worker) -> None:
         while not self._stopping.is_set():

@@ -81,8 +81,10 @@ class Task(Base):
     socket_token: Mapped[str] = mapped_column(String(30), unique=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
     api_key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the key that made it
-    # Where its outputs go, chosen at Run: a run that died after writing them is cleaned up after.
+    # Where the outputs of its current (or last) run go, new at each claim; and the run before's,
+    # which the next run clears (what a run that died left there was never recorded).
     files_folder: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    previous_files_folder: Mapped[str | None] = mapped_column(String(64), nullable=True)
     model_slug: Mapped[str] = mapped_column(String(200), index=True)
     parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
     request: Mapped[dict[str, Any]] = mapped_column(JSON)  # validated inputs the engine gets

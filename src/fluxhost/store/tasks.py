@@ -16,8 +16,7 @@ from typing import Any
 from sqlalchemy import Row, Select, bindparam, case, delete, func, insert, select, update
 
 from fluxhost.limits import UnfinishedCounts
-from fluxhost.statuses import CANCELLABLE, FAILED_STATUSES, KILLABLE, RUNNING, STOPPED_PEXIT, TERMINAL, Status
-from fluxhost.storage.base import new_folder
+from fluxhost.statuses import CANCELLABLE, FAILED_STATUSES, KILLABLE, STOPPED_PEXIT, TERMINAL, UNFINISHED, Status
 from fluxhost.store.database import Database
 from fluxhost.store.deliveries import callback_of, owe_callback
 from fluxhost.store.schema import outputs, random_token, tasks
@@ -33,7 +32,7 @@ _UNFINISHED_COUNTS = select(
     func.sum(case((tasks.c.project_id == bindparam("project"), 1), else_=0)).label("of_project"),
     func.sum(case(((tasks.c.model_slug == bindparam("slug")) & (tasks.c.status == Status.QUEUE.value), 1),
                   else_=0)).label("queued_for_model"),
-).where(tasks.c.status.in_([Status.QUEUE.value, *(s.value for s in RUNNING)]))
+).where(tasks.c.status.in_([s.value for s in UNFINISHED]))
 _SORT_COLUMNS = {"id": tasks.c.id, "createtime": tasks.c.create_time, "status": tasks.c.status}
 
 
@@ -102,7 +101,7 @@ class TaskStore:
         token = random_token(30)
         values = {
             "uuid": str(uuid.uuid4()), "socket_token": token, "project_id": project_id, "api_key_id": api_key_id,
-            "model_slug": model_slug, "files_folder": new_folder(),
+            "model_slug": model_slug,
             "parameters": parameters, "request": request, "callback_url": callback_url,
             "status": Status.QUEUE.value, "pexit": "", "debug_output": "", "debug_error": "", "attempts": 0,
             "create_time": time.time(),
@@ -111,7 +110,7 @@ class TaskStore:
             task_id = connection.execute(_INSERT_TASK, values).scalar_one()
         return TaskRef(task_id, token)
 
-    def unfinished_counts(self, api_key_id: int, project_id: int, model_slug: str) -> UnfinishedCounts:
+    def unfinished_for_run(self, api_key_id: int, project_id: int, model_slug: str) -> UnfinishedCounts:
         """The key's and the project's queued or running tasks, and the model's queue: one pass
         over the unfinished tasks alone (the status index), however long the history."""
         with self._db.read() as connection:

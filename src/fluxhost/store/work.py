@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Row, Update, bindparam, func, insert, or_, select, update
 
-from fluxhost.statuses import KILLABLE, RUNNING, Status, previous_status, stages
-from fluxhost.store.database import Database
+from fluxhost.statuses import KILLABLE, RUNNING, UNFINISHED, Status, previous_status, stages
+from fluxhost.storage.base import new_folder
+from fluxhost.store.database import DATABASE_FAULTS, Database
 from fluxhost.store.deliveries import owe_callback
 from fluxhost.store.schema import TIME_COLUMN, outputs, random_token, tasks
 from fluxhost.workorder import WorkOrder
@@ -37,7 +38,8 @@ _RENEW_LEASE = (
 )
 _FINISH = (
     update(tasks)
-    .where(tasks.c.id == bindparam("task_id"), tasks.c.status == Status.START.value)
+    .where(tasks.c.id == bindparam("task_id"), tasks.c.status == Status.START.value,
+           tasks.c.worker_id == bindparam("claimant"))
     .values(status=Status.POSTPROCESS_END.value, end_time=bindparam("generated_at"),
             postprocess_start_time=bindparam("generated_at"), postprocess_end_time=bindparam("now"), pexit="0",
             debug_output=bindparam("debug_output"), lease_expires_at=None)
@@ -62,10 +64,11 @@ def _claim_statement(through: Status, by_id: bool = False) -> Update:
         update(tasks)
         .where(tasks.c.id == chosen, tasks.c.status == Status.QUEUE.value)
         .values(status=through.value, worker_id=bindparam("claimant"), lease_expires_at=bindparam("lease_until"),
-                attempts=tasks.c.attempts + 1,
+                attempts=tasks.c.attempts + 1, previous_files_folder=tasks.c.files_folder,
+                files_folder=bindparam("folder"),
                 **{TIME_COLUMN[stage]: bindparam("now") for stage in stages(Status.ACCEPT, through)})
         .returning(tasks.c.id, tasks.c.socket_token, tasks.c.model_slug, tasks.c.request, tasks.c.create_time,
-                   tasks.c.files_folder)
+                   tasks.c.files_folder, tasks.c.previous_files_folder)
     )
 
 
@@ -93,12 +96,13 @@ class ClaimedTask:
     model_slug: str
     order: WorkOrder
     created_at: float
-    files_folder: str | None  # None for a task made before tasks had one
+    files_folder: str  # this run's, new at each claim: a run that outlived its claim never touches the next's
+    previous_files_folder: str | None  # the run before's: what it wrote if it died unrecorded
 
     @classmethod
     def of(cls, row: Row) -> ClaimedTask:
         return cls(row.id, row.socket_token, row.model_slug, WorkOrder.decode(row.request), row.create_time,
-                   row.files_folder)
+                   row.files_folder, row.previous_files_folder)
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,8 @@ class WorkStore:
         with self._db.write() as connection:
             claimed = connection.execute(
                 _claim_statement(through),
-                {"slugs": model_slugs, "now": now, "claimant": worker_id, "lease_until": now + lease_seconds},
+                {"slugs": model_slugs, "now": now, "claimant": worker_id, "lease_until": now + lease_seconds,
+                 "folder": new_folder()},
             ).first()
         return None if claimed is None else ClaimedTask.of(claimed)
 
@@ -149,7 +154,10 @@ class WorkStore:
                       ((task_id, WorkOrder.decode(request)) for task_id, request in queued) if joins(order)]
         claimed: list[ClaimedTask] = []
         for task_id, _order in candidates[:limit]:
-            task = self.claim_queued(task_id, worker_id, lease_seconds, through)
+            try:
+                task = self.claim_queued(task_id, worker_id, lease_seconds, through)
+            except DATABASE_FAULTS:  # what is claimed so far runs; the rest stays queued
+                break
             if task is not None:
                 claimed.append(task)
         return claimed
@@ -163,7 +171,8 @@ class WorkStore:
         with self._db.write() as connection:
             row = connection.execute(
                 _claim_statement(through, by_id=True),
-                {"task_id": task_id, "now": now, "claimant": worker_id, "lease_until": now + lease_seconds},
+                {"task_id": task_id, "now": now, "claimant": worker_id, "lease_until": now + lease_seconds,
+                 "folder": new_folder()},
             ).first()
         return None if row is None else ClaimedTask.of(row)
 
@@ -187,15 +196,18 @@ class WorkStore:
             )
             return bool(renewed.rowcount)
 
-    def finish(self, task_id: int, files: list[NewOutput], debug_output: str, generated_at: float) -> bool:
-        """``task_start`` -> ``task_postprocess_end`` with pexit 0 and the outputs, in one write:
-        ``task_end`` and ``task_postprocess_start`` are stamped with ``generated_at`` (when the
-        images were ready), ``task_postprocess_end`` now (they are stored)."""
+    def finish(self, task_id: int, worker_id: str, files: list[NewOutput], debug_output: str,
+               generated_at: float) -> bool:
+        """``task_start`` -> ``task_postprocess_end`` with pexit 0 and the outputs, in one write, if
+        ``worker_id`` still holds the task: ``task_end`` and ``task_postprocess_start`` are stamped
+        with ``generated_at`` (when the images were ready), ``task_postprocess_end`` now (they are
+        stored)."""
         now = time.time()
         with self._db.write() as connection:
-            done = connection.execute(
-                _FINISH, {"task_id": task_id, "now": now, "generated_at": generated_at, "debug_output": debug_output}
-            ).rowcount
+            done = connection.execute(_FINISH, {
+                "task_id": task_id, "claimant": worker_id, "now": now, "generated_at": generated_at,
+                "debug_output": debug_output,
+            }).rowcount
             if done:
                 owe_callback(connection, task_id, now)
             if done and files:
@@ -210,14 +222,17 @@ class WorkStore:
                 )
             return bool(done)
 
-    def fail(self, task_id: int, error: str, debug_output: str = "", status: Status = Status.POSTPROCESS_END) -> bool:
-        """End a running task as failed: ``status`` (``task_postprocess_end``, or ``task_error``
-        when its generation never started), pexit 1, the reason kept."""
+    def fail(self, task_id: int, error: str, debug_output: str = "", status: Status = Status.POSTPROCESS_END,
+             worker_id: str | None = None) -> bool:
+        """End an unfinished task as failed (only while ``worker_id`` holds it, when given): ``status``
+        (``task_postprocess_end``, or ``task_error`` when its generation never started), pexit 1,
+        the reason kept."""
         now = time.time()
+        held = [] if worker_id is None else [tasks.c.worker_id == worker_id]
         with self._db.write() as connection:
             failed = connection.execute(
                 update(tasks)
-                .where(tasks.c.id == task_id, tasks.c.status.in_([s.value for s in KILLABLE]))
+                .where(tasks.c.id == task_id, tasks.c.status.in_([s.value for s in KILLABLE]), *held)
                 .values(status=status.value, pexit="1", debug_error=error,
                         debug_output=debug_output, postprocess_end_time=now,
                         end_time=func.coalesce(tasks.c.end_time, now), lease_expires_at=None)
@@ -237,13 +252,12 @@ class WorkStore:
                 select(tasks.c.worker_id).distinct().where(tasks.c.status.in_([s.value for s in RUNNING]))
             ).scalars())
 
-    def unfinished_counts(self) -> list[tuple[str, str, int]]:
+    def unfinished_by_status(self) -> list[tuple[str, str, int]]:
         """(status, model slug, count) of the tasks queued or running now."""
-        unfinished = [Status.QUEUE.value, *(s.value for s in RUNNING)]
         with self._db.read() as connection:
             return [tuple(row) for row in connection.execute(
                 select(tasks.c.status, tasks.c.model_slug, func.count())
-                .where(tasks.c.status.in_(unfinished)).group_by(tasks.c.status, tasks.c.model_slug)
+                .where(tasks.c.status.in_([s.value for s in UNFINISHED])).group_by(tasks.c.status, tasks.c.model_slug)
             )]
 
     def release(self, worker_id: str, task_ids: Collection[int] | None = None) -> list[tuple[int, str]]:
@@ -282,16 +296,16 @@ class WorkStore:
             where.append(tasks.c.worker_id != alive_worker)
         with self._db.read() as connection:
             lost: list[Row] = connection.execute(
-                select(tasks.c.id, tasks.c.attempts, tasks.c.model_slug, tasks.c.files_folder).where(*where)
+                select(tasks.c.id, tasks.c.attempts, tasks.c.model_slug, tasks.c.files_folder,
+                       tasks.c.previous_files_folder).where(*where)
             ).all()
         failed_folders: list[str] = []
-        for task_id, attempts, model_slug, files_folder in lost:
+        for task_id, attempts, model_slug, *folders in lost:
             if attempts >= max_attempts:
                 message = f"The worker running this task was lost {attempts} times; giving up."
                 if self.fail(task_id, message):
                     failed.append(task_id)
-                    if files_folder:
-                        failed_folders.append(files_folder)
+                    failed_folders += [folder for folder in folders if folder]
                 continue
             with self._db.write() as connection:
                 changed = connection.execute(
