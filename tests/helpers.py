@@ -3,7 +3,6 @@ clients do."""
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import socket
@@ -23,6 +22,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from fluxhost.api.app import UVICORN_OPTIONS, create_app
+from fluxhost.client import NonceSource
 from fluxhost.service import Service
 from fluxhost.settings import Settings
 from fluxhost.signing import sign_request
@@ -125,7 +125,9 @@ def fresh_postgres_database(server_url: str, prefix: str = "test") -> Iterator[s
             connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-_nonces = itertools.count(int(time.time() * 1000))
+# Millisecond timestamps, as real clients send: a counter started at import would fall out of the
+# server's nonce window in a session longer than the window.
+_nonces = NonceSource()
 
 
 @dataclass
@@ -139,7 +141,7 @@ class ProtocolClient:
     def headers(self, nonce: str | None = None) -> dict[str, str]:
         if not self.signed:
             return {"x-api-key": self.key.api_key}
-        nonce = nonce or str(next(_nonces))
+        nonce = nonce or _nonces.next()
         return {"x-api-key": self.key.api_key, "x-nonce": nonce,
                 "x-signature": sign_request(self.key.api_key, self.key.api_secret, nonce)}
 

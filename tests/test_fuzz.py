@@ -17,7 +17,6 @@ keeps, one case each, the requests these searches found breaking the server.
 from __future__ import annotations
 
 import io
-import itertools
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fluxhost.client import NonceSource
 from fluxhost.settings import ModelSettings, Settings
 from fluxhost.signing import KeyMode, sign_request
 from fluxhost.store.keys import KeyStore, NewKey
@@ -139,13 +139,13 @@ class Api:
         self.live = live
         self.errors = errors
         self.http = httpx.Client(timeout=60, limits=httpx.Limits(max_keepalive_connections=0))
-        self._nonces = itertools.count(int(time.time() * 1000))  # 13 digits: inside the nonce window
+        self._nonces = NonceSource()  # timestamps: inside the nonce window however long the run
 
     def project(self) -> Project:
         return Project(self.live.service.keys)
 
     def nonce(self) -> str:
-        return str(next(self._nonces))
+        return self._nonces.next()
 
     def auth(self, project: Project, signed: bool) -> dict[str, str]:
         if not signed:

@@ -25,7 +25,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, delete, insert, select
+from sqlalchemy import Row, bindparam, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from fluxhost.signing import KeyMode, sign_request
@@ -46,6 +46,9 @@ SIGNATURE_REQUIRED = (
     "Project requires signature authentication. x-signature and x-nonce headers are required."
 )
 BAD_SIGNATURE = "Project authorization is not valid."
+# For doors with a single credential (BFL's x-key, OpenAI's Bearer token).
+SECRET_REQUIRED = ("This key signs its requests: its API key alone is public. Send API_KEY:API_SECRET as the token "
+                   "(or use a key-only key).")
 
 
 class AuthError(Exception):
@@ -78,22 +81,41 @@ class Authenticator:
     def authenticate(self, api_key: str | None, nonce: str | None, signature: str | None) -> Caller:
         """The caller behind these headers, or :class:`AuthError` with the protocol's message.
         The nonce is checked as part of the signature but not spent: see :meth:`spend_nonce`."""
+        key = self._key(api_key)
+        caller = Caller(key.id, key.project_id, key.name, KeyMode(key.mode))
+        if caller.mode == KeyMode.KEY_ONLY:
+            return caller
+        if not nonce or not signature:
+            raise AuthError(SIGNATURE_REQUIRED)
+        expected = sign_request(api_key, key.secret, nonce.strip())
+        if not hmac.compare_digest(expected.encode(), _signature_hex(signature).encode()):
+            raise AuthError(BAD_SIGNATURE)
+        return caller
+
+    def authenticate_token(self, token: str | None) -> Caller:
+        """The caller behind one token, as doors with a single credential send it: a key-only
+        key's API key, or ``API_KEY:API_SECRET`` for a signature key, whose key alone is public
+        (it is in every signed request) and never lets anyone in. Such doors have no nonce: what
+        protects them from replay is the secret itself, as with any bearer token (use https)."""
+        api_key, _, secret = (token or "").strip().partition(":")
+        key = self._key(api_key)
+        caller = Caller(key.id, key.project_id, key.name, KeyMode(key.mode))
+        if caller.mode == KeyMode.SIGNATURE:
+            if not secret:
+                raise AuthError(SECRET_REQUIRED)
+            if not hmac.compare_digest(secret.encode(), key.secret.encode()):
+                raise AuthError(BAD_SIGNATURE)
+        return caller
+
+    def _key(self, api_key: str | None) -> Row:
+        """The key's row (id, project, name, mode, secret), or :class:`AuthError`."""
         if not api_key:
             raise AuthError(UNKNOWN_KEY)
         with self._db.read() as connection:
             key = connection.execute(_FIND_KEY, {"digest": key_digest(api_key)}).first()
         if key is None:
             raise AuthError(UNKNOWN_KEY)
-        caller = Caller(key.id, key.project_id, key.name, KeyMode(key.mode))
-        secret = key.secret
-        if caller.mode == KeyMode.KEY_ONLY:
-            return caller
-        if not nonce or not signature:
-            raise AuthError(SIGNATURE_REQUIRED)
-        expected = sign_request(api_key, secret, nonce.strip())
-        if not hmac.compare_digest(expected.encode(), _signature_hex(signature).encode()):
-            raise AuthError(BAD_SIGNATURE)
-        return caller
+        return key
 
     def spend_nonce(self, caller: Caller, nonce: str | None, request_digest: str) -> None:
         """Accept a state-changing call once: an exact resend (same nonce and request digest) or a

@@ -45,8 +45,9 @@ def config_path() -> Path:
     return Path(base) / "fluxhost" / "credentials.json"
 
 
-def make_client(server: str | None) -> Client:
-    """A client from ``--server``, the FLUXHOST_* variables, then the saved login."""
+def credentials(server: str | None) -> tuple[str, str, str | None]:
+    """Server URL, API key and secret from ``--server``, the FLUXHOST_* variables, then the saved
+    login; exits with a hint when there is no key."""
     saved: dict[str, str] = {}
     if config_path().exists():
         saved = json.loads(config_path().read_text())
@@ -56,7 +57,22 @@ def make_client(server: str | None) -> Client:
     if not api_key:
         console.print("No credentials: set FLUXHOST_API_KEY (and FLUXHOST_API_SECRET) or run `fluxhost login`.")
         raise typer.Exit(EXIT_CREDENTIALS)
-    return Client(base, api_key, api_secret or None)
+    return base, api_key, api_secret or None
+
+
+def make_client(server: str | None) -> Client:
+    return Client(*credentials(server))
+
+
+def mcp(server: ServerOption = None) -> None:
+    """Serve the Model Context Protocol on stdin/stdout for an LLM agent: generate images, follow,
+    cancel and kill tasks, list models. Needs `pip install 'fluxhost[mcp]'`."""
+    try:
+        from fluxhost.mcp_server import serve_stdio
+    except ImportError:
+        console.print("`fluxhost mcp` needs the MCP SDK: pip install 'fluxhost[mcp]'", markup=False)
+        raise typer.Exit(2) from None
+    serve_stdio(*credentials(server))
 
 
 def fail_on(error: Exception) -> typer.Exit:
@@ -78,6 +94,7 @@ def register(app: typer.Typer) -> None:
     app.command("edit")(edit)
     app.command("tools")(tools)
     app.command("login")(login)
+    app.command("mcp")(mcp)
     app.add_typer(tasks_app, name="tasks")
 
 

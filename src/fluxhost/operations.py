@@ -144,9 +144,11 @@ class Operations:
 
     # --- running ------------------------------------------------------------------------
 
-    def prepare_run(self, owner: str, project: str, inputs: dict[str, Any], callback_url: str = "") -> RunOrder:
+    def prepare_run(self, owner: str, project: str, inputs: dict[str, Any], callback_url: str = "",
+                    size: tuple[int, int] | None = None, num_images: int = 1) -> RunOrder:
         """Check a Run without queuing anything: the model, its inputs, the callback URL (whose host
-        is resolved: this blocks)."""
+        is resolved: this blocks). ``size``: width and height in pixels, and ``num_images``: images
+        of one task, for doors whose clients ask for them (checked there: multiples of 32, a few)."""
         tool = self.catalog.find(owner, project)
         if tool is None:
             raise UnknownModel(f"{owner}/{project}")
@@ -167,6 +169,11 @@ class Operations:
                 width, height = size_like(image.image)
                 validated = replace(validated, order=validated.order.model_copy(update={"width": width,
                                                                                       "height": height}))
+        if size is not None:
+            validated = replace(validated, order=validated.order.model_copy(update={"width": size[0],
+                                                                                  "height": size[1]}))
+        if num_images != 1:
+            validated = replace(validated, order=validated.order.model_copy(update={"num_images": num_images}))
         if validated.order.prompt_upsampling and not self.upsampling:
             raise InvalidInput(UPSAMPLING_UNAVAILABLE)
         if callback_url:
@@ -248,9 +255,10 @@ class Operations:
 
     # --- tasks --------------------------------------------------------------------------
 
-    def find(self, caller: Caller, *, task_id: int | None = None, token: str | None = None) -> TaskRecord:
-        """One of the caller's tasks, by id or socket token."""
-        task = self.tasks.find(caller.project_id, task_id=task_id, token=token)
+    def find(self, caller: Caller, *, task_id: int | None = None, token: str | None = None,
+             uuid: str | None = None) -> TaskRecord:
+        """One of the caller's tasks, by id, socket token or uuid."""
+        task = self.tasks.find(caller.project_id, task_id=task_id, token=token, uuid=uuid)
         if task is None:
             raise TaskNotFound()
         return task

@@ -1,8 +1,9 @@
 """The outer app: the service's lifetime, the realtime socket, the file links, and the doors.
 
 A door is an ASGI app mounted under a path prefix; the hosted protocol's is mounted at ``/v1``
-(beside the socket, which its clients expect at ``/v1`` itself). Adding a door is passing one more
-``prefix -> app`` pair to :func:`create_app`.
+(beside the socket, which its clients expect at ``/v1`` itself), BFL's API shape at ``/bfl``,
+OpenAI's images API at ``/openai``.
+Adding a door is passing one more ``prefix -> app`` pair to :func:`create_app`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
+from fluxhost.api.bfl import create_bfl_app
 from fluxhost.api.offload import Offload
+from fluxhost.api.openai_images import create_openai_app
 from fluxhost.api.socket import SocketHub
 from fluxhost.api.wiro import create_wiro_app, fail
 from fluxhost.metrics import HttpMetrics
@@ -94,6 +97,8 @@ def create_app(service: Service, doors: Mapping[str, ASGIApp] | None = None, *,
     routes: list[BaseRoute] = [
         WebSocketRoute("/v1", hub.serve),
         Mount("/v1", create_wiro_app(service, offload)),
+        Mount("/bfl", create_bfl_app(service, offload)),
+        Mount("/openai", create_openai_app(service, offload)),
         Route("/files/{folder}/{name}", serve_file, methods=["GET", "HEAD"]),
         Route("/healthz", alive, methods=["GET", "HEAD"]),
         Route("/readyz", ready, methods=["GET", "HEAD"]),

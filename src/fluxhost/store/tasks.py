@@ -26,6 +26,8 @@ _TASK_BY_ID = select(tasks).where(tasks.c.id == bindparam("task_id"))
 _TASK_BY_TOKEN = select(tasks).where(tasks.c.socket_token == bindparam("token"))
 _PROJECT_TASK_BY_ID = _TASK_BY_ID.where(tasks.c.project_id == bindparam("project_id"))
 _PROJECT_TASK_BY_TOKEN = _TASK_BY_TOKEN.where(tasks.c.project_id == bindparam("project_id"))
+_PROJECT_TASK_BY_UUID = select(tasks).where(tasks.c.uuid == bindparam("uuid"),
+                                            tasks.c.project_id == bindparam("project_id"))
 _OUTPUTS_OF_TASK = select(outputs).where(outputs.c.task_id == bindparam("task_id")).order_by(outputs.c.name)
 _UNFINISHED_COUNTS = select(
     func.sum(case((tasks.c.api_key_id == bindparam("key"), 1), else_=0)).label("of_key"),
@@ -70,6 +72,7 @@ class TaskRef:
 
     id: int
     socket_token: str
+    uuid: str
 
 
 @dataclass(frozen=True)
@@ -99,8 +102,9 @@ class TaskStore:
         """A queued task; ``parameters`` are the inputs as sent, ``request`` the work order,
         ``api_key_id`` the key it was made with."""
         token = random_token(30)
+        task_uuid = str(uuid.uuid4())
         values = {
-            "uuid": str(uuid.uuid4()), "socket_token": token, "project_id": project_id, "api_key_id": api_key_id,
+            "uuid": task_uuid, "socket_token": token, "project_id": project_id, "api_key_id": api_key_id,
             "model_slug": model_slug,
             "parameters": parameters, "request": request, "callback_url": callback_url,
             "status": Status.QUEUE.value, "pexit": "", "debug_output": "", "debug_error": "", "attempts": 0,
@@ -108,7 +112,7 @@ class TaskStore:
         }
         with self._db.write() as connection:
             task_id = connection.execute(_INSERT_TASK, values).scalar_one()
-        return TaskRef(task_id, token)
+        return TaskRef(task_id, token, task_uuid)
 
     def unfinished_for_run(self, api_key_id: int, project_id: int, model_slug: str) -> UnfinishedCounts:
         """The key's and the project's queued or running tasks, and the model's queue: one pass
@@ -122,12 +126,15 @@ class TaskStore:
     def get(self, task_id: int) -> TaskRecord | None:
         return self._read(_TASK_BY_ID, {"task_id": task_id})
 
-    def find(self, project_id: int, *, task_id: int | None = None, token: str | None = None) -> TaskRecord | None:
-        """A task of ``project_id`` by id or socket token; None when absent or another's."""
+    def find(self, project_id: int, *, task_id: int | None = None, token: str | None = None,
+             uuid: str | None = None) -> TaskRecord | None:
+        """A task of ``project_id`` by id, socket token or uuid; None when absent or another's."""
         if task_id is not None:
             return self._read(_PROJECT_TASK_BY_ID, {"project_id": project_id, "task_id": task_id})
         if token:
             return self._read(_PROJECT_TASK_BY_TOKEN, {"project_id": project_id, "token": token})
+        if uuid:
+            return self._read(_PROJECT_TASK_BY_UUID, {"project_id": project_id, "uuid": uuid})
         return None
 
     def find_by_token(self, token: str) -> TaskRecord | None:

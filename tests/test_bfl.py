@@ -1,0 +1,146 @@
+"""BFL's API shape at /bfl, driven as BFL's docs drive it with plain httpx: submit with x-key, poll
+polling_url until Ready, download result.sample. The task is an ordinary one: the hosted protocol's
+door lists and cancels it. Bad requests get BFL's own error shape, never a 5xx."""
+
+import base64
+import io
+import json
+import time
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from fluxhost.settings import ModelSettings, Settings
+from fluxhost.signing import KeyMode
+from tests.helpers import LiveServer, ProtocolClient, free_port
+
+
+def poll(polling_url: str, x_key: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = httpx.get(polling_url, headers={"x-key": x_key, "accept": "application/json"}, timeout=10).json()
+        if result["status"] not in ("Pending",) or time.monotonic() > deadline:
+            return result
+        time.sleep(0.2)
+
+
+def test_a_bfl_client_needs_only_the_base_url(make_settings):
+    with LiveServer(make_settings(steps=2, max_batch=1)) as live:
+        key = live.service.keys.create(KeyMode.SIGNATURE)
+        x_key = f"{key.api_key}:{key.api_secret}"
+        base = f"{live.base_url}/bfl"
+        submitted = httpx.post(f"{base}/v1/flux-pro-1.1", headers={"x-key": x_key}, timeout=30, json={
+            "prompt": "a lighthouse at dawn", "width": 512, "height": 384, "seed": 11, "output_format": "png"})
+        assert submitted.status_code == 200, submitted.text
+        job = submitted.json()
+        assert job["polling_url"] == f"{base}/v1/get_result?id={job['id']}"
+
+        result = poll(job["polling_url"], x_key)
+        assert result["status"] == "Ready", result
+        assert (result["id"], result["result"]["prompt"], result["result"]["seed"]) == (
+            job["id"], "a lighthouse at dawn", 11)
+        image = Image.open(io.BytesIO(httpx.get(result["result"]["sample"], timeout=10).content))
+        assert (image.format, image.size) == ("PNG", (512, 384))
+
+        listed = ProtocolClient(live.base_url, key).call("Task/List", {})["tasklist"]
+        assert [task["uuid"] for task in listed] == [job["id"]]  # one task core, every door
+
+
+def test_an_aspect_ratio_and_the_defaults_follow_bfl(make_settings):
+    with LiveServer(make_settings(engine="bench", worker_concurrency=0)) as live:
+        key = live.service.keys.create(KeyMode.KEY_ONLY)
+        base, headers = f"{live.base_url}/bfl", {"x-key": key.api_key}
+        for body, size in (({"prompt": "x", "aspect_ratio": "16:9"}, (1376, 768)), ({"prompt": "x"}, (1024, 768))):
+            job = httpx.post(f"{base}/v1/flux-pro-1.1", headers=headers, json=body, timeout=10).json()
+            order = live.service.tasks.find(live.service.auth.authenticate_token(key.api_key).project_id,
+                                            uuid=job["id"]).row.request
+            assert (order["width"], order["height"], order["output_format"]) == (*size, "jpeg")
+
+
+def test_keys_refusals_and_cancel_through_the_other_door(make_settings):
+    settings = make_settings(engine="bench", worker_concurrency=0, max_body_bytes=10_000, input_max_bytes=10_000)
+    with LiveServer(settings) as live:
+        key = live.service.keys.create(KeyMode.SIGNATURE)
+        base = f"{live.base_url}/bfl"
+
+        def submit(x_key: str | None, body: dict, model: str = "flux-pro-1.1") -> httpx.Response:
+            headers = {"x-key": x_key} if x_key else {}
+            return httpx.post(f"{base}/v1/{model}", headers=headers, json=body, timeout=10)
+
+        public_half = submit(key.api_key, {"prompt": "x"})
+        assert public_half.status_code == 403 and "API_KEY:API_SECRET" in public_half.json()["detail"]
+        assert submit(f"{key.api_key}:wrong", {"prompt": "x"}).status_code == 403
+        assert submit(None, {"prompt": "x"}).status_code == 403
+        x_key = f"{key.api_key}:{key.api_secret}"
+        assert submit(x_key, {"prompt": "x"}, model="flux-nothing").json() == {"detail": "Not Found"}
+        invalid = submit(x_key, {"prompt": "x", "width": 1000})
+        assert invalid.status_code == 422 and invalid.json()["detail"][0]["loc"] == ["body", "width"]
+        unsupported = submit(x_key, {"prompt": "x", "aspect_ratio": "7:3"})
+        assert unsupported.status_code == 422 and "aspectRatio" in unsupported.json()["detail"]
+        assert submit(x_key, {"prompt": ""}).status_code == 422
+        assert httpx.post(f"{base}/v1/flux-pro-1.1", headers={"x-key": x_key}, content=b"{not json",
+                          timeout=10).status_code == 422
+        too_large = submit(x_key, {"prompt": "x" * 40_000})
+        assert (too_large.status_code, too_large.json()) == (
+            413, {"detail": "The request body is too large: at most 30000 bytes."})
+        streamed = httpx.post(f"{base}/v1/flux-pro-1.1", headers={"x-key": x_key, "content-type": "application/json"},
+                              content=(b"x" * 1000 for _ in range(40)), timeout=10)
+        assert streamed.status_code == 413
+
+        job = submit(x_key, {"prompt": "to cancel"}).json()
+        wiro = ProtocolClient(live.base_url, key)
+        taskid = wiro.call("Task/List", {})["tasklist"][0]["id"]
+        assert wiro.call("Task/Cancel", {"taskid": taskid})["result"] is True
+        cancelled = poll(job["polling_url"], x_key)
+        assert (cancelled["status"], cancelled["details"]) == ("Error", {"error": "The task was cancelled."})
+        missing = httpx.get(f"{base}/v1/get_result", params={"id": "nope"}, headers={"x-key": x_key}, timeout=10)
+        assert missing.json()["status"] == "Task not found"
+        other = live.service.keys.create(KeyMode.KEY_ONLY)  # another project: not its task
+        assert poll(job["polling_url"], other.api_key)["status"] == "Task not found"
+
+
+def test_an_editing_model_takes_input_image_under_bfls_name(make_settings):
+    models = {"black-forest-labs/flux-kontext-pro": ModelSettings(steps=1, kind="edit")}
+    with LiveServer(make_settings(engine="bench", models=models)) as live:
+        key = live.service.keys.create(KeyMode.KEY_ONLY)
+        photo = io.BytesIO()
+        Image.new("RGB", (640, 480), "orange").save(photo, format="PNG")
+        submit = f"{live.base_url}/bfl/v1/flux-kontext-max"  # BFL's other Kontext name: the served one
+        job = httpx.post(submit, headers={"x-key": key.api_key}, timeout=30, json={
+            "prompt": "make it blue", "input_image": base64.b64encode(photo.getvalue()).decode()}).json()
+        assert poll(job["polling_url"], key.api_key)["status"] == "Ready"
+        refused = httpx.post(submit, headers={"x-key": key.api_key}, json={"prompt": "x", "input_image": "%%"},
+                             timeout=10)
+        assert refused.status_code == 422 and "input_image must be base64" in refused.json()["detail"]
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                      max_size=3), max_leaves=8)
+fields = st.sampled_from(["prompt", "width", "height", "aspect_ratio", "seed", "prompt_upsampling",
+                          "safety_tolerance", "output_format", "webhook_url", "webhook_secret", "other"])
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(body=st.dictionaries(fields, json_values, max_size=6),
+       model=st.sampled_from(["flux-pro-1.1", "x", "get_result"]), keyed=st.booleans())
+def test_any_body_gets_bfls_shape_never_a_5xx(bfl_server, body, model, keyed):
+    live, x_key = bfl_server
+    headers = {"content-type": "application/json", **({"x-key": x_key} if keyed else {})}
+    answer = httpx.post(f"{live.base_url}/bfl/v1/{model}", content=json.dumps(body), headers=headers, timeout=10)
+    assert answer.status_code in (200, 403, 404, 405, 422), answer.text
+    shape = answer.json()
+    assert ("id" in shape and "polling_url" in shape) if answer.status_code == 200 else "detail" in shape
+
+
+@pytest.fixture(scope="module")
+def bfl_server(tmp_path_factory):
+    """One server for every example: no worker, so accepted tasks only queue."""
+    settings = Settings(data_dir=tmp_path_factory.mktemp("bfl"), port=free_port(), engine="bench",
+                        worker_concurrency=0)
+    with LiveServer(settings) as live:
+        yield live, live.service.keys.create(KeyMode.KEY_ONLY).api_key

@@ -1,0 +1,86 @@
+"""OpenAI's images API shape at /openai, driven by the official ``openai`` package unmodified:
+``url`` and ``b64_json`` answers, n images, sizes, OpenAI's error shape, Bearer tokens that never
+let in the public half of a signature key, and the task visible through the hosted protocol."""
+
+import base64
+import io
+
+import httpx
+import pytest
+from PIL import Image
+
+from fluxhost.settings import ModelSettings
+from fluxhost.signing import KeyMode
+from tests.helpers import SLUG, LiveServer, ProtocolClient
+
+openai = pytest.importorskip("openai")
+
+
+def test_the_official_client_generates_with_url_and_b64_json(make_settings):
+    with LiveServer(make_settings(steps=2, max_batch=1)) as live:
+        key = live.service.keys.create(KeyMode.SIGNATURE)
+        client = openai.OpenAI(base_url=f"{live.base_url}/openai/v1", api_key=f"{key.api_key}:{key.api_secret}")
+
+        by_url = client.images.generate(model="gpt-image-1", prompt="a red kite", size="512x384",
+                                        response_format="url")
+        assert by_url.size == "512x384" and len(by_url.data) == 1
+        image = Image.open(io.BytesIO(httpx.get(by_url.data[0].url, timeout=10).content))
+        assert (image.format, image.size) == ("PNG", (512, 384))
+
+        inline = client.images.generate(model="black-forest-labs/flux-pro-1.1", prompt="two kites", n=2,
+                                        size="256x256", response_format="b64_json", output_format="jpeg")
+        images = [Image.open(io.BytesIO(base64.b64decode(item.b64_json))) for item in inline.data]
+        assert [(image.format, image.size) for image in images] == [("JPEG", (256, 256))] * 2
+
+        listed = ProtocolClient(live.base_url, key).call("Task/List", {})["tasklist"]
+        assert len(listed) == 2 and all(task["pexit"] == "0" for task in listed)  # one task per request
+
+
+def test_refusals_come_in_openais_shape(make_settings):
+    with LiveServer(make_settings(engine="bench", steps=1, input_max_bytes=10_000)) as live:
+        key = live.service.keys.create(KeyMode.SIGNATURE)
+        base = f"{live.base_url}/openai/v1"
+
+        with pytest.raises(openai.AuthenticationError) as public_half:
+            openai.OpenAI(base_url=base, api_key=key.api_key).images.generate(prompt="x")
+        assert "API_KEY:API_SECRET" in public_half.value.body["message"]
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=base, api_key=f"{key.api_key}:wrong").images.generate(prompt="x")
+
+        client = openai.OpenAI(base_url=base, api_key=f"{key.api_key}:{key.api_secret}")
+        for arguments, param in (({"size": "1000x1000"}, "size"), ({"n": 9}, "n"), ({"prompt": ""}, "prompt"),
+                                 ({"output_format": "webp"}, "output_format")):
+            with pytest.raises(openai.BadRequestError) as refused:
+                client.images.generate(**{"prompt": "x", **arguments})
+            assert refused.value.status_code == 400 and refused.value.body["param"] == param
+        answer = httpx.post(f"{base}/images/generations", content=b"{not json", timeout=10,
+                            headers={"authorization": f"Bearer {key.api_key}:{key.api_secret}",
+                                     "content-type": "application/json"})
+        assert answer.status_code == 400 and answer.json()["error"]["type"] == "invalid_request_error"
+        with pytest.raises(openai.APIStatusError) as too_large:
+            client.images.generate(prompt="x" * 1_100_000)
+        assert too_large.value.status_code == 413 and "too large" in too_large.value.body["message"]
+
+        with pytest.raises(openai.BadRequestError) as blocked:  # a refused prompt is the client's error
+            client.images.generate(prompt="a nude portrait in oil")
+        assert (blocked.value.body["code"], blocked.value.body["message"]) == (
+            "moderation_blocked", "Request Moderated: sexual")
+
+
+def test_edits_take_an_image_file_on_an_editing_model(make_settings):
+    edit_slug = "black-forest-labs/flux-kontext-pro"
+    models = {SLUG: ModelSettings(steps=1), edit_slug: ModelSettings(steps=1, kind="edit")}
+    with LiveServer(make_settings(engine="bench", models=models)) as live:
+        key = live.service.keys.create(KeyMode.KEY_ONLY)
+        client = openai.OpenAI(base_url=f"{live.base_url}/openai/v1", api_key=key.api_key)
+        photo = io.BytesIO()
+        Image.new("RGB", (640, 480), "orange").save(photo, format="PNG")
+        edited = client.images.edit(image=("photo.png", photo.getvalue(), "image/png"), prompt="make it blue",
+                                    model="gpt-image-1", response_format="url")
+        assert httpx.get(edited.data[0].url, timeout=10).status_code == 200
+        task = ProtocolClient(live.base_url, key, signed=False).call("Task/List", {})["tasklist"][0]
+        assert (task["modelslugproject"], task["pexit"]) == ("flux-kontext-pro", "0")
+
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.images.edit(image=("notes.txt", b"not an image", "text/plain"), prompt="x")
+        assert "inputImage" in refused.value.body["message"]
