@@ -81,6 +81,11 @@ def test_keys_refusals_and_cancel_through_the_other_door(make_settings):
         unsupported = submit(x_key, {"prompt": "x", "aspect_ratio": "7:3"})
         assert unsupported.status_code == 422 and "aspectRatio" in unsupported.json()["detail"]
         assert submit(x_key, {"prompt": ""}).status_code == 422
+        # PostgreSQL refuses a NUL character, and no encoder takes a lone surrogate: refused at the door.
+        for unstorable in (b'{"prompt": "a\\u0000b"}', b'{"prompt": "a fox \\ud83e"}'):
+            refused = httpx.post(f"{base}/v1/flux-pro-1.1", content=unstorable, timeout=10,
+                                 headers={"x-key": x_key, "content-type": "application/json"})
+            assert refused.status_code == 422, refused.text
         assert httpx.post(f"{base}/v1/flux-pro-1.1", headers={"x-key": x_key}, content=b"{not json",
                           timeout=10).status_code == 422
         too_large = submit(x_key, {"prompt": "x" * 40_000})

@@ -49,7 +49,7 @@ def test_refusals_come_in_openais_shape(make_settings):
 
         client = openai.OpenAI(base_url=base, api_key=f"{key.api_key}:{key.api_secret}")
         for arguments, param in (({"size": "1000x1000"}, "size"), ({"n": 9}, "n"), ({"prompt": ""}, "prompt"),
-                                 ({"output_format": "webp"}, "output_format")):
+                                 ({"output_format": "webp"}, "output_format"), ({"prompt": "a\x00b"}, "body")):
             with pytest.raises(openai.BadRequestError) as refused:
                 client.images.generate(**{"prompt": "x", **arguments})
             assert refused.value.status_code == 400 and refused.value.body["param"] == param

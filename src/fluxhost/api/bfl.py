@@ -18,9 +18,9 @@ from typing import Any, Literal
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-from fluxhost.api.body import BodyTooLarge, LimitedBody
+from fluxhost.api.body import BodyTooLarge, LimitedBody, StorableText
 from fluxhost.api.offload import Offload
 from fluxhost.auth import AuthError, Caller
 from fluxhost.limits import RateLimited
@@ -39,7 +39,7 @@ DEFAULT_SIZE = (1024, 768)  # BFL's default when neither a size nor an aspect ra
 PENDING = frozenset({Status.QUEUE, *RUNNING})
 
 
-class Submission(BaseModel):
+class Submission(StorableText):
     """A generation request as BFL's clients send it."""
 
     model_config = ConfigDict(extra="ignore")

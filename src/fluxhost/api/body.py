@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import yaml
+from pydantic import BaseModel, model_validator
 from starlette.datastructures import Headers
 from starlette.formparsers import MultiPartParser
 from starlette.requests import Request
@@ -130,6 +131,17 @@ async def _parameters(raw: bytes, headers: Headers) -> dict[str, Any]:
     if not pairs:
         raise BodyError("unparseable body")
     return dict(pairs)
+
+
+class StorableText(BaseModel):
+    """A request model (a door's body) whose text can be stored and sent back: refused, in the
+    door's validation shape, when it holds a NUL character or a lone surrogate."""
+
+    @model_validator(mode="after")
+    def _storable(self) -> StorableText:
+        if not storable(self.model_dump()):
+            raise ValueError("text must not hold NUL characters or lone surrogates")
+        return self
 
 
 class LimitedBody:

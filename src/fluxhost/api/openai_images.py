@@ -21,10 +21,10 @@ from typing import Any, Literal
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
-from fluxhost.api.body import BodyError, BodyTooLarge, LimitedBody, parse_parameters, read_body
+from fluxhost.api.body import BodyError, BodyTooLarge, LimitedBody, StorableText, parse_parameters, read_body
 from fluxhost.api.offload import Offload
 from fluxhost.api.wiro import UPLOAD_OVERHEAD_BYTES
 from fluxhost.auth import AuthError
@@ -42,7 +42,7 @@ WAIT_SECONDS = 600.0  # an answer waits this long for its images; the task goes 
 CHECK_SECONDS = 1.0  # a waiting answer also looks at the task this often (events from elsewhere)
 
 
-class Generation(BaseModel):
+class Generation(StorableText):
     """An image generation request as OpenAI's clients send it (unknown fields ignored)."""
 
     model_config = ConfigDict(extra="ignore")
