@@ -37,6 +37,10 @@ from pathlib import Path
 import httpx
 
 from _server import FLUXHOST, SLUG, Signer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: its test helpers
+from tests.helpers import ServiceProcess, wait_until_ready  # noqa: E402
+
 from fluxhost.statuses import TERMINAL
 from fluxhost.store.database import Database
 from fluxhost.store.tasks import TaskStore
@@ -50,32 +54,26 @@ class Service:
     """`fluxhost serve` on a data folder, started and stopped at will."""
 
     def __init__(self, data_dir: Path, port: int):
-        self.env = {**os.environ, "FLUXHOST_DATA_DIR": str(data_dir), "FLUXHOST_PORT": str(port),
+        self.env = {"FLUXHOST_DATA_DIR": str(data_dir), "FLUXHOST_PORT": str(port),
                     "FLUXHOST_ENGINE": "bench", "FLUXHOST_BENCH_STEP_MS": str(STEP_MS),
                     "FLUXHOST_MODELS": json.dumps({SLUG: {"steps": STEPS, "max_batch": 1}}),
                     "FLUXHOST_SHUTDOWN_GRACE_SECONDS": str(GRACE_SECONDS), "FLUXHOST_LOG_LEVEL": "WARNING",
                     "FLUXHOST_DATABASE_TIMEOUT_SECONDS": "1", "FLUXHOST_RATE_LIMIT_PER_MINUTE": "0"}
         self.base_url = f"http://127.0.0.1:{port}"
-        self.log = (data_dir.parent / "serve.log").open("ab")
-        self.process: subprocess.Popen | None = None
+        self.serving: ServiceProcess | None = None
 
     def key(self) -> dict:
-        created = subprocess.run([FLUXHOST, "keys", "create", "--json"], env=self.env, check=True,
+        created = subprocess.run([FLUXHOST, "keys", "create", "--json"], env={**os.environ, **self.env}, check=True,
                                  capture_output=True, text=True)
         return json.loads(created.stdout)
 
     def start(self) -> None:
-        self.process = subprocess.Popen([FLUXHOST, "serve"], env=self.env, stdout=self.log, stderr=self.log)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError("the service did not start (see serve.log)")
-            time.sleep(0.1)
+        self.serving = ServiceProcess(["serve"], self.env)
+        wait_until_ready(self.base_url, self.serving, timeout=120)
+
+    @property
+    def process(self) -> subprocess.Popen:
+        return self.serving.process
 
     def signal(self, number: int) -> int:
         self.process.send_signal(number)

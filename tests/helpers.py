@@ -107,6 +107,24 @@ class ServiceProcess:
         self._reader.join(5)
 
 
+def wait_until_ready(base_url: str, process: ServiceProcess | None = None, path: str = "/readyz",
+                     timeout: float = 90) -> None:
+    """Until ``GET base_url + path`` answers 200 (a server starting up); fails with the process's
+    output if it exits first, or when the time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process is not None and process.process.poll() is not None:
+            raise RuntimeError(f"the server exited before it was ready:\n{process.output}")
+        try:
+            if httpx.get(f"{base_url}{path}", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{base_url}{path} never answered 200:\n{process.output if process else ''}")
+        time.sleep(0.1)
+
+
 @contextmanager
 def fresh_postgres_database(server_url: str, prefix: str = "test") -> Iterator[str]:
     """A new, empty database on the PostgreSQL server at ``server_url`` (an SQLAlchemy URL), its

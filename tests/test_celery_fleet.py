@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import httpx
 import pytest
 import redis
 from sqlalchemy import func, select
@@ -20,7 +19,7 @@ from fluxhost.signing import KeyMode
 from fluxhost.store.database import Database
 from fluxhost.store.keys import KeyStore
 from fluxhost.store.schema import outputs, tasks
-from tests.helpers import SLUG, ProtocolClient, ServiceProcess, free_port, fresh_postgres_database
+from tests.helpers import SLUG, ProtocolClient, ServiceProcess, free_port, fresh_postgres_database, wait_until_ready
 from tests.test_socket import follow
 
 POSTGRES = os.environ.get("FLUXHOST_TEST_FLEET_POSTGRES")
@@ -76,8 +75,8 @@ def fleet(tmp_path) -> Iterator[Fleet]:
             for process in processes[2:]:
                 process.wait_for(" ready.")
             clients = [ProtocolClient(f"http://127.0.0.1:{port}", key) for port in ports]
-            for client in clients:
-                _wait_until_answering(client.base_url)
+            for client, serve in zip(clients, processes[:2], strict=True):
+                wait_until_ready(client.base_url, serve, path="/healthz", timeout=60)
             yield Fleet(clients[0], clients[1], processes[2:], db)
         finally:
             for process in processes:
@@ -86,17 +85,6 @@ def fleet(tmp_path) -> Iterator[Fleet]:
             queues.flushdb()
             queues.close()
 
-
-def _wait_until_answering(base_url: str) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, f"{base_url} never answered"
-        time.sleep(0.1)
 
 
 def test_tasks_from_both_apis_spread_over_both_workers(fleet):

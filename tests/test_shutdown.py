@@ -13,7 +13,7 @@ import pytest
 from fluxhost.store.database import Database
 from fluxhost.store.keys import NewKey
 from fluxhost.store.tasks import TaskStore
-from tests.helpers import FLUXHOST, SLUG, ProtocolClient, ServiceProcess, free_port
+from tests.helpers import FLUXHOST, SLUG, ProtocolClient, ServiceProcess, free_port, wait_until_ready
 
 STEP_MS = 50
 
@@ -36,25 +36,12 @@ def serve(tmp_path):
     def start(grace_seconds: float) -> ServiceProcess:
         process = ServiceProcess(["serve"], {**env, "FLUXHOST_SHUTDOWN_GRACE_SECONDS": str(grace_seconds)})
         started.append(process)
-        wait_ready(client, process)
+        wait_until_ready(client.base_url, process)
         return process
 
     yield start, client, TaskStore(Database(f"sqlite:///{tmp_path / 'data' / 'fluxhost.db'}"))
     for process in started:
         process.stop()
-
-
-def wait_ready(client: ProtocolClient, process: ServiceProcess) -> None:
-    deadline = time.monotonic() + 90
-    while True:
-        assert process.process.poll() is None, process.output
-        try:
-            if httpx.get(f"{client.base_url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, process.output
-        time.sleep(0.1)
 
 
 def terminate(process: ServiceProcess) -> int:

@@ -26,7 +26,7 @@ from fluxhost.auth import AuthError, Caller
 from fluxhost.limits import RateLimited
 from fluxhost.operations import InvalidInput, ModelUnavailable, OperationError, TaskNotFound, TooManyTasks
 from fluxhost.service import Service
-from fluxhost.statuses import RUNNING, Status
+from fluxhost.statuses import UNFINISHED, Status
 from fluxhost.store.database import DATABASE_FAULTS
 from fluxhost.store.tasks import TaskRecord
 
@@ -36,7 +36,6 @@ OWNER = "black-forest-labs"
 BFL_NAMES = {"flux-pro": "flux-pro-1.1", "flux-pro-1.1-ultra": "flux-pro-1.1", "flux-dev": "flux-1-dev",
              "flux-schnell": "flux-1-schnell", "flux-2-klein": "flux-2-klein", "flux-kontext-max": "flux-kontext-pro"}
 DEFAULT_SIZE = (1024, 768)  # BFL's default when neither a size nor an aspect ratio is asked for
-PENDING = frozenset({Status.QUEUE, *RUNNING})
 
 
 class Submission(StorableText):
@@ -89,7 +88,7 @@ def image_input(value: str) -> dict[str, Any]:
 
 def status_of(record: TaskRecord) -> str:
     task = record.row
-    if Status(task.status) in PENDING:
+    if Status(task.status) in UNFINISHED:
         return "Pending"
     if task.status == Status.POSTPROCESS_END and task.pexit == "0":
         return "Ready"

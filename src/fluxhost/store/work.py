@@ -55,6 +55,11 @@ _QUEUED_OF_MODEL = (
 )
 
 
+# A task back in the queue, as if never claimed: no worker, no lease, no stage reached.
+_QUEUED_AGAIN = {"status": Status.QUEUE.value, "worker_id": None, "lease_expires_at": None,
+                 **{column: None for column in TIME_COLUMN.values()}}
+
+
 @functools.cache
 def _claim_statement(through: Status, by_id: bool = False) -> Update:
     """``UPDATE`` claiming the oldest queued task (or, ``by_id``, the queued task ``task_id``) and
@@ -271,9 +276,7 @@ class WorkStore:
         with self._db.write() as connection:
             released = connection.execute(
                 update(tasks).where(*held)
-                .values(status=Status.QUEUE.value, worker_id=None, lease_expires_at=None,
-                        attempts=tasks.c.attempts - 1,
-                        **{column: None for column in TIME_COLUMN.values()})
+                .values(**_QUEUED_AGAIN, attempts=tasks.c.attempts - 1)
                 .returning(tasks.c.id, tasks.c.model_slug)
             ).all()
         return [(task_id, slug) for task_id, slug in released]
@@ -311,8 +314,7 @@ class WorkStore:
                 changed = connection.execute(
                     update(tasks)
                     .where(tasks.c.id == task_id, *where)
-                    .values(status=Status.QUEUE.value, worker_id=None, lease_expires_at=None,
-                            **{column: None for column in TIME_COLUMN.values()})
+                    .values(**_QUEUED_AGAIN)
                 ).rowcount
             if changed:
                 requeued.append((task_id, model_slug))
