@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) bench/moderation.py
 	$(PY) bench/faults.py
 	$(PY) bench/soak.py
+	$(PY) bench/demo_model.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info

@@ -69,7 +69,8 @@ def test_first_serve_prints_a_key_and_a_request_that_works(tmp_path):
             if line.startswith("API on"):
                 break
         banner = "".join(lines)
-        assert "tiny random-weight pipeline: it draws noise" in banner
+        assert "Serving black-forest-labs/flux-pro-1.1 from the fluxhost demo model" in banner
+        assert "The demo model draws one or two flat shapes" in banner
         assert "For real pictures on a GPU: FLUXHOST_FLUX_PRO_MODEL=schnell make serve" in banner
         commands = [line.strip() for line in lines if line.strip().startswith(("export ", "curl "))]
         assert len(commands) == 4, banner
@@ -90,7 +91,7 @@ def test_first_serve_prints_a_key_and_a_request_that_works(tmp_path):
     finally:
         process.kill()
         process.wait(10)
-    assert (tmp_path / "data" / "models" / "tiny-flux" / "model_index.json").exists()
+    assert not (tmp_path / "data" / "models").exists()  # the demo model ships in the package: nothing is built
 
 
 def test_a_worker_says_what_it_needs_and_what_it_cannot_reach(tmp_path):

@@ -121,11 +121,14 @@ def serve(
     if service.keys.count_active() == 0:
         key = service.keys.create(KeyMode.SIGNATURE, name="first key")
         console.print(_first_key_banner(key, settings), highlight=False, soft_wrap=True)
+    from fluxhost.demo import CAN_DRAW, DEMO_LABEL, serves_demo
+
     for slug, model in service.models.items():
-        source = model.weights or "the tiny random-weight pipeline: it draws noise, not pictures"
+        source = f"the {DEMO_LABEL}" if serves_demo(model) else model.weights
         engine = "bench engine (load tests only)" if settings.engine == "bench" else source
-        console.print(f"[bold yellow]Serving {slug} from {engine}[/]", highlight=False, soft_wrap=True)
-    if settings.engine != "bench" and any(model.weights is None for model in service.models.values()):
+        console.print(f"[bold yellow]Serving {slug} from {escape(engine)}[/]", highlight=False, soft_wrap=True)
+    if settings.engine != "bench" and any(serves_demo(model) for model in service.models.values()):
+        console.print(CAN_DRAW, markup=False, highlight=False, soft_wrap=True)
         console.print(_real_pictures_hint(), markup=False, highlight=False, soft_wrap=True)
     console.print(f"API on {settings.resolved_public_url}/v1  (data in {settings.data_dir.resolve()})", soft_wrap=True)
     console.print(f"Playground: {settings.resolved_public_url}/  (it asks for an API key and secret)", soft_wrap=True)
@@ -264,15 +267,31 @@ def models_build_tiny(
                   f'FLUXHOST_MODELS=\'{{"{DEFAULT_MODEL}": {{"weights": "{folder}"}}}}\'', highlight=False)
 
 
+@models_app.command("train-demo")
+def models_train_demo(
+    folder: Annotated[Path | None, typer.Argument(help="Where to write the model; default: the package's own "
+                                                      "demo model, replaced.")] = None,
+) -> None:
+    """Train the demo model from scratch on this machine's CPU, from a fixed seed (about half an hour
+    on two cores): the same recipe as the weights shipped in the package."""
+    from fluxhost.demo import WEIGHTS
+    from fluxhost.demo.train import train
+
+    target = folder or WEIGHTS
+    train(target, report=lambda line: console.print(line, highlight=False))
+    console.print(f"Demo model written to {target}.", highlight=False)
+
+
 @models_app.command("list")
 def models_list() -> None:
     """The models this configuration serves, and the presets it could."""
+    from fluxhost.demo import serves_demo
     from fluxhost.presets import PRESETS
 
     settings = _settings()
     table = Table("slug", "weights", "device", "dtype", "steps", "guidance", "batch")
     for slug, model in settings.served_models.items():
-        table.add_row(slug, model.weights or "(tiny, random weights)", model.device, model.dtype,
+        table.add_row(slug, "(demo model)" if serves_demo(model) else model.weights, model.device, model.dtype,
                       str(model.steps), str(model.guidance), str(model.max_batch))
     console.print(table)
     presets = Table("preset", "model", "slug", "weights", "download", "licence")

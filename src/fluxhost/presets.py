@@ -90,4 +90,6 @@ def served_models(settings: Settings) -> dict[str, ModelSettings]:
                 setting, exposed_inputs=seed.exposed_inputs, description=seed.description)
         else:
             models[DEFAULT_MODEL] = seed.model_copy(update={"weights": chosen, "setting": setting})
-    return models
+    from fluxhost.demo import or_demo
+
+    return {slug: or_demo(model) for slug, model in models.items()}

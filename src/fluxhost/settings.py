@@ -22,7 +22,7 @@ class ModelSettings(BaseModel):
     weights: str | None = Field(
         default=None,
         description="Local folder or Hugging Face hub id of a diffusers FLUX pipeline; "
-        "None serves the tiny random-weight pipeline (draws noise, for tests and demos).",
+        "None serves the demo model shipped in the package (flat shapes in eight colours, offline on a CPU).",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = Field(default="auto", description='"auto" (the worker\'s device), "cpu", "cuda:1", "mps"...')
@@ -74,6 +74,15 @@ class ModelSettings(BaseModel):
     batch_wait_ms: int = Field(
         default=0, ge=0, le=10_000, description="How long a batch waits for more tasks (0: only those queued).",
     )
+    render_pixels: int | None = Field(
+        default=None, ge=16 * 16, le=4096 * 4096, description="Generate at about this many pixels, in the requested "
+        "shape, and upscale to the requested size: for models trained small (the demo model). None: generate at "
+        "the requested size.",
+    )
+    upscaler: str | None = Field(
+        default=None, description="A Swin2SR super-resolution model (folder or hub id) for that upscale; "
+        "None: Lanczos resampling alone.",
+    )
     prompt_cache: int = Field(default=64, ge=0, description="Prompts whose text-encoder outputs are kept (LRU).")
     preview_decoder: str | None = Field(
         default=None, description="An AutoencoderTiny (folder or hub id, e.g. madebyollin/taef1) for step "
@@ -86,7 +95,7 @@ class ModelSettings(BaseModel):
 
 
 def _default_models() -> dict[str, ModelSettings]:
-    return {DEFAULT_MODEL: ModelSettings(steps=4, max_sequence_length=64)}
+    return {DEFAULT_MODEL: ModelSettings()}
 
 
 class Settings(BaseSettings):
@@ -202,7 +211,7 @@ class Settings(BaseSettings):
     )
     flux_pro_model: str | None = Field(
         default=None, description="What serves black-forest-labs/flux-pro-1.1: a preset name (schnell, dev, "
-        "klein), a hub id or a diffusers folder; default: the models table (the tiny pipeline).",
+        "klein), a hub id or a diffusers folder; default: the models table (the demo model).",
     )
     devices: str = Field(
         default="auto", description='Devices, one worker and one copy of every model each: "cuda:0,cuda:1"; '
@@ -347,7 +356,3 @@ class Settings(BaseSettings):
     @property
     def files_dir(self) -> Path:
         return self.data_dir / "files"
-
-    @property
-    def tiny_model_dir(self) -> Path:
-        return self.data_dir / "models" / "tiny-flux"

@@ -22,6 +22,7 @@ from fluxhost.engines.base import (
     StartCallback,
 )
 from fluxhost.engines.families import Encoding, Family, family_of
+from fluxhost.engines.upscale import Upscaler, render_size
 from fluxhost.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ class FluxEngine:
         self.prompts = PromptCache(model.prompt_cache)
         self._pipeline: DiffusionPipeline | None = None
         self._preview_decoder: AutoencoderTiny | None = None
+        self._upscaler: Upscaler | None = None
         self._takes_images = False
         self._lock = device_lock(self.device)
 
@@ -134,6 +136,7 @@ class FluxEngine:
         if self.model.preview_decoder:
             self._preview_decoder = AutoencoderTiny.from_pretrained(self.model.preview_decoder, dtype=self.dtype)
             self._preview_decoder.to(self.device)
+        self._upscaler = Upscaler(self.model.upscaler, self.device, self.dtype)
         pipeline.set_progress_bar_config(disable=True)
         self._takes_images = "image" in inspect.signature(pipeline.__call__).parameters
         self._pipeline = pipeline
@@ -238,6 +241,7 @@ class FluxEngine:
         if pipeline is None or family is None:
             raise RuntimeError("engine used before load()")
         first = requests[0]
+        width, height = render_size(first.width, first.height, self.model.render_pixels)
         if any(request.images for request in requests):
             if not self._takes_images:
                 raise ValueError(f"{self.weights} takes no input images")
@@ -255,7 +259,7 @@ class FluxEngine:
                     continue
 
                 def preview(row: int = row) -> Image:
-                    return self._preview(latents[row : row + 1], first.height, first.width)
+                    return self._preview(latents[row : row + 1], height, width)
 
                 if not on_step(index, step + 1, pipeline.num_timesteps, preview):
                     dropped.add(index)
@@ -274,8 +278,8 @@ class FluxEngine:
             encodings = [self._encode(requests[index].prompt) for index in owner]
             result = pipeline(
                 **family.prompt_arguments(pipeline, encodings, first.guidance, self._encode),
-                width=first.width,
-                height=first.height,
+                width=width,
+                height=height,
                 num_inference_steps=first.steps,
                 guidance_scale=first.guidance,
                 generator=generators,
@@ -284,18 +288,20 @@ class FluxEngine:
                 output_type="pil",
                 **image_arguments,
             )
+            images = [self._upscaler(image, first.width, first.height) for image in result.images]
             self.batches += 1
         if len(dropped) == len(requests):
             raise GenerationStopped
         outputs: list[list[Image] | None] = []
         for index, request in enumerate(requests):
             start = rows[index]
-            outputs.append(None if index in dropped else list(result.images[start : start + request.num_images]))
+            outputs.append(None if index in dropped else images[start : start + request.num_images])
         return outputs
 
     def _preview(self, packed_latents: torch.Tensor, height: int, width: int) -> Image:
         """One image's current latents, decoded by the tiny preview decoder when configured, else
-        by the model's own VAE at a quarter of the size (about 1/16 of a full decode's cost)."""
+        by the model's own VAE at a quarter of the size (about 1/16 of a full decode's cost), or
+        whole where the model draws small and is upscaled."""
         pipeline, family = self._pipeline, self.family
         latents = family.image_latents(pipeline, packed_latents, height, width)
         if self._preview_decoder is not None:
@@ -304,7 +310,8 @@ class FluxEngine:
             latents = latents / getattr(config, "scaling_factor", 1.0) + (getattr(config, "shift_factor", 0.0) or 0.0)
         else:
             decoder = pipeline.vae
-            latents = torch.nn.functional.interpolate(latents, scale_factor=PREVIEW_SCALE, mode="area")
+            if not self.model.render_pixels:
+                latents = torch.nn.functional.interpolate(latents, scale_factor=PREVIEW_SCALE, mode="area")
             if family.scales_for_vae():
                 latents = latents / decoder.config.scaling_factor + decoder.config.shift_factor
         with torch.inference_mode():

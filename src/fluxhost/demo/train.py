@@ -1,0 +1,292 @@
+"""Trains the demo model from scratch, on this CPU, from a fixed seed: ``fluxhost models
+train-demo`` (or ``python -m fluxhost.demo.train FOLDER``).
+
+Three parts are trained in turn, each on scenes drawn on the fly by :mod:`fluxhost.demo.scenes`
+(held-out captions never among them):
+
+1. the autoencoder (diffusers ``AutoencoderKL``, FLUX's shape: 16 latent channels, 8 pixels per
+   latent), on pictures at the sizes the model draws at;
+2. the FLUX transformer with both text encoders (CLIP for the pooled vector, T5 for the
+   sequence), by flow matching on the autoencoder's latents, as FLUX was;
+3. the upscaler (transformers' ``Swin2SR``, 8x), from the autoencoder's reconstructions to the
+   scene drawn eight times larger: it is what keeps edges clean at a megapixel.
+
+The folder it writes is an ordinary diffusers ``FluxPipeline`` folder (plus ``upscaler/``), loaded by
+the same code as real FLUX weights.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import string
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+from PIL import Image
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+    Swin2SRConfig,
+    Swin2SRForImageSuperResolution,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
+
+from fluxhost.demo import MAX_SEQUENCE_LENGTH, RENDER_PIXELS, scenes
+from fluxhost.engines.upscale import render_size
+from fluxhost.inputs import ASPECT_RATIOS, size_for_aspect_ratio
+
+TEXT_WIDTH = 64
+LATENT_CHANNELS = 16
+UPSCALE = 8
+
+
+@dataclass(frozen=True)
+class Recipe:
+    seed: int = 0
+    decoder_steps: int = 400
+    encoder_steps: int = 100
+    autoencoder_batch: int = 12
+    autoencoder_lr: float = 3e-3
+    denoiser_steps: int = 3400
+    denoiser_batch: int = 32
+    denoiser_lr: float = 1.5e-3
+    upscaler_steps: int = 300
+    upscaler_batch: int = 16
+    upscaler_crop: int = 24  # low-resolution side of an upscaler training crop
+    upscaler_lr: float = 2e-3
+
+
+def draw_sizes() -> list[tuple[int, int]]:
+    """The sizes the served model draws at: one per aspect ratio of the tool (some shared)."""
+    return sorted({render_size(*size_for_aspect_ratio(ratio), RENDER_PIXELS) for ratio in ASPECT_RATIOS})
+
+
+def _pixels(images: list[Image.Image]) -> torch.Tensor:
+    """RGB pictures as a (batch, 3, height, width) tensor in [-1, 1]."""
+    return torch.from_numpy(np.stack([np.asarray(image) for image in images])).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def _scenes(rng: random.Random, count: int, width: int, height: int,
+            two_things: float = 0.4) -> tuple[list[scenes.Caption], torch.Tensor]:
+    captions = [scenes.training_caption(rng, two_things) for _ in range(count)]
+    images = [scenes.render(caption, scenes.lay_out(caption, rng), width, height) for caption in captions]
+    return captions, _pixels(images)
+
+
+def build_tokenizers() -> tuple[CLIPTokenizer, T5TokenizerFast]:
+    """Word-level in effect: every caption word is one token; any other text falls to characters."""
+    clip = CLIPTokenizer().train_new_from_iterator([list(string.printable) + scenes.words() * 50], vocab_size=400)
+    clip.model_max_length = 77
+    # T5's tokenizer is a unigram model: its pieces are given here (whole words likelier than letters).
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -3.0)]
+    pieces += [("\u2581" + word, -1.0) for word in scenes.words()]
+    pieces += [(character, -5.0) for character in string.printable if not character.isspace()]
+    return clip, T5TokenizerFast(vocab=pieces, extra_ids=0)
+
+
+def build_pipeline() -> FluxPipeline:
+    clip_tokenizer, t5_tokenizer = build_tokenizers()
+    clip = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(clip_tokenizer), hidden_size=TEXT_WIDTH, intermediate_size=2 * TEXT_WIDTH, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=77, projection_dim=TEXT_WIDTH,
+        bos_token_id=clip_tokenizer.bos_token_id, eos_token_id=clip_tokenizer.eos_token_id,
+        pad_token_id=clip_tokenizer.pad_token_id))
+    t5 = T5EncoderModel(T5Config(
+        vocab_size=len(t5_tokenizer), d_model=TEXT_WIDTH, d_kv=16, d_ff=2 * TEXT_WIDTH, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=16, dropout_rate=0.0, pad_token_id=t5_tokenizer.pad_token_id,
+        eos_token_id=t5_tokenizer.eos_token_id, decoder_start_token_id=t5_tokenizer.pad_token_id))
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=4, num_single_layers=2, attention_head_dim=32,
+        num_attention_heads=4, joint_attention_dim=TEXT_WIDTH, pooled_projection_dim=TEXT_WIDTH,
+        guidance_embeds=False, axes_dims_rope=(4, 14, 14))
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(16, 32, 32, 32), layers_per_block=1,
+        latent_channels=LATENT_CHANNELS, norm_num_groups=8, use_quant_conv=False, use_post_quant_conv=False,
+        mid_block_add_attention=False)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=clip_tokenizer,
+                        text_encoder_2=t5, tokenizer_2=t5_tokenizer, transformer=transformer)
+
+
+def _optimiser(parameters, lr: float, steps: int):
+    optimiser = torch.optim.AdamW(parameters, lr, weight_decay=0.0)
+    return optimiser, torch.optim.lr_scheduler.OneCycleLR(optimiser, lr, total_steps=steps, pct_start=0.05)
+
+
+def _update(loss: torch.Tensor, parameters, optimiser, schedule) -> None:
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+    optimiser.step()
+    optimiser.zero_grad()
+    schedule.step()
+
+
+class Progress:
+    def __init__(self, name: str, steps: int, report: Callable[[str], None]):
+        self.name, self.steps, self.report = name, steps, report
+        self.start, self.average = time.monotonic(), None
+
+    def __call__(self, step: int, loss: float) -> None:
+        self.average = loss if self.average is None else 0.95 * self.average + 0.05 * loss
+        if step % 100 == 0 or step == self.steps - 1:
+            self.report(f"{self.name}: step {step + 1}/{self.steps}, loss {self.average:.4f}, "
+                        f"{time.monotonic() - self.start:.0f} s")
+
+
+def scene_latents(pixels: torch.Tensor) -> torch.Tensor:
+    """The latents the autoencoder is taught, fixed rather than learned: for each 8x8 block, the
+    mean colour of its four 4x4 quarters (12 channels), its own mean colour (3) and a zero. Flat
+    scenes need no more, and a fixed target lets the transformer train without waiting for the
+    autoencoder."""
+    quarters = torch.nn.functional.pixel_unshuffle(torch.nn.functional.avg_pool2d(pixels, 4), 2)
+    mean = torch.nn.functional.avg_pool2d(pixels, 8)
+    return torch.cat([quarters, mean, torch.zeros_like(mean[:, :1])], dim=1)
+
+
+def _weighted_error(output: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """L1 plus squared error, the shapes weighted above the background they stand on."""
+    error = output - pixels
+    background = pixels[:, :, :1, :1]  # no shape reaches a corner
+    weight = 1 + 9 * ((pixels - background).abs().amax(1, keepdim=True) > 0.02).float()
+    return ((error.abs() + error.square()) * weight).mean()
+
+
+def train_autoencoder(vae: AutoencoderKL, recipe: Recipe, rng: random.Random,
+                      report: Callable[[str], None]) -> None:
+    """The decoder learns to draw scenes from their :func:`scene_latents`; the encoder learns to
+    give those latents, its log-variance held far below zero (near-deterministic latents)."""
+    sizes = draw_sizes()
+    for part, steps in ((vae.decoder, recipe.decoder_steps), (vae.encoder, recipe.encoder_steps)):
+        optimiser, schedule = _optimiser(part.parameters(), recipe.autoencoder_lr, steps)
+        progress = Progress("decoder" if part is vae.decoder else "encoder", steps, report)
+        vae.train()
+        for step in range(steps):
+            _captions, pixels = _scenes(rng, recipe.autoencoder_batch, *rng.choice(sizes))
+            target = scene_latents(pixels)
+            if part is vae.decoder:
+                loss = _weighted_error(vae.decode(target).sample, pixels)
+            else:
+                moments = vae.encoder(pixels)
+                mean, logvar = moments[:, :LATENT_CHANNELS], moments[:, LATENT_CHANNELS:]
+                loss = (mean - target).square().mean() + 1e-3 * (logvar + 20).square().mean()
+            _update(loss, part.parameters(), optimiser, schedule)
+            progress(step, loss.item())
+    vae.eval().requires_grad_(False)
+    _captions, pixels = _scenes(rng, 64, 128, 128)
+    latents = scene_latents(pixels)
+    # FLUX's convention: the transformer sees (latents - shift) * scale, near zero mean and unit variance.
+    vae.register_to_config(shift_factor=latents.mean().item(), scaling_factor=1 / latents.std().item())
+
+
+def _sigmas(rng: torch.Generator, count: int, tokens: int) -> torch.Tensor:
+    """Noise levels as FLUX trains them: logit-normal, shifted toward noise as the pipeline's
+    scheduler shifts them for a picture of ``tokens`` tokens; centred higher than FLUX's, since
+    where things go is decided at high noise and is the hard part here."""
+    mu = 0.5 + (1.15 - 0.5) * (tokens - 256) / (4096 - 256)
+    t = torch.sigmoid(torch.randn(count, generator=rng) + 0.5)
+    return math.exp(mu) / (math.exp(mu) + (1 / t - 1))
+
+
+def train_denoiser(pipeline: FluxPipeline, recipe: Recipe, rng: random.Random, generator: torch.Generator,
+                   report: Callable[[str], None]) -> None:
+    """Flow matching: from x_t = (1 - s) x_0 + s noise the transformer predicts noise - x_0, the
+    velocity FLUX's scheduler steps along. The text encoders learn with it."""
+    vae, transformer = pipeline.vae, pipeline.transformer
+    modules = (transformer, pipeline.text_encoder, pipeline.text_encoder_2)
+    parameters = [parameter for module in modules for parameter in module.parameters()]
+    optimiser, schedule = _optimiser(parameters, recipe.denoiser_lr, recipe.denoiser_steps)
+    progress = Progress("transformer", recipe.denoiser_steps, report)
+    sizes = draw_sizes()
+    weights = [6 if size in ((128, 128), (176, 96)) else 1 for size in sizes]  # 1:1 and 16:9, the common ones
+    for module in modules:
+        module.train()
+    batch = recipe.denoiser_batch
+    for step in range(recipe.denoiser_steps):
+        width, height = rng.choices(sizes, weights)[0]
+        captions, pixels = _scenes(rng, batch, width, height, two_things=0.25)
+        latents = (scene_latents(pixels) - vae.config.shift_factor) * vae.config.scaling_factor
+        rows, columns = latents.shape[2:]
+        clean = FluxPipeline._pack_latents(latents, batch, LATENT_CHANNELS, rows, columns)
+        image_ids = FluxPipeline._prepare_latent_image_ids(batch, rows // 2, columns // 2, "cpu", torch.float32)
+        prompt_embeds, pooled, text_ids = pipeline.encode_prompt(
+            prompt=[str(caption) for caption in captions], prompt_2=None, max_sequence_length=MAX_SEQUENCE_LENGTH)
+        sigmas = _sigmas(generator, batch, clean.shape[1])[:, None, None]
+        noise = torch.randn(clean.shape, generator=generator)
+        velocity = transformer(hidden_states=(1 - sigmas) * clean + sigmas * noise, timestep=sigmas.flatten(),
+                               pooled_projections=pooled, encoder_hidden_states=prompt_embeds, txt_ids=text_ids,
+                               img_ids=image_ids, return_dict=False)[0]
+        loss = (velocity - (noise - clean)).square().mean()
+        _update(loss, parameters, optimiser, schedule)
+        progress(step, loss.item())
+    for module in modules:
+        module.eval().requires_grad_(False)
+
+
+def build_upscaler() -> Swin2SRForImageSuperResolution:
+    return Swin2SRForImageSuperResolution(Swin2SRConfig(
+        image_size=64, num_channels=3, embed_dim=32, depths=[2], num_heads=[2], window_size=8, mlp_ratio=2.0,
+        upscale=UPSCALE, upsampler="pixelshuffledirect", img_range=1.0, resi_connection="1conv"))
+
+
+def train_upscaler(upscaler: Swin2SRForImageSuperResolution, vae: AutoencoderKL, recipe: Recipe,
+                   rng: random.Random, report: Callable[[str], None]) -> None:
+    """From a window of the autoencoder's reconstruction of a scene (what the pipeline hands over)
+    to the same window of the scene drawn eight times larger."""
+    sizes = draw_sizes()
+    crop = recipe.upscaler_crop
+    optimiser, schedule = _optimiser(upscaler.parameters(), recipe.upscaler_lr, recipe.upscaler_steps)
+    progress = Progress("upscaler", recipe.upscaler_steps, report)
+    upscaler.train()
+    for step in range(recipe.upscaler_steps):
+        width, height = rng.choice(sizes)
+        captions = [scenes.training_caption(rng) for _ in range(recipe.upscaler_batch)]
+        layouts = [scenes.lay_out(caption, rng) for caption in captions]
+        with torch.no_grad():
+            pixels = _pixels([scenes.render(caption, layout, width, height)
+                              for caption, layout in zip(captions, layouts, strict=True)])
+            small = (vae.decode(scene_latents(pixels)).sample.clamp(-1, 1) + 1) / 2
+        low, high = [], []
+        for index, (caption, layout) in enumerate(zip(captions, layouts, strict=True)):
+            left, top = rng.randrange(width - crop + 1), rng.randrange(height - crop + 1)
+            low.append(small[index, :, top : top + crop, left : left + crop])
+            window = (left * UPSCALE, top * UPSCALE, crop * UPSCALE, crop * UPSCALE)
+            high.append(scenes.render(caption, layout, width * UPSCALE, height * UPSCALE, window))
+        target = (_pixels(high) + 1) / 2
+        loss = (upscaler(pixel_values=torch.stack(low)).reconstruction - target).abs().mean()
+        _update(loss, upscaler.parameters(), optimiser, schedule)
+        progress(step, loss.item())
+    upscaler.eval().requires_grad_(False)
+
+
+def train(folder: Path, recipe: Recipe = Recipe(), report: Callable[[str], None] = print) -> None:
+    """Trains every part from ``recipe.seed`` and writes the pipeline (and its upscaler) to ``folder``."""
+    torch.manual_seed(recipe.seed)
+    rng = random.Random(recipe.seed)
+    generator = torch.Generator().manual_seed(recipe.seed)
+    started = time.monotonic()
+    pipeline = build_pipeline()
+    upscaler = build_upscaler()
+    train_autoencoder(pipeline.vae, recipe, rng, report)
+    train_denoiser(pipeline, recipe, rng, generator, report)
+    train_upscaler(upscaler, pipeline.vae, recipe, rng, report)
+    folder.mkdir(parents=True, exist_ok=True)
+    pipeline.save_pretrained(folder)
+    upscaler.save_pretrained(folder / "upscaler")
+    report(f"trained in {(time.monotonic() - started) / 60:.1f} min; written to {folder}")
+
+
+if __name__ == "__main__":
+    steps = {name: int(value) for name, value in (argument.split("=") for argument in sys.argv[2:])}
+    train(Path(sys.argv[1]), Recipe(**steps))
