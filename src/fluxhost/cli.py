@@ -75,7 +75,11 @@ def _first_key_banner(key, settings) -> str:
     """What a first start prints: the new key and a Run request ready to paste."""
     base = settings.resolved_public_url
     run = f"{base}/v1/Run/{DEFAULT_MODEL}"
-    body = json.dumps({"prompt": "a lighthouse on a cliff at dusk", "aspectRatio": "16:9", "seed": "42"})
+    from fluxhost.demo import EXAMPLE_PROMPT, serves_demo
+
+    served = settings.served_models.get(DEFAULT_MODEL)
+    prompt = EXAMPLE_PROMPT if served is not None and serves_demo(served) else "a lighthouse on a cliff at dusk"
+    body = json.dumps({"prompt": prompt, "aspectRatio": "16:9", "seed": "42"})
     return "\n".join(
         [
             "No API key existed, so one was created. Keep the secret: it is shown only now.",

@@ -17,14 +17,16 @@ DEMO_LABEL = "fluxhost demo model (flat shapes in eight colours: configure real 
 RENDER_PIXELS = 128 * 128
 """About the size the model was trained at: it draws there and is upscaled."""
 
-STEPS = 20  # measured: more steps than 8 draw colour and place better; 20 stays near a second a picture
+STEPS = 20  # measured: more steps than 8 draw colour and place better; 20 stay under a second a picture
 MAX_SEQUENCE_LENGTH = 24  # tokens of the longest caption, with room to spare
 
-CAN_DRAW = ("The demo model draws one or two flat shapes (circle, square, triangle) in red, green, blue, yellow, "
-            "white, black, purple or orange, on the left, on the right, at the top, at the bottom or in the "
-            "center, on a plain background of one of those colours: e.g. \"a red circle on the left on a blue "
-            "background\". A first version: the background comes out as asked, the shape's colour mostly, its "
-            "place and form not yet reliably. Anything else comes out as some such scene.")
+EXAMPLE_PROMPT = "a red circle on the left on a blue background"
+
+CAN_DRAW = (f"The demo model draws one or two flat shapes (circle, square, triangle) in red, green, blue, yellow, "
+            f"white, black, purple or orange, on the left, on the right, at the top, at the bottom or in the "
+            f"center, on a plain background of one of those colours: e.g. \"{EXAMPLE_PROMPT}\". A first version: "
+            f"the background comes out as asked, the shape's colour mostly, its place and form not yet reliably. "
+            f"Anything else comes out as some such scene.")
 
 
 def demo_model_settings(**overrides: object) -> ModelSettings:

@@ -288,14 +288,15 @@ class FluxEngine:
                 output_type="pil",
                 **image_arguments,
             )
-            images = [self._upscaler(image, first.width, first.height) for image in result.images]
             self.batches += 1
-        if len(dropped) == len(requests):
-            raise GenerationStopped
-        outputs: list[list[Image] | None] = []
-        for index, request in enumerate(requests):
-            start = rows[index]
-            outputs.append(None if index in dropped else images[start : start + request.num_images])
+            if len(dropped) == len(requests):
+                raise GenerationStopped
+            outputs: list[list[Image] | None] = []
+            for index, request in enumerate(requests):
+                start = rows[index]
+                outputs.append(None if index in dropped else [
+                    self._upscaler(image, first.width, first.height)
+                    for image in result.images[start : start + request.num_images]])
         return outputs
 
     def _preview(self, packed_latents: torch.Tensor, height: int, width: int) -> Image:

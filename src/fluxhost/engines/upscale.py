@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps
 
@@ -44,8 +45,7 @@ class Upscaler:
 
     def _super_resolve(self, image: Image.Image) -> Image.Image:
         model = self.model
-        pixels = torch.frombuffer(bytearray(image.convert("RGB").tobytes()), dtype=torch.uint8)
-        pixels = pixels.view(image.height, image.width, 3).permute(2, 0, 1)[None]
+        pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)[None]
         with torch.inference_mode():
             output = model(pixel_values=(pixels / 255).to(model.device, model.dtype)).reconstruction
         array = (output[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
