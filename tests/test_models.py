@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -81,6 +82,41 @@ def test_a_tiny_autoencoder_draws_the_previews(tiny_weights, tiny_preview_decode
 def test_caches_without_klein_support_are_refused_for_it(tiny_klein, cache):
     with pytest.raises(ValueError, match=cache):
         run_once(tiny_klein, cache=cache)
+
+
+def test_positioned_noise_is_the_seeds_noise_plus_ramps_across_and_down(tiny_weights):
+    from diffusers import FluxPipeline
+
+    engine, [image], _previews = run_once(tiny_weights, noise_mean="positions")
+    assert image.size == (256, 256)
+    pipeline = engine._pipeline
+
+    def noise(seeds):
+        return engine._positioned_noise([torch.Generator().manual_seed(seed) for seed in seeds], 64, 96)
+
+    alone, batched = noise([7]), noise([3, 7])
+    assert torch.equal(batched[1:], alone)  # a seed starts from the same noise, alone or batched
+    plain, _ids = pipeline.prepare_latents(1, 16, 64, 96, torch.float32, "cpu", [torch.Generator().manual_seed(7)])
+    mean = FluxPipeline._unpack_latents(alone - plain, 64, 96, pipeline.vae_scale_factor)[0]
+    assert torch.allclose(mean[:8], torch.linspace(-1, 1, 12).expand(8, 8, 12), atol=1e-5)  # left to right
+    assert torch.allclose(mean[8:], torch.linspace(-1, 1, 8)[:, None].expand(8, 8, 12), atol=1e-5)  # top to bottom
+
+
+@pytest.mark.parametrize("option", [{"noise_mean": "positions"}, {"negative_prompt": ""}], ids=str)
+def test_flux1_only_options_are_refused_for_klein(tiny_klein, option):
+    with pytest.raises(ValueError, match=f"{next(iter(option))} is for FLUX.1"):
+        run_once(tiny_klein, **option)
+
+
+def test_a_negative_prompt_guides_away_from_it(tiny_weights):
+    """True classifier-free guidance: the unguided picture differs from the guided ones, and
+    guiding away from another prompt differs from guiding away from none."""
+    pictures = []
+    for negative in (None, "", "a blue whale"):
+        _engine, [image], _previews = run_once(tiny_weights, negative_prompt=negative)
+        pictures.append(np.asarray(image, dtype=np.int16))
+    unguided, from_nothing, from_whale = pictures
+    assert np.abs(unguided - from_nothing).mean() > 1 and np.abs(from_nothing - from_whale).mean() > 1
 
 
 def test_an_identical_prompt_reuses_its_encoding(tiny_weights):

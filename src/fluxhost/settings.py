@@ -83,6 +83,15 @@ class ModelSettings(BaseModel):
         default=None, description="A Swin2SR super-resolution model (folder or hub id) for that upscale; "
         "None: Lanczos resampling alone.",
     )
+    negative_prompt: str | None = Field(
+        default=None, description="Classifier-free guidance at the request's guidance scale, away from this prompt "
+        '("": from no prompt), for FLUX.1 models without a guidance embedding that were trained with empty captions '
+        "(the demo model, de-distilled FLUX): twice the transformer's work. None: guidance as the model takes it.",
+    )
+    noise_mean: Literal["zero", "positions"] = Field(
+        default="zero", description="The starting noise's mean: zero (FLUX), or positions: ramps across and down "
+        "the picture, for FLUX.1 models trained to start from them (the demo model).",
+    )
     prompt_cache: int = Field(default=64, ge=0, description="Prompts whose text-encoder outputs are kept (LRU).")
     preview_decoder: str | None = Field(
         default=None, description="An AutoencoderTiny (folder or hub id, e.g. madebyollin/taef1) for step "

@@ -18,14 +18,16 @@ RENDER_PIXELS = 128 * 128
 """About the size the model was trained at: it draws there and is upscaled."""
 
 STEPS = 20  # measured: more steps than 8 draw colour and place better; 20 stay under a second a picture
+GUIDANCE = 3.0  # true classifier-free guidance (the model learned empty captions too): shapes come out firmer
 MAX_SEQUENCE_LENGTH = 24  # tokens of the longest caption, with room to spare
 
 EXAMPLE_PROMPT = "a red circle on the left on a blue background"
 
 CAN_DRAW = (f"The demo model draws one or two flat shapes (circle, square, triangle) in red, green, blue, yellow, "
             f"white, black, purple or orange, on the left, on the right, at the top, at the bottom or in the "
-            f"center, on a plain background of one of those colours: e.g. \"{EXAMPLE_PROMPT}\". A first version: "
-            f"the background comes out as asked, the shape's colour mostly, its place and form not yet reliably. "
+            f"center, on a plain background of one of those colours: e.g. \"{EXAMPLE_PROMPT}\". The background, the "
+            f"shape's colour and its place come out as asked; its form is often a rounded blob, not yet reliably the "
+            f"shape asked for. "
             f"Anything else comes out as some such scene.")
 
 
@@ -33,7 +35,7 @@ def demo_model_settings(**overrides: object) -> ModelSettings:
     """The settings the demo model is served with (``overrides`` on top)."""
     values: dict[str, object] = dict(
         weights=str(WEIGHTS), upscaler=str(WEIGHTS / "upscaler"), render_pixels=RENDER_PIXELS, steps=STEPS,
-        max_sequence_length=MAX_SEQUENCE_LENGTH,
+        max_sequence_length=MAX_SEQUENCE_LENGTH, noise_mean="positions", guidance=GUIDANCE, negative_prompt="",
     )
     return ModelSettings(**{**values, **overrides})
 

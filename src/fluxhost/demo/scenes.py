@@ -12,6 +12,7 @@ import itertools
 import random
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -39,6 +40,10 @@ JITTER = 0.03  # how far an object may stray from its place, as a fraction of wi
 SUPERSAMPLING = 4  # shapes are drawn this much larger and reduced: antialiased edges
 
 
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
 @dataclass(frozen=True)
 class Thing:
     shape: str
@@ -47,7 +52,7 @@ class Thing:
 
     @property
     def words(self) -> str:
-        return f"a {self.colour} {self.shape} {PLACE_WORDS[self.place]}"
+        return f"{_article(self.colour)} {self.colour} {self.shape} {PLACE_WORDS[self.place]}"
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,8 @@ class Caption:
     background: str
 
     def __str__(self) -> str:
-        return " and ".join(thing.words for thing in self.things) + f" on a {self.background} background"
+        background = f"{_article(self.background)} {self.background} background"
+        return " and ".join(thing.words for thing in self.things) + f" on {background}"
 
 
 @dataclass(frozen=True)
@@ -115,22 +121,41 @@ def render(caption: Caption, layout: list[Drawn], width: int, height: int,
            window: tuple[int, int, int, int] | None = None) -> Image.Image:
     """The scene as an RGB image of ``width`` x ``height``, or the part of it in ``window``
     (left, top, width, height)."""
-    scale = SUPERSAMPLING
     left, top, window_width, window_height = window or (0, 0, width, height)
-    canvas = Image.new("RGB", (window_width * scale, window_height * scale), COLOURS[caption.background])
-    draw = ImageDraw.Draw(canvas)
-    short = min(width, height) * scale
+    canvas = Image.new("RGB", (window_width * SUPERSAMPLING, window_height * SUPERSAMPLING),
+                       COLOURS[caption.background])
     for item in layout:
-        cx, cy, r = (item.x * width - left) * scale, (item.y * height - top) * scale, item.radius * short
-        colour = COLOURS[item.thing.colour]
-        if item.thing.shape == "circle":
-            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour)
-        elif item.thing.shape == "square":
-            side = 0.9 * r
-            draw.rectangle((cx - side, cy - side, cx + side, cy + side), fill=colour)
-        else:
-            draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=colour)
-    return canvas.reduce(scale)
+        _draw(canvas, item, width, height, left, top, COLOURS[item.thing.colour])
+    return canvas.reduce(SUPERSAMPLING)
+
+
+def shape_masks(layout: list[Drawn], width: int, height: int) -> np.ndarray:
+    """How much of each pixel each shape covers, in [0, 1]: (len(SHAPES), height, width)."""
+    masks = []
+    for shape in SHAPES:
+        canvas = Image.new("L", (width * SUPERSAMPLING, height * SUPERSAMPLING), 0)
+        for item in layout:
+            if item.thing.shape == shape:
+                _draw(canvas, item, width, height, 0, 0, 255)
+        masks.append(np.asarray(canvas.reduce(SUPERSAMPLING), dtype=np.float32) / 255)
+    return np.stack(masks)
+
+
+def _draw(canvas: Image.Image, item: Drawn, width: int, height: int, left: int, top: int,
+          fill: tuple[int, int, int] | int) -> None:
+    """One thing of a ``width`` x ``height`` scene onto a supersampled canvas whose corner is the
+    scene's pixel (``left``, ``top``)."""
+    scale = SUPERSAMPLING
+    cx, cy = (item.x * width - left) * scale, (item.y * height - top) * scale
+    r = item.radius * min(width, height) * scale
+    draw = ImageDraw.Draw(canvas)
+    if item.thing.shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    elif item.thing.shape == "square":
+        side = 0.9 * r
+        draw.rectangle((cx - side, cy - side, cx + side, cy + side), fill=fill)
+    else:
+        draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=fill)
 
 
 def words() -> list[str]:

@@ -42,24 +42,28 @@ from transformers import (
 )
 
 from fluxhost.demo import MAX_SEQUENCE_LENGTH, RENDER_PIXELS, scenes
+from fluxhost.engines.noise import position_ramps
 from fluxhost.engines.upscale import render_size
 from fluxhost.inputs import ASPECT_RATIOS, size_for_aspect_ratio
 
 TEXT_WIDTH = 64
 LATENT_CHANNELS = 16
 UPSCALE = 8
+TOKEN_PIXELS = 16  # a transformer token: 2x2 latents of 8x8 pixels
 
 
 @dataclass(frozen=True)
 class Recipe:
     seed: int = 0
-    decoder_steps: int = 400
+    decoder_steps: int = 700
     encoder_steps: int = 100
     autoencoder_batch: int = 12
     autoencoder_lr: float = 3e-3
     denoiser_steps: int = 3400
     denoiser_batch: int = 32
     denoiser_lr: float = 1.5e-3
+    shape_weight: float = 5.0
+    caption_dropout: float = 0.1
     upscaler_steps: int = 300
     upscaler_batch: int = 16
     upscaler_crop: int = 24  # low-resolution side of an upscaler training crop
@@ -76,17 +80,48 @@ def _pixels(images: list[Image.Image]) -> torch.Tensor:
     return torch.from_numpy(np.stack([np.asarray(image) for image in images])).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
-def _scenes(rng: random.Random, count: int, width: int, height: int,
-            two_things: float = 0.4) -> tuple[list[scenes.Caption], torch.Tensor]:
+@dataclass(frozen=True)
+class SceneBatch:
+    captions: list[scenes.Caption]
+    layouts: list[list[scenes.Drawn]]
+    pixels: torch.Tensor  # (batch, 3, height, width) in [-1, 1]
+    masks: torch.Tensor  # (batch, shapes, height, width): how much of each pixel each shape covers
+
+    @property
+    def latents(self) -> torch.Tensor:
+        return scene_latents(self.pixels, self.masks)
+
+
+def _scenes(rng: random.Random, count: int, width: int, height: int, two_things: float = 0.4) -> SceneBatch:
     captions = [scenes.training_caption(rng, two_things) for _ in range(count)]
-    images = [scenes.render(caption, scenes.lay_out(caption, rng), width, height) for caption in captions]
-    return captions, _pixels(images)
+    layouts = [scenes.lay_out(caption, rng) for caption in captions]
+    images = [scenes.render(caption, layout, width, height) for caption, layout in zip(captions, layouts, strict=True)]
+    masks = torch.from_numpy(np.stack([scenes.shape_masks(layout, width, height) for layout in layouts]))
+    return SceneBatch(captions, layouts, _pixels(images), masks)
+
+
+def _clip_tokenizer() -> CLIPTokenizer:
+    """CLIP's byte-pair tokenizer with merges that build each caption word from its end (``d</w>``,
+    ``ed</w>``, ``red</w>``): only a word's last token ever merges, so every caption word becomes
+    one token, other words fall to letters, and the vocabulary is the same on every run."""
+    letters = [character for character in string.printable if not character.isspace()]
+    vocabulary = ["<|startoftext|>", "<|endoftext|>", *letters, *(letter + "</w>" for letter in letters)]
+    merges = []
+    for word in scenes.words():
+        for start in range(len(word) - 2, -1, -1):
+            merge = (word[start], word[start + 1 :] + "</w>")
+            if merge not in merges:
+                merges.append(merge)
+                vocabulary.append("".join(merge))
+    tokenizer = CLIPTokenizer(vocab={token: index for index, token in enumerate(vocabulary)},
+                              merges=merges)
+    tokenizer.model_max_length = 77
+    return tokenizer
 
 
 def build_tokenizers() -> tuple[CLIPTokenizer, T5TokenizerFast]:
     """Word-level in effect: every caption word is one token; any other text falls to characters."""
-    clip = CLIPTokenizer().train_new_from_iterator([list(string.printable) + scenes.words() * 50], vocab_size=400)
-    clip.model_max_length = 77
+    clip = _clip_tokenizer()
     # T5's tokenizer is a unigram model: its pieces are given here (whole words likelier than letters).
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -3.0)]
     pieces += [("\u2581" + word, -1.0) for word in scenes.words()]
@@ -145,14 +180,14 @@ class Progress:
                         f"{time.monotonic() - self.start:.0f} s")
 
 
-def scene_latents(pixels: torch.Tensor) -> torch.Tensor:
+def scene_latents(pixels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """The latents the autoencoder is taught, fixed rather than learned: for each 8x8 block, the
-    mean colour of its four 4x4 quarters (12 channels), its own mean colour (3) and a zero. Flat
-    scenes need no more, and a fixed target lets the transformer train without waiting for the
-    autoencoder."""
+    mean colour of its four 4x4 quarters (12 channels), how much of it each shape covers (3, from
+    -1 to 1) and a zero. The coverage tells the decoder which shape to draw sharp where the colours
+    only outline it; a fixed target lets the transformer train without waiting for the autoencoder."""
     quarters = torch.nn.functional.pixel_unshuffle(torch.nn.functional.avg_pool2d(pixels, 4), 2)
-    mean = torch.nn.functional.avg_pool2d(pixels, 8)
-    return torch.cat([quarters, mean, torch.zeros_like(mean[:, :1])], dim=1)
+    coverage = torch.nn.functional.avg_pool2d(masks, 8) * 2 - 1
+    return torch.cat([quarters, coverage, torch.zeros_like(coverage[:, :1])], dim=1)
 
 
 def _weighted_error(output: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
@@ -173,19 +208,18 @@ def train_autoencoder(vae: AutoencoderKL, recipe: Recipe, rng: random.Random,
         progress = Progress("decoder" if part is vae.decoder else "encoder", steps, report)
         vae.train()
         for step in range(steps):
-            _captions, pixels = _scenes(rng, recipe.autoencoder_batch, *rng.choice(sizes))
-            target = scene_latents(pixels)
+            batch = _scenes(rng, recipe.autoencoder_batch, *rng.choice(sizes))
+            target = batch.latents
             if part is vae.decoder:
-                loss = _weighted_error(vae.decode(target).sample, pixels)
+                loss = _weighted_error(vae.decode(target).sample, batch.pixels)
             else:
-                moments = vae.encoder(pixels)
+                moments = vae.encoder(batch.pixels)
                 mean, logvar = moments[:, :LATENT_CHANNELS], moments[:, LATENT_CHANNELS:]
                 loss = (mean - target).square().mean() + 1e-3 * (logvar + 20).square().mean()
             _update(loss, part.parameters(), optimiser, schedule)
             progress(step, loss.item())
     vae.eval().requires_grad_(False)
-    _captions, pixels = _scenes(rng, 64, 128, 128)
-    latents = scene_latents(pixels)
+    latents = _scenes(rng, 64, 128, 128).latents
     # FLUX's convention: the transformer sees (latents - shift) * scale, near zero mean and unit variance.
     vae.register_to_config(shift_factor=latents.mean().item(), scaling_factor=1 / latents.std().item())
 
@@ -202,7 +236,12 @@ def _sigmas(rng: torch.Generator, count: int, tokens: int) -> torch.Tensor:
 def train_denoiser(pipeline: FluxPipeline, recipe: Recipe, rng: random.Random, generator: torch.Generator,
                    report: Callable[[str], None]) -> None:
     """Flow matching: from x_t = (1 - s) x_0 + s noise the transformer predicts noise - x_0, the
-    velocity FLUX's scheduler steps along. The text encoders learn with it."""
+    velocity FLUX's scheduler steps along; the noise's mean marks each latent's place in the
+    picture (:func:`~fluxhost.engines.noise.position_ramps`, served with ``noise_mean=positions``),
+    so that "on the right" lands on the right at every aspect ratio. The text encoders learn with it. The tokens a shape
+    touches weigh ``recipe.shape_weight`` times more (they are few, and they are the caption's
+    hard part); a caption is left empty ``recipe.caption_dropout`` of the time, so that the model
+    also learns the unconditional picture that classifier-free guidance steers away from."""
     vae, transformer = pipeline.vae, pipeline.transformer
     modules = (transformer, pipeline.text_encoder, pipeline.text_encoder_2)
     parameters = [parameter for module in modules for parameter in module.parameters()]
@@ -212,22 +251,27 @@ def train_denoiser(pipeline: FluxPipeline, recipe: Recipe, rng: random.Random, g
     weights = [6 if size in ((128, 128), (176, 96)) else 1 for size in sizes]  # 1:1 and 16:9, the common ones
     for module in modules:
         module.train()
-    batch = recipe.denoiser_batch
+    count = recipe.denoiser_batch
     for step in range(recipe.denoiser_steps):
         width, height = rng.choices(sizes, weights)[0]
-        captions, pixels = _scenes(rng, batch, width, height, two_things=0.25)
-        latents = (scene_latents(pixels) - vae.config.shift_factor) * vae.config.scaling_factor
+        batch = _scenes(rng, count, width, height, two_things=0.25)
+        latents = (batch.latents - vae.config.shift_factor) * vae.config.scaling_factor
         rows, columns = latents.shape[2:]
-        clean = FluxPipeline._pack_latents(latents, batch, LATENT_CHANNELS, rows, columns)
-        image_ids = FluxPipeline._prepare_latent_image_ids(batch, rows // 2, columns // 2, "cpu", torch.float32)
+        clean = FluxPipeline._pack_latents(latents, count, LATENT_CHANNELS, rows, columns)
+        image_ids = FluxPipeline._prepare_latent_image_ids(count, rows // 2, columns // 2, "cpu", torch.float32)
+        prompts = ["" if rng.random() < recipe.caption_dropout else str(caption) for caption in batch.captions]
         prompt_embeds, pooled, text_ids = pipeline.encode_prompt(
-            prompt=[str(caption) for caption in captions], prompt_2=None, max_sequence_length=MAX_SEQUENCE_LENGTH)
-        sigmas = _sigmas(generator, batch, clean.shape[1])[:, None, None]
-        noise = torch.randn(clean.shape, generator=generator)
+            prompt=prompts, prompt_2=None, max_sequence_length=MAX_SEQUENCE_LENGTH)
+        sigmas = _sigmas(generator, count, clean.shape[1])[:, None, None]
+        ramps = position_ramps(count, LATENT_CHANNELS, rows, columns)
+        noise = torch.randn(clean.shape, generator=generator) + FluxPipeline._pack_latents(
+            ramps, count, LATENT_CHANNELS, rows, columns)
         velocity = transformer(hidden_states=(1 - sigmas) * clean + sigmas * noise, timestep=sigmas.flatten(),
                                pooled_projections=pooled, encoder_hidden_states=prompt_embeds, txt_ids=text_ids,
                                img_ids=image_ids, return_dict=False)[0]
-        loss = (velocity - (noise - clean)).square().mean()
+        touched = torch.nn.functional.max_pool2d(batch.masks.sum(1, keepdim=True), TOKEN_PIXELS).flatten(1) > 0
+        token_weights = 1 + (recipe.shape_weight - 1) * touched.float()[:, :, None]
+        loss = ((velocity - (noise - clean)).square() * token_weights).mean()
         _update(loss, parameters, optimiser, schedule)
         progress(step, loss.item())
     for module in modules:
@@ -251,14 +295,11 @@ def train_upscaler(upscaler: Swin2SRForImageSuperResolution, vae: AutoencoderKL,
     upscaler.train()
     for step in range(recipe.upscaler_steps):
         width, height = rng.choice(sizes)
-        captions = [scenes.training_caption(rng) for _ in range(recipe.upscaler_batch)]
-        layouts = [scenes.lay_out(caption, rng) for caption in captions]
+        batch = _scenes(rng, recipe.upscaler_batch, width, height)
         with torch.no_grad():
-            pixels = _pixels([scenes.render(caption, layout, width, height)
-                              for caption, layout in zip(captions, layouts, strict=True)])
-            small = (vae.decode(scene_latents(pixels)).sample.clamp(-1, 1) + 1) / 2
+            small = (vae.decode(batch.latents).sample.clamp(-1, 1) + 1) / 2
         low, high = [], []
-        for index, (caption, layout) in enumerate(zip(captions, layouts, strict=True)):
+        for index, (caption, layout) in enumerate(zip(batch.captions, batch.layouts, strict=True)):
             left, top = rng.randrange(width - crop + 1), rng.randrange(height - crop + 1)
             low.append(small[index, :, top : top + crop, left : left + crop])
             window = (left * UPSCALE, top * UPSCALE, crop * UPSCALE, crop * UPSCALE)

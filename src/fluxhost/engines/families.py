@@ -58,6 +58,12 @@ class Flux1:
         return {"prompt_embeds": _batched(encodings, "prompt_embeds"),
                 "pooled_prompt_embeds": _batched(encodings, "pooled_prompt_embeds")}
 
+    def negative_arguments(self, negative: Encoding, count: int, guidance: float) -> dict[str, object]:
+        """True classifier-free guidance at ``guidance`` away from ``negative``, for each of ``count`` rows."""
+        return {"negative_prompt_embeds": negative["prompt_embeds"].expand(count, -1, -1),
+                "negative_pooled_prompt_embeds": negative["pooled_prompt_embeds"].expand(count, -1),
+                "true_cfg_scale": guidance}
+
     def image_latents(self, pipeline, packed, height, width):
         return pipeline._unpack_latents(packed, height, width, pipeline.vae_scale_factor)
 

@@ -21,7 +21,8 @@ from fluxhost.engines.base import (
     GenerationStopped,
     StartCallback,
 )
-from fluxhost.engines.families import Encoding, Family, family_of
+from fluxhost.engines.families import Encoding, Family, Flux1, family_of
+from fluxhost.engines.noise import position_ramps
 from fluxhost.engines.upscale import Upscaler, render_size
 from fluxhost.settings import ModelSettings
 
@@ -121,6 +122,11 @@ class FluxEngine:
             raise WeightsUnavailable(self._weights_message(error)) from error
         pipeline = self._for_kind(pipeline)
         self.family = family_of(pipeline)
+        if not isinstance(self.family, Flux1):
+            flux1_options = {"noise_mean": self.model.noise_mean == "positions",
+                             "negative_prompt": self.model.negative_prompt is not None}
+            for option in (option for option, used in flux1_options.items() if used):
+                raise ValueError(f"{option} is for FLUX.1 pipelines, not {self.family.name} ({self.weights})")
         self._quantize(pipeline)
         self._place(pipeline)
         if self.model.vae_tiling:
@@ -270,14 +276,20 @@ class FluxEngine:
         # CPU generators give the same noise on every device, so a seed means one image, alone or batched.
         generators = [torch.Generator(device="cpu").manual_seed(request.seed + number)
                       for request in requests for number in range(request.num_images)]
-        image_arguments: dict[str, object] = {"image": list(first.images)} if first.images else {}
+        call_arguments: dict[str, object] = {"image": list(first.images)} if first.images else {}
         if first.strength is not None:
-            image_arguments["strength"] = first.strength
+            call_arguments["strength"] = first.strength
+        if self.model.noise_mean == "positions" and not first.images:
+            call_arguments["latents"] = self._positioned_noise(generators, height, width)
         with self._lock, torch.inference_mode():
             on_start()
             encodings = [self._encode(requests[index].prompt) for index in owner]
+            prompt_arguments = family.prompt_arguments(pipeline, encodings, first.guidance, self._encode)
+            if self.model.negative_prompt is not None and first.guidance > 1:
+                negative = self._encode(self.model.negative_prompt)
+                prompt_arguments |= family.negative_arguments(negative, len(encodings), first.guidance)
             result = pipeline(
-                **family.prompt_arguments(pipeline, encodings, first.guidance, self._encode),
+                **prompt_arguments,
                 width=width,
                 height=height,
                 num_inference_steps=first.steps,
@@ -286,7 +298,7 @@ class FluxEngine:
                 max_sequence_length=self.model.max_sequence_length,
                 callback_on_step_end=step_end,
                 output_type="pil",
-                **image_arguments,
+                **call_arguments,
             )
             self.batches += 1
             if len(dropped) == len(requests):
@@ -298,6 +310,17 @@ class FluxEngine:
                     self._upscaler(image, first.width, first.height)
                     for image in result.images[start : start + request.num_images]])
         return outputs
+
+    def _positioned_noise(self, generators: list[torch.Generator], height: int, width: int) -> torch.Tensor:
+        """The pipeline's own starting noise for these generators, plus :func:`position_ramps`."""
+        pipeline = self._pipeline
+        channels = pipeline.transformer.config.in_channels // 4
+        noise, _ids = pipeline.prepare_latents(len(generators), channels, height, width, pipeline.transformer.dtype,
+                                               pipeline._execution_device, generators)
+        patch = 2 * pipeline.vae_scale_factor  # as the pipeline sizes its latents: whole 2x2 patches
+        rows, columns = 2 * (height // patch), 2 * (width // patch)
+        ramps = position_ramps(len(generators), channels, rows, columns)
+        return noise + pipeline._pack_latents(ramps, len(generators), channels, rows, columns).to(noise)
 
     def _preview(self, packed_latents: torch.Tensor, height: int, width: int) -> Image:
         """One image's current latents, decoded by the tiny preview decoder when configured, else
