@@ -122,11 +122,10 @@ class FluxEngine:
             raise WeightsUnavailable(self._weights_message(error)) from error
         pipeline = self._for_kind(pipeline)
         self.family = family_of(pipeline)
-        if not isinstance(self.family, Flux1):
-            flux1_options = {"noise_mean": self.model.noise_mean == "positions",
-                             "negative_prompt": self.model.negative_prompt is not None}
-            for option in (option for option, used in flux1_options.items() if used):
-                raise ValueError(f"{option} is for FLUX.1 pipelines, not {self.family.name} ({self.weights})")
+        flux1_only = [option for option, used in (("noise_mean", self.model.noise_mean == "positions"),
+                                                  ("negative_prompt", self.model.negative_prompt is not None)) if used]
+        if flux1_only and not isinstance(self.family, Flux1):
+            raise ValueError(f"{flux1_only[0]} is for FLUX.1 pipelines, not {self.family.name} ({self.weights})")
         self._quantize(pipeline)
         self._place(pipeline)
         if self.model.vae_tiling:
