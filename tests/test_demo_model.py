@@ -2,9 +2,9 @@
 training caption), read back by this file's own checker.
 
 Issue 15 asks for 0.9 on each of background, colour, place and shape. The model trained by
-``fluxhost.demo.train`` reaches it on the first three; its shapes are often rounded blobs, so the
-shape threshold below is what it does now (above chance, 1/3), so that a change that makes it
-worse is caught.
+``fluxhost.demo.train`` reaches it on all four at 1:1; at 16:9 (drawn at 176x96, so the shapes are
+smaller) some squares and triangles come out with rounded corners and read as circles, so its
+shape threshold below is what it does now, so that a change that makes it worse is caught.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from fluxhost.demo.scenes import COLOURS, PLACES, Caption, held_out_captions
 from fluxhost.signing import KeyMode
 from tests.helpers import SLUG, LiveServer, ProtocolClient
 
-# measured with 20 steps: 1.0, 1.0, 1.0 and shape 0.5 (1:1), 0.43 (16:9)
-AT_LEAST = {"background": 0.9, "colour": 0.9, "place": 0.9, "shape": 0.35}
+# measured with 20 steps: 1.0 on all four at 1:1; 1.0, 1.0, 1.0 and shape 0.63 at 16:9
+AT_LEAST = {"1:1": {"background": 0.9, "colour": 0.9, "place": 0.9, "shape": 0.9},
+            "16:9": {"background": 0.9, "colour": 0.9, "place": 0.9, "shape": 0.55}}
 CAPTIONS_PER_SHAPE = 10
 ASPECTS = {"1:1": (1024, 1024), "16:9": (1376, 768)}
 
@@ -121,7 +122,7 @@ def test_held_out_captions_are_drawn_as_asked(demo_server, aspect):
         assert image.size == ASPECTS[aspect]
         pairs.append((read_scene(image), expected(caption)))
     result = scores(pairs)
-    assert all(result[name] >= least for name, least in AT_LEAST.items()), result
+    assert all(result[name] >= least for name, least in AT_LEAST[aspect].items()), result
 
 
 def test_a_batch_of_four_prompts_draws_each_its_own(demo_server):
@@ -163,6 +164,12 @@ def test_render_size_keeps_the_shape_at_about_the_trained_pixels():
         assert abs(drawn_width / drawn_height - width / height) / (width / height) < 0.35
 
 
+def test_the_shipped_weights_fit_in_twenty_megabytes():
+    from fluxhost.demo import WEIGHTS
+
+    assert sum(path.stat().st_size for path in WEIGHTS.rglob("*") if path.is_file()) <= 20_000_000
+
+
 def test_the_upscaler_keeps_the_scene():
     """On the demo autoencoder's pictures of held-out scenes (exact latents), the Swin2SR upscale
     reads as the same background, colour and place as a Lanczos resize, at the requested size. (Its edges are about as
@@ -170,8 +177,8 @@ def test_the_upscaler_keeps_the_scene():
     from diffusers import AutoencoderKL
 
     from fluxhost.demo import WEIGHTS
-    from fluxhost.demo.scenes import lay_out, render, shape_masks
-    from fluxhost.demo.train import scene_latents
+    from fluxhost.demo.scenes import lay_out
+    from fluxhost.demo.train import layout_latents
     from fluxhost.engines.upscale import Upscaler
 
     torch.set_num_threads(2)
@@ -181,10 +188,8 @@ def test_the_upscaler_keeps_the_scene():
     readings = []
     for caption in held_out_sample()[::5]:
         layout = lay_out(caption, rng)
-        pixels = torch.from_numpy(np.asarray(render(caption, layout, 128, 128), dtype=np.float32)).permute(2, 0, 1)
-        masks = torch.from_numpy(shape_masks(layout, 128, 128))
         with torch.inference_mode():
-            decoded = vae.decode(scene_latents(pixels[None] / 127.5 - 1, masks[None])).sample[0]
+            decoded = vae.decode(layout_latents([layout], [caption], 128, 128)).sample[0]
         small = Image.fromarray(((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
         upscaled, resampled = upscaler(small, 1024, 1024), small.resize((1024, 1024), Image.Resampling.LANCZOS)
         assert upscaled.size == (1024, 1024)

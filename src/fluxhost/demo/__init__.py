@@ -26,8 +26,8 @@ EXAMPLE_PROMPT = "a red circle on the left on a blue background"
 CAN_DRAW = (f"The demo model draws one or two flat shapes (circle, square, triangle) in red, green, blue, yellow, "
             f"white, black, purple or orange, on the left, on the right, at the top, at the bottom or in the "
             f"center, on a plain background of one of those colours: e.g. \"{EXAMPLE_PROMPT}\". The background, the "
-            f"shape's colour and its place come out as asked; its form is often a rounded blob, not yet reliably the "
-            f"shape asked for. "
+            f"shape, its colour and its place come out as asked; in wide or tall pictures a square or triangle "
+            f"sometimes has rounded corners. "
             f"Anything else comes out as some such scene.")
 
 

@@ -35,7 +35,7 @@ PLACES: dict[str, tuple[float, float]] = {  # the object's centre, as fractions 
 }
 PLACE_WORDS = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
                "center": "in the center"}
-RADIUS = (0.10, 0.14)  # an object's half-size, as a fraction of the image's shorter side
+RADIUS = (0.12, 0.16)  # an object's half-size, as a fraction of the image's shorter side
 JITTER = 0.03  # how far an object may stray from its place, as a fraction of width or height
 SUPERSAMPLING = 4  # shapes are drawn this much larger and reduced: antialiased edges
 

@@ -5,9 +5,10 @@ Three parts are trained in turn, each on scenes drawn on the fly by :mod:`fluxho
 (held-out captions never among them):
 
 1. the autoencoder (diffusers ``AutoencoderKL``, FLUX's shape: 16 latent channels, 8 pixels per
-   latent), on pictures at the sizes the model draws at;
+   latent): its decoder learns to draw each scene from latents computed from the scene's layout
+   (:func:`layout_latents`), its encoder to give them;
 2. the FLUX transformer with both text encoders (CLIP for the pooled vector, T5 for the
-   sequence), by flow matching on the autoencoder's latents, as FLUX was;
+   sequence), by flow matching on those latents, as FLUX was;
 3. the upscaler (transformers' ``Swin2SR``, 8x), from the autoencoder's reconstructions to the
    scene drawn eight times larger: it is what keeps edges clean at a megapixel.
 
@@ -55,7 +56,8 @@ TOKEN_PIXELS = 16  # a transformer token: 2x2 latents of 8x8 pixels
 @dataclass(frozen=True)
 class Recipe:
     seed: int = 0
-    decoder_steps: int = 700
+    decoder_steps: int = 2200
+    decoder_crop: int = 64  # side of a decoder training window, in pixels
     encoder_steps: int = 100
     autoencoder_batch: int = 12
     autoencoder_lr: float = 3e-3
@@ -88,8 +90,14 @@ class SceneBatch:
     masks: torch.Tensor  # (batch, shapes, height, width): how much of each pixel each shape covers
 
     @property
+    def backgrounds(self) -> torch.Tensor:
+        """(batch, 3): each scene's background colour, in [-1, 1] like its pixels."""
+        return _colours([caption.background for caption in self.captions])
+
+    @property
     def latents(self) -> torch.Tensor:
-        return scene_latents(self.pixels, self.masks)
+        height, width = self.pixels.shape[2:]
+        return layout_latents(self.layouts, self.captions, width, height)
 
 
 def _scenes(rng: random.Random, count: int, width: int, height: int, two_things: float = 0.4) -> SceneBatch:
@@ -146,7 +154,7 @@ def build_pipeline() -> FluxPipeline:
         guidance_embeds=False, axes_dims_rope=(4, 14, 14))
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(16, 32, 32, 32), layers_per_block=1,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(32, 64, 64, 64), layers_per_block=1,
         latent_channels=LATENT_CHANNELS, norm_num_groups=8, use_quant_conv=False, use_post_quant_conv=False,
         mid_block_add_attention=False)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
@@ -180,27 +188,104 @@ class Progress:
                         f"{time.monotonic() - self.start:.0f} s")
 
 
-def scene_latents(pixels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """The latents the autoencoder is taught, fixed rather than learned: for each 8x8 block, the
-    mean colour of its four 4x4 quarters (12 channels), how much of it each shape covers (3, from
-    -1 to 1) and a zero. The coverage tells the decoder which shape to draw sharp where the colours
-    only outline it; a fixed target lets the transformer train without waiting for the autoencoder."""
-    quarters = torch.nn.functional.pixel_unshuffle(torch.nn.functional.avg_pool2d(pixels, 4), 2)
-    coverage = torch.nn.functional.avg_pool2d(masks, 8) * 2 - 1
-    return torch.cat([quarters, coverage, torch.zeros_like(coverage[:, :1])], dim=1)
+SDF_COPIES = 4  # the signed distance is what the decoder draws edges from: it weighs as much as the colours
+CLAMP = 2.0  # distances are kept within this many latents (or radii) of an edge (or centre)
 
 
-def _weighted_error(output: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
-    """L1 plus squared error, the shapes weighted above the background they stand on."""
+def layout_latents(layouts: list[list[scenes.Drawn]], captions: list[scenes.Caption], width: int,
+                   height: int) -> torch.Tensor:
+    """The latents the autoencoder is taught, computed from each scene's layout rather than learned,
+    at each latent's centre (every 8 pixels): the background's colour (3 channels); the colour of
+    the nearest shape (3), nearest by distance over radius; which shape it is (3, +1 or -1); the
+    signed distance to the nearest shape's edge, in latents and clamped (``SDF_COPIES``
+    channels); the offset from that shape's centre, in radii and clamped (2); and a zero.
+
+    Every channel is smooth or flat, not a hard step, so the transformer can produce it; the
+    decoder finds each edge where the signed distance crosses zero, and the shape named there tells
+    it which corners to draw. A fixed target lets the transformer train without waiting for the
+    autoencoder."""
+    rows, columns = height // 8, width // 8
+    y, x = torch.meshgrid(torch.arange(rows) * 8 + 4.0, torch.arange(columns) * 8 + 4.0, indexing="ij")
+    latents = []
+    for layout, caption in zip(layouts, captions, strict=True):
+        fields = torch.stack([_fields(item, x, y, width, height) for item in layout])
+        nearest = fields[:, 0].argmin(0)
+        chosen = fields.gather(0, nearest[None, None].expand(1, *fields.shape[1:]))[0]
+        things = [item.thing for item in layout]
+        colours = _colours([thing.colour for thing in things])
+        shapes = torch.tensor([[1.0 if shape == thing.shape else -1.0 for shape in scenes.SHAPES] for thing in things])
+        [background] = _colours([caption.background])
+        latents.append(torch.cat([
+            background[:, None, None].expand(3, rows, columns),
+            colours[nearest].permute(2, 0, 1),
+            shapes[nearest].permute(2, 0, 1),
+            (chosen[1] / 8).clamp(-CLAMP, CLAMP)[None].expand(SDF_COPIES, rows, columns),
+            chosen[2:].clamp(-CLAMP, CLAMP),
+            torch.zeros(1, rows, columns),
+        ]))
+    return torch.stack(latents)
+
+
+def _colours(names: list[str]) -> torch.Tensor:
+    """(len(names), 3): the named colours, in [-1, 1] like pixels."""
+    return torch.tensor([scenes.COLOURS[name] for name in names], dtype=torch.float32) / 127.5 - 1
+
+
+def _fields(item: scenes.Drawn, x: torch.Tensor, y: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """At the points (``x``, ``y``) of a ``width`` x ``height`` scene: the squared distance from the
+    thing's centre in radii, the signed distance to its edge in pixels, and the offset from its
+    centre in radii, across and down."""
+    cx, cy, radius = item.x * width, item.y * height, item.radius * min(width, height)
+    across, down = (x - cx) / radius, (y - cy) / radius
+    return torch.stack([across.square() + down.square(), _signed_distance(item.thing.shape, x - cx, y - cy, radius),
+                        across, down])
+
+
+def _signed_distance(shape: str, x: torch.Tensor, y: torch.Tensor, radius: float) -> torch.Tensor:
+    """Pixels from the edge of a shape centred at the origin (negative inside), as
+    :func:`fluxhost.demo.scenes.render` draws it."""
+    if shape == "circle":
+        return (x.square() + y.square()).sqrt() - radius
+    if shape == "square":
+        corners = [(-0.9, -0.9), (0.9, -0.9), (0.9, 0.9), (-0.9, 0.9)]
+    else:
+        corners = [(0.0, -1.0), (1.0, 1.0), (-1.0, 1.0)]
+    points = [(a * radius, b * radius) for a, b in corners]
+    edges, inside = [], torch.ones_like(x, dtype=torch.bool)
+    for (ax, ay), (bx, by) in zip(points, points[1:] + points[:1], strict=True):
+        ex, ey = bx - ax, by - ay
+        t = (((x - ax) * ex + (y - ay) * ey) / (ex * ex + ey * ey)).clamp(0, 1)
+        edges.append(((x - ax - t * ex).square() + (y - ay - t * ey).square()).sqrt())
+        inside &= ex * (y - ay) - ey * (x - ax) >= 0
+    distance = torch.stack(edges).amin(0)
+    return torch.where(inside, -distance, distance)
+
+
+def _weighted_error(output: torch.Tensor, pixels: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """L1 plus squared error, the shapes weighted above the ``background`` colour (batch, 3) they
+    stand on."""
     error = output - pixels
-    background = pixels[:, :, :1, :1]  # no shape reaches a corner
+    background = background[:, :, None, None]
     weight = 1 + 9 * ((pixels - background).abs().amax(1, keepdim=True) > 0.02).float()
     return ((error.abs() + error.square()) * weight).mean()
 
 
+def _crops(latents: torch.Tensor, pixels: torch.Tensor, size: int,
+           rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random window of ``size`` latents from each scene, and the pixels it covers: the decoder is
+    convolutional, and small windows give it more scenes per second of training."""
+    rows, columns = latents.shape[2:]
+    windows = []
+    for index in range(len(latents)):
+        top, left = rng.randrange(rows - size + 1), rng.randrange(columns - size + 1)
+        windows.append((latents[index, :, top : top + size, left : left + size],
+                        pixels[index, :, top * 8 : (top + size) * 8, left * 8 : (left + size) * 8]))
+    return torch.stack([latent for latent, _ in windows]), torch.stack([pixel for _, pixel in windows])
+
+
 def train_autoencoder(vae: AutoencoderKL, recipe: Recipe, rng: random.Random,
                       report: Callable[[str], None]) -> None:
-    """The decoder learns to draw scenes from their :func:`scene_latents`; the encoder learns to
+    """The decoder learns to draw scenes from their :func:`layout_latents` (on windows of them); the encoder learns to
     give those latents, its log-variance held far below zero (near-deterministic latents)."""
     sizes = draw_sizes()
     for part, steps in ((vae.decoder, recipe.decoder_steps), (vae.encoder, recipe.encoder_steps)):
@@ -211,7 +296,8 @@ def train_autoencoder(vae: AutoencoderKL, recipe: Recipe, rng: random.Random,
             batch = _scenes(rng, recipe.autoencoder_batch, *rng.choice(sizes))
             target = batch.latents
             if part is vae.decoder:
-                loss = _weighted_error(vae.decode(target).sample, batch.pixels)
+                latents, pixels = _crops(target, batch.pixels, recipe.decoder_crop // 8, rng)
+                loss = _weighted_error(vae.decode(latents).sample, pixels, batch.backgrounds)
             else:
                 moments = vae.encoder(batch.pixels)
                 mean, logvar = moments[:, :LATENT_CHANNELS], moments[:, LATENT_CHANNELS:]
