@@ -79,6 +79,11 @@ class ModelSettings(BaseModel):
         "shape, and upscale to the requested size: for models trained small (the demo model). None: generate at "
         "the requested size.",
     )
+    render_min_side: int | None = Field(
+        default=None, ge=16, le=4096, description="With render_pixels: the shorter side is drawn at least this "
+        "long (a wide or tall picture then draws at more pixels), for models whose shapes blur when drawn smaller "
+        "(the demo model). None: no minimum.",
+    )
     upscaler: str | None = Field(
         default=None, description="A Swin2SR super-resolution model (folder or hub id) for that upscale; "
         "None: Lanczos resampling alone.",

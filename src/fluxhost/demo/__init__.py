@@ -17,6 +17,11 @@ DEMO_LABEL = "fluxhost demo model (flat shapes in eight colours: configure real 
 RENDER_PIXELS = 128 * 128
 """About the size the model was trained at: it draws there and is upscaled."""
 
+RENDER_MIN_SIDE = 112
+"""Its shapes are sized by the picture's shorter side and come out round-cornered when that side is
+under 112 pixels (as in 16:9 at 128x128 pixels: 176x96): wide and tall pictures draw larger, with
+the shorter side at 112 (measured with ``bench/demo_quality.py``)."""
+
 STEPS = 20  # measured: more steps than 8 draw colour and place better; 20 stay under a second a picture
 GUIDANCE = 3.0  # true classifier-free guidance (the model learned empty captions too): shapes come out firmer
 MAX_SEQUENCE_LENGTH = 24  # tokens of the longest caption, with room to spare
@@ -26,15 +31,16 @@ EXAMPLE_PROMPT = "a red circle on the left on a blue background"
 CAN_DRAW = (f"The demo model draws one or two flat shapes (circle, square, triangle) in red, green, blue, yellow, "
             f"white, black, purple or orange, on the left, on the right, at the top, at the bottom or in the "
             f"center, on a plain background of one of those colours: e.g. \"{EXAMPLE_PROMPT}\". The background, the "
-            f"shape, its colour and its place come out as asked; in wide or tall pictures a square or triangle "
-            f"sometimes has rounded corners. "
+            f"shape, its colour and its place come out as asked; in the widest pictures (2:1, 21:9) "
+            f"a square or triangle sometimes has rounded corners, and two things are less reliable than one. "
             f"Anything else comes out as some such scene.")
 
 
 def demo_model_settings(**overrides: object) -> ModelSettings:
     """The settings the demo model is served with (``overrides`` on top)."""
     values: dict[str, object] = dict(
-        weights=str(WEIGHTS), upscaler=str(WEIGHTS / "upscaler"), render_pixels=RENDER_PIXELS, steps=STEPS,
+        weights=str(WEIGHTS), upscaler=str(WEIGHTS / "upscaler"), render_pixels=RENDER_PIXELS,
+        render_min_side=RENDER_MIN_SIDE, steps=STEPS,
         max_sequence_length=MAX_SEQUENCE_LENGTH, noise_mean="positions", guidance=GUIDANCE, negative_prompt="",
     )
     return ModelSettings(**{**values, **overrides})

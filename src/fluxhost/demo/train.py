@@ -73,7 +73,8 @@ class Recipe:
 
 
 def draw_sizes() -> list[tuple[int, int]]:
-    """The sizes the served model draws at: one per aspect ratio of the tool (some shared)."""
+    """The sizes the model learns at: about 128x128 pixels in each aspect ratio of the tool (some
+    shared). Served, it draws wide and tall pictures a little larger (``RENDER_MIN_SIDE``)."""
     return sorted({render_size(*size_for_aspect_ratio(ratio), RENDER_PIXELS) for ratio in ASPECT_RATIOS})
 
 

@@ -246,7 +246,8 @@ class FluxEngine:
         if pipeline is None or family is None:
             raise RuntimeError("engine used before load()")
         first = requests[0]
-        width, height = render_size(first.width, first.height, self.model.render_pixels)
+        width, height = render_size(first.width, first.height, self.model.render_pixels,
+                                    self.model.render_min_side)
         if any(request.images for request in requests):
             if not self._takes_images:
                 raise ValueError(f"{self.weights} takes no input images")

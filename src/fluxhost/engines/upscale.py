@@ -16,12 +16,13 @@ from PIL import Image, ImageOps
 SIDE_MULTIPLE = 16  # FLUX latents: 8 pixels per latent, 2x2 latents per token
 
 
-def render_size(width: int, height: int, pixels: int | None) -> tuple[int, int]:
+def render_size(width: int, height: int, pixels: int | None, min_side: int | None = None) -> tuple[int, int]:
     """The size to generate at for a ``width`` x ``height`` picture: about ``pixels`` pixels in the
-    same shape (sides multiples of 16), or the size itself when ``pixels`` is None."""
+    same shape, larger where that would make the shorter side less than ``min_side`` (sides
+    multiples of 16), or the size itself when ``pixels`` is None."""
     if pixels is None:
         return width, height
-    scale = math.sqrt(pixels / (width * height))
+    scale = max(math.sqrt(pixels / (width * height)), (min_side or 0) / min(width, height))
     return tuple(max(SIDE_MULTIPLE, round(side * scale / SIDE_MULTIPLE) * SIDE_MULTIPLE) for side in (width, height))
 
 
