@@ -32,7 +32,7 @@ CAN_DRAW = (f"The demo model draws one or two flat shapes (circle, square, trian
             f"white, black, purple or orange, on the left, on the right, at the top, at the bottom or in the "
             f"center, on a plain background of one of those colours: e.g. \"{EXAMPLE_PROMPT}\". The background, the "
             f"shape, its colour and its place come out as asked; in the widest pictures (2:1, 21:9) "
-            f"a square or triangle sometimes has rounded corners, and two things are less reliable than one. "
+            f"a square or triangle sometimes has rounded corners. "
             f"Anything else comes out as some such scene.")
 
 
