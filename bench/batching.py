@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 
 from _server import SLUG, Signer, running_server
-from fluxhost.engines.tiny import ensure_tiny_pipeline
 from fluxhost.statuses import TERMINAL
+from fluxhost.testing.tiny import ensure_tiny_pipeline
 
 
 def images_per_second(weights: Path, batch: int, tasks: int, steps: int, threads: int, aspect_ratio: str) -> float:

@@ -17,7 +17,7 @@ from fluxhost.demo import demo_model_settings
 from fluxhost.demo.scenes import held_out_captions
 from fluxhost.engines.base import GenerationRequest
 from fluxhost.engines.flux import FluxEngine
-from fluxhost.inputs import ASPECT_RATIOS, size_for_aspect_ratio
+from fluxhost.orders import ASPECT_RATIOS, size_for_aspect_ratio
 
 
 def seconds_per_image(engine: FluxEngine, prompts: list[str], width: int, height: int, batch: int) -> float:

@@ -23,7 +23,7 @@ from fluxhost.demo import WEIGHTS, demo_model_settings  # noqa: E402
 from fluxhost.engines.base import GenerationRequest  # noqa: E402
 from fluxhost.engines.flux import FluxEngine  # noqa: E402
 from fluxhost.engines.upscale import render_size  # noqa: E402
-from fluxhost.inputs import ASPECT_RATIOS, size_for_aspect_ratio  # noqa: E402
+from fluxhost.orders import ASPECT_RATIOS, size_for_aspect_ratio  # noqa: E402
 
 BATCH = 4
 

@@ -24,9 +24,9 @@ import torch
 from diffusers import FluxPipeline
 
 from _server import SLUG, Signer, running_server
-from fluxhost.engines.tiny import ensure_tiny_pipeline
-from fluxhost.inputs import size_for_aspect_ratio
+from fluxhost.orders import size_for_aspect_ratio
 from fluxhost.statuses import TERMINAL
+from fluxhost.testing.tiny import ensure_tiny_pipeline
 
 PROMPT = "a lighthouse on a cliff at dusk"
 

@@ -41,7 +41,7 @@ from _server import FLUXHOST, SLUG, Signer
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: its test helpers
 from tests.helpers import ServiceProcess, wait_until_ready  # noqa: E402
 
-from fluxhost.statuses import TERMINAL
+from fluxhost.statuses import TERMINAL, Outcome
 from fluxhost.store.database import Database
 from fluxhost.store.tasks import TaskStore
 
@@ -210,19 +210,18 @@ def main() -> int:
             if record is None:
                 problems.append(f"task {task_id} was accepted but is not in the database")
                 continue
-            row = record.row
-            attempts[row.attempts] += 1
+            attempts[record.attempts] += 1
             if task_id in unfinished:
-                problems.append(f"task {task_id} never ended ({row.status})")
-            elif row.status == "task_postprocess_end" and row.pexit == "0":
+                problems.append(f"task {task_id} never ended ({record.status})")
+            elif record.outcome is Outcome.COMPLETED:
                 outcomes["completed"] += 1
                 if len(record.outputs) != 1:
                     problems.append(f"task {task_id} completed with {len(record.outputs)} outputs")
-            elif row.status in {status.value for status in TERMINAL}:
-                outcomes[f"failed: {row.debug_error.split(' (')[0][:60]}"] += 1
+            elif record.status in {status.value for status in TERMINAL}:
+                outcomes[f"failed: {record.debug_error.split(' (')[0][:60]}"] += 1
                 if record.outputs:
                     problems.append(f"task {task_id} failed but has outputs")
-                if not row.debug_error:
+                if not record.debug_error:
                     problems.append(f"task {task_id} failed without a reason")
             for output in record.outputs:
                 path = data / "files" / output.folder[:2] / output.folder / output.name

@@ -24,9 +24,9 @@ import torch
 
 from fluxhost.engines.base import GenerationRequest
 from fluxhost.engines.flux import FluxEngine
-from fluxhost.engines.tiny import ensure_tiny_pipeline
-from fluxhost.presets import PRESETS
+from fluxhost.models import PRESETS
 from fluxhost.settings import ModelSettings
+from fluxhost.testing.tiny import ensure_tiny_pipeline
 
 ROWS: list[tuple[str, dict[str, object], int]] = [
     ("plain (bf16 on a GPU)", {}, 1),

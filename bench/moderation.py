@@ -19,12 +19,13 @@ import torch
 
 from fluxhost.engines.base import GenerationRequest, generate
 from fluxhost.engines.flux import FluxEngine
-from fluxhost.engines.tiny import ensure_tiny_pipeline
-from fluxhost.inputs import DEFAULT_PROMPT, size_for_aspect_ratio
+from fluxhost.orders import size_for_aspect_ratio
 from fluxhost.safety.classifiers import NudeNet, TransformersImage, TransformersText
 from fluxhost.safety.terms import TermLists
 from fluxhost.settings import ModelSettings
-from fluxhost.tinymodels import tiny_image_classifier, tiny_text_classifier
+from fluxhost.testing.classifiers import tiny_image_classifier, tiny_text_classifier
+from fluxhost.testing.tiny import ensure_tiny_pipeline
+from fluxhost.tools import DEFAULT_PROMPT
 
 
 def milliseconds(call, repeat: int) -> float:

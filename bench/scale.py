@@ -30,7 +30,7 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import make_url
 
 from _server import SLUG, Signer, running_server
-from fluxhost.statuses import TERMINAL
+from fluxhost.statuses import TERMINAL, Outcome
 from fluxhost.store.schema import tasks
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: its test helpers
@@ -70,7 +70,7 @@ def wait_and_time(database_url: str, count: int) -> tuple[float, int]:
                 connection.commit()
             first, last, good = connection.execute(select(
                 func.min(tasks.c.accept_time), func.max(tasks.c.postprocess_end_time),
-                func.count().filter(tasks.c.pexit == "0"))).one()
+                func.count().filter(tasks.c.outcome == Outcome.COMPLETED.value))).one()
         return last - first, good
     finally:
         engine.dispose()

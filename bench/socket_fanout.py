@@ -23,12 +23,12 @@ import httpx
 import uvicorn
 
 from _server import SLUG, Signer, percentile
-from fluxhost.api.app import UVICORN_OPTIONS, create_app
-from fluxhost.engines.tiny import ensure_tiny_pipeline
+from fluxhost.app import UVICORN_OPTIONS, create_app
 from fluxhost.service import Service
 from fluxhost.settings import ModelSettings, Settings
 from fluxhost.signing import KeyMode
 from fluxhost.statuses import TERMINAL
+from fluxhost.testing.tiny import ensure_tiny_pipeline
 
 
 async def subscribers(url: str, token: str, count: int) -> None:

@@ -10,15 +10,34 @@ from pathlib import Path
 
 import pytest
 
-from fluxhost.engines.tiny import ensure_tiny_pipeline
 from fluxhost.settings import ModelSettings, Settings
 from fluxhost.signing import KeyMode
 from tests.helpers import SLUG, LiveServer, ProtocolClient, free_port, fresh_postgres_database
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs the tiny pipeline is ``slow``: it loads it, or starts the app that does
+    (marked before pytest selects by marker)."""
+    for item in items:
+        if "tiny_weights" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("gpu") is not None:
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA GPU")
+
+
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One tiny FLUX pipeline folder for the whole run, loaded like real weights."""
+    """One tiny FLUX pipeline folder for the whole run, loaded like real weights (torch and
+    diffusers are imported here, by the first test that needs them, not at collection)."""
+    from fluxhost.testing.tiny import ensure_tiny_pipeline
+
     return ensure_tiny_pipeline(tmp_path_factory.mktemp("weights") / "tiny-flux")
 
 

@@ -21,7 +21,7 @@ import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
-from fluxhost.api.app import UVICORN_OPTIONS, create_app
+from fluxhost.app import UVICORN_OPTIONS, create_app
 from fluxhost.client import NonceSource
 from fluxhost.service import Service
 from fluxhost.settings import Settings

@@ -5,10 +5,11 @@ import time
 import httpx
 import pytest
 
-from fluxhost.auth import Authenticator
+from fluxhost.auth import Authenticator, AuthError, AuthFailure
 from fluxhost.signing import KeyMode, sign_request
 from fluxhost.store.database import Database
 from fluxhost.store.keys import KeyStore
+from fluxhost.store.nonces import NonceStore
 from tests.helpers import SLUG, LiveServer, ProtocolClient
 
 UNKNOWN = "Project authorization is not founded."
@@ -119,13 +120,15 @@ def test_spent_nonces_survive_a_restart(make_settings):
 
     db = open_database()
     key = KeyStore(db).create(KeyMode.SIGNATURE)
-    store = Authenticator(db, 3600, 3600)
+    store = Authenticator(KeyStore(db), NonceStore(db), 3600, 3600)
     nonce = str(int(time.time()))
     caller = store.authenticate(key.api_key, nonce, sign_request(key.api_key, key.api_secret, nonce))
     store.spend_nonce(caller, nonce, "run-digest")
-    reopened = Authenticator(open_database(), 3600, 3600)
-    with pytest.raises(Exception, match=INVALID):
+    reopened_db = open_database()
+    reopened = Authenticator(KeyStore(reopened_db), NonceStore(reopened_db), 3600, 3600)
+    with pytest.raises(AuthError) as refused:
         reopened.spend_nonce(caller, nonce, "run-digest")
+    assert refused.value.failure is AuthFailure.BAD_SIGNATURE  # answered as INVALID by the hosted protocol
     reopened.spend_nonce(caller, "987654321987654321", "run-digest")  # other integers are fine once
 
 

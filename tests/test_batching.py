@@ -52,22 +52,28 @@ def test_four_queued_tasks_run_in_one_call_each_as_it_would_alone(make_settings)
 
 def test_a_kill_in_a_batch_drops_that_task_only(make_settings):
     runs = [{"prompt": prompt, "seed": str(seed), "aspectRatio": "1:1"} for seed, prompt in enumerate(PROMPTS)]
-    client, batched = queue_while_no_worker(make_settings, runs, steps=30)
-    with LiveServer(make_settings(steps=30)) as live:
+    client, batched = queue_while_no_worker(make_settings, runs, steps=4)
+    with LiveServer(make_settings(steps=4)) as live:
         client.base_url = live.base_url
         victim = batched[1]
         progressed: set[str] = set()
-        victim_running = threading.Event()
+        victim_running, killed = threading.Event(), threading.Event()
 
         def seen(event) -> None:
+            """Progress is published on the generating thread: the batch waits here, at the
+            victim's second step, until the Kill is in, however loaded the machine is."""
             if event.progress:
                 progressed.add(str(event.task_id))
-                if str(event.task_id) == victim and event.progress.step >= 2:
+                if str(event.task_id) == victim and event.progress.step == 2:
                     victim_running.set()
+                    killed.wait(60)
 
         live.service.events.subscribe(seen)
         assert victim_running.wait(120)
-        assert client.call("Task/Kill", {"taskid": victim})["result"] is True
+        try:
+            assert client.call("Task/Kill", {"taskid": victim})["result"] is True
+        finally:
+            killed.set()
         tasks = {taskid: client.wait(taskid) for taskid in batched}
     assert tasks[victim]["status"] == "task_cancel" and tasks[victim]["outputs"] == []
     assert "Stopped at step" in tasks[victim]["debugoutput"]

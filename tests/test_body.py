@@ -1,6 +1,6 @@
 import pytest
 
-from fluxhost.api.body import BodyError, parse_object_text
+from fluxhost.http.body import BodyError, parse_object_text
 
 
 def test_the_seed_detail_body_after_the_shell_ate_its_quotes():

@@ -135,13 +135,13 @@ def test_private_addresses_are_refused_at_run(client, url):
 
 def test_the_allowlist_admits_hosts_and_ranges():
     for allowed in ("127.0.0.1", "127.0.0.0/8", "localhost"):
-        check_public_url("http://localhost:8080/hook", Allowlist.parse(f"10.0.0.0/8, {allowed}"), "callbackUrl")
+        check_public_url("http://localhost:8080/hook", Allowlist.parse(f"10.0.0.0/8, {allowed}"))
     with pytest.raises(UrlRefused):
-        check_public_url("http://localhost:8080/hook", Allowlist.parse("10.0.0.0/8"), "callbackUrl")
+        check_public_url("http://localhost:8080/hook", Allowlist.parse("10.0.0.0/8"))
     with pytest.raises(UrlRefused, match="http or https"):
-        check_public_url("http://x/" + "a" * 2100, Allowlist.parse(""), "callbackUrl")
+        check_public_url("http://x/" + "a" * 2100, Allowlist.parse(""))
     with pytest.raises(UrlRefused, match="cannot be resolved"):
-        check_public_url("http://no-such-host.invalid/hook", Allowlist.parse(""), "callbackUrl")
+        check_public_url("http://no-such-host.invalid/hook", Allowlist.parse(""))
 
 
 def test_a_connection_goes_to_the_address_that_was_checked(monkeypatch):

@@ -24,7 +24,8 @@ from tests.test_socket import follow
 
 POSTGRES = os.environ.get("FLUXHOST_TEST_FLEET_POSTGRES")
 REDIS = os.environ.get("FLUXHOST_TEST_REDIS")
-pytestmark = pytest.mark.skipif(not (POSTGRES and REDIS), reason="needs PostgreSQL and Redis: run .ci/run")
+pytestmark = [pytest.mark.skipif(not (POSTGRES and REDIS), reason="needs PostgreSQL and Redis: run .ci/run"),
+              pytest.mark.slow]
 
 REDIS_DATABASE = 7  # the broker's queues of one test must not reach the next one's workers
 BROKER = make_url(REDIS).set(database=str(REDIS_DATABASE)).render_as_string() if REDIS else ""

@@ -44,6 +44,7 @@ def test_keys_create_list_revoke(cli_env):
     assert cli_env.invoke(app, ["keys", "revoke", "nothing"]).exit_code == 1
 
 
+@pytest.mark.slow  # `fluxhost` processes
 def test_models_build_tiny_writes_a_loadable_pipeline(cli_env, tmp_path):
     result = cli_env.invoke(app, ["models", "build-tiny", str(tmp_path / "tiny")])
     assert result.exit_code == 0, result.output
@@ -56,6 +57,7 @@ def test_models_build_tiny_writes_a_loadable_pipeline(cli_env, tmp_path):
     assert vae["latent_channels"] == 16 and len(vae["block_out_channels"]) == 4  # scale factor 8
 
 
+@pytest.mark.slow  # `fluxhost` processes
 def test_first_serve_prints_a_key_and_a_request_that_works(tmp_path):
     port = free_port()
     env = {**os.environ, "FLUXHOST_DATA_DIR": str(tmp_path / "data"), "FLUXHOST_PORT": str(port)}
@@ -94,6 +96,7 @@ def test_first_serve_prints_a_key_and_a_request_that_works(tmp_path):
     assert not (tmp_path / "data" / "models").exists()  # the demo model ships in the package: nothing is built
 
 
+@pytest.mark.slow  # `fluxhost` processes
 def test_a_worker_says_what_it_needs_and_what_it_cannot_reach(tmp_path):
     env = {**os.environ, "FLUXHOST_DATA_DIR": str(tmp_path / "data")}
     no_broker = subprocess.run([FLUXHOST, "worker"], env=env, capture_output=True, text=True, timeout=60)

@@ -101,11 +101,14 @@ def test_key_only_and_async_client(server, tmp_path):
             info = await task.wait(timeout=120)
             listed = await client.list_tasks()
             tools = await client.tools()
-            return info, await task.download(tmp_path), listed, tools
+            saved = await task.download(tmp_path)
+            await client.delete_files(task.id)
+            return info, saved, listed, tools, await task.detail()
 
-    info, [path], listed, tools = asyncio.run(scenario())
+    info, [path], listed, tools, deleted = asyncio.run(scenario())
     assert info.succeeded and Image.open(path).size == (1024, 1024)
     assert [t.id for t in listed] == [info.id] and tools[0]["slugproject"] == "flux-pro-1.1"
+    assert info.outputs and deleted.outputs == []  # the async client deletes files as the sync one does
 
 
 @pytest.fixture
@@ -157,7 +160,7 @@ def test_ctrl_c_kills_the_remote_task(make_settings, tmp_path):
 
 def test_a_failing_socket_falls_back_to_polling(sdk, monkeypatch):
     closed = f"ws://127.0.0.1:{free_port()}/v1"
-    monkeypatch.setattr("fluxhost.client._socket_url", lambda base_url: closed)
+    monkeypatch.setattr("fluxhost.client.sdk._socket_url", lambda base_url: closed)
     progress = []
     info = sdk.run(SLUG, prompt="a heron").wait(timeout=120, via="socket", on_progress=progress.append)
     assert info.succeeded and progress == []  # the result came by polling

@@ -17,6 +17,7 @@ from PIL import Image
 from fluxhost.signing import KeyMode
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.network, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

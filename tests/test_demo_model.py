@@ -14,7 +14,6 @@ import random
 import httpx
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from fluxhost.demo import demo_model_settings
@@ -22,6 +21,7 @@ from fluxhost.demo.scenes import COLOURS, PLACES, Caption, held_out_captions
 from fluxhost.signing import KeyMode
 from tests.helpers import SLUG, LiveServer, ProtocolClient
 
+pytestmark = pytest.mark.slow  # the demo pipeline, at full size
 # measured with 20 steps: 1.0 on all four at 1:1; 1.0, 1.0, 1.0 and shape 0.93 at 16:9
 AT_LEAST = {aspect: {"background": 0.9, "colour": 0.9, "place": 0.9, "shape": 0.9} for aspect in ("1:1", "16:9")}
 CAPTIONS_PER_SHAPE = 10
@@ -175,6 +175,7 @@ def test_the_upscaler_keeps_the_scene():
     """On the demo autoencoder's pictures of held-out scenes (exact latents), the Swin2SR upscale
     reads as the same background, colour and place as a Lanczos resize, at the requested size. (Its edges are about as
     clean as Lanczos's now; the first version's were 0.75x Lanczos's blended pixels.)"""
+    import torch
     from diffusers import AutoencoderKL
 
     from fluxhost.demo import WEIGHTS
@@ -202,6 +203,7 @@ def test_the_upscaler_keeps_the_scene():
 def test_the_training_script_is_reproducible(tmp_path):
     """A few steps of each stage, twice from the same seed: every weight and tokenizer file comes
     out the same, in a folder that loads like any FLUX pipeline."""
+    import torch
     from diffusers import FluxPipeline
     from safetensors.torch import load_file
 

@@ -5,8 +5,8 @@ import time
 
 from kombu.exceptions import OperationalError
 
-from fluxhost.dispatch import celery as celery_dispatch
-from fluxhost.dispatch.celery import RUN_TASK, CeleryDispatcher, queue_name
+from fluxhost.runtime.dispatch import celery as celery_dispatch
+from fluxhost.runtime.dispatch.celery import RUN_TASK, CeleryDispatcher, queue_name
 
 
 def test_a_message_carries_only_the_task_id_to_its_models_queue(monkeypatch):

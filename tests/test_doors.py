@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from fluxhost.orders import RunRequest
 from fluxhost.service import Service
 from fluxhost.settings import Settings
 from fluxhost.signing import KeyMode
@@ -25,9 +26,10 @@ def plain_door(service: Service) -> Starlette:
     ``{"job": id, "follow": token}``; its refusals are its own."""
 
     def generate(api_key: str, text: str) -> JSONResponse:
-        caller = service.auth.authenticate(api_key, None, None)
-        order = service.operations.prepare_run(*SLUG.split("/"), {"prompt": text, "seed": "3"})
-        task = service.operations.run(caller, order)
+        caller = service.operations.caller(api_key, None, None)
+        tool = service.operations.tool(*SLUG.split("/"))
+        request = RunRequest(prompt=text, seed=3, parameters={"prompt": text, "seed": "3"})
+        task = service.operations.run(caller, tool, request)
         return JSONResponse({"job": task.id, "follow": task.socket_token}, status_code=201)
 
     async def endpoint(request: Request) -> JSONResponse:

@@ -13,13 +13,14 @@ import httpx
 import pytest
 
 from fluxhost.auth import Authenticator
-from fluxhost.service import worker_may_be_alive
+from fluxhost.orders import WorkOrder
+from fluxhost.runtime.host import worker_may_be_alive
 from fluxhost.signing import KeyMode
 from fluxhost.store.database import Database
 from fluxhost.store.keys import KeyStore, NewKey
+from fluxhost.store.nonces import NonceStore
 from fluxhost.store.tasks import TaskStore
 from fluxhost.store.work import WorkStore
-from fluxhost.workorder import WorkOrder
 from tests.helpers import SLUG, ProtocolClient, free_port
 
 FLUXHOST = str(Path(sys.executable).with_name("fluxhost"))
@@ -54,6 +55,7 @@ def wait_up(base_url: str, process: subprocess.Popen) -> None:
     raise AssertionError("server did not come up")
 
 
+@pytest.mark.slow  # `fluxhost` processes
 def test_sigkill_loses_no_task(serve_env):
     env, base_url = serve_env
     created = subprocess.run([FLUXHOST, "keys", "create", "--json"], env=env, capture_output=True, text=True,
@@ -82,7 +84,7 @@ def test_sigkill_loses_no_task(serve_env):
         assert len(task["outputs"]) == 1
 
 
-ORDER = WorkOrder(prompt="a fox", width=64, height=64, seed=1, output_format="png", aspect_ratio="1:1").encode()
+ORDER = WorkOrder(prompt="a fox", width=64, height=64, seed=1, output_format="png", aspect_ratio="1:1")
 
 
 @pytest.fixture
@@ -90,7 +92,8 @@ def stores_and_project(tmp_path) -> tuple[TaskStore, WorkStore, int]:
     db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
     db.migrate()
     key = KeyStore(db).create(KeyMode.KEY_ONLY)
-    project_id = Authenticator(db, 3600, 3600).authenticate(key.api_key, None, None).project_id
+    auth = Authenticator(KeyStore(db), NonceStore(db), 3600, 3600)
+    project_id = auth.authenticate(key.api_key, None, None).project_id
     return TaskStore(db), WorkStore(db), project_id
 
 
@@ -101,10 +104,10 @@ def test_a_task_whose_worker_keeps_dying_fails_with_a_reason(stores_and_project)
         assert work.claim_next(f"worker-{attempt}", [SLUG], lease_seconds=60).id == task.id
         recovery = work.recover(max_attempts=2, dead_workers={f"worker-{attempt}"})
         if attempt == 1:
-            assert recovery.requeued == [(task.id, SLUG)] and tasks.get(task.id).row.status == "task_queue"
+            assert recovery.requeued == [(task.id, SLUG)] and tasks.get(task.id).status == "task_queue"
     assert recovery.failed == [task.id]
-    lost = tasks.get(task.id).row
-    assert lost.status == "task_postprocess_end" and lost.pexit == "1" and "lost 2 times" in lost.debug_error
+    lost = tasks.get(task.id)
+    assert lost.status == "task_postprocess_end" and lost.outcome == "failed" and "lost 2 times" in lost.debug_error
 
 
 def test_only_expired_leases_are_taken_back(stores_and_project):
@@ -114,7 +117,7 @@ def test_only_expired_leases_are_taken_back(stores_and_project):
     work.claim_next("dead", [SLUG], lease_seconds=-1)
     assert work.recover(max_attempts=3, alive_worker="dead").requeued == []  # our own: still running
     assert work.recover(max_attempts=3).requeued == [(stale.id, SLUG)]
-    assert tasks.get(fresh.id).row.status == "task_accept"
+    assert tasks.get(fresh.id).status == "task_accept"
 
 
 def test_only_a_dead_process_of_this_host_is_known_dead():
@@ -125,3 +128,35 @@ def test_only_a_dead_process_of_this_host_is_known_dead():
     assert worker_may_be_alive(f"{host}-{os.getpid()}-abc123")
     assert worker_may_be_alive(f"another-host-{ended.pid}-abc123")
     assert worker_may_be_alive("not-a-worker-id")
+
+
+def test_tasks_ended_before_the_upgrade_keep_how_they_came_out(tmp_path):
+    """Migration 0005: pexit and the moderation wording of debug_error become the outcome column,
+    and the stored work order still reads back."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from fluxhost.store.database import alembic_config
+    from fluxhost.store.records import TaskView
+
+    db = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    config = alembic_config(str(db.engine.url))
+    ended = [("task_postprocess_end", "0", ""), ("task_postprocess_end", "1", "RuntimeError: boom"),
+             ("task_error", "1", "Request Moderated: violence"), ("task_postprocess_end", "1", "Content Moderated: x"),
+             ("task_cancel", "-1", ""), ("task_queue", "", "")]
+    with db.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0004")
+        connection.execute(text("INSERT INTO projects (id, name, webhook_secret, created_at) VALUES (1, 'p', 'w', 0)"))
+        for task_id, (status, pexit, error) in enumerate(ended, start=1):
+            connection.execute(text(
+                "INSERT INTO tasks (id, uuid, socket_token, project_id, model_slug, parameters, request, callback_url, "
+                "status, pexit, debug_output, debug_error, attempts, create_time) "
+                "VALUES (:id, :uuid, :token, 1, :slug, '{}', :order, '', :status, :pexit, '', :error, 1, 0)"),
+                {"id": task_id, "uuid": f"u{task_id}", "token": f"t{task_id}", "slug": SLUG, "status": status,
+                 "pexit": pexit, "error": error, "order": json.dumps(ORDER.encode())})
+    db.migrate()
+    tasks = TaskStore(db)
+    found: list[TaskView] = [tasks.get(task_id) for task_id in range(1, len(ended) + 1)]
+    assert [task.outcome for task in found] == ["completed", "failed", "moderated", "moderated", "stopped", None]
+    assert all(task.order == ORDER for task in found)

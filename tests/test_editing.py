@@ -14,7 +14,6 @@ import pytest
 from PIL import Image
 
 from fluxhost.client import Client
-from fluxhost.engines.tiny import ensure_tiny_pipeline
 from fluxhost.settings import ModelSettings
 from fluxhost.signing import KeyMode
 from tests.helpers import SLUG, LiveServer, LoopbackServer, ProtocolClient
@@ -53,6 +52,8 @@ class FileServer(LoopbackServer):
 
 @pytest.fixture(scope="session")
 def tiny_kontext(tmp_path_factory) -> Path:
+    from fluxhost.testing.tiny import ensure_tiny_pipeline
+
     return ensure_tiny_pipeline(tmp_path_factory.mktemp("weights") / "tiny-kontext", "kontext")
 
 
@@ -174,6 +175,8 @@ def test_edit_tools_publish_their_inputs(editing):
 
 
 def test_image_to_image_and_klein_edits(make_settings, tiny_weights, tmp_path_factory):
+    from fluxhost.testing.tiny import ensure_tiny_pipeline
+
     klein = ensure_tiny_pipeline(tmp_path_factory.mktemp("weights") / "klein-edit", "klein")
     models = {"acme/img2img": ModelSettings(weights=str(tiny_weights), steps=4, max_sequence_length=32,
                                             kind="image-to-image"),

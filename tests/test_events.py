@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fluxhost.events import Progress, RedisEventBus, TaskEvent
-from fluxhost.protocol_json import event_frame_text
 from fluxhost.statuses import Status
+from fluxhost.wiro.render import event_frame_text
 
 REDIS = os.environ.get("FLUXHOST_TEST_REDIS")
 

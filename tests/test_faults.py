@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from fluxhost.orders import RunRequest
 from fluxhost.service import Service
 from fluxhost.signing import KeyMode
 from fluxhost.statuses import Status
@@ -75,7 +76,7 @@ def test_a_locked_database_answers_503_and_loses_nothing(make_settings, caplog):
         for taskid in (running, accepted["taskid"]):
             assert client.wait(taskid, timeout=60)["pexit"] == "0"
         record = live.service.tasks.get(int(running))
-        assert (record.row.attempts, len(record.outputs)) == (1, 1)  # handed back, then run again once
+        assert (record.attempts, len(record.outputs)) == (1, 1)  # handed back, then run again once
         assert f"tasks [{running}] could not be taken to their end; queueing them again" in caplog.text
         assert len(stored_files(settings.files_dir)) == 2
 
@@ -87,10 +88,9 @@ def test_files_a_dead_run_left_are_cleared_by_the_next_run(make_settings):
     service = Service(settings)
     try:
         key = service.keys.create(KeyMode.KEY_ONLY)
-        caller = service.auth.authenticate(key.api_key, None, None)
-        order = service.operations.prepare_run("black-forest-labs", "flux-pro-1.1", {"prompt": "a fox"})
-        task = service.operations.run(caller, order)
-        worker = service._make_workers()[0]
+        caller = service.operations.caller(key.api_key, None, None)
+        task = service.operations.run(caller, service.operations.tool(*SLUG.split("/")), RunRequest(prompt="a fox"))
+        worker = service.runtime.make_workers()[0]
         died = worker.claim()[0]
         for name in ("0.png", "1.png"):  # what the run wrote before its process was killed
             service.files.save(died.files_folder, name, b"left by a run that died")
@@ -112,9 +112,8 @@ def test_a_run_that_lost_its_claim_can_neither_finish_nor_fail_the_task(make_set
     service = Service(make_settings(engine="bench", worker_concurrency=0))
     try:
         key = service.keys.create(KeyMode.KEY_ONLY)
-        caller = service.auth.authenticate(key.api_key, None, None)
-        order = service.operations.prepare_run("black-forest-labs", "flux-pro-1.1", {"prompt": "a fox"})
-        task = service.operations.run(caller, order)
+        caller = service.operations.caller(key.api_key, None, None)
+        task = service.operations.run(caller, service.operations.tool(*SLUG.split("/")), RunRequest(prompt="a fox"))
         stale = service.work.claim_next("worker-a", [SLUG], lease_seconds=60)
         service.work.recover(3, dead_workers={"worker-a"})
         current = service.work.claim_next("worker-b", [SLUG], lease_seconds=60)

@@ -16,7 +16,8 @@ from tests.test_socket import follow, socket_url
 
 POSTGRES = os.environ.get("FLUXHOST_TEST_FLEET_POSTGRES")
 REDIS = os.environ.get("FLUXHOST_TEST_REDIS")
-pytestmark = pytest.mark.skipif(not (POSTGRES and REDIS), reason="needs PostgreSQL and Redis: run .ci/run")
+pytestmark = [pytest.mark.skipif(not (POSTGRES and REDIS), reason="needs PostgreSQL and Redis: run .ci/run"),
+              pytest.mark.slow]
 
 
 @pytest.fixture

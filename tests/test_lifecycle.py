@@ -7,7 +7,7 @@ import time
 import httpx
 from PIL import Image
 
-from fluxhost.images import embedded_parameters
+from fluxhost.runtime.outputs import embedded_parameters
 from fluxhost.signing import KeyMode
 from fluxhost.statuses import TERMINAL
 from tests.helpers import SLUG, LiveServer, ProtocolClient
@@ -129,14 +129,27 @@ def test_a_model_that_cannot_load_refuses_runs_and_fails_its_queued_tasks(make_s
 
 
 def test_a_task_waiting_for_the_engine_is_assigned_not_started(make_settings):
-    with LiveServer(make_settings(steps=100, worker_concurrency=2)) as live:
+    with LiveServer(make_settings(steps=4, worker_concurrency=2)) as live:
+        running, release = threading.Event(), threading.Event()
+
+        def hold_the_engine(event) -> None:
+            """Progress is published on the generating thread: holding it holds the first task's
+            generation (and the engine) mid-run, however loaded the machine is."""
+            if event.progress and not release.is_set():
+                running.set()
+                release.wait(60)
+
+        live.service.events.subscribe(hold_the_engine)
         client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
         first = client.run()["taskid"]
-        client.wait(first, statuses=("task_start",))
-        second = client.run()["taskid"]
-        waiting = client.wait(second, statuses=("task_assign", "task_start", *TERMINAL))
-        assert client.detail(first)["status"] == "task_start", "the first task ended too soon to tell"
-        assert waiting["status"] == "task_assign" and waiting["starttime"] == "0"  # claimed, not started
-        client.call("Task/Kill", {"taskid": first})
+        assert running.wait(120), "the first task never started"
+        try:
+            second = client.run()["taskid"]
+            waiting = client.wait(second, statuses=("task_assign", "task_start", *TERMINAL))
+            assert client.detail(first)["status"] == "task_start"
+            assert waiting["status"] == "task_assign" and waiting["starttime"] == "0"  # claimed, not started
+            client.call("Task/Kill", {"taskid": first})
+        finally:
+            release.set()
         done = client.wait(second)
         assert done["pexit"] == "0" and int(done["starttime"]) >= int(waiting["assigntime"])

@@ -20,11 +20,12 @@ def test_every_transition_is_a_log_line_with_the_task_id_and_no_prompt(server, c
 
 
 def test_json_lines_carry_the_task_fields_and_exceptions():
-    record = logging.LogRecord("fluxhost.worker", logging.INFO, __file__, 1, "task %s %s", (7, "task_start"), None)
+    record = logging.LogRecord("fluxhost.runtime.worker", logging.INFO, __file__, 1, "task %s %s", (7, "task_start"),
+                               None)
     record.task_id, record.status = 7, "task_start"
     line = json.loads(JsonLines().format(record))
     assert line["message"] == "task 7 task_start" and line["task_id"] == 7 and line["status"] == "task_start"
-    assert line["level"] == "INFO" and line["logger"] == "fluxhost.worker" and line["time"].endswith("+00:00")
+    assert line["level"] == "INFO" and line["logger"] == "fluxhost.runtime.worker" and line["time"].endswith("+00:00")
     try:
         raise ValueError("boom")
     except ValueError:

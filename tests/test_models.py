@@ -5,16 +5,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from fluxhost import DEFAULT_MODEL
-from fluxhost.engines.base import GenerationRequest, generate
-from fluxhost.engines.flux import FluxEngine
-from fluxhost.engines.tiny import ensure_tiny_pipeline
-from fluxhost.presets import PRESETS
+from fluxhost.engines.base import GenerationRequest, WeightsUnavailable, generate
+from fluxhost.models import PRESETS, load_failure, served_models
 from fluxhost.settings import ModelSettings, Settings
 from fluxhost.signing import KeyMode
 from fluxhost.tools import Catalog
@@ -26,16 +24,24 @@ FLUXHOST = str(Path(sys.executable).with_name("fluxhost"))
 
 @pytest.fixture(scope="session")
 def tiny_klein(tmp_path_factory) -> Path:
+    from fluxhost.testing.tiny import ensure_tiny_pipeline
+
     return ensure_tiny_pipeline(tmp_path_factory.mktemp("weights") / "tiny-klein", "klein")
 
 
 @pytest.fixture(scope="session")
 def tiny_preview_decoder(tmp_path_factory) -> Path:
+    from fluxhost.testing.tiny import ensure_tiny_pipeline
+
     return ensure_tiny_pipeline(tmp_path_factory.mktemp("weights") / "tiny-taef", "preview-decoder")
 
 
-def run_once(weights: Path, **options) -> tuple[FluxEngine, list, list]:
+def run_once(weights: Path, **options) -> tuple[Any, list, list]:
     """Load ``weights`` with ``options`` and make one 256x256 image, rendering a preview each step."""
+    import torch
+
+    from fluxhost.engines.flux import FluxEngine
+
     torch.set_num_threads(2)
     engine = FluxEngine(str(weights), ModelSettings(steps=3, max_sequence_length=32, **options), device="cpu")
     engine.load()
@@ -85,6 +91,7 @@ def test_caches_without_klein_support_are_refused_for_it(tiny_klein, cache):
 
 
 def test_positioned_noise_is_the_seeds_noise_plus_ramps_across_and_down(tiny_weights):
+    import torch
     from diffusers import FluxPipeline
 
     engine, [image], _previews = run_once(tiny_weights, noise_mean="positions")
@@ -138,6 +145,8 @@ def test_int8_weights_with_torchao(tiny_weights):
 @pytest.mark.parametrize("options", [{"compile": True, "warmup_sizes": ["256x256"]}, {"quantize": "fp8"},
                                      {"quantize": "nf4"}, {"offload": "model"}, {"offload": "sequential"}])
 def test_gpu_options_run(tiny_weights, options):
+    from fluxhost.engines.flux import FluxEngine
+
     engine = FluxEngine(str(tiny_weights), ModelSettings(steps=3, max_sequence_length=32, **options), device="cuda")
     engine.load()
     [image] = generate(engine, GenerationRequest("a red fox", 256, 256, 7, 3, 3.5), lambda: None, lambda *_: True)
@@ -162,7 +171,7 @@ def test_klein_serves_under_its_own_slug(make_settings, tiny_klein):
 
 def test_presets_serve_by_name_and_behind_the_seed_slug():
     settings = Settings(presets="schnell, klein", flux_pro_model="dev")
-    models = settings.served_models
+    models = served_models(settings)
     assert models[PRESETS["schnell"].slug].weights == "black-forest-labs/FLUX.1-schnell"
     assert models[PRESETS["schnell"].slug].steps == 4 and models[PRESETS["klein"].slug].steps == 4
     seed = models[DEFAULT_MODEL]
@@ -171,27 +180,34 @@ def test_presets_serve_by_name_and_behind_the_seed_slug():
     assert seed.setting == "FLUXHOST_FLUX_PRO_MODEL"
     tools = {tool.slug: tool for tool in Catalog.from_models(models).tools}
     assert set(tools) == {DEFAULT_MODEL, PRESETS["schnell"].slug, PRESETS["klein"].slug}
-    assert [item.id for item in tools[PRESETS["schnell"].slug].schema.extra] == ["steps"]
-    assert Settings(flux_pro_model="/models/my-flux").served_models[DEFAULT_MODEL].weights == "/models/my-flux"
+    assert tools[PRESETS["schnell"].slug].tuning == ("steps",)
+    assert served_models(Settings(flux_pro_model="/models/my-flux"))[DEFAULT_MODEL].weights == "/models/my-flux"
     with pytest.raises(ValueError, match="unknown preset 'turbo'"):
-        Settings(presets="turbo")
+        served_models(Settings(presets="turbo"))
     with pytest.raises(ValueError, match="devices must not repeat"):
         Settings(devices="cuda:0,cuda:0")
 
 
 def test_missing_preset_weights_name_the_setting_and_the_pull():
+    from fluxhost.engines.flux import FluxEngine
+
     preset = PRESETS["schnell"]
     engine = FluxEngine(preset.weights, preset.model_settings("FLUXHOST_PRESETS"), device="cpu")
-    message = engine._weights_message(OSError("We couldn't connect to the hub\nand more"))
+    with pytest.raises(WeightsUnavailable) as unavailable:
+        engine.load()  # offline, and not in the cache
+    assert unavailable.value.weights == preset.weights
+    failure = WeightsUnavailable(preset.weights, "We couldn't connect to the hub")
+    message = load_failure(preset.model_settings("FLUXHOST_PRESETS"), failure)
     assert message == ("weights 'black-forest-labs/FLUX.1-schnell' could not be loaded (We couldn't connect to the "
                        "hub). Download them first: fluxhost models pull schnell, or take 'schnell' out of "
                        "FLUXHOST_PRESETS.")
-    behind_the_seed = FluxEngine(preset.weights, preset.model_settings("FLUXHOST_FLUX_PRO_MODEL"), device="cpu")
-    assert behind_the_seed._weights_message(OSError("gone")).endswith(
+    behind_the_seed = preset.model_settings("FLUXHOST_FLUX_PRO_MODEL")
+    assert load_failure(behind_the_seed, WeightsUnavailable(preset.weights, "gone")).endswith(
         "Set FLUXHOST_FLUX_PRO_MODEL to a diffusers FLUX folder or Hugging Face hub id, or download them first: "
         "fluxhost models pull schnell.")
 
 
+@pytest.mark.slow  # `fluxhost` processes
 def test_models_pull_offline_says_why(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     done = subprocess.run([FLUXHOST, "models", "pull", "schnell"], env=env, capture_output=True, text=True,

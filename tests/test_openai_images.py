@@ -83,4 +83,4 @@ def test_edits_take_an_image_file_on_an_editing_model(make_settings):
 
         with pytest.raises(openai.BadRequestError) as refused:
             client.images.edit(image=("notes.txt", b"not an image", "text/plain"), prompt="x")
-        assert "inputImage" in refused.value.body["message"]
+        assert "'image'" in refused.value.body["message"] and refused.value.body["param"] == "image"  # its own name

@@ -18,7 +18,8 @@ ARTIFACTS = Path(os.environ.get("FLUXHOST_TEST_ARTIFACTS", Path(__file__).parent
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
                  "--disable-background-networking", "--disable-component-update"]
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)")
+pytestmark = [pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)"),
+              pytest.mark.slow]
 expect = sync_api.expect
 
 

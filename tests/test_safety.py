@@ -15,7 +15,6 @@ from fluxhost.safety.classifiers import flagged
 from fluxhost.safety.moderator import Moderator
 from fluxhost.safety.terms import SHIPPED, TermLists
 from fluxhost.signing import KeyMode
-from fluxhost.tinymodels import tiny_image_classifier, tiny_text_classifier
 from tests.helpers import SLUG, LiveServer, ProtocolClient
 
 FLUXHOST = str(Path(sys.executable).with_name("fluxhost"))
@@ -23,6 +22,8 @@ FLUXHOST = str(Path(sys.executable).with_name("fluxhost"))
 
 @pytest.fixture(scope="session")
 def tiny_classifiers(tmp_path_factory) -> tuple[Path, Path]:
+    from fluxhost.testing.classifiers import tiny_image_classifier, tiny_text_classifier
+
     folder = tmp_path_factory.mktemp("classifiers")
     return tiny_text_classifier(folder / "text"), tiny_image_classifier(folder / "image")
 

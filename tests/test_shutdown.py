@@ -15,6 +15,7 @@ from fluxhost.store.keys import NewKey
 from fluxhost.store.tasks import TaskStore
 from tests.helpers import FLUXHOST, SLUG, ProtocolClient, ServiceProcess, free_port, wait_until_ready
 
+pytestmark = pytest.mark.slow  # `fluxhost serve` processes, signalled
 STEP_MS = 50
 
 
@@ -65,7 +66,7 @@ def test_running_task_finishes_within_the_grace_and_runs_are_refused_meanwhile(s
         time.sleep(0.05)
     assert process.process.wait(60) == 0
     record = tasks.get(int(taskid))
-    assert (record.row.status, record.row.pexit, len(record.outputs)) == ("task_postprocess_end", "0", 1)
+    assert (record.status, record.outcome, len(record.outputs)) == ("task_postprocess_end", "completed", 1)
 
 
 def test_a_task_outlasting_the_grace_is_queued_again_and_completes_after_restart(serve):
@@ -77,11 +78,11 @@ def test_a_task_outlasting_the_grace_is_queued_again_and_completes_after_restart
     assert terminate(process) == 0
     assert "queued again at shutdown" in process.output
     for taskid in (running, queued):
-        row = tasks.get(int(taskid)).row
+        row = tasks.get(int(taskid))
         assert (row.status, row.worker_id, row.attempts) == ("task_queue", None, 0)
 
     start(grace_seconds=30)
     for taskid in (running, queued):
         assert client.wait(taskid, timeout=60)["pexit"] == "0"
         record = tasks.get(int(taskid))
-        assert (record.row.attempts, len(record.outputs)) == (1, 1)  # the interrupted run is not counted
+        assert (record.attempts, len(record.outputs)) == (1, 1)  # the interrupted run is not counted

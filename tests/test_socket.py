@@ -10,10 +10,10 @@ import pytest
 import websockets
 from PIL import Image
 
-from fluxhost.api.socket import MAX_PROGRESS_FRAMES, Subscriber
 from fluxhost.events import Progress, TaskEvent
 from fluxhost.signing import KeyMode
 from fluxhost.statuses import TERMINAL, Status
+from fluxhost.wiro.socket import MAX_PROGRESS_FRAMES, Subscriber
 from tests.helpers import SLUG, LiveServer, ProtocolClient
 
 LIFECYCLE = ["task_queue", "task_accept", "task_preprocess_start", "task_preprocess_end", "task_assign",

@@ -5,14 +5,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from fluxhost.inputs import ASPECT_RATIOS, SEED_MAX, InputError, InputSchema, size_for_aspect_ratio
+from fluxhost.orders import ASPECT_RATIOS, SEED_MAX, WorkOrder, size_for_aspect_ratio
 from fluxhost.settings import ModelSettings
 from fluxhost.signing import KeyMode
 from fluxhost.tools import Catalog, Tool
-from fluxhost.workorder import WorkOrder
+from fluxhost.wiro.render import tool_detail
+from fluxhost.wiro.schema import InputError, InputSchema
 from tests.helpers import SLUG, LiveServer, ProtocolClient
 
-validate_inputs = InputSchema().validate  # the seed tool's inputs
+
+def schema_of(tool: Tool) -> InputSchema:
+    return InputSchema.of(tool, {}, 10_000)
+
+
+validate_inputs = schema_of(Tool("black-forest-labs", "flux-pro-1.1", "d")).parse  # the seed tool's inputs
 
 
 @pytest.mark.parametrize("ratio", ASPECT_RATIOS)
@@ -26,26 +32,24 @@ def test_aspect_ratios_give_about_a_megapixel_in_multiples_of_32(ratio):
 
 def test_defaults_follow_the_seed():
     run = validate_inputs({"prompt": "a cat", "seed": "7"})
-    inputs = run.order
-    assert (inputs.aspect_ratio, inputs.width, inputs.height) == ("16:9", 1376, 768)
-    assert inputs.output_format == "png" and inputs.safety_tolerance == 2 and not inputs.prompt_upsampling
+    assert (run.aspect_ratio, size_for_aspect_ratio(run.aspect_ratio), run.seed) == ("16:9", (1376, 768), 7)
+    assert run.output_format == "png" and run.safety_tolerance == 2 and not run.prompt_upsampling
     assert run.parameters == {"prompt": "a cat", "seed": "7"}
 
 
 def test_strings_and_json_values_are_both_accepted():
     strings = {"prompt": "x", "seed": "42", "safetyTolerance": "3", "promptUpsampling": "true"}
-    as_strings = validate_inputs(strings).order
-    as_json = validate_inputs({"prompt": "x", "seed": 42, "safetyTolerance": 3, "promptUpsampling": True}).order
+    as_strings = validate_inputs(strings)
+    as_json = validate_inputs({"prompt": "x", "seed": 42, "safetyTolerance": 3, "promptUpsampling": True})
     assert (as_strings.seed, as_strings.safety_tolerance, as_strings.prompt_upsampling) == (42, 3, True)
     assert (as_json.seed, as_json.safety_tolerance, as_json.prompt_upsampling) == (42, 3, True)
 
 
 @pytest.mark.parametrize("seed", [None, ""])
-def test_a_missing_seed_is_drawn_and_recorded(seed):
+def test_a_missing_seed_is_left_for_the_operations_to_draw(seed):
+    """Drawn and recorded at Run: test_lifecycle's test_a_random_seed_is_recorded_and_reproduces_the_image."""
     raw = {"prompt": "x"} if seed is None else {"prompt": "x", "seed": seed}
-    run = validate_inputs(raw)
-    assert 0 <= run.order.seed <= SEED_MAX
-    assert run.parameters["seed"] == str(run.order.seed)
+    assert validate_inputs(raw).seed is None
 
 
 @pytest.mark.parametrize(
@@ -72,17 +76,17 @@ def test_bad_inputs_get_the_protocol_message(raw, message):
 
 @given(st.integers(min_value=0, max_value=SEED_MAX))
 def test_every_valid_seed_round_trips(seed):
-    assert validate_inputs({"prompt": "x", "seed": str(seed)}).order.seed == seed
-    assert validate_inputs({"prompt": "x", "seed": seed}).order.seed == seed
+    assert validate_inputs({"prompt": "x", "seed": str(seed)}).seed == seed
+    assert validate_inputs({"prompt": "x", "seed": seed}).seed == seed
 
 
 @given(st.text())
 def test_seed_text_is_accepted_only_as_an_integer(text):
     try:
-        seed = validate_inputs({"prompt": "x", "seed": text}).order.seed
+        seed = validate_inputs({"prompt": "x", "seed": text}).seed
     except InputError:
         return
-    assert text.strip() == "" or int(text.strip()) == seed
+    assert (seed is None and text.strip() == "") or int(text.strip()) == seed
 
 
 def test_catalog_finds_both_spellings_of_the_slug():
@@ -97,27 +101,28 @@ def test_each_model_publishes_and_checks_its_own_inputs():
         "acme/flux-dev": ModelSettings(steps=28, guidance=3.5, exposed_inputs=["steps", "guidance"]),
     })
     seed_tool, dev_tool = catalog.tools
-    seed_ids = [item["id"] for item in seed_tool.detail()["parameters"][0]["items"]]
-    dev_items = {item["id"]: item for item in dev_tool.detail()["parameters"][0]["items"]}
+    seed_schema, dev_schema = schema_of(seed_tool), schema_of(dev_tool)
+    seed_ids = [item["id"] for item in tool_detail(seed_tool, seed_schema)["parameters"][0]["items"]]
+    dev_items = {item["id"]: item for item in tool_detail(dev_tool, dev_schema)["parameters"][0]["items"]}
     assert "steps" not in seed_ids and "guidance" not in seed_ids
     assert list(dev_items)[: len(seed_ids)] == seed_ids
     assert (dev_items["steps"]["default"], dev_items["guidance"]["default"]) == ("28", "3.5")
 
-    tuned = dev_tool.schema.validate({"prompt": "x", "steps": "8", "guidance": 2.5})
-    assert (tuned.order.steps, tuned.order.guidance) == (8, 2.5)
-    assert tuned.parameters == {"prompt": "x", "steps": "8", "guidance": 2.5, "seed": str(tuned.order.seed)}
-    untuned = dev_tool.schema.validate({"prompt": "x"})
-    assert untuned.order.steps is None and untuned.order.guidance is None  # the model's configured values
+    tuned = dev_schema.parse({"prompt": "x", "steps": "8", "guidance": 2.5})
+    assert (tuned.steps, tuned.guidance) == (8, 2.5)
+    assert tuned.parameters == {"prompt": "x", "steps": "8", "guidance": 2.5}
+    untuned = dev_schema.parse({"prompt": "x"})
+    assert untuned.steps is None and untuned.guidance is None  # the model's configured values
     with pytest.raises(InputError, match=r"Request parameter \[steps\] must be between 1 and 100"):
-        dev_tool.schema.validate({"prompt": "x", "steps": "500"})
+        dev_schema.parse({"prompt": "x", "steps": "500"})
     with pytest.raises(InputError, match=r"Request parameter \[guidance\]"):
-        dev_tool.schema.validate({"prompt": "x", "guidance": "lots"})
-    ignored = seed_tool.schema.validate({"prompt": "x", "seed": "1", "steps": "500"})  # not this model's input
-    assert ignored.order.steps is None and ignored.parameters == {"prompt": "x", "seed": "1"}
+        dev_schema.parse({"prompt": "x", "guidance": "lots"})
+    ignored = seed_schema.parse({"prompt": "x", "seed": "1", "steps": "500"})  # not this model's input
+    assert ignored.steps is None and ignored.parameters == {"prompt": "x", "seed": "1"}
 
 
 def test_a_work_order_survives_its_codec():
-    order = InputSchema().validate({"prompt": "a fox", "seed": "9", "aspectRatio": "1:1"}).order
+    order = WorkOrder(prompt="a fox", width=1024, height=1024, seed=9, output_format="png", aspect_ratio="1:1")
     assert WorkOrder.decode(json.loads(json.dumps(order.encode()))) == order
     with pytest.raises(ValidationError):
         WorkOrder.decode({**order.encode(), "width": -5})

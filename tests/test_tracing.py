@@ -28,7 +28,7 @@ def test_a_tasks_spans_form_one_trace_from_run_to_engine(make_settings, spans):
         client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
         taskid = int(client.run(seed="5")["taskid"])
         assert client.wait(str(taskid))["pexit"] == "0"
-        stored = live.service.tasks.get(taskid).row.request["trace"]
+        stored = live.service.tasks.get(taskid).order.trace
     assert stored["traceparent"].startswith("00-")
 
     finished = {span.name: span for span in spans.get_finished_spans()

@@ -10,9 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fluxhost.images import embedded_parameters
+from fluxhost.runtime.outputs import embedded_parameters
 from fluxhost.signing import KeyMode
-from fluxhost.tinymodels import tiny_language_model
 from tests.helpers import SLUG, LiveServer, LoopbackServer, ProtocolClient
 
 REWRITE = "A red fox in fresh snow at dawn, low golden light, soft rim light, shallow depth of field"
@@ -92,6 +91,8 @@ def test_a_rewrite_is_moderated_too(make_settings):
 
 
 def test_an_in_process_language_model_rewrites(make_settings, tmp_path_factory):
+    from fluxhost.testing.classifiers import tiny_language_model
+
     model = tiny_language_model(tmp_path_factory.mktemp("lm") / "tiny-lm")
     with LiveServer(make_settings(upsampler_local=str(model))) as live:
         client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))

@@ -8,11 +8,17 @@ import signal
 import time
 
 import httpx
+import pytest
 
+from fluxhost.events import TaskEvent
 from fluxhost.settings import ModelSettings
 from fluxhost.signing import KeyMode
+from fluxhost.statuses import Status
 from tests.helpers import SLUG, LiveServer, ProtocolClient
 from tests.test_socket import follow, socket_url
+
+REDIS = os.environ.get("FLUXHOST_TEST_REDIS")
+pytestmark = pytest.mark.slow  # a child process per test
 
 
 def bench(make_settings, steps: int):
@@ -36,7 +42,7 @@ def test_a_task_runs_in_the_child_and_the_socket_sees_its_frames(make_settings):
         assert [frame["type"] for frame in frames][-1] == "task_postprocess_end"
         task = client.detail(run["taskid"])
         assert task["pexit"] == "0"
-        assert live.service.tasks.get(int(run["taskid"])).row.worker_id == live.service.worker_id  # the parent's id
+        assert live.service.tasks.get(int(run["taskid"])).worker_id == live.service.worker_id  # the parent's id
         assert httpx.get(task["outputs"][0]["url"], timeout=10).content[:4] == b"\x89PNG"
         assert child_pid(live) != os.getpid()
 
@@ -62,7 +68,7 @@ def test_a_child_that_dies_is_replaced_and_its_task_completes_once(make_settings
         os.kill(first, signal.SIGKILL)
         task = client.wait(taskid, timeout=120)
         assert task["status"] == "task_postprocess_end" and task["pexit"] == "0" and len(task["outputs"]) == 1
-        assert live.service.tasks.get(int(taskid)).row.attempts == 2 and child_pid(live) != first
+        assert live.service.tasks.get(int(taskid)).attempts == 2 and child_pid(live) != first
 
 
 def test_a_model_the_child_cannot_load_refuses_runs(make_settings, tmp_path):
@@ -74,3 +80,36 @@ def test_a_model_the_child_cannot_load_refuses_runs(make_settings, tmp_path):
             assert time.monotonic() < deadline, "the load failure never reached the API"
             time.sleep(0.2)
         assert "FLUXHOST_MODELS" in refused["errors"][0]["message"]
+
+
+@pytest.mark.skipif(not REDIS, reason="needs Redis: run .ci/run")
+def test_with_redis_events_each_event_of_a_child_task_is_published_once(make_settings):
+    """The child publishes on a bus of its own; the parent relays each event to Redis once, and
+    nothing heard on Redis goes back down the pipe (it once looped: thousands of messages a task)."""
+    import redis
+
+    steps = 4
+    connection = redis.Redis.from_url(REDIS)
+    channel = connection.pubsub(ignore_subscribe_messages=True)
+    channel.subscribe("fluxhost:events")
+    channel.get_message(timeout=5)
+    try:
+        settings = make_settings(steps=steps, worker_process=True, engine="bench", bench_step_ms=20, events_url=REDIS)
+        with LiveServer(settings) as live:
+            client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+            run = client.run(seed="4")
+            assert client.wait(run["taskid"])["pexit"] == "0"
+            heard: list[bytes] = []
+            quiet_until = time.monotonic() + 2.0  # a loop would keep the channel busy long after the end
+            while time.monotonic() < quiet_until:
+                if (message := channel.get_message(timeout=0.1)) is not None:
+                    heard.append(message["data"])
+    finally:
+        channel.close()
+        connection.close()
+    ours = [data for data in heard if TaskEvent.decode(data).token == run["socketaccesstoken"]]
+    assert len(set(ours)) == len(ours)  # no message twice
+    assert [TaskEvent.decode(data).type for data in ours] == [
+        Status.QUEUE, Status.ACCEPT, Status.PREPROCESS_START, Status.PREPROCESS_END, Status.ASSIGN, Status.START,
+        *[Status.OUTPUT] * steps, Status.OUTPUT_FULL, Status.END, Status.POSTPROCESS_START, Status.POSTPROCESS_END,
+    ]

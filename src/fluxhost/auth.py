@@ -14,7 +14,9 @@ neither the path nor the body, so replay protection cannot rest on the signature
 - Read-only calls only check the signature: the documented flow reuses the Run nonce for every
   Detail poll.
 
-Plain Core statements built once: this runs on every request.
+Doors with a single credential (BFL's ``x-key``, OpenAI's Bearer token) send ``API_KEY:API_SECRET``
+instead (:meth:`Authenticator.authenticate_token`). A refusal is an :class:`AuthError` whose
+``failure`` says what failed; each door words it.
 """
 
 from __future__ import annotations
@@ -24,35 +26,32 @@ import hmac
 import re
 import time
 from dataclasses import dataclass
-
-from sqlalchemy import Row, bindparam, delete, insert, select
-from sqlalchemy.exc import IntegrityError
+from enum import Enum
 
 from fluxhost.signing import KeyMode, sign_request
-from fluxhost.store.database import Database
-from fluxhost.store.keys import key_digest
-from fluxhost.store.schema import ApiKey, Project, SpentRequest
+from fluxhost.store.keys import ActiveKey, KeyStore
+from fluxhost.store.nonces import NonceStore
 
 _NONCE = re.compile(r"[0-9]{1,40}")
-_FIND_KEY = (
-    select(ApiKey.id, ApiKey.project_id, Project.name, ApiKey.mode, ApiKey.secret)
-    .join(Project, Project.id == ApiKey.project_id)
-    .where(ApiKey.key_digest == bindparam("digest"), ApiKey.revoked_at.is_(None))
-)
-_SPEND_REQUEST = insert(SpentRequest)
 
-UNKNOWN_KEY = "Project authorization is not founded."
-SIGNATURE_REQUIRED = (
-    "Project requires signature authentication. x-signature and x-nonce headers are required."
-)
-BAD_SIGNATURE = "Project authorization is not valid."
-# For doors with a single credential (BFL's x-key, OpenAI's Bearer token).
-SECRET_REQUIRED = ("This key signs its requests: its API key alone is public. Send API_KEY:API_SECRET as the token "
-                   "(or use a key-only key).")
+
+class AuthFailure(Enum):
+    """What failed, with a plain description (the hosted protocol has words of its own)."""
+
+    UNKNOWN_KEY = "The API key is unknown or revoked."
+    SIGNATURE_REQUIRED = "This key signs its requests: a signature and a nonce are required."
+    BAD_SIGNATURE = "The signature does not match the key, or the request was accepted before."
+    SECRET_REQUIRED = ("This key signs its requests: its API key alone is public. Send API_KEY:API_SECRET as the "
+                       "token (or use a key-only key).")
+    BAD_SECRET = "The secret does not match the key."
 
 
 class AuthError(Exception):
-    """A request that fails authentication; ``str(error)`` is the protocol's 401 message."""
+    """A request that fails authentication."""
+
+    def __init__(self, failure: AuthFailure):
+        super().__init__(failure.value)
+        self.failure = failure
 
 
 @dataclass(frozen=True)
@@ -64,6 +63,10 @@ class Caller:
     project_name: str
     mode: KeyMode
 
+    @classmethod
+    def of(cls, key: ActiveKey) -> Caller:
+        return cls(key.id, key.project_id, key.project_name, key.mode)
+
 
 def request_digest(path: str, body: bytes) -> str:
     """What tells two requests apart for replay protection: SHA-256 over the path and the body."""
@@ -73,24 +76,24 @@ def request_digest(path: str, body: bytes) -> str:
 class Authenticator:
     """Checks a request's key and signature, and spends the nonces of state-changing calls."""
 
-    def __init__(self, db: Database, nonce_window_seconds: int, nonce_retention_seconds: int):
-        self._db = db
+    def __init__(self, keys: KeyStore, nonces: NonceStore, nonce_window_seconds: int, nonce_retention_seconds: int):
+        self._keys = keys
+        self._nonces = nonces
         self.nonce_window = nonce_window_seconds
         self.nonce_retention = nonce_retention_seconds
 
     def authenticate(self, api_key: str | None, nonce: str | None, signature: str | None) -> Caller:
-        """The caller behind these headers, or :class:`AuthError` with the protocol's message.
-        The nonce is checked as part of the signature but not spent: see :meth:`spend_nonce`."""
+        """The caller behind these headers, or :class:`AuthError`. The nonce is checked as part of
+        the signature but not spent: see :meth:`spend_nonce`."""
         key = self._key(api_key)
-        caller = Caller(key.id, key.project_id, key.name, KeyMode(key.mode))
-        if caller.mode == KeyMode.KEY_ONLY:
-            return caller
+        if key.mode == KeyMode.KEY_ONLY:
+            return Caller.of(key)
         if not nonce or not signature:
-            raise AuthError(SIGNATURE_REQUIRED)
+            raise AuthError(AuthFailure.SIGNATURE_REQUIRED)
         expected = sign_request(api_key, key.secret, nonce.strip())
         if not hmac.compare_digest(expected.encode(), _signature_hex(signature).encode()):
-            raise AuthError(BAD_SIGNATURE)
-        return caller
+            raise AuthError(AuthFailure.BAD_SIGNATURE)
+        return Caller.of(key)
 
     def authenticate_token(self, token: str | None) -> Caller:
         """The caller behind one token, as doors with a single credential send it: a key-only
@@ -99,29 +102,24 @@ class Authenticator:
         protects them from replay is the secret itself, as with any bearer token (use https)."""
         api_key, _, secret = (token or "").strip().partition(":")
         key = self._key(api_key)
-        caller = Caller(key.id, key.project_id, key.name, KeyMode(key.mode))
-        if caller.mode == KeyMode.SIGNATURE:
+        if key.mode == KeyMode.SIGNATURE:
             if not secret:
-                raise AuthError(SECRET_REQUIRED)
+                raise AuthError(AuthFailure.SECRET_REQUIRED)
             if not hmac.compare_digest(secret.encode(), key.secret.encode()):
-                raise AuthError(BAD_SIGNATURE)
-        return caller
+                raise AuthError(AuthFailure.BAD_SECRET)
+        return Caller.of(key)
 
-    def _key(self, api_key: str | None) -> Row:
-        """The key's row (id, project, name, mode, secret), or :class:`AuthError`."""
-        if not api_key:
-            raise AuthError(UNKNOWN_KEY)
-        with self._db.read() as connection:
-            key = connection.execute(_FIND_KEY, {"digest": key_digest(api_key)}).first()
-        if key is None:
-            raise AuthError(UNKNOWN_KEY)
-        return key
+    def _key(self, api_key: str | None) -> ActiveKey:
+        found = self._keys.find_active(api_key) if api_key else None
+        if found is None:
+            raise AuthError(AuthFailure.UNKNOWN_KEY)
+        return found
 
     def spend_nonce(self, caller: Caller, nonce: str | None, request_digest: str) -> None:
         """Accept a state-changing call once: an exact resend (same nonce and request digest) or a
         timestamp nonce outside the window is refused."""
         if caller.mode == KeyMode.SIGNATURE and not self._spend(caller.key_id, (nonce or "").strip(), request_digest):
-            raise AuthError(BAD_SIGNATURE)
+            raise AuthError(AuthFailure.BAD_SIGNATURE)
 
     def _spend(self, key_id: int, nonce: str, request_digest: str) -> bool:
         """Record the request as accepted; False when it was accepted before or its timestamp
@@ -132,19 +130,11 @@ class Authenticator:
         as_time = _nonce_time(nonce)
         if as_time is not None and abs(now - as_time) > self.nonce_window:
             return False
-        try:
-            with self._db.write() as connection:
-                connection.execute(_SPEND_REQUEST, {"api_key_id": key_id, "nonce": nonce.lstrip("0") or "0",
-                                                    "request_digest": request_digest, "used_at": now})
-        except IntegrityError:
-            return False
-        return True
+        return self._nonces.spend(key_id, nonce.lstrip("0") or "0", request_digest, now)
 
     def purge_nonces(self) -> int:
         """Forget accepted requests older than the retention period; returns how many."""
-        cutoff = time.time() - self.nonce_retention
-        with self._db.write() as connection:
-            return connection.execute(delete(SpentRequest).where(SpentRequest.used_at < cutoff)).rowcount
+        return self._nonces.purge(time.time() - self.nonce_retention)
 
 
 def _signature_hex(header: str) -> str:

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fluxhost import DEFAULT_MODEL
-from fluxhost.cli_client import register as register_client_commands
+from fluxhost.client.cli import register as register_client_commands
 from fluxhost.signing import KeyMode
 
 app = typer.Typer(help="fluxhost: a self-hosted FLUX text-to-image service.", no_args_is_help=True)
@@ -65,6 +65,17 @@ def _database(settings):
     return db
 
 
+def _served_models(settings):
+    """The models the settings serve, or a one-line reason (an unknown preset) and exit 2."""
+    from fluxhost.models import served_models
+
+    try:
+        return served_models(settings)
+    except ValueError as error:
+        console.print(str(error), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
 def _key_store(settings):
     from fluxhost.store.keys import KeyStore
 
@@ -77,7 +88,7 @@ def _first_key_banner(key, settings) -> str:
     run = f"{base}/v1/Run/{DEFAULT_MODEL}"
     from fluxhost.demo import EXAMPLE_PROMPT, serves_demo
 
-    served = settings.served_models.get(DEFAULT_MODEL)
+    served = _served_models(settings).get(DEFAULT_MODEL)
     prompt = EXAMPLE_PROMPT if served is not None and serves_demo(served) else "a lighthouse on a cliff at dusk"
     body = json.dumps({"prompt": prompt, "aspectRatio": "16:9", "seed": "42"})
     return "\n".join(
@@ -98,7 +109,7 @@ def _first_key_banner(key, settings) -> str:
 
 
 def _real_pictures_hint() -> str:
-    from fluxhost.presets import PRESETS
+    from fluxhost.models import PRESETS
 
     schnell = PRESETS["schnell"]
     return (f"For real pictures on a GPU: FLUXHOST_FLUX_PRO_MODEL=schnell make serve  ({schnell.title}, about "
@@ -115,7 +126,7 @@ def serve(
     `fluxhost worker` processes run the tasks)."""
     import uvicorn
 
-    from fluxhost.api.app import UVICORN_OPTIONS, create_app
+    from fluxhost.app import UVICORN_OPTIONS, create_app
     from fluxhost.settings import Settings
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
@@ -168,27 +179,35 @@ def worker(
                       "one, `fluxhost serve` runs the worker itself.", markup=False, soft_wrap=True)
         raise typer.Exit(2)
     _configure_observability(settings)
-    service = _connected_service(settings)
+    from fluxhost.runtime.dispatch.celery import WorkerProcess
+
+    process = _connected(WorkerProcess, settings, _served_models(settings))
     if metrics_port is not None:
         from prometheus_client import start_http_server
 
-        start_http_server(metrics_port, addr=settings.host, registry=service.worker_metrics.registry)
+        start_http_server(metrics_port, addr=settings.host, registry=process.runtime.metrics.registry)
     try:
-        service.run_worker(model, device)
+        process.run(model, device)
     except ValueError as error:
         console.print(str(error), markup=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
 def _connected_service(settings):
-    """The service, or a one-line reason when its database or Redis cannot be reached."""
+    """The service, or a one-line reason when its models, its database or Redis are amiss."""
+    from fluxhost.service import Service
+
+    _served_models(settings)
+    return _connected(Service, settings)
+
+
+def _connected(build, *args):
+    """``build(*args)``, or a one-line reason when the database or Redis cannot be reached."""
     from redis.exceptions import RedisError
     from sqlalchemy.exc import OperationalError
 
-    from fluxhost.service import Service
-
     try:
-        return Service(settings)
+        return build(*args)
     except (OperationalError, RedisError) as error:
         what = "the database" if isinstance(error, OperationalError) else "Redis (FLUXHOST_BROKER_URL/EVENTS_URL)"
         reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
@@ -261,7 +280,7 @@ def models_build_tiny(
                                              "preview-decoder (AutoencoderTiny).")] = "flux1",
 ) -> None:
     """Write a tiny random-weight model (draws noise) that loads like real weights."""
-    from fluxhost.engines.tiny import TINY_BUILDERS, ensure_tiny_pipeline
+    from fluxhost.testing.tiny import TINY_BUILDERS, ensure_tiny_pipeline
 
     if family not in TINY_BUILDERS:
         console.print(f"Unknown family {family!r}: choose from {', '.join(TINY_BUILDERS)}.", highlight=False)
@@ -290,11 +309,11 @@ def models_train_demo(
 def models_list() -> None:
     """The models this configuration serves, and the presets it could."""
     from fluxhost.demo import serves_demo
-    from fluxhost.presets import PRESETS
+    from fluxhost.models import PRESETS
 
     settings = _settings()
     table = Table("slug", "weights", "device", "dtype", "steps", "guidance", "batch")
-    for slug, model in settings.served_models.items():
+    for slug, model in _served_models(settings).items():
         table.add_row(slug, "(demo model)" if serves_demo(model) else model.weights, model.device, model.dtype,
                       str(model.steps), str(model.guidance), str(model.max_batch))
     console.print(table)
@@ -314,7 +333,7 @@ def models_pull(
     import huggingface_hub
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    from fluxhost.presets import PRESETS
+    from fluxhost.models import PRESETS
 
     preset = PRESETS.get(name.lower())
     repo = preset.weights if preset else name

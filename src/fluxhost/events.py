@@ -70,6 +70,9 @@ class EventBus(Protocol):
     def subscribe(self, handler: Handler) -> Callable[[], None]:
         """Start calling ``handler`` for every event; returns the function that stops it."""
 
+    def close(self) -> None:
+        """Deliver what was published, then stop."""
+
 
 class LocalEventBus:
     def __init__(self) -> None:
@@ -92,6 +95,9 @@ class LocalEventBus:
                 self._handlers = [h for h in self._handlers if h is not handler]
 
         return unsubscribe
+
+    def close(self) -> None:
+        """Nothing to do: publishing delivered every event already."""
 
 
 class RedisEventBus:
@@ -173,3 +179,8 @@ class RedisEventBus:
                     log.warning("ignored a malformed event on %s", self.channel)
                     continue
                 self._local.publish(event)
+
+
+def open_event_bus(redis_url: str | None) -> EventBus:
+    """The bus through Redis at ``redis_url`` (several processes), or the in-process one."""
+    return RedisEventBus(redis_url) if redis_url else LocalEventBus()

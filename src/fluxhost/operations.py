@@ -1,41 +1,40 @@
-"""The service's use cases, for every door: run, look up, list, cancel, kill, delete files, tools.
+"""The service's use cases, for every door: who asks, run, look up, list, cancel, kill, delete
+files, upload, tools.
 
 Each operation takes who asks (a :class:`~fluxhost.auth.Caller`) and typed inputs, and returns
-typed results or raises an :class:`OperationError` saying why not. Doors parse their requests,
-authenticate, call one operation and render its result in their own shape, wording refusals
-their own way. Operations block on the database (and Run on DNS): doors call them off the event
-loop.
+typed results or raises an :class:`OperationError` saying why not, in no door's words. Doors parse
+their requests into those inputs, call one operation and render its result in their own shape,
+wording refusals their own way. Operations block on the database (and Run on DNS): doors call
+them off the event loop.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
-from fluxhost.auth import Caller
-from fluxhost.dispatch import Dispatcher
+from fluxhost.auth import Authenticator, Caller
 from fluxhost.events import EventBus, TaskEvent
-from fluxhost.image_inputs import DEFAULT_LIMITS, ImageLimits, ImageRefused, InputImage, decode, fetch, size_like
-from fluxhost.inputs import InputError, ValidatedRun
-from fluxhost.limits import NO_TASK_LIMITS, TaskLimits
+from fluxhost.input_images import DEFAULT_LIMITS, ImageLimits, ImageRefused, InputImage, decode, fetch, size_like
+from fluxhost.limits import NO_TASK_LIMITS, NoRequestRate, RequestRate, TaskLimits
+from fluxhost.orders import ASPECT_RATIOS, SEED_MAX, FileRef, RunRequest, WorkOrder, size_for_aspect_ratio
+from fluxhost.runtime.dispatch import Dispatcher
 from fluxhost.statuses import Status
 from fluxhost.storage import FileStore
-from fluxhost.store.tasks import ModelStats, StopResult, TaskRecord, TaskRef, TaskStore
+from fluxhost.store.records import TaskView
+from fluxhost.store.tasks import ModelStats, StopResult, TaskRef, TaskStore
 from fluxhost.tools import Catalog, Tool
 from fluxhost.tracing import context_carrier, current_span
 from fluxhost.urlguard import Allowlist, UrlRefused, check_public_url
-from fluxhost.workorder import FileRef
 
 log = logging.getLogger(__name__)
 
-UPSAMPLING_UNAVAILABLE = (
-    "Prompt upsampling is not available on this server: its operator can set FLUXHOST_UPSAMPLER_URL (an "
-    "OpenAI-compatible API) or FLUXHOST_UPSAMPLER_LOCAL (a transformers language model). Send "
-    "promptUpsampling=false to use the prompt as given."
-)
+PROMPT_MAX_CHARS = 10_000
+DEFAULT_ASPECT_RATIO = "16:9"  # a text-to-image Run that asks for no size
 
 
 class OperationError(Exception):
@@ -51,7 +50,24 @@ class ModelUnavailable(OperationError):
 
 
 class InvalidInput(OperationError):
-    """An input the tool refuses; ``str(error)`` says which and why, in the protocol's words."""
+    """An input the service refuses: ``field`` names it as :class:`~fluxhost.orders.RunRequest`
+    does (``input_image``, ``callback_url``; ``upload`` for File/Upload's file), ``problem`` says
+    what is wrong as a predicate of it ("is larger than 20 MB"). Doors name the field their way."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field} {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class UpsamplingUnavailable(OperationError):
+    """A Run asks for prompt upsampling and this server has no upsampler."""
+
+    def __init__(self) -> None:
+        super().__init__("Prompt upsampling is not available on this server: its operator can set "
+                         "FLUXHOST_UPSAMPLER_URL (an OpenAI-compatible API) or FLUXHOST_UPSAMPLER_LOCAL (a "
+                         "transformers "
+                         "language model).")
 
 
 class TooManyTasks(OperationError):
@@ -73,16 +89,6 @@ class NotKillable(OperationError):
 
 class TaskNotEnded(OperationError):
     """Deleting the files of a task that is still queued or running."""
-
-
-@dataclass(frozen=True)
-class RunOrder:
-    """A Run that passed every check and is ready to be queued."""
-
-    tool: Tool
-    validated: ValidatedRun
-    callback_url: str = ""
-    image: InputImage | None = None
 
 
 @dataclass(frozen=True)
@@ -112,141 +118,174 @@ class TaskQuery:
 @dataclass(frozen=True)
 class TaskPage:
     total: int
-    tasks: list[TaskRecord]
+    tasks: list[TaskView]
 
 
 class Operations:
     def __init__(
         self,
+        auth: Authenticator,
         tasks: TaskStore,
         files: FileStore,
         events: EventBus,
         dispatcher: Dispatcher,
         catalog: Catalog,
         url_allowlist: Allowlist,
-        load_error: Callable[[str], str | None] = lambda _slug: None,
+        *,
+        request_rate: RequestRate | None = None,
         upsampling: bool = False,
         image_limits: ImageLimits = DEFAULT_LIMITS,
         task_limits: TaskLimits = NO_TASK_LIMITS,
+        max_prompt_chars: int = PROMPT_MAX_CHARS,
     ):
-        """``load_error(slug)``: why that model could not be loaded here, or None; ``upsampling``:
-        whether a prompt upsampler is configured."""
-        self.task_limits = task_limits
-        self.load_error = load_error
-        self.upsampling = upsampling
-        self.image_limits = image_limits
+        """``upsampling``: whether a prompt upsampler is configured."""
+        self.auth = auth
         self.tasks = tasks
         self.files = files
         self.events = events
         self.dispatcher = dispatcher
         self.catalog = catalog
         self.url_allowlist = url_allowlist
+        self.request_rate = request_rate or NoRequestRate()
+        self.upsampling = upsampling
+        self.image_limits = image_limits
+        self.task_limits = task_limits
+        self.max_prompt_chars = max_prompt_chars
+
+    # --- who asks ------------------------------------------------------------------------
+
+    def caller(self, api_key: str | None, nonce: str | None, signature: str | None) -> Caller:
+        """Who sends a signed (or key-only) request, once their key is checked and the request
+        counted against its rate."""
+        return self._counted(self.auth.authenticate(api_key, nonce, signature))
+
+    def token_caller(self, token: str | None) -> Caller:
+        """Who sends a request with a single credential (``API_KEY:API_SECRET`` or a key-only
+        key), once checked and counted."""
+        return self._counted(self.auth.authenticate_token(token))
+
+    def _counted(self, caller: Caller) -> Caller:
+        self.request_rate.take(caller.key_id)
+        return caller
 
     # --- running ------------------------------------------------------------------------
 
-    def prepare_run(self, owner: str, project: str, inputs: dict[str, Any], callback_url: str = "",
-                    size: tuple[int, int] | None = None, num_images: int = 1) -> RunOrder:
-        """Check a Run without queuing anything: the model, its inputs, the callback URL (whose host
-        is resolved: this blocks). ``size``: width and height in pixels, and ``num_images``: images
-        of one task, for doors whose clients ask for them (checked there: multiples of 32, a few)."""
+    def tool(self, owner: str, project: str) -> Tool:
         tool = self.catalog.find(owner, project)
         if tool is None:
             raise UnknownModel(f"{owner}/{project}")
-        problem = self.load_error(tool.slug)
-        if problem:
+        return tool
+
+    def admit(self, caller: Caller, tool: Tool) -> None:
+        """Refuse a Run before its inputs cost anything: over a limit on unfinished tasks
+        (:class:`TooManyTasks`; checked, not reserved: Runs arriving together may pass a limit by a
+        few), or of a model that could not be loaded (:class:`ModelUnavailable`)."""
+        if self.task_limits.any:
+            counts = self.tasks.unfinished_for_run(caller.key_id, caller.project_id, tool.slug)
+            if refusal := counts.refusal(self.task_limits, tool.slug):
+                raise TooManyTasks(refusal)
+        if problem := self.dispatcher.load_error(tool.slug):
             raise ModelUnavailable(f"Model {tool.slug} is not available on this server: {problem}")
-        try:
-            validated = tool.schema.validate(inputs)
-        except InputError as error:
-            raise InvalidInput(str(error)) from None
-        image = None
-        if tool.schema.takes_image:
-            try:
-                image = self.input_image(inputs)
-            except ImageRefused as error:
-                raise InvalidInput(str(error)) from None
-            if not validated.order.aspect_ratio:
-                width, height = size_like(image.image)
-                validated = replace(validated, order=validated.order.model_copy(update={"width": width,
-                                                                                      "height": height}))
-        if size is not None:
-            validated = replace(validated, order=validated.order.model_copy(update={"width": size[0],
-                                                                                  "height": size[1]}))
-        if num_images != 1:
-            validated = replace(validated, order=validated.order.model_copy(update={"num_images": num_images}))
-        if validated.order.prompt_upsampling and not self.upsampling:
-            raise InvalidInput(UPSAMPLING_UNAVAILABLE)
-        if callback_url:
-            try:
-                check_public_url(callback_url, self.url_allowlist, "callbackUrl")
-            except UrlRefused as error:
-                raise InvalidInput(str(error)) from None
-        return RunOrder(tool, validated, callback_url, image)
 
-    def admit(self, caller: Caller, model_slug: str) -> None:
-        """Refuse (:class:`TooManyTasks`) a Run that would pass a limit on unfinished tasks, before
-        its inputs cost anything. Checked, not reserved: Runs arriving together may pass a limit
-        by a few."""
-        if not self.task_limits.any:
-            return
-        counts = self.tasks.unfinished_for_run(caller.key_id, caller.project_id, model_slug)
-        if refusal := counts.refusal(self.task_limits, model_slug):
-            raise TooManyTasks(refusal)
-
-    def input_image(self, inputs: dict[str, Any]) -> InputImage:
-        """The Run's input image: uploaded bytes, a file this server stored, or a URL fetched through
-        the SSRF guard (this blocks)."""
-        parameter = "inputImage" if inputs.get("inputImage") else "inputImageUrl"
-        value = inputs[parameter]
-        return decode(value if isinstance(value, bytes) else self._bytes_at(str(value).strip(), parameter),
-                      parameter, self.image_limits)
-
-    def _bytes_at(self, url: str, parameter: str) -> bytes:
-        own = self.files.find(url)
-        if own is None:
-            return fetch(url, parameter, self.url_allowlist, self.image_limits)
-        data = self.files.read(*own)
-        if data is None:
-            raise ImageRefused(f"Request parameter [{parameter}] names a file this server no longer has")
-        return data
-
-    def run(self, caller: Caller, order: RunOrder) -> TaskRef:
-        """Queue a checked Run: its input image kept, the task row, its ``task_queue`` event, a
-        worker woken."""
-        with current_span("fluxhost.run", **{"fluxhost.model": order.tool.slug}) as span:
-            task = self._queue(caller, order)
+    def run(self, caller: Caller, tool: Tool, request: RunRequest,
+            accept: Callable[[], None] = lambda: None) -> TaskRef:
+        """Check a Run (its prompt, its input image, fetched through the SSRF guard, its callback
+        URL, whose host is resolved: this blocks), call ``accept()`` (a door spends the request's
+        nonce there: a refused request may be sent again as it is), then queue it: its input image
+        kept, the task row, its ``task_queue`` event, a worker woken."""
+        order, image = self._checked(tool, request)
+        accept()
+        with current_span("fluxhost.run", **{"fluxhost.model": tool.slug}) as span:
+            task = self._queue(caller, tool, request, order, image)
             if span is not None:
                 span.set_attribute("fluxhost.task_id", task.id)
             return task
 
-    def _queue(self, caller: Caller, order: RunOrder) -> TaskRef:
-        work, parameters = order.validated.order, dict(order.validated.parameters)
-        if carrier := context_carrier():
-            work = work.model_copy(update={"trace": carrier})
-        if order.image is not None:
-            folder, name = self.files.new_folder(), f"input-0.{order.image.extension}"
-            self.files.save(folder, name, order.image.data)
-            stored = FileRef(folder=folder, name=name, content_type=order.image.content_type,
-                             size=len(order.image.data))
-            work = work.model_copy(update={"input_images": (stored,)})
-            parameters.setdefault("inputImage", self.files.url(folder, name))
-        task = self.tasks.create(
-            caller.project_id,
-            order.tool.slug,
-            parameters=parameters,
-            request=work.encode(),
-            callback_url=order.callback_url,
-            api_key_id=caller.key_id,
+    def _checked(self, tool: Tool, request: RunRequest) -> tuple[WorkOrder, InputImage | None]:
+        """The work order of a Run that passes every check, and its input image."""
+        prompt = request.prompt.strip()
+        if not prompt:
+            raise InvalidInput("prompt", "required")
+        if len(prompt) > self.max_prompt_chars:
+            raise InvalidInput("prompt", f"must be between 1 and {self.max_prompt_chars} characters")
+        if request.aspect_ratio is not None and request.aspect_ratio not in ASPECT_RATIOS:
+            raise InvalidInput("aspect_ratio", f"must be one of {', '.join(ASPECT_RATIOS)}")
+        image = None
+        if tool.takes_image:
+            if request.input_image in (None, b"", ""):
+                raise InvalidInput("input_image", "required")
+            try:
+                image = self.input_image(request.input_image)
+            except ImageRefused as error:
+                raise InvalidInput("input_image", str(error)) from None
+        if request.prompt_upsampling and not self.upsampling:
+            raise UpsamplingUnavailable()
+        if request.callback_url:
+            try:
+                check_public_url(request.callback_url, self.url_allowlist)
+            except UrlRefused as error:
+                raise InvalidInput("callback_url", str(error)) from None
+        if request.size is not None:
+            width, height = request.size
+        elif request.aspect_ratio is None and image is not None:
+            width, height = size_like(image.image)  # an image tool asked for no size: the input's shape
+        else:
+            width, height = size_for_aspect_ratio(request.aspect_ratio or DEFAULT_ASPECT_RATIO)
+        order = WorkOrder(
+            prompt=prompt, width=width, height=height,
+            seed=secrets.randbelow(SEED_MAX + 1) if request.seed is None else request.seed,
+            output_format=request.output_format,
+            aspect_ratio=request.aspect_ratio or ("" if tool.takes_image else DEFAULT_ASPECT_RATIO),
+            prompt_upsampling=request.prompt_upsampling, safety_tolerance=request.safety_tolerance,
+            steps=request.steps, guidance=request.guidance, num_images=request.num_images,
+            strength=request.strength if tool.kind == "image-to-image" else None,
         )
+        return order, image
+
+    def input_image(self, source: bytes | str) -> InputImage:
+        """A Run's input image: uploaded bytes, a file this server stored, or a URL fetched through
+        the SSRF guard (this blocks)."""
+        if isinstance(source, bytes):
+            return decode(source, self.image_limits)
+        url = source.strip()
+        own = self.files.find(url)
+        if own is None:
+            return decode(fetch(url, self.url_allowlist, self.image_limits), self.image_limits)
+        data = self.files.read(*own)
+        if data is None:
+            raise ImageRefused("names a file this server no longer has")
+        return decode(data, self.image_limits)
+
+    def _queue(self, caller: Caller, tool: Tool, request: RunRequest, order: WorkOrder,
+               image: InputImage | None) -> TaskRef:
+        parameters: dict[str, Any] = dict(request.parameters)
+        if request.seed is None:
+            parameters["seed"] = str(order.seed)  # recorded, so the image can be made again
+        if carrier := context_carrier():
+            order = order.model_copy(update={"trace": carrier})
+        if image is not None:
+            folder, name = self.files.new_folder(), f"input-0.{image.extension}"
+            self.files.save(folder, name, image.data)
+            stored = FileRef(folder=folder, name=name, content_type=image.content_type, size=len(image.data))
+            order = order.model_copy(update={"input_images": (stored,)})
+            if request.image_parameter:
+                parameters.setdefault(request.image_parameter, self.files.url(folder, name))
+        task = self.tasks.create(caller.project_id, tool.slug, parameters=parameters, order=order,
+                                 callback_url=request.callback_url, api_key_id=caller.key_id)
         self.events.publish(TaskEvent(task.id, task.socket_token, Status.QUEUE))
-        log.info("task %s task_queue (%s, project %s)", task.id, order.tool.slug, caller.project_id,
+        log.info("task %s task_queue (%s, project %s)", task.id, tool.slug, caller.project_id,
                  extra={"task_id": task.id, "status": Status.QUEUE.value})
-        self.dispatcher.notify(task.id, order.tool.slug)
+        self.dispatcher.notify(task.id, tool.slug)
         return task
 
-    def upload(self, caller: Caller, image: InputImage) -> Upload:
-        """Keep a checked image; its URL is a capability (as output URLs are) that a later Run
-        takes as ``inputImage`` or ``inputImageUrl``."""
+    def upload(self, caller: Caller, data: bytes, accept: Callable[[], None] = lambda: None) -> Upload:
+        """Keep an image (checked, then ``accept()`` as with :meth:`run`); its URL is a capability
+        (as output URLs are) that a later Run takes as its input image."""
+        try:
+            image = decode(data, self.image_limits)
+        except ImageRefused as error:
+            raise InvalidInput("upload", str(error)) from None
+        accept()
         folder, name = self.files.new_folder(), f"upload.{image.extension}"
         self.files.save(folder, name, image.data)
         log.info("project %s uploaded %s bytes", caller.project_id, len(image.data))
@@ -256,12 +295,20 @@ class Operations:
     # --- tasks --------------------------------------------------------------------------
 
     def find(self, caller: Caller, *, task_id: int | None = None, token: str | None = None,
-             uuid: str | None = None) -> TaskRecord:
+             uuid: str | None = None) -> TaskView:
         """One of the caller's tasks, by id, socket token or uuid."""
         task = self.tasks.find(caller.project_id, task_id=task_id, token=token, uuid=uuid)
         if task is None:
             raise TaskNotFound()
         return task
+
+    def get(self, task_id: int) -> TaskView | None:
+        """Any task by id, for a door that already holds it (a Run it answers when the task ends)."""
+        return self.tasks.get(task_id)
+
+    def follow(self, token: str) -> TaskView | None:
+        """Any project's task by its socket token: the token is the socket's only credential."""
+        return self.tasks.find_by_token(token)
 
     def list(self, caller: Caller, query: TaskQuery) -> TaskPage:
         total, found = self.tasks.list(
@@ -270,44 +317,38 @@ class Operations:
         )
         return TaskPage(total, found)
 
-    def cancel(self, caller: Caller, task: TaskRecord) -> TaskRecord:
+    def cancel(self, caller: Caller, task: TaskView) -> TaskView:
         """Cancel a queued task: it will never run."""
         return self._stop(caller, task, kill=False)
 
-    def kill(self, caller: Caller, task: TaskRecord) -> TaskRecord:
+    def kill(self, caller: Caller, task: TaskView) -> TaskView:
         """Stop a queued or running task; a running generation stops at its next step."""
         return self._stop(caller, task, kill=True)
 
-    def _stop(self, caller: Caller, task: TaskRecord, kill: bool) -> TaskRecord:
+    def _stop(self, caller: Caller, task: TaskView, kill: bool) -> TaskView:
         stop = self.tasks.kill if kill else self.tasks.cancel
-        result = stop(caller.project_id, task.row.id)
+        result = stop(caller.project_id, task.id)
         if result is StopResult.NOT_FOUND:
             raise TaskNotFound()
         if result is StopResult.NOT_STOPPABLE:
             raise NotKillable() if kill else NotCancellable()
-        self.events.publish(TaskEvent(task.row.id, task.row.socket_token, Status.CANCEL))
-        log.info("task %s task_cancel (%s)", task.row.id, "killed" if kill else "cancelled",
-                 extra={"task_id": task.row.id, "status": Status.CANCEL.value})
-        return self.tasks.get(task.row.id)
+        self.events.publish(TaskEvent(task.id, task.socket_token, Status.CANCEL))
+        log.info("task %s task_cancel (%s)", task.id, "killed" if kill else "cancelled",
+                 extra={"task_id": task.id, "status": Status.CANCEL.value})
+        return self.tasks.get(task.id)
 
-    def delete_files(self, caller: Caller, task: TaskRecord) -> None:
+    def delete_files(self, caller: Caller, task: TaskView) -> None:
         """Remove an ended task's files; the record stays. Deleting twice is fine."""
-        if task.row.project_id != caller.project_id:
+        if task.project_id != caller.project_id:
             raise TaskNotFound()
         if not task.ended:
             raise TaskNotEnded()
-        for output in self.tasks.delete_outputs(task.row.id):
+        for output in self.tasks.delete_outputs(task.id):
             self.files.delete(output.folder, output.name)
-        for stored in self.tasks.forget_inputs(task.row.id):
-            self.files.delete(stored["folder"], stored["name"])
+        for stored in self.tasks.forget_inputs(task.id):
+            self.files.delete(stored.folder, stored.name)
 
     # --- tools --------------------------------------------------------------------------
-
-    def tool(self, owner: str, project: str) -> Tool:
-        tool = self.catalog.find(owner, project)
-        if tool is None:
-            raise UnknownModel(f"{owner}/{project}")
-        return tool
 
     def tools(self, search: str = "", owner: str = "", categories: frozenset[str] = frozenset()) -> list[Tool]:
         """The served tools matching every word of ``search``, of ``owner``, in any of ``categories``."""

@@ -1,5 +1,8 @@
 """Every knob of the service, read from ``FLUXHOST_*`` environment variables (or a ``.env`` file).
 
+Knobs only: nothing here imports the rest of the project. What the knobs add up to (the models
+served, with presets and the demo model filled in) is :mod:`fluxhost.models`' business.
+
 Nested values (the model table) are JSON, e.g.
 ``FLUXHOST_MODELS='{"black-forest-labs/flux-pro-1.1": {"weights": "black-forest-labs/FLUX.1-dev",
 "device": "cuda", "dtype": "bfloat16", "steps": 28}}'``.
@@ -12,8 +15,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from fluxhost import DEFAULT_MODEL
 
 
 class ModelSettings(BaseModel):
@@ -106,10 +107,6 @@ class ModelSettings(BaseModel):
         default="FLUXHOST_MODELS", exclude=True,
         description="The setting this model came from, named in messages about its weights.",
     )
-
-
-def _default_models() -> dict[str, ModelSettings]:
-    return {DEFAULT_MODEL: ModelSettings()}
 
 
 class Settings(BaseSettings):
@@ -219,7 +216,10 @@ class Settings(BaseSettings):
         default=0.0, ge=0, le=60_000, description="The bench engine's time per denoising step (a model's "
         "steps times this is a task's engine time)."
     )
-    models: dict[str, ModelSettings] = Field(default_factory=_default_models)
+    models: dict[str, ModelSettings] = Field(
+        default_factory=dict, description="The models table: slug -> how it is served. Unset: the seed's slug, "
+        "black-forest-labs/flux-pro-1.1, with its default settings (the demo model).",
+    )
     presets: str = Field(
         default="", description='Presets served under their own slugs, comma-separated: "schnell,dev,klein".'
     )
@@ -308,24 +308,9 @@ class Settings(BaseSettings):
         return value.rstrip("/") if value else value
 
     @property
-    def served_models(self) -> dict[str, ModelSettings]:
-        """Every slug served: the models table, the presets, and the seed slug's model."""
-        from fluxhost.presets import served_models
-
-        return served_models(self)
-
-    @property
     def device_list(self) -> list[str]:
         names = [name.strip() for name in self.devices.split(",") if name.strip()]
         return names or ["auto"]
-
-    @field_validator("presets")
-    @classmethod
-    def _known_presets(cls, value: str) -> str:
-        from fluxhost.presets import preset_names
-
-        preset_names(value)
-        return value
 
     @model_validator(mode="after")
     def _s3_needs_a_bucket(self) -> Settings:

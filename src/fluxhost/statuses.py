@@ -1,4 +1,4 @@
-"""Task statuses and the order a task walks through them (no I/O here)."""
+"""Task statuses, the order a task walks through them, and how a task came out (no I/O here)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,17 @@ class Status(StrEnum):
     ERROR = "task_error"  # terminal: failed before its generation could start (see debugerror)
 
 
+class Outcome(StrEnum):
+    """How an ended task came out, stored with it; each door says it in its own words (the hosted
+    protocol's ``pexit``, BFL's statuses, OpenAI's error codes)."""
+
+    COMPLETED = "completed"  # its images are stored
+    FAILED = "failed"  # an error ended it (debugerror says which)
+    MODERATED = "moderated"  # moderation refused its prompt or an image it made (debugerror says why)
+    STOPPED = "stopped"  # Cancel or Kill ended it
+
+
 TERMINAL = frozenset({Status.POSTPROCESS_END, Status.CANCEL, Status.ERROR})
-FAILED_STATUSES = frozenset({Status.POSTPROCESS_END, Status.ERROR})  # ended by a worker, pexit tells how
 
 # The statuses a worker moves a task through, in order; each may only follow the one before it.
 WORKER_PATH = (
@@ -64,6 +73,3 @@ LOG_EVENTS = frozenset({Status.OUTPUT_FULL, Status.ERROR_FULL})
 CANCELLABLE = frozenset({Status.QUEUE})
 KILLABLE = frozenset({Status.QUEUE, *RUNNING})
 UNFINISHED = KILLABLE  # queued or running: what limits and the queue-depth gauge count
-
-# The exit code of a task stopped by Cancel or Kill: not "0" (it made nothing), not empty (it ended).
-STOPPED_PEXIT = "-1"

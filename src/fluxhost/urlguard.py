@@ -22,7 +22,8 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class UrlRefused(ValueError):
-    """A URL the server will not call; ``str(error)`` says why, for the caller."""
+    """A URL the server will not call; ``str(error)`` says why, as a predicate of the URL ("host x
+    cannot be resolved"): each door names the input its own way."""
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,11 @@ class PinnedUrl:
                 "extensions": {"sni_hostname": original.host}}
 
 
-def check_public_url(url: str, allowlist: Allowlist, parameter: str) -> PinnedUrl:
+def check_public_url(url: str, allowlist: Allowlist) -> PinnedUrl:
     """Refuse a URL that is not http(s), too long, unresolvable, or resolves to a non-public
-    address the allowlist does not admit; the message names the request ``parameter``. Returns
-    the URL pinned to the first address found, which a connection should use."""
-    refusal = f"Request parameter [{parameter}] must be an http or https URL of at most {MAX_URL_LENGTH} characters"
+    address the allowlist does not admit. Returns the URL pinned to the first address found, which
+    a connection should use."""
+    refusal = f"must be an http or https URL of at most {MAX_URL_LENGTH} characters"
     try:
         parts = urlsplit(url)
     except ValueError:  # e.g. an unclosed IPv6 bracket
@@ -87,12 +88,12 @@ def check_public_url(url: str, allowlist: Allowlist, parameter: str) -> PinnedUr
         port = parts.port or (443 if parts.scheme == "https" else 80)
         found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, ValueError):
-        raise UrlRefused(f"Request parameter [{parameter}] host {host} cannot be resolved") from None
+        raise UrlRefused(f"host {host} cannot be resolved") from None
     addresses = [ipaddress.ip_address(sockaddr[0].split("%")[0]) for *_, sockaddr in found]
     for address in addresses:
         if not _is_public(address) and not allowlist.admits(host, address):
             raise UrlRefused(
-                f"Request parameter [{parameter}] points to a non-public address ({address}); "
+                f"points to a non-public address ({address}); "
                 "the server admits such hosts only through FLUXHOST_CALLBACK_ALLOWLIST"
             )
     return PinnedUrl(url, addresses[0])

@@ -35,9 +35,9 @@ class WebhookPoster:
 
     def post(self, url: str, message_id: str, secret: str, body: bytes) -> Outcome:
         try:
-            pinned = check_public_url(url, self.allowlist, "callbackUrl")  # again: DNS may have changed since Run
+            pinned = check_public_url(url, self.allowlist)  # again: DNS may have changed since Run
         except UrlRefused as error:
-            return Outcome(None, str(error), retry=False)
+            return Outcome(None, f"the callback URL {error}", retry=False)
         timestamp = int(time.time())
         target = pinned.request()
         headers = {

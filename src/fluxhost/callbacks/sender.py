@@ -20,7 +20,8 @@ from fluxhost.callbacks.poster import WebhookPoster
 from fluxhost.events import EventBus, TaskEvent
 from fluxhost.statuses import TERMINAL
 from fluxhost.store.deliveries import Attempt, Deliveries, DueDelivery
-from fluxhost.store.tasks import TaskRecord, TaskStore
+from fluxhost.store.records import TaskView
+from fluxhost.store.tasks import TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class CallbackSender:
         deliveries: Deliveries,
         tasks: TaskStore,
         events: EventBus,
-        render: Callable[[TaskRecord], dict[str, Any]],
+        render: Callable[[TaskView], dict[str, Any]],
         poster: WebhookPoster,
         max_attempts: int,
         backoff_seconds: float,

@@ -45,7 +45,7 @@ from transformers import (
 from fluxhost.demo import MAX_SEQUENCE_LENGTH, RENDER_PIXELS, scenes
 from fluxhost.engines.noise import position_ramps
 from fluxhost.engines.upscale import render_size
-from fluxhost.inputs import ASPECT_RATIOS, size_for_aspect_ratio
+from fluxhost.orders import ASPECT_RATIOS, size_for_aspect_ratio
 
 TEXT_WIDTH = 64
 LATENT_CHANNELS = 16

@@ -31,6 +31,21 @@ class GenerationStopped(Exception):
     """The step callback asked to stop; the pipeline was interrupted and nothing is returned."""
 
 
+class WeightsUnavailable(RuntimeError):
+    """The weights could not be loaded: ``weights`` names them, ``reason`` says why (the first line
+    of the loader's error). What to do about it is the caller's to say: it knows where the
+    weights were configured."""
+
+    def __init__(self, weights: str, reason: str):
+        super().__init__(f"weights {weights!r} could not be loaded ({reason})")
+        self.weights = weights
+        self.reason = reason
+
+
+class KindUnsupported(ValueError):
+    """The weights load, but their pipeline cannot do what the model's ``kind`` asks (edit images)."""
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     prompt: str

@@ -19,7 +19,9 @@ from fluxhost.engines.base import (
     BatchStepCallback,
     GenerationRequest,
     GenerationStopped,
+    KindUnsupported,
     StartCallback,
+    WeightsUnavailable,
 )
 from fluxhost.engines.families import Encoding, Family, Flux1, family_of
 from fluxhost.engines.noise import position_ramps
@@ -58,10 +60,6 @@ def device_lock(device: str) -> threading.Lock:
     name = str(torch.device(device if device != "cuda" else "cuda:0"))
     with _DEVICE_LOCKS_GUARD:
         return _DEVICE_LOCKS.setdefault(name, threading.Lock())
-
-
-class WeightsUnavailable(RuntimeError):
-    """The weights could not be loaded; the message names the setting to change."""
 
 
 class PromptCache:
@@ -119,7 +117,8 @@ class FluxEngine:
         try:
             pipeline = DiffusionPipeline.from_pretrained(self.weights, dtype=self.dtype, **self._load_quantization())
         except (OSError, ValueError) as error:
-            raise WeightsUnavailable(self._weights_message(error)) from error
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise WeightsUnavailable(self.weights, first_line) from error
         pipeline = self._for_kind(pipeline)
         self.family = family_of(pipeline)
         flux1_only = [option for option, used in (("noise_mean", self.model.noise_mean == "positions"),
@@ -155,24 +154,8 @@ class FluxEngine:
 
             return AutoPipelineForImage2Image.from_pipe(pipeline)
         if self.model.kind == "edit" and "image" not in takes:
-            raise ValueError(f"{type(pipeline).__name__} from {self.weights!r} does not edit images: set "
-                             f"{self.model.setting} to FLUX.1 Kontext or FLUX.2 [klein] weights for kind=edit")
+            raise KindUnsupported(f"{type(pipeline).__name__} from {self.weights!r} does not edit images")
         return pipeline
-
-    def _weights_message(self, error: Exception) -> str:
-        """Why the weights did not load and what to do: pull a preset's weights, or point the
-        setting the model came from at others (a preset list takes names, not folders)."""
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        from fluxhost.presets import PRESETS
-
-        pulls = [name for name, preset in PRESETS.items() if preset.weights == self.weights]
-        if self.model.setting == "FLUXHOST_PRESETS":
-            remedy = (f"Download them first: fluxhost models pull {pulls[0]}, or take {pulls[0]!r} out of "
-                      "FLUXHOST_PRESETS") if pulls else "Take it out of FLUXHOST_PRESETS"
-        else:
-            hint = f", or download them first: fluxhost models pull {pulls[0]}" if pulls else ""
-            remedy = f"Set {self.model.setting} to a diffusers FLUX folder or Hugging Face hub id{hint}"
-        return f"weights {self.weights!r} could not be loaded ({first_line}). {remedy}."
 
     def _load_quantization(self) -> dict[str, object]:
         if self.model.quantize != "nf4":

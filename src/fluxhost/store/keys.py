@@ -12,11 +12,17 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from fluxhost.signing import KeyMode
 from fluxhost.store.database import Database, make_sessionmaker
 from fluxhost.store.schema import ApiKey, Project, random_token
+
+_FIND_KEY = (
+    select(ApiKey.id, ApiKey.project_id, Project.name, ApiKey.mode, ApiKey.secret)
+    .join(Project, Project.id == ApiKey.project_id)
+    .where(ApiKey.key_digest == bindparam("digest"), ApiKey.revoked_at.is_(None))
+)  # built once: every request reads a key
 
 
 def key_digest(api_key: str) -> str:
@@ -38,6 +44,17 @@ class NewKey:
 
 
 @dataclass(frozen=True)
+class ActiveKey:
+    """What checking a request needs of its key."""
+
+    id: int
+    project_id: int
+    project_name: str
+    mode: KeyMode
+    secret: str
+
+
+@dataclass(frozen=True)
 class KeyInfo:
     key_id: int
     project: str
@@ -49,11 +66,19 @@ class KeyInfo:
 
 
 class KeyStore:
-    """Projects and their keys (administration: the request path reads keys through
-    :class:`fluxhost.auth.Authenticator`)."""
+    """Projects and their keys: created, listed and revoked by administration; found by the
+    request path (:class:`fluxhost.auth.Authenticator`)."""
 
     def __init__(self, db: Database):
+        self._db = db
         self._sessions = make_sessionmaker(db)
+
+    def find_active(self, api_key: str) -> ActiveKey | None:
+        """The key behind ``api_key``, unless it is unknown or revoked."""
+        with self._db.read() as connection:
+            found = connection.execute(_FIND_KEY, {"digest": key_digest(api_key)}).first()
+        return None if found is None else ActiveKey(found.id, found.project_id, found.name, KeyMode(found.mode),
+                                                    found.secret)
 
     def create(self, mode: KeyMode, name: str | None = None, project: str | None = None) -> NewKey:
         """A new key for ``project`` (created when missing; default: a project of its own)."""

@@ -87,10 +87,10 @@ class Task(Base):
     previous_files_folder: Mapped[str | None] = mapped_column(String(64), nullable=True)
     model_slug: Mapped[str] = mapped_column(String(200), index=True)
     parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
-    request: Mapped[dict[str, Any]] = mapped_column(JSON)  # validated inputs the engine gets
+    work_order: Mapped[dict[str, Any]] = mapped_column(JSON)  # fluxhost.orders.WorkOrder: what the worker runs
     callback_url: Mapped[str] = mapped_column(String(2083), default="")
     status: Mapped[str] = mapped_column(String(32), index=True)
-    pexit: Mapped[str] = mapped_column(String(8), default="")
+    outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)  # fluxhost.statuses.Outcome once ended
     debug_output: Mapped[str] = mapped_column(Text, default="")
     debug_error: Mapped[str] = mapped_column(Text, default="")
     attempts: Mapped[int] = mapped_column(Integer, default=0)

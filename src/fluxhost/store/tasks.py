@@ -1,4 +1,5 @@
-"""The API's side of the task table: create, read, list, stop, forget files, measure.
+"""The API's side of the task table: create, read, list, stop, forget files, measure. Tasks come
+back as :class:`~fluxhost.store.records.TaskView` records.
 
 Every change of status is one conditional UPDATE (``WHERE status IN <allowed>``), so a Kill and a
 finishing worker can never both win. Plain Core statements, most built once: every call here sits
@@ -9,16 +10,18 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import Row, Select, bindparam, case, delete, func, insert, select, update
+from sqlalchemy import Connection, Row, Select, bindparam, case, delete, func, insert, select, update
 
 from fluxhost.limits import UnfinishedCounts
-from fluxhost.statuses import CANCELLABLE, FAILED_STATUSES, KILLABLE, STOPPED_PEXIT, TERMINAL, UNFINISHED, Status
+from fluxhost.orders import FileRef, WorkOrder
+from fluxhost.statuses import CANCELLABLE, KILLABLE, UNFINISHED, Outcome, Status
 from fluxhost.store.database import Database
 from fluxhost.store.deliveries import callback_of, owe_callback
+from fluxhost.store.records import OutputView, TaskView
 from fluxhost.store.schema import outputs, random_token, tasks
 
 _INSERT_TASK = insert(tasks).returning(tasks.c.id)
@@ -44,26 +47,6 @@ class StopResult(Enum):
     STOPPED = "stopped"
     NOT_FOUND = "not_found"
     NOT_STOPPABLE = "not_stoppable"
-
-
-@dataclass(frozen=True)
-class TaskRecord:
-    """A task as read back: its row (columns as attributes), its outputs' rows, and its
-    callback's delivery and attempts when it has a callback URL."""
-
-    row: Row
-    outputs: list[Row]
-    callback: Row | None = None
-    callback_attempts: list[Row] = field(default_factory=list)
-
-    @property
-    def ended(self) -> bool:
-        return Status(self.row.status) in TERMINAL
-
-    @property
-    def inputs(self) -> list[dict[str, Any]]:
-        """The input files kept with the task (stored in its work order)."""
-        return list((self.row.request or {}).get("input_images") or ())
 
 
 @dataclass(frozen=True)
@@ -95,19 +78,19 @@ class TaskStore:
         project_id: int,
         model_slug: str,
         parameters: dict[str, Any],
-        request: dict[str, Any],
+        order: WorkOrder,
         callback_url: str = "",
         api_key_id: int | None = None,
     ) -> TaskRef:
-        """A queued task; ``parameters`` are the inputs as sent, ``request`` the work order,
+        """A queued task; ``parameters`` are the inputs as sent, ``order`` what its worker runs,
         ``api_key_id`` the key it was made with."""
         token = random_token(30)
         task_uuid = str(uuid.uuid4())
         values = {
             "uuid": task_uuid, "socket_token": token, "project_id": project_id, "api_key_id": api_key_id,
             "model_slug": model_slug,
-            "parameters": parameters, "request": request, "callback_url": callback_url,
-            "status": Status.QUEUE.value, "pexit": "", "debug_output": "", "debug_error": "", "attempts": 0,
+            "parameters": parameters, "work_order": order.encode(), "callback_url": callback_url,
+            "status": Status.QUEUE.value, "debug_output": "", "debug_error": "", "attempts": 0,
             "create_time": time.time(),
         }
         with self._db.write() as connection:
@@ -123,11 +106,11 @@ class TaskStore:
             }).one()
         return UnfinishedCounts(row.of_key or 0, row.of_project or 0, row.queued_for_model or 0)
 
-    def get(self, task_id: int) -> TaskRecord | None:
+    def get(self, task_id: int) -> TaskView | None:
         return self._read(_TASK_BY_ID, {"task_id": task_id})
 
     def find(self, project_id: int, *, task_id: int | None = None, token: str | None = None,
-             uuid: str | None = None) -> TaskRecord | None:
+             uuid: str | None = None) -> TaskView | None:
         """A task of ``project_id`` by id, socket token or uuid; None when absent or another's."""
         if task_id is not None:
             return self._read(_PROJECT_TASK_BY_ID, {"project_id": project_id, "task_id": task_id})
@@ -137,19 +120,16 @@ class TaskStore:
             return self._read(_PROJECT_TASK_BY_UUID, {"project_id": project_id, "uuid": uuid})
         return None
 
-    def find_by_token(self, token: str) -> TaskRecord | None:
+    def find_by_token(self, token: str) -> TaskView | None:
         """Any project's task by its socket token: the token is the socket's only credential."""
         return self._read(_TASK_BY_TOKEN, {"token": token})
 
-    def _read(self, statement: Select, parameters: dict[str, Any]) -> TaskRecord | None:
+    def _read(self, statement: Select, parameters: dict[str, Any]) -> TaskView | None:
         with self._db.read() as connection:
             row = connection.execute(statement, parameters).first()
             if row is None:
                 return None
-            files = connection.execute(_OUTPUTS_OF_TASK, {"task_id": row.id}).all()
-            if not row.callback_url:
-                return TaskRecord(row, files)
-            return TaskRecord(row, files, *callback_of(connection, row.id))
+            return _view(connection, row, connection.execute(_OUTPUTS_OF_TASK, {"task_id": row.id}).all())
 
     def list(
         self,
@@ -160,7 +140,7 @@ class TaskStore:
         newest_first: bool = True,
         sort: str = "id",
         model_name: str = "",
-    ) -> tuple[int, list[TaskRecord]]:
+    ) -> tuple[int, list[TaskView]]:
         """A page of the project's tasks and how many there are in all; ``model_name`` keeps the
         tasks whose model slug contains it (either spelling of version dots)."""
         where = [tasks.c.project_id == project_id]
@@ -177,21 +157,17 @@ class TaskStore:
                 query = select(outputs).where(outputs.c.task_id.in_(list(files))).order_by(outputs.c.name)
                 for output in connection.execute(query):
                     files[output.task_id].append(output)
-            return total, [
-                TaskRecord(row, files[row.id], *callback_of(connection, row.id)) if row.callback_url
-                else TaskRecord(row, files[row.id])
-                for row in rows
-            ]
+            return total, [_view(connection, row, files[row.id]) for row in rows]
 
     def model_stats(self) -> dict[str, ModelStats]:
         """Run counts and the mean compute time of successful runs, per model slug."""
-        ended = tasks.c.status.in_([status.value for status in FAILED_STATUSES])
-        succeeded = ended & (tasks.c.pexit == "0")
+        succeeded = tasks.c.outcome == Outcome.COMPLETED.value
+        failed = tasks.c.outcome.in_([Outcome.FAILED.value, Outcome.MODERATED.value])
         query = select(
             tasks.c.model_slug,
             func.count(),
             func.count().filter(succeeded),
-            func.count().filter(ended & (tasks.c.pexit != "0")),
+            func.count().filter(failed),
             func.max(tasks.c.create_time),
             func.avg(tasks.c.postprocess_end_time - tasks.c.accept_time).filter(succeeded),
         ).group_by(tasks.c.model_slug)
@@ -214,7 +190,7 @@ class TaskStore:
                 update(tasks)
                 .where(mine, tasks.c.status.in_([s.value for s in allowed]))
                 .values(status=Status.CANCEL.value, cancel_time=now, end_time=func.coalesce(tasks.c.end_time, now),
-                        pexit=STOPPED_PEXIT, lease_expires_at=None)
+                        outcome=Outcome.STOPPED.value, lease_expires_at=None)
             ).rowcount
             if changed:
                 owe_callback(connection, task_id, now)
@@ -222,20 +198,27 @@ class TaskStore:
             exists = connection.execute(select(tasks.c.id).where(mine)).first()
             return StopResult.NOT_STOPPABLE if exists else StopResult.NOT_FOUND
 
-    def forget_inputs(self, task_id: int) -> list[dict[str, Any]]:
+    def forget_inputs(self, task_id: int) -> list[FileRef]:
         """Forget a task's input files (its work order no longer names them); returns what to
         remove from file storage."""
         with self._db.write() as connection:
-            request = connection.execute(select(tasks.c.request).where(tasks.c.id == task_id)).scalar_one_or_none()
-            if not request or not request.get("input_images"):
+            stored = connection.execute(select(tasks.c.work_order).where(tasks.c.id == task_id)).scalar_one_or_none()
+            if not stored or not stored.get("input_images"):
                 return []
             connection.execute(update(tasks).where(tasks.c.id == task_id)
-                               .values(request={**request, "input_images": []}))
-        return list(request["input_images"])
+                               .values(work_order={**stored, "input_images": []}))
+        return list(WorkOrder.decode(stored).input_images)
 
-    def delete_outputs(self, task_id: int) -> list[Row]:
+    def delete_outputs(self, task_id: int) -> list[OutputView]:
         """Forget a task's outputs (the record stays); returns what to remove from file storage."""
         with self._db.write() as connection:
             removed = connection.execute(select(outputs).where(outputs.c.task_id == task_id)).all()
             connection.execute(delete(outputs).where(outputs.c.task_id == task_id))
-        return removed
+        return [OutputView.of(row) for row in removed]
+
+
+def _view(connection: Connection, row: Row, files: list[Row]) -> TaskView:
+    """A task's record, with its callback's delivery read too when it has a callback URL."""
+    if not row.callback_url:
+        return TaskView.of(row, files)
+    return TaskView.of(row, files, *callback_of(connection, row.id))

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Row, Update, bindparam, func, insert, or_, select, update
 
-from fluxhost.statuses import KILLABLE, RUNNING, UNFINISHED, Status, previous_status, stages
+from fluxhost.orders import WorkOrder
+from fluxhost.statuses import KILLABLE, RUNNING, UNFINISHED, Outcome, Status, previous_status, stages
 from fluxhost.storage.base import new_folder
 from fluxhost.store.database import DATABASE_FAULTS, Database
 from fluxhost.store.deliveries import owe_callback
 from fluxhost.store.schema import TIME_COLUMN, outputs, random_token, tasks
-from fluxhost.workorder import WorkOrder
 
 _OLDEST_QUEUED = (
     select(tasks.c.id)
@@ -41,14 +41,15 @@ _FINISH = (
     .where(tasks.c.id == bindparam("task_id"), tasks.c.status == Status.START.value,
            tasks.c.worker_id == bindparam("claimant"))
     .values(status=Status.POSTPROCESS_END.value, end_time=bindparam("generated_at"),
-            postprocess_start_time=bindparam("generated_at"), postprocess_end_time=bindparam("now"), pexit="0",
+            postprocess_start_time=bindparam("generated_at"), postprocess_end_time=bindparam("now"),
+            outcome=Outcome.COMPLETED.value,
             debug_output=bindparam("debug_output"), lease_expires_at=None)
 )
 _INSERT_OUTPUT = insert(outputs)
 
 
 _QUEUED_OF_MODEL = (
-    select(tasks.c.id, tasks.c.request)
+    select(tasks.c.id, tasks.c.work_order)
     .where(tasks.c.status == Status.QUEUE.value, tasks.c.model_slug == bindparam("slug"))
     .order_by(tasks.c.id)
     .limit(bindparam("limit"))
@@ -72,7 +73,7 @@ def _claim_statement(through: Status, by_id: bool = False) -> Update:
                 attempts=tasks.c.attempts + 1, previous_files_folder=tasks.c.files_folder,
                 files_folder=bindparam("folder"),
                 **{TIME_COLUMN[stage]: bindparam("now") for stage in stages(Status.ACCEPT, through)})
-        .returning(tasks.c.id, tasks.c.socket_token, tasks.c.model_slug, tasks.c.request, tasks.c.create_time,
+        .returning(tasks.c.id, tasks.c.socket_token, tasks.c.model_slug, tasks.c.work_order, tasks.c.create_time,
                    tasks.c.files_folder, tasks.c.previous_files_folder)
     )
 
@@ -106,7 +107,7 @@ class ClaimedTask:
 
     @classmethod
     def of(cls, row: Row) -> ClaimedTask:
-        return cls(row.id, row.socket_token, row.model_slug, WorkOrder.decode(row.request), row.create_time,
+        return cls(row.id, row.socket_token, row.model_slug, WorkOrder.decode(row.work_order), row.create_time,
                    row.files_folder, row.previous_files_folder)
 
 
@@ -156,7 +157,7 @@ class WorkStore:
         with self._db.read() as connection:
             queued = connection.execute(_QUEUED_OF_MODEL, {"slug": model_slug, "limit": limit * 8}).all()
         candidates = [(task_id, order) for task_id, order in
-                      ((task_id, WorkOrder.decode(request)) for task_id, request in queued) if joins(order)]
+                      ((task_id, WorkOrder.decode(stored)) for task_id, stored in queued) if joins(order)]
         claimed: list[ClaimedTask] = []
         for task_id, _order in candidates[:limit]:
             try:
@@ -203,7 +204,7 @@ class WorkStore:
 
     def finish(self, task_id: int, worker_id: str, files: list[NewOutput], debug_output: str,
                generated_at: float) -> bool:
-        """``task_start`` -> ``task_postprocess_end`` with pexit 0 and the outputs, in one write, if
+        """``task_start`` -> ``task_postprocess_end``, completed, with the outputs, in one write, if
         ``worker_id`` still holds the task: ``task_end`` and ``task_postprocess_start`` are stamped
         with ``generated_at`` (when the images were ready), ``task_postprocess_end`` now (they are
         stored)."""
@@ -228,17 +229,17 @@ class WorkStore:
             return bool(done)
 
     def fail(self, task_id: int, error: str, debug_output: str = "", status: Status = Status.POSTPROCESS_END,
-             worker_id: str | None = None) -> bool:
-        """End an unfinished task as failed (only while ``worker_id`` holds it, when given): ``status``
-        (``task_postprocess_end``, or ``task_error`` when its generation never started), pexit 1,
-        the reason kept."""
+             worker_id: str | None = None, outcome: Outcome = Outcome.FAILED) -> bool:
+        """End an unfinished task as failed or moderated (``outcome``; only while ``worker_id``
+        holds it, when given): ``status`` (``task_postprocess_end``, or ``task_error`` when its
+        generation never started), the reason kept."""
         now = time.time()
         held = [] if worker_id is None else [tasks.c.worker_id == worker_id]
         with self._db.write() as connection:
             failed = connection.execute(
                 update(tasks)
                 .where(tasks.c.id == task_id, tasks.c.status.in_([s.value for s in KILLABLE]), *held)
-                .values(status=status.value, pexit="1", debug_error=error,
+                .values(status=status.value, outcome=outcome.value, debug_error=error,
                         debug_output=debug_output, postprocess_end_time=now,
                         end_time=func.coalesce(tasks.c.end_time, now), lease_expires_at=None)
             ).rowcount

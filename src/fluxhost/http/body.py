@@ -1,0 +1,186 @@
+"""Request bodies as real clients send them.
+
+Bodies arrive as JSON, multipart form data or URL-encoded forms, and the Content-Type header is
+not to be trusted: the hosted API's own curl example sends JSON under
+``Content-Type: multipart/form-data`` with no boundary, and its Task/Detail example is not even
+valid JSON (``{ "tasktoken": eDcC..., }`` once the shell has eaten the inner quotes). So a body
+that looks like an object is read as JSON, then as a YAML flow mapping (which takes unquoted
+values and trailing commas; every scalar stays a string), whatever the header says.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+import yaml
+from pydantic import BaseModel, model_validator
+from starlette.datastructures import Headers
+from starlette.formparsers import MultiPartParser
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# What a hand-typed body that is not JSON may weigh: the lenient parser runs on the event loop,
+# before the key is checked. libyaml's loader where installed: the pure-Python one takes seconds
+# on a few kilobytes of deep nesting.
+LENIENT_MAX_CHARS = 16_384
+LENIENT_LOADER = getattr(yaml, "CBaseLoader", yaml.BaseLoader)
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+UPLOAD_OVERHEAD_BYTES = 1_000_000  # multipart framing and the other fields around a file
+
+
+class BodyError(ValueError):
+    """A body that cannot be read as parameters."""
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int):
+        super().__init__(f"The request body is too large: at most {limit} bytes.")
+        self.limit = limit
+
+
+def parse_object_text(text: str) -> dict[str, Any]:
+    """A ``{...}`` body, strict JSON first, then lenient (small bodies only: the lenient parser is
+    slow, and what needs it is a hand-typed line)."""
+    try:
+        value = json.loads(text)
+    except RecursionError as error:
+        raise BodyError("body nested too deeply") from error
+    except ValueError:
+        if len(text) > LENIENT_MAX_CHARS:
+            raise BodyError("unparseable body") from None
+        try:
+            value = yaml.load(text, Loader=LENIENT_LOADER)  # noqa: S506 - builds only str/list/dict
+        except (yaml.YAMLError, RecursionError) as error:
+            raise BodyError("unparseable body") from error
+    if not isinstance(value, dict):
+        raise BodyError("body is not an object")
+    return {str(key): item for key, item in value.items()}
+
+
+def storable(value: Any) -> bool:
+    """Whether every text in ``value`` can be stored and sent back: no NUL character (PostgreSQL
+    refuses it) and no lone surrogate (a JSON escape such as ``\\ud800``, which no encoder takes)."""
+    pending = [value]  # walked without recursion: a body may nest thousands deep
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if _UNSTORABLE.search(item):
+                return False
+        elif isinstance(item, dict):
+            pending += item.keys()
+            pending += item.values()
+        elif isinstance(item, list):
+            pending += item
+    return True
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, read as it streams in and refused (:class:`BodyTooLarge`) as soon as it is
+    declared or grows past ``limit``: an oversized body is never held in memory."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def is_multipart(headers: Headers) -> bool:
+    content_type = headers.get("content-type", "").lower()
+    return content_type.startswith("multipart/form-data") and "boundary=" in content_type
+
+
+async def parse_parameters(raw: bytes, headers: Headers) -> dict[str, Any]:
+    """A body's parameters as a flat dict, an uploaded file's value being its bytes;
+    :class:`BodyError` when unreadable or holding text that cannot be stored."""
+    parameters = await _parameters(raw, headers)
+    if not storable(parameters):
+        raise BodyError("body holds a NUL character or a lone surrogate")
+    return parameters
+
+
+async def _parameters(raw: bytes, headers: Headers) -> dict[str, Any]:
+    if is_multipart(headers):
+        async def body() -> AsyncIterator[bytes]:
+            yield raw
+
+        try:
+            form = await MultiPartParser(headers, body()).parse()
+            return {key: value if isinstance(value, str) else await value.read() for key, value in form.items()}
+        except Exception as error:  # malformed multipart: python-multipart's errors vary
+            raise BodyError("unparseable multipart body") from error
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError as error:
+        raise BodyError("body is not UTF-8") from error
+    if not text:
+        return {}
+    if text.startswith("{"):
+        return parse_object_text(text)
+    if text.startswith("["):
+        raise BodyError("body is not an object")
+    pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=False)
+    if not pairs:
+        raise BodyError("unparseable body")
+    return dict(pairs)
+
+
+class StorableText(BaseModel):
+    """A request model (a door's body) whose text can be stored and sent back: refused, in the
+    door's validation shape, when it holds a NUL character or a lone surrogate."""
+
+    @model_validator(mode="after")
+    def _storable(self) -> StorableText:
+        if not storable(self.model_dump()):
+            raise ValueError("text must not hold NUL characters or lone surrogates")
+        return self
+
+
+class LimitedBody:
+    """ASGI middleware for a door whose framework reads bodies itself (FastAPI's models): the body
+    is read first, refused with the door's own 413 answer (``refuse(limit)``) as soon as it is
+    declared or streams past ``limit``, and otherwise handed on whole."""
+
+    def __init__(self, app: ASGIApp, limit: int, refuse: Callable[[int], Response]):
+        self.app = app
+        self.limit = limit
+        self.refuse = refuse
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.limit:
+            await self.refuse(self.limit)(scope, receive, send)
+            return
+        body, more = b"", True
+        while more and len(body) <= self.limit:
+            message = await receive()
+            if message["type"] != "http.request":
+                await self.app(scope, receive, send)  # the client left: the app sees it as it would
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        if more or len(body) > self.limit:
+            await self.refuse(self.limit)(scope, receive, send)
+            return
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if delivered:
+                return await receive()
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)

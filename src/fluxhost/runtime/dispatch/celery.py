@@ -1,0 +1,165 @@
+"""Dispatch through Celery: one queue per model, a message per queued task carrying only its id.
+
+API processes send; `fluxhost worker` processes consume, one task at a time (the solo pool: the
+models stay loaded in the worker's own process, on its one device). Messages are acknowledged
+after the task ran (``acks_late``) and a worker reserves one at a time (prefetch 1), so a worker
+that dies leaves its message to come back. Whatever the broker delivers, the store decides: a
+message whose task is no longer queued (run by another worker after recovery, cancelled, or a
+second delivery) claims nothing and is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from celery import Celery
+
+from fluxhost.events import open_event_bus
+from fluxhost.runtime.host import Runtime, new_worker_id
+from fluxhost.runtime.janitor import Janitor
+from fluxhost.runtime.worker import Worker
+from fluxhost.settings import ModelSettings, Settings
+from fluxhost.storage import open_file_store
+from fluxhost.store.database import Database
+from fluxhost.store.work import WorkStore
+
+log = logging.getLogger(__name__)
+
+RUN_TASK = "fluxhost.run"
+RESEND_SECONDS = 5.0
+
+
+def queue_name(model_slug: str) -> str:
+    return f"fluxhost.{model_slug}"
+
+
+def celery_app(broker_url: str, visibility_seconds: int, transport_options: dict[str, Any] | None = None) -> Celery:
+    app = Celery("fluxhost", broker=broker_url, set_as_current=False)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": visibility_seconds, **(transport_options or {})},
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_default_queue="fluxhost",
+    )
+    return app
+
+
+class CeleryDispatcher:
+    """The API side: a message to the model's queue for every task queued. A message the broker
+    would not take is kept and offered again every :data:`RESEND_SECONDS`, so a broker outage
+    delays tasks but loses none."""
+
+    def __init__(self, broker_url: str, visibility_seconds: int, transport_options: dict[str, Any] | None = None):
+        self.app = celery_app(broker_url, visibility_seconds, transport_options)
+        self._unsent: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._resend_loop, name="fluxhost-dispatch", daemon=True)
+        self._thread.start()
+
+    def notify(self, task_id: int, model_slug: str) -> None:
+        try:
+            self.app.send_task(RUN_TASK, args=[task_id], queue=queue_name(model_slug))
+        except Exception as error:
+            log.error("task %s stays queued until the broker takes its message: %s", task_id, error)
+            with self._lock:
+                self._unsent[task_id] = model_slug
+
+    def load_error(self, slug: str) -> str | None:
+        """Models load in the worker processes: the API takes every Run of a model it serves."""
+        return None
+
+    def not_ready(self) -> str | None:
+        return None  # the workers are other processes, with their own health
+
+    def metrics(self) -> bytes:
+        return b""  # the workers are `fluxhost worker` processes: each serves its own (--metrics-port)
+
+    def stop(self, grace_seconds: float = 0.0) -> None:
+        """Stop re-sending; tasks run in the worker processes, which Celery's own warm shutdown
+        lets finish."""
+        self._stopping.set()
+        if self._thread:
+            self._thread.join(5)
+        self.app.close()
+
+    def _resend_loop(self) -> None:
+        while not self._stopping.wait(RESEND_SECONDS):
+            with self._lock:
+                unsent, self._unsent = self._unsent, {}
+            for task_id, model_slug in unsent.items():
+                self.notify(task_id, model_slug)
+
+
+def consume(app: Celery, worker: Worker, loglevel: str) -> None:
+    """Run ``worker`` on its models' queues until the process is told to stop (SIGTERM or Ctrl-C
+    finish the task in hand first)."""
+
+    @app.task(name=RUN_TASK)
+    def run(task_id: int) -> None:
+        batch = worker.claim(task_id)
+        if not batch:
+            log.info("task %s is no longer queued: message dropped", task_id)
+            return
+        for handed_back, model_slug in worker.run(batch):  # the database failed under the run
+            app.send_task(RUN_TASK, args=[handed_back], queue=queue_name(model_slug))
+
+    queues = ",".join(queue_name(slug) for slug in worker.models)
+    app.worker_main(["worker", "--pool=solo", "--concurrency=1", f"--queues={queues}", f"--loglevel={loglevel}",
+                     f"--hostname=fluxhost-{os.getpid()}@%h", "--without-gossip", "--without-mingle",
+                     "--without-heartbeat"])
+
+
+class WorkerProcess:
+    """A ``fluxhost worker`` process: a runtime whose worker takes its tasks from the broker, and
+    a janitor taking back the tasks of workers that died."""
+
+    def __init__(self, settings: Settings, models: dict[str, ModelSettings]):
+        """``models``: the served models, by slug. Connects to the database (migrating it) and to
+        Redis, raising their errors when they cannot be reached."""
+        if not settings.broker_url:
+            raise RuntimeError("a worker process takes its tasks from a broker: set FLUXHOST_BROKER_URL")
+        self.settings = settings
+        self.db = Database(settings.resolved_database_url, settings.database_timeout_seconds)
+        self.db.migrate()
+        self.events = open_event_bus(settings.resolved_events_url)
+        self.runtime = Runtime(settings, new_worker_id(), WorkStore(self.db), open_file_store(settings),
+                               self.events, models)
+        self.dispatcher = CeleryDispatcher(settings.broker_url, settings.broker_visibility_seconds,
+                                           settings.broker_transport_options)
+        self.janitor = Janitor(self.runtime.work, self.runtime.files, self.runtime.worker_id,
+                               max_attempts=settings.max_attempts, lease_seconds=settings.lease_seconds,
+                               requeued=self.dispatcher.notify)
+
+    def run(self, slugs: list[str] | None = None, device: str | None = None) -> None:
+        """Until told to stop: load the models (``slugs``, default all) once on ``device``
+        (default the first configured), then run the tasks their queues bring. ValueError naming
+        a slug this server does not serve."""
+        unknown = sorted(set(slugs or ()) - set(self.runtime.models))
+        if unknown:
+            raise ValueError(f"not a model of this server: {', '.join(unknown)} "
+                             f"(served: {', '.join(self.runtime.models)})")
+        worker = self.runtime.make_workers([device or self.settings.device_list[0]], slugs)[0]
+        self.janitor.recover()
+        self.dispatcher.start()
+        self.janitor.start()
+        try:
+            consume(self.dispatcher.app, worker, self.settings.log_level)
+        finally:
+            self.janitor.stop()
+            self.dispatcher.stop()
+            self.events.close()
+            self.db.dispose()

@@ -1,0 +1,273 @@
+"""The embedded worker in a child process (the default; ``FLUXHOST_WORKER_PROCESS=false`` keeps
+it in the API's process).
+
+The API and the worker then no longer take turns on one interpreter lock: a client polling hard
+does not slow the generation, nor the generation the API. The child builds only a
+:class:`~fluxhost.runtime.host.Runtime` with worker threads, on the same database and files, and
+an in-process event bus that only its workers publish to. A pipe carries typed messages: wake-ups,
+kills and the order to quit down; task events, the models' load results and the workers'
+metrics up. Each event crosses the pipe once, and the parent publishes it once on its own bus (to
+Redis, when configured): nothing heard on a bus is ever sent back. The child uses the parent's
+worker id, so the parent's recovery treats the child's tasks as its own; when the child dies,
+the parent takes those tasks back and starts a new one.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+from fluxhost.events import EventBus, LocalEventBus, TaskEvent
+from fluxhost.metrics import PUSH_SECONDS
+from fluxhost.settings import ModelSettings, Settings
+from fluxhost.statuses import Status
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Wake:
+    """Down: a task was queued (or queued again)."""
+
+
+@dataclass(frozen=True)
+class StopTask:
+    """Down: task ``task_id`` was killed; if it runs in the child, it stops at its next step."""
+
+    task_id: int
+
+
+@dataclass(frozen=True)
+class Quit:
+    """Down: stop, giving the running tasks ``grace_seconds``, and queue again what is left."""
+
+    grace_seconds: float
+
+
+@dataclass(frozen=True)
+class Event:
+    """Up: something a worker did to a task."""
+
+    event: TaskEvent
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """Up: the child's models are loaded, but for these (slug -> why not)."""
+
+    errors: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Up: the child's workers' Prometheus exposition."""
+
+    exposition: bytes
+
+
+ToChild = Wake | StopTask | Quit
+ToParent = Event | Loaded | Metrics
+
+# A child that keeps dying young is restarted ever more slowly: 1, 2, 4... seconds, at most 60.
+RESTART_DELAY_SECONDS = 1.0
+MAX_RESTART_DELAY_SECONDS = 60.0
+CHILD_EXIT_SECONDS = 20.0  # after its grace: halting generations, releasing tasks, closing
+
+
+class ChildProcessDispatcher:
+    """The parent's side: starts the child, relays to and from it, restarts it when it dies."""
+
+    def __init__(self, settings: Settings, worker_id: str, models: dict[str, ModelSettings], events: EventBus,
+                 on_lost: Callable[[], None]):
+        """``models``: the served models, by slug; ``events``: where the child's events are
+        published; ``on_lost()``: take back the tasks of a child that died (it shares ``worker_id``)."""
+        self.settings = settings
+        self.worker_id = worker_id
+        self.models = models
+        self.events = events
+        self.on_lost = on_lost
+        self.load_errors: dict[str, str] = {}
+        self._loaded = threading.Event()  # the current child reported its models
+        self._context = multiprocessing.get_context("spawn")
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._pipe: Connection | None = None
+        self._send_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._monitor: threading.Thread | None = None
+        self._started_at = 0.0
+        self._restart_delay = RESTART_DELAY_SECONDS
+        self._metrics = b""  # the child's last exposition
+        self._unsubscribe = events.subscribe(self._forward_stop)
+
+    def start(self) -> None:
+        if not self.settings.worker_concurrency:
+            return
+        self._spawn()
+        self._monitor = threading.Thread(target=self._relay, name="fluxhost-child-relay", daemon=True)
+        self._monitor.start()
+
+    def notify(self, task_id: int, model_slug: str) -> None:
+        self._send(Wake())
+
+    def load_error(self, slug: str) -> str | None:
+        return self.load_errors.get(slug) or None
+
+    def not_ready(self) -> str | None:
+        if not self.settings.worker_concurrency:
+            return None
+        if self._process is None or not self._process.is_alive():
+            return "the worker process is not running (it is restarted after a failure: see the log)"
+        if not self._loaded.is_set():
+            return "the worker is loading its models"
+        if all(slug in self.load_errors for slug in self.models):
+            return "no model could be loaded (see the log)"
+        return None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def metrics(self) -> bytes:
+        return self._metrics
+
+    def stop(self, grace_seconds: float = 0.0) -> None:
+        """Tell the child to stop (it gives its running tasks ``grace_seconds`` and releases what
+        is left); kill it if it has not exited some time after that."""
+        self._stopping.set()
+        self._unsubscribe()
+        self._send(Quit(grace_seconds))
+        if self._process is not None:
+            self._process.join(grace_seconds + CHILD_EXIT_SECONDS)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join(5)
+        if self._monitor is not None:
+            self._monitor.join(5)
+
+    def _spawn(self) -> None:
+        parent_end, child_end = self._context.Pipe()
+        self._process = self._context.Process(
+            target=run_child, args=(self.settings, self.worker_id, self.models, child_end), name="fluxhost-worker",
+            daemon=True)
+        self._loaded.clear()
+        self._process.start()
+        self._started_at = time.monotonic()
+        child_end.close()
+        self._pipe = parent_end
+
+    def _send(self, message: ToChild) -> None:
+        with self._send_lock:
+            if self._pipe is None:
+                return
+            try:
+                self._pipe.send(message)
+            except (OSError, ValueError):  # the child is gone: the relay restarts it and recovery re-runs
+                pass
+
+    def _forward_stop(self, event: TaskEvent) -> None:
+        """Kill and Cancel happen in the API: the child's running generation must hear of them."""
+        if event.type == Status.CANCEL:
+            self._send(StopTask(event.task_id))
+
+    def _relay(self) -> None:
+        """Hand the child's messages on until it exits (while it stops too: a child whose pipe
+        filled up would block mid-task); when it dies unasked, recover and start a new one."""
+        while True:
+            try:
+                message: ToParent = self._pipe.recv()
+            except (EOFError, OSError):
+                if self._stopping.is_set():
+                    return
+                log.error("the worker process exited (code %s): its tasks are taken back, a new one starts",
+                          self._process.exitcode if self._process else None)
+                with self._send_lock:
+                    self._pipe = None
+                self._process.join(5)
+                self.on_lost()
+                lived = time.monotonic() - self._started_at
+                self._restart_delay = (RESTART_DELAY_SECONDS if lived > MAX_RESTART_DELAY_SECONDS
+                                       else min(self._restart_delay * 2, MAX_RESTART_DELAY_SECONDS))
+                if self._stopping.wait(self._restart_delay):
+                    return
+                self._spawn()
+                continue
+            match message:
+                case Event(event):
+                    self.events.publish(event)
+                case Loaded(errors):
+                    self.load_errors = errors
+                    self._loaded.set()
+                case Metrics(exposition):
+                    self._metrics = exposition
+
+
+def run_child(settings: Settings, worker_id: str, models: dict[str, ModelSettings], pipe: Connection) -> None:
+    """The child process: worker threads on a runtime of their own, talking through ``pipe``."""
+    from fluxhost import tracing
+    from fluxhost.logs import configure
+    from fluxhost.runtime.dispatch.threads import ThreadDispatcher
+    from fluxhost.runtime.host import Runtime
+    from fluxhost.storage import open_file_store
+    from fluxhost.store.database import Database
+    from fluxhost.store.work import WorkStore
+
+    # Ctrl-C reaches the whole process group, and a service manager may send SIGTERM to every
+    # process of the service: the parent decides when we stop, and with what grace.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    configure(settings.log_level, settings.log_format)
+    tracing.configure()
+    db = Database(settings.resolved_database_url, settings.database_timeout_seconds)
+    events = LocalEventBus()  # only this process's workers publish here; the parent relays to the rest
+    runtime = Runtime(settings, worker_id, WorkStore(db), open_file_store(settings), events, models)
+    dispatcher = ThreadDispatcher(runtime.make_workers, settings.worker_concurrency, runtime.metrics)
+    send_lock = threading.Lock()
+    stopping = threading.Event()
+
+    def send(message: ToParent) -> None:
+        with send_lock:
+            pipe.send(message)
+
+    def report_loads() -> None:
+        dispatcher.ready.wait()
+        send(Loaded({slug: error for slug in models if (error := dispatcher.load_error(slug))}))
+
+    def push_metrics() -> None:
+        last = b""
+        while not stopping.wait(PUSH_SECONDS):
+            exposition = dispatcher.metrics()
+            if exposition != last:
+                send(Metrics(exposition))
+                last = exposition
+
+    events.subscribe(lambda event: send(Event(event)))
+    dispatcher.start()
+    threading.Thread(target=report_loads, name="fluxhost-child-loads", daemon=True).start()
+    threading.Thread(target=push_metrics, name="fluxhost-child-metrics", daemon=True).start()
+    grace_seconds = 0.0
+    try:
+        while True:
+            try:
+                message: ToChild = pipe.recv()
+            except (EOFError, OSError):  # the parent is gone
+                break
+            match message:
+                case Quit(grace):
+                    grace_seconds = grace
+                    break
+                case Wake():
+                    dispatcher.notify(0, "")
+                case StopTask(task_id):
+                    for worker in dispatcher.workers:
+                        worker.stop_task(task_id)
+    finally:
+        stopping.set()
+        dispatcher.stop(grace_seconds)
+        runtime.release_unfinished()
+        db.dispose()

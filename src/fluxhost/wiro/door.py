@@ -1,0 +1,375 @@
+"""The hosted protocol's door: ``POST /v1/...`` as Wiro's clients call it, mounted at ``/v1``.
+
+Each handler reads the body on the event loop (multipart parsing is async), then authenticates,
+calls one operation and renders its answer in a single trip to the thread pool:
+the database never blocks the loop. Refusals are worded here, in the protocol's error shape,
+which is this door's own (another door mounted beside it answers its own way).
+
+The order of checks is the protocol's: the key, then the model, then a readable body, then the
+inputs, then the callback URL, and only then the nonce is spent, so a refused request can be
+corrected and sent again with the same nonce.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from fluxhost.auth import AuthError, Caller, request_digest
+from fluxhost.http.body import UPLOAD_OVERHEAD_BYTES, BodyError, BodyTooLarge, is_multipart, parse_parameters, read_body
+from fluxhost.http.offload import Offload
+from fluxhost.http.refusals import answer_refusals
+from fluxhost.limits import RateLimited
+from fluxhost.operations import (
+    InvalidInput,
+    ModelUnavailable,
+    NotCancellable,
+    NotKillable,
+    Operations,
+    TaskNotEnded,
+    TaskNotFound,
+    TaskQuery,
+    TooManyTasks,
+    UnknownModel,
+    UpsamplingUnavailable,
+)
+from fluxhost.settings import Settings
+from fluxhost.store.database import DATABASE_FAULTS
+from fluxhost.store.records import TaskView
+from fluxhost.tools import Tool
+from fluxhost.wiro import messages
+from fluxhost.wiro.render import explore, render_task, task_list_body, tool_detail, tool_summary
+from fluxhost.wiro.schema import InputError, InputSchema, integer_input
+
+log = logging.getLogger(__name__)
+
+MAX_LIST = 1000
+TASK_ID = re.compile(r"[0-9]{1,10}")
+MAX_TASK_ID = 2**31 - 1  # the largest id an INTEGER column holds (PostgreSQL refuses larger)
+# The hosted protocol's names of the inputs a Run's refusal can be about (the image's: whichever carried it).
+INPUT_NAMES = {"callback_url": "callbackUrl", "aspect_ratio": "aspectRatio", "upload": "file"}
+
+
+def ok(**fields: Any) -> dict[str, Any]:
+    return {"result": True, "errors": [], **fields}
+
+
+def fail(code: int, message: str, status_code: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"result": False, "errors": [{"code": code, "message": message}]}, status_code,
+                        headers=headers)
+
+
+class ProtocolError(Exception):
+    """A refusal in the protocol's words: HTTP 200 with ``result: false``."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Parameters:
+    """A request's parameters, or why its body could not be read. Reading happens on the loop;
+    the error is raised only when a handler asks for them, after the checks that come first."""
+
+    def __init__(self, values: dict[str, Any] | None):
+        self._values = values
+
+    @classmethod
+    async def of(cls, body: bytes, request: Request) -> Parameters:
+        try:
+            return cls(await parse_parameters(body, request.headers))
+        except BodyError:
+            return cls(None)
+
+    @property
+    def readable(self) -> bool:
+        return self._values is not None
+
+    @property
+    def values(self) -> dict[str, Any]:
+        if self._values is None:
+            raise ProtocolError(0, messages.INVALID)
+        return self._values
+
+    def text(self, name: str, default: str = "") -> str:
+        return str(self.values.get(name, default))
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        value = self.values.get(name)
+        if value in (None, ""):
+            return default
+        try:
+            return integer_input(name, value, low, high)
+        except InputError as error:
+            raise ProtocolError(0, str(error)) from None
+
+    def flag(self, name: str) -> bool:
+        return self.text(name).strip().lower() in ("true", "1", "yes")
+
+    def names(self, name: str) -> list[str]:
+        """A list parameter, sent as a JSON array, a JSON string of one, or comma-separated."""
+        value = self.values.get(name)
+        if isinstance(value, list):
+            return [str(v) for v in value]
+        if not value:
+            return []
+        try:
+            decoded = json.loads(value)
+        except (ValueError, TypeError):  # not JSON text, or not text at all (a number, an object)
+            return [part.strip() for part in str(value).split(",") if part.strip()]
+        return [str(v) for v in decoded] if isinstance(decoded, list) else [str(decoded)]
+
+    def callback_url(self) -> str:
+        values = self.values
+        return str(values.get("callbackUrl") or values.get("callbackurl") or "").strip()
+
+
+class Call:
+    """One request's headers, path and body, as the worker thread needs them."""
+
+    def __init__(self, operations: Operations, request: Request, body: bytes, parameters: Parameters):
+        self.operations = operations
+        self.headers = request.headers
+        self.path = request.url.path
+        self.body = body
+        self.parameters = parameters
+
+    def caller(self) -> Caller:
+        """Who sends the request, once their key is checked and their request counted."""
+        headers = self.headers
+        return self.operations.caller(headers.get("x-api-key"), headers.get("x-nonce"), headers.get("x-signature"))
+
+    def spend_nonce(self, caller: Caller) -> None:
+        self.operations.auth.spend_nonce(caller, self.headers.get("x-nonce"), request_digest(self.path, self.body))
+
+    def task(self, caller: Caller) -> TaskView:
+        """The task named by ``tasktoken``, ``socketaccesstoken`` or ``taskid``."""
+        values = self.parameters.values
+        token = values.get("tasktoken") or values.get("socketaccesstoken")
+        task_id = values.get("taskid")
+        if not token and task_id in (None, ""):
+            raise ProtocolError(0, messages.ID_REQUIRED)
+        if token:
+            return self.operations.find(caller, token=str(token).strip())
+        task_id = str(task_id).strip()
+        if not TASK_ID.fullmatch(task_id) or int(task_id) > MAX_TASK_ID:
+            raise TaskNotFound()
+        return self.operations.find(caller, task_id=int(task_id))
+
+    def render(self, task: TaskView) -> dict[str, Any]:
+        return render_task(task, self.operations.files, self.operations.catalog.description_of(task.model_slug))
+
+
+def create_wiro_app(operations: Operations, offload: Offload, settings: Settings, safety_note: str) -> FastAPI:
+    """The hosted protocol's routes, to mount at ``/v1``; their blocking work runs on ``offload``.
+    ``safety_note``: what moderation runs on this server, for safetyTolerance's description."""
+
+    app = FastAPI(title="fluxhost: the hosted task protocol", docs_url="/docs", redoc_url=None)
+    notes = {
+        "safetyTolerance": safety_note,
+        "promptUpsampling": "Available on this server." if operations.upsampling else (
+            "Not available on this server: Runs asking for it are refused."),
+    }
+    schemas = {tool.slug: InputSchema.of(tool, notes, operations.max_prompt_chars) for tool in operations.catalog.tools}
+
+    def refused_input(request: Request, error: InvalidInput) -> JSONResponse:
+        name = INPUT_NAMES.get(error.field, error.field)
+        if error.field == "input_image":
+            name = InputSchema.image_parameter(request.state.parameters.values)
+        return fail(0, messages.parameter(name, error.problem))
+
+    def database_unavailable(request: Request, error: Exception) -> JSONResponse:
+        """Nothing was accepted. A request refused before its nonce was spent may be sent again as
+        it is; a Run whose task could not be stored after that needs a new nonce."""
+        log.warning("the database failed on %s: %s", request.url.path, type(error).__name__)
+        return fail(0, messages.DATABASE_UNAVAILABLE, 503, {"Retry-After": "1"})
+
+    def http_error(_request: Request, error: HTTPException) -> JSONResponse:
+        if error.status_code == 404:
+            return fail(0, messages.BAD_URL, 404)
+        if error.status_code == 405:
+            return fail(0, messages.POST_ONLY, 405)
+        return fail(0, str(error.detail), error.status_code)
+
+    def unexpected(request: Request, _error: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.url.path)
+        return fail(0, messages.INTERNAL_ERROR, 500)
+
+    answer_refusals(app, {
+        AuthError: lambda _request, error: fail(0, messages.AUTHENTICATION[error.failure], 401),
+        ProtocolError: lambda _request, error: fail(error.code, error.message),
+        RateLimited: lambda _request, error: fail(0, str(error), 429, {"Retry-After": str(error.retry_after)}),
+        BodyTooLarge: lambda _request, error: fail(0, str(error), 413),
+        InvalidInput: refused_input,
+        (ModelUnavailable, TooManyTasks): lambda _request, error: fail(0, str(error)),
+        UpsamplingUnavailable: lambda _request, _error: fail(0, messages.UPSAMPLING_UNAVAILABLE),
+        UnknownModel: lambda _request, _error: fail(1, messages.UNKNOWN_MODEL),
+        TaskNotFound: lambda _request, _error: fail(1, messages.NO_TASK),
+        NotCancellable: lambda _request, _error: fail(1, messages.NOT_CANCELLABLE),
+        NotKillable: lambda _request, _error: fail(1, messages.NOT_KILLABLE),
+        TaskNotEnded: lambda _request, _error: fail(1, messages.TASK_NOT_ENDED),
+        HTTPException: http_error,
+        RequestValidationError: lambda _request, _error: fail(0, messages.INVALID),
+        DATABASE_FAULTS: database_unavailable,
+        Exception: unexpected,
+    })
+
+    async def handle(request: Request, work: Callable[[Call], dict[str, Any]], *,
+                     resolves: Callable[[Parameters], bool] = lambda _: False) -> JSONResponse:
+        """Read the request on the loop, then run ``work`` (auth, one operation, rendering) off it;
+        on the shared threads when ``resolves`` says it will look up a host name."""
+        limit = settings.max_body_bytes
+        if is_multipart(request.headers):
+            limit = max(limit, settings.input_max_bytes + UPLOAD_OVERHEAD_BYTES)
+        body = await read_body(request, limit)
+        parameters = await Parameters.of(body, request)
+        request.state.parameters = parameters
+        call = Call(operations, request, body, parameters)
+        run_off_loop = offload.run_waiting if resolves(parameters) else offload.run
+        return JSONResponse(await run_off_loop(work, call))
+
+    def fetches(parameters: Parameters) -> bool:
+        """Whether the Run resolves a host name: a callback URL or an input image URL to fetch."""
+        if not parameters.readable:
+            return False
+        values = parameters.values
+        image_url = values.get("inputImageUrl") or isinstance(values.get("inputImage"), str)
+        return bool(parameters.callback_url() or image_url)
+
+    def schema_of(tool: Tool) -> InputSchema:
+        return schemas[tool.slug]
+
+    @app.post("/Run/{owner}/{project}")
+    async def run(owner: str, project: str, request: Request) -> JSONResponse:
+        def work(call: Call) -> dict[str, Any]:
+            caller = call.caller()
+            tool = call.operations.tool(owner, project)
+            call.operations.admit(caller, tool)
+            try:
+                asked = schema_of(tool).parse(call.parameters.values, call.parameters.callback_url())
+            except InputError as error:
+                raise ProtocolError(0, str(error)) from None
+            task = call.operations.run(caller, tool, asked, accept=lambda: call.spend_nonce(caller))
+            return {"errors": [], "taskid": str(task.id), "socketaccesstoken": task.socket_token, "result": True}
+
+        return await handle(request, work, resolves=fetches)
+
+    @app.post("/File/Upload")
+    async def upload_file(request: Request) -> JSONResponse:
+        def work(call: Call) -> dict[str, Any]:
+            caller = call.caller()
+            data = call.parameters.values.get("file")
+            if not isinstance(data, bytes):
+                raise ProtocolError(0, messages.FILE_REQUIRED)
+            upload = call.operations.upload(caller, data, accept=lambda: call.spend_nonce(caller))
+            return ok(list=[{"id": upload.id, "name": upload.name, "contenttype": upload.content_type,
+                             "size": str(upload.size), "parentid": "", "url": upload.url,
+                             "addedtime": str(int(upload.added_at)), "accesskey": ""}])
+
+        return await handle(request, work)
+
+    @app.post("/Task/Detail")
+    async def task_detail(request: Request) -> JSONResponse:
+        def work(call: Call) -> dict[str, Any]:
+            return task_list_body([call.render(call.task(call.caller()))])
+
+        return await handle(request, work)
+
+    def stopping(kill: bool) -> Callable[[Call], dict[str, Any]]:
+        def work(call: Call) -> dict[str, Any]:
+            caller = call.caller()
+            task = call.task(caller)
+            call.spend_nonce(caller)
+            stop = call.operations.kill if kill else call.operations.cancel
+            return task_list_body([call.render(stop(caller, task))])
+
+        return work
+
+    @app.post("/Task/Cancel")
+    async def task_cancel(request: Request) -> JSONResponse:
+        return await handle(request, stopping(kill=False))
+
+    @app.post("/Task/Kill")
+    async def task_kill(request: Request) -> JSONResponse:
+        return await handle(request, stopping(kill=True))
+
+    @app.post("/Task/InputOutputDelete")
+    async def task_delete_files(request: Request) -> JSONResponse:
+        def work(call: Call) -> dict[str, Any]:
+            caller = call.caller()
+            try:
+                task = call.task(caller)
+            except TaskNotFound:
+                raise ProtocolError(1, messages.TASK_NOT_EXIST) from None
+            call.spend_nonce(caller)
+            call.operations.delete_files(caller, task)
+            return ok()
+
+        return await handle(request, work)
+
+    @app.post("/Task/List")
+    async def list_tasks(request: Request) -> JSONResponse:
+        def work(call: Call) -> dict[str, Any]:
+            caller = call.caller()
+            parameters = call.parameters
+            start = parameters.integer("start", 0, 0, 10**9)
+            limit = parameters.integer("limit", 20, 1, MAX_LIST)
+            order = parameters.text("order", "desc").strip().lower()
+            if order not in ("desc", "asc"):
+                raise ProtocolError(0, messages.one_of("order", ("desc", "asc")))
+            query = TaskQuery(start, limit, order == "desc", parameters.text("sort", "id").strip().lower(),
+                              str(parameters.values.get("modelName") or ""))
+            page = call.operations.list(caller, query)
+            return task_list_body([call.render(task) for task in page.tasks], page.total)
+
+        return await handle(request, work)
+
+    @app.post("/Tool/List")
+    async def list_tools(request: Request) -> JSONResponse:
+        def work(call: Call) -> dict[str, Any]:
+            call.caller()
+            parameters = call.parameters
+            start = parameters.integer("start", 0, 0, 10**9)
+            limit = parameters.integer("limit", 20, 1, MAX_LIST)
+            tools = call.operations.tools(parameters.text("search"), parameters.text("slugowner").strip(),
+                                          frozenset(parameters.names("categories")))
+            if parameters.text("order", "asc").strip().lower() == "desc":
+                tools.reverse()
+            stats = call.operations.tool_stats()
+            summary = parameters.flag("summary")
+            entries = [
+                tool_summary(tool, stats.get(tool.slug)) if summary
+                else tool_detail(tool, schema_of(tool), stats.get(tool.slug))
+                for tool in tools[start : start + limit]
+            ]
+            return ok(total=str(len(tools)), tool=entries)
+
+        return await handle(request, work)
+
+    @app.post("/Tool/Detail")
+    async def tool_detail_of(request: Request) -> JSONResponse:
+        def work(call: Call) -> dict[str, Any]:
+            call.caller()
+            tool = call.operations.tool(call.parameters.text("slugowner"), call.parameters.text("slugproject"))
+            return ok(tool=[tool_detail(tool, schema_of(tool), call.operations.tool_stats().get(tool.slug))])
+
+        return await handle(request, work)
+
+    @app.post("/Tool/Explore")
+    async def explore_tools(request: Request) -> JSONResponse:
+        def work(call: Call) -> dict[str, Any]:
+            call.caller()
+            return ok(explore=explore(call.operations.catalog.tools, call.operations.tool_stats()))
+
+        return await handle(request, work)
+
+    return app

@@ -1,0 +1,60 @@
+"""Every refusal the hosted protocol's door and socket send, worded as the hosted API words them
+(its clients match on some of them, such as ``slug-owner-project-not-exist``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from fluxhost.auth import AuthFailure
+
+INVALID = "Request parameters are invalid."
+UNKNOWN_MODEL = "slug-owner-project-not-exist"
+NO_TASK = "There is no task yet."
+TASK_NOT_EXIST = "task-not-exist"
+ID_REQUIRED = "taskid or socketaccesstoken is required"
+NOT_CANCELLABLE = "Task is not in a cancellable state."
+NOT_KILLABLE = "Task could not be killed: it has already ended."
+TASK_NOT_ENDED = "Task must be completed or cancelled before deleting files"
+FILE_REQUIRED = "Request parameter [file] required: send the file as multipart form data"
+UPSAMPLING_UNAVAILABLE = (
+    "Prompt upsampling is not available on this server: its operator can set FLUXHOST_UPSAMPLER_URL (an "
+    "OpenAI-compatible API) or FLUXHOST_UPSAMPLER_LOCAL (a transformers language model). Send "
+    "promptUpsampling=false to use the prompt as given."
+)
+DATABASE_UNAVAILABLE = "The service's database is unavailable right now (locked or unreachable): retry shortly."
+BAD_URL = "Error parsing url."
+POST_ONLY = "Method not allowed: every endpoint takes POST."
+INTERNAL_ERROR = "Internal server error."
+
+AUTHENTICATION = {
+    AuthFailure.UNKNOWN_KEY: "Project authorization is not founded.",
+    AuthFailure.SIGNATURE_REQUIRED: "Project requires signature authentication. x-signature and x-nonce headers "
+                                    "are required.",
+    AuthFailure.BAD_SIGNATURE: "Project authorization is not valid.",
+}
+
+# The socket's refusals of a client's frame.
+FRAME_TOO_LARGE = "Frames must be JSON text of at most 4096 bytes."
+FRAME_NOT_OBJECT = "Frames must be JSON objects."
+FRAME_UNKNOWN = 'Unknown frame type: send {"type": "task_info", "tasktoken": "<socketaccesstoken>"}.'
+FRAME_TOKEN_REQUIRED = "tasktoken is required"
+
+
+def parameter(name: str, problem: str) -> str:
+    """A refused input: ``problem`` is a predicate of it ("required", "is larger than 20 MB")."""
+    return f"Request parameter [{name}] {problem}"
+
+
+def between(name: str, low: float, high: float) -> str:
+    def written(bound: float) -> str:
+        return f"{bound:g}" if isinstance(bound, float) else str(bound)
+
+    return parameter(name, f"must be between {written(low)} and {written(high)}")
+
+
+def one_of(name: str, options: Iterable[str]) -> str:
+    return parameter(name, f"must be one of {', '.join(options)}")
+
+
+def number(name: str) -> str:
+    return parameter(name, "must be integer or float")

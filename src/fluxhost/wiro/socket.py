@@ -1,0 +1,212 @@
+"""The realtime socket: ``{"type": "task_info", "tasktoken": ...}`` in, one frame per event out.
+
+One subscription to the event bus serves every connection. Events arrive on the publisher's
+thread and hop onto the event loop; each frame is serialised once and offered to every
+subscriber's outbox. An outbox never blocks the publisher: it holds every lifecycle frame, keeps
+only the newest progress frame per task, and drops progress beyond a bound, so a slow client
+loses intermediate progress, never a lifecycle or final frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+
+from prometheus_client import Gauge
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from fluxhost.events import EventBus, TaskEvent
+from fluxhost.http.offload import Offload
+from fluxhost.operations import Operations
+from fluxhost.statuses import LOG_EVENTS, TERMINAL, WORKER_PATH, Status
+from fluxhost.store.records import TaskView
+from fluxhost.wiro import messages
+from fluxhost.wiro.render import error_frame_text, event_frame_text, final_frame_text, frame_text
+
+log = logging.getLogger(__name__)
+
+MAX_PROGRESS_FRAMES = 16  # per connection, waiting to be sent
+MAX_MESSAGE_BYTES = 4096
+_ORDER = {status: index for index, status in enumerate(WORKER_PATH)}
+
+
+class Outbox:
+    """Frames waiting for one connection."""
+
+    def __init__(self) -> None:
+        self._frames: deque[tuple[int | None, str]] = deque()  # (task id of a progress frame, text)
+        self._ready = asyncio.Event()
+
+    def put(self, text: str, progress_of: int | None = None) -> None:
+        if progress_of is not None:
+            waiting = [i for i, (task, _) in enumerate(self._frames) if task is not None]
+            for index in waiting:
+                if self._frames[index][0] == progress_of:
+                    self._frames[index] = (progress_of, text)  # newest progress wins
+                    return
+            if len(waiting) >= MAX_PROGRESS_FRAMES:
+                return
+        self._frames.append((progress_of, text))
+        self._ready.set()
+
+    async def get(self) -> str:
+        while not self._frames:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._frames.popleft()[1]
+
+
+class Subscriber:
+    """One socket connection and where each task it follows has got to."""
+
+    def __init__(self, websocket: WebSocket):
+        self.websocket = websocket
+        self.outbox = Outbox()
+        self.position: dict[int, int] = {}  # task id -> index of the last lifecycle frame sent
+        self.finished: set[int] = set()
+        self.tokens: set[str] = set()  # the tasks it follows
+
+    def offer(self, event: TaskEvent, text: str) -> None:
+        if event.task_id in self.finished:
+            return
+        if event.type == Status.OUTPUT:
+            self.outbox.put(text, progress_of=event.task_id)
+            return
+        if event.type in TERMINAL:
+            self.finished.add(event.task_id)
+        elif event.type not in LOG_EVENTS:
+            index = _ORDER.get(event.type, -1)
+            if index <= self.position.get(event.task_id, -1):
+                return  # already told (a late subscriber's state frame overtook it)
+            self.position[event.task_id] = index
+        self.outbox.put(text)
+
+    async def send_loop(self) -> None:
+        while True:
+            text = await self.outbox.get()
+            await self.websocket.send_text(text)
+
+
+class SocketHub:
+    def __init__(self, operations: Operations, events: EventBus, offload: Offload, connections: Gauge):
+        """``connections``: the gauge of open connections."""
+        self.operations = operations
+        self.events = events
+        self.offload = offload
+        self.connections = connections
+        self._followers: dict[str, set[Subscriber]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._unsubscribe = None
+
+    @property
+    def followed_tasks(self) -> int:
+        """How many tasks some connection follows now."""
+        return len(self._followers)
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._unsubscribe = self.events.subscribe(self._from_bus)
+
+    def stop(self) -> None:
+        if self._unsubscribe:
+            self._unsubscribe()
+
+    def _from_bus(self, event: TaskEvent) -> None:
+        """On the publisher's thread: render the frame (reading the store for a final one), then
+        hand it to the loop."""
+        if event.token not in self._followers or self._loop is None:
+            return
+        if event.type in TERMINAL:
+            text = self.state_text(self.operations.get(event.task_id), event)
+        else:
+            text = event_frame_text(event)
+        self._loop.call_soon_threadsafe(self._deliver, event, text)
+
+    def state_text(self, task: TaskView | None, event: TaskEvent) -> str:
+        """The frame telling where a task stands: its final frame once it has ended."""
+        if task is None:
+            return frame_text(event.task_id, event.token, event.type)
+        if task.ended:
+            return final_frame_text(task, self.operations.files)
+        return frame_text(task.id, task.socket_token, task.status)
+
+    def _deliver(self, event: TaskEvent, text: str) -> None:
+        for subscriber in list(self._followers.get(event.token, ())):
+            subscriber.offer(event, text)
+
+    async def follow(self, subscriber: Subscriber, token: str) -> bool:
+        """Start sending the events of the task behind ``token`` to ``subscriber``, beginning with
+        its current state; False when there is no such task."""
+        # Registered before the state is read: an event that overtakes it is dropped as old.
+        self._followers.setdefault(token, set()).add(subscriber)
+        subscriber.tokens.add(token)
+        task = await self.offload.run(self.operations.follow, token)
+        if task is None:
+            return False
+        state = TaskEvent(task.id, task.socket_token, task.status)
+        subscriber.offer(state, self.state_text(task, state))
+        return True
+
+    def forget(self, subscriber: Subscriber) -> None:
+        for token in subscriber.tokens:
+            followers = self._followers.get(token, set())
+            followers.discard(subscriber)
+            if not followers:
+                self._followers.pop(token, None)
+
+    async def serve(self, websocket: WebSocket) -> None:
+        """One connection: read ``task_info`` frames, follow their tasks, until the client leaves."""
+        await websocket.accept()
+        subscriber = Subscriber(websocket)
+        sender = asyncio.create_task(subscriber.send_loop())
+        connections = self.connections
+        connections.inc()
+        try:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                try:
+                    token = requested_token(message.get("text") or message.get("bytes"))
+                except FrameError as error:
+                    subscriber.outbox.put(error_frame_text(str(error)))
+                    continue
+                if not await self.follow(subscriber, token):
+                    await websocket.send_text(error_frame_text(messages.NO_TASK, code=1))
+                    await websocket.close(code=1008)
+                    break
+        except WebSocketDisconnect:
+            pass
+        finally:
+            connections.dec()
+            self.forget(subscriber)
+            sender.cancel()
+            if websocket.client_state == WebSocketState.CONNECTED:
+                try:
+                    await websocket.close()
+                except RuntimeError:
+                    pass
+
+
+class FrameError(ValueError):
+    """A client frame the socket cannot act on; the message is sent back in an error frame."""
+
+
+def requested_token(raw: str | bytes | None) -> str:
+    """The task token of a ``task_info`` frame."""
+    if raw is None or len(raw) > MAX_MESSAGE_BYTES:
+        raise FrameError(messages.FRAME_TOO_LARGE)
+    try:
+        frame = json.loads(raw)
+    except ValueError:
+        raise FrameError(messages.FRAME_NOT_OBJECT) from None
+    if not isinstance(frame, dict):
+        raise FrameError(messages.FRAME_NOT_OBJECT)
+    if frame.get("type") != "task_info":
+        raise FrameError(messages.FRAME_UNKNOWN)
+    token = frame.get("tasktoken")
+    if not isinstance(token, str) or not token.strip():
+        raise FrameError(messages.FRAME_TOKEN_REQUIRED)
+    return token.strip()
