@@ -96,7 +96,7 @@ def create_app(service: Service, doors: Mapping[str, ASGIApp] | None = None, *,
 
     routes: list[BaseRoute] = [
         WebSocketRoute("/v1", hub.serve),
-        Mount("/v1", create_wiro_app(service.operations, offload, service.settings, service.safety_note)),
+        Mount("/v1", create_wiro_app(service.operations, offload, service.settings, service.moderator.describe())),
         Mount("/bfl", create_bfl_app(service.operations, offload, service.settings)),
         Mount("/openai", create_openai_app(service.operations, service.events, offload, service.settings)),
         Route("/files/{folder}/{name}", serve_file, methods=["GET", "HEAD"]),

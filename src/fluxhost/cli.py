@@ -82,13 +82,13 @@ def _key_store(settings):
     return KeyStore(_database(settings))
 
 
-def _first_key_banner(key, settings) -> str:
+def _first_key_banner(key, settings, models) -> str:
     """What a first start prints: the new key and a Run request ready to paste."""
     base = settings.resolved_public_url
     run = f"{base}/v1/Run/{DEFAULT_MODEL}"
     from fluxhost.demo import EXAMPLE_PROMPT, serves_demo
 
-    served = _served_models(settings).get(DEFAULT_MODEL)
+    served = models.get(DEFAULT_MODEL)
     prompt = EXAMPLE_PROMPT if served is not None and serves_demo(served) else "a lighthouse on a cliff at dusk"
     body = json.dumps({"prompt": prompt, "aspectRatio": "16:9", "seed": "42"})
     return "\n".join(
@@ -135,7 +135,7 @@ def serve(
     service = _connected_service(settings)
     if service.keys.count_active() == 0:
         key = service.keys.create(KeyMode.SIGNATURE, name="first key")
-        console.print(_first_key_banner(key, settings), highlight=False, soft_wrap=True)
+        console.print(_first_key_banner(key, settings, service.models), highlight=False, soft_wrap=True)
     from fluxhost.demo import CAN_DRAW, DEMO_LABEL, serves_demo
 
     for slug, model in service.models.items():

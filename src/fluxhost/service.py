@@ -54,7 +54,7 @@ class Service:
         self.files: FileStore = open_file_store(settings)
         events_url = settings.resolved_events_url
         self.events: EventBus = open_event_bus(events_url)
-        self.safety_note = open_moderator(settings).describe()
+        self.moderator = open_moderator(settings)  # its classifiers load with the workers, if they run here
         self.catalog = Catalog.from_models(self.models)
         self.url_allowlist = Allowlist.parse(settings.callback_allowlist)
         self.metrics = ApiMetrics()
@@ -97,7 +97,8 @@ class Service:
                                           on_lost=lambda: self.janitor.recover(lost=self.worker_id))
         from fluxhost.runtime.dispatch.threads import ThreadDispatcher
 
-        self.runtime = Runtime(settings, self.worker_id, self.work, self.files, self.events, self.models)
+        self.runtime = Runtime(settings, self.worker_id, self.work, self.files, self.events, self.models,
+                               moderator=self.moderator)
         return ThreadDispatcher(self.runtime.make_workers, settings.worker_concurrency, self.runtime.metrics)
 
     def start(self) -> None:

@@ -89,10 +89,12 @@ def open_upsampler(settings: Settings) -> Upsampler | None:
 
 class Runtime:
     def __init__(self, settings: Settings, worker_id: str, work: WorkStore, files: FileStore, events: EventBus,
-                 models: dict[str, ModelSettings], metrics: WorkerMetrics | None = None):
+                 models: dict[str, ModelSettings], metrics: WorkerMetrics | None = None,
+                 moderator: Moderator | None = None):
         """``worker_id``: what this process's workers claim tasks under (a child worker process
         takes its parent's, so the parent's recovery knows the child's tasks as its own);
-        ``models``: the served models, by slug."""
+        ``models``: the served models, by slug; ``moderator``: the process's own, when it has one
+        already (default: one from the settings)."""
         self.settings = settings
         self.worker_id = worker_id
         self.work = work
@@ -100,7 +102,7 @@ class Runtime:
         self.events = events
         self.models = models
         self.metrics = metrics or WorkerMetrics()
-        self.moderator = open_moderator(settings)
+        self.moderator = moderator or open_moderator(settings)
 
     def make_workers(self, devices: list[str] | None = None, slugs: list[str] | None = None) -> list[Worker]:
         """One worker per device (default: the configured ones), each loading every model (or those
