@@ -11,10 +11,16 @@ from a few client threads the whole time, while the script, one fault after anot
 5. holds SQLite's write lock from another connection for several seconds (past the service's
    database timeout: requests answer 503, runs whose last writes fail are queued again).
 
+Three Runs in four ask for a callback, in turn to a receiver that answers at once, one that
+answers 200 and then drips its body a byte at a time, and one that never finishes its headers.
+
 Then it waits for every accepted task to end and reads the database and the files folder:
 completed tasks have exactly one output each and the file is there; failed ones say why; no task
-is still queued or running; no file lies outside a task's outputs or inputs. Loopback only,
-bounded in time (about a minute and a half).
+is still queued or running; no file lies outside a task's outputs or inputs. It waits for every
+callback to be settled and counts what each receiver got: a callback POSTed again after a 2xx
+answer is a duplicate, a callback owed but never settled is lost (POSTs cut short by the SIGKILL
+are counted apart: the service could not record them, so it makes them again). Loopback only, bounded in time
+(two to three minutes).
 
     python bench/faults.py [--clients 4] [--phase-seconds 4]
 """
@@ -39,15 +45,17 @@ import httpx
 from _server import FLUXHOST, SLUG, Signer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: its test helpers
-from tests.helpers import ServiceProcess, wait_until_ready  # noqa: E402
+from tests.helpers import DrippingReceiver, Receiver, ServiceProcess, wait_until_ready  # noqa: E402
 
 from fluxhost.statuses import TERMINAL, Outcome
 from fluxhost.store.database import Database
+from fluxhost.store.deliveries import Deliveries
 from fluxhost.store.tasks import TaskStore
 
 STEP_MS = 20
 STEPS = 10  # 0.2 s of engine time a task
 GRACE_SECONDS = 0.5
+CALLBACK_TIMEOUT_SECONDS = 2
 
 
 class Service:
@@ -58,7 +66,10 @@ class Service:
                     "FLUXHOST_ENGINE": "bench", "FLUXHOST_BENCH_STEP_MS": str(STEP_MS),
                     "FLUXHOST_MODELS": json.dumps({SLUG: {"steps": STEPS, "max_batch": 1}}),
                     "FLUXHOST_SHUTDOWN_GRACE_SECONDS": str(GRACE_SECONDS), "FLUXHOST_LOG_LEVEL": "WARNING",
-                    "FLUXHOST_DATABASE_TIMEOUT_SECONDS": "1", "FLUXHOST_RATE_LIMIT_PER_MINUTE": "0"}
+                    "FLUXHOST_DATABASE_TIMEOUT_SECONDS": "1", "FLUXHOST_RATE_LIMIT_PER_MINUTE": "0",
+                    "FLUXHOST_CALLBACK_ALLOWLIST": "127.0.0.1", "FLUXHOST_CALLBACK_MAX_ATTEMPTS": "3",
+                    "FLUXHOST_CALLBACK_BACKOFF_SECONDS": "0.5",
+                    "FLUXHOST_CALLBACK_TIMEOUT_SECONDS": str(CALLBACK_TIMEOUT_SECONDS)}
         self.base_url = f"http://127.0.0.1:{port}"
         self.serving: ServiceProcess | None = None
 
@@ -91,8 +102,9 @@ class Service:
 class Load:
     """Client threads sending Runs back to back; what was accepted, and what was refused how."""
 
-    def __init__(self, base_url: str, key: dict, clients: int):
+    def __init__(self, base_url: str, key: dict, clients: int, callback_urls: list[str]):
         self.base_url = base_url
+        self.callback_urls = ["", *callback_urls]  # Runs name each in turn
         self.signer = Signer(key)
         self.accepted: list[int] = []
         self.refused: Counter[str] = Counter()
@@ -116,7 +128,8 @@ class Load:
             seed = 0
             while not self._stopping.is_set():
                 seed += 1
-                answer = self._post(http, f"/Run/{SLUG}", {"prompt": "fault", "seed": str(seed)})
+                answer = self._post(http, f"/Run/{SLUG}", {"prompt": "fault", "seed": str(seed), "callbackUrl":
+                                                          self.callback_urls[seed % len(self.callback_urls)]})
                 if answer is None:
                     continue
                 self.accepted.append(int(answer["taskid"]))
@@ -151,6 +164,39 @@ def wait_until_all_end(tasks: TaskStore, ids: list[int], seconds: float) -> list
         time.sleep(0.5)
 
 
+def wait_until_settled(deliveries: Deliveries, seconds: float) -> list[dict]:
+    """Every callback owed, once none is pending or ``seconds`` have passed."""
+    deadline = time.monotonic() + seconds
+    while True:
+        owed = deliveries.list(limit=100_000)
+        if all(delivery["status"] != "pending" for delivery in owed) or time.monotonic() > deadline:
+            return owed
+        time.sleep(0.5)
+
+
+def count_callbacks(owed: list[dict], receivers: dict[str, Receiver | DrippingReceiver]) -> tuple[list[str], list[str]]:
+    """A line per receiver: the callbacks owed to it, how they ended, the attempts each took, the
+    POSTs it got; duplicates (POSTs of a delivered callback beyond the attempts recorded, which
+    ended with its 2xx), and attempts cut short (POSTs of an undelivered one beyond those recorded:
+    the service was killed mid-POST, so it tries again). The problems: callbacks never settled,
+    and duplicates."""
+    lines, problems = [], []
+    for name, receiver in receivers.items():
+        mine = [delivery for delivery in owed if delivery["url"] == receiver.url]
+        posts = Counter(request["headers"]["webhook-id"] for request in receiver.requests)
+        beyond = {delivery["id"]: max(0, posts[f"msg_{delivery['id']}"] - len(delivery["history"]))
+                  for delivery in mine}
+        duplicates = sum(beyond[d["id"]] for d in mine if d["status"] == "delivered")
+        lines.append(f"  {name}: {len(mine)} owed, {dict(Counter(d['status'] for d in mine))}, attempts each "
+                     f"{dict(sorted(Counter(len(d['history']) for d in mine).items()))}, {sum(posts.values())} POSTs, "
+                     f"duplicates {duplicates}, attempts cut short by a kill {sum(beyond.values()) - duplicates}")
+        problems += [f"{name}: the callback of task {d['task_id']} never settled"
+                     for d in mine if d["status"] == "pending"]
+        if duplicates:
+            problems.append(f"{name}: {duplicates} delivered callbacks POSTed again")
+    return lines, problems
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=4)
@@ -165,41 +211,48 @@ def main() -> int:
         key = service.key()
         service.start()
         faults: list[str] = []
-        with Load(service.base_url, key, args.clients) as load:
-            time.sleep(pause)
-            service.signal(signal.SIGKILL)
-            service.start()
-            faults.append("SIGKILL of the service, restarted")
-            time.sleep(pause)
-            code = service.signal(signal.SIGTERM)
-            faults.append(f"SIGTERM of the service (exit status {code}), restarted")
-            service.start()
-            time.sleep(pause)
-            worker = service.worker_pid()
-            if worker:
-                os.kill(worker, signal.SIGKILL)
-                faults.append(f"SIGKILL of the worker process {worker}")
-            time.sleep(pause)
-            files = data / "files"
-            files.rename(data / "files-away")
-            files.write_bytes(b"")
-            time.sleep(pause / 2)
-            files.unlink()
-            (data / "files-away").rename(files)
-            faults.append(f"output folder unwritable for {pause / 2:.0f} s")
-            time.sleep(pause)
-            holder = sqlite3.connect(data / "fluxhost.db", isolation_level=None)
-            holder.execute("BEGIN EXCLUSIVE")
-            time.sleep(pause)
-            holder.rollback()
-            holder.close()
-            faults.append(f"database write-locked for {pause:.0f} s")
-            time.sleep(pause)
+        with Receiver() as prompt, DrippingReceiver("body", 0.5) as dripping, \
+                DrippingReceiver("headers", 0.5) as stalling:
+            with Load(service.base_url, key, args.clients, [prompt.url, dripping.url, stalling.url]) as load:
+                time.sleep(pause)
+                service.signal(signal.SIGKILL)
+                service.start()
+                faults.append("SIGKILL of the service, restarted")
+                time.sleep(pause)
+                code = service.signal(signal.SIGTERM)
+                faults.append(f"SIGTERM of the service (exit status {code}), restarted")
+                service.start()
+                time.sleep(pause)
+                worker = service.worker_pid()
+                if worker:
+                    os.kill(worker, signal.SIGKILL)
+                    faults.append(f"SIGKILL of the worker process {worker}")
+                time.sleep(pause)
+                files = data / "files"
+                files.rename(data / "files-away")
+                files.write_bytes(b"")
+                time.sleep(pause / 2)
+                files.unlink()
+                (data / "files-away").rename(files)
+                faults.append(f"output folder unwritable for {pause / 2:.0f} s")
+                time.sleep(pause)
+                holder = sqlite3.connect(data / "fluxhost.db", isolation_level=None)
+                holder.execute("BEGIN EXCLUSIVE")
+                time.sleep(pause)
+                holder.rollback()
+                holder.close()
+                faults.append(f"database write-locked for {pause:.0f} s")
+                time.sleep(pause)
 
-        tasks = TaskStore(Database(f"sqlite:///{data / 'fluxhost.db'}"))
-        accepted = sorted(load.accepted)
-        unfinished = wait_until_all_end(tasks, accepted, 120)
-        service.signal(signal.SIGTERM)
+            database = Database(f"sqlite:///{data / 'fluxhost.db'}")
+            tasks = TaskStore(database)
+            accepted = sorted(load.accepted)
+            unfinished = wait_until_all_end(tasks, accepted, 120)
+            owed = wait_until_settled(Deliveries(database), 120)
+            callbacks, callback_problems = count_callbacks(
+                owed, {"prompt receiver": prompt, "receiver dripping its body": dripping,
+                       "receiver never finishing its headers": stalling})
+            service.signal(signal.SIGTERM)
 
         outcomes: Counter[str] = Counter()
         problems: list[str] = []
@@ -238,12 +291,17 @@ def main() -> int:
         for outcome, count in sorted(outcomes.items()):
             print(f"  {outcome}: {count}")
         print(f"runs per task: {dict(sorted(attempts.items()))}")
+        print("callbacks:")
+        for line in callbacks:
+            print(line)
+        problems += callback_problems
         if problems:
             print(f"LOST OR DOUBLED ({len(problems)}):")
             for problem in problems[:50]:
                 print(f"  {problem}")
             return 1
-        print("every accepted task ended exactly once; one file per output, no orphan files")
+        print("every accepted task ended exactly once; one file per output, no orphan files; "
+              "every callback settled, none POSTed again once delivered")
         return 0
 
 

@@ -239,3 +239,42 @@ class Receiver(LoopbackServer):
             assert time.monotonic() < deadline, f"{len(self.requests)} of {count} callbacks arrived"
             time.sleep(0.02)
         return self.requests
+
+
+class DrippingReceiver(LoopbackServer):
+    """A callback receiver that answers as slowly as it can: ``"body"`` sends ``200`` with a
+    100,000-byte Content-Length, then one byte of it per ``interval``; ``"headers"`` sends its status
+    line, then one byte of a header per ``interval``, never finishing the headers. Records every
+    request's arrival and headers."""
+
+    def __init__(self, drip: str, interval: float = 0.25):
+        self.requests: list[dict[str, Any]] = []
+        self.stopping = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 - the http.server hook's name
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                receiver.requests.append({"time": time.monotonic(), "headers": dict(self.headers)})
+                if drip == "body":
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+                else:
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                try:
+                    while not receiver.stopping.wait(interval):
+                        self.wfile.write(b"a")
+                        self.wfile.flush()
+                except OSError:  # the sender gave up and closed the connection
+                    pass
+                self.close_connection = True
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        super().__init__(Handler, "/hook")
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        super().__exit__(*exc)

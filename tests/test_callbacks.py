@@ -7,15 +7,23 @@ import ipaddress
 import json
 import socket
 import time
+from collections import Counter
 
 import pytest
 from typer.testing import CliRunner
 
+from fluxhost.auth import Authenticator
 from fluxhost.callbacks.poster import WebhookPoster
 from fluxhost.cli import app
+from fluxhost.orders import WorkOrder
 from fluxhost.signing import KeyMode, sign_webhook
+from fluxhost.store.database import Database
+from fluxhost.store.deliveries import Attempt, Deliveries, owe_callback
+from fluxhost.store.keys import KeyStore
+from fluxhost.store.nonces import NonceStore
+from fluxhost.store.tasks import TaskStore
 from fluxhost.urlguard import Allowlist, PinnedUrl, UrlRefused, check_public_url
-from tests.helpers import SLUG, LiveServer, ProtocolClient, Receiver
+from tests.helpers import SLUG, DrippingReceiver, LiveServer, ProtocolClient, Receiver
 
 
 def verify(request: dict, webhook_secret: str) -> dict:
@@ -121,6 +129,60 @@ def test_a_delivery_survives_a_restart(make_settings):
     assert delivery["status"] == "delivered" and [a["status_code"] for a in delivery["history"]] == [503, 200]
 
 
+def test_slow_receivers_hold_back_only_their_own_callbacks(make_settings):
+    """One receiver drips its answer's body, one never finishes its headers, one answers at once:
+    the prompt one is called back at once, every callback is one successful POST, and the stalled
+    ones are tried exactly three times, each attempt cut at the deadline."""
+    settings = make_settings(callback_allowlist="127.0.0.1", callback_timeout_seconds=1.0, callback_max_attempts=3,
+                             callback_backoff_seconds=0.2)
+    with DrippingReceiver("body") as dripping, DrippingReceiver("headers") as stalling, Receiver() as prompt, \
+            LiveServer(settings) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        dripped = [client.run(callbackUrl=dripping.url)["taskid"] for _ in range(4)]
+        stalled = [client.run(callbackUrl=stalling.url)["taskid"] for _ in range(4)]
+        answered = client.run(callbackUrl=prompt.url)["taskid"]
+        client.wait(answered)
+        ended = time.monotonic()
+        [request] = prompt.wait_for(1)
+        assert request["time"] - ended < settings.callback_timeout_seconds
+        for taskid in dripped:
+            assert [a["statuscode"] for a in wait_delivery(client, taskid, "delivered")["callbackattempts"]] == ["200"]
+        for taskid in stalled:
+            attempts = wait_delivery(client, taskid, "failed")["callbackattempts"]
+            assert [a["attempt"] for a in attempts] == ["1", "2", "3"]
+            assert all(a["error"].startswith("no answer within 1 s") for a in attempts)
+            assert all(float(a["seconds"]) < settings.callback_timeout_seconds + 0.5 for a in attempts)
+        time.sleep(0.5)  # nothing more arrives
+    assert list(Counter(r["headers"]["webhook-id"] for r in dripping.requests).values()) == [1, 1, 1, 1]
+    assert list(Counter(r["headers"]["webhook-id"] for r in stalling.requests).values()) == [3, 3, 3, 3]
+    assert len(prompt.requests) == 1
+
+
+def test_an_attempt_whose_claim_was_taken_over_records_nothing(database_url, tmp_path):
+    """A post that outlives its claim lets a second sender claim the delivery: what the first one
+    learns is not recorded, attempts are numbered without repeats, and a delivered row stays so."""
+    db = Database(database_url or f"sqlite:///{tmp_path / 'db.sqlite'}")
+    db.migrate()
+    project_id = Authenticator(KeyStore(db), NonceStore(db), 3600, 3600).authenticate(
+        KeyStore(db).create(KeyMode.KEY_ONLY).api_key, None, None).project_id
+    order = WorkOrder(prompt="a fox", width=64, height=64, seed=1, output_format="png", aspect_ratio="1:1")
+    task = TaskStore(db).create(project_id, SLUG, {}, order, callback_url="http://hooks.example.com/x")
+    with db.write() as connection:
+        owe_callback(connection, task.id, 1000.0)
+    deliveries = Deliveries(db)
+    [(delivery_id, _)] = deliveries.due(1000.0)
+    first = deliveries.claim(delivery_id, 1000.0, hold_until=1010.0)
+    assert deliveries.claim(delivery_id, 1005.0, hold_until=1015.0) is None  # held
+    second = deliveries.claim(delivery_id, 1011.0, hold_until=1021.0)  # the first claim ran out
+    assert first is not None and second is not None and second.attempts == first.attempts == 0
+    assert deliveries.record(second, Attempt(1011.0, 0.1, 200, ""), "delivered", 1011.1)
+    assert not deliveries.record(first, Attempt(1000.0, 12.0, None, "timed out"), "pending", 1030.0)
+    assert deliveries.due(2000.0) == []
+    [listed] = deliveries.list(task.id)
+    assert listed["status"] == "delivered" and [a["attempt"] for a in listed["history"]] == [1]
+    assert [a["status_code"] for a in listed["history"]] == [200]
+
+
 @pytest.mark.parametrize(
     "url",
     ["http://127.0.0.1:9/hook", "http://localhost/hook", "http://10.1.2.3/hook", "http://192.168.0.7/x",
@@ -160,7 +222,7 @@ def test_a_connection_goes_to_the_address_that_was_checked(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", one_answer)
     with Receiver() as receiver:
         port = receiver.server.server_address[1]
-        poster = WebhookPoster(Allowlist.parse("hooks.example.test"), timeout_seconds=5)
+        poster = WebhookPoster(Allowlist.parse("hooks.example.test"), deadline_seconds=5)
         secret = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
         outcome = poster.post(f"http://hooks.example.test:{port}/hook", "msg_1", secret, b"{}")
     assert outcome.delivered and lookups == ["hooks.example.test"]

@@ -62,7 +62,8 @@ class Service:
         self.callbacks = CallbackSender(
             Deliveries(self.db), self.tasks, self.events, self.callback_body,
             WebhookPoster(self.url_allowlist, settings.callback_timeout_seconds),
-            settings.callback_max_attempts, settings.callback_backoff_seconds, self.metrics.callback_attempts,
+            settings.callback_max_attempts, settings.callback_backoff_seconds, settings.callback_per_origin,
+            self.metrics.callback_attempts,
         )
         self.worker_id = worker_id or new_worker_id()
         self.runtime: Runtime | None = None  # with worker threads in this process

@@ -254,7 +254,13 @@ class Settings(BaseSettings):
     callback_backoff_seconds: float = Field(
         default=30.0, gt=0, description="Wait after the first failed attempt; doubles after each (10 attempts: ~4 h)."
     )
-    callback_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    callback_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=120,
+        description="Whole time one callback attempt may take: connecting, sending and the answer's headers.",
+    )
+    callback_per_origin: int = Field(
+        default=2, ge=1, le=8, description="Callbacks in flight at once to one receiver (scheme, host and port)."
+    )
     input_max_bytes: int = Field(default=20_000_000, ge=10_000, description="Largest input image file.")
     input_max_pixels: int = Field(
         default=25_000_000, ge=10_000, description="Most pixels an input image may have (decompression-bomb guard)."

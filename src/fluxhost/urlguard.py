@@ -1,10 +1,11 @@
 """The guard against server-side request forgery, for every URL a client makes the server call.
 
 A self-hosted server sits inside someone's network: a URL a key holder supplies (a callback, and
-later an input image) must not reach loopback, private, link-local, multicast or reserved
-addresses unless the operator allow-lists them. Checked when the URL is given and again before
-each connection, since DNS answers can change in between; and the connection goes to the address
-that was checked (:class:`PinnedUrl`), so a second DNS answer (rebinding) never gets a say.
+later an input image) must not reach loopback, private, link-local, multicast, reserved or other
+special-purpose addresses (:func:`is_public_address`) unless the operator allow-lists them.
+Checked when the URL is given and again before each connection, since DNS answers can change in
+between; and the connection goes to the address that was checked (:class:`PinnedUrl`), so a second
+DNS answer (rebinding) never gets a say.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from fluxhost.address_registry import IPV4_MULTICAST, IPV6_GLOBAL_UNICAST, Address, special_purpose_block
+
 MAX_URL_LENGTH = 2083
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+NAT64_WELL_KNOWN_PREFIX = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 class UrlRefused(ValueError):
@@ -50,10 +53,40 @@ class Allowlist:
         return host.lower().rstrip(".") in self.hosts or any(address in network for network in self.networks)
 
 
-def _is_public(address: Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+def is_public_address(address: Address) -> bool:
+    """Whether the server may call ``address`` without the allowlist, by the IANA registries
+    (:mod:`fluxhost.address_registry`) rather than Python's ``is_global``, which called 192.0.0.8,
+    the NAT64 and 6to4 prefixes, ``::a.b.c.d`` and ``fec0::/10`` public.
+
+    An address in no special-purpose entry is public if it is unicast: outside IPv4 multicast
+    (224.0.0.0/4), and for IPv6 inside 2000::/3, the one block IANA allocates global unicast from;
+    that refuses the deprecated IPv4-compatible ``::a.b.c.d`` (RFC 4291) and site-local fec0::/10
+    (RFC 3879), multicast ff00::/8 and the space the IETF keeps reserved.
+
+    An address in a special-purpose entry is refused, even where the entry's "Globally Reachable"
+    column says True, with one exception below. Those entries are anycast service addresses (PCP,
+    TURN, DNS-SD registration, AMT, AS112), which the nearest instance answers, often a router or
+    server of the very network this server sits in, and identifiers that locate nothing (ORCHIDv2,
+    drone tags); no callback or image host lives at one. Where the column says N/A, the 6to4
+    (2002::/16) and Teredo (2001::/32) tunnels are refused whole rather than decoded: a packet to
+    them goes on to an IPv4 address through relays this server cannot see. The local-use NAT64
+    prefix 64:ff9b:1::/48 may hold its IPv4 address at several places (RFC 6052, section 2.2), so
+    it is refused whole too.
+
+    The IPv4 address inside decides twice: an IPv4-mapped address (::ffff:0:0/96) is judged as the
+    IPv4 address it maps, since a connection to it goes there; and one in the NAT64 well-known
+    prefix (64:ff9b::/96) is public when its last 32 bits are, as the translator forwards to them.
+    That prefix is not refused whole: a server on an IPv6-only network reaches every IPv4-only host
+    through it (DNS64 answers with it).
+    """
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    return address.is_global and not address.is_multicast
+    entry = special_purpose_block(address)
+    if entry is None:
+        return address not in IPV4_MULTICAST if address.version == 4 else address in IPV6_GLOBAL_UNICAST
+    if entry.network == NAT64_WELL_KNOWN_PREFIX:
+        return is_public_address(ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF))
+    return False
 
 
 @dataclass(frozen=True)
@@ -91,7 +124,7 @@ def check_public_url(url: str, allowlist: Allowlist) -> PinnedUrl:
         raise UrlRefused(f"host {host} cannot be resolved") from None
     addresses = [ipaddress.ip_address(sockaddr[0].split("%")[0]) for *_, sockaddr in found]
     for address in addresses:
-        if not _is_public(address) and not allowlist.admits(host, address):
+        if not is_public_address(address) and not allowlist.admits(host, address):
             raise UrlRefused(
                 f"points to a non-public address ({address}); "
                 "the server admits such hosts only through FLUXHOST_CALLBACK_ALLOWLIST"

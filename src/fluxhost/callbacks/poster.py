@@ -1,8 +1,14 @@
-"""One callback attempt: the body signed the Standard Webhooks way, posted with bounded time and
-reads, never following redirects, the URL checked against the SSRF guard right before."""
+"""One callback attempt: the body signed the Standard Webhooks way, posted with one total deadline,
+never following redirects, the URL checked against the SSRF guard right before.
+
+The deadline covers the whole attempt (the address check, connecting, sending, and the answer's
+status line and headers): a receiver that drips its answer a byte at a time cannot hold a sender
+longer than it. The answer's body is never read, since its status is all a callback needs.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -10,8 +16,6 @@ import httpx
 
 from fluxhost.signing import sign_webhook
 from fluxhost.urlguard import Allowlist, UrlRefused, check_public_url
-
-MAX_RESPONSE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -29,17 +33,36 @@ class Outcome:
 
 
 class WebhookPoster:
-    def __init__(self, allowlist: Allowlist, timeout_seconds: float):
+    def __init__(self, allowlist: Allowlist, deadline_seconds: float):
         self.allowlist = allowlist
-        self.timeout = httpx.Timeout(timeout_seconds, connect=min(5.0, timeout_seconds))
+        self.deadline_seconds = deadline_seconds
 
     def post(self, url: str, message_id: str, secret: str, body: bytes) -> Outcome:
+        """POST ``body`` to ``url``, all of it within the deadline (blocks the calling thread)."""
+        started = time.monotonic()
         try:
             pinned = check_public_url(url, self.allowlist)  # again: DNS may have changed since Run
         except UrlRefused as error:
             return Outcome(None, f"the callback URL {error}", retry=False)
+        timed_out = Outcome(None, f"no answer within {self.deadline_seconds:g} s", retry=True)
+        left = self.deadline_seconds - (time.monotonic() - started)
+        if left <= 0:
+            return timed_out
+        try:
+            code = asyncio.run(asyncio.wait_for(self._status_of_post(pinned.request(), message_id, secret, body),
+                                                left))
+        except TimeoutError:
+            return timed_out
+        except httpx.HTTPError as error:
+            return Outcome(None, f"{type(error).__name__}: {error}", retry=True)
+        if 200 <= code < 300:
+            return Outcome(code, "", retry=False)
+        if 300 <= code < 400:
+            return Outcome(code, "redirects are not followed", retry=False)
+        return Outcome(code, f"HTTP {code}", retry=code == 429 or code >= 500)
+
+    async def _status_of_post(self, target: dict, message_id: str, secret: str, body: bytes) -> int:
         timestamp = int(time.time())
-        target = pinned.request()
         headers = {
             **target["headers"],
             "content-type": "application/json",
@@ -48,22 +71,7 @@ class WebhookPoster:
             "webhook-timestamp": str(timestamp),
             "webhook-signature": sign_webhook(secret, message_id, timestamp, body),
         }
-        try:
-            with httpx.Client(timeout=self.timeout, follow_redirects=False) as client, client.stream(
-                "POST", target["url"], content=body, headers=headers, extensions=target["extensions"]
-            ) as response:
-                read = 0
-                for chunk in response.iter_bytes():
-                    read += len(chunk)
-                    if read >= MAX_RESPONSE_BYTES:
-                        break
-        except httpx.TimeoutException:
-            return Outcome(None, "timed out", retry=True)
-        except httpx.HTTPError as error:
-            return Outcome(None, f"{type(error).__name__}: {error}", retry=True)
-        code = response.status_code
-        if 200 <= code < 300:
-            return Outcome(code, "", retry=False)
-        if 300 <= code < 400:
-            return Outcome(code, "redirects are not followed", retry=False)
-        return Outcome(code, f"HTTP {code}", retry=code == 429 or code >= 500)
+        async with httpx.AsyncClient(timeout=self.deadline_seconds, follow_redirects=False) as client, \
+                client.stream("POST", target["url"], content=body, headers=headers,
+                              extensions=target["extensions"]) as response:
+            return response.status_code

@@ -1,7 +1,13 @@
 """When callbacks are sent: a thread that claims the deliveries the database says are due and
 posts them from a small pool, retrying with exponential backoff and jitter until delivered or
-given up. A task's end wakes it at once; it also looks every few seconds, which finds the
-deliveries owed by tasks that ended in other processes."""
+given up. A task's end wakes it at once, and so does a post's end; it also looks every few seconds,
+which finds the deliveries owed by tasks that ended in other processes.
+
+A delivery is claimed only when a sender is free to post it at once, and for longer than a post
+may last (the poster's deadline plus :data:`CLAIM_MARGIN_SECONDS`), so no other sender takes it
+while it is in flight. At most ``per_origin`` posts go to one origin (scheme, host, port) at a
+time: receivers that answer slowly hold at most that many senders each, and the rest go on.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,11 @@ import logging
 import random
 import threading
 import time
+from collections import Counter as Tally
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 from prometheus_client import Counter
 
@@ -25,7 +33,8 @@ from fluxhost.store.tasks import TaskStore
 
 log = logging.getLogger(__name__)
 
-SENDERS = 4
+SENDERS = 8
+CLAIM_MARGIN_SECONDS = 30.0  # beyond the post's deadline: rendering the body, recording the attempt
 PASS_INTERVAL = 0.05  # passes over due deliveries are at least this far apart: task ends coalesce
 IDLE_SECONDS = 5.0
 CALLBACK_OUTCOMES = {"delivered": "delivered", "pending": "retrying", "failed": "failed"}
@@ -41,17 +50,22 @@ class CallbackSender:
         poster: WebhookPoster,
         max_attempts: int,
         backoff_seconds: float,
+        per_origin: int,
         attempts_counter: Counter | None = None,
     ):
         """``render`` makes a task into the callback's body (the hosted protocol's Task/Detail answer);
-        ``attempts_counter`` (labelled by outcome) counts the POSTs made."""
+        ``per_origin`` bounds the posts in flight to one origin; ``attempts_counter`` (labelled by
+        outcome) counts the POSTs made."""
         self.deliveries = deliveries
         self.tasks = tasks
         self.render = render
         self.poster = poster
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
+        self.per_origin = per_origin
         self.attempts_counter = attempts_counter
+        self._in_flight: Tally[str] = Tally()
+        self._in_flight_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -80,9 +94,9 @@ class CallbackSender:
     def _loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                for delivery in self.deliveries.claim_due(time.time()):
-                    self._pool.submit(self._deliver, delivery)
-                wait = self.deliveries.seconds_to_next(IDLE_SECONDS)
+                now = time.time()
+                self._start_due(now)
+                wait = self.deliveries.seconds_to_next(now, IDLE_SECONDS)
             except Exception:
                 log.exception("callback pass failed")
                 wait = 1.0
@@ -90,11 +104,32 @@ class CallbackSender:
             self._wake.wait(max(0.0, wait - PASS_INTERVAL))
             self._wake.clear()
 
-    def _deliver(self, delivery: DueDelivery) -> None:
+    def _start_due(self, now: float) -> None:
+        """Claim and start the due deliveries there are free senders for, origin by origin."""
+        hold_until = now + self.poster.deadline_seconds + CLAIM_MARGIN_SECONDS
+        for delivery_id, url in self.deliveries.due(now):
+            origin = origin_of(url)
+            with self._in_flight_lock:
+                if self._in_flight.total() >= SENDERS:
+                    return
+                if self._in_flight[origin] >= self.per_origin:
+                    continue
+            delivery = self.deliveries.claim(delivery_id, now, hold_until)
+            if delivery is None:
+                continue
+            with self._in_flight_lock:
+                self._in_flight[origin] += 1
+            self._pool.submit(self._deliver, delivery, origin)
+
+    def _deliver(self, delivery: DueDelivery, origin: str) -> None:
         try:
             self._attempt(delivery)
         except Exception:
             log.exception("callback delivery %s failed unexpectedly", delivery.id)
+        finally:
+            with self._in_flight_lock:
+                self._in_flight[origin] -= 1
+            self._wake.set()
 
     def _attempt(self, delivery: DueDelivery) -> None:
         record = self.tasks.get(delivery.task_id)
@@ -109,11 +144,19 @@ class CallbackSender:
             status, next_at = "pending", finished + self.delay_before(number)
         else:
             status, next_at = "failed", finished
-        self.deliveries.record(delivery, Attempt(started, finished - started, outcome.status_code, outcome.error),
-                               status, next_at)
+        if not self.deliveries.record(delivery, Attempt(started, finished - started, outcome.status_code,
+                                                        outcome.error), status, next_at):
+            log.warning("callback for task %s, attempt %s: its claim was taken over, the outcome (%s) is not "
+                        "recorded", delivery.task_id, number, outcome.status_code or outcome.error)
+            return
         log.info("callback for task %s, attempt %s: %s %s", delivery.task_id, number,
                  outcome.status_code or "-", status)
         if self.attempts_counter is not None:
             self.attempts_counter.labels(CALLBACK_OUTCOMES[status]).inc()
-        if status == "pending":
-            self._wake.set()
+
+
+def origin_of(url: str) -> str:
+    """Where a URL's requests go: scheme, host and port (the default port made explicit)."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"

@@ -11,13 +11,14 @@ values and trailing commas; every scalar stays a string), whatever the header sa
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
 import yaml
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 from starlette.datastructures import Headers
 from starlette.formparsers import MultiPartParser
 from starlette.requests import Request
@@ -37,6 +38,30 @@ class BodyError(ValueError):
     """A body that cannot be read as parameters."""
 
 
+class NonFiniteNumber(BodyError):
+    """A JSON body holding NaN, Infinity or a number past a double's range (1e400): Python reads
+    them, but no JSON encoder writes them back, so a task that stored one could never be shown."""
+
+    def __init__(self, literal: str):
+        super().__init__(f"{literal} is not a finite number")
+
+
+def _finite_float(literal: str) -> float:
+    number = float(literal)
+    if not math.isfinite(number):
+        raise NonFiniteNumber(literal)
+    return number
+
+
+def _no_constant(literal: str) -> float:
+    raise NonFiniteNumber(literal)
+
+
+def loads_finite(text: str) -> Any:
+    """``json.loads``, refusing non-finite numbers (:class:`NonFiniteNumber`)."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+
+
 class BodyTooLarge(Exception):
     def __init__(self, limit: int):
         super().__init__(f"The request body is too large: at most {limit} bytes.")
@@ -45,9 +70,12 @@ class BodyTooLarge(Exception):
 
 def parse_object_text(text: str) -> dict[str, Any]:
     """A ``{...}`` body, strict JSON first, then lenient (small bodies only: the lenient parser is
-    slow, and what needs it is a hand-typed line)."""
+    slow, and what needs it is a hand-typed line). JSON with a non-finite number is refused, not
+    read leniently: it is JSON, and what it says cannot be kept."""
     try:
-        value = json.loads(text)
+        value = loads_finite(text)
+    except NonFiniteNumber:
+        raise
     except RecursionError as error:
         raise BodyError("body nested too deeply") from error
     except ValueError:
@@ -135,8 +163,11 @@ async def _parameters(raw: bytes, headers: Headers) -> dict[str, Any]:
 
 
 class StorableText(BaseModel):
-    """A request model (a door's body) whose text can be stored and sent back: refused, in the
-    door's validation shape, when it holds a NUL character or a lone surrogate."""
+    """A request model (a door's body) whose values can be stored and sent back: refused, in the
+    door's validation shape, when its text holds a NUL character or a lone surrogate, or a number
+    is not finite (NaN, Infinity, also written as text)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _storable(self) -> StorableText:

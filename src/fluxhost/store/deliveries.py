@@ -3,10 +3,16 @@
 A delivery is owed in the transaction that ends its task (:func:`owe_callback`), so a crash can
 lose neither the end nor its callback; the sender claims due deliveries, posts them and records
 each attempt here.
+
+A claim holds a delivery for a while (longer than a post may take) under a fresh token, and an
+attempt is recorded only by the holder of the row's current token, in the same statement that
+ends the claim: a sender whose claim was taken over records nothing, an attempt's number is never
+written twice, and a delivered or failed row never changes again.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -15,8 +21,6 @@ from sqlalchemy import Connection, Row, bindparam, func, insert, literal, select
 
 from fluxhost.store.database import Database
 from fluxhost.store.schema import Project, attempts, deliveries, tasks
-
-CLAIM_SECONDS = 120.0  # a delivery being sent is not due again before this (a crash mid-send)
 
 _OWE_CALLBACK = insert(deliveries).from_select(
     ["task_id", "url", "status", "attempts", "next_attempt_at", "created_at"],
@@ -51,6 +55,7 @@ class DueDelivery:
     url: str
     attempts: int
     webhook_secret: str
+    claim: str
 
 
 @dataclass(frozen=True)
@@ -64,63 +69,71 @@ class Attempt:
 
 
 class Deliveries:
-    """The sender's side: claim what is due, record what happened."""
+    """The sender's side: find what is due, claim it, record what happened."""
 
     def __init__(self, db: Database):
         self._db = db
 
-    def claim_due(self, now: float, limit: int = 100) -> list[DueDelivery]:
-        """Deliveries due by ``now``, each claimed by pushing its next attempt :data:`CLAIM_SECONDS`
-        ahead, so that no other sender takes it meanwhile."""
+    def due(self, now: float, limit: int = 10_000) -> list[tuple[int, str]]:
+        """Deliveries due by ``now`` (id and URL), the longest waiting first. Many, not a page: the
+        sender skips those whose receiver is busy, and what is due behind a backlog for one
+        receiver must still be found."""
         with self._db.read() as connection:
-            due = connection.execute(
-                select(deliveries.c.id).where(deliveries.c.status == "pending", deliveries.c.next_attempt_at <= now)
+            return [tuple(row) for row in connection.execute(
+                select(deliveries.c.id, deliveries.c.url)
+                .where(deliveries.c.status == "pending", deliveries.c.next_attempt_at <= now)
                 .order_by(deliveries.c.next_attempt_at).limit(limit)
-            ).scalars().all()
-        claimed = []
-        for delivery_id in due:
-            with self._db.write() as connection:
-                if connection.execute(
-                    update(deliveries)
-                    .where(deliveries.c.id == delivery_id, deliveries.c.status == "pending",
-                           deliveries.c.next_attempt_at <= now)
-                    .values(next_attempt_at=now + CLAIM_SECONDS)
-                ).rowcount:
-                    claimed.append(self._due(connection, delivery_id))
-        return claimed
+            )]
 
-    def _due(self, connection: Connection, delivery_id: int) -> DueDelivery:
-        row = connection.execute(
-            select(deliveries.c.id, deliveries.c.task_id, deliveries.c.url, deliveries.c.attempts,
-                   Project.webhook_secret)
-            .join(tasks, tasks.c.id == deliveries.c.task_id)
-            .join(Project, Project.id == tasks.c.project_id)
-            .where(deliveries.c.id == delivery_id)
-        ).one()
-        return DueDelivery(*row)
+    def claim(self, delivery_id: int, now: float, hold_until: float) -> DueDelivery | None:
+        """Take a due delivery until ``hold_until`` (no other sender takes it before), or None
+        when another sender took it first."""
+        token = secrets.token_hex(16)
+        with self._db.write() as connection:
+            if not connection.execute(
+                update(deliveries)
+                .where(deliveries.c.id == delivery_id, deliveries.c.status == "pending",
+                       deliveries.c.next_attempt_at <= now)
+                .values(next_attempt_at=hold_until, claim=token)
+            ).rowcount:
+                return None
+            row = connection.execute(
+                select(deliveries.c.id, deliveries.c.task_id, deliveries.c.url, deliveries.c.attempts,
+                       Project.webhook_secret)
+                .join(tasks, tasks.c.id == deliveries.c.task_id)
+                .join(Project, Project.id == tasks.c.project_id)
+                .where(deliveries.c.id == delivery_id)
+            ).one()
+        return DueDelivery(*row, claim=token)
 
-    def seconds_to_next(self, longest: float) -> float:
-        """How long until the next pending delivery is due, at most ``longest``."""
+    def seconds_to_next(self, now: float, longest: float) -> float:
+        """How long until the next pending delivery not yet due at ``now`` falls due, at most
+        ``longest`` (those due already wait for a sender to be free, which wakes the sender)."""
         with self._db.read() as connection:
             upcoming = connection.execute(
-                select(func.min(deliveries.c.next_attempt_at)).where(deliveries.c.status == "pending")
+                select(func.min(deliveries.c.next_attempt_at))
+                .where(deliveries.c.status == "pending", deliveries.c.next_attempt_at > now)
             ).scalar()
         return longest if upcoming is None else min(longest, max(0.0, upcoming - time.time()))
 
-    def record(self, delivery: DueDelivery, attempt: Attempt, status: str, next_attempt_at: float) -> None:
-        """Store an attempt and where the delivery stands after it (pending, delivered, failed)."""
+    def record(self, delivery: DueDelivery, attempt: Attempt, status: str, next_attempt_at: float) -> bool:
+        """Store an attempt and where the delivery stands after it (pending, delivered, failed),
+        ending the claim; False, with nothing stored, when ``delivery``'s claim is no longer held."""
         with self._db.write() as connection:
+            if not connection.execute(
+                update(deliveries)
+                .where(deliveries.c.id == delivery.id, deliveries.c.status == "pending",
+                       deliveries.c.claim == delivery.claim)
+                .values(status=status, attempts=delivery.attempts + 1, next_attempt_at=next_attempt_at, claim="",
+                        finished_at=None if status == "pending" else attempt.started_at + attempt.duration)
+            ).rowcount:
+                return False
             connection.execute(
                 insert(attempts).values(delivery_id=delivery.id, number=delivery.attempts + 1,
                                         started_at=attempt.started_at, duration=attempt.duration,
                                         status_code=attempt.status_code, error=attempt.error)
             )
-            connection.execute(
-                update(deliveries).where(deliveries.c.id == delivery.id).values(
-                    status=status, attempts=delivery.attempts + 1, next_attempt_at=next_attempt_at,
-                    finished_at=None if status == "pending" else attempt.started_at + attempt.duration,
-                )
-            )
+        return True
 
     def list(self, task_id: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """Deliveries, newest first, each with its attempts (for ``fluxhost callbacks list``)."""

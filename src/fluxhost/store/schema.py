@@ -139,6 +139,7 @@ class CallbackDelivery(Base):
     status: Mapped[str] = mapped_column(String(16), index=True)  # pending, delivered, failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[float] = mapped_column(Float, index=True)
+    claim: Mapped[str] = mapped_column(String(32), default="")  # the token of the sender posting it now
     created_at: Mapped[float] = mapped_column(Float)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 

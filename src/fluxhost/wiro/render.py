@@ -8,6 +8,7 @@ a Task/Detail answer); nothing else renders the protocol's strings.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from fluxhost.events import Progress, TaskEvent
@@ -56,6 +57,16 @@ def render_callback_attempt(attempt: AttemptView) -> dict[str, str]:
     }
 
 
+def writable_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """A task's inputs as sent, every value one JSON can carry: a NaN or Infinity kept before the
+    doors refused them is shown as its text, so that one task can never take a list down."""
+    try:
+        json.dumps(parameters, allow_nan=False)
+        return dict(parameters)
+    except ValueError:
+        return json.loads(json.dumps(parameters), parse_constant=str)
+
+
 def render_task(task: TaskView, files: FileStore, model_description: str = "") -> dict[str, Any]:
     owner, _, project = task.model_slug.partition("/")
     outputs = [render_output(output, task, files) for output in task.outputs]
@@ -64,7 +75,7 @@ def render_task(task: TaskView, files: FileStore, model_description: str = "") -
         "id": str(task.id),
         "uuid": task.uuid,
         "socketaccesstoken": task.socket_token,
-        "parameters": dict(task.parameters),
+        "parameters": writable_parameters(task.parameters),
         "debugoutput": task.debug_output,
         "debugerror": task.debug_error,
         "starttime": seconds(task.start_time),
