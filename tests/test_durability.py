@@ -160,3 +160,43 @@ def test_tasks_ended_before_the_upgrade_keep_how_they_came_out(tmp_path):
     found: list[TaskView] = [tasks.get(task_id) for task_id in range(1, len(ended) + 1)]
     assert [task.outcome for task in found] == ["completed", "failed", "moderated", "moderated", "stopped", None]
     assert all(task.order == ORDER for task in found)
+
+
+def test_migration_0008_adds_the_uploads_table_as_the_schema_declares_it(tmp_path, database_url):
+    """Migration 0008 on a database at 0007 with a task in it: the uploads table, and the whole
+    schema matching the models; downgrading to 0007 takes it away again and leaves the task."""
+    from alembic import command
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlalchemy import inspect, text
+
+    from fluxhost.store.database import alembic_config
+    from fluxhost.store.schema import Base
+    from fluxhost.store.uploads import NewUpload, UploadStore
+
+    db = Database(database_url or f"sqlite:///{tmp_path / 'old.db'}")
+    config = alembic_config(str(db.engine.url))
+    with db.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0007")
+        connection.execute(text("INSERT INTO projects (id, name, webhook_secret, created_at) VALUES (1, 'p', 'w', 0)"))
+        connection.execute(text(
+            "INSERT INTO tasks (id, uuid, socket_token, project_id, model_slug, parameters, work_order, "
+            "callback_url, status, debug_output, debug_error, attempts, create_time) "
+            "VALUES (1, 'u1', 't1', 1, :slug, '{}', :order, '', 'task_queue', '', '', 0, 0)"),
+            {"slug": SLUG, "order": json.dumps(ORDER.encode())})
+    db.migrate()
+    with db.engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+    uploads = UploadStore(db)
+    upload = uploads.reserve(NewUpload(1, None, "a.png", "f" * 64, "upload.png", "image/png", 10), 0, now=5.0)
+    assert uploads.list(1, 0, 10) == (1, [upload])
+
+    with db.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0007")
+    assert "uploads" not in inspect(db.engine).get_table_names()
+    assert TaskStore(db).get(1).order == ORDER
+    db.migrate()
+    assert uploads.list(1, 0, 10) == (0, [])
+    db.dispose()

@@ -69,7 +69,8 @@ AUTH_MESSAGES = {UNKNOWN_KEY, SIGNATURE_REQUIRED, BAD_SIGNATURE}
 RUN_ENDPOINTS = (f"Run/{SLUG}", "Run/black-forest-labs/flux-pro-1-1", f"Run/{EDIT_SLUG}", "Run/nobody/nothing")
 TASK_ENDPOINTS = ("Task/Detail", "Task/Cancel", "Task/Kill", "Task/InputOutputDelete")
 LIST_ENDPOINTS = ("Task/List", "Tool/List", "Tool/Detail", "Tool/Explore")
-ENDPOINTS = (*RUN_ENDPOINTS, *TASK_ENDPOINTS, *LIST_ENDPOINTS, "File/Upload")
+FILE_ENDPOINTS = ("File/List", "File/Delete")
+ENDPOINTS = (*RUN_ENDPOINTS, *TASK_ENDPOINTS, *LIST_ENDPOINTS, *FILE_ENDPOINTS, "File/Upload")
 
 # What a stack trace or a Python exception's repr looks like in text.
 STACK_TEXT = re.compile(
@@ -267,7 +268,7 @@ PARAMETER_NAMES = (
     "prompt", "promptUpsampling", "safetyTolerance", "aspectRatio", "seed", "outputFormat", "steps", "guidance",
     "strength", "width", "height", "callbackUrl", "callbackurl", "inputImage", "inputImageUrl", "taskid",
     "tasktoken", "socketaccesstoken", "start", "limit", "order", "sort", "search", "categories", "slugowner",
-    "slugproject", "hideworkflows", "summary", "type", "modelName", "file",
+    "slugproject", "hideworkflows", "summary", "type", "modelName", "file", "fileid",
 )
 URL_PARAMETERS = ("callbackUrl", "callbackurl", "inputImageUrl", "inputImage")
 
@@ -682,6 +683,7 @@ PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "type": st.sampled_from(["model", "", "workflow"]),
     "modelName": st.sampled_from(["flux", "flux-pro-1.1", "FLUX-PRO-1-1", "%", "_"]) | texts,
     "callbackUrl": url_values, "callbackurl": url_values, "inputImageUrl": url_values, "inputImage": url_values,
+    "fileid": st.sampled_from(["0" * 32, "f" * 32, " ", 1, [], {}]) | nasty | texts,
 }
 PARAMETERS_OF = {
     "Run": ("prompt", "promptUpsampling", "safetyTolerance", "aspectRatio", "seed", "outputFormat", "steps",
@@ -691,6 +693,8 @@ PARAMETERS_OF = {
     "Tool/List": ("start", "limit", "search", "sort", "order", "categories", "slugowner", "hideworkflows", "summary"),
     "Tool/Detail": ("slugowner", "slugproject"),
     "Tool/Explore": ("start", "limit", "search"),
+    "File/List": ("start", "limit", "order"),
+    "File/Delete": ("fileid",),
 }
 ENCODINGS = st.sampled_from(["json", "json", "form", "multipart", "lenient"])
 
@@ -778,6 +782,12 @@ def test_list_and_tool_parameters(api, call, signed):
 
 
 @fuzz(40)
+@given(call=calls(FILE_ENDPOINTS), signed=st.booleans())
+def test_file_parameters(api, call, signed):
+    called(api, *call, signed)
+
+
+@fuzz(40)
 @given(file=FILE_CONTENTS, name=st.sampled_from(["file", "file", "inputImage", "File", ""]),
        filename=st.sampled_from(["a.png", "", "../x.png", "é"]), signed=st.booleans(),
        target=st.sampled_from(["File/Upload", f"Run/{EDIT_SLUG}"]))
@@ -796,6 +806,8 @@ def test_uploaded_files(api, file, name, filename, signed, target):
     if answer["result"] and target == "File/Upload":
         [stored] = answer["list"]
         assert api.send(httpx.URL(stored["url"]).path, method="GET").content == file
+        listed = api.call("File/List", b"{}", {**api.auth(project, False), "content-type": "application/json"})
+        assert listed["list"] == [stored]
 
 
 # --- what the searches found -------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """The service's use cases, for every door: who asks, run, look up, list, cancel, kill, delete
-files, upload, tools.
+files, uploads (keep, list, delete, expire), tools.
 
 Each operation takes who asks (a :class:`~fluxhost.auth.Caller`) and typed inputs, and returns
 typed results or raises an :class:`OperationError` saying why not, in no door's words. Doors parse
@@ -10,9 +10,11 @@ them off the event loop.
 
 from __future__ import annotations
 
+import errno
 import logging
 import secrets
 import time
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +29,7 @@ from fluxhost.statuses import Status
 from fluxhost.storage import FileStore
 from fluxhost.store.records import TaskView
 from fluxhost.store.tasks import ModelStats, StopResult, TaskRef, TaskStore
+from fluxhost.store.uploads import NewUpload, UploadStore, UploadView
 from fluxhost.tools import Catalog, Tool
 from fluxhost.tracing import context_carrier, current_span
 from fluxhost.urlguard import Allowlist, UrlRefused, check_public_url
@@ -35,6 +38,8 @@ log = logging.getLogger(__name__)
 
 PROMPT_MAX_CHARS = 10_000
 DEFAULT_ASPECT_RATIO = "16:9"  # a text-to-image Run that asks for no size
+UPLOAD_NAME_MAX_CHARS = 200
+NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})  # the disk, or the service's share of it, is full
 
 
 class OperationError(Exception):
@@ -91,16 +96,45 @@ class TaskNotEnded(OperationError):
     """Deleting the files of a task that is still queued or running."""
 
 
-@dataclass(frozen=True)
-class Upload:
-    """A file a caller stored for later Runs."""
+class UploadNotFound(OperationError):
+    """No upload by that id in the caller's project."""
 
-    id: str
-    name: str
-    content_type: str
-    size: int
-    url: str
-    added_at: float
+
+class UploadQuotaExceeded(OperationError):
+    """An upload that would take its project's uploads past the quota."""
+
+    def __init__(self, quota_bytes: int, used_bytes: int, size: int):
+        super().__init__(f"{size} more bytes would pass the quota of {quota_bytes} ({used_bytes} in use)")
+        self.quota_bytes = quota_bytes
+        self.used_bytes = used_bytes
+        self.size = size
+
+
+class StorageFailed(OperationError):
+    """A file could not be written (``no_room``: the disk is full); nothing of it was kept.
+    ``str(error)`` names the OS's error, not the file: its path holds the URL's secret part."""
+
+    def __init__(self, error: OSError):
+        super().__init__(f"a file could not be stored: {errno.errorcode.get(error.errno or 0, type(error).__name__)}")
+        self.no_room = error.errno in NO_ROOM_ERRNOS
+
+
+@dataclass(frozen=True)
+class UploadPage:
+    total: int
+    uploads: list[UploadView]
+
+
+def shown_name(sent: str, extension: str) -> str:
+    """An uploaded file's name as its client sent it, made fit to show: its last path part, any
+    run of white space one space, without control or invisible characters (a right-to-left
+    override can disguise an extension), at most :data:`UPLOAD_NAME_MAX_CHARS` characters;
+    ``upload.<extension>`` when nothing is left. Only ever shown, never used as a path."""
+    last = unicodedata.normalize("NFC", sent.replace("\\", "/").rsplit("/", 1)[-1])
+    spaced = " ".join(last.split())
+    visible = "".join(char for char in spaced if unicodedata.category(char)[0] != "C")
+    name = " ".join(visible.split())[:UPLOAD_NAME_MAX_CHARS].strip()
+    return name if name.strip(".") else f"upload.{extension}"
 
 
 @dataclass(frozen=True)
@@ -126,6 +160,7 @@ class Operations:
         self,
         auth: Authenticator,
         tasks: TaskStore,
+        uploads: UploadStore,
         files: FileStore,
         events: EventBus,
         dispatcher: Dispatcher,
@@ -137,10 +172,15 @@ class Operations:
         image_limits: ImageLimits = DEFAULT_LIMITS,
         task_limits: TaskLimits = NO_TASK_LIMITS,
         max_prompt_chars: int = PROMPT_MAX_CHARS,
+        upload_quota_bytes: int = 0,
+        upload_expiry_seconds: int = 0,
     ):
-        """``upsampling``: whether a prompt upsampler is configured."""
+        """``upsampling``: whether a prompt upsampler is configured; ``upload_quota_bytes``: what a
+        project's uploads may weigh together (0: no limit); ``upload_expiry_seconds``: how long an
+        upload is kept (0: until deleted)."""
         self.auth = auth
         self.tasks = tasks
+        self.uploads = uploads
         self.files = files
         self.events = events
         self.dispatcher = dispatcher
@@ -151,6 +191,8 @@ class Operations:
         self.image_limits = image_limits
         self.task_limits = task_limits
         self.max_prompt_chars = max_prompt_chars
+        self.upload_quota_bytes = upload_quota_bytes
+        self.upload_expiry_seconds = upload_expiry_seconds
 
     # --- who asks ------------------------------------------------------------------------
 
@@ -265,7 +307,7 @@ class Operations:
             order = order.model_copy(update={"trace": carrier})
         if image is not None:
             folder, name = self.files.new_folder(), f"input-0.{image.extension}"
-            self.files.save(folder, name, image.data)
+            self._save(folder, name, image.data)
             stored = FileRef(folder=folder, name=name, content_type=image.content_type, size=len(image.data))
             order = order.model_copy(update={"input_images": (stored,)})
             if request.image_parameter:
@@ -278,19 +320,75 @@ class Operations:
         self.dispatcher.notify(task.id, tool.slug)
         return task
 
-    def upload(self, caller: Caller, data: bytes, accept: Callable[[], None] = lambda: None) -> Upload:
-        """Keep an image (checked, then ``accept()`` as with :meth:`run`); its URL is a capability
-        (as output URLs are) that a later Run takes as its input image."""
+    def _save(self, folder: str, name: str, data: bytes) -> None:
+        """Write a file, or raise :class:`StorageFailed` (the store leaves no partial file)."""
+        try:
+            self.files.save(folder, name, data)
+        except OSError as error:
+            failure = StorageFailed(error)
+            log.warning("%s", failure)
+            raise failure from error
+
+    # --- uploads ------------------------------------------------------------------------
+
+    def upload(self, caller: Caller, data: bytes, sent_name: str = "",
+               accept: Callable[[], None] = lambda: None) -> UploadView:
+        """Keep an image for later Runs: checked, recorded within the project's quota, written, and
+        only then ``accept()``-ed (a door spends the request's nonce there), so a request refused
+        for any reason, a full disk included, may be sent again as it is, and leaves neither file
+        nor record. Its URL is a capability (as output URLs are) that a later Run takes as its
+        input image; ``sent_name`` (the client's file name) is only shown."""
         try:
             image = decode(data, self.image_limits)
         except ImageRefused as error:
             raise InvalidInput("upload", str(error)) from None
+        extension = image.extension
+        wanted = NewUpload(caller.project_id, caller.key_id, shown_name(sent_name, extension), self.files.new_folder(),
+                           f"upload.{extension}", image.content_type, len(image.data))
+        upload = self.uploads.reserve(wanted, self.upload_quota_bytes, time.time())
+        if upload is None:
+            raise UploadQuotaExceeded(self.upload_quota_bytes, self.uploads.bytes_used(caller.project_id),
+                                      wanted.size)
+        try:
+            self._save(upload.folder, upload.file_name, image.data)
+            accept()
+        except BaseException:
+            self._discard(upload)
+            raise
+        log.info("project %s uploaded %s bytes", caller.project_id, upload.size)
+        return upload
+
+    def uploads_of(self, caller: Caller, start: int = 0, limit: int = 20, newest_first: bool = True) -> UploadPage:
+        total, page = self.uploads.list(caller.project_id, start, limit, newest_first)
+        return UploadPage(total, page)
+
+    def delete_upload(self, caller: Caller, upload_id: str, accept: Callable[[], None] = lambda: None) -> None:
+        """Delete one of the caller's uploads, file and record (``accept()`` once it is found);
+        a Run that names its URL afterwards is refused."""
+        upload = self.uploads.find(caller.project_id, upload_id)
+        if upload is None:
+            raise UploadNotFound()
         accept()
-        folder, name = self.files.new_folder(), f"upload.{image.extension}"
-        self.files.save(folder, name, image.data)
-        log.info("project %s uploaded %s bytes", caller.project_id, len(image.data))
-        return Upload(folder[:32], name, image.content_type, len(image.data), self.files.url(folder, name),
-                      time.time())
+        self._discard(upload)
+        log.info("project %s deleted upload %s", caller.project_id, upload.id)
+
+    def expire_uploads(self) -> int:
+        """Delete the uploads older than the expiry (none when it is 0), files and records; how
+        many. A janitor's chore."""
+        if not self.upload_expiry_seconds:
+            return 0
+        expired = self.uploads.created_before(time.time() - self.upload_expiry_seconds)
+        for upload in expired:
+            self._discard(upload)
+        if expired:
+            log.info("%s uploads expired", len(expired))
+        return len(expired)
+
+    def _discard(self, upload: UploadView) -> None:
+        """The file first, then the record: what a failure leaves is a record to delete again,
+        never a file nothing lists."""
+        self.files.delete(upload.folder, upload.file_name)
+        self.uploads.remove(upload)
 
     # --- tasks --------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """The API process's composition root: settings turned into a store, keys, files, events, callbacks,
-a dispatcher (worker threads here, a child worker process, or Celery) and the janitor, wired into
-the :class:`~fluxhost.operations.Operations` every door calls.
+a dispatcher (worker threads here, a child worker process, or Celery) and the janitor (which also
+expires uploads), wired into the :class:`~fluxhost.operations.Operations` every door calls.
 
 Nothing here knows about HTTP (:mod:`fluxhost.app` mounts the doors over a service), and no
 worker process builds one: they build a :class:`~fluxhost.runtime.host.Runtime`.
@@ -30,6 +30,7 @@ from fluxhost.store.keys import KeyStore
 from fluxhost.store.nonces import NonceStore
 from fluxhost.store.records import TaskView
 from fluxhost.store.tasks import TaskStore
+from fluxhost.store.uploads import UploadStore
 from fluxhost.store.work import WorkStore
 from fluxhost.tools import Catalog
 from fluxhost.urlguard import Allowlist
@@ -68,11 +69,9 @@ class Service:
         self.worker_id = worker_id or new_worker_id()
         self.runtime: Runtime | None = None  # with worker threads in this process
         self.dispatcher = self._dispatcher()
-        self.janitor = Janitor(self.work, self.files, self.worker_id, max_attempts=settings.max_attempts,
-                               lease_seconds=settings.lease_seconds, requeued=self.dispatcher.notify,
-                               chores=[self.auth.purge_nonces])
         self.operations = Operations(
-            self.auth, self.tasks, self.files, self.events, self.dispatcher, self.catalog, self.url_allowlist,
+            self.auth, self.tasks, UploadStore(self.db), self.files, self.events, self.dispatcher, self.catalog,
+            self.url_allowlist,
             request_rate=request_rate(settings.rate_limit_per_minute, events_url),
             upsampling=bool(settings.upsampler_url or settings.upsampler_local),
             image_limits=ImageLimits(settings.input_max_bytes, settings.input_max_pixels,
@@ -80,7 +79,12 @@ class Service:
             task_limits=TaskLimits(settings.max_unfinished_tasks_per_key, settings.max_unfinished_tasks_per_project,
                                    settings.max_queued_tasks_per_model),
             max_prompt_chars=settings.max_prompt_chars,
+            upload_quota_bytes=settings.upload_quota_bytes,
+            upload_expiry_seconds=settings.upload_expiry_seconds,
         )
+        self.janitor = Janitor(self.work, self.files, self.worker_id, max_attempts=settings.max_attempts,
+                               lease_seconds=settings.lease_seconds, requeued=self.dispatcher.notify,
+                               chores=[self.auth.purge_nonces, self.operations.expire_uploads])
 
     def _dispatcher(self) -> Dispatcher:
         """Celery behind a broker, else the child worker process (the default), else worker

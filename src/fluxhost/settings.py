@@ -266,6 +266,14 @@ class Settings(BaseSettings):
         default=25_000_000, ge=10_000, description="Most pixels an input image may have (decompression-bomb guard)."
     )
     input_timeout_seconds: float = Field(default=15.0, gt=0, le=120, description="Time to fetch an input URL.")
+    upload_quota_bytes: int = Field(
+        default=1 << 30, ge=0, description="Bytes of File/Upload files one project may keep (1 GiB); an upload "
+        "beyond is refused until some are deleted (File/Delete) or expire. 0: no limit.",
+    )
+    upload_expiry_seconds: int = Field(
+        default=0, ge=0, description="Uploaded files older than this are deleted, with their records, by the "
+        "janitor on its next pass. 0: kept until deleted.",
+    )
     safety_terms_dir: Path | None = Field(
         default=None, description="Folder of prompt term lists (<category>.txt); default: the shipped lists."
     )

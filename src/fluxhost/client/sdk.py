@@ -222,6 +222,15 @@ class _Calls:
         return _Call("File/Upload", {"file": file}, lambda answer: answer["list"][0]["url"])
 
     @staticmethod
+    def uploads(start: int, limit: int, order: str) -> _Call[list[dict[str, str]]]:
+        return _Call("File/List", {"start": start, "limit": limit, "order": order}, lambda answer: answer["list"])
+
+    @staticmethod
+    def delete_upload(file_id: str) -> _Call[None]:
+        """Not retried: a resend whose first try went through would be told the file is gone."""
+        return _Call("File/Delete", {"fileid": file_id}, lambda _answer: None, retry=False)
+
+    @staticmethod
     def run(model: str, inputs: dict[str, Any]) -> _Call[RunResult]:
         """Never retried: a lost answer must not make a second task."""
         return _Call(f"Run/{model}", {k: _wire_value(v) for k, v in inputs.items()}, RunResult.model_validate,
@@ -314,6 +323,15 @@ class Client:
         """Store an image on the server (File/Upload); returns its URL, which a later Run takes as
         ``inputImage``."""
         return self.send(_Calls.upload(file))
+
+    def uploads(self, start: int = 0, limit: int = 20, order: str = "desc") -> list[dict[str, str]]:
+        """The project's uploaded files (File/List), newest first: each with its ``id``, ``name``,
+        ``size``, ``addedtime`` and ``url``."""
+        return self.send(_Calls.uploads(start, limit, order))
+
+    def delete_upload(self, file_id: str) -> None:
+        """Delete an uploaded file by its ``id`` (File/Delete); Runs naming its URL are refused after."""
+        self.send(_Calls.delete_upload(file_id))
 
     def run(self, model: str, **inputs: Any) -> Task:
         """Start ``model`` (``owner/project``) with the tool's inputs (an ``inputImage`` may be a
@@ -467,6 +485,12 @@ class AsyncClient:
 
     async def upload(self, file: Path | bytes) -> str:
         return await self.send(_Calls.upload(file))
+
+    async def uploads(self, start: int = 0, limit: int = 20, order: str = "desc") -> list[dict[str, str]]:
+        return await self.send(_Calls.uploads(start, limit, order))
+
+    async def delete_upload(self, file_id: str) -> None:
+        await self.send(_Calls.delete_upload(file_id))
 
     async def run(self, model: str, **inputs: Any) -> AsyncTask:
         result = await self.send(_Calls.run(model, inputs))

@@ -62,6 +62,18 @@ def loads_finite(text: str) -> Any:
     return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
 
 
+class UploadedFile(bytes):
+    """A multipart file's bytes, with the file name its client sent: a label to show (once made
+    fit to), never a path. Still ``bytes``, so whatever takes a file's bytes takes it."""
+
+    filename: str
+
+    def __new__(cls, data: bytes, filename: str) -> UploadedFile:
+        uploaded = super().__new__(cls, data)
+        uploaded.filename = filename
+        return uploaded
+
+
 class BodyTooLarge(Exception):
     def __init__(self, limit: int):
         super().__init__(f"The request body is too large: at most {limit} bytes.")
@@ -128,7 +140,8 @@ def is_multipart(headers: Headers) -> bool:
 
 
 async def parse_parameters(raw: bytes, headers: Headers) -> dict[str, Any]:
-    """A body's parameters as a flat dict, an uploaded file's value being its bytes;
+    """A body's parameters as a flat dict, an uploaded file's value being its bytes (an
+    :class:`UploadedFile`);
     :class:`BodyError` when unreadable or holding text that cannot be stored."""
     parameters = await _parameters(raw, headers)
     if not storable(parameters):
@@ -143,7 +156,8 @@ async def _parameters(raw: bytes, headers: Headers) -> dict[str, Any]:
 
         try:
             form = await MultiPartParser(headers, body()).parse()
-            return {key: value if isinstance(value, str) else await value.read() for key, value in form.items()}
+            return {key: value if isinstance(value, str) else UploadedFile(await value.read(), value.filename or "")
+                    for key, value in form.items()}
         except Exception as error:  # malformed multipart: python-multipart's errors vary
             raise BodyError("unparseable multipart body") from error
     try:

@@ -1,5 +1,5 @@
 """Taking back the tasks of workers that are gone, at start and then periodically, with whatever
-other chores the process has (the API purges spent nonces on the same beat)."""
+other chores the process has (the API purges spent nonces and expires uploads on the same beat)."""
 
 from __future__ import annotations
 

@@ -158,10 +158,29 @@ class CallbackAttempt(Base):
     error: Mapped[str] = mapped_column(Text, default="")
 
 
+class Upload(Base):
+    """A file a project stored for later Runs (File/Upload). Recorded before its file is written,
+    so every stored upload can be listed, deleted, expired and counted against its project's quota."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    api_key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the key that sent it
+    name: Mapped[str] = mapped_column(String(200))  # as the client named it, made fit to show; never a path
+    folder: Mapped[str] = mapped_column(String(64))  # the unguessable part of the URL
+    file_name: Mapped[str] = mapped_column(String(200))  # the file's name in its folder (the server's)
+    content_type: Mapped[str] = mapped_column(String(100))
+    size: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+projects = Project.__table__
 tasks = Task.__table__
 outputs = Output.__table__
 deliveries = CallbackDelivery.__table__
 attempts = CallbackAttempt.__table__
+uploads = Upload.__table__
 
 # The task column each status stamps with the time it was reached.
 TIME_COLUMN = {

@@ -24,7 +24,15 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from fluxhost.auth import AuthError, Caller, request_digest
-from fluxhost.http.body import UPLOAD_OVERHEAD_BYTES, BodyError, BodyTooLarge, is_multipart, parse_parameters, read_body
+from fluxhost.http.body import (
+    UPLOAD_OVERHEAD_BYTES,
+    BodyError,
+    BodyTooLarge,
+    UploadedFile,
+    is_multipart,
+    parse_parameters,
+    read_body,
+)
 from fluxhost.http.offload import Offload
 from fluxhost.http.refusals import answer_refusals
 from fluxhost.limits import RateLimited
@@ -34,11 +42,14 @@ from fluxhost.operations import (
     NotCancellable,
     NotKillable,
     Operations,
+    StorageFailed,
     TaskNotEnded,
     TaskNotFound,
     TaskQuery,
     TooManyTasks,
     UnknownModel,
+    UploadNotFound,
+    UploadQuotaExceeded,
     UpsamplingUnavailable,
 )
 from fluxhost.settings import Settings
@@ -46,7 +57,7 @@ from fluxhost.store.database import DATABASE_FAULTS
 from fluxhost.store.records import TaskView
 from fluxhost.tools import Tool
 from fluxhost.wiro import messages
-from fluxhost.wiro.render import explore, render_task, task_list_body, tool_detail, tool_summary
+from fluxhost.wiro.render import explore, render_task, render_upload, task_list_body, tool_detail, tool_summary
 from fluxhost.wiro.schema import InputError, InputSchema, integer_input
 
 log = logging.getLogger(__name__)
@@ -193,6 +204,11 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
         log.warning("the database failed on %s: %s", request.url.path, type(error).__name__)
         return fail(0, messages.DATABASE_UNAVAILABLE, 503, {"Retry-After": "1"})
 
+    def storage_failed(_request: Request, error: StorageFailed) -> JSONResponse:
+        """Nothing was kept. An upload's nonce was not spent (it may be sent again as it is); a
+        Run's was, as its checks had passed."""
+        return fail(0, messages.NO_ROOM if error.no_room else messages.NOT_STORED, 503)
+
     def http_error(_request: Request, error: HTTPException) -> JSONResponse:
         if error.status_code == 404:
             return fail(0, messages.BAD_URL, 404)
@@ -217,6 +233,10 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
         NotCancellable: lambda _request, _error: fail(1, messages.NOT_CANCELLABLE),
         NotKillable: lambda _request, _error: fail(1, messages.NOT_KILLABLE),
         TaskNotEnded: lambda _request, _error: fail(1, messages.TASK_NOT_ENDED),
+        UploadNotFound: lambda _request, _error: fail(1, messages.NO_FILE),
+        UploadQuotaExceeded: lambda _request, error: fail(
+            0, messages.over_quota(error.quota_bytes, error.used_bytes, error.size)),
+        StorageFailed: storage_failed,
         HTTPException: http_error,
         RequestValidationError: lambda _request, _error: fail(0, messages.INVALID),
         DATABASE_FAULTS: database_unavailable,
@@ -268,12 +288,38 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
         def work(call: Call) -> dict[str, Any]:
             caller = call.caller()
             data = call.parameters.values.get("file")
-            if not isinstance(data, bytes):
+            if not isinstance(data, UploadedFile):
                 raise ProtocolError(0, messages.FILE_REQUIRED)
-            upload = call.operations.upload(caller, data, accept=lambda: call.spend_nonce(caller))
-            return ok(list=[{"id": upload.id, "name": upload.name, "contenttype": upload.content_type,
-                             "size": str(upload.size), "parentid": "", "url": upload.url,
-                             "addedtime": str(int(upload.added_at)), "accesskey": ""}])
+            upload = call.operations.upload(caller, data, data.filename, accept=lambda: call.spend_nonce(caller))
+            return ok(list=[render_upload(upload, call.operations.files)])
+
+        return await handle(request, work)
+
+    @app.post("/File/List")
+    async def list_files(request: Request) -> JSONResponse:
+        def work(call: Call) -> dict[str, Any]:
+            caller = call.caller()
+            parameters = call.parameters
+            start = parameters.integer("start", 0, 0, 10**9)
+            limit = parameters.integer("limit", 20, 1, MAX_LIST)
+            order = parameters.text("order", "desc").strip().lower()
+            if order not in ("desc", "asc"):
+                raise ProtocolError(0, messages.one_of("order", ("desc", "asc")))
+            page = call.operations.uploads_of(caller, start, limit, newest_first=order == "desc")
+            return ok(total=str(page.total), list=[render_upload(upload, call.operations.files)
+                                                   for upload in page.uploads])
+
+        return await handle(request, work)
+
+    @app.post("/File/Delete")
+    async def delete_file(request: Request) -> JSONResponse:
+        def work(call: Call) -> dict[str, Any]:
+            caller = call.caller()
+            file_id = call.parameters.text("fileid").strip()
+            if not file_id:
+                raise ProtocolError(0, messages.FILE_ID_REQUIRED)
+            call.operations.delete_upload(caller, file_id, accept=lambda: call.spend_nonce(caller))
+            return ok()
 
         return await handle(request, work)
 

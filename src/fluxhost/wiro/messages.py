@@ -16,6 +16,11 @@ NOT_CANCELLABLE = "Task is not in a cancellable state."
 NOT_KILLABLE = "Task could not be killed: it has already ended."
 TASK_NOT_ENDED = "Task must be completed or cancelled before deleting files"
 FILE_REQUIRED = "Request parameter [file] required: send the file as multipart form data"
+FILE_ID_REQUIRED = "Request parameter [fileid] required"
+NO_FILE = "There is no such file."
+NO_ROOM = ("The server has no room left to store files: retry later, or ask its operator to free space "
+           "on its disk.")
+NOT_STORED = "The server could not store the file right now: retry later."
 UPSAMPLING_UNAVAILABLE = (
     "Prompt upsampling is not available on this server: its operator can set FLUXHOST_UPSAMPLER_URL (an "
     "OpenAI-compatible API) or FLUXHOST_UPSAMPLER_LOCAL (a transformers language model). Send "
@@ -43,6 +48,11 @@ FRAME_TOKEN_REQUIRED = "tasktoken is required"
 def parameter(name: str, problem: str) -> str:
     """A refused input: ``problem`` is a predicate of it ("required", "is larger than 20 MB")."""
     return f"Request parameter [{name}] {problem}"
+
+
+def over_quota(quota_bytes: int, used_bytes: int, size: int) -> str:
+    return (f"Request parameter [file] would take this project's uploads past their quota of {quota_bytes} bytes "
+            f"({used_bytes} in use, this file {size}): delete some with File/Delete first.")
 
 
 def between(name: str, low: float, high: float) -> str:

@@ -1,5 +1,5 @@
-"""The hosted protocol's JSON: task and output objects, list answers, tool entries, socket frames
-and their progress messages. In task and output objects every value is a string.
+"""The hosted protocol's JSON: task, output and uploaded-file objects, list answers, tool entries,
+socket frames and their progress messages. In task and output objects every value is a string.
 
 Shared by the hosted protocol's door (answers and socket frames) and the callbacks (whose body is
 a Task/Detail answer); nothing else renders the protocol's strings.
@@ -16,6 +16,7 @@ from fluxhost.statuses import Outcome, Status
 from fluxhost.storage import FileStore
 from fluxhost.store.records import AttemptView, OutputView, TaskView
 from fluxhost.store.tasks import ModelStats
+from fluxhost.store.uploads import UploadView
 from fluxhost.tools import Tool
 from fluxhost.wiro.schema import InputSchema
 
@@ -44,6 +45,20 @@ def render_output(output: OutputView, task: TaskView, files: FileStore) -> dict[
         "modifiedtime": seconds(output.added_at),
         "accesskey": output.access_key,
         "url": files.url(output.folder, output.name),
+    }
+
+
+def render_upload(upload: UploadView, files: FileStore) -> dict[str, str]:
+    """An entry of File/Upload's and File/List's ``list``: an uploaded file, in no folder."""
+    return {
+        "id": upload.id,
+        "name": upload.name,
+        "contenttype": upload.content_type,
+        "size": str(upload.size),
+        "parentid": "",
+        "url": files.url(upload.folder, upload.file_name),
+        "addedtime": seconds(upload.created_at),
+        "accesskey": "",
     }
 
 

@@ -1,0 +1,109 @@
+"""The uploads table: every statement that touches it.
+
+An upload is recorded before its file is written (:meth:`UploadStore.reserve`), so no stored file
+goes unrecorded, and its size is counted against the project's quota in the same transaction.
+What a caller looks up is scoped to its project: no project sees or deletes another's uploads
+(only the janitor's search for expired ones spans them all).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass
+
+from sqlalchemy import Row, bindparam, delete, func, insert, select
+
+from fluxhost.store.database import Database
+from fluxhost.store.schema import projects, uploads
+
+_LOCK_PROJECT = select(projects.c.id).where(projects.c.id == bindparam("project_id")).with_for_update()
+_BYTES_OF_PROJECT = (select(func.coalesce(func.sum(uploads.c.size), 0))
+                     .where(uploads.c.project_id == bindparam("project_id")))
+_COUNT_OF_PROJECT = select(func.count()).select_from(uploads).where(uploads.c.project_id == bindparam("project_id"))
+_UPLOAD_OF_PROJECT = select(uploads).where(uploads.c.id == bindparam("upload_id"),
+                                           uploads.c.project_id == bindparam("project_id"))
+_REMOVE = delete(uploads).where(uploads.c.id == bindparam("upload_id"),
+                                uploads.c.project_id == bindparam("project_id"))
+
+
+@dataclass(frozen=True)
+class UploadView:
+    """An upload as read back."""
+
+    id: str
+    project_id: int
+    api_key_id: int | None
+    name: str  # as the client named it, made fit to show
+    folder: str  # the unguessable part of its URL
+    file_name: str  # its name in the folder
+    content_type: str
+    size: int
+    created_at: float
+
+    @classmethod
+    def of(cls, row: Row) -> UploadView:
+        return cls(row.id, row.project_id, row.api_key_id, row.name, row.folder, row.file_name, row.content_type,
+                   row.size, row.created_at)
+
+
+@dataclass(frozen=True)
+class NewUpload:
+    """What a caller asks to keep: its record's fields but the id and the time."""
+
+    project_id: int
+    api_key_id: int | None
+    name: str
+    folder: str
+    file_name: str
+    content_type: str
+    size: int
+
+
+class UploadStore:
+    def __init__(self, db: Database):
+        self._db = db
+
+    def reserve(self, upload: NewUpload, quota_bytes: int, now: float) -> UploadView | None:
+        """Record an upload whose file is about to be written; None when it would take its project
+        past ``quota_bytes`` (0: no quota). A project's reservations take turns (its row is locked
+        on PostgreSQL; SQLite has one writer at a time), so uploads sent together cannot pass the
+        quota between them."""
+        record = {"id": uuid.uuid4().hex, **asdict(upload), "created_at": now}
+        with self._db.write() as connection:
+            if quota_bytes:
+                connection.execute(_LOCK_PROJECT, {"project_id": upload.project_id})
+                used = connection.execute(_BYTES_OF_PROJECT, {"project_id": upload.project_id}).scalar_one()
+                if used + upload.size > quota_bytes:
+                    return None
+            connection.execute(insert(uploads), record)
+        return UploadView(**record)
+
+    def bytes_used(self, project_id: int) -> int:
+        with self._db.read() as connection:
+            return int(connection.execute(_BYTES_OF_PROJECT, {"project_id": project_id}).scalar_one())
+
+    def find(self, project_id: int, upload_id: str) -> UploadView | None:
+        with self._db.read() as connection:
+            row = connection.execute(_UPLOAD_OF_PROJECT, {"project_id": project_id, "upload_id": upload_id}).first()
+        return UploadView.of(row) if row else None
+
+    def list(self, project_id: int, start: int, limit: int, newest_first: bool = True) -> tuple[int, list[UploadView]]:
+        """The project's uploads: how many in all, and one page of them."""
+        order = (uploads.c.created_at.desc(), uploads.c.id.desc()) if newest_first else (
+            uploads.c.created_at, uploads.c.id)
+        page = select(uploads).where(uploads.c.project_id == project_id).order_by(*order).offset(start).limit(limit)
+        with self._db.read() as connection:
+            total = connection.execute(_COUNT_OF_PROJECT, {"project_id": project_id}).scalar_one()
+            rows = connection.execute(page).all()
+        return total, [UploadView.of(row) for row in rows]
+
+    def created_before(self, moment: float, limit: int = 500) -> list[UploadView]:
+        """Any project's uploads made before ``moment``, oldest first (those that expire)."""
+        query = select(uploads).where(uploads.c.created_at < moment).order_by(uploads.c.created_at).limit(limit)
+        with self._db.read() as connection:
+            return [UploadView.of(row) for row in connection.execute(query).all()]
+
+    def remove(self, upload: UploadView) -> bool:
+        """Forget an upload (its file is the caller's to delete); False if it was already gone."""
+        with self._db.write() as connection:
+            return bool(connection.execute(_REMOVE, {"upload_id": upload.id, "project_id": upload.project_id}).rowcount)

@@ -1,0 +1,284 @@
+"""Uploads are records: File/Upload's files are listed and deleted by their project only, held to
+a quota, expired by the janitor, refused cleanly on a full disk; Runs take them until deleted."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import io
+import os
+import secrets
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+from sqlalchemy import text
+
+from fluxhost.client import AsyncClient, Client, ProtocolError
+from fluxhost.settings import ModelSettings, Settings
+from fluxhost.signing import KeyMode
+from fluxhost.store.database import Database
+from fluxhost.store.keys import KeyStore
+from tests.helpers import LiveServer, ProtocolClient, free_port
+
+KONTEXT = "black-forest-labs/flux-kontext-pro"
+NO_FILE = [{"code": 1, "message": "There is no such file."}]
+NO_ROOM = ("The server has no room left to store files: retry later, or ask its operator to free space on its "
+           "disk.")
+BOUNDARY = "upload-test-boundary"
+
+
+def picture(colour: str = "orange") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def multipart(data: bytes, filename: str) -> tuple[bytes, str]:
+    """A File/Upload body with a fixed boundary, so that the very same request can be sent again."""
+    head = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            "Content-Type: image/png\r\n\r\n").encode()
+    return head + data + f"\r\n--{BOUNDARY}--\r\n".encode(), f"multipart/form-data; boundary={BOUNDARY}"
+
+
+def send_upload(client: ProtocolClient, data: bytes, filename: str = "photo.png",
+                headers: dict[str, str] | None = None) -> httpx.Response:
+    content, content_type = multipart(data, filename)
+    return httpx.post(f"{client.base_url}/v1/File/Upload", content=content, timeout=30,
+                      headers={**(headers or client.headers()), "content-type": content_type})
+
+
+def upload(client: ProtocolClient, data: bytes, filename: str = "photo.png") -> dict[str, str]:
+    answer = send_upload(client, data, filename)
+    assert answer.status_code == 200 and answer.json()["result"] is True, answer.text
+    [entry] = answer.json()["list"]
+    return entry
+
+
+def stored_files(live: LiveServer) -> list[Path]:
+    return [path for path in live.settings.files_dir.rglob("*") if path.is_file()]
+
+
+@pytest.fixture
+def start_server(tmp_path: Path, database_url: str | None) -> Callable[..., LiveServer]:
+    """A server with an editing model on the bench engine and no worker: Runs are checked and
+    queued, never run (no pipeline to load)."""
+
+    def start(**overrides) -> LiveServer:
+        settings = Settings(data_dir=tmp_path / "data", database_url=database_url, host="127.0.0.1",
+                            port=free_port(), engine="bench", worker_concurrency=0, worker_process=False,
+                            models={KONTEXT: ModelSettings(steps=1, kind="edit")}, **overrides)
+        return LiveServer(settings)
+
+    return start
+
+
+@pytest.fixture
+def live(start_server) -> LiveServer:
+    with start_server() as server:
+        yield server
+
+
+def client_of(live: LiveServer, project: str | None = None, mode: KeyMode = KeyMode.SIGNATURE) -> ProtocolClient:
+    return ProtocolClient(live.base_url, live.service.keys.create(mode, project=project),
+                          signed=mode is KeyMode.SIGNATURE)
+
+
+def test_a_project_lists_and_deletes_its_uploads_and_no_other_project_can(live):
+    client, other = client_of(live), client_of(live)
+    first, second = picture("orange"), picture("teal")
+    older = upload(client, first, "C:\\Users\\me\\holiday.png")
+    newer = upload(client, second, "../../etc/\u202egnp.exe\x07 \t  night .png")
+    assert (older["name"], newer["name"]) == ("holiday.png", "gnp.exe night .png")  # shown, never a path
+    assert older["size"] == str(len(first)) and older["contenttype"] == "image/png"
+
+    listed = client.call("File/List", {})
+    assert listed["result"] is True and listed["total"] == "2"
+    assert [entry["id"] for entry in listed["list"]] == [newer["id"], older["id"]]  # newest first
+    assert listed["list"][1] == older
+    oldest_first = client.call("File/List", {"order": "asc", "start": "1", "limit": "1"})
+    assert [entry["id"] for entry in oldest_first["list"]] == [newer["id"]]
+
+    assert other.call("File/List", {}) == {"result": True, "errors": [], "total": "0", "list": []}
+    assert other.call("File/Delete", {"fileid": older["id"]}) == {"result": False, "errors": NO_FILE}
+    assert httpx.get(older["url"], timeout=10).content == first
+
+    colleague = client_of(live, project=client.key.project, mode=KeyMode.KEY_ONLY)  # same project, other key
+    assert colleague.call("File/Delete", {"fileid": older["id"]}) == {"result": True, "errors": []}
+    assert httpx.get(older["url"], timeout=10).status_code == 404
+    assert [entry["id"] for entry in client.call("File/List", {})["list"]] == [newer["id"]]
+    assert client.call("File/Delete", {"fileid": older["id"]}) == {"result": False, "errors": NO_FILE}
+    assert client.call("File/Delete", {})["errors"] == [{"code": 0, "message": "Request parameter [fileid] required"}]
+    assert client.call("File/List", {"order": "up"})["errors"][0]["message"].startswith(
+        "Request parameter [order] must be one of")
+    assert len(stored_files(live)) == 1
+
+
+@pytest.mark.parametrize(("sent", "shown"), [
+    ("photo.png", "photo.png"),
+    ("/home/me/../photo.png", "photo.png"),
+    ("C:\\Users\\me\\photo.png", "photo.png"),
+    ("a\r\nb\u200b\u0000.png", "a b.png"),
+    ("", "upload.webp"),
+    ("..", "upload.webp"),
+    ("dir/", "upload.webp"),
+    ("\u202e\u2066", "upload.webp"),
+    ("é" * 300 + ".png", "é" * 200),
+    ("e\u0301.png", "\u00e9.png"),
+])
+def test_the_name_sent_is_shown_never_used(sent, shown):
+    from fluxhost.operations import shown_name
+
+    assert shown_name(sent, "webp") == shown
+
+
+def test_a_run_takes_an_upload_until_it_is_deleted(live):
+    client = client_of(live)
+    entry = upload(client, picture())
+    run = client.call(f"Run/{KONTEXT}", {"prompt": "make it blue", "inputImageUrl": entry["url"]})
+    assert run["result"] is True, run
+    assert client.call("File/Delete", {"fileid": entry["id"]})["result"] is True
+
+    [kept] = client.detail(run["taskid"])["inputs"]  # the queued task holds its own copy
+    assert httpx.get(kept["url"], timeout=10).content == picture()
+    refused = client.call(f"Run/{KONTEXT}", {"prompt": "make it blue", "inputImageUrl": entry["url"]})
+    assert refused == {"result": False, "errors": [
+        {"code": 0, "message": "Request parameter [inputImageUrl] names a file this server no longer has"}]}
+
+
+def test_the_sdks_list_and_delete_uploads(live):
+    key = live.service.keys.create(KeyMode.SIGNATURE)
+    with Client(live.base_url, key.api_key, key.api_secret) as sdk:
+        url = sdk.upload(picture())
+        [entry] = sdk.uploads()
+        assert entry["url"] == url
+        sdk.delete_upload(entry["id"])
+        assert sdk.uploads() == []
+        with pytest.raises(ProtocolError, match="There is no such file"):
+            sdk.delete_upload(entry["id"])
+
+    async def asynchronously() -> list[dict[str, str]]:
+        async with AsyncClient(live.base_url, key.api_key, key.api_secret) as sdk:
+            await sdk.upload(picture())
+            [entry] = await sdk.uploads()
+            await sdk.delete_upload(entry["id"])
+            return await sdk.uploads()
+
+    assert asyncio.run(asynchronously()) == []
+
+
+def test_the_quota_refuses_what_would_pass_it_until_room_is_made(start_server):
+    data = picture()
+    with start_server(upload_quota_bytes=2 * len(data) + len(data) // 2) as live:
+        client = client_of(live)
+        first, _second = upload(client, data), upload(client, data)
+        headers = client.headers()
+        refused = send_upload(client, data, headers=headers)
+        assert refused.status_code == 200
+        assert refused.json() == {"result": False, "errors": [{"code": 0, "message": (
+            f"Request parameter [file] would take this project's uploads past their quota of "
+            f"{2 * len(data) + len(data) // 2} bytes ({2 * len(data)} in use, this file {len(data)}): delete some "
+            "with File/Delete first.")}]}
+        assert client.call("File/List", {})["total"] == "2" and len(stored_files(live)) == 2
+        assert upload(client_of(live), data)["size"] == str(len(data))  # another project has its own quota
+
+        assert client.call("File/Delete", {"fileid": first["id"]})["result"] is True
+        again = send_upload(client, data, headers=headers)  # the very same request: its nonce was not spent
+        assert again.status_code == 200 and again.json()["result"] is True, again.text
+
+
+def test_uploads_sent_together_stay_within_the_quota(start_server):
+    data = picture()
+    with start_server(upload_quota_bytes=3 * len(data), api_threads=4) as live:
+        client = client_of(live, mode=KeyMode.KEY_ONLY)
+        answers: list[dict] = []
+        senders = [threading.Thread(target=lambda: answers.append(send_upload(client, data).json()))
+                   for _ in range(8)]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join(30)
+        assert sorted(answer["result"] for answer in answers) == [False] * 5 + [True] * 3
+        assert client.call("File/List", {})["total"] == "3" and len(stored_files(live)) == 3
+
+
+@pytest.mark.parametrize(("failure", "message"), [
+    (errno.ENOSPC, NO_ROOM),
+    (errno.EACCES, "The server could not store the file right now: retry later."),
+])
+def test_a_failed_write_is_refused_clearly_and_leaves_nothing(live, monkeypatch, failure, message):
+    client = client_of(live)
+    files_dir = live.settings.files_dir.resolve()
+    write_bytes = Path.write_bytes
+
+    def half_then_fail(path: Path, data: bytes) -> int:
+        if files_dir not in path.resolve().parents:
+            return write_bytes(path, data)
+        write_bytes(path, data[: len(data) // 2])
+        raise OSError(failure, os.strerror(failure), str(path))
+
+    monkeypatch.setattr(Path, "write_bytes", half_then_fail)
+    headers = client.headers()
+    refused = send_upload(client, picture(), headers=headers)
+    assert refused.status_code == 503, refused.text
+    assert refused.json() == {"result": False, "errors": [{"code": 0, "message": message}]}
+    assert stored_files(live) == [] and client.call("File/List", {})["total"] == "0"
+
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+    again = send_upload(client, picture(), headers=headers)  # room again: the same request goes through
+    assert again.status_code == 200 and again.json()["result"] is True, again.text
+    assert len(stored_files(live)) == 1
+
+
+def test_the_janitor_deletes_expired_uploads(start_server):
+    with start_server(upload_expiry_seconds=3600) as live:
+        client = client_of(live)
+        expired, fresh = upload(client, picture("orange")), upload(client, picture("teal"))
+        with live.service.db.write() as connection:
+            connection.execute(text("UPDATE uploads SET created_at = created_at - 3601 WHERE id = :id"),
+                               {"id": expired["id"]})
+        for chore in live.service.janitor.chores:
+            chore()
+        assert [entry["id"] for entry in client.call("File/List", {})["list"]] == [fresh["id"]]
+        assert httpx.get(expired["url"], timeout=10).status_code == 404
+        assert httpx.get(fresh["url"], timeout=10).content == picture("teal")
+
+
+def test_uploads_never_expire_by_default(live):
+    client = client_of(live)
+    entry = upload(client, picture())
+    with live.service.db.write() as connection:
+        connection.execute(text("UPDATE uploads SET created_at = 0"))
+    for chore in live.service.janitor.chores:
+        chore()
+    assert client.call("File/List", {})["total"] == "1"
+    assert httpx.get(entry["url"], timeout=10).content == picture()
+
+
+def test_reservations_made_at_once_take_turns_on_the_quota(tmp_path, database_url):
+    """Store-level, many threads at once: on PostgreSQL only the project's row lock keeps two
+    transactions from both counting the bytes before either adds its own."""
+    from fluxhost.store.uploads import NewUpload, UploadStore
+
+    db = Database(database_url or f"sqlite:///{tmp_path / 'db.sqlite'}")
+    db.migrate()
+    keys = KeyStore(db)
+    key = keys.find_active(keys.create(KeyMode.KEY_ONLY).api_key)
+    store, start = UploadStore(db), threading.Barrier(12)
+    reserved: list[bool] = []
+
+    def reserve() -> None:
+        start.wait(10)
+        wanted = NewUpload(key.project_id, key.id, "a.png", secrets.token_hex(32), "upload.png", "image/png", 100)
+        reserved.append(store.reserve(wanted, quota_bytes=300, now=0.0) is not None)
+
+    threads = [threading.Thread(target=reserve) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    db.dispose()
+    assert sorted(reserved) == [False] * 9 + [True] * 3
