@@ -123,6 +123,15 @@ class Parameters:
         except InputError as error:
             raise ProtocolError(0, str(error)) from None
 
+    def page(self) -> tuple[int, int, bool]:
+        """A list's page: ``start``, ``limit`` and whether the newest come first (``order``)."""
+        start = self.integer("start", 0, 0, 10**9)
+        limit = self.integer("limit", 20, 1, MAX_LIST)
+        order = self.text("order", "desc").strip().lower()
+        if order not in ("desc", "asc"):
+            raise ProtocolError(0, messages.one_of("order", ("desc", "asc")))
+        return start, limit, order == "desc"
+
     def flag(self, name: str) -> bool:
         return self.text(name).strip().lower() in ("true", "1", "yes")
 
@@ -299,13 +308,8 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
     async def list_files(request: Request) -> JSONResponse:
         def work(call: Call) -> dict[str, Any]:
             caller = call.caller()
-            parameters = call.parameters
-            start = parameters.integer("start", 0, 0, 10**9)
-            limit = parameters.integer("limit", 20, 1, MAX_LIST)
-            order = parameters.text("order", "desc").strip().lower()
-            if order not in ("desc", "asc"):
-                raise ProtocolError(0, messages.one_of("order", ("desc", "asc")))
-            page = call.operations.uploads_of(caller, start, limit, newest_first=order == "desc")
+            start, limit, newest_first = call.parameters.page()
+            page = call.operations.uploads_of(caller, start, limit, newest_first=newest_first)
             return ok(total=str(page.total), list=[render_upload(upload, call.operations.files)
                                                    for upload in page.uploads])
 
@@ -367,12 +371,8 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
         def work(call: Call) -> dict[str, Any]:
             caller = call.caller()
             parameters = call.parameters
-            start = parameters.integer("start", 0, 0, 10**9)
-            limit = parameters.integer("limit", 20, 1, MAX_LIST)
-            order = parameters.text("order", "desc").strip().lower()
-            if order not in ("desc", "asc"):
-                raise ProtocolError(0, messages.one_of("order", ("desc", "asc")))
-            query = TaskQuery(start, limit, order == "desc", parameters.text("sort", "id").strip().lower(),
+            start, limit, newest_first = parameters.page()
+            query = TaskQuery(start, limit, newest_first, parameters.text("sort", "id").strip().lower(),
                               str(parameters.values.get("modelName") or ""))
             page = call.operations.list(caller, query)
             return task_list_body([call.render(task) for task in page.tasks], page.total)
