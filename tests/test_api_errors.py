@@ -57,6 +57,21 @@ def test_unknown_paths_and_methods_answer_json(server, client):
     assert response.status_code == 404 and response.json()["result"] is False
 
 
+def test_a_trailing_slash_is_an_unknown_path_in_each_doors_shape(server, client):
+    run = client.post(f"Run/{SLUG}/", {"prompt": "a fox"})
+    assert run.status_code == 404
+    assert run.json() == {"result": False, "errors": [
+        {"code": 0, "message": f"Error parsing url. No path ends with a slash: did you mean /v1/Run/{SLUG}?"}]}
+    health = httpx.get(f"{server.base_url}/healthz/", timeout=10)
+    assert health.status_code == 404
+    assert health.json()["errors"][0]["message"].endswith("did you mean /healthz?")
+    bfl = httpx.post(f"{server.base_url}/bfl/v1/flux-pro-1.1/", json={"prompt": "x"}, timeout=10)
+    assert (bfl.status_code, bfl.json()) == (404, {"detail": "Not Found"})
+    openai = httpx.post(f"{server.base_url}/openai/v1/images/generations/", json={"prompt": "x"}, timeout=10)
+    assert (openai.status_code, openai.json()["error"]["code"]) == (404, "not_found")
+    assert stored_tasks(client) == 0
+
+
 def test_task_lookups(client):
     required = [{"code": 0, "message": "taskid or socketaccesstoken is required"}]
     assert client.call("Task/Detail", {})["errors"] == required

@@ -93,6 +93,28 @@ def test_timestamp_nonces_outside_the_window_are_refused(make_settings):
         assert client.post(f"Run/{SLUG}", {"prompt": "x"}, headers=client.headers(inside)).json()["result"] is True
 
 
+def test_strict_nonces_are_fresh_timestamps_on_every_request(make_settings):
+    with LiveServer(make_settings(engine="bench", worker_concurrency=0, nonce_mode="strict")) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        now = time.time()
+        for nonce in ("12345", "987654321987654321", str(int(now) - 120), str(int(now * 1000) + 120_000)):
+            refused(client.post("Task/List", {}, headers=client.headers(nonce)), INVALID)  # reads too
+            refused(client.post(f"Run/{SLUG}", {"prompt": "x"}, headers=client.headers(nonce)), INVALID)
+        fresh = client.headers(str(int(now)))
+        assert client.post(f"Run/{SLUG}", {"prompt": "x"}, headers=fresh).json()["result"] is True
+        assert client.post("Task/List", {}, headers=fresh).json()["total"] == "1"
+        refused(client.post(f"Run/{SLUG}", {"prompt": "x"}, headers=fresh), INVALID)  # an exact resend
+        assert client.call("Task/List", {})["total"] == "1"
+
+
+def test_the_strict_window_is_a_minute_unless_set(tmp_path):
+    from fluxhost.settings import Settings
+
+    assert Settings(data_dir=tmp_path, nonce_mode="strict").resolved_nonce_window_seconds == 60
+    assert Settings(data_dir=tmp_path).resolved_nonce_window_seconds == 900
+    assert Settings(data_dir=tmp_path, nonce_mode="strict", nonce_window_seconds=30).resolved_nonce_window_seconds == 30
+
+
 def test_stale_timestamp_nonces_are_refused(client):
     for stale in (str(int(time.time()) - 3 * 86_400), str(int(time.time() * 1000) - 3 * 86_400_000)):
         refused(client.post(f"Run/{SLUG}", {"prompt": "x"}, headers=client.headers(stale)), INVALID)

@@ -3,8 +3,10 @@ FLUX Kontext, image-to-image and FLUX.2 [klein] edits on tiny pipelines; File/Up
 
 import io
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -144,6 +146,24 @@ def test_bad_inputs_are_refused_at_run_and_nothing_is_queued(make_settings, tiny
         private = client.call(f"Run/{KONTEXT}", {"prompt": "edit", "inputImageUrl": "http://10.0.0.7/photo.png"})
         assert "non-public address (10.0.0.7)" in private["errors"][0]["message"]
         assert client.call("Task/List", {})["total"] == "0"
+
+
+def huge_png(width: int, height: int) -> bytes:
+    """A PNG that says it is ``width`` x ``height`` and holds almost nothing: its header is all
+    that is read before it is refused."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1 bit grey
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+
+
+def test_an_image_past_pillows_own_guard_is_refused_for_its_pixels(make_settings):
+    with LiveServer(make_settings(engine="bench", worker_concurrency=0)) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        refused = post_files(client, "File/Upload", {}, {"file": ("huge.png", huge_png(40_000, 40_000))})
+        assert refused == {"result": False, "errors": [
+            {"code": 0, "message": "Request parameter [file] has more pixels than the 25000000 this server takes"}]}
 
 
 def test_the_sdk_and_the_edit_command_send_images(editing, tmp_path):

@@ -1,8 +1,9 @@
 """Liveness and readiness: /healthz answers while the process runs; /readyz says 503, with the
-reasons, while the database is unreachable or the workers cannot take tasks."""
+reasons, while the database is unreachable or takes no writes, or the workers cannot take tasks."""
 
 import os
 import signal
+import sqlite3
 import time
 
 import httpx
@@ -33,6 +34,19 @@ def test_ready_once_the_models_are_loaded_and_not_while_the_database_is_gone(mak
         monkeypatch.setattr(live.service.db, "ping", unreachable)
         assert readiness(live, 503)["reasons"] == ["the database cannot be reached (OperationalError)"]
         assert httpx.get(f"{live.base_url}/healthz", timeout=10).status_code == 200  # alive all the same
+
+
+def test_not_ready_while_the_database_takes_no_writes(make_settings, monkeypatch):
+    with LiveServer(make_settings(engine="bench", worker_concurrency=0)) as live:
+        assert readiness(live, 200) == {"status": "ready"}
+
+        def full_disk() -> None:
+            raise OperationalError("UPDATE", {}, sqlite3.OperationalError("database or disk is full"))
+
+        monkeypatch.setattr(live.service.db, "write", full_disk)  # reads still answer
+        assert readiness(live, 503, timeout=10)["reasons"] == ["the database takes no writes (OperationalError)"]
+        monkeypatch.undo()
+        assert readiness(live, 200) == {"status": "ready"}
 
 
 def test_not_ready_when_no_model_could_be_loaded(make_settings, tmp_path):

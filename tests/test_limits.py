@@ -1,14 +1,25 @@
 """Limits a server enforces, each a setting, each refused in the protocol's shape: requests per key
-per minute (429 with Retry-After), unfinished tasks per key, per project and per model queue,
-body size (413) and prompt length."""
+per minute (429 with Retry-After), failed authentications per address and per key (429),
+unfinished tasks per key, per project and per model queue, body size (413), the time a body
+takes to arrive (408) and prompt length."""
 
+import json
 import os
 import socket
+import time
 
 import httpx
 import pytest
 
-from fluxhost.limits import LocalRequestRate, RateLimited, RedisRequestRate
+from fluxhost.limits import (
+    AuthFailureLimit,
+    LocalMinuteCounts,
+    LocalRequestRate,
+    RateLimited,
+    RedisMinuteCounts,
+    RedisRequestRate,
+    TooManyAuthFailures,
+)
 from fluxhost.signing import KeyMode
 from tests.helpers import SLUG, LiveServer, ProtocolClient
 
@@ -71,6 +82,127 @@ def test_api_processes_sharing_redis_count_a_key_once():
         second.take(7)
     clock[0] += 60
     second.take(7)  # a new minute
+
+
+def sent_from(address: str) -> httpx.Client:
+    """A client whose connections leave from ``address`` (any of 127.0.0.0/8 on Linux), to the
+    server on 127.0.0.1: another client address without leaving the machine."""
+    return httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=10)
+
+
+def test_failed_authentications_lock_out_their_address_then_their_key(make_settings, monkeypatch):
+    settings = make_settings(engine="bench", worker_concurrency=0, auth_failure_limit_per_address=3,
+                             auth_failure_limit_per_key=8)
+    with LiveServer(settings) as live:
+        monkeypatch.setattr(live.service.auth.failures, "clock", lambda: 1_000_000 * 60 + 30.0)  # one minute
+        key, bystander = (live.service.keys.create(KeyMode.SIGNATURE) for _ in range(2))
+        client = ProtocolClient(live.base_url, key)
+
+        def post(address: str, headers: dict[str, str], api_key: str = key.api_key) -> httpx.Response:
+            with sent_from(address) as http:
+                return http.post(f"{live.base_url}/v1/Task/List", json={}, headers={**headers, "x-api-key": api_key})
+
+        def forged() -> dict[str, str]:
+            return {**client.headers(), "x-signature": "0" * 64}
+
+        for _ in range(3):
+            assert post("127.0.0.1", forged()).status_code == 401
+        locked = post("127.0.0.1", client.headers())  # a good signature, from the address that failed
+        assert (locked.status_code, locked.headers["retry-after"]) == (429, "30")
+        assert refusal(locked.json()) == ("Too many failed authentications from this address: at most 3 a minute. "
+                                          "Retry in 30 s.")
+        for _ in range(10):  # refused before any check: counted for nothing
+            assert post("127.0.0.1", forged()).status_code == 429
+        assert post("127.0.0.2", client.headers()).status_code == 200  # the key works from elsewhere
+
+        for address, failures in (("127.0.0.2", 3), ("127.0.0.3", 2)):  # 3 + 3 + 2: the key's budget
+            for _ in range(failures):
+                assert post(address, forged()).status_code == 401
+        refused = post("127.0.0.4", client.headers())
+        assert refused.status_code == 429
+        assert refusal(refused.json()).startswith("Too many failed authentications for this API key: at most 8 a "
+                                                  "minute.")
+        # Another key is not locked by this one's failures; unknown keys count for their address only.
+        assert post("127.0.0.4", {}, api_key="no-such-key").status_code == 401
+        assert post("127.0.0.4", {}, api_key=bystander.api_key).status_code == 401  # no signature: a failure
+        assert post("127.0.0.4", {}, api_key="no-such-key").status_code == 401
+        assert post("127.0.0.4", {}, api_key="no-such-key").status_code == 429
+
+        with sent_from("127.0.0.5") as http:  # BFL's door: a wrong secret is a failure too, refused its own way
+            for _ in range(3):
+                wrong = http.post(f"{live.base_url}/bfl/v1/flux-pro-1.1", json={"prompt": "x"},
+                                  headers={"x-key": f"{bystander.api_key}:wrong"})
+                assert wrong.status_code == 403
+            good = http.post(f"{live.base_url}/bfl/v1/flux-pro-1.1", json={"prompt": "x"},
+                             headers={"x-key": f"{bystander.api_key}:{bystander.api_secret}"})
+        assert (good.status_code, good.headers["retry-after"]) == (429, "30")
+        assert good.json()["detail"].startswith("Too many failed authentications from this address")
+
+
+def test_failure_budgets_last_their_minute():
+    now = [60.0 * 100]
+    limit = AuthFailureLimit(2, 5, LocalMinuteCounts(), clock=lambda: now[0])
+    limit.record("10.0.0.1", 7)
+    limit.record("10.0.0.1", None)
+    limit.check("10.0.0.2", 7)
+    with pytest.raises(TooManyAuthFailures) as refused:
+        limit.check("10.0.0.1", None)
+    assert refused.value.retry_after == 60
+    now[0] += 59.5
+    with pytest.raises(TooManyAuthFailures):
+        limit.check("10.0.0.1", 8)
+    now[0] += 0.5  # a new minute
+    limit.check("10.0.0.1", 7)
+    off = AuthFailureLimit(0, 0, LocalMinuteCounts())
+    for _ in range(10):
+        off.record("10.0.0.1", 7)
+    off.check("10.0.0.1", 7)
+
+
+@pytest.mark.skipif(not REDIS, reason="needs Redis (FLUXHOST_TEST_REDIS, set by .ci/run)")
+def test_api_processes_sharing_redis_count_failures_once():
+    minute = 7000 * 60 + os.getpid() % 1000 * 60  # a minute no other run of this test used
+    first, second = (AuthFailureLimit(2, 100, RedisMinuteCounts(REDIS, "failed authentications"),
+                                      clock=lambda: minute + 1.0) for _ in range(2))
+    first.record("10.9.8.7", 7)
+    second.record("10.9.8.7", 7)
+    with pytest.raises(TooManyAuthFailures):
+        first.check("10.9.8.7", None)
+
+
+def trickled(port: int, head: str, start: bytes) -> tuple[bytes, bytes, float]:
+    """Send a request's head and the start of a body that never comes whole; the answer's head and
+    body, and the seconds until the server closed the connection."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=8) as connection:
+        connection.sendall(head.encode() + start)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    answer_head, _, body = answer.partition(b"\r\n\r\n")
+    return answer_head, body, time.monotonic() - started
+
+
+def test_a_body_that_trickles_in_is_refused_at_the_deadline_and_its_connection_closed(make_settings):
+    with LiveServer(make_settings(engine="bench", worker_concurrency=0, body_read_seconds=1)) as live:
+        key = live.service.keys.create(KeyMode.KEY_ONLY)
+        message = "The request body took too long: it must arrive within 1 s."
+        doors = {
+            f"/v1/Run/{SLUG}": {"result": False, "errors": [{"code": 0, "message": message}]},
+            "/bfl/v1/flux-pro-1.1": {"detail": message},
+            "/openai/v1/images/generations": {"error": {"message": message, "type": "invalid_request_error",
+                                                        "param": None, "code": None}},
+        }
+        for path, refusal_body in doors.items():
+            head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: 1000\r\nx-api-key: {key.api_key}\r\nx-key: {key.api_key}\r\n"
+                    f"Authorization: Bearer {key.api_key}\r\n\r\n")
+            answer_head, body, seconds = trickled(live.settings.port, head, b'{"prompt": "a fox')
+            assert answer_head.startswith(b"HTTP/1.1 408 "), (path, answer_head)
+            assert b"connection: close" in answer_head.lower()
+            assert json.loads(body) == refusal_body
+            assert 1 <= seconds < 5, (path, seconds)
+        assert ProtocolClient(live.base_url, key, signed=False).run()["result"] is True
 
 
 def test_unfinished_task_limits_per_key_project_and_model_queue(make_settings):

@@ -28,6 +28,7 @@ from fluxhost.doors.openai import create_openai_app
 from fluxhost.http.offload import Offload
 from fluxhost.metrics import HttpMetrics
 from fluxhost.service import Service
+from fluxhost.wiro import messages
 from fluxhost.wiro.door import create_wiro_app, fail
 from fluxhost.wiro.socket import SocketHub
 
@@ -89,9 +90,9 @@ def create_app(service: Service, doors: Mapping[str, ASGIApp] | None = None, *,
         """Prometheus metrics (counts and timings only: no prompt, key or URL is ever a label)."""
         return Response(await offload.run_waiting(service.metrics_exposition), media_type=CONTENT_TYPE_LATEST)
 
-    async def not_found(_request: Request, error: HTTPException) -> JSONResponse:
+    async def not_found(request: Request, error: HTTPException) -> JSONResponse:
         if error.status_code == 404:
-            return fail(0, "Error parsing url.", 404)
+            return fail(0, messages.bad_url(request.url.path), 404)
         return fail(0, str(error.detail), error.status_code)
 
     routes: list[BaseRoute] = [
@@ -109,6 +110,7 @@ def create_app(service: Service, doors: Mapping[str, ASGIApp] | None = None, *,
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: not_found},
                     middleware=[Middleware(HttpMetrics, metrics=service.metrics)])
+    app.router.redirect_slashes = False  # a 307 has no body in any door's shape: an unknown path is a 404
     app.state.service = service
     app.state.socket_hub = hub
     return app

@@ -14,6 +14,13 @@ neither the path nor the body, so replay protection cannot rest on the signature
 - Read-only calls only check the signature: the documented flow reuses the Run nonce for every
   Detail poll.
 
+So whoever sees one signed request can make others with its headers (see the README). Strict
+nonces (``strict_nonces``) narrow that to the window: every signed request, reads included, must
+then carry a timestamp nonce within it, and no other nonce is taken.
+
+Failed authentications are counted per client address and per key (:class:`AuthFailureLimit`):
+past its budget, an address or a key has every request refused as rate-limited, good ones too.
+
 Doors with a single credential (BFL's ``x-key``, OpenAI's Bearer token) send ``API_KEY:API_SECRET``
 instead (:meth:`Authenticator.authenticate_token`). A refusal is an :class:`AuthError` whose
 ``failure`` says what failed; each door words it.
@@ -28,6 +35,7 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 
+from fluxhost.limits import NO_AUTH_FAILURE_LIMIT, AuthFailureLimit
 from fluxhost.signing import KeyMode, sign_request
 from fluxhost.store.keys import ActiveKey, KeyStore
 from fluxhost.store.nonces import NonceStore
@@ -56,16 +64,17 @@ class AuthError(Exception):
 
 @dataclass(frozen=True)
 class Caller:
-    """Who a request comes from."""
+    """Who a request comes from, and from which client address (when the door knows it)."""
 
     key_id: int
     project_id: int
     project_name: str
     mode: KeyMode
+    address: str | None = None
 
     @classmethod
-    def of(cls, key: ActiveKey) -> Caller:
-        return cls(key.id, key.project_id, key.project_name, key.mode)
+    def of(cls, key: ActiveKey, address: str | None) -> Caller:
+        return cls(key.id, key.project_id, key.project_name, key.mode, address)
 
 
 def request_digest(path: str, body: bytes) -> str:
@@ -74,63 +83,84 @@ def request_digest(path: str, body: bytes) -> str:
 
 
 class Authenticator:
-    """Checks a request's key and signature, and spends the nonces of state-changing calls."""
+    """Checks a request's key and signature, and spends the nonces of state-changing calls.
+    ``strict_nonces``: only timestamp nonces within the window, on every signed request."""
 
-    def __init__(self, keys: KeyStore, nonces: NonceStore, nonce_window_seconds: int, nonce_retention_seconds: int):
+    def __init__(self, keys: KeyStore, nonces: NonceStore, nonce_window_seconds: int, nonce_retention_seconds: int,
+                 *, strict_nonces: bool = False, failures: AuthFailureLimit = NO_AUTH_FAILURE_LIMIT):
         self._keys = keys
         self._nonces = nonces
         self.nonce_window = nonce_window_seconds
         self.nonce_retention = nonce_retention_seconds
+        self.strict_nonces = strict_nonces
+        self.failures = failures
 
-    def authenticate(self, api_key: str | None, nonce: str | None, signature: str | None) -> Caller:
-        """The caller behind these headers, or :class:`AuthError`. The nonce is checked as part of
-        the signature but not spent: see :meth:`spend_nonce`."""
-        key = self._key(api_key)
+    def authenticate(self, api_key: str | None, nonce: str | None, signature: str | None,
+                     address: str | None = None) -> Caller:
+        """The caller behind these headers, sent from ``address``, or :class:`AuthError` (or
+        :class:`~fluxhost.limits.TooManyAuthFailures`). The nonce is checked as part of the
+        signature but not spent: see :meth:`spend_nonce`."""
+        key = self._key(api_key, address)
         if key.mode == KeyMode.KEY_ONLY:
-            return Caller.of(key)
+            return Caller.of(key, address)
         if not nonce or not signature:
-            raise AuthError(AuthFailure.SIGNATURE_REQUIRED)
-        expected = sign_request(api_key, key.secret, nonce.strip())
+            raise self._failed(AuthFailure.SIGNATURE_REQUIRED, address, key.id)
+        nonce = nonce.strip()
+        expected = sign_request(api_key, key.secret, nonce)
         if not hmac.compare_digest(expected.encode(), _signature_hex(signature).encode()):
-            raise AuthError(AuthFailure.BAD_SIGNATURE)
-        return Caller.of(key)
+            raise self._failed(AuthFailure.BAD_SIGNATURE, address, key.id)
+        if self.strict_nonces and not self._acceptable(nonce):
+            raise self._failed(AuthFailure.BAD_SIGNATURE, address, key.id)
+        return Caller.of(key, address)
 
-    def authenticate_token(self, token: str | None) -> Caller:
+    def authenticate_token(self, token: str | None, address: str | None = None) -> Caller:
         """The caller behind one token, as doors with a single credential send it: a key-only
         key's API key, or ``API_KEY:API_SECRET`` for a signature key, whose key alone is public
         (it is in every signed request) and never lets anyone in. Such doors have no nonce: what
         protects them from replay is the secret itself, as with any bearer token (use https)."""
         api_key, _, secret = (token or "").strip().partition(":")
-        key = self._key(api_key)
+        key = self._key(api_key, address)
         if key.mode == KeyMode.SIGNATURE:
             if not secret:
-                raise AuthError(AuthFailure.SECRET_REQUIRED)
+                raise self._failed(AuthFailure.SECRET_REQUIRED, address, key.id)
             if not hmac.compare_digest(secret.encode(), key.secret.encode()):
-                raise AuthError(AuthFailure.BAD_SECRET)
-        return Caller.of(key)
+                raise self._failed(AuthFailure.BAD_SECRET, address, key.id)
+        return Caller.of(key, address)
 
-    def _key(self, api_key: str | None) -> ActiveKey:
+    def _key(self, api_key: str | None, address: str | None) -> ActiveKey:
+        """The active key, once its address and itself are found within their failure budgets."""
         found = self._keys.find_active(api_key) if api_key else None
+        self.failures.check(address, found.id if found else None)
         if found is None:
-            raise AuthError(AuthFailure.UNKNOWN_KEY)
+            raise self._failed(AuthFailure.UNKNOWN_KEY, address, None)
         return found
+
+    def _failed(self, failure: AuthFailure, address: str | None, key_id: int | None) -> AuthError:
+        self.failures.record(address, key_id)
+        return AuthError(failure)
 
     def spend_nonce(self, caller: Caller, nonce: str | None, request_digest: str) -> None:
         """Accept a state-changing call once: an exact resend (same nonce and request digest) or a
-        timestamp nonce outside the window is refused."""
+        timestamp nonce outside the window is refused (in strict mode, any other nonce too)."""
         if caller.mode == KeyMode.SIGNATURE and not self._spend(caller.key_id, (nonce or "").strip(), request_digest):
-            raise AuthError(AuthFailure.BAD_SIGNATURE)
+            raise self._failed(AuthFailure.BAD_SIGNATURE, caller.address, caller.key_id)
 
     def _spend(self, key_id: int, nonce: str, request_digest: str) -> bool:
-        """Record the request as accepted; False when it was accepted before or its timestamp
-        nonce is outside the window."""
+        """Record the request as accepted; False when it was accepted before or its nonce is not
+        acceptable."""
+        if not self._acceptable(nonce):
+            return False
+        return self._nonces.spend(key_id, nonce.lstrip("0") or "0", request_digest, time.time())
+
+    def _acceptable(self, nonce: str) -> bool:
+        """Digits, and a timestamp within the window when it looks like one; in strict mode, only
+        such a timestamp."""
         if not _NONCE.fullmatch(nonce):
             return False
-        now = time.time()
         as_time = _nonce_time(nonce)
-        if as_time is not None and abs(now - as_time) > self.nonce_window:
-            return False
-        return self._nonces.spend(key_id, nonce.lstrip("0") or "0", request_digest, now)
+        if as_time is None:
+            return not self.strict_nonces
+        return abs(time.time() - as_time) <= self.nonce_window
 
     def purge_nonces(self) -> int:
         """Forget accepted requests older than the retention period; returns how many."""

@@ -69,7 +69,10 @@ def decode(data: bytes, limits: ImageLimits) -> InputImage:
             if image.format not in FORMATS:
                 raise ImageRefused("must be a PNG, JPEG or WebP image")
             image.load()
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow's own guard, past Image.MAX_IMAGE_PIXELS, refuses before the size can be read.
+        raise ImageRefused(f"has more pixels than the {_pixel_limit(limits)} this server takes") from None
+    except UnidentifiedImageError:
         raise ImageRefused("must be a PNG, JPEG or WebP image") from None
     except (OSError, SyntaxError, ValueError) as error:
         if isinstance(error, ImageRefused):
@@ -82,6 +85,11 @@ def decode(data: bytes, limits: ImageLimits) -> InputImage:
         flat.paste(rgba, mask=rgba.getchannel("A"))
         upright = flat
     return InputImage(data, image.format, upright.convert("RGB"))
+
+
+def _pixel_limit(limits: ImageLimits) -> int:
+    """The pixels an image may have here: the setting, or Pillow's guard where it is lower."""
+    return min(limits.max_pixels, Image.MAX_IMAGE_PIXELS or limits.max_pixels)
 
 
 def fetch(url: str, allowlist: Allowlist, limits: ImageLimits) -> bytes:

@@ -196,15 +196,16 @@ class Operations:
 
     # --- who asks ------------------------------------------------------------------------
 
-    def caller(self, api_key: str | None, nonce: str | None, signature: str | None) -> Caller:
-        """Who sends a signed (or key-only) request, once their key is checked and the request
-        counted against its rate."""
-        return self._counted(self.auth.authenticate(api_key, nonce, signature))
+    def caller(self, api_key: str | None, nonce: str | None, signature: str | None,
+               address: str | None = None) -> Caller:
+        """Who sends a signed (or key-only) request from client ``address``, once their key is
+        checked and the request counted against its rate."""
+        return self._counted(self.auth.authenticate(api_key, nonce, signature, address))
 
-    def token_caller(self, token: str | None) -> Caller:
+    def token_caller(self, token: str | None, address: str | None = None) -> Caller:
         """Who sends a request with a single credential (``API_KEY:API_SECRET`` or a key-only
-        key), once checked and counted."""
-        return self._counted(self.auth.authenticate_token(token))
+        key) from client ``address``, once checked and counted."""
+        return self._counted(self.auth.authenticate_token(token, address))
 
     def _counted(self, caller: Caller) -> Caller:
         self.request_rate.take(caller.key_id)

@@ -15,7 +15,7 @@ from fluxhost.callbacks.poster import WebhookPoster
 from fluxhost.callbacks.sender import CallbackSender
 from fluxhost.events import EventBus, open_event_bus
 from fluxhost.input_images import ImageLimits
-from fluxhost.limits import TaskLimits, request_rate
+from fluxhost.limits import TaskLimits, auth_failure_limit, request_rate
 from fluxhost.metrics import ApiMetrics
 from fluxhost.models import served_models
 from fluxhost.operations import Operations
@@ -50,10 +50,14 @@ class Service:
         self.tasks = TaskStore(self.db)
         self.work = WorkStore(self.db)
         self.keys = KeyStore(self.db)
-        self.auth = Authenticator(self.keys, NonceStore(self.db), settings.nonce_window_seconds,
-                                  settings.nonce_retention_seconds)
-        self.files: FileStore = open_file_store(settings)
         events_url = settings.resolved_events_url
+        self.auth = Authenticator(
+            self.keys, NonceStore(self.db), settings.resolved_nonce_window_seconds, settings.nonce_retention_seconds,
+            strict_nonces=settings.nonce_mode == "strict",
+            failures=auth_failure_limit(settings.auth_failure_limit_per_address, settings.auth_failure_limit_per_key,
+                                        events_url),
+        )
+        self.files: FileStore = open_file_store(settings)
         self.events: EventBus = open_event_bus(events_url)
         self.moderator = open_moderator(settings)  # its classifiers load with the workers, if they run here
         self.catalog = Catalog.from_models(self.models)
@@ -135,13 +139,19 @@ class Service:
         return task_list_body([render_task(task, self.files, self.catalog.description_of(task.model_slug))])
 
     def not_ready(self) -> list[str]:
-        """Why this process cannot serve tasks now: its database unreachable, its workers loading,
-        stopped or without a model. Empty when ready. (Blocks for a database round trip.)"""
+        """Why this process cannot serve tasks now: its database unreachable or taking no writes,
+        its workers loading, stopped or without a model. Empty when ready. (Blocks for two
+        database round trips, one a write.)"""
         reasons = []
         try:
             self.db.ping()
         except Exception as error:
             reasons.append(f"the database cannot be reached ({type(error).__name__})")
+        else:
+            try:
+                self.db.heartbeat()
+            except Exception as error:
+                reasons.append(f"the database takes no writes ({type(error).__name__})")
         if problem := self.dispatcher.not_ready():
             reasons.append(problem)
         return reasons

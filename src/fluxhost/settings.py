@@ -163,6 +163,16 @@ class Settings(BaseSettings):
         "429 with Retry-After beyond it; counted in Redis when FLUXHOST_EVENTS_URL (or the broker) is Redis, "
         "else per API process. 0: no limit.",
     )
+    auth_failure_limit_per_address: int = Field(
+        default=60, ge=0, description="Failed authentications one client address may make per minute; beyond, "
+        "every request from it (good ones too) is answered 429 with Retry-After until the minute ends. Counted "
+        "where request rates are. 0: no limit.",
+    )
+    auth_failure_limit_per_key: int = Field(
+        default=600, ge=0, description="Failed authentications one API key may have per minute, from all "
+        "addresses together; beyond, the key's every request is answered 429 until the minute ends. Larger "
+        "than the address's budget: the key is public, and anyone may fail in its name. 0: no limit.",
+    )
     max_unfinished_tasks_per_key: int = Field(
         default=1000, ge=0, description="Queued plus running tasks one API key may have; a Run beyond is "
         "refused. 0: no limit.",
@@ -177,6 +187,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1_000_000, ge=10_000, description="Largest request body, answered 413 beyond (multipart uploads "
         "may be FLUXHOST_INPUT_MAX_BYTES plus 1 MB).",
+    )
+    body_read_seconds: float = Field(
+        default=60.0, gt=0, le=3600, description="Time a request's body may take to arrive, all of it; a slower "
+        "one is answered 408 and its connection closed (a 21 MB upload needs about 3 Mbit/s at the default).",
     )
     max_prompt_chars: int = Field(default=10_000, ge=1, description="Longest prompt accepted, in characters.")
     database_timeout_seconds: float = Field(
@@ -235,8 +249,15 @@ class Settings(BaseSettings):
         default=False, description="Progress frames carry a small JPEG of the image so far (costs time)."
     )
     torch_threads: int | None = Field(default=None, ge=1, description="Pin torch CPU threads.")
-    nonce_window_seconds: int = Field(
-        default=900, ge=10, description="Timestamp nonces further than this from the server's clock are refused."
+    nonce_mode: Literal["compatible", "strict"] = Field(
+        default="compatible", description="strict: every signed request, reads included, must carry a timestamp "
+        "nonce (unix seconds or milliseconds) within the nonce window, which is then 60 s by default; this "
+        "breaks clients that reuse one nonce for longer (the hosted API's shell example). compatible: any "
+        "integer nonce, the window checked on state-changing calls only. See the README's authentication.",
+    )
+    nonce_window_seconds: int | None = Field(
+        default=None, ge=10, description="Timestamp nonces further than this from the server's clock are refused; "
+        "default: 900 (compatible), 60 (strict)."
     )
     nonce_retention_seconds: int = Field(
         default=86_400, ge=60, description="How long accepted state-changing requests are remembered against resends."
@@ -311,7 +332,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _retention_covers_window(self) -> Settings:
-        if self.nonce_retention_seconds < self.nonce_window_seconds:
+        if self.nonce_retention_seconds < self.resolved_nonce_window_seconds:
             raise ValueError("nonce_retention_seconds must be at least nonce_window_seconds: a request "
                              "forgotten while its nonce is still in the window could be replayed")
         return self
@@ -338,6 +359,12 @@ class Settings(BaseSettings):
         if len(set(names)) != len(names):
             raise ValueError("devices must not repeat: two engines on one device fight over its memory")
         return self
+
+    @property
+    def resolved_nonce_window_seconds(self) -> int:
+        if self.nonce_window_seconds is not None:
+            return self.nonce_window_seconds
+        return 60 if self.nonce_mode == "strict" else 900
 
     @property
     def resolved_database_url(self) -> str:

@@ -21,7 +21,8 @@ from fastapi.responses import JSONResponse
 from pydantic import ConfigDict, Field
 
 from fluxhost.auth import AuthError
-from fluxhost.http.body import BodyTooLarge, LimitedBody, StorableText
+from fluxhost.http.address import client_address
+from fluxhost.http.body import LimitedBody, StorableText
 from fluxhost.http.offload import Offload
 from fluxhost.http.refusals import answer_refusals
 from fluxhost.limits import RateLimited
@@ -113,9 +114,10 @@ def fail(status_code: int, detail: str, headers: dict[str, str] | None = None) -
 
 
 def create_bfl_app(operations: Operations, offload: Offload, settings: Settings) -> FastAPI:
-    app = FastAPI(title="fluxhost: BFL's API shape", docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="fluxhost: BFL's API shape", docs_url="/docs", redoc_url=None, redirect_slashes=False)
     app.add_middleware(LimitedBody, limit=settings.max_body_bytes + settings.input_max_bytes * 2,
-                       refuse=lambda limit: fail(413, str(BodyTooLarge(limit))))
+                       seconds=settings.body_read_seconds,
+                       refuse=lambda error: fail(error.status_code, str(error), error.headers))
 
     def invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
         """FastAPI's 422 shape, without echoing the values sent (one may not even be JSON: Infinity)."""
@@ -138,9 +140,10 @@ def create_bfl_app(operations: Operations, offload: Offload, settings: Settings)
     })
 
     @app.post("/v1/{model}")
-    async def submit(model: str, submission: Submission, x_key: str | None = Header(default=None)) -> dict[str, Any]:
+    async def submit(model: str, submission: Submission, request: Request,
+                     x_key: str | None = Header(default=None)) -> dict[str, Any]:
         def work() -> dict[str, Any]:
-            caller = operations.token_caller(x_key)
+            caller = operations.token_caller(x_key, client_address(request))
             tool = operations.tool(OWNER, BFL_NAMES.get(model, model))
             operations.admit(caller, tool)
             task = operations.run(caller, tool, submission.run_request())
@@ -150,9 +153,10 @@ def create_bfl_app(operations: Operations, offload: Offload, settings: Settings)
         return await (offload.run_waiting if fetches else offload.run)(work)
 
     @app.get("/v1/get_result")
-    async def get_result(id: str = Query(), x_key: str | None = Header(default=None)) -> dict[str, Any]:  # noqa: A002
+    async def get_result(request: Request, id: str = Query(),  # noqa: A002
+                         x_key: str | None = Header(default=None)) -> dict[str, Any]:
         def work() -> dict[str, Any]:
-            caller = operations.token_caller(x_key)
+            caller = operations.token_caller(x_key, client_address(request))
             try:
                 task = operations.find(caller, uuid=id.strip())
             except TaskNotFound:

@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException
 
 from fluxhost.auth import AuthError
 from fluxhost.events import EventBus, TaskEvent
+from fluxhost.http.address import client_address
 from fluxhost.http.body import (
     UPLOAD_OVERHEAD_BYTES,
     BodyError,
@@ -106,10 +107,11 @@ def fail(error: OpenAIError, headers: dict[str, str] | None = None) -> JSONRespo
 
 
 def create_openai_app(operations: Operations, events: EventBus, offload: Offload, settings: Settings) -> FastAPI:
-    app = FastAPI(title="fluxhost: OpenAI's images API shape", docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="fluxhost: OpenAI's images API shape", docs_url="/docs", redoc_url=None,
+                  redirect_slashes=False)
     upload_limit = settings.input_max_bytes + UPLOAD_OVERHEAD_BYTES
-    app.add_middleware(LimitedBody, limit=upload_limit,
-                       refuse=lambda limit: fail(OpenAIError(413, str(BodyTooLarge(limit)))))
+    app.add_middleware(LimitedBody, limit=upload_limit, seconds=settings.body_read_seconds,
+                       refuse=lambda error: fail(OpenAIError(error.status_code, str(error)), error.headers))
 
     def invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
         problem = error.errors()[0]
@@ -146,9 +148,11 @@ def create_openai_app(operations: Operations, events: EventBus, offload: Offload
             raise OpenAIError(400, "This server serves no image-editing model.", param="model")
         return tool
 
-    def queue(authorization: str | None, generation: Generation, image: bytes | None = None) -> int:
-        """The task for a request (its checks done in the protocol's order), queued; its id."""
-        caller = operations.token_caller((authorization or "").removeprefix("Bearer ").strip())
+    def queue(authorization: str | None, address: str | None, generation: Generation,
+              image: bytes | None = None) -> int:
+        """The task for a request from ``address`` (its checks done in the protocol's order),
+        queued; its id."""
+        caller = operations.token_caller((authorization or "").removeprefix("Bearer ").strip(), address)
         tool = tool_of(generation.model, edits=image is not None)
         operations.admit(caller, tool)
         return operations.run(caller, tool, generation.run_request(image)).id
@@ -158,8 +162,10 @@ def create_openai_app(operations: Operations, events: EventBus, offload: Offload
         return await offload.run(answer, task, generation)
 
     @app.post("/v1/images/generations")
-    async def generate(generation: Generation, authorization: str | None = Header(default=None)) -> dict[str, Any]:
-        return await respond(await offload.run(queue, authorization, generation), generation)
+    async def generate(generation: Generation, request: Request,
+                       authorization: str | None = Header(default=None)) -> dict[str, Any]:
+        return await respond(await offload.run(queue, authorization, client_address(request), generation),
+                             generation)
 
     @app.post("/v1/images/edits")
     async def edit(request: Request, authorization: str | None = Header(default=None)) -> dict[str, Any]:
@@ -177,7 +183,8 @@ def create_openai_app(operations: Operations, events: EventBus, offload: Offload
             generation = Generation.model_validate({k: v for k, v in values.items() if isinstance(v, str)})
         except ValidationError as error:
             raise RequestValidationError(error.errors()) from None
-        return await respond(await offload.run_waiting(queue, authorization, generation, image), generation)
+        return await respond(await offload.run_waiting(queue, authorization, client_address(request), generation,
+                                                       image), generation)
 
     async def ended(task_id: int) -> TaskView:
         """The task once it ended: woken by its terminal event, or found ended by a look at it."""

@@ -10,6 +10,7 @@ values and trailing commas; every scalar stays a string), whatever the header sa
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -74,10 +75,31 @@ class UploadedFile(bytes):
         return uploaded
 
 
-class BodyTooLarge(Exception):
+class BodyRefused(Exception):
+    """A body the server stops reading; ``status_code``: the HTTP status that says why, ``headers``:
+    what the answer must carry besides."""
+
+    status_code: int
+    headers: dict[str, str] = {}
+
+
+class BodyTooLarge(BodyRefused):
+    status_code = 413
+
     def __init__(self, limit: int):
         super().__init__(f"The request body is too large: at most {limit} bytes.")
         self.limit = limit
+
+
+class BodyTooSlow(BodyRefused):
+    """A body that did not arrive whole within the deadline: a client trickling one in would hold
+    its connection (and the memory of what came) for as long as it liked."""
+
+    status_code = 408
+    headers = {"Connection": "close"}  # the rest of the body may still be on its way: the connection ends
+
+    def __init__(self, seconds: float):
+        super().__init__(f"The request body took too long: it must arrive within {seconds:g} s.")
 
 
 def parse_object_text(text: str) -> dict[str, Any]:
@@ -119,18 +141,23 @@ def storable(value: Any) -> bool:
     return True
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, seconds: float | None = None) -> bytes:
     """The whole body, read as it streams in and refused (:class:`BodyTooLarge`) as soon as it is
-    declared or grows past ``limit``: an oversized body is never held in memory."""
+    declared or grows past ``limit``: an oversized body is never held in memory; and refused
+    (:class:`BodyTooSlow`) when it is not all there after ``seconds`` (None: no deadline)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(limit)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(limit)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(limit)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyTooSlow(seconds) from None
     return b"".join(chunks)
 
 
@@ -192,12 +219,14 @@ class StorableText(BaseModel):
 
 class LimitedBody:
     """ASGI middleware for a door whose framework reads bodies itself (FastAPI's models): the body
-    is read first, refused with the door's own 413 answer (``refuse(limit)``) as soon as it is
-    declared or streams past ``limit``, and otherwise handed on whole."""
+    is read first, refused with the door's own answer (``refuse(error)``: 413 or 408) as soon as
+    it is declared or streams past ``limit``, or when it is not all there after ``seconds``, and
+    otherwise handed on whole."""
 
-    def __init__(self, app: ASGIApp, limit: int, refuse: Callable[[int], Response]):
+    def __init__(self, app: ASGIApp, limit: int, seconds: float, refuse: Callable[[BodyRefused], Response]):
         self.app = app
         self.limit = limit
+        self.seconds = seconds
         self.refuse = refuse
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -206,18 +235,19 @@ class LimitedBody:
             return
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > self.limit:
-            await self.refuse(self.limit)(scope, receive, send)
+            await self.refuse(BodyTooLarge(self.limit))(scope, receive, send)
             return
-        body, more = b"", True
-        while more and len(body) <= self.limit:
-            message = await receive()
-            if message["type"] != "http.request":
-                await self.app(scope, receive, send)  # the client left: the app sees it as it would
-                return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
+        try:
+            async with asyncio.timeout(self.seconds):
+                body, more = await self._read(receive)
+        except TimeoutError:
+            await self.refuse(BodyTooSlow(self.seconds))(scope, receive, send)
+            return
+        if body is None:
+            await self.app(scope, receive, send)  # the client left: the app sees it as it would
+            return
         if more or len(body) > self.limit:
-            await self.refuse(self.limit)(scope, receive, send)
+            await self.refuse(BodyTooLarge(self.limit))(scope, receive, send)
             return
         delivered = False
 
@@ -229,3 +259,15 @@ class LimitedBody:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
+
+    async def _read(self, receive: Receive) -> tuple[bytes | None, bool]:
+        """The body until its end or past the limit, and whether more was coming; None when the
+        client left."""
+        body, more = b"", True
+        while more and len(body) <= self.limit:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None, False
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        return body, more

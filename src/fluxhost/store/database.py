@@ -16,10 +16,12 @@ except ImportError:  # Windows: one process's writers still take turns on a thre
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text, update
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import sessionmaker
+
+from fluxhost.store.schema import Heartbeat
 
 MIGRATIONS_DIR = Path(__file__).parent.parent / "migrations"
 # Processes of a fleet start together and each migrates: on PostgreSQL they take turns on this lock.
@@ -29,6 +31,8 @@ _MIGRATION_LOCK = 0x666C7578  # "flux"
 # What SQLAlchemy raises when the database is locked past the timeout, unreachable, or its pool
 # empty: a passing fault, after which the same work may be tried again.
 DATABASE_FAULTS = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
+
+_BEAT = update(Heartbeat).where(Heartbeat.id == 1)
 
 # A pooled connection used this recently is taken to be alive; one idle for longer is pinged first.
 IDLE_PING_SECONDS = 5.0
@@ -126,6 +130,13 @@ class Database:
         """One round trip to the database; raises when it cannot be reached."""
         with self.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
+
+    def heartbeat(self) -> None:
+        """One small committed write (the heartbeat row's time); raises when the database takes no
+        writes. A read, or a write rolled back, would pass on a full disk or a read-only database,
+        where every Run fails."""
+        with self.write() as connection:
+            connection.execute(_BEAT, {"beat_at": time.time()})
 
     @contextmanager
     def write(self) -> Iterator[Connection]:

@@ -70,6 +70,16 @@ class SpentRequest(Base):
     used_at: Mapped[float] = mapped_column(Float, index=True)
 
 
+class Heartbeat(Base):
+    """One row, rewritten by each readiness check: a committed write is what shows that the
+    database takes writes (a full disk, a read-only file or replica still answer reads)."""
+
+    __tablename__ = "heartbeat"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    beat_at: Mapped[float] = mapped_column(Float)
+
+
 class Task(Base):
     """One Run: the single source of truth for its status; queues and events carry only ids."""
 

@@ -24,10 +24,11 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from fluxhost.auth import AuthError, Caller, request_digest
+from fluxhost.http.address import client_address
 from fluxhost.http.body import (
     UPLOAD_OVERHEAD_BYTES,
     BodyError,
-    BodyTooLarge,
+    BodyRefused,
     UploadedFile,
     is_multipart,
     parse_parameters,
@@ -159,6 +160,7 @@ class Call:
     def __init__(self, operations: Operations, request: Request, body: bytes, parameters: Parameters):
         self.operations = operations
         self.headers = request.headers
+        self.address = client_address(request)
         self.path = request.url.path
         self.body = body
         self.parameters = parameters
@@ -166,7 +168,8 @@ class Call:
     def caller(self) -> Caller:
         """Who sends the request, once their key is checked and their request counted."""
         headers = self.headers
-        return self.operations.caller(headers.get("x-api-key"), headers.get("x-nonce"), headers.get("x-signature"))
+        return self.operations.caller(headers.get("x-api-key"), headers.get("x-nonce"), headers.get("x-signature"),
+                                      self.address)
 
     def spend_nonce(self, caller: Caller) -> None:
         self.operations.auth.spend_nonce(caller, self.headers.get("x-nonce"), request_digest(self.path, self.body))
@@ -193,7 +196,7 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
     """The hosted protocol's routes, to mount at ``/v1``; their blocking work runs on ``offload``.
     ``safety_note``: what moderation runs on this server, for safetyTolerance's description."""
 
-    app = FastAPI(title="fluxhost: the hosted task protocol", docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="fluxhost: the hosted task protocol", docs_url="/docs", redoc_url=None, redirect_slashes=False)
     notes = {
         "safetyTolerance": safety_note,
         "promptUpsampling": "Available on this server." if operations.upsampling else (
@@ -218,9 +221,9 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
         Run's was, as its checks had passed."""
         return fail(0, messages.NO_ROOM if error.no_room else messages.NOT_STORED, 503)
 
-    def http_error(_request: Request, error: HTTPException) -> JSONResponse:
+    def http_error(request: Request, error: HTTPException) -> JSONResponse:
         if error.status_code == 404:
-            return fail(0, messages.BAD_URL, 404)
+            return fail(0, messages.bad_url(request.url.path), 404)
         if error.status_code == 405:
             return fail(0, messages.POST_ONLY, 405)
         return fail(0, str(error.detail), error.status_code)
@@ -233,7 +236,7 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
         AuthError: lambda _request, error: fail(0, messages.AUTHENTICATION[error.failure], 401),
         ProtocolError: lambda _request, error: fail(error.code, error.message),
         RateLimited: lambda _request, error: fail(0, str(error), 429, {"Retry-After": str(error.retry_after)}),
-        BodyTooLarge: lambda _request, error: fail(0, str(error), 413),
+        BodyRefused: lambda _request, error: fail(0, str(error), error.status_code, error.headers),
         InvalidInput: refused_input,
         (ModelUnavailable, TooManyTasks): lambda _request, error: fail(0, str(error)),
         UpsamplingUnavailable: lambda _request, _error: fail(0, messages.UPSAMPLING_UNAVAILABLE),
@@ -259,7 +262,7 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
         limit = settings.max_body_bytes
         if is_multipart(request.headers):
             limit = max(limit, settings.input_max_bytes + UPLOAD_OVERHEAD_BYTES)
-        body = await read_body(request, limit)
+        body = await read_body(request, limit, settings.body_read_seconds)
         parameters = await Parameters.of(body, request)
         request.state.parameters = parameters
         call = Call(operations, request, body, parameters)

@@ -45,6 +45,13 @@ FRAME_UNKNOWN = 'Unknown frame type: send {"type": "task_info", "tasktoken": "<s
 FRAME_TOKEN_REQUIRED = "tasktoken is required"
 
 
+def bad_url(path: str) -> str:
+    """An unknown path; one that ends with a slash is named without it, since no path has one."""
+    if path.endswith("/") and path.strip("/"):
+        return f"{BAD_URL} No path ends with a slash: did you mean {path.rstrip('/')}?"
+    return BAD_URL
+
+
 def parameter(name: str, problem: str) -> str:
     """A refused input: ``problem`` is a predicate of it ("required", "is larger than 20 MB")."""
     return f"Request parameter [{name}] {problem}"
