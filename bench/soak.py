@@ -14,7 +14,12 @@
    (``{"type": "task_info", "tasktoken": ...}``) and go mid-task by reset (RST), by a bare close
    (FIN, no closing handshake) or politely; some follow ended tasks, many tasks at once, unknown
    tokens, or send junk.
-4. Checks: every task this run made is listed by Task/List and has ended (after a bounded wait for
+4. Socket flood: one connection sends ``--flood`` invalid frames (200,000) and reads nothing, as
+   a broken or hostile client would; prints the API process's resident memory before and once
+   steady after, and whether the server closed the connection. Fails unless the server closed it
+   (1008) and the API process grew by at most ``--max-flood-growth-mb`` (8 MB). ``--flood-only``
+   runs this phase alone, against a fresh server.
+5. Checks: every task this run made is listed by Task/List and has ended (after a bounded wait for
    the queue to drain); the API process's sockets fall back to what they were before the churn,
    and where the service serves /metrics, its open-socket and unfinished-task gauges to zero;
    resident memory (API + children) after the soak, after the churn and at the end has grown by
@@ -26,7 +31,8 @@ every phase is bounded in time, and the server is stopped at the end. Memory is 
 when it is installed, else from /proc (Linux).
 
     python bench/soak.py [--clients 200] [--seconds 60] [--tasks 10000] [--churn 2000]
-                         [--max-growth-mb 64] [--port 8795] [--worker process|thread]
+                         [--flood 200000] [--flood-only] [--max-growth-mb 64] [--port 8795]
+                         [--worker process|thread]
 """
 
 from __future__ import annotations
@@ -43,11 +49,13 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.frames import Close
 
 from _server import SLUG, Signer, percentile, running_server
 from fluxhost.statuses import TERMINAL, Status
@@ -61,6 +69,7 @@ PROCESS_ERRORS = (OSError, psutil.Error) if psutil else (OSError,)  # the proces
 MB = 1024 * 1024
 TASK_SECONDS = 60.0  # a task not ended this long after its Run is an error
 SOCKET_SECONDS = 15.0  # the most one churned connection may take
+FLOOD_QUIET_SECONDS = 5.0  # a flooded connection this long without a frame is taken as left open
 MAX_ERRORS = 1000  # a phase stops early past this many: the server is broken, more adds nothing
 
 
@@ -416,6 +425,98 @@ async def churn(port: int, count: int, parallel: int, running: set[str], ended: 
     return done
 
 
+# -- the socket flood -----------------------------------------------------------------------------
+
+FLOOD_FRAME = "not json"  # answered with an error frame
+
+
+@dataclass
+class Flood:
+    """What one flooding connection did, and the API process's resident MB around it."""
+
+    sent: int = 0  # frames sent before the connection closed (or all of them)
+    seconds: float = 0.0  # from the first frame to the last one sent
+    cut_short: bool = False  # sending stopped: the connection was closed, or took no frame in time
+    rss_before: float = 0.0
+    rss_after: float = 0.0  # once steady, with every frame sent and none read
+    read: int = 0  # frames read once the sending was over
+    close: Close | None = None  # the server's close frame, when one was read
+
+
+async def steady_rss(server: ServerProcesses, seconds: float = 2.0, at_most: float = 60.0) -> float:
+    """The API process's resident MB once it has not grown for ``seconds`` (or after ``at_most``):
+    a server still working through frames on the wire is still growing."""
+    deadline = time.monotonic() + at_most
+    highest, since = _rss(server.api), time.monotonic()
+    while time.monotonic() - since < seconds and time.monotonic() < deadline:
+        await asyncio.sleep(0.25)
+        if (now := _rss(server.api)) > highest:
+            highest, since = now, time.monotonic()
+    return highest
+
+
+async def flood(port: int, frames: int, server: ServerProcesses) -> Flood:
+    """One connection sends ``frames`` invalid frames and reads nothing (the client library stops
+    taking frames off the wire past its small queue), then reads what it was sent, to the server's
+    close if there is one. Before it, one invalid frame answered on another connection warms the
+    code the baseline should hold."""
+    warm = await ChurnedSocket.connect(port)
+    await warm.send(FLOOD_FRAME)
+    await asyncio.wait_for(warm.frame(), SOCKET_SECONDS)
+    await warm.close()
+    await asyncio.sleep(1)
+    result = Flood(rss_before=_rss(server.api))
+    ws = await ChurnedSocket.connect(port)
+    try:
+        started = time.perf_counter()
+        try:
+            for _ in range(frames):
+                await asyncio.wait_for(ws.send(FLOOD_FRAME), SOCKET_SECONDS)
+                result.sent += 1
+                result.seconds = time.perf_counter() - started
+        except (ConnectionClosed, TimeoutError):
+            result.cut_short = True
+        result.rss_after = await steady_rss(server)
+        while True:
+            try:
+                await asyncio.wait_for(ws.connection.recv(), FLOOD_QUIET_SECONDS)
+                result.read += 1
+            except ConnectionClosed as closed:
+                result.close = closed.rcvd
+                break
+            except TimeoutError:
+                break
+    finally:
+        if ws.open:
+            ws.reset()
+    return result
+
+
+def flood_phase(port: int, args: argparse.Namespace, server: ServerProcesses) -> list[str]:
+    """The flood, its figures printed; the failures."""
+    print(f"\nsocket flood: {args.flood} invalid frames on one connection that reads nothing")
+    result = asyncio.run(flood(port, args.flood, server))
+    print(f"  sent {result.sent} in {result.seconds:.1f} s" +
+          ("; then the connection took no more (closed)" if result.cut_short else ""))
+    growth = result.rss_after - result.rss_before
+    print(f"  API process RSS before {result.rss_before:.1f} MB, after {result.rss_after:.1f} MB "
+          f"({growth:+.1f} MB; once steady, nothing read yet)")
+    if result.close is not None:
+        ending = f"the server closed the connection: {result.close.code} ({result.close.reason!r})"
+    elif result.cut_short:
+        ending = "no close frame came through, but the server ended the connection"
+    else:
+        ending = f"the server did not close the connection ({FLOOD_QUIET_SECONDS:g} s without a frame)"
+    print(f"  then read {result.read} frames; {ending}")
+    failures = []
+    if result.close is None and not result.cut_short:
+        failures.append("the server did not close the flooding connection")
+    elif result.close is not None and result.close.code != 1008:
+        failures.append(f"the server closed the flooding connection with {result.close.code}, not 1008")
+    if growth > args.max_flood_growth_mb:
+        failures.append(f"the flood grew the API process by {growth:.1f} MB (bound {args.max_flood_growth_mb:g} MB)")
+    return failures
+
 # -- the phases -----------------------------------------------------------------------------------
 
 async def load(base_url: str, key: dict, clients: int, stop: Callable[[], bool], poll: float,
@@ -594,6 +695,11 @@ def main() -> None:
     parser.add_argument("--churn", type=int, default=2000, help="socket connections opened and dropped")
     parser.add_argument("--parallel", type=int, default=200, help="churned connections open at once")
     parser.add_argument("--feeders", type=int, default=20, help="clients keeping tasks running during the churn")
+    parser.add_argument("--flood", type=int, default=200_000,
+                        help="invalid frames one unread socket sends (0: no flood)")
+    parser.add_argument("--flood-only", action="store_true", help="only the socket flood, against a fresh server")
+    parser.add_argument("--max-flood-growth-mb", type=float, default=8.0,
+                        help="most the API process's resident memory may grow over the socket flood")
     parser.add_argument("--max-growth-mb", type=float, default=64.0,
                         help="most the resident memory of the API and worker processes together may grow "
                              "over the warm baseline: after the soak, after the churn, at the end")
@@ -616,6 +722,10 @@ def main() -> None:
 
         time.sleep(2)
         print(f"  RSS at start    {memory_line(server.rss())}")
+        if args.flood_only:
+            failures = flood_phase(args.port, args, server)
+            print("FAIL: " + "; ".join(failures) if failures else "PASS")
+            sys.exit(1 if failures else 0)
         warm = asyncio.run(warm_up(base_url, args.port, key, args, errors))
         time.sleep(2)
         before = server.rss()
@@ -649,6 +759,8 @@ def main() -> None:
             print(f"    {mode:8s} {sum(ways.values()):5d}  {ways}")
 
         after_churn = server.rss()
+        if args.flood:
+            failures += flood_phase(args.port, args, server)
 
         made = warm.tokens + stats.tokens + feed.tokens
         listed = asyncio.run(unended_tasks(base_url, key, made, args.drain_seconds, errors))

@@ -2,18 +2,22 @@
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import time
+from types import SimpleNamespace
 
 import pytest
 import websockets
 from PIL import Image
+from prometheus_client import Gauge
 
-from fluxhost.events import Progress, TaskEvent
+from fluxhost.events import LocalEventBus, Progress, TaskEvent
 from fluxhost.signing import KeyMode
 from fluxhost.statuses import TERMINAL, Status
-from fluxhost.wiro.socket import MAX_PROGRESS_FRAMES, Subscriber
+from fluxhost.wiro import messages, socket
+from fluxhost.wiro.socket import MAX_INVALID_FRAMES, MAX_PROGRESS_FRAMES, MAX_QUEUED_FRAMES, SocketHub, Subscriber
 from tests.helpers import SLUG, LiveServer, ProtocolClient
 
 LIFECYCLE = ["task_queue", "task_accept", "task_preprocess_start", "task_preprocess_end", "task_assign",
@@ -197,3 +201,93 @@ def test_a_preview_that_fails_does_not_fail_the_task(make_settings):
     progress = [f for f in frames if f["type"] == "task_output"]
     assert progress and all("preview" not in f for f in progress)
     assert frames[-1]["type"] == "task_postprocess_end" and frames[-1]["pexit"] == "0"
+
+
+def test_a_flood_of_invalid_frames_gets_a_few_replies_then_a_close(server):
+    """A client that sends invalid frames without reading is answered MAX_INVALID_FRAMES times, then
+    closed: the server queues no reply past those, however many frames come."""
+
+    async def scenario():
+        async with websockets.connect(socket_url(server)) as ws:
+            with contextlib.suppress(websockets.ConnectionClosed):  # the server may close before the last goes
+                for _ in range(3000):
+                    await ws.send("not json")
+            replies = []
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                while True:
+                    replies.append(json.loads(await asyncio.wait_for(ws.recv(), 5)))
+            return replies, closed.value.rcvd
+
+    replies, close = asyncio.run(scenario())
+    assert len(replies) == MAX_INVALID_FRAMES
+    assert all(reply["errors"] == [{"code": 0, "message": messages.FRAME_NOT_OBJECT}] for reply in replies)
+    assert close.code == 1008 and close.reason == messages.too_many_invalid_frames(MAX_INVALID_FRAMES)
+
+
+def test_an_outbox_at_its_bound_closes_the_connection_rather_than_grow():
+    async def scenario():
+        subscriber = Subscriber(websocket=None)
+        outbox = subscriber.outbox
+        for task in range(1, MAX_QUEUED_FRAMES):
+            subscriber.offer(TaskEvent(task, f"t{task}", Status.QUEUE), f"queued-{task}")
+        outbox.put("an error reply")  # every kind of frame counts
+        subscriber.offer(TaskEvent(1, "t1", Status.OUTPUT, Progress.measure(1, 10, 1.0)), "progress")
+        assert len(outbox) == MAX_QUEUED_FRAMES and not outbox.closing.done()  # progress past it is dropped
+        subscriber.offer(TaskEvent(1, "t1", Status.ACCEPT), "one frame too many")
+        outbox.put("after the close")
+        frames = [await outbox.get() for _ in range(len(outbox))]
+        assert await asyncio.wait_for(outbox.get(), 1) is None  # sent them all: the close frame is next
+        return frames, outbox.closing.result()
+
+    frames, closing = asyncio.run(scenario())
+    assert frames == [f"queued-{task}" for task in range(1, MAX_QUEUED_FRAMES)] + ["an error reply"]
+    assert closing == (1008, messages.TOO_MANY_UNREAD)
+
+
+class StalledClient:
+    """A WebSocket whose client follows one task, then neither reads nor sends."""
+
+    def __init__(self, token: str):
+        self.first = {"type": "websocket.receive", "text": json.dumps({"type": "task_info", "tasktoken": token})}
+
+    async def accept(self) -> None:
+        pass
+
+    async def receive(self) -> dict:
+        if self.first:
+            first, self.first = self.first, None
+            return first
+        await asyncio.Event().wait()
+
+    async def send_text(self, _text: str) -> None:
+        await asyncio.Event().wait()
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        await asyncio.Event().wait()
+
+
+class DirectOffload:
+    async def run(self, function, *args):
+        return function(*args)
+
+
+def test_a_client_that_stops_reading_is_let_go_once_its_outbox_is_full(monkeypatch):
+    monkeypatch.setattr(socket, "CLOSE_SECONDS", 0.1)
+    task = SimpleNamespace(id=1, socket_token="t1", status=Status.START, ended=False)
+    operations = SimpleNamespace(follow=lambda token: task if token == "t1" else None)
+    connections = Gauge("socket_connections", "open sockets", registry=None)
+    events = LocalEventBus()
+    hub = SocketHub(operations, events, DirectOffload(), connections)
+
+    async def scenario():
+        hub.start()
+        serving = asyncio.create_task(hub.serve(StalledClient("t1")))
+        while not hub.followed_tasks:
+            await asyncio.sleep(0.01)
+        for line in range(MAX_QUEUED_FRAMES + 1):  # whole logs: frames never dropped nor coalesced
+            events.publish(TaskEvent(1, "t1", Status.OUTPUT_FULL, text=f"log {line}"))
+        await asyncio.wait_for(serving, 5)
+        hub.stop()
+
+    asyncio.run(scenario())
+    assert hub.followed_tasks == 0 and connections.collect()[0].samples[0].value == 0

@@ -43,6 +43,12 @@ FRAME_TOO_LARGE = "Frames must be JSON text of at most 4096 bytes."
 FRAME_NOT_OBJECT = "Frames must be JSON objects."
 FRAME_UNKNOWN = 'Unknown frame type: send {"type": "task_info", "tasktoken": "<socketaccesstoken>"}.'
 FRAME_TOKEN_REQUIRED = "tasktoken is required"
+# Why the socket closes a connection (close reasons: at most 123 bytes).
+TOO_MANY_UNREAD = "Too many frames waiting to be read: connect again and follow your tasks anew."
+
+
+def too_many_invalid_frames(per_minute: int) -> str:
+    return f"Too many invalid frames: a connection may send {per_minute} a minute."
 
 
 def bad_url(path: str) -> str:

@@ -2,9 +2,12 @@
 
 One subscription to the event bus serves every connection. Events arrive on the publisher's
 thread and hop onto the event loop; each frame is serialised once and offered to every
-subscriber's outbox. An outbox never blocks the publisher: it holds every lifecycle frame, keeps
-only the newest progress frame per task, and drops progress beyond a bound, so a slow client
-loses intermediate progress, never a lifecycle or final frame.
+subscriber's outbox. An outbox never blocks the publisher, and never grows past a bound: it keeps
+only the newest progress frame per task and drops progress beyond its own bound, so a slow client
+loses intermediate progress; it never drops any other frame (a lifecycle or final frame, an error
+reply) but closes the connection instead, for the client to follow its tasks anew. A client that
+sends more invalid frames than it may is closed too. Whatever a closing connection's client has
+not read within CLOSE_SECONDS is let go.
 """
 
 from __future__ import annotations
@@ -13,12 +16,15 @@ import asyncio
 import json
 import logging
 from collections import deque
+from typing import NamedTuple
 
 from prometheus_client import Gauge
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.status import WS_1008_POLICY_VIOLATION, WS_1011_INTERNAL_ERROR
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from fluxhost.events import EventBus, TaskEvent
 from fluxhost.http.offload import Offload
+from fluxhost.limits import LocalRequestRate, RateLimited
 from fluxhost.operations import Operations
 from fluxhost.statuses import LOG_EVENTS, TERMINAL, WORKER_PATH, Status
 from fluxhost.store.records import TaskView
@@ -28,31 +34,61 @@ from fluxhost.wiro.render import error_frame_text, event_frame_text, final_frame
 log = logging.getLogger(__name__)
 
 MAX_PROGRESS_FRAMES = 16  # per connection, waiting to be sent
+MAX_QUEUED_FRAMES = 256  # per connection, of every kind, waiting to be sent
+MAX_INVALID_FRAMES = 20  # per connection: this many at once, and as many more each minute
+CLOSE_SECONDS = 5.0  # how long a closing connection's client has to read its last frames
 MAX_MESSAGE_BYTES = 4096
 _ORDER = {status: index for index, status in enumerate(WORKER_PATH)}
 
 
+class Closing(NamedTuple):
+    """How the server ends a connection: the close frame's code and reason."""
+
+    code: int
+    reason: str = ""
+
+
 class Outbox:
-    """Frames waiting for one connection."""
+    """Frames waiting for one connection, then, once it is to end, how it ends (``closing``)."""
 
     def __init__(self) -> None:
         self._frames: deque[tuple[int | None, str]] = deque()  # (task id of a progress frame, text)
         self._ready = asyncio.Event()
+        self.closing: asyncio.Future[Closing] = asyncio.get_running_loop().create_future()
+
+    def __len__(self) -> int:
+        return len(self._frames)
 
     def put(self, text: str, progress_of: int | None = None) -> None:
+        """Queue a frame; one of a closing connection goes nowhere. Past the bounds a progress frame
+        is dropped, and any other closes the connection."""
+        if self.closing.done():
+            return
         if progress_of is not None:
             waiting = [i for i, (task, _) in enumerate(self._frames) if task is not None]
             for index in waiting:
                 if self._frames[index][0] == progress_of:
                     self._frames[index] = (progress_of, text)  # newest progress wins
                     return
-            if len(waiting) >= MAX_PROGRESS_FRAMES:
+            if len(waiting) >= MAX_PROGRESS_FRAMES or len(self._frames) >= MAX_QUEUED_FRAMES:
                 return
+        elif len(self._frames) >= MAX_QUEUED_FRAMES:
+            self.close(WS_1008_POLICY_VIOLATION, messages.TOO_MANY_UNREAD)
+            return
         self._frames.append((progress_of, text))
         self._ready.set()
 
-    async def get(self) -> str:
+    def close(self, code: int, reason: str = "") -> None:
+        """End the connection once the frames already waiting are sent (the first call decides how)."""
+        if not self.closing.done():
+            self.closing.set_result(Closing(code, reason))
+            self._ready.set()
+
+    async def get(self) -> str | None:
+        """The next frame to send; None once the connection is closing and every frame is sent."""
         while not self._frames:
+            if self.closing.done():
+                return None
             self._ready.clear()
             await self._ready.wait()
         return self._frames.popleft()[1]
@@ -84,9 +120,14 @@ class Subscriber:
         self.outbox.put(text)
 
     async def send_loop(self) -> None:
-        while True:
-            text = await self.outbox.get()
-            await self.websocket.send_text(text)
+        """Send the outbox's frames, then its close frame; until the client leaves."""
+        try:
+            while (text := await self.outbox.get()) is not None:
+                await self.websocket.send_text(text)
+            closing = self.outbox.closing.result()
+            await self.websocket.close(closing.code, closing.reason)
+        except WebSocketDisconnect:
+            pass  # the client left: reading learns it too
 
 
 class SocketHub:
@@ -157,37 +198,53 @@ class SocketHub:
                 self._followers.pop(token, None)
 
     async def serve(self, websocket: WebSocket) -> None:
-        """One connection: read ``task_info`` frames, follow their tasks, until the client leaves."""
+        """One connection, until the client leaves or its outbox closes it. A closing connection's
+        client has CLOSE_SECONDS to read the frames queued before the close frame and that frame;
+        then the connection is let go of, and with it whatever the client left unread."""
         await websocket.accept()
         subscriber = Subscriber(websocket)
+        closing = subscriber.outbox.closing
         sender = asyncio.create_task(subscriber.send_loop())
-        connections = self.connections
-        connections.inc()
+        reader = asyncio.create_task(self.read(subscriber))
+        self.connections.inc()
         try:
-            while True:
-                message = await websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    break
-                try:
-                    token = requested_token(message.get("text") or message.get("bytes"))
-                except FrameError as error:
-                    subscriber.outbox.put(error_frame_text(str(error)))
-                    continue
-                if not await self.follow(subscriber, token):
-                    await websocket.send_text(error_frame_text(messages.NO_TASK, code=1))
-                    await websocket.close(code=1008)
-                    break
-        except WebSocketDisconnect:
-            pass
+            await asyncio.wait((reader, closing), return_when=asyncio.FIRST_COMPLETED)
+            failure = reader.exception() if reader.done() else None
+            if failure is not None:
+                subscriber.outbox.close(WS_1011_INTERNAL_ERROR)
+            if closing.done():
+                await asyncio.wait((sender,), timeout=CLOSE_SECONDS)
+            if failure is not None:
+                raise failure
         finally:
-            connections.dec()
-            self.forget(subscriber)
+            reader.cancel()
             sender.cancel()
-            if websocket.client_state == WebSocketState.CONNECTED:
+            self.connections.dec()
+            self.forget(subscriber)
+
+    async def read(self, subscriber: Subscriber) -> None:
+        """Read the client's frames and follow the tasks they ask for, answering each invalid frame
+        with an error frame, until the client leaves or the connection is to close: after a token
+        no task has, or after more invalid frames than MAX_INVALID_FRAMES allows."""
+        outbox = subscriber.outbox
+        invalid_frames = LocalRequestRate(MAX_INVALID_FRAMES)  # a token bucket; its one key is this connection
+        while not outbox.closing.done():
+            message = await subscriber.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            try:
+                token = requested_token(message.get("text") or message.get("bytes"))
+            except FrameError as error:
                 try:
-                    await websocket.close()
-                except RuntimeError:
-                    pass
+                    invalid_frames.take(0)
+                except RateLimited:
+                    outbox.close(WS_1008_POLICY_VIOLATION, messages.too_many_invalid_frames(MAX_INVALID_FRAMES))
+                    return
+                outbox.put(error_frame_text(str(error)))
+                continue
+            if not await self.follow(subscriber, token):
+                outbox.put(error_frame_text(messages.NO_TASK, code=1))
+                outbox.close(WS_1008_POLICY_VIOLATION)
 
 
 class FrameError(ValueError):
