@@ -133,8 +133,8 @@ def test_slow_receivers_hold_back_only_their_own_callbacks(make_settings):
     """One receiver drips its answer's body, one never finishes its headers, one answers at once:
     the prompt one is called back at once, every callback is one successful POST, and the stalled
     ones are tried exactly three times, each attempt cut at the deadline."""
-    settings = make_settings(callback_allowlist="127.0.0.1", callback_timeout_seconds=1.0, callback_max_attempts=3,
-                             callback_backoff_seconds=0.2)
+    settings = make_settings(engine="bench", callback_allowlist="127.0.0.1", callback_timeout_seconds=1.0,
+                             callback_max_attempts=3, callback_backoff_seconds=0.2)
     with DrippingReceiver("body") as dripping, DrippingReceiver("headers") as stalling, Receiver() as prompt, \
             LiveServer(settings) as live:
         client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
