@@ -16,6 +16,7 @@ from fluxhost.auth import Authenticator
 from fluxhost.orders import WorkOrder
 from fluxhost.runtime.host import worker_may_be_alive
 from fluxhost.signing import KeyMode
+from fluxhost.statuses import TERMINAL
 from fluxhost.store.database import Database
 from fluxhost.store.keys import KeyStore, NewKey
 from fluxhost.store.nonces import NonceStore
@@ -33,8 +34,9 @@ def serve_env(tmp_path, tiny_weights):
         **os.environ,
         "FLUXHOST_DATA_DIR": str(tmp_path / "data"),
         "FLUXHOST_PORT": str(port),
+        "FLUXHOST_DEVICES": "cpu",  # where a step takes long enough for the kill to land mid-run
         "FLUXHOST_TORCH_THREADS": "2",
-        "FLUXHOST_MODELS": json.dumps({SLUG: {"weights": str(tiny_weights), "steps": 25, "max_sequence_length": 32}}),
+        "FLUXHOST_MODELS": json.dumps({SLUG: {"weights": str(tiny_weights), "steps": 4, "max_sequence_length": 32}}),
     }
     return env, f"http://127.0.0.1:{port}"
 
@@ -55,6 +57,19 @@ def wait_up(base_url: str, process: subprocess.Popen) -> None:
     raise AssertionError("server did not come up")
 
 
+def child_pids(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` still runs; a zombie (an orphan whose new parent does not reap it) has ended."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 @pytest.mark.slow  # `fluxhost` processes
 def test_sigkill_loses_no_task(serve_env):
     env, base_url = serve_env
@@ -70,11 +85,19 @@ def test_sigkill_loses_no_task(serve_env):
         wait_up(base_url, process)
         ids = [client.run(seed=str(n))["taskid"] for n in range(3)]
         client.wait(ids[0], ("task_start",))
+        orphans = child_pids(process.pid)  # the worker process (and multiprocessing's resource tracker)
         os.kill(process.pid, signal.SIGKILL)
         process.wait(10)
+        db = Database(f"sqlite:///{Path(env['FLUXHOST_DATA_DIR']) / 'fluxhost.db'}")
+        assert TaskStore(db).get(int(ids[0])).status not in TERMINAL  # the kill landed mid-run
+        db.dispose()
 
         process = start(env)
         wait_up(base_url, process)
+        deadline = time.monotonic() + 30  # the worker stops its generation at the next step, then exits
+        while any(running(pid) for pid in orphans):
+            assert time.monotonic() < deadline, "the worker process outlived the killed service"
+            time.sleep(0.1)
         tasks = [client.wait(taskid, timeout=180) for taskid in ids]
     finally:
         process.kill()
