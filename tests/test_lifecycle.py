@@ -119,7 +119,8 @@ def test_a_model_that_cannot_load_refuses_runs_and_fails_its_queued_tasks(make_s
     with LiveServer(make_settings(models=models)) as live:
         client = ProtocolClient(live.base_url, key)
         task = client.wait(queued)
-        assert task["status"] == "task_error" and task["pexit"] == "1"  # it never started
+        assert task["status"] == "task_postprocess_end" and task["pexit"] == "1"  # though it never started
+        assert task["starttime"] == "0"
         assert "could not be loaded" in task["debugerror"]
         assert "FLUXHOST_MODELS" in task["debugerror"]
         refused = client.call(f"Run/{SLUG}", {"prompt": "a fox"})

@@ -21,7 +21,7 @@ class Status(StrEnum):
     POSTPROCESS_START = "task_postprocess_start"  # encoding and storing files
     POSTPROCESS_END = "task_postprocess_end"  # terminal: done or failed (see pexit)
     CANCEL = "task_cancel"  # terminal: cancelled while queued or killed while running
-    ERROR = "task_error"  # terminal: failed before its generation could start (see debugerror)
+    ERROR = "task_error"  # terminal in tasks stored before every failure ended in task_postprocess_end
 
 
 class Outcome(StrEnum):

@@ -216,7 +216,7 @@ class Worker:
         if model.engine is None:
             for task in batch:
                 self._fail(task, runs[task.id], RuntimeError(f"model {model.slug} could not be loaded: "
-                                                             f"{model.load_error}"), before_start=True)
+                                                             f"{model.load_error}"))
             return
         prepared = []
         for task in batch:
@@ -228,7 +228,7 @@ class Worker:
                 raise  # not the task's fault: run() hands the batch back
             except Exception as error:
                 log.warning("task %s failed before generation: %s", task.id, error)
-                self._fail(task, runs[task.id], error, before_start=True)
+                self._fail(task, runs[task.id], error)
         if not prepared:
             return
         batch = [task for task, _request in prepared]
@@ -405,15 +405,17 @@ class Worker:
         self.metrics.finished_task(task.model_slug, "stopped", run.claimed_at)
         log.info("task %s stopped while running", task.id)
 
-    def _fail(self, task: ClaimedTask, run: RunLog, error: Exception, before_start: bool = False) -> None:
-        """End a task as failed, in ``task_error`` when its generation never started."""
+    def _fail(self, task: ClaimedTask, run: RunLog, error: Exception) -> None:
+        """End a task as failed: in ``task_postprocess_end`` (pexit 1) whether or not its generation
+        started, after a ``task_error_full`` frame with the reason. The hosted API's clients wait
+        for ``task_postprocess_end`` or ``task_cancel``: its docs call ``task_error`` an interim
+        event, and a client (n8n's node) polling for the end would wait out its whole timeout."""
         self._discard(run.saved)
         reason = str(error) if isinstance(error, OutputNotStored) else f"{type(error).__name__}: {error}"
-        status = Status.ERROR if before_start else Status.POSTPROCESS_END
-        if self.store.fail(task.id, reason, run.text, status, worker_id=self.worker_id):
+        if self.store.fail(task.id, reason, run.text, worker_id=self.worker_id):
             self.metrics.finished_task(task.model_slug, "failed", run.claimed_at)
             self._emit(task, Status.ERROR_FULL, text=reason)
-            self._emit(task, status)
+            self._emit(task, Status.POSTPROCESS_END)
 
     def _preview(self, preview: Preview) -> str | None:
         """A progress preview, or None when the engine cannot draw one: previews are a nicety,

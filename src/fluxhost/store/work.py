@@ -228,18 +228,17 @@ class WorkStore:
                 )
             return bool(done)
 
-    def fail(self, task_id: int, error: str, debug_output: str = "", status: Status = Status.POSTPROCESS_END,
-             worker_id: str | None = None, outcome: Outcome = Outcome.FAILED) -> bool:
+    def fail(self, task_id: int, error: str, debug_output: str = "", worker_id: str | None = None,
+             outcome: Outcome = Outcome.FAILED) -> bool:
         """End an unfinished task as failed or moderated (``outcome``; only while ``worker_id``
-        holds it, when given): ``status`` (``task_postprocess_end``, or ``task_error`` when its
-        generation never started), the reason kept."""
+        holds it, when given), in ``task_postprocess_end``, the reason kept."""
         now = time.time()
         held = [] if worker_id is None else [tasks.c.worker_id == worker_id]
         with self._db.write() as connection:
             failed = connection.execute(
                 update(tasks)
                 .where(tasks.c.id == task_id, tasks.c.status.in_([s.value for s in KILLABLE]), *held)
-                .values(status=status.value, outcome=outcome.value, debug_error=error,
+                .values(status=Status.POSTPROCESS_END.value, outcome=outcome.value, debug_error=error,
                         debug_output=debug_output, postprocess_end_time=now,
                         end_time=func.coalesce(tasks.c.end_time, now), lease_expires_at=None)
             ).rowcount
