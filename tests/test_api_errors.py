@@ -15,7 +15,7 @@ def stored_tasks(client) -> int:
     [
         ({"aspectRatio": "16:9"}, "Request parameter [prompt] required"),
         ({"prompt": "x", "aspectRatio": "7:3"}, "Request parameter [aspectRatio] must be one of"),
-        ({"prompt": "x", "seed": "abc"}, "Request parameter [seed] must be between 0 and 4294967295"),
+        ({"prompt": "x", "seed": "abc"}, "Request parameter [seed] must be integer or float"),
         ({"prompt": "x", "safetyTolerance": "9"}, "Request parameter [safetyTolerance] must be between 0 and 6"),
         ({"prompt": "x", "outputFormat": "gif"}, "Request parameter [outputFormat] must be one of jpeg, png"),
         ({"prompt": "x", "callbackUrl": "You can provide a callback URL; Wiro will send a POST request to it."},

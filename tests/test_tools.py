@@ -58,7 +58,7 @@ def test_a_missing_seed_is_left_for_the_operations_to_draw(seed):
         ({}, "Request parameter [prompt] required"),
         ({"prompt": "   "}, "Request parameter [prompt] required"),
         ({"prompt": "x", "aspectRatio": "7:3"}, "Request parameter [aspectRatio] must be one of"),
-        ({"prompt": "x", "seed": "abc"}, "Request parameter [seed] must be between 0 and 4294967295"),
+        ({"prompt": "x", "seed": "abc"}, "Request parameter [seed] must be integer or float"),
         ({"prompt": "x", "seed": "-1"}, "Request parameter [seed] must be between 0 and 4294967295"),
         ({"prompt": "x", "seed": 4294967296}, "Request parameter [seed] must be between 0 and 4294967295"),
         ({"prompt": "x", "seed": 1.5}, "Request parameter [seed] must be between 0 and 4294967295"),

@@ -222,7 +222,7 @@ class InputSchema:
         if aspect_ratio is not None and aspect_ratio not in ASPECT_RATIOS:
             raise InputError(messages.one_of("aspectRatio", ASPECT_RATIOS))
         output_format = choice_input("outputFormat", raw.get("outputFormat") or "png", OUTPUT_FORMATS)
-        seed = integer_input("seed", raw["seed"], 0, SEED_MAX) if text_value(raw.get("seed")) != "" else None
+        seed = self._seed(raw.get("seed"))
         tuning = self._tuning(raw)
         return RunRequest(
             prompt=prompt, aspect_ratio=aspect_ratio, seed=seed, output_format=output_format,
@@ -247,6 +247,17 @@ class InputSchema:
     def image_parameter(raw: dict[str, Any]) -> str:
         """The input that carried a Run's image, to name in a refusal of it."""
         return "inputImage" if raw.get("inputImage") else "inputImageUrl"
+
+    @staticmethod
+    def _seed(value: Any) -> int | None:
+        """The seed asked for, None when empty; text that is no number gets the hosted API's
+        "must be integer or float", a number that is no seed "must be between"."""
+        text = text_value(value)
+        if text == "":
+            return None
+        if not _NUMBER.fullmatch(text):
+            raise InputError(messages.number("seed"))
+        return integer_input("seed", value, 0, SEED_MAX)
 
     def _tuning(self, raw: dict[str, Any]) -> dict[str, Any]:
         """The extra inputs given (absent or empty: the model's configured value)."""
