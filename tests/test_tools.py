@@ -148,3 +148,21 @@ def test_a_tuned_run_reaches_the_engine(make_settings, tiny_weights):
         for run in (tuned, plain):
             assert client.wait(run["taskid"])["pexit"] == "0"
     assert totals[int(tuned["taskid"])] == {2} and totals[int(plain["taskid"])] == {4}
+
+
+def test_inputs_the_tool_does_not_take_are_named_not_dropped(make_settings):
+    with LiveServer(make_settings(engine="bench")) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        task = client.wait(client.run(prompt="a fox", width=512, height="512", aspectRatio="1:1")["taskid"])
+        assert task["pexit"] == "0"
+        assert task["debugoutput"].startswith("Ignored inputs this tool does not take: height, width.")
+        assert set(task["parameters"]) == {"prompt", "aspectRatio", "seed"}  # the random seed is recorded
+        plain = client.wait(client.run(prompt="a fox", callbackUrl="")["taskid"])
+        assert "Ignored" not in plain["debugoutput"]
+    with LiveServer(make_settings(engine="bench", unknown_inputs="refuse")) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        refused = client.call(f"Run/{SLUG}", {"prompt": "a fox", "width": 512, "height": 512})
+        assert refused["result"] is False
+        assert refused["errors"][0]["message"] == (
+            "Request parameter [height] is not an input of this tool (see Tool/Detail)")
+        assert client.call("Task/List", {})["total"] == "0"

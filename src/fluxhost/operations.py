@@ -282,6 +282,7 @@ class Operations:
             prompt_upsampling=request.prompt_upsampling, safety_tolerance=request.safety_tolerance,
             steps=request.steps, guidance=request.guidance, num_images=request.num_images,
             strength=request.strength if tool.kind == "image-to-image" else None,
+            ignored_inputs=request.ignored_inputs,
         )
         return order, image
 

@@ -53,6 +53,7 @@ class RunRequest:
     num_images: int = 1
     input_image: bytes | str | None = None  # the file's bytes, or a URL (one this server handed out, or fetched)
     callback_url: str = ""
+    ignored_inputs: tuple[str, ...] = ()  # inputs sent that the tool does not take: named in the task's log
     parameters: Mapping[str, Any] = field(default_factory=dict)
     """The inputs as the client sent them, in its door's names: recorded with the task and shown
     back (a random seed is added as ``seed``)."""
@@ -90,6 +91,8 @@ class WorkOrder(BaseModel):
     num_images: int = Field(default=1, ge=1)
     input_images: tuple[FileRef, ...] = ()
     strength: float | None = Field(default=None, gt=0, le=1, description="image-to-image only.")
+    ignored_inputs: tuple[str, ...] = Field(default=(), description="Inputs the client sent that the tool does "
+                                            "not take: the worker names them in the task's log.")
     trace: dict[str, str] = Field(default_factory=dict, description="The Run's trace context (W3C traceparent) "
                                   "when OpenTelemetry is on: the worker's spans join the Run's trace.")
 

@@ -268,6 +268,10 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(
         default=120.0, gt=0, description="A claimed task is taken up again when this runs out."
     )
+    unknown_inputs: Literal["note", "refuse"] = Field(
+        default="note", description="A Run sending inputs its tool does not take: run it and name them in "
+        "debugoutput (note), or refuse it (refuse).",
+    )
     callback_allowlist: str = Field(
         default="", description="Comma-separated hosts or CIDR ranges callbacks may reach though not public."
     )

@@ -327,6 +327,8 @@ class Worker:
         """The task's generation request once its prompt passed moderation and, when asked, was
         upsampled (and the rewrite passed moderation too)."""
         order = task.order
+        if order.ignored_inputs:
+            run.lines.append(f"Ignored inputs this tool does not take: {', '.join(order.ignored_inputs)}.")
         request = generation_request(order, model.settings)
         if category := self.moderator.check_prompt(order.prompt, order.safety_tolerance):
             raise Moderated(f"Request Moderated: {category}")

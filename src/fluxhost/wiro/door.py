@@ -202,7 +202,8 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
         "promptUpsampling": "Available on this server." if operations.upsampling else (
             "Not available on this server: Runs asking for it are refused."),
     }
-    schemas = {tool.slug: InputSchema.of(tool, notes, operations.max_prompt_chars) for tool in operations.catalog.tools}
+    schemas = {tool.slug: InputSchema.of(tool, notes, operations.max_prompt_chars, settings.unknown_inputs == "refuse")
+               for tool in operations.catalog.tools}
 
     def refused_input(request: Request, error: InvalidInput) -> JSONResponse:
         name = INPUT_NAMES.get(error.field, error.field)

@@ -27,6 +27,7 @@ from fluxhost.tools import DEFAULT_PROMPT, Tool
 from fluxhost.wiro import messages
 
 STEPS_MAX = 100
+CALL_FIELDS = frozenset({"callbackUrl", "callbackurl"})  # what a Run's body carries besides the tool's inputs
 GUIDANCE_MAX = 50.0
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -182,13 +183,14 @@ class InputSchema:
     notes: tuple[tuple[str, str], ...] = ()
     takes_image: bool = False  # edit and image-to-image tools: inputImage or inputImageUrl is required
     max_prompt_chars: int = 10_000
+    refuse_unknown: bool = False  # a Run sending an input the tool does not take is refused, not noted
 
     @classmethod
-    def of(cls, tool: Tool, notes: dict[str, str], max_prompt_chars: int) -> InputSchema:
+    def of(cls, tool: Tool, notes: dict[str, str], max_prompt_chars: int, refuse_unknown: bool = False) -> InputSchema:
         extra = [steps_input(tool.steps) if name == "steps" else guidance_input(tool.guidance) for name in tool.tuning]
         if tool.kind == "image-to-image":
             extra.append(strength_input(tool.strength))
-        return cls(tuple(extra), tuple(notes.items()), tool.takes_image, max_prompt_chars)
+        return cls(tuple(extra), tuple(notes.items()), tool.takes_image, max_prompt_chars, refuse_unknown)
 
     @property
     def inputs(self) -> tuple[Input, ...]:
@@ -224,11 +226,12 @@ class InputSchema:
         output_format = choice_input("outputFormat", raw.get("outputFormat") or "png", OUTPUT_FORMATS)
         seed = self._seed(raw.get("seed"))
         tuning = self._tuning(raw)
+        ignored = self._unknown(raw)
         return RunRequest(
             prompt=prompt, aspect_ratio=aspect_ratio, seed=seed, output_format=output_format,
             safety_tolerance=safety, prompt_upsampling=upsampling == "true",
             input_image=self._image(raw),
-            callback_url=callback_url,
+            callback_url=callback_url, ignored_inputs=ignored,
             parameters={item.id: raw[item.id] for item in self.inputs if item.id in raw and item.id != "inputImage"},
             image_parameter="inputImage", **tuning,
         )
@@ -247,6 +250,15 @@ class InputSchema:
     def image_parameter(raw: dict[str, Any]) -> str:
         """The input that carried a Run's image, to name in a refusal of it."""
         return "inputImage" if raw.get("inputImage") else "inputImageUrl"
+
+    def _unknown(self, raw: dict[str, Any]) -> tuple[str, ...]:
+        """The names sent that are neither an input of this tool nor the callback URL, sorted; with
+        :attr:`refuse_unknown`, the first refused instead."""
+        known = {item.id for item in self.inputs} | CALL_FIELDS
+        unknown = tuple(sorted(name for name in raw if name not in known))
+        if unknown and self.refuse_unknown:
+            raise InputError(messages.parameter(unknown[0], "is not an input of this tool (see Tool/Detail)"))
+        return unknown
 
     @staticmethod
     def _seed(value: Any) -> int | None:
