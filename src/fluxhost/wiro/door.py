@@ -59,7 +59,7 @@ from fluxhost.store.records import TaskView
 from fluxhost.tools import Tool
 from fluxhost.wiro import messages
 from fluxhost.wiro.render import explore, render_task, render_upload, task_list_body, tool_detail, tool_summary
-from fluxhost.wiro.schema import InputError, InputSchema, integer_input
+from fluxhost.wiro.schema import CALLBACK_URL_NAMES, InputError, InputSchema, integer_input
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class Parameters:
 
     def callback_url(self) -> str:
         values = self.values
-        return str(values.get("callbackUrl") or values.get("callbackurl") or "").strip()
+        return str(next((values[name] for name in CALLBACK_URL_NAMES if values.get(name)), "")).strip()
 
 
 class Call:

@@ -27,7 +27,7 @@ from fluxhost.tools import DEFAULT_PROMPT, Tool
 from fluxhost.wiro import messages
 
 STEPS_MAX = 100
-CALL_FIELDS = frozenset({"callbackUrl", "callbackurl"})  # what a Run's body carries besides the tool's inputs
+CALLBACK_URL_NAMES = ("callbackUrl", "callbackurl")  # what a Run's body carries besides the tool's inputs
 GUIDANCE_MAX = 50.0
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -254,7 +254,7 @@ class InputSchema:
     def _unknown(self, raw: dict[str, Any]) -> tuple[str, ...]:
         """The names sent that are neither an input of this tool nor the callback URL, sorted; with
         :attr:`refuse_unknown`, the first refused instead."""
-        known = {item.id for item in self.inputs} | CALL_FIELDS
+        known = {item.id for item in self.inputs} | set(CALLBACK_URL_NAMES)
         unknown = tuple(sorted(name for name in raw if name not in known))
         if unknown and self.refuse_unknown:
             raise InputError(messages.parameter(unknown[0], "is not an input of this tool (see Tool/Detail)"))
