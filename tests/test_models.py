@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fluxhost import DEFAULT_MODEL
+from fluxhost import DEFAULT_MODEL, family
+from fluxhost.demo import serves_demo
 from fluxhost.engines.base import GenerationRequest, WeightsUnavailable, generate
 from fluxhost.models import PRESETS, load_failure, served_models
 from fluxhost.settings import ModelSettings, Settings
@@ -160,7 +161,7 @@ def test_klein_serves_under_its_own_slug(make_settings, tiny_klein):
     with LiveServer(make_settings(models={**settings.models, KLEIN: klein})) as live:
         client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
         listed = client.call("Tool/List", {})
-        assert {tool["id"] for tool in listed["tool"]} == {SLUG, KLEIN}
+        assert {f"{tool['slugowner']}/{tool['slugproject']}" for tool in listed["tool"]} == {SLUG, KLEIN}
         [detail] = client.call("Tool/Detail", {"slugowner": "black-forest-labs", "slugproject": "flux-2-klein"})["tool"]
         assert "steps" in [item["id"] for item in detail["parameters"][0]["items"]]
         run = client.call(f"Run/{KLEIN}", {"prompt": "a heron", "aspectRatio": "1:1", "steps": "3"})
@@ -179,8 +180,14 @@ def test_presets_serve_by_name_and_behind_the_seed_slug():
                                                                               [])
     assert seed.setting == "FLUXHOST_FLUX_PRO_MODEL"
     tools = {tool.slug: tool for tool in Catalog.from_models(models).tools}
-    assert set(tools) == {DEFAULT_MODEL, PRESETS["schnell"].slug, PRESETS["klein"].slug}
+    # The presets' own slugs, and the hosted family: each tool on its family's preset, or the demo model.
+    assert set(tools) == {DEFAULT_MODEL, PRESETS["schnell"].slug, PRESETS["klein"].slug} | set(family.BY_SLUG)
     assert tools[PRESETS["schnell"].slug].tuning == ("steps",)
+    assert models["wiro/text-to-image-flux-fast"].weights == "black-forest-labs/FLUX.1-schnell"
+    assert models["black-forest-labs/flux-2-pro"].weights == "black-forest-labs/FLUX.2-klein-4B"
+    assert serves_demo(models["wiro/text-to-image-flux"]) and models["wiroai/flux-upscaler"].kind == "upscale"
+    table = served_models(Settings(models={"acme/one": {"steps": 2}}, presets="klein"))
+    assert set(table) == {"acme/one", PRESETS["klein"].slug} | {member.slug for member in PRESETS["klein"].members}
     assert served_models(Settings(flux_pro_model="/models/my-flux"))[DEFAULT_MODEL].weights == "/models/my-flux"
     with pytest.raises(ValueError, match="unknown preset 'turbo'"):
         served_models(Settings(presets="turbo"))

@@ -16,7 +16,7 @@ from tests.helpers import SLUG
      ("", 1), ("flux video", 0), ("nothing-like-it", 0)],
 )
 def test_tool_search_matches_every_word_anywhere(client, search, found):
-    assert client.call("Tool/List", {"search": search})["total"] == str(found)
+    assert client.call("Tool/List", {"search": search})["total"] == found
 
 
 def test_tool_explore_groups_the_served_tools_by_category(client):
@@ -32,14 +32,14 @@ def test_tool_explore_groups_the_served_tools_by_category(client):
 
 def test_tool_entries_carry_what_this_server_measured(client):
     [tool] = client.call("Tool/List", {})["tool"]
-    assert tool["taskstat"] == {"runcount": "0", "successcount": "0", "errorcount": "0", "lastruntime": "0"}
+    assert tool["taskstat"] == {"runcount": 0, "successcount": "0", "errorcount": "0", "lastruntime": "0"}
     assert "computingtime" not in tool  # nothing measured yet: no made-up figure
     assert json.loads(tool["dynamicprice"]) == [{"inputs": {}, "price": 0, "priceMethod": "cpr"}]
 
     done = client.wait(client.run()["taskid"])
     [tool] = client.call("Tool/Detail", {"slugowner": "black-forest-labs", "slugproject": "flux-pro-1-1"})["tool"]
     stat = tool["taskstat"]
-    assert (stat["runcount"], stat["successcount"], stat["errorcount"]) == ("1", "1", "0")
+    assert (stat["runcount"], stat["successcount"], stat["errorcount"]) == (1, "1", "0")
     assert stat["lastruntime"] == done["createtime"]
     seconds = float(tool["computingtime"].removesuffix(" seconds"))
     assert 0 < seconds <= float(done["elapsedseconds"]) + 0.05  # shown to a tenth of a second

@@ -61,8 +61,8 @@ def test_input_output_delete_waits_for_the_end(client):
 
 def test_tool_list_and_detail(client):
     listed = client.call("Tool/List", {"search": "flux", "categories": '["text-to-image"]'})
-    assert listed["total"] == "1" and listed["tool"][0]["slugproject"] == "flux-pro-1.1"
-    assert client.call("Tool/List", {"search": "nothing-like-it"})["total"] == "0"
+    assert listed["total"] == 1 and listed["tool"][0]["slugproject"] == "flux-pro-1.1"
+    assert client.call("Tool/List", {"search": "nothing-like-it"})["total"] == 0
     for project in ("flux-pro-1.1", "flux-pro-1-1"):
         [tool] = client.call("Tool/Detail", {"slugowner": "black-forest-labs", "slugproject": project})["tool"]
         items = {item["id"]: item for group in tool["parameters"] for item in group["items"]}

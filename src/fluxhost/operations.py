@@ -17,13 +17,15 @@ import time
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fluxhost.auth import Authenticator, Caller
 from fluxhost.events import EventBus, TaskEvent
 from fluxhost.input_images import DEFAULT_LIMITS, ImageLimits, ImageRefused, InputImage, decode, fetch, size_like
 from fluxhost.limits import NO_TASK_LIMITS, NoRequestRate, RequestRate, TaskLimits
-from fluxhost.orders import ASPECT_RATIOS, SEED_MAX, FileRef, RunRequest, WorkOrder, size_for_aspect_ratio
+from fluxhost.loras import SAFETENSORS_SUFFIX, SAFETENSORS_TYPE, is_safetensors, library_file
+from fluxhost.orders import ASPECT_RATIOS, SEED_MAX, FileRef, LoraRef, RunRequest, WorkOrder, size_for_aspect_ratio
 from fluxhost.runtime.dispatch import Dispatcher
 from fluxhost.statuses import Status
 from fluxhost.storage import FileStore
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 PROMPT_MAX_CHARS = 10_000
 DEFAULT_ASPECT_RATIO = "16:9"  # a text-to-image Run that asks for no size
+DEFAULT_UPSCALE = 2.0  # an upscale Run that asks for no factor
 UPLOAD_NAME_MAX_CHARS = 200
 NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})  # the disk, or the service's share of it, is full
 
@@ -174,10 +177,13 @@ class Operations:
         max_prompt_chars: int = PROMPT_MAX_CHARS,
         upload_quota_bytes: int = 0,
         upload_expiry_seconds: int = 0,
+        lora_dir: Path | None = None,
+        lora_max_bytes: int = 0,
     ):
         """``upsampling``: whether a prompt upsampler is configured; ``upload_quota_bytes``: what a
         project's uploads may weigh together (0: no limit); ``upload_expiry_seconds``: how long an
-        upload is kept (0: until deleted)."""
+        upload is kept (0: until deleted); ``lora_dir``: the LoRA library; ``lora_max_bytes``: the
+        largest adapter file a project may upload (0: none)."""
         self.auth = auth
         self.tasks = tasks
         self.uploads = uploads
@@ -193,6 +199,8 @@ class Operations:
         self.max_prompt_chars = max_prompt_chars
         self.upload_quota_bytes = upload_quota_bytes
         self.upload_expiry_seconds = upload_expiry_seconds
+        self.lora_dir = lora_dir
+        self.lora_max_bytes = lora_max_bytes
 
     # --- who asks ------------------------------------------------------------------------
 
@@ -236,29 +244,34 @@ class Operations:
         URL, whose host is resolved: this blocks), call ``accept()`` (a door spends the request's
         nonce there: a refused request may be sent again as it is), then queue it: its input image
         kept, the task row, its ``task_queue`` event, a worker woken."""
-        order, image = self._checked(tool, request)
+        order, images = self._checked(tool, request)
+        order = order.model_copy(update={"loras": self._loras(caller, request)})
         accept()
         with current_span("fluxhost.run", **{"fluxhost.model": tool.slug}) as span:
-            task = self._queue(caller, tool, request, order, image)
+            task = self._queue(caller, tool, request, order, images)
             if span is not None:
                 span.set_attribute("fluxhost.task_id", task.id)
             return task
 
-    def _checked(self, tool: Tool, request: RunRequest) -> tuple[WorkOrder, InputImage | None]:
-        """The work order of a Run that passes every check, and its input image."""
+    def _checked(self, tool: Tool, request: RunRequest) -> tuple[WorkOrder, list[InputImage]]:
+        """The work order of a Run that passes every check, and its input images."""
         prompt = request.prompt.strip()
-        if not prompt:
+        if not prompt and tool.kind != "upscale":
             raise InvalidInput("prompt", "required")
         if len(prompt) > self.max_prompt_chars:
             raise InvalidInput("prompt", f"must be between 1 and {self.max_prompt_chars} characters")
         if request.aspect_ratio is not None and request.aspect_ratio not in ASPECT_RATIOS:
             raise InvalidInput("aspect_ratio", f"must be one of {', '.join(ASPECT_RATIOS)}")
-        image = None
-        if tool.takes_image:
-            if request.input_image in (None, b"", ""):
-                raise InvalidInput("input_image", "required")
+        sources = [source for source in (request.input_image, *request.more_images) if source not in (None, b"", "")]
+        if tool.takes_image and not sources:
+            raise InvalidInput("input_image", "required")
+        if len(sources) > tool.max_images:
+            raise InvalidInput("input_image", f"takes at most {tool.max_images} images for this tool" if tool.max_images
+                               else "is not taken by this tool: it draws from the prompt alone")
+        images = []
+        for source in sources:
             try:
-                image = self.input_image(request.input_image)
+                images.append(self.input_image(source))
             except ImageRefused as error:
                 raise InvalidInput("input_image", str(error)) from None
         if request.prompt_upsampling and not self.upsampling:
@@ -268,23 +281,58 @@ class Operations:
                 check_public_url(request.callback_url, self.url_allowlist)
             except UrlRefused as error:
                 raise InvalidInput("callback_url", str(error)) from None
-        if request.size is not None:
-            width, height = request.size
-        elif request.aspect_ratio is None and image is not None:
-            width, height = size_like(image.image)  # an image tool asked for no size: the input's shape
-        else:
-            width, height = size_for_aspect_ratio(request.aspect_ratio or DEFAULT_ASPECT_RATIO)
+        width, height = self._size(tool, request, images)
         order = WorkOrder(
             prompt=prompt, width=width, height=height,
             seed=secrets.randbelow(SEED_MAX + 1) if request.seed is None else request.seed,
             output_format=request.output_format,
-            aspect_ratio=request.aspect_ratio or ("" if tool.takes_image else DEFAULT_ASPECT_RATIO),
+            aspect_ratio=request.aspect_ratio or ("" if images or tool.takes_image else DEFAULT_ASPECT_RATIO),
             prompt_upsampling=request.prompt_upsampling, safety_tolerance=request.safety_tolerance,
             steps=request.steps, guidance=request.guidance, num_images=request.num_images,
-            strength=request.strength if tool.kind == "image-to-image" else None,
+            strength=(request.strength or tool.strength) if images and tool.redraws else None,
+            control=request.control if tool.kind == "upscale" else None,
             ignored_inputs=request.ignored_inputs,
         )
-        return order, image
+        return order, images
+
+    def _loras(self, caller: Caller, request: RunRequest) -> tuple[LoraRef, ...]:
+        """The Run's LoRA adapters, each checked: in the library, one of the caller's project's
+        uploaded adapters (found, so the worker reads its file), or a URL the SSRF guard admits
+        (fetched by the worker)."""
+        resolved = []
+        for lora in request.loras:
+            if lora.source == "library" and library_file(self.lora_dir, lora.name) is None:
+                raise InvalidInput("lora_library", "names no adapter of this server's LoRA library")
+            if lora.source == "upload":
+                upload = self.uploads.find(caller.project_id, lora.name)
+                if upload is None or upload.content_type != SAFETENSORS_TYPE:
+                    raise InvalidInput("lora_upload", "names no LoRA adapter (.safetensors) of your project: "
+                                                      "upload one with File/Upload and give its id")
+                lora = lora.model_copy(update={"file": FileRef(folder=upload.folder, name=upload.file_name,
+                                                               content_type=upload.content_type, size=upload.size)})
+            if lora.source == "url":
+                try:
+                    check_public_url(lora.name, self.url_allowlist)
+                except UrlRefused as error:
+                    raise InvalidInput("lora_url", str(error)) from None
+            resolved.append(lora)
+        return tuple(resolved)
+
+    def _size(self, tool: Tool, request: RunRequest, images: list[InputImage]) -> tuple[int, int]:
+        """The output's size: asked in pixels; an upscale's input times its factor; an image tool
+        asked for no size: the input's shape; else the aspect ratio's at the tool's megapixels."""
+        if tool.kind == "upscale":
+            factor = request.upscale or DEFAULT_UPSCALE
+            width, height = (round(side * factor) for side in images[0].image.size)
+            if width * height > self.image_limits.max_pixels:
+                raise InvalidInput("upscale", f"would make {width}x{height} pixels, more than the "
+                                              f"{self.image_limits.max_pixels} this server makes")
+            return width, height
+        if request.size is not None:
+            return request.size
+        if request.aspect_ratio is None and images:
+            return size_like(images[0].image)
+        return size_for_aspect_ratio(request.aspect_ratio or DEFAULT_ASPECT_RATIO, tool.megapixels)
 
     def input_image(self, source: bytes | str) -> InputImage:
         """A Run's input image: uploaded bytes, a file this server stored, or a URL fetched through
@@ -301,19 +349,21 @@ class Operations:
         return decode(data, self.image_limits)
 
     def _queue(self, caller: Caller, tool: Tool, request: RunRequest, order: WorkOrder,
-               image: InputImage | None) -> TaskRef:
+               images: list[InputImage]) -> TaskRef:
         parameters: dict[str, Any] = dict(request.parameters)
         if request.seed is None:
             parameters["seed"] = str(order.seed)  # recorded, so the image can be made again
         if carrier := context_carrier():
             order = order.model_copy(update={"trace": carrier})
-        if image is not None:
-            folder, name = self.files.new_folder(), f"input-0.{image.extension}"
-            self._save(folder, name, image.data)
-            stored = FileRef(folder=folder, name=name, content_type=image.content_type, size=len(image.data))
-            order = order.model_copy(update={"input_images": (stored,)})
+        if images:
+            folder, stored = self.files.new_folder(), []
+            for number, image in enumerate(images):
+                name = f"input-{number}.{image.extension}"
+                self._save(folder, name, image.data)
+                stored.append(FileRef(folder=folder, name=name, content_type=image.content_type, size=len(image.data)))
+            order = order.model_copy(update={"input_images": tuple(stored)})
             if request.image_parameter:
-                parameters.setdefault(request.image_parameter, self.files.url(folder, name))
+                parameters.setdefault(request.image_parameter, self.files.url(folder, stored[0].name))
         task = self.tasks.create(caller.project_id, tool.slug, parameters=parameters, order=order,
                                  callback_url=request.callback_url, api_key_id=caller.key_id)
         self.events.publish(TaskEvent(task.id, task.socket_token, Status.QUEUE))
@@ -340,19 +390,25 @@ class Operations:
         for any reason, a full disk included, may be sent again as it is, and leaves neither file
         nor record. Its URL is a capability (as output URLs are) that a later Run takes as its
         input image; ``sent_name`` (the client's file name) is only shown."""
-        try:
-            image = decode(data, self.image_limits)
-        except ImageRefused as error:
-            raise InvalidInput("upload", str(error)) from None
-        extension = image.extension
+        if is_safetensors(data):
+            if len(data) > self.lora_max_bytes:
+                raise InvalidInput("upload", f"is a LoRA adapter larger than {self.lora_max_bytes // 1_000_000} MB "
+                                             "(FLUXHOST_LORA_MAX_BYTES)")
+            extension, content_type = SAFETENSORS_SUFFIX.removeprefix("."), SAFETENSORS_TYPE
+        else:
+            try:
+                image = decode(data, self.image_limits)
+            except ImageRefused as error:
+                raise InvalidInput("upload", str(error)) from None
+            extension, content_type, data = image.extension, image.content_type, image.data
         wanted = NewUpload(caller.project_id, caller.key_id, shown_name(sent_name, extension), self.files.new_folder(),
-                           f"upload.{extension}", image.content_type, len(image.data))
+                           f"upload.{extension}", content_type, len(data))
         upload = self.uploads.reserve(wanted, self.upload_quota_bytes, time.time())
         if upload is None:
             raise UploadQuotaExceeded(self.upload_quota_bytes, self.uploads.bytes_used(caller.project_id),
                                       wanted.size)
         try:
-            self._save(upload.folder, upload.file_name, image.data)
+            self._save(upload.folder, upload.file_name, data)
             accept()
         except BaseException:
             self._discard(upload)

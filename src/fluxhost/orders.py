@@ -27,13 +27,49 @@ TARGET_PIXELS = 1024 * 1024
 SIZE_MULTIPLE = 32
 
 
-def size_for_aspect_ratio(aspect_ratio: str) -> tuple[int, int]:
-    """Width and height of about one megapixel for ``"W:H"``, each a multiple of 32."""
+def size_for_aspect_ratio(aspect_ratio: str, megapixels: float = 1.0) -> tuple[int, int]:
+    """Width and height of about ``megapixels`` (of 1024x1024 pixels) for ``"W:H"``, each a multiple of 32."""
     w, h = (int(part) for part in aspect_ratio.split(":"))
-    ratio = w / h
-    width = round(math.sqrt(TARGET_PIXELS * ratio) / SIZE_MULTIPLE) * SIZE_MULTIPLE
-    height = round(math.sqrt(TARGET_PIXELS / ratio) / SIZE_MULTIPLE) * SIZE_MULTIPLE
+    ratio, pixels = w / h, TARGET_PIXELS * megapixels
+    width = round(math.sqrt(pixels * ratio) / SIZE_MULTIPLE) * SIZE_MULTIPLE
+    height = round(math.sqrt(pixels / ratio) / SIZE_MULTIPLE) * SIZE_MULTIPLE
     return width, height
+
+
+class Control(BaseModel):
+    """How a ControlNet holds an upscale to its input image (the upscaler tool)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    conditioning_scale: float = Field(ge=0, le=2)
+    guidance_start: float = Field(ge=0, le=1)
+    guidance_end: float = Field(ge=0, le=1)
+
+
+CONTROL_DEFAULT = Control(conditioning_scale=0.6, guidance_start=0.0, guidance_end=1.0)
+
+
+class FileRef(BaseModel):
+    """A file in the file store: an input image (or adapter) kept with its task."""
+
+    model_config = ConfigDict(frozen=True)
+
+    folder: str
+    name: str
+    content_type: str
+    size: int
+
+
+class LoraRef(BaseModel):
+    """A LoRA adapter a task applies: from the server's library (by name), one of the project's
+    uploads (by id; ``file`` once found) or a URL (fetched by the worker through the SSRF guard)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source: Literal["library", "upload", "url"]
+    name: str
+    file: FileRef | None = None
+    weight: float = Field(default=1.0, ge=-4, le=4)
 
 
 @dataclass(frozen=True)
@@ -52,6 +88,10 @@ class RunRequest:
     strength: float | None = None  # image-to-image only
     num_images: int = 1
     input_image: bytes | str | None = None  # the file's bytes, or a URL (one this server handed out, or fetched)
+    more_images: tuple[bytes | str, ...] = ()  # the second and third input images of a multi-image tool
+    upscale: float | None = None  # an upscale tool's factor (None: 2)
+    control: Control | None = None  # an upscale tool's ControlNet settings
+    loras: tuple[LoraRef, ...] = ()  # LoRA adapters to apply, each with its weight
     callback_url: str = ""
     ignored_inputs: tuple[str, ...] = ()  # inputs sent that the tool does not take: named in the task's log
     parameters: Mapping[str, Any] = field(default_factory=dict)
@@ -60,17 +100,6 @@ class RunRequest:
     image_parameter: str | None = None
     """Where :attr:`parameters` records the URL of the kept input image, unless the client gave
     one there (None: nowhere)."""
-
-
-class FileRef(BaseModel):
-    """A file in the file store: an input image kept with its task."""
-
-    model_config = ConfigDict(frozen=True)
-
-    folder: str
-    name: str
-    content_type: str
-    size: int
 
 
 class WorkOrder(BaseModel):
@@ -91,6 +120,8 @@ class WorkOrder(BaseModel):
     num_images: int = Field(default=1, ge=1)
     input_images: tuple[FileRef, ...] = ()
     strength: float | None = Field(default=None, gt=0, le=1, description="image-to-image only.")
+    control: Control | None = Field(default=None, description="An upscale's ControlNet settings.")
+    loras: tuple[LoraRef, ...] = Field(default=(), description="LoRA adapters, each with its weight.")
     ignored_inputs: tuple[str, ...] = Field(default=(), description="Inputs the client sent that the tool does "
                                             "not take: the worker names them in the task's log.")
     trace: dict[str, str] = Field(default_factory=dict, description="The Run's trace context (W3C traceparent) "

@@ -16,6 +16,7 @@ from fluxhost.callbacks.sender import CallbackSender
 from fluxhost.events import EventBus, open_event_bus
 from fluxhost.input_images import ImageLimits
 from fluxhost.limits import TaskLimits, auth_failure_limit, request_rate
+from fluxhost.loras import library
 from fluxhost.metrics import ApiMetrics
 from fluxhost.models import served_models
 from fluxhost.operations import Operations
@@ -60,7 +61,7 @@ class Service:
         self.files: FileStore = open_file_store(settings)
         self.events: EventBus = open_event_bus(events_url)
         self.moderator = open_moderator(settings)  # its classifiers load with the workers, if they run here
-        self.catalog = Catalog.from_models(self.models)
+        self.catalog = Catalog.from_models(self.models, loras=library(settings.lora_dir))
         self.url_allowlist = Allowlist.parse(settings.callback_allowlist)
         self.metrics = ApiMetrics()
         self.metrics.watch_tasks(self.work.unfinished_by_status)
@@ -85,6 +86,7 @@ class Service:
             max_prompt_chars=settings.max_prompt_chars,
             upload_quota_bytes=settings.upload_quota_bytes,
             upload_expiry_seconds=settings.upload_expiry_seconds,
+            lora_dir=settings.lora_dir, lora_max_bytes=settings.lora_max_bytes,
         )
         self.janitor = Janitor(self.work, self.files, self.worker_id, max_attempts=settings.max_attempts,
                                lease_seconds=settings.lease_seconds, requeued=self.dispatcher.notify,

@@ -26,6 +26,18 @@ class ModelSettings(BaseModel):
         "None serves the demo model shipped in the package (flat shapes in eight colours, offline on a CPU).",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    transformer: str | None = Field(
+        default=None, description="A FluxTransformer2DModel to use instead of the pipeline's (a fine-tune such as "
+        "tencent/SRPO): a diffusers folder, a hub id, or a single .safetensors file: a local path, or a hub id "
+        'plus file name ("tencent/SRPO/diffusion_pytorch_model.safetensors"); a single file takes its config '
+        "from the pipeline's transformer.",
+    )
+    controlnet: str | None = Field(
+        default=None, description="A FluxControlNetModel (folder or hub id, e.g. "
+        "jasperai/Flux.1-dev-Controlnet-Upscaler) that makes this model the upscaler: the input image, resized to "
+        "the asked size, steers a FLUX.1 [dev] pipeline. On the demo model, which has no ControlNet, the input is "
+        "resampled to the asked size instead (by its upscaler).",
+    )
     device: str = Field(default="auto", description='"auto" (the worker\'s device), "cpu", "cuda:1", "mps"...')
     steps: int = Field(default=28, ge=1, le=100, description="Denoising steps per image.")
     guidance: float = Field(default=3.5, ge=0, le=50)
@@ -38,9 +50,10 @@ class ModelSettings(BaseModel):
     description: str = (
         "FLUX text-to-image: state-of-the-art image generation with excellent prompt following."
     )
-    kind: Literal["text-to-image", "edit", "image-to-image"] = Field(
+    kind: Literal["text-to-image", "edit", "image-to-image", "upscale"] = Field(
         default="text-to-image", description="edit: an instruction edits an input image (FLUX Kontext, FLUX.2 "
-        "[klein]); image-to-image: an input image is redrawn from the prompt, as far as its strength says.",
+        "[klein]); image-to-image: an input image is redrawn from the prompt, as far as its strength says; "
+        "upscale: an input image is enlarged by a factor.",
     )
     strength: float = Field(default=0.85, gt=0, le=1, description="image-to-image: how far from the input to go.")
     # Memory
@@ -99,6 +112,14 @@ class ModelSettings(BaseModel):
         "the picture, for FLUX.1 models trained to start from them (the demo model).",
     )
     prompt_cache: int = Field(default=64, ge=0, description="Prompts whose text-encoder outputs are kept (LRU).")
+    lora_cache: int = Field(
+        default=8, ge=1, le=256, description="LoRA adapters kept loaded in the pipeline (least recently used "
+        "out first), so that the next task naming one starts without reading its file.",
+    )
+    lora_cache_mb: int = Field(
+        default=1024, ge=0, description="The most memory (MiB) the loaded LoRA adapters may take together; the "
+        "adapters of the running task stay loaded even beyond it.",
+    )
     preview_decoder: str | None = Field(
         default=None, description="An AutoencoderTiny (folder or hub id, e.g. madebyollin/taef1) for step "
         "previews instead of the quarter-size VAE decode.",
@@ -291,6 +312,20 @@ class Settings(BaseSettings):
         default=25_000_000, ge=10_000, description="Most pixels an input image may have (decompression-bomb guard)."
     )
     input_timeout_seconds: float = Field(default=15.0, gt=0, le=120, description="Time to fetch an input URL.")
+    lora_dir: Path | None = Field(
+        default=None, description="The server's LoRA library: a folder of .safetensors adapters (diffusers, kohya "
+        "or XLabs keys), offered by name as selectedLoraModel on the LoRA tools.",
+    )
+    lora_max_bytes: int = Field(
+        default=512_000_000, ge=0, description="Largest LoRA adapter a project may upload (File/Upload) or a Run "
+        "may name by URL. 0: none.",
+    )
+    lora_fetch_seconds: float = Field(default=300.0, gt=0, le=3600, description="Time a worker may take to fetch "
+                                      "an adapter by URL.")
+    lora_cache_dir: Path | None = Field(
+        default=None, description="Where a worker keeps adapters it fetched or read, by content digest; default: "
+        "loras/ in the data folder.",
+    )
     upload_quota_bytes: int = Field(
         default=1 << 30, ge=0, description="Bytes of File/Upload files one project may keep (1 GiB); an upload "
         "beyond is refused until some are deleted (File/Delete) or expire. 0: no limit.",

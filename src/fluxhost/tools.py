@@ -3,12 +3,13 @@ what it takes beyond a prompt. How a door lists and describes them is the door's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, replace
 from typing import Literal
 
+from fluxhost.family import Kind, member
 from fluxhost.settings import ModelSettings
 
-Kind = Literal["text-to-image", "edit", "image-to-image"]
 # The seed tool's example prompt, the default its page shows for ``prompt``.
 DEFAULT_PROMPT = (
     "A quiet, sun-drenched Los Angeles street from a low, eye-level perspective. Tall, slender "
@@ -23,6 +24,7 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
     "text-to-image": ("tool", "flux", "text-to-image"),
     "edit": ("tool", "flux", "image-to-image", "image-editing"),
     "image-to-image": ("tool", "flux", "image-to-image", "image-editing"),
+    "upscale": ("tool", "flux", "image-to-image", "upscaler"),
 }
 
 
@@ -38,15 +40,43 @@ class Tool:
     steps: int = 28  # the defaults of those inputs
     guidance: float = 3.5
     strength: float = 0.85  # image-to-image: how far from the input image to go
+    title: str = ""
+    inputs: tuple[str, ...] | None = None
+    """The inputs it takes, by the names its clients send (a family tool's); None: the seed tool's
+    inputs, with the input image for an image tool and the model's exposed ``tuning``."""
+    images: int = 0  # input images it reads; 0: by its kind (one for an image tool)
+    image_required: bool = False
+    megapixels: float = 1.0  # the size its aspect ratios give
+    loras: tuple[str, ...] = ()  # the server's LoRA library, by name, for a tool that takes adapters
 
     @property
     def slug(self) -> str:
         return f"{self.owner}/{self.project}"
 
     @property
+    def number(self) -> int:
+        """Its numeric id, as the hosted API lists tools: the same for a slug on every server."""
+        return zlib.crc32(self.slug.lower().encode()) % 1_000_000
+
+    @property
+    def cover(self) -> str:
+        """Its cover picture's file name in the web folder's ``covers`` (drawn by the demo model:
+        ``python -m fluxhost.demo.covers``): its own for a tool of the hosted family."""
+        return f"{cover_name(self.slug)}.jpg" if member(self.slug) else f"{GENERIC_COVER}.jpg"
+
+    @property
     def takes_image(self) -> bool:
-        """Edit and image-to-image tools need an input image."""
-        return self.kind != "text-to-image"
+        """Whether a Run must bring an input image: edit, image-to-image and upscale tools."""
+        return self.kind != "text-to-image" or self.image_required
+
+    @property
+    def redraws(self) -> bool:
+        """Whether an input image is redrawn (image-to-image), as far as a strength says."""
+        return self.kind == "image-to-image" or "strength" in (self.inputs or ())
+
+    @property
+    def max_images(self) -> int:
+        return self.images or (1 if self.kind != "text-to-image" else 0)
 
     @property
     def categories(self) -> list[str]:
@@ -55,14 +85,29 @@ class Tool:
     def matches(self, search: str) -> bool:
         """Whether every word of ``search`` appears (case-insensitively) somewhere in the slug,
         description or categories, as a search box finds things."""
-        haystack = " ".join([self.slug, self.description, *self.categories]).lower()
+        haystack = " ".join([self.slug, self.title, self.description, *self.categories]).lower()
         return all(word in haystack for word in search.lower().split())
 
     @classmethod
     def of(cls, slug: str, model: ModelSettings) -> Tool:
+        """The tool serving ``slug`` with ``model``; a slug of the hosted family takes the family's
+        title and inputs (and its kind: what the model must serve for it)."""
         owner, project = slug.split("/", 1)
-        return cls(owner, project, model.description, model.kind, tuple(model.exposed_inputs), model.steps,
-                   model.guidance, model.strength)
+        tool = cls(owner, project, model.description, model.kind, tuple(model.exposed_inputs), model.steps,
+                   model.guidance, model.strength, title=slug)
+        known = member(slug)
+        if known is None:
+            return tool
+        return replace(tool, kind=known.kind, title=known.title, inputs=known.inputs, images=known.images,
+                       image_required=known.image_required, megapixels=known.megapixels)
+
+
+GENERIC_COVER = "flux"
+
+
+def cover_name(slug: str) -> str:
+    """A cover's file name (without ``.jpg``) for ``slug``."""
+    return "".join(char if char.isalnum() else "-" for char in slug.lower())
 
 
 def clean_slug_part(part: str) -> str:
@@ -74,8 +119,11 @@ class Catalog:
     """The models this server serves, found by slug in either spelling."""
 
     @classmethod
-    def from_models(cls, models: dict[str, ModelSettings]) -> Catalog:
-        return cls([Tool.of(slug, model) for slug, model in models.items()])
+    def from_models(cls, models: dict[str, ModelSettings], loras: tuple[str, ...] = ()) -> Catalog:
+        """The tools serving ``models``; ``loras``: the server's LoRA library, offered by the tools
+        that take adapters."""
+        return cls([replace(tool, loras=loras) if "selectedLoraModel" in (tool.inputs or ()) else tool
+                     for tool in (Tool.of(slug, model) for slug, model in models.items())])
 
     def __init__(self, tools: list[Tool]):
         self.tools = tools

@@ -119,11 +119,13 @@ def create_mcp_server(client: AsyncClient) -> MCPServer:
         """The models this server serves, each with its inputs (id, type, default, options)."""
         models = []
         for tool in await client.tools():
-            detail = await client.tool(tool["id"])
+            slug = f"{tool['slugowner']}/{tool['slugproject']}"
+            detail = await client.tool(slug)
             inputs = [{key: item[key] for key in ("id", "type", "default", "required", "description", "options",
                                                     "min", "max") if key in item}
                       for group in detail["parameters"] for item in group["items"]]
-            models.append({"model": tool["id"], "description": tool["description"], "inputs": inputs})
+            models.append({"model": slug, "title": tool["title"], "description": tool["description"],
+                           "inputs": inputs})
         return json.dumps(models)
 
     return server

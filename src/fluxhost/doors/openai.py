@@ -140,10 +140,13 @@ def create_openai_app(operations: Operations, events: EventBus, offload: Offload
     })
 
     def tool_of(model: str | None, edits: bool = False) -> Tool:
-        """The served tool ``model`` names (of the right kind), else the server's first of that kind."""
-        kind = [tool for tool in operations.catalog.tools if tool.takes_image == edits]
+        """The served tool ``model`` names (of the right kind: drawing, or editing and redrawing),
+        else the server's first of that kind that could be loaded, else its first of that kind."""
+        kinds = ("edit", "image-to-image") if edits else ("text-to-image",)
+        kind = [tool for tool in operations.catalog.tools if tool.kind in kinds and tool.takes_image == edits]
         found = operations.catalog.find_slug(model) if model and "/" in model else None
-        tool = found if found in kind else (kind[0] if kind else None)
+        loaded = [tool for tool in kind if not operations.dispatcher.load_error(tool.slug)]
+        tool = found if found in kind else next(iter(loaded or kind), None)
         if tool is None:
             raise OpenAIError(400, "This server serves no image-editing model.", param="model")
         return tool

@@ -47,6 +47,25 @@ class KindUnsupported(ValueError):
 
 
 @dataclass(frozen=True)
+class Adapter:
+    """A LoRA adapter for one generation: a local .safetensors file, the sha256 (hex) of its bytes,
+    which identifies it for the engine's cache and for batching, and how strongly it applies."""
+
+    path: str
+    digest: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    """How a ControlNet steers the generation; the defaults are diffusers' own."""
+
+    conditioning_scale: float = 1.0  # how strongly the control image pulls
+    guidance_start: float = 0.0  # the fraction of the steps where the ControlNet starts to act
+    guidance_end: float = 1.0  # and where it stops
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     prompt: str
     width: int
@@ -57,6 +76,8 @@ class GenerationRequest:
     num_images: int = 1
     images: tuple[Image, ...] = ()  # input images, for models that edit or take references
     strength: float | None = None  # image-to-image: how far from the input image to go
+    control: ControlSettings | None = None  # ControlNet engines: how images[0] steers the generation
+    adapters: tuple[Adapter, ...] = ()  # LoRA adapters, applied together, each at its own weight
 
 
 class Engine(Protocol):
@@ -66,6 +87,7 @@ class Engine(Protocol):
 
     description: str  # what it serves, for the start-up banner and the task log
     batches: int  # pipeline calls made so far: a batch of four is one
+    kinds: frozenset[str]  # the model kinds (settings' ``kind``) it serves once loaded
 
     def load(self) -> None: ...
 
@@ -85,5 +107,6 @@ def generate(engine: Engine, request: GenerationRequest, on_start: StartCallback
 
 
 def batch_key(request: GenerationRequest) -> tuple[object, ...]:
-    """Requests with equal keys can share a pipeline call."""
-    return request.width, request.height, request.steps, request.guidance, bool(request.images)
+    """Requests with equal keys can share a pipeline call: a call applies one set of adapters."""
+    adapters = tuple((adapter.digest, adapter.weight) for adapter in request.adapters)
+    return request.width, request.height, request.steps, request.guidance, bool(request.images), adapters

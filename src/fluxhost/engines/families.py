@@ -3,8 +3,8 @@ its encoding can be cached and batched) and how the latents of a step become an 
 class gets step previews).
 
 FLUX.1 pipelines encode with CLIP (pooled) and T5 and pack 16-channel latents in 2x2 patches;
-FLUX.2 [klein] encodes with Qwen3 and keeps 128-channel patchified latents under batch-norm
-statistics.
+FLUX.2 [dev] (Mistral3) and FLUX.2 [klein] (Qwen3) encode with a language model read at three
+layers and keep 128-channel patchified latents under batch-norm statistics.
 """
 
 from __future__ import annotations
@@ -71,8 +71,11 @@ class Flux1:
         return True
 
 
-class Flux2Klein:
-    name = "FLUX.2 [klein]"
+class Flux2Dev:
+    """FLUX.2 [dev]: guidance is an embedding the transformer reads (guidance-distilled), so there
+    is no negative prompt to encode."""
+
+    name = "FLUX.2 [dev]"
 
     def encode(self, pipeline: DiffusionPipeline, prompt: str, max_sequence_length: int) -> Encoding:
         prompt_embeds, _text_ids = pipeline.encode_prompt(
@@ -82,11 +85,7 @@ class Flux2Klein:
         return {"prompt_embeds": prompt_embeds}
 
     def prompt_arguments(self, pipeline, encodings, guidance, encode):
-        arguments = {"prompt_embeds": _batched(encodings, "prompt_embeds")}
-        if guidance > 1 and not pipeline.config.is_distilled:  # classifier-free guidance: an empty negative
-            negative = encode("")["prompt_embeds"]
-            arguments["negative_prompt_embeds"] = negative.expand(len(encodings), -1, -1)
-        return arguments
+        return {"prompt_embeds": _batched(encodings, "prompt_embeds")}
 
     def image_latents(self, pipeline, packed, height, width):
         # Packed row by row over a (height/16, width/16) grid of 128-channel patches.
@@ -103,12 +102,27 @@ class Flux2Klein:
         return False
 
 
+class Flux2Klein(Flux2Dev):
+    """FLUX.2 [klein]: encoded and drawn as [dev] is (its pipeline's ``encode_prompt`` takes the
+    same arguments); its undistilled base models take true classifier-free guidance instead."""
+
+    name = "FLUX.2 [klein]"
+
+    def prompt_arguments(self, pipeline, encodings, guidance, encode):
+        arguments = {"prompt_embeds": _batched(encodings, "prompt_embeds")}
+        if guidance > 1 and not pipeline.config.is_distilled:  # classifier-free guidance: an empty negative
+            negative = encode("")["prompt_embeds"]
+            arguments["negative_prompt_embeds"] = negative.expand(len(encodings), -1, -1)
+        return arguments
+
+
 def family_of(pipeline: DiffusionPipeline) -> Family:
     name = type(pipeline).__name__
     if name.startswith("Flux2"):
-        if name != "Flux2KleinPipeline":
-            raise ValueError(f"{name} is not served yet (FLUX.2 [klein] is)")
-        return Flux2Klein()
+        served = {"Flux2Pipeline": Flux2Dev, "Flux2KleinPipeline": Flux2Klein}
+        if name not in served:
+            raise ValueError(f"{name} is not served yet (FLUX.2 [dev] and [klein] are)")
+        return served[name]()
     if name.startswith("Flux"):
         return Flux1()
     raise ValueError(f"{name} is not a FLUX pipeline")

@@ -1,4 +1,4 @@
-"""The diffusers FLUX engine: a FLUX.1 or FLUX.2 [klein] pipeline (local folder or hub id), with
+"""The diffusers FLUX engine: a FLUX.1, FLUX.2 [dev] or FLUX.2 [klein] pipeline (local folder or hub id), with
 the model's memory and speed options, prompt-encoding cache, batched calls and step previews."""
 
 from __future__ import annotations
@@ -7,14 +7,17 @@ import inspect
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import transformers
-from diffusers import AutoencoderTiny, DiffusionPipeline
+from diffusers import AutoencoderTiny, DiffusionPipeline, FluxTransformer2DModel
 from diffusers.utils import logging as diffusers_logging
 from PIL.Image import Image
 
+from fluxhost.engines.adapters import AdapterCache, HotswapSlots, adapter_store
 from fluxhost.engines.base import (
     BatchStepCallback,
     GenerationRequest,
@@ -25,6 +28,7 @@ from fluxhost.engines.base import (
 )
 from fluxhost.engines.families import Encoding, Family, Flux1, family_of
 from fluxhost.engines.noise import position_ramps
+from fluxhost.engines.references import taking_several_references
 from fluxhost.engines.upscale import Upscaler, render_size
 from fluxhost.settings import ModelSettings
 
@@ -54,6 +58,17 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return torch.float32 if device == "cpu" else torch.bfloat16
 
 
+@contextmanager
+def loading(weights: str) -> Iterator[None]:
+    """Turns a loader's error about ``weights`` (missing, unreachable, malformed) into
+    :class:`WeightsUnavailable` naming them."""
+    try:
+        yield
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise WeightsUnavailable(weights, first_line) from error
+
+
 def device_lock(device: str) -> threading.Lock:
     """One lock per device, shared by every engine on it: two generations never fight over one
     GPU's memory and compute."""
@@ -63,14 +78,15 @@ def device_lock(device: str) -> threading.Lock:
 
 
 class PromptCache:
-    """Text-encoder outputs of recent prompts (least recently used out first)."""
+    """Text-encoder outputs of recent prompts (least recently used out first), keyed by the prompt
+    and whatever else changes the encoding (sequence length, text-encoder LoRA layers)."""
 
     def __init__(self, size: int):
         self.size = size
-        self._entries: OrderedDict[tuple[str, int], Encoding] = OrderedDict()
+        self._entries: OrderedDict[tuple[object, ...], Encoding] = OrderedDict()
         self.hits = self.misses = 0
 
-    def get(self, key: tuple[str, int], compute) -> Encoding:
+    def get(self, key: tuple[object, ...], compute) -> Encoding:
         entry = self._entries.get(key)
         if entry is not None:
             self._entries.move_to_end(key)
@@ -94,14 +110,16 @@ class FluxEngine:
         self.model = model
         self.device = resolve_device(model.device if model.device != "auto" else device)
         self.dtype = resolve_dtype(model.dtype, self.device)
-        self._label = label or weights
+        self._label = label or (f"{weights} with transformer {model.transformer}" if model.transformer else weights)
         self.family: Family | None = None
         self.batches = 0
         self.prompts = PromptCache(model.prompt_cache)
         self._pipeline: DiffusionPipeline | None = None
         self._preview_decoder: AutoencoderTiny | None = None
         self._upscaler: Upscaler | None = None
-        self._takes_images = False
+        self._redraw_pipeline: DiffusionPipeline | None = None
+        self.adapters: AdapterCache | HotswapSlots | None = None
+        self.kinds: frozenset[str] = frozenset()
         self._lock = device_lock(self.device)
 
     @property
@@ -114,11 +132,10 @@ class FluxEngine:
     def load(self) -> None:
         diffusers_logging.disable_progress_bar()
         transformers.utils.logging.disable_progress_bar()
-        try:
-            pipeline = DiffusionPipeline.from_pretrained(self.weights, dtype=self.dtype, **self._load_quantization())
-        except (OSError, ValueError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise WeightsUnavailable(self.weights, first_line) from error
+        components = {"transformer": self._load_transformer()} if self.model.transformer else {}
+        with loading(self.weights):
+            pipeline = DiffusionPipeline.from_pretrained(self.weights, dtype=self.dtype, **self._load_quantization(),
+                                                         **components)
         pipeline = self._for_kind(pipeline)
         self.family = family_of(pipeline)
         flux1_only = [option for option, used in (("noise_mean", self.model.noise_mean == "positions"),
@@ -142,20 +159,64 @@ class FluxEngine:
             self._preview_decoder.to(self.device)
         self._upscaler = Upscaler(self.model.upscaler, self.device, self.dtype)
         pipeline.set_progress_bar_config(disable=True)
-        self._takes_images = "image" in inspect.signature(pipeline.__call__).parameters
+        self.kinds = self._kinds(pipeline)
+        self._redraw_pipeline = self._redrawing(pipeline) if "image-to-image" in self.kinds else None
+        self.adapters = adapter_store(pipeline, compiled=self.model.compile, count=self.model.lora_cache,
+                                      megabytes=self.model.lora_cache_mb)
         self._pipeline = pipeline
         self._warm_up()
 
-    def _for_kind(self, pipeline: DiffusionPipeline) -> DiffusionPipeline:
-        """The pipeline that does what the model's ``kind`` says, sharing the loaded components."""
-        takes = inspect.signature(pipeline.__call__).parameters
-        if self.model.kind == "image-to-image" and "strength" not in takes:
-            from diffusers import AutoPipelineForImage2Image
+    def _load_transformer(self) -> FluxTransformer2DModel:
+        """The model's ``transformer``: a diffusers folder or hub id, or a single .safetensors file (a
+        local path, or ``owner/name/file.safetensors`` on the hub) configured as the pipeline's own."""
+        source = self.model.transformer
+        options: dict[str, object] = {"dtype": self.dtype}
+        if self.model.quantize == "nf4":  # the pipeline's quantization skips components given to it
+            from diffusers import BitsAndBytesConfig
 
-            return AutoPipelineForImage2Image.from_pipe(pipeline)
-        if self.model.kind == "edit" and "image" not in takes:
-            raise KindUnsupported(f"{type(pipeline).__name__} from {self.weights!r} does not edit images")
-        return pipeline
+            options["quantization_config"] = BitsAndBytesConfig(**self._nf4_options())
+        with loading(source):
+            if not source.endswith(".safetensors"):
+                return FluxTransformer2DModel.from_pretrained(source, **options)
+            file = Path(source)
+            if file.is_absolute() and not file.is_file():
+                raise FileNotFoundError(f"no file {source}")
+            if not file.is_file() and "://" not in source:
+                source = f"https://huggingface.co/{source}"
+            return FluxTransformer2DModel.from_single_file(source, config=self.weights, subfolder="transformer",
+                                                           **options)
+
+    def _for_kind(self, pipeline: DiffusionPipeline) -> DiffusionPipeline:
+        """The pipeline this engine generates with, made from the loaded one (FLUX.1 Kontext's takes
+        several references; an engine for another kind of tool swaps in another class sharing the
+        loaded components)."""
+        return taking_several_references(pipeline)
+
+    def _kinds(self, pipeline: DiffusionPipeline) -> frozenset[str]:
+        """What one loaded copy of the weights serves: drawing; editing where the pipeline takes
+        images (Kontext, FLUX.2); redrawing where an image-to-image pipeline shares its components."""
+        kinds = {"text-to-image"}
+        if "image" in inspect.signature(pipeline.__call__).parameters:
+            kinds.add("edit")
+        elif self._redrawing(pipeline) is not None:
+            kinds.add("image-to-image")
+        return frozenset(kinds)
+
+    def _redrawing(self, pipeline: DiffusionPipeline) -> DiffusionPipeline | None:
+        """The image-to-image pipeline of these weights (it shares the loaded components: no second
+        copy of the weights), or None where the family has none (Kontext and FLUX.2 edit instead)."""
+        from diffusers import AutoPipelineForImage2Image
+
+        if "strength" in inspect.signature(pipeline.__call__).parameters:
+            return pipeline
+        try:
+            redraw = AutoPipelineForImage2Image.from_pipe(pipeline, dtype=self.dtype)  # else it casts to float32
+        except ValueError:
+            return None
+        if "strength" not in inspect.signature(redraw.__call__).parameters:
+            return None
+        redraw.set_progress_bar_config(disable=True)
+        return redraw
 
     def _load_quantization(self) -> dict[str, object]:
         if self.model.quantize != "nf4":
@@ -163,10 +224,11 @@ class FluxEngine:
         from diffusers import PipelineQuantizationConfig
 
         return {"quantization_config": PipelineQuantizationConfig(
-            quant_backend="bitsandbytes_4bit",
-            quant_kwargs={"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": self.dtype},
-            components_to_quantize=["transformer"],
+            quant_backend="bitsandbytes_4bit", quant_kwargs=self._nf4_options(), components_to_quantize=["transformer"],
         )}
+
+    def _nf4_options(self) -> dict[str, object]:
+        return {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": self.dtype}
 
     def _quantize(self, pipeline: DiffusionPipeline) -> None:
         if self.model.quantize not in ("int8", "fp8"):
@@ -212,15 +274,18 @@ class FluxEngine:
         """One generation per configured size, so that compilation and kernel choice happen now."""
         for size in self.model.warmup_sizes:
             width, height = (int(side) for side in size.lower().split("x"))
-            request = GenerationRequest("warm-up", width, height, 0, min(WARMUP_STEPS, self.model.steps),
-                                        self.model.guidance)
-            self.generate_batch([request], lambda: None, lambda *_: True)
+            self.generate_batch([self._warm_up_request(width, height)], lambda: None, lambda *_: True)
             log.info("warmed up %s at %s", self._label, size)
+
+    def _warm_up_request(self, width: int, height: int) -> GenerationRequest:
+        return GenerationRequest("warm-up", width, height, 0, min(WARMUP_STEPS, self.model.steps), self.model.guidance)
 
     # --- generating ------------------------------------------------------------------------
 
-    def _encode(self, prompt: str) -> Encoding:
-        key = (prompt, self.model.max_sequence_length)
+    def _encode(self, prompt: str, text_adapters: tuple[object, ...] = ()) -> Encoding:
+        """The prompt's encoding under the active adapters, ``text_adapters`` naming those among them
+        that have text-encoder layers (an encoding made under other ones is another entry)."""
+        key = (prompt, self.model.max_sequence_length, *text_adapters)
         return self.prompts.get(key, lambda: self.family.encode(self._pipeline, prompt, self.model.max_sequence_length))
 
     def generate_batch(self, requests: Sequence[GenerationRequest], on_start: StartCallback,
@@ -231,9 +296,13 @@ class FluxEngine:
         first = requests[0]
         width, height = render_size(first.width, first.height, self.model.render_pixels,
                                     self.model.render_min_side)
+        if first.strength is not None:
+            if self._redraw_pipeline is None:
+                raise KindUnsupported(f"{self.weights} does not redraw images")
+            pipeline = self._redraw_pipeline
+        if len(requests) > 1 and any(request.images for request in requests):
+            raise ValueError("requests with input images run one at a time")
         if any(request.images for request in requests):
-            if not self._takes_images:
-                raise ValueError(f"{self.weights} takes no input images")
             if len(requests) > 1:
                 raise ValueError("requests with input images run one at a time")
         # Row r of the pipeline's batch is image (r - first row) of request owner[r].
@@ -259,17 +328,21 @@ class FluxEngine:
         # CPU generators give the same noise on every device, so a seed means one image, alone or batched.
         generators = [torch.Generator(device="cpu").manual_seed(request.seed + number)
                       for request in requests for number in range(request.num_images)]
-        call_arguments: dict[str, object] = {"image": list(first.images)} if first.images else {}
-        if first.strength is not None:
-            call_arguments["strength"] = first.strength
+        call_arguments = self._input_arguments(first, width, height)
         if self.model.noise_mean == "positions" and not first.images:
             call_arguments["latents"] = self._positioned_noise(generators, height, width)
         with self._lock, torch.inference_mode():
             on_start()
-            encodings = [self._encode(requests[index].prompt) for index in owner]
-            prompt_arguments = family.prompt_arguments(pipeline, encodings, first.guidance, self._encode)
+            self.adapters.activate(first.adapters)  # a batch shares its adapters: they are in its batch_key
+            text_adapters = self.adapters.text_encoder_key(first.adapters)
+
+            def encode(prompt: str) -> Encoding:
+                return self._encode(prompt, text_adapters)
+
+            encodings = [encode(requests[index].prompt) for index in owner]
+            prompt_arguments = family.prompt_arguments(pipeline, encodings, first.guidance, encode)
             if self.model.negative_prompt is not None and first.guidance > 1:
-                negative = self._encode(self.model.negative_prompt)
+                negative = encode(self.model.negative_prompt)
                 prompt_arguments |= family.negative_arguments(negative, len(encodings), first.guidance)
             result = pipeline(
                 **prompt_arguments,
@@ -293,6 +366,18 @@ class FluxEngine:
                     self._upscaler(image, first.width, first.height)
                     for image in result.images[start : start + request.num_images]])
         return outputs
+
+    def _input_arguments(self, request: GenerationRequest, width: int, height: int) -> dict[str, object]:
+        """The pipeline's arguments for what the request gives besides its prompt (input images,
+        strength), generating at ``width`` x ``height``."""
+        arguments: dict[str, object] = {}
+        if request.images:
+            if "edit" not in self.kinds and request.strength is None:
+                raise KindUnsupported(f"{self.weights} takes no input images")
+            arguments["image"] = list(request.images)
+        if request.strength is not None:
+            arguments["strength"] = request.strength
+        return arguments
 
     def _positioned_noise(self, generators: list[torch.Generator], height: int, width: int) -> torch.Tensor:
         """The pipeline's own starting noise for these generators, plus :func:`position_ramps`."""

@@ -14,21 +14,24 @@ import time
 import uuid
 
 from fluxhost.demo import DEMO_LABEL, serves_demo
-from fluxhost.engines.base import Engine
+from fluxhost.engines.base import Engine, KindUnsupported
 from fluxhost.events import EventBus
 from fluxhost.metrics import WorkerMetrics
 from fluxhost.models import load_failure
+from fluxhost.runtime.adapter_files import AdapterFiles
 from fluxhost.runtime.worker import ServedModel, Worker
 from fluxhost.safety.moderator import Moderator
 from fluxhost.settings import ModelSettings, Settings
 from fluxhost.storage import FileStore
 from fluxhost.store.work import WorkStore
 from fluxhost.upsampling import ChatCompletions, LocalLanguageModel, Upsampler
+from fluxhost.urlguard import Allowlist
 
 log = logging.getLogger("fluxhost")
 
-# Settings that do not change the pipeline: slugs differing only in these share one engine.
-_NOT_PIPELINE = {"description", "exposed_inputs", "setting"}
+# Settings that do not change the pipeline: slugs differing only in these share one engine (one
+# loaded copy of the weights draws, redraws and edits, as its pipeline class allows).
+_NOT_PIPELINE = {"description", "exposed_inputs", "setting", "kind", "strength"}
 
 
 def new_worker_id() -> str:
@@ -54,11 +57,18 @@ def worker_may_be_alive(worker_id: str) -> bool:
 def build_engine(model: ModelSettings, settings: Settings, device: str = "auto") -> Engine:
     """The engine serving ``model`` (as :func:`fluxhost.models.served_models` gives it: its weights
     set, the demo model's where none were configured) on ``device`` (where the model names none):
-    the bench engine when asked for, else diffusers FLUX."""
+    the bench engine when asked for; for an upscale model, its ControlNet on its FLUX.1 weights, or
+    resampling where it names no ControlNet (the demo model); else diffusers FLUX."""
     if settings.engine == "bench":
         from fluxhost.testing.bench_engine import BenchEngine
 
         return BenchEngine(settings.bench_step_ms / 1000)
+    if model.kind == "upscale":
+        from fluxhost.engines.upscaling import ControlNetUpscaleEngine, ResamplingUpscaleEngine
+
+        if model.controlnet and not serves_demo(model):
+            return ControlNetUpscaleEngine(model.weights, model, device=device)
+        return ResamplingUpscaleEngine(model, device=device)
     from fluxhost.engines.flux import FluxEngine
 
     return FluxEngine(model.weights, model, device=device, label=DEMO_LABEL if serves_demo(model) else None)
@@ -113,13 +123,18 @@ class Runtime:
             torch.set_num_threads(self.settings.torch_threads)
         self.moderator.load()
         upsampler = open_upsampler(self.settings)
+        settings = self.settings
+        adapter_files = AdapterFiles(self.files, settings.lora_cache_dir or settings.data_dir / "loras",
+                                     settings.lora_dir, Allowlist.parse(settings.callback_allowlist),
+                                     settings.lora_max_bytes, settings.lora_fetch_seconds)
         workers = []
         for device in devices or self.settings.device_list:
             models = {slug: model for slug, model in self.models.items() if not slugs or slug in slugs}
             workers.append(Worker(self.worker_id, self.work, self._load(models, device), self.files, self.events,
                                   self.settings.lease_seconds, previews=self.settings.previews,
                                   moderator=self.moderator, upsampler=upsampler,
-                                  upsampler_fallback=self.settings.upsampler_fallback, metrics=self.metrics))
+                                  upsampler_fallback=self.settings.upsampler_fallback, metrics=self.metrics,
+                                  adapter_files=adapter_files))
         return workers
 
     def _load(self, models: dict[str, ModelSettings], device: str) -> dict[str, ServedModel]:
@@ -127,7 +142,7 @@ class Runtime:
         loaded: dict[str, Engine | str] = {}
         served = {}
         for slug, model in models.items():
-            same = model.model_dump_json(exclude=_NOT_PIPELINE)
+            same = (model.kind == "upscale", model.model_dump_json(exclude=_NOT_PIPELINE))
             if same not in loaded:
                 started = time.monotonic()
                 try:
@@ -139,6 +154,8 @@ class Runtime:
                     loaded[same] = engine
                     self.metrics.engine_load_seconds.labels(slug, device).set(time.monotonic() - started)
             found = loaded[same]
+            if not isinstance(found, str) and model.kind not in found.kinds:
+                found = load_failure(model, KindUnsupported(f"{found.description} does not serve kind={model.kind}"))
             if isinstance(found, str):
                 log.error("model %s could not be loaded: %s", slug, found)
                 served[slug] = ServedModel(slug, model, None, found)

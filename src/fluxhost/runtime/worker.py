@@ -10,11 +10,19 @@ from typing import Any
 
 from PIL import Image
 
-from fluxhost.engines.base import Engine, GenerationRequest, GenerationStopped, Preview, batch_key
+from fluxhost.engines.base import (
+    ControlSettings,
+    Engine,
+    GenerationRequest,
+    GenerationStopped,
+    Preview,
+    batch_key,
+)
 from fluxhost.events import EventBus, Progress, TaskEvent
 from fluxhost.input_images import ImageLimits, decode
 from fluxhost.metrics import WorkerMetrics
 from fluxhost.orders import FileRef, WorkOrder
+from fluxhost.runtime.adapter_files import AdapterFiles, AdapterUnavailable
 from fluxhost.runtime.outputs import OutputNotStored, preview_data_url, storage_problem, store_images
 from fluxhost.safety.moderator import Moderator
 from fluxhost.settings import ModelSettings
@@ -45,7 +53,8 @@ def generation_request(order: WorkOrder, model: ModelSettings) -> GenerationRequ
         steps=order.steps or model.steps,
         guidance=model.guidance if order.guidance is None else order.guidance,
         num_images=order.num_images,
-        strength=(order.strength or model.strength) if model.kind == "image-to-image" else None,
+        strength=order.strength if order.strength is not None or model.kind != "image-to-image" else model.strength,
+        control=ControlSettings(**order.control.model_dump()) if order.control else None,
     )
 
 
@@ -95,6 +104,7 @@ class Worker:
         upsampler: Upsampler | None = None,
         upsampler_fallback: bool = False,
         metrics: WorkerMetrics | None = None,
+        adapter_files: AdapterFiles | None = None,
     ):
         self.worker_id = worker_id
         self.store = store
@@ -107,6 +117,7 @@ class Worker:
         self.upsampler = upsampler
         self.upsampler_fallback = upsampler_fallback
         self.metrics = metrics or WorkerMetrics()
+        self.adapter_files = adapter_files
         self._running: set[int] = set()
         self._killed: set[int] = set()
         self._halting = False
@@ -155,7 +166,8 @@ class Worker:
         key = batch_key(generation_request(first.order, model.settings))
 
         def joins(order: WorkOrder) -> bool:
-            return not order.input_images and batch_key(generation_request(order, model.settings)) == key
+            return (not order.input_images and order.loras == first.order.loras
+                    and batch_key(generation_request(order, model.settings)) == key)
 
         deadline = time.monotonic() + model.settings.batch_wait_ms / 1000
         while True:
@@ -334,6 +346,10 @@ class Worker:
             raise Moderated(f"Request Moderated: {category}")
         if order.input_images:
             request = replace(request, images=tuple(self._input_image(stored) for stored in order.input_images))
+        if order.loras:
+            if self.adapter_files is None:
+                raise AdapterUnavailable("this worker takes no LoRA adapters")
+            request = replace(request, adapters=tuple(self.adapter_files.local(lora) for lora in order.loras))
         if not order.prompt_upsampling:
             return request
         try:

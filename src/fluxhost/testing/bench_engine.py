@@ -21,6 +21,7 @@ class BenchEngine:
     them, as a pipeline call does); 0: one instant step."""
 
     description = "bench engine (solid colour, for load tests only)"
+    kinds = frozenset({"text-to-image", "edit", "image-to-image", "upscale"})
 
     def __init__(self, step_seconds: float = 0.0) -> None:
         self.step_seconds = step_seconds

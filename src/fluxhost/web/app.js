@@ -91,7 +91,9 @@ async function loadTools() {
     return;
   }
   const picker = $("#model");
-  picker.replaceChildren(...tools.map((tool) => element("option", { value: tool.id, text: tool.title })));
+  picker.replaceChildren(...tools.map((tool) => element("option", {
+    value: `${tool.slugowner}/${tool.slugproject}`, text: `${tool.title} (${tool.slugowner}/${tool.slugproject})`,
+  })));
   await renderInputs();
 }
 

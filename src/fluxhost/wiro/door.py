@@ -67,7 +67,9 @@ MAX_LIST = 1000
 TASK_ID = re.compile(r"[0-9]{1,10}")
 MAX_TASK_ID = 2**31 - 1  # the largest id an INTEGER column holds (PostgreSQL refuses larger)
 # The hosted protocol's names of the inputs a Run's refusal can be about (the image's: whichever carried it).
-INPUT_NAMES = {"callback_url": "callbackUrl", "aspect_ratio": "aspectRatio", "upload": "file"}
+INPUT_NAMES = {"callback_url": "callbackUrl", "aspect_ratio": "aspectRatio", "upload": "file", "upscale": "scale",
+               "lora_library": "selectedLoraModel", "lora_upload": "selectedLoraModelPrivate",
+               "lora_url": "selectedLoraModelPrivateUrl"}
 
 
 def ok(**fields: Any) -> dict[str, Any]:
@@ -202,6 +204,7 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
         "promptUpsampling": "Available on this server." if operations.upsampling else (
             "Not available on this server: Runs asking for it are refused."),
     }
+    covers = f"{settings.resolved_public_url}/web/covers"  # drawn by the demo model, shipped in the package
     schemas = {tool.slug: InputSchema.of(tool, notes, operations.max_prompt_chars, settings.unknown_inputs == "refuse")
                for tool in operations.catalog.tools}
 
@@ -257,12 +260,13 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
     })
 
     async def handle(request: Request, work: Callable[[Call], dict[str, Any]], *,
-                     resolves: Callable[[Parameters], bool] = lambda _: False) -> JSONResponse:
+                     resolves: Callable[[Parameters], bool] = lambda _: False, file_bytes: int = 0) -> JSONResponse:
         """Read the request on the loop, then run ``work`` (auth, one operation, rendering) off it;
-        on the shared threads when ``resolves`` says it will look up a host name."""
+        on the shared threads when ``resolves`` says it will look up a host name. A multipart body
+        may carry an input image, or a file of ``file_bytes`` where larger."""
         limit = settings.max_body_bytes
         if is_multipart(request.headers):
-            limit = max(limit, settings.input_max_bytes + UPLOAD_OVERHEAD_BYTES)
+            limit = max(limit, max(settings.input_max_bytes, file_bytes) + UPLOAD_OVERHEAD_BYTES)
         body = await read_body(request, limit, settings.body_read_seconds)
         parameters = await Parameters.of(body, request)
         request.state.parameters = parameters
@@ -276,7 +280,7 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
             return False
         values = parameters.values
         image_url = values.get("inputImageUrl") or isinstance(values.get("inputImage"), str)
-        return bool(parameters.callback_url() or image_url)
+        return bool(parameters.callback_url() or image_url or values.get("selectedLoraModelPrivateUrl"))
 
     def schema_of(tool: Tool) -> InputSchema:
         return schemas[tool.slug]
@@ -306,7 +310,7 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
             upload = call.operations.upload(caller, data, data.filename, accept=lambda: call.spend_nonce(caller))
             return ok(list=[render_upload(upload, call.operations.files)])
 
-        return await handle(request, work)
+        return await handle(request, work, file_bytes=settings.lora_max_bytes)
 
     @app.post("/File/List")
     async def list_files(request: Request) -> JSONResponse:
@@ -397,11 +401,11 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
             stats = call.operations.tool_stats()
             summary = parameters.flag("summary")
             entries = [
-                tool_summary(tool, stats.get(tool.slug)) if summary
-                else tool_detail(tool, schema_of(tool), stats.get(tool.slug))
+                tool_summary(tool, stats.get(tool.slug), covers) if summary
+                else tool_detail(tool, schema_of(tool), stats.get(tool.slug), covers)
                 for tool in tools[start : start + limit]
             ]
-            return ok(total=str(len(tools)), tool=entries)
+            return ok(total=len(tools), tool=entries)
 
         return await handle(request, work)
 
@@ -410,7 +414,7 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
         def work(call: Call) -> dict[str, Any]:
             call.caller()
             tool = call.operations.tool(call.parameters.text("slugowner"), call.parameters.text("slugproject"))
-            return ok(tool=[tool_detail(tool, schema_of(tool), call.operations.tool_stats().get(tool.slug))])
+            return ok(tool=[tool_detail(tool, schema_of(tool), call.operations.tool_stats().get(tool.slug), covers)])
 
         return await handle(request, work)
 
@@ -418,7 +422,7 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
     async def explore_tools(request: Request) -> JSONResponse:
         def work(call: Call) -> dict[str, Any]:
             call.caller()
-            return ok(explore=explore(call.operations.catalog.tools, call.operations.tool_stats()))
+            return ok(explore=explore(call.operations.catalog.tools, call.operations.tool_stats(), covers))
 
         return await handle(request, work)
 

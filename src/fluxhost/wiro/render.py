@@ -171,11 +171,12 @@ def final_frame_text(task: TaskView, files: FileStore) -> str:
 
 
 def measured_fields(stats: ModelStats | None) -> dict[str, Any]:
-    """The hosted API's ``taskstat`` and ``computingtime`` for a tool, from this server's tasks."""
+    """The hosted API's ``taskstat`` and ``computingtime`` for a tool, from this server's tasks (the
+    run count a number, the other counters text, as the hosted docs show them)."""
     stats = stats or ModelStats(0, 0, 0, None, None)
     fields: dict[str, Any] = {
         "taskstat": {
-            "runcount": str(stats.runs),
+            "runcount": stats.runs,
             "successcount": str(stats.successes),
             "errorcount": str(stats.errors),
             "lastruntime": str(int(stats.last_run_at or 0)),
@@ -187,11 +188,12 @@ def measured_fields(stats: ModelStats | None) -> dict[str, Any]:
     return fields
 
 
-def tool_summary(tool: Tool, stats: ModelStats | None = None) -> dict[str, Any]:
-    """The Tool/List entry (every value a string or list, as the hosted API sends)."""
+def tool_summary(tool: Tool, stats: ModelStats | None = None, covers: str = "") -> dict[str, Any]:
+    """The Tool/List entry, its values typed as the hosted API sends them; ``covers``: the URL the
+    cover pictures are served under."""
     return {
-        "id": tool.slug,
-        "title": tool.slug,
+        "id": str(tool.number),
+        "title": tool.title or tool.slug,
         "slugowner": tool.owner,
         "slugproject": tool.project,
         "cleanslugowner": tool.owner,
@@ -200,25 +202,26 @@ def tool_summary(tool: Tool, stats: ModelStats | None = None) -> dict[str, Any]:
         "seodescription": tool.description,
         "categories": tool.categories,
         "tags": ["image generation", "flux"],
-        "image": "",
+        "marketplace": 1,
+        "image": f"{covers}/{tool.cover}" if covers else "",
         "dynamicprice": FREE,
         **measured_fields(stats),
     }
 
 
-def tool_detail(tool: Tool, schema: InputSchema, stats: ModelStats | None = None) -> dict[str, Any]:
+def tool_detail(tool: Tool, schema: InputSchema, stats: ModelStats | None = None, covers: str = "") -> dict[str, Any]:
     """The Tool/Detail entry: the summary plus the input schema."""
-    return {**tool_summary(tool, stats), "parameters": [{"title": "Inputs", "items": schema.items()}]}
+    return {**tool_summary(tool, stats, covers), "parameters": [{"title": "Inputs", "items": schema.items()}]}
 
 
-def explore(tools: list[Tool], stats: dict[str, ModelStats]) -> list[dict[str, Any]]:
+def explore(tools: list[Tool], stats: dict[str, ModelStats], covers: str = "") -> list[dict[str, Any]]:
     """Tool/Explore's groups: the tools under each category they belong to (the catch-all
     ``tool`` category aside), in Tool/List's item shape."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for tool in tools:
         for category in tool.categories:
             if category != "tool":
-                groups.setdefault(category, []).append(tool_summary(tool, stats.get(tool.slug)))
+                groups.setdefault(category, []).append(tool_summary(tool, stats.get(tool.slug), covers))
     return [
         {"id": category, "title": CATEGORY_TITLES.get(category, category), "tools": items, "total": str(len(items))}
         for category, items in groups.items()

@@ -1,25 +1,31 @@
 """The hosted protocol's tool inputs: what each tool takes at Run, as Tool/Detail publishes it,
 and how a Run's inputs are read into a :class:`~fluxhost.orders.RunRequest`.
 
-A tool's :class:`InputSchema` is the seed tool's inputs (``black-forest-labs/flux-pro-1.1`` on the
-hosted API, so a client written for that page works unchanged against any model) plus the extra
-inputs its model exposes, such as steps and guidance. Values arrive as strings or as JSON numbers
-and booleans; every refusal is an :class:`InputError` whose text is the protocol's message.
+A tool's :class:`InputSchema` is, for a tool of the hosted FLUX family (:mod:`fluxhost.family`),
+exactly the inputs its clients send; for any other, the seed tool's inputs
+(``black-forest-labs/flux-pro-1.1`` on the hosted API, so a client written for that page works
+unchanged against any model) plus the extra inputs its model exposes, such as steps and guidance.
+Values arrive as strings or as JSON numbers and booleans; the official clients send ``0`` for a
+number left unset, which means the tool's default wherever zero makes no sense. Every refusal is
+an :class:`InputError` whose text is the protocol's message.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fluxhost.orders import (
     ASPECT_RATIOS,
+    CONTROL_DEFAULT,
     OUTPUT_FORMATS,
     SAFETY_MAX,
     SAFETY_MIN,
     SEED_MAX,
+    Control,
+    LoraRef,
     RunRequest,
     size_for_aspect_ratio,
 )
@@ -27,6 +33,9 @@ from fluxhost.tools import DEFAULT_PROMPT, Tool
 from fluxhost.wiro import messages
 
 STEPS_MAX = 100
+SAMPLES_MAX = 4
+SIDE_MIN, SIDE_MAX, SIDE_MULTIPLE = 64, 2048, 16
+UPSCALE_MAX = 4
 CALLBACK_URL_NAMES = ("callbackUrl", "callbackurl")  # what a Run's body carries besides the tool's inputs
 GUIDANCE_MAX = 50.0
 
@@ -119,10 +128,10 @@ def _options(values: Iterable[str], labels: dict[str, str] | None = None) -> tup
     return tuple({"value": value, "label": (labels or {}).get(value, value)} for value in values)
 
 
-def _aspect_ratio_options() -> tuple[dict[str, str], ...]:
+def _aspect_ratio_options(megapixels: float = 1.0) -> tuple[dict[str, str], ...]:
     options = []
     for ratio in ASPECT_RATIOS:
-        width, height = size_for_aspect_ratio(ratio)
+        width, height = size_for_aspect_ratio(ratio, megapixels)
         options.append({"value": ratio, "label": ratio, "width": str(width), "height": str(height)})
     return tuple(options)
 
@@ -174,34 +183,134 @@ def guidance_input(default: float) -> Input:
                  bounds=(0, GUIDANCE_MAX, 0.5))
 
 
+def _side_input(name: str) -> Input:
+    return Input(name, "number", name.capitalize(),
+                 f"Image {name} in pixels, {SIDE_MIN} to {SIDE_MAX}, rounded to a multiple of {SIDE_MULTIPLE}; 0 or "
+                 "empty: 1024, or the input image's shape at about one megapixel.", "0")
+
+
+def _family_input(name: str, tool: Tool) -> Input:
+    """Input ``name`` of the hosted family's tool ``tool``, as its Tool/Detail shows it."""
+    upscaler = tool.kind == "upscale"
+    inputs = {
+        "prompt": SEED_TOOL_INPUTS[0],
+        "inputImageUrl": Input("inputImageUrl", "text", "Input Image URL",
+                               "The input image by http(s) URL (e.g. one File/Upload returned); or send the file "
+                               "itself as inputImage (multipart). PNG, JPEG or WebP.", "",
+                               required=tool.takes_image),
+        "inputImage2Url": Input("inputImage2Url", "text", "Input Image 2 URL", "The second input image, by URL.", "",
+                                required=tool.takes_image),
+        "inputImage3Url": Input("inputImage3Url", "text", "Input Image 3 URL", "The third input image, by URL.", "",
+                                required=tool.takes_image),
+        "width": _side_input("width"),
+        "height": _side_input("height"),
+        "samples": Input("samples", "number", "Samples",
+                         f"How many images to make, 1 to {SAMPLES_MAX} (seed, seed+1...); 0 or empty: 1.", "1"),
+        "scale": (Input("scale", "number", "Scale", f"The upscale factor, 1 to {UPSCALE_MAX}; 0 or empty: 2.", "2")
+                  if upscaler else Input("scale", "number", "Guidance Scale",
+                                         f"How closely the image follows the prompt, 0 to {GUIDANCE_MAX:g}; 0 or "
+                                         f"empty: the tool's default ({tool.guidance:g}).", f"{tool.guidance:g}")),
+        "guidance": Input("guidance", "number", "Guidance",
+                          f"How closely the image follows the prompt, 0 to {GUIDANCE_MAX:g}; 0 or empty: the tool's "
+                          f"default ({tool.guidance:g}).", f"{tool.guidance:g}"),
+        "steps": Input("steps", "number", "Steps",
+                       f"Denoising steps, 1 to {STEPS_MAX}; 0 or empty: the tool's default ({tool.steps}).",
+                       str(tool.steps)),
+        "strength": Input("strength", "number", "Strength",
+                          "How far to move from the input image, 0.05 to 1 (1 ignores it); 0 or empty: the tool's "
+                          f"default ({tool.strength:g}).", f"{tool.strength:g}"),
+        "selectedModel": Input("selectedModel", "select", "Select Model",
+                               "The base weights: empty, the ones this tool is served with.", "",
+                               options=_options(("",))),
+        "selectedModelPrivate": Input("selectedModelPrivate", "select", "Select Model Private",
+                                      "Your own base weights: none can be added on this server yet; empty.", "",
+                                      options=_options(("",))),
+        "selectedLoraModel": Input("selectedLoraModel", "select", "Select Lora Model",
+                                   "A LoRA adapter from this server's library (FLUXHOST_LORA_DIR); empty: none.", "",
+                                   options=_options(("", *tool.loras))),
+        "selectedLoraModelPrivate": Input("selectedLoraModelPrivate", "text", "Select Lora Model Private",
+                                          "One of your own LoRA adapters: the id of a .safetensors file you "
+                                          "uploaded (File/Upload) or trained; empty: none.", ""),
+        "selectedLoraModelPrivateUrl": Input("selectedLoraModelPrivateUrl", "text", "LoRA Model URL",
+                                             "A LoRA adapter (.safetensors: diffusers, kohya or XLabs keys) by "
+                                             "http(s) URL; empty: none.", ""),
+        "controlnetConditioningScale": Input(
+            "controlnetConditioningScale", "number", "ControlNet Conditioning Scale",
+            "How strongly the input image holds the result, 0 to 2; 0 or empty: "
+            f"{CONTROL_DEFAULT.conditioning_scale:g}.",
+            f"{CONTROL_DEFAULT.conditioning_scale:g}"),
+        "controlGuidanceStart": Input("controlGuidanceStart", "number", "Control Guidance Start",
+                                      "Fraction of the steps after which the input image starts to guide, 0 to 1.",
+                                      f"{CONTROL_DEFAULT.guidance_start:g}"),
+        "controlGuidanceEnd": Input("controlGuidanceEnd", "number", "Control Guidance End",
+                                    "Fraction of the steps after which the input image stops guiding, 0 to 1; 0 or "
+                                    f"empty: {CONTROL_DEFAULT.guidance_end:g}.", f"{CONTROL_DEFAULT.guidance_end:g}"),
+    }
+    for item in SEED_TOOL_INPUTS[1:]:
+        inputs[item.id] = _at_size(item, tool.megapixels)
+    return inputs[name]
+
+
+def _at_size(item: Input, megapixels: float) -> Input:
+    """``item``, as a tool whose aspect ratios give ``megapixels`` publishes it."""
+    if item.id != "aspectRatio" or megapixels == 1:
+        return item
+    return replace(item, options=_aspect_ratio_options(megapixels),
+                   description=f"Aspect ratio of the image, at about {megapixels:g} megapixels; each option gives the "
+                               "width and height in pixels it produces.")
+
+
+UPLOAD_INPUT = Input("inputImage", "fileinput", "Input Image",
+                     "The input image as an uploaded file (multipart), instead of inputImageUrl.", "")
+
+
 @dataclass(frozen=True)
 class InputSchema:
-    """The inputs one tool takes: the seed tool's, plus ``extra`` (e.g. steps and guidance);
+    """The inputs one tool takes, as Tool/Detail publishes them (``published``) and Run reads them;
     ``notes`` (input id, text) add what this server does with an input to its description."""
 
-    extra: tuple[Input, ...] = field(default_factory=tuple)
+    published: tuple[Input, ...]
     notes: tuple[tuple[str, str], ...] = ()
-    takes_image: bool = False  # edit and image-to-image tools: inputImage or inputImageUrl is required
+    takes_image: bool = False  # an input image is required (inputImage or inputImageUrl)
     max_prompt_chars: int = 10_000
     refuse_unknown: bool = False  # a Run sending an input the tool does not take is refused, not noted
+    zero_is_default: bool = False  # a family tool: 0 for an unset number, as its clients send it
+    upscaler: bool = False  # ``scale`` is the upscale factor, not the guidance
 
     @classmethod
     def of(cls, tool: Tool, notes: dict[str, str], max_prompt_chars: int, refuse_unknown: bool = False) -> InputSchema:
+        if tool.inputs is None:
+            published = cls._seed_form(tool)
+        else:
+            published = tuple(_family_input(name, tool) for name in tool.inputs)
+            if tool.max_images:
+                at = [item.id for item in published].index("inputImageUrl") + 1
+                published = published[:at] + (UPLOAD_INPUT,) + published[at:]
+        return cls(published, tuple(notes.items()), tool.takes_image, max_prompt_chars, refuse_unknown,
+                   zero_is_default=tool.inputs is not None, upscaler=tool.kind == "upscale")
+
+    @staticmethod
+    def _seed_form(tool: Tool) -> tuple[Input, ...]:
+        """The seed tool's inputs, the input image's after the prompt for an image tool, then the
+        model's exposed tuning."""
         extra = [steps_input(tool.steps) if name == "steps" else guidance_input(tool.guidance) for name in tool.tuning]
         if tool.kind == "image-to-image":
             extra.append(strength_input(tool.strength))
-        return cls(tuple(extra), tuple(notes.items()), tool.takes_image, max_prompt_chars, refuse_unknown)
+        if not tool.takes_image:
+            return tuple(_at_size(item, tool.megapixels) for item in SEED_TOOL_INPUTS) + tuple(extra)
+        seed = tuple(replace(item, default="", description=ASPECT_OF_INPUT) if item.id == "aspectRatio" else item
+                     for item in SEED_TOOL_INPUTS)
+        return seed[:1] + IMAGE_INPUTS + seed[1:] + tuple(extra)
 
     @property
     def inputs(self) -> tuple[Input, ...]:
         notes = dict(self.notes)
-        seed = tuple(replace(item, description=f"{item.description} {notes[item.id]}") if item.id in notes else item
-                     for item in SEED_TOOL_INPUTS)
-        if not self.takes_image:
-            return seed + self.extra
-        seed = tuple(replace(item, default="", description=ASPECT_OF_INPUT) if item.id == "aspectRatio" else item
-                     for item in seed)
-        return seed[:1] + IMAGE_INPUTS + seed[1:] + self.extra
+        return tuple(replace(item, description=f"{item.description} {notes[item.id]}") if item.id in notes else item
+                     for item in self.published)
+
+    @property
+    def ids(self) -> frozenset[str]:
+        return frozenset(item.id for item in self.published)
 
     def items(self) -> list[dict[str, Any]]:
         """Tool/Detail's ``parameters`` items."""
@@ -209,42 +318,65 @@ class InputSchema:
 
     def parse(self, raw: dict[str, Any], callback_url: str = "") -> RunRequest:
         """The Run a client's inputs ask for; :class:`InputError` for the first bad one."""
+        ids = self.ids
         prompt = text_value(raw.get("prompt"))
-        if not prompt:
+        if "prompt" in ids and not prompt:
             raise InputError(messages.parameter("prompt", "required"))
         if len(prompt) > self.max_prompt_chars:
             raise InputError(messages.parameter("prompt", f"must be between 1 and {self.max_prompt_chars} characters"))
 
-        upsampling = choice_input("promptUpsampling", raw.get("promptUpsampling", "false"), ("false", "true"))
-        safety = raw.get("safetyTolerance", "2")
-        safety = integer_input("safetyTolerance", "2" if safety in ("", None) else safety, SAFETY_MIN, SAFETY_MAX)
-        if self.takes_image and not (raw.get("inputImage") or text_value(raw.get("inputImageUrl"))):
-            raise InputError(messages.parameter("inputImage", "required"))
-        aspect_ratio = text_value(raw.get("aspectRatio")) or (None if self.takes_image else "16:9")
-        if aspect_ratio is not None and aspect_ratio not in ASPECT_RATIOS:
-            raise InputError(messages.one_of("aspectRatio", ASPECT_RATIOS))
-        output_format = choice_input("outputFormat", raw.get("outputFormat") or "png", OUTPUT_FORMATS)
-        seed = self._seed(raw.get("seed"))
+        def sent(name: str, default: Any) -> Any:
+            """An input of this tool as sent (absent or empty: ``default``); inputs it does not take
+            are not read."""
+            value = raw.get(name) if name in ids else None
+            return default if value in ("", None) else value
+
+        upsampling = choice_input("promptUpsampling", sent("promptUpsampling", "false"), ("false", "true"))
+        safety = integer_input("safetyTolerance", sent("safetyTolerance", "2"), SAFETY_MIN, SAFETY_MAX)
+        images = self._images(raw)
+        aspect_ratio = None
+        if "aspectRatio" in ids:
+            aspect_ratio = text_value(raw.get("aspectRatio")) or (None if self.takes_image else "16:9")
+            if aspect_ratio is not None and aspect_ratio not in ASPECT_RATIOS:
+                raise InputError(messages.one_of("aspectRatio", ASPECT_RATIOS))
+        output_format = choice_input("outputFormat", sent("outputFormat", "png"), OUTPUT_FORMATS)
+        seed = self._seed(sent("seed", ""))
         tuning = self._tuning(raw)
         ignored = self._unknown(raw)
         return RunRequest(
-            prompt=prompt, aspect_ratio=aspect_ratio, seed=seed, output_format=output_format,
+            prompt=prompt, aspect_ratio=aspect_ratio, size=self._size(raw, bool(images)), seed=seed,
+            output_format=output_format,
             safety_tolerance=safety, prompt_upsampling=upsampling == "true",
-            input_image=self._image(raw),
+            input_image=images[0] if images else None, more_images=tuple(images[1:]),
             callback_url=callback_url, ignored_inputs=ignored,
             parameters={item.id: raw[item.id] for item in self.inputs if item.id in raw and item.id != "inputImage"},
-            image_parameter="inputImage", **tuning,
+            image_parameter="inputImage" if "inputImage" in ids else None, **tuning,
         )
 
-    def _image(self, raw: dict[str, Any]) -> bytes | str | None:
-        """The input image of an image tool: ``inputImage`` (a file's bytes, or a URL), else
-        ``inputImageUrl``."""
-        if not self.takes_image:
-            return None
+    def _images(self, raw: dict[str, Any]) -> list[bytes | str]:
+        """The input images given, in order: ``inputImage`` (a file's bytes, or a URL), else
+        ``inputImageUrl``; then ``inputImage2Url``, ``inputImage3Url``. The required ones must be
+        there."""
+        images: list[bytes | str] = []
+        if "inputImage" not in self.ids:
+            return images
         if raw.get("inputImage"):
             image = raw["inputImage"]
-            return image if isinstance(image, bytes) else str(image).strip()
-        return text_value(raw.get("inputImageUrl"))
+            images.append(image if isinstance(image, bytes) else str(image).strip())
+        elif text_value(raw.get("inputImageUrl")):
+            images.append(text_value(raw.get("inputImageUrl")))
+        elif self.takes_image:
+            raise InputError(messages.parameter("inputImage", "required"))
+        for item in self.published:
+            if item.id in ("inputImage2Url", "inputImage3Url"):
+                url = text_value(raw.get(item.id))
+                if not url and item.required:
+                    raise InputError(messages.parameter(item.id, "required"))
+                if url:
+                    if not images:
+                        raise InputError(messages.parameter("inputImageUrl", "required"))
+                    images.append(url)
+        return images
 
     @staticmethod
     def image_parameter(raw: dict[str, Any]) -> str:
@@ -254,7 +386,7 @@ class InputSchema:
     def _unknown(self, raw: dict[str, Any]) -> tuple[str, ...]:
         """The names sent that are neither an input of this tool nor the callback URL, sorted; with
         :attr:`refuse_unknown`, the first refused instead."""
-        known = {item.id for item in self.inputs} | set(CALLBACK_URL_NAMES)
+        known = self.ids | set(CALLBACK_URL_NAMES)
         unknown = tuple(sorted(name for name in raw if name not in known))
         if unknown and self.refuse_unknown:
             raise InputError(messages.parameter(unknown[0], "is not an input of this tool (see Tool/Detail)"))
@@ -271,14 +403,83 @@ class InputSchema:
             raise InputError(messages.number("seed"))
         return integer_input("seed", value, 0, SEED_MAX)
 
+    def _given(self, raw: dict[str, Any], name: str) -> bool:
+        """Whether ``name`` is an input of this tool with a value: empty, and for a family tool
+        ``0``, leave the tool's default."""
+        if name not in self.ids:
+            return False
+        text = text_value(raw.get(name))
+        if text == "":
+            return False
+        return not (self.zero_is_default and _NUMBER.fullmatch(text) and float(text) == 0)
+
+    def _size(self, raw: dict[str, Any], has_image: bool) -> tuple[int, int] | None:
+        """``width`` and ``height`` asked for, each rounded to a multiple of 16 (one alone keeps the
+        other at 1024); neither: 1024x1024, or with an input image None (its shape)."""
+        if "width" not in self.ids:
+            return None
+        sides = {name: integer_input(name, raw[name], SIDE_MIN, SIDE_MAX)
+                 for name in ("width", "height") if self._given(raw, name)}
+        if not sides and has_image:
+            return None
+        return tuple(int(sides.get(name, 1024) / SIDE_MULTIPLE + 0.5) * SIDE_MULTIPLE  # halves up, as people round
+                     for name in ("width", "height"))
+
     def _tuning(self, raw: dict[str, Any]) -> dict[str, Any]:
-        """The extra inputs given (absent or empty: the model's configured value)."""
-        given = {item.id for item in self.extra if text_value(raw.get(item.id)) != ""}
+        """The tuning inputs given (absent, empty or a family tool's 0: the model's configured value)."""
         tuning: dict[str, Any] = {}
-        if "steps" in given:
+        if self._given(raw, "steps"):
             tuning["steps"] = integer_input("steps", raw["steps"], 1, STEPS_MAX)
-        if "guidance" in given:
+        if self._given(raw, "guidance"):
             tuning["guidance"] = number_input("guidance", raw["guidance"], 0, GUIDANCE_MAX)
-        if "strength" in given:
+        if self._given(raw, "scale"):
+            if self.upscaler:
+                tuning["upscale"] = number_input("scale", raw["scale"], 1, UPSCALE_MAX)
+            else:
+                tuning["guidance"] = number_input("scale", raw["scale"], 0, GUIDANCE_MAX)
+        if self._given(raw, "strength"):
             tuning["strength"] = number_input("strength", raw["strength"], 0.05, 1)
+        if self._given(raw, "samples"):
+            tuning["num_images"] = integer_input("samples", raw["samples"], 1, SAMPLES_MAX)
+        for name in ("selectedModel", "selectedModelPrivate"):
+            if self._given(raw, name):
+                raise InputError(messages.parameter(name, "must be empty: this server serves this tool with one "
+                                                          "base model (see Tool/Detail)"))
+        if self.upscaler:
+            tuning["control"] = self._control(raw)
+        loras = self._loras(raw)
+        if loras:
+            tuning["loras"] = loras
         return tuning
+
+    def _loras(self, raw: dict[str, Any]) -> tuple[LoraRef, ...]:
+        """The LoRA adapters asked for: one from the library, one of the project's own, one by URL
+        (any of them, together)."""
+        loras = []
+        if self._given(raw, "selectedLoraModel"):
+            library = next(item for item in self.published if item.id == "selectedLoraModel")
+            names = tuple(option["value"] for option in library.options if option["value"])
+            name = text_value(raw["selectedLoraModel"])
+            if name not in names:
+                raise InputError(messages.one_of("selectedLoraModel", names) if names else messages.parameter(
+                    "selectedLoraModel", "names no adapter: this server has no LoRA library (FLUXHOST_LORA_DIR)"))
+            loras.append(LoraRef(source="library", name=name))
+        if self._given(raw, "selectedLoraModelPrivate"):
+            loras.append(LoraRef(source="upload", name=text_value(raw["selectedLoraModelPrivate"])))
+        if self._given(raw, "selectedLoraModelPrivateUrl"):
+            loras.append(LoraRef(source="url", name=text_value(raw["selectedLoraModelPrivateUrl"])))
+        return tuple(loras)
+
+    def _control(self, raw: dict[str, Any]) -> Control:
+        """The upscaler's ControlNet settings: 0 is a start, never a scale or an end."""
+        def given(name: str, default: float, high: float) -> float:
+            return number_input(name, raw[name], 0, high) if self._given(raw, name) else default
+
+        start = (number_input("controlGuidanceStart", raw["controlGuidanceStart"], 0, 1)
+                 if text_value(raw.get("controlGuidanceStart")) else CONTROL_DEFAULT.guidance_start)
+        scale = given("controlnetConditioningScale", CONTROL_DEFAULT.conditioning_scale, 2)
+        control = Control(conditioning_scale=scale, guidance_start=start,
+                          guidance_end=given("controlGuidanceEnd", CONTROL_DEFAULT.guidance_end, 1))
+        if control.guidance_end <= control.guidance_start:
+            raise InputError(messages.parameter("controlGuidanceEnd", "must be larger than controlGuidanceStart"))
+        return control
