@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 import httpx
@@ -47,8 +48,9 @@ NODE_INPUTS: dict[str, list[str]] = {
                                            "inputImage3Url", "samples", "scale", "seed", "steps"],
     "wiro/text-to-image-flux": ["selectedModel", "selectedModelPrivate", *DEV],
     "wiro/text-to-image-flux-fast": ["selectedModel", "selectedModelPrivate", *DEV],
-    "wiro/text-to-image-flux-lora": ["selectedModel", "selectedModelPrivate", *LORA, *DEV],
-    "wiro/text-to-image-flux-lora-fast": ["selectedModel", "selectedModelPrivate", *LORA, *DEV],
+    # and, last, fluxhost's own "loras" (several adapters with their own weights)
+    "wiro/text-to-image-flux-lora": ["selectedModel", "selectedModelPrivate", *LORA, *DEV, "loras"],
+    "wiro/text-to-image-flux-lora-fast": ["selectedModel", "selectedModelPrivate", *LORA, *DEV, "loras"],
     "wiro/img-to-img-flux": ["prompt", "inputImageUrl", "inputImage", "strength", "samples", "scale", "seed", "steps",
                              "selectedModel", "selectedModelPrivate"],
     "wiroai/flux-upscaler": ["inputImageUrl", "inputImage", "scale", "steps", "controlnetConditioningScale",
@@ -146,6 +148,23 @@ def test_family_inputs_are_refused_in_the_protocols_words(slug, inputs, message)
     with pytest.raises(InputError) as refused:
         schema(slug).parse({"prompt": "a red circle", **inputs})
     assert str(refused.value).startswith(message)
+
+
+def test_weighted_adapters_are_read_from_a_json_list():
+    lora = schema("wiro/text-to-image-flux-lora")
+    sent = '[{"url": "https://example.com/a.safetensors", "scale": 0.5}, {"private": "abc", "scale": "-1"}]'
+    for value in (sent, json.loads(sent)):  # a form's text, or JSON itself
+        request = lora.parse({"prompt": "p", "selectedLoraModelPrivateUrl": "https://example.com/b.safetensors",
+                              "loras": value})
+        assert [(ref.source, ref.name, ref.weight) for ref in request.loras] == [
+            ("url", "https://example.com/b.safetensors", 1.0), ("url", "https://example.com/a.safetensors", 0.5),
+            ("upload", "abc", -1.0)]
+    for bad in ('[{"url": "u", "private": "p"}]', '{"url": "u"}', "[1]", '[{"url": "u", "weight": 2}]', "nope",
+                '[{"url": "u", "scale": 9}]'):
+        with pytest.raises(InputError, match=r"^Request parameter \[loras\]"):
+            lora.parse({"prompt": "p", "loras": bad})
+    with pytest.raises(InputError, match="no LoRA library"):
+        lora.parse({"prompt": "p", "loras": '[{"model": "style"}]'})
 
 
 def test_inputs_a_family_tool_does_not_take_are_named_not_read():

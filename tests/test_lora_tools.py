@@ -68,6 +68,10 @@ def test_library_upload_and_url_adapters_each_change_the_picture_and_are_undone(
     assert again == base  # and none stays on for the next task
     both = picture(client.wait(run(client, selectedLoraModel="style", selectedLoraModelPrivate=upload["id"])))
     assert both not in (base, styled, own)  # two adapters at once
+    half = picture(client.wait(run(client, loras='[{"model": "style", "scale": 0.5}]')))
+    weighted = picture(client.wait(run(client, loras=[{"model": "style", "scale": 0.5},
+                                                      {"private": upload["id"], "scale": 0.7}])))
+    assert len({base, styled, half, weighted, both}) == 5  # each adapter at its own weight
 
 
 def pixels(png: bytes) -> np.ndarray:

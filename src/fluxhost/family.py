@@ -16,6 +16,8 @@ OpenFamily = Literal["dev", "schnell", "kontext", "flux2", "srpo", "upscaler"]
 
 DEV_INPUTS = ("prompt", "width", "height", "samples", "scale", "seed", "steps")
 LORA_INPUTS = ("selectedLoraModel", "selectedLoraModelPrivate", "selectedLoraModelPrivateUrl")
+WEIGHTED_LORAS = "loras"
+"""fluxhost's own input on the LoRA tools, after the node's: several adapters, each with its weight."""
 BASE_MODEL_INPUTS = ("selectedModel", "selectedModelPrivate")
 IMAGE_URL_INPUTS = ("inputImageUrl", "inputImage2Url", "inputImage3Url")
 
@@ -96,10 +98,10 @@ MEMBERS: tuple[Member, ...] = (
           "FLUX.1 [schnell] text-to-image in a few steps.", (*BASE_MODEL_INPUTS, *DEV_INPUTS), "schnell"),
     _text("wiro/text-to-image-flux-lora", "Text To Image Flux Lora",
           "FLUX.1 [dev] text-to-image with a LoRA adapter: from the server's library, your own, or a URL.",
-          (*BASE_MODEL_INPUTS, *LORA_INPUTS, *DEV_INPUTS), "dev"),
+          (*BASE_MODEL_INPUTS, *LORA_INPUTS, *DEV_INPUTS, WEIGHTED_LORAS), "dev"),
     _text("wiro/text-to-image-flux-lora-fast", "Text To Image Flux Lora Fast",
           "FLUX.1 [schnell] text-to-image with a LoRA adapter, in a few steps.",
-          (*BASE_MODEL_INPUTS, *LORA_INPUTS, *DEV_INPUTS), "schnell"),
+          (*BASE_MODEL_INPUTS, *LORA_INPUTS, *DEV_INPUTS, WEIGHTED_LORAS), "schnell"),
     Member("wiro/img-to-img-flux", "Image To Image Flux",
            "FLUX.1 [dev] image-to-image: the input image redrawn from the prompt, as far as the strength says.",
            "image-to-image", ("prompt", "inputImageUrl", "strength", "samples", "scale", "seed", "steps",

@@ -12,6 +12,7 @@ an :class:`InputError` whose text is the protocol's message.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -36,6 +37,7 @@ STEPS_MAX = 100
 SAMPLES_MAX = 4
 SIDE_MIN, SIDE_MAX, SIDE_MULTIPLE = 64, 2048, 16
 UPSCALE_MAX = 4
+MAX_LORAS = 8  # adapters one Run may add with fluxhost's ``loras`` input
 CALLBACK_URL_NAMES = ("callbackUrl", "callbackurl")  # what a Run's body carries besides the tool's inputs
 GUIDANCE_MAX = 50.0
 
@@ -234,6 +236,11 @@ def _family_input(name: str, tool: Tool) -> Input:
         "selectedLoraModelPrivateUrl": Input("selectedLoraModelPrivateUrl", "text", "LoRA Model URL",
                                              "A LoRA adapter (.safetensors: diffusers, kohya or XLabs keys) by "
                                              "http(s) URL; empty: none.", ""),
+        "loras": Input("loras", "textarea", "LoRA adapters with weights",
+                       f"fluxhost's own input: up to {MAX_LORAS} more adapters, each with its weight, as a JSON list "
+                       'such as [{"model": "style", "scale": 0.8}, {"url": "https://.../a.safetensors", "scale": 0.5}] '
+                       '("model": a library adapter, "private": your upload\'s id, "url": by URL; scale -4 to 4, '
+                       "default 1).", ""),
         "controlnetConditioningScale": Input(
             "controlnetConditioningScale", "number", "ControlNet Conditioning Scale",
             "How strongly the input image holds the result, 0 to 2; 0 or empty: "
@@ -456,19 +463,49 @@ class InputSchema:
         """The LoRA adapters asked for: one from the library, one of the project's own, one by URL
         (any of them, together)."""
         loras = []
+        selector = next((item for item in self.published if item.id == "selectedLoraModel"), None)
+        library = tuple(option["value"] for option in selector.options if option["value"]) if selector else ()
         if self._given(raw, "selectedLoraModel"):
-            library = next(item for item in self.published if item.id == "selectedLoraModel")
-            names = tuple(option["value"] for option in library.options if option["value"])
             name = text_value(raw["selectedLoraModel"])
-            if name not in names:
-                raise InputError(messages.one_of("selectedLoraModel", names) if names else messages.parameter(
+            if name not in library:
+                raise InputError(messages.one_of("selectedLoraModel", library) if library else messages.parameter(
                     "selectedLoraModel", "names no adapter: this server has no LoRA library (FLUXHOST_LORA_DIR)"))
             loras.append(LoraRef(source="library", name=name))
         if self._given(raw, "selectedLoraModelPrivate"):
             loras.append(LoraRef(source="upload", name=text_value(raw["selectedLoraModelPrivate"])))
         if self._given(raw, "selectedLoraModelPrivateUrl"):
             loras.append(LoraRef(source="url", name=text_value(raw["selectedLoraModelPrivateUrl"])))
+        if "loras" in self.ids and raw.get("loras") not in (None, "", []):
+            loras.extend(self._weighted_loras(raw["loras"], library))
         return tuple(loras)
+
+    @staticmethod
+    def _weighted_loras(value: Any, library: tuple[str, ...]) -> list[LoraRef]:
+        """fluxhost's ``loras`` input: a JSON list (or its text) of adapters, each one of
+        ``{"model": a library name}``, ``{"private": an upload's id}`` or ``{"url": ...}``, with an
+        optional ``"scale"`` (-4 to 4, default 1)."""
+        refused = InputError(messages.parameter(
+            "loras", 'must be a JSON list of {"model" | "private" | "url": ..., "scale": -4 to 4}'))
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise refused from None
+        if not isinstance(value, list) or len(value) > MAX_LORAS:
+            raise refused
+        loras = []
+        for entry in value:
+            named = {key: entry[key] for key in ("model", "private", "url") if isinstance(entry, dict) and key in entry}
+            if len(named) != 1 or set(entry) - {*named, "scale"} or not isinstance(next(iter(named.values())), str):
+                raise refused
+            [(key, name)] = named.items()
+            if key == "model" and name not in library:
+                raise InputError(messages.one_of("loras", library) if library else messages.parameter(
+                    "loras", "names no adapter: this server has no LoRA library (FLUXHOST_LORA_DIR)"))
+            scale = number_input("loras", entry.get("scale", 1), -4, 4)
+            loras.append(LoraRef(source={"model": "library", "private": "upload", "url": "url"}[key], name=name.strip(),
+                                 weight=scale))
+        return loras
 
     def _control(self, raw: dict[str, Any]) -> Control:
         """The upscaler's ControlNet settings: 0 is a start, never a scale or an end."""
