@@ -69,7 +69,7 @@ AUTH_MESSAGES = {UNKNOWN_KEY, SIGNATURE_REQUIRED, BAD_SIGNATURE}
 RUN_ENDPOINTS = (f"Run/{SLUG}", "Run/black-forest-labs/flux-pro-1-1", f"Run/{EDIT_SLUG}", "Run/nobody/nothing")
 TASK_ENDPOINTS = ("Task/Detail", "Task/Cancel", "Task/Kill", "Task/InputOutputDelete")
 LIST_ENDPOINTS = ("Task/List", "Tool/List", "Tool/Detail", "Tool/Explore")
-FILE_ENDPOINTS = ("File/List", "File/Delete")
+FILE_ENDPOINTS = ("File/List", "File/Delete", "File/FolderCreate")
 ENDPOINTS = (*RUN_ENDPOINTS, *TASK_ENDPOINTS, *LIST_ENDPOINTS, *FILE_ENDPOINTS, "File/Upload")
 
 # What a stack trace or a Python exception's repr looks like in text.
@@ -685,6 +685,9 @@ PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "modelName": st.sampled_from(["flux", "flux-pro-1.1", "FLUX-PRO-1-1", "%", "_"]) | texts,
     "callbackUrl": url_values, "callbackurl": url_values, "inputImageUrl": url_values, "inputImage": url_values,
     "fileid": st.sampled_from(["0" * 32, "f" * 32, " ", 1, [], {}]) | nasty | texts,
+    "folderid": st.sampled_from(["0" * 32, "", " ", 1, [], {}]) | nasty | texts,
+    "parentid": st.sampled_from(["0" * 32, "", " ", 1, [], {}]) | nasty | texts,
+    "name": st.sampled_from(["training-set", "a b", "", "x" * 101, 1, [], {}]) | nasty | texts,
 }
 PARAMETERS_OF = {
     "Run": ("prompt", "promptUpsampling", "safetyTolerance", "aspectRatio", "seed", "outputFormat", "steps",
@@ -694,8 +697,9 @@ PARAMETERS_OF = {
     "Tool/List": ("start", "limit", "search", "sort", "order", "categories", "slugowner", "hideworkflows", "summary"),
     "Tool/Detail": ("slugowner", "slugproject"),
     "Tool/Explore": ("start", "limit", "search"),
-    "File/List": ("start", "limit", "order"),
+    "File/List": ("start", "limit", "order", "folderid"),
     "File/Delete": ("fileid",),
+    "File/FolderCreate": ("name", "parentid"),
 }
 ENCODINGS = st.sampled_from(["json", "json", "form", "multipart", "lenient"])
 

@@ -9,6 +9,7 @@ import io
 import os
 import secrets
 import threading
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -282,3 +283,79 @@ def test_reservations_made_at_once_take_turns_on_the_quota(tmp_path, database_ur
         thread.join(30)
     db.dispose()
     assert sorted(reserved) == [False] * 9 + [True] * 3
+
+
+# --- folders, and ZIP archives unpacked into them (a training set in one request) ---------------
+
+def archive(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as packed:
+        for name, data in files.items():
+            packed.writestr(name, data)
+    return buffer.getvalue()
+
+
+def send_file(client: ProtocolClient, data: bytes, filename: str, **fields: str) -> dict:
+    answer = httpx.post(f"{client.base_url}/v1/File/Upload", data=fields, files={"file": (filename, data)},
+                        headers=client.headers(), timeout=30)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def test_a_zip_of_pictures_and_captions_becomes_a_folders_files(live):
+    client = client_of(live)
+    [folder] = client.call("File/FolderCreate", {"name": "rings_2026"})["list"]
+    [inner] = client.call("File/FolderCreate", {"name": "held-out", "parentid": folder["id"]})["list"]
+    assert (folder["name"], folder["parentid"], inner["parentid"]) == ("rings_2026", "", folder["id"])
+
+    training = {"rings/01.png": picture("red"), "rings/01.txt": b"a red ring, ringz",
+                "rings/02.png": picture("blue"), "rings/02.txt": b"a blue ring on grass, ringz",
+                "__MACOSX/rings/._01.png": b"\x00\x05", "rings/.DS_Store": b"\x00", "rings/notes.md": b"# notes"}
+    answer = send_file(client, archive(training), "rings.zip", folderid=folder["id"])
+    assert answer["result"] is True, answer
+    kept = {entry["name"]: entry for entry in answer["list"]}
+    assert sorted(kept) == ["01.png", "01.txt", "02.png", "02.txt"]  # the folders inside dropped, junk skipped
+    assert {entry["parentid"] for entry in kept.values()} == {folder["id"]}
+    assert kept["01.txt"]["contenttype"] == "text/plain" and kept["02.png"]["contenttype"] == "image/png"
+    assert httpx.get(kept["02.txt"]["url"], timeout=10).text == "a blue ring on grass, ringz"
+
+    caption = send_file(client, b"a white ring", "03.txt", folderid=inner["id"])["list"][0]
+    assert caption["parentid"] == inner["id"]
+    listed = client.call("File/List", {"folderid": folder["id"]})
+    assert listed["total"] == "4" and {entry["name"] for entry in listed["list"]} == set(kept)
+    assert client.call("File/List", {})["total"] == "5"
+
+
+def test_a_refused_archive_keeps_nothing(start_server):
+    with start_server(archive_max_bytes=1_000_000) as live:
+        client = client_of(live)
+        [folder] = client.call("File/FolderCreate", {"name": "set"})["list"]
+        broken = archive({"01.png": picture(), "02.png": b"\x89PNG not really"})
+        bomb = archive({"01.png": picture(), "zeros.txt": b"0" * 2_000_000})
+        answers = [send_file(client, data, "set.zip", folderid=folder["id"]) for data in (broken, bomb)]
+        empty = send_file(client, archive({"readme.md": b"nothing here"}), "empty.zip")
+        assert client.call("File/List", {})["total"] == "0" and stored_files(live) == []
+    assert answers[0]["errors"][0]["message"].startswith("Request parameter [file] ") and "(02.png)" in answers[0][
+        "errors"][0]["message"]
+    assert answers[1]["errors"][0]["message"] == "Request parameter [file] unpacks to more than 1 MB"
+    assert empty["errors"][0]["message"] == "Request parameter [file] holds no picture or caption"
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"name": "my rings!"}, "Request parameter [name] must be 1 to 100 letters, digits, hyphens or underscores"),
+    ({"name": ""}, "Request parameter [name] must be 1 to 100 letters, digits, hyphens or underscores"),
+    ({"name": "ok", "parentid": "0" * 32}, "Request parameter [parentid] names no folder of your project"),
+])
+def test_folder_names_and_parents_are_checked(live, body, message):
+    answer = client_of(live).call("File/FolderCreate", body)
+    assert answer["result"] is False and answer["errors"][0]["message"] == message
+
+
+def test_no_project_reaches_another_projects_folder(live):
+    owner, other = client_of(live), client_of(live)
+    [folder] = owner.call("File/FolderCreate", {"name": "private"})["list"]
+    refused = send_file(other, picture(), "a.png", folderid=folder["id"])
+    assert refused["errors"][0]["message"].startswith("Request parameter [folderid] names no folder of your project")
+    assert other.call("File/List", {"folderid": folder["id"]})["result"] is False
+    assert other.call("File/FolderCreate", {"name": "x", "parentid": folder["id"]})["result"] is False
+    assert owner.call("File/List", {"folderid": folder["id"]})["total"] == "0"

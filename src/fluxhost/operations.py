@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 import secrets
 import time
 import unicodedata
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fluxhost.archives import ArchiveRefused, is_zip
+from fluxhost.archives import members as archive_members
 from fluxhost.auth import Authenticator, Caller
 from fluxhost.events import EventBus, TaskEvent
 from fluxhost.input_images import DEFAULT_LIMITS, ImageLimits, ImageRefused, InputImage, decode, fetch, size_like
@@ -31,7 +34,7 @@ from fluxhost.statuses import Status
 from fluxhost.storage import FileStore
 from fluxhost.store.records import TaskView
 from fluxhost.store.tasks import ModelStats, StopResult, TaskRef, TaskStore
-from fluxhost.store.uploads import NewUpload, UploadStore, UploadView
+from fluxhost.store.uploads import FolderView, NewUpload, UploadStore, UploadView
 from fluxhost.tools import Catalog, Tool
 from fluxhost.tracing import context_carrier, current_span
 from fluxhost.urlguard import Allowlist, UrlRefused, check_public_url
@@ -42,6 +45,10 @@ PROMPT_MAX_CHARS = 10_000
 DEFAULT_ASPECT_RATIO = "16:9"  # a text-to-image Run that asks for no size
 DEFAULT_UPSCALE = 2.0  # an upscale Run that asks for no factor
 UPLOAD_NAME_MAX_CHARS = 200
+FOLDER_NAME = re.compile(r"[A-Za-z0-9_-]{1,100}")
+CAPTION_SUFFIX, CAPTION_TYPE, CAPTION_MAX_BYTES = ".txt", "text/plain", 65_536
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic")
+ARCHIVE_MAX_MEMBERS = 10_000
 NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})  # the disk, or the service's share of it, is full
 
 
@@ -179,11 +186,13 @@ class Operations:
         upload_expiry_seconds: int = 0,
         lora_dir: Path | None = None,
         lora_max_bytes: int = 0,
+        archive_max_bytes: int = 1_000_000_000,
     ):
         """``upsampling``: whether a prompt upsampler is configured; ``upload_quota_bytes``: what a
         project's uploads may weigh together (0: no limit); ``upload_expiry_seconds``: how long an
         upload is kept (0: until deleted); ``lora_dir``: the LoRA library; ``lora_max_bytes``: the
-        largest adapter file a project may upload (0: none)."""
+        largest adapter file a project may upload (0: none); ``archive_max_bytes``: what an uploaded
+        ZIP archive may unpack to."""
         self.auth = auth
         self.tasks = tasks
         self.uploads = uploads
@@ -201,6 +210,7 @@ class Operations:
         self.upload_expiry_seconds = upload_expiry_seconds
         self.lora_dir = lora_dir
         self.lora_max_bytes = lora_max_bytes
+        self.archive_max_bytes = archive_max_bytes
 
     # --- who asks ------------------------------------------------------------------------
 
@@ -383,41 +393,97 @@ class Operations:
 
     # --- uploads ------------------------------------------------------------------------
 
-    def upload(self, caller: Caller, data: bytes, sent_name: str = "",
-               accept: Callable[[], None] = lambda: None) -> UploadView:
-        """Keep an image for later Runs: checked, recorded within the project's quota, written, and
-        only then ``accept()``-ed (a door spends the request's nonce there), so a request refused
-        for any reason, a full disk included, may be sent again as it is, and leaves neither file
-        nor record. Its URL is a capability (as output URLs are) that a later Run takes as its
-        input image; ``sent_name`` (the client's file name) is only shown."""
+    def upload(self, caller: Caller, data: bytes, sent_name: str = "", accept: Callable[[], None] = lambda: None,
+               folder_id: str = "") -> list[UploadView]:
+        """Keep a file for later Runs and trainings (a picture, a LoRA adapter, a ``.txt`` caption),
+        or each picture and caption of a ZIP archive, in one of the project's folders when
+        ``folder_id`` names one: checked, recorded within the project's quota, written, and only
+        then ``accept()``-ed (a door spends the request's nonce there), so a request refused for any
+        reason, a full disk included, may be sent again as it is, and leaves neither file nor
+        record. A file's URL is a capability (as output URLs are) that a later Run takes as its
+        input; ``sent_name`` (the client's file name) is only shown."""
+        if folder_id and self.uploads.find_folder(caller.project_id, folder_id) is None:
+            raise InvalidInput("folder", "names no folder of your project (File/FolderCreate)")
+        try:
+            files = (archive_members(data, ARCHIVE_MAX_MEMBERS, self.archive_max_bytes) if is_zip(data)
+                     else iter([(sent_name, data)]))
+            kept: list[UploadView] = []
+            try:
+                for name, content in files:
+                    if kind := self._kind_of(name, content, inside_archive=is_zip(data)):
+                        kept.append(self._keep(caller, name, content, kind, folder_id or None))
+                if not kept:
+                    raise InvalidInput("upload", "holds no picture or caption")
+                accept()
+            except BaseException:
+                for upload in kept:
+                    self._discard(upload)
+                raise
+        except ArchiveRefused as error:
+            raise InvalidInput("upload", str(error)) from None
+        log.info("project %s uploaded %s file(s), %s bytes", caller.project_id, len(kept),
+                 sum(upload.size for upload in kept))
+        return kept
+
+    def _kind_of(self, name: str, data: bytes, inside_archive: bool) -> tuple[str, str, bytes] | None:
+        """(extension, content type, bytes to keep) of an uploaded file: a LoRA adapter, a
+        caption, or a picture (checked and normalised); None for an archive's member that is
+        none of these (skipped); :class:`InvalidInput` for a file sent alone that is none."""
         if is_safetensors(data):
             if len(data) > self.lora_max_bytes:
                 raise InvalidInput("upload", f"is a LoRA adapter larger than {self.lora_max_bytes // 1_000_000} MB "
                                              "(FLUXHOST_LORA_MAX_BYTES)")
-            extension, content_type = SAFETENSORS_SUFFIX.removeprefix("."), SAFETENSORS_TYPE
-        else:
+            return SAFETENSORS_SUFFIX.removeprefix("."), SAFETENSORS_TYPE, data
+        if name.lower().endswith(CAPTION_SUFFIX):
             try:
-                image = decode(data, self.image_limits)
-            except ImageRefused as error:
-                raise InvalidInput("upload", str(error)) from None
-            extension, content_type, data = image.extension, image.content_type, image.data
-        wanted = NewUpload(caller.project_id, caller.key_id, shown_name(sent_name, extension), self.files.new_folder(),
-                           f"upload.{extension}", content_type, len(data))
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInput("upload", f"has a caption that is not UTF-8 text ({name})") from None
+            if len(data) > CAPTION_MAX_BYTES:
+                raise InvalidInput("upload", f"has a caption longer than {CAPTION_MAX_BYTES} bytes ({name})")
+            return CAPTION_SUFFIX.removeprefix("."), CAPTION_TYPE, data
+        try:
+            image = decode(data, self.image_limits)
+        except ImageRefused as error:
+            if inside_archive and not name.lower().endswith(IMAGE_SUFFIXES):
+                return None
+            raise InvalidInput("upload", f"{error} ({name})" if inside_archive else str(error)) from None
+        return image.extension, image.content_type, image.data
+
+    def _keep(self, caller: Caller, name: str, data: bytes, kind: tuple[str, str, bytes],
+              folder_id: str | None) -> UploadView:
+        """One file recorded within the quota, then written (the record removed if it cannot be)."""
+        extension, content_type, data = kind
+        wanted = NewUpload(caller.project_id, caller.key_id, shown_name(name, extension), self.files.new_folder(),
+                           f"upload.{extension}", content_type, len(data), folder_id)
         upload = self.uploads.reserve(wanted, self.upload_quota_bytes, time.time())
         if upload is None:
             raise UploadQuotaExceeded(self.upload_quota_bytes, self.uploads.bytes_used(caller.project_id),
                                       wanted.size)
         try:
             self._save(upload.folder, upload.file_name, data)
-            accept()
         except BaseException:
-            self._discard(upload)
+            self.uploads.remove(upload)
             raise
-        log.info("project %s uploaded %s bytes", caller.project_id, upload.size)
         return upload
 
-    def uploads_of(self, caller: Caller, start: int = 0, limit: int = 20, newest_first: bool = True) -> UploadPage:
-        total, page = self.uploads.list(caller.project_id, start, limit, newest_first)
+    def create_folder(self, caller: Caller, name: str, parent_id: str = "",
+                      accept: Callable[[], None] = lambda: None) -> FolderView:
+        """A folder for the project's uploads (inside ``parent_id``, one of its folders)."""
+        name = name.strip()
+        if not FOLDER_NAME.fullmatch(name):
+            raise InvalidInput("folder_name", "must be 1 to 100 letters, digits, hyphens or underscores")
+        if parent_id and self.uploads.find_folder(caller.project_id, parent_id) is None:
+            raise InvalidInput("parent_folder", "names no folder of your project")
+        accept()
+        return self.uploads.create_folder(caller.project_id, name, parent_id or None, time.time())
+
+    def uploads_of(self, caller: Caller, start: int = 0, limit: int = 20, newest_first: bool = True,
+                   folder_id: str | None = None) -> UploadPage:
+        """A page of the caller's uploads (those of one of its folders, with ``folder_id``)."""
+        if folder_id and self.uploads.find_folder(caller.project_id, folder_id) is None:
+            raise InvalidInput("folder", "names no folder of your project (File/FolderCreate)")
+        total, page = self.uploads.list(caller.project_id, start, limit, newest_first, parent_id=folder_id)
         return UploadPage(total, page)
 
     def delete_upload(self, caller: Caller, upload_id: str, accept: Callable[[], None] = lambda: None) -> None:

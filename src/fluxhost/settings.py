@@ -326,6 +326,10 @@ class Settings(BaseSettings):
         default=None, description="Where a worker keeps adapters it fetched or read, by content digest; default: "
         "loras/ in the data folder.",
     )
+    archive_max_bytes: int = Field(
+        default=1_000_000_000, ge=1_000_000, description="What a ZIP archive sent to File/Upload may unpack to; its "
+        "pictures and .txt captions become the folder's files (a training set in one request).",
+    )
     upload_quota_bytes: int = Field(
         default=1 << 30, ge=0, description="Bytes of File/Upload files one project may keep (1 GiB); an upload "
         "beyond is refused until some are deleted (File/Delete) or expire. 0: no limit.",

@@ -168,6 +168,19 @@ class CallbackAttempt(Base):
     error: Mapped[str] = mapped_column(Text, default="")
 
 
+class FileFolder(Base):
+    """A folder of a project's uploads (File/FolderCreate), such as a training set: its pictures and
+    their captions. Folders nest; what a caller reaches is scoped to its project."""
+
+    __tablename__ = "file_folders"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("file_folders.id"), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
 class Upload(Base):
     """A file a project stored for later Runs (File/Upload). Recorded before its file is written,
     so every stored upload can be listed, deleted, expired and counted against its project's quota."""
@@ -183,6 +196,7 @@ class Upload(Base):
     content_type: Mapped[str] = mapped_column(String(100))
     size: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[float] = mapped_column(Float, index=True)
+    parent_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)  # its FileFolder, if any
 
 
 projects = Project.__table__
@@ -191,6 +205,7 @@ outputs = Output.__table__
 deliveries = CallbackDelivery.__table__
 attempts = CallbackAttempt.__table__
 uploads = Upload.__table__
+file_folders = FileFolder.__table__
 
 # The task column each status stamps with the time it was reached.
 TIME_COLUMN = {

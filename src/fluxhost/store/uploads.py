@@ -1,4 +1,4 @@
-"""The uploads table: every statement that touches it.
+"""The uploads and file folders tables: every statement that touches them.
 
 An upload is recorded before its file is written (:meth:`UploadStore.reserve`), so no stored file
 goes unrecorded, and its size is counted against the project's quota in the same transaction.
@@ -14,14 +14,15 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import Row, bindparam, delete, func, insert, select
 
 from fluxhost.store.database import Database
-from fluxhost.store.schema import projects, uploads
+from fluxhost.store.schema import file_folders, projects, uploads
 
 _LOCK_PROJECT = select(projects.c.id).where(projects.c.id == bindparam("project_id")).with_for_update()
 _BYTES_OF_PROJECT = (select(func.coalesce(func.sum(uploads.c.size), 0))
                      .where(uploads.c.project_id == bindparam("project_id")))
-_COUNT_OF_PROJECT = select(func.count()).select_from(uploads).where(uploads.c.project_id == bindparam("project_id"))
 _UPLOAD_OF_PROJECT = select(uploads).where(uploads.c.id == bindparam("upload_id"),
                                            uploads.c.project_id == bindparam("project_id"))
+_FOLDER_OF_PROJECT = select(file_folders).where(file_folders.c.id == bindparam("folder_id"),
+                                                file_folders.c.project_id == bindparam("project_id"))
 _REMOVE = delete(uploads).where(uploads.c.id == bindparam("upload_id"),
                                 uploads.c.project_id == bindparam("project_id"))
 
@@ -39,11 +40,27 @@ class UploadView:
     content_type: str
     size: int
     created_at: float
+    parent_id: str | None = None  # the file folder it is in
 
     @classmethod
     def of(cls, row: Row) -> UploadView:
         return cls(row.id, row.project_id, row.api_key_id, row.name, row.folder, row.file_name, row.content_type,
-                   row.size, row.created_at)
+                   row.size, row.created_at, row.parent_id)
+
+
+@dataclass(frozen=True)
+class FolderView:
+    """A file folder as read back."""
+
+    id: str
+    project_id: int
+    name: str
+    parent_id: str | None
+    created_at: float
+
+    @classmethod
+    def of(cls, row: Row) -> FolderView:
+        return cls(row.id, row.project_id, row.name, row.parent_id, row.created_at)
 
 
 @dataclass(frozen=True)
@@ -57,6 +74,7 @@ class NewUpload:
     file_name: str
     content_type: str
     size: int
+    parent_id: str | None = None
 
 
 class UploadStore:
@@ -87,15 +105,32 @@ class UploadStore:
             row = connection.execute(_UPLOAD_OF_PROJECT, {"project_id": project_id, "upload_id": upload_id}).first()
         return UploadView.of(row) if row else None
 
-    def list(self, project_id: int, start: int, limit: int, newest_first: bool = True) -> tuple[int, list[UploadView]]:
-        """The project's uploads: how many in all, and one page of them."""
+    def list(self, project_id: int, start: int, limit: int, newest_first: bool = True,
+             parent_id: str | None = None) -> tuple[int, list[UploadView]]:
+        """The project's uploads (those of one of its folders, with ``parent_id``): how many in
+        all, and one page of them."""
         order = (uploads.c.created_at.desc(), uploads.c.id.desc()) if newest_first else (
             uploads.c.created_at, uploads.c.id)
-        page = select(uploads).where(uploads.c.project_id == project_id).order_by(*order).offset(start).limit(limit)
+        chosen = [uploads.c.project_id == project_id]
+        if parent_id is not None:
+            chosen.append(uploads.c.parent_id == parent_id)
+        page = select(uploads).where(*chosen).order_by(*order).offset(start).limit(limit)
         with self._db.read() as connection:
-            total = connection.execute(_COUNT_OF_PROJECT, {"project_id": project_id}).scalar_one()
+            total = connection.execute(select(func.count()).select_from(uploads).where(*chosen)).scalar_one()
             rows = connection.execute(page).all()
         return total, [UploadView.of(row) for row in rows]
+
+    def create_folder(self, project_id: int, name: str, parent_id: str | None, now: float) -> FolderView:
+        record = {"id": uuid.uuid4().hex, "project_id": project_id, "name": name, "parent_id": parent_id,
+                  "created_at": now}
+        with self._db.write() as connection:
+            connection.execute(insert(file_folders), record)
+        return FolderView(**record)
+
+    def find_folder(self, project_id: int, folder_id: str) -> FolderView | None:
+        with self._db.read() as connection:
+            row = connection.execute(_FOLDER_OF_PROJECT, {"project_id": project_id, "folder_id": folder_id}).first()
+        return FolderView.of(row) if row else None
 
     def created_before(self, moment: float, limit: int = 500) -> list[UploadView]:
         """Any project's uploads made before ``moment``, oldest first (those that expire)."""

@@ -58,7 +58,15 @@ from fluxhost.store.database import DATABASE_FAULTS
 from fluxhost.store.records import TaskView
 from fluxhost.tools import Tool
 from fluxhost.wiro import messages
-from fluxhost.wiro.render import explore, render_task, render_upload, task_list_body, tool_detail, tool_summary
+from fluxhost.wiro.render import (
+    explore,
+    render_folder,
+    render_task,
+    render_upload,
+    task_list_body,
+    tool_detail,
+    tool_summary,
+)
 from fluxhost.wiro.schema import CALLBACK_URL_NAMES, InputError, InputSchema, integer_input
 
 log = logging.getLogger(__name__)
@@ -69,7 +77,8 @@ MAX_TASK_ID = 2**31 - 1  # the largest id an INTEGER column holds (PostgreSQL re
 # The hosted protocol's names of the inputs a Run's refusal can be about (the image's: whichever carried it).
 INPUT_NAMES = {"callback_url": "callbackUrl", "aspect_ratio": "aspectRatio", "upload": "file", "upscale": "scale",
                "lora_library": "selectedLoraModel", "lora_upload": "selectedLoraModelPrivate",
-               "lora_url": "selectedLoraModelPrivateUrl"}
+               "lora_url": "selectedLoraModelPrivateUrl", "folder": "folderid", "folder_name": "name",
+               "parent_folder": "parentid"}
 
 
 def ok(**fields: Any) -> dict[str, Any]:
@@ -307,8 +316,10 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
             data = call.parameters.values.get("file")
             if not isinstance(data, UploadedFile):
                 raise ProtocolError(0, messages.FILE_REQUIRED)
-            upload = call.operations.upload(caller, data, data.filename, accept=lambda: call.spend_nonce(caller))
-            return ok(list=[render_upload(upload, call.operations.files)])
+            folder_id = (call.parameters.text("folderid") or call.parameters.text("folderId")).strip()
+            kept = call.operations.upload(caller, data, data.filename, accept=lambda: call.spend_nonce(caller),
+                                          folder_id=folder_id)
+            return ok(list=[render_upload(upload, call.operations.files) for upload in kept])
 
         return await handle(request, work, file_bytes=settings.lora_max_bytes)
 
@@ -317,9 +328,22 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
         def work(call: Call) -> dict[str, Any]:
             caller = call.caller()
             start, limit, newest_first = call.parameters.page()
-            page = call.operations.uploads_of(caller, start, limit, newest_first=newest_first)
+            folder_id = (call.parameters.text("folderid") or call.parameters.text("folderId")).strip()
+            page = call.operations.uploads_of(caller, start, limit, newest_first=newest_first,
+                                              folder_id=folder_id or None)
             return ok(total=str(page.total), list=[render_upload(upload, call.operations.files)
                                                    for upload in page.uploads])
+
+        return await handle(request, work)
+
+    @app.post("/File/FolderCreate")
+    async def create_folder(request: Request) -> JSONResponse:
+        def work(call: Call) -> dict[str, Any]:
+            caller = call.caller()
+            parent_id = (call.parameters.text("parentid") or call.parameters.text("parentId")).strip()
+            folder = call.operations.create_folder(caller, call.parameters.text("name"), parent_id,
+                                                   accept=lambda: call.spend_nonce(caller))
+            return ok(list=[render_folder(folder)])
 
         return await handle(request, work)
 

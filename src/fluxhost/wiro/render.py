@@ -16,7 +16,7 @@ from fluxhost.statuses import Outcome, Status
 from fluxhost.storage import FileStore
 from fluxhost.store.records import AttemptView, OutputView, TaskView
 from fluxhost.store.tasks import ModelStats
-from fluxhost.store.uploads import UploadView
+from fluxhost.store.uploads import FolderView, UploadView
 from fluxhost.tools import Tool
 from fluxhost.wiro.schema import InputSchema
 
@@ -49,17 +49,23 @@ def render_output(output: OutputView, task: TaskView, files: FileStore) -> dict[
 
 
 def render_upload(upload: UploadView, files: FileStore) -> dict[str, str]:
-    """An entry of File/Upload's and File/List's ``list``: an uploaded file, in no folder."""
+    """An entry of File/Upload's and File/List's ``list``: an uploaded file, in its folder."""
     return {
         "id": upload.id,
         "name": upload.name,
         "contenttype": upload.content_type,
         "size": str(upload.size),
-        "parentid": "",
+        "parentid": upload.parent_id or "",
         "url": files.url(upload.folder, upload.file_name),
         "addedtime": seconds(upload.created_at),
         "accesskey": "",
     }
+
+
+def render_folder(folder: FolderView) -> dict[str, str]:
+    """File/FolderCreate's entry: a folder of uploads."""
+    return {"id": folder.id, "name": folder.name, "parentid": folder.parent_id or "", "size": "0",
+            "contenttype": "", "addedtime": seconds(folder.created_at)}
 
 
 def render_callback_attempt(attempt: AttemptView) -> dict[str, str]:

@@ -1,0 +1,53 @@
+"""ZIP archives sent to File/Upload, unpacked member by member within limits: a training set
+arrives as one archive of pictures and their ``.txt`` captions.
+
+Only the members' own names are kept (never their folders: nothing is written where an archive
+says), hidden files and macOS resource forks are skipped, and both the count and the unpacked
+bytes are bounded as they are read, whatever the archive declares.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Iterator
+from pathlib import PurePosixPath
+
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+class ArchiveRefused(ValueError):
+    """An archive that cannot be unpacked here; the message says why, as a predicate of it."""
+
+
+def is_zip(data: bytes) -> bool:
+    return data.startswith(ZIP_MAGIC)
+
+
+def members(data: bytes, max_members: int, max_bytes: int) -> Iterator[tuple[str, bytes]]:
+    """(name, content) of each file in the archive, in its order; :class:`ArchiveRefused` for a
+    broken archive, or one over ``max_members`` files or ``max_bytes`` unpacked."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        entries = archive.infolist()
+    except (zipfile.BadZipFile, ValueError) as error:
+        raise ArchiveRefused(f"is not a readable ZIP archive ({error})") from None
+    files = [entry for entry in entries if not entry.is_dir() and _kept(entry.filename)]
+    if len(files) > max_members:
+        raise ArchiveRefused(f"holds more than {max_members} files")
+    unpacked = 0
+    for entry in files:
+        try:
+            with archive.open(entry) as member:
+                content = member.read(max_bytes - unpacked + 1)
+        except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError) as error:
+            raise ArchiveRefused(f"has a member that cannot be read ({entry.filename}: {error})") from None
+        unpacked += len(content)
+        if unpacked > max_bytes:
+            raise ArchiveRefused(f"unpacks to more than {max_bytes // 1_000_000} MB")
+        yield PurePosixPath(entry.filename.replace("\\", "/")).name, content
+
+
+def _kept(path: str) -> bool:
+    parts = PurePosixPath(path.replace("\\", "/")).parts
+    return bool(parts) and parts[0] != "__MACOSX" and not parts[-1].startswith(".")
