@@ -49,7 +49,7 @@ def test_run_wait_download(sdk, tmp_path, via):
 
 
 def test_cancel_and_kill(make_settings):
-    with LiveServer(make_settings(steps=60)) as live:
+    with LiveServer(make_settings(steps=60, max_batch=1)) as live:  # the second task stays queued, to be cancelled
         key = live.service.keys.create(KeyMode.SIGNATURE)
         with Client(live.base_url, key.api_key, key.api_secret) as client:
             running, queued = client.run(SLUG, prompt="a"), client.run(SLUG, prompt="b")
