@@ -130,9 +130,9 @@ def _of_its_kind(slug: str, model: ModelSettings) -> ModelSettings:
 
 
 def family_settings(member: Member, model: ModelSettings) -> ModelSettings:
-    """``model`` serving the family tool ``member``: its description, and the kind its engine
-    must serve (a tool whose input image is optional is served as text-to-image)."""
-    update: dict[str, object] = {"description": member.description, "kind": member.kind}
+    """``model`` serving the family tool ``member``, with its description (its kind is set for
+    every family slug by :func:`_of_its_kind`)."""
+    update: dict[str, object] = {"description": member.description}
     if member.megapixels > 1 and model.weights and not model.render_pixels:
         update["render_pixels"] = 1024 * 1024  # drawn at the size the weights know, then upscaled
     return model.model_copy(update=update)

@@ -404,13 +404,14 @@ class Operations:
         input; ``sent_name`` (the client's file name) is only shown."""
         if folder_id and self.uploads.find_folder(caller.project_id, folder_id) is None:
             raise InvalidInput("folder", "names no folder of your project (File/FolderCreate)")
+        archived = is_zip(data)
         try:
-            files = (archive_members(data, ARCHIVE_MAX_MEMBERS, self.archive_max_bytes) if is_zip(data)
+            files = (archive_members(data, ARCHIVE_MAX_MEMBERS, self.archive_max_bytes) if archived
                      else iter([(sent_name, data)]))
             kept: list[UploadView] = []
             try:
                 for name, content in files:
-                    if kind := self._kind_of(name, content, inside_archive=is_zip(data)):
+                    if kind := self._kind_of(name, content, inside_archive=archived):
                         kept.append(self._keep(caller, name, content, kind, folder_id or None))
                 if not kept:
                     raise InvalidInput("upload", "holds no picture or caption")

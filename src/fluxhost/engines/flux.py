@@ -159,8 +159,9 @@ class FluxEngine:
             self._preview_decoder.to(self.device)
         self._upscaler = Upscaler(self.model.upscaler, self.device, self.dtype)
         pipeline.set_progress_bar_config(disable=True)
-        self.kinds = self._kinds(pipeline)
-        self._redraw_pipeline = self._redrawing(pipeline) if "image-to-image" in self.kinds else None
+        redraw = self._redrawing(pipeline)
+        self.kinds = self._kinds(pipeline, redraw)
+        self._redraw_pipeline = redraw if "image-to-image" in self.kinds else None
         self.adapters = adapter_store(pipeline, compiled=self.model.compile, count=self.model.lora_cache,
                                       megabytes=self.model.lora_cache_mb)
         self._pipeline = pipeline
@@ -192,13 +193,14 @@ class FluxEngine:
         loaded components)."""
         return taking_several_references(pipeline)
 
-    def _kinds(self, pipeline: DiffusionPipeline) -> frozenset[str]:
+    def _kinds(self, pipeline: DiffusionPipeline, redraw: DiffusionPipeline | None) -> frozenset[str]:
         """What one loaded copy of the weights serves: drawing; editing where the pipeline takes
-        images (Kontext, FLUX.2); redrawing where an image-to-image pipeline shares its components."""
+        images (Kontext, FLUX.2); redrawing where ``redraw``, an image-to-image pipeline sharing its
+        components, exists."""
         kinds = {"text-to-image"}
         if "image" in inspect.signature(pipeline.__call__).parameters:
             kinds.add("edit")
-        elif self._redrawing(pipeline) is not None:
+        elif redraw is not None:
             kinds.add("image-to-image")
         return frozenset(kinds)
 

@@ -54,7 +54,7 @@ class ControlNetUpscaleEngine(FluxEngine):
         # from_pipe casts every component to its dtype, float32 unless told.
         return FluxControlNetPipeline.from_pipe(pipeline, controlnet=controlnet, dtype=self.dtype)
 
-    def _kinds(self, pipeline: DiffusionPipeline) -> frozenset[str]:
+    def _kinds(self, pipeline: DiffusionPipeline, redraw: DiffusionPipeline | None) -> frozenset[str]:
         return frozenset({"upscale"})
 
     def _warm_up_request(self, width: int, height: int) -> GenerationRequest:

@@ -27,6 +27,10 @@ LAYOUTS: tuple[Layout, ...] = ("diffusers", "kohya", "xlabs")
 INNER = 32  # the tiny transformer's width: 2 heads of 16
 MLP = 4 * INNER
 UP_SCALE = 0.5  # strong enough that an adapter visibly changes a 4-step picture
+CLIP_LAYERS = 2  # CLIP reaches the picture only through its pooled vector: adapt every layer
+CLIP_MODULES = {"self_attn.q_proj": (HIDDEN, HIDDEN), "self_attn.k_proj": (HIDDEN, HIDDEN),
+                "self_attn.v_proj": (HIDDEN, HIDDEN), "self_attn.out_proj": (HIDDEN, HIDDEN),
+                "mlp.fc1": (HIDDEN, 2 * HIDDEN), "mlp.fc2": (2 * HIDDEN, HIDDEN)}
 
 
 def _pair(generator: torch.Generator, rank: int, in_features: int, out_features: int) -> tuple[torch.Tensor, ...]:
@@ -48,10 +52,12 @@ def _diffusers(generator: torch.Generator, rank: int, text_encoder: bool) -> dic
         tensors[f"transformer.{module}.lora_A.weight"] = down
         tensors[f"transformer.{module}.lora_B.weight"] = up
     if text_encoder:
-        for name in ("q_proj", "v_proj"):
-            down, up = _pair(generator, rank, HIDDEN, HIDDEN)
-            tensors[f"text_encoder.text_model.encoder.layers.0.self_attn.{name}.lora_A.weight"] = down
-            tensors[f"text_encoder.text_model.encoder.layers.0.self_attn.{name}.lora_B.weight"] = up
+        for layer in range(CLIP_LAYERS):
+            for name, (in_features, out_features) in CLIP_MODULES.items():
+                down, up = _pair(generator, rank, in_features, out_features)
+                module = f"text_encoder.text_model.encoder.layers.{layer}.{name}"
+                tensors[f"{module}.lora_A.weight"] = down
+                tensors[f"{module}.lora_B.weight"] = up
     return tensors
 
 
