@@ -57,6 +57,16 @@ NODE_INPUTS: dict[str, list[str]] = {
                              "controlGuidanceStart", "controlGuidanceEnd"],
     "tencent/Hunyuan-Flux-SRPO": ["prompt", "inputImageUrl", "inputImage", "strength", "width", "height", "samples",
                                   "scale", "seed", "steps"],
+    # and, last, fluxhost's own "resumeTaskId" (go on from an ended training's checkpoint)
+    "wiro/train-flux-lora": [
+        "selectedFolder", "selectedFolderUrl", "triggerWord", "trainModelName", "trainModelDescription",
+        "trainingSteps", "steps", "learningRate", "lora_rank", "batchSize", "resolution", "optimizer",
+        "gradient_accumulation_steps", "gradient_checkpointing", "caption_dropout_rate", "cache_latents",
+        "cache_latents_to_disk", "quantize", "referenceModel", "guidance_scale", "seed", "saveEvery",
+        "max_step_saves_to_keep", "sampleEvery", "disable_sampling", "prompt", "autocaption", "autocaption_prefix",
+        "autocaption_suffix", "resumeTaskId"],
+    "wiro/train-flux-lora-portrait": ["selectedFolder", "selectedFolderUrl", "triggerWord", "trainModelName",
+                                      "trainingSteps", "learningRate", "resumeTaskId"],
 }
 
 

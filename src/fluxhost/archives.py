@@ -2,8 +2,9 @@
 arrives as one archive of pictures and their ``.txt`` captions.
 
 Only the members' own names are kept (never their folders: nothing is written where an archive
-says), hidden files and macOS resource forks are skipped, and both the count and the unpacked
-bytes are bounded as they are read, whatever the archive declares.
+says; an archive naming a member outside its folder is refused outright), hidden files and macOS
+resource forks are skipped, and both the count and the unpacked bytes are bounded as they are
+read, whatever the archive declares.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def members(data: bytes, max_members: int, max_bytes: int) -> Iterator[tuple[str
         entries = archive.infolist()
     except (zipfile.BadZipFile, ValueError) as error:
         raise ArchiveRefused(f"is not a readable ZIP archive ({error})") from None
+    escaping = next((entry.filename for entry in entries if _escapes(entry.filename)), None)
+    if escaping is not None:
+        raise ArchiveRefused(f"has a member whose path leaves the archive's folder ({escaping[:100]})")
     files = [entry for entry in entries if not entry.is_dir() and _kept(entry.filename)]
     if len(files) > max_members:
         raise ArchiveRefused(f"holds more than {max_members} files")
@@ -46,6 +50,12 @@ def members(data: bytes, max_members: int, max_bytes: int) -> Iterator[tuple[str
         if unpacked > max_bytes:
             raise ArchiveRefused(f"unpacks to more than {max_bytes // 1_000_000} MB")
         yield PurePosixPath(entry.filename.replace("\\", "/")).name, content
+
+
+def _escapes(path: str) -> bool:
+    """A member named to be unpacked outside the folder: absolute, on a drive, or climbing up."""
+    posix = path.replace("\\", "/")
+    return posix.startswith("/") or (len(posix) > 1 and posix[1] == ":") or ".." in PurePosixPath(posix).parts
 
 
 def _kept(path: str) -> bool:

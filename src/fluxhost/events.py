@@ -25,18 +25,21 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Progress:
-    """Where a generation stands after a denoising step."""
+    """Where a generation stands after a denoising step (a training after an optimizer step)."""
 
     step: int  # steps done, 1-based
     total: int
     rate: float  # steps per second so far
     elapsed: float  # seconds since the generation started
     remaining: float  # seconds still to go, estimated from the rate
+    loss: float | None = None  # a training step's loss
 
     @classmethod
-    def measure(cls, step: int, total: int, elapsed: float) -> Progress:
-        rate = step / max(elapsed, 1e-9)
-        return cls(step, total, rate, elapsed, (total - step) / rate if rate else 0.0)
+    def measure(cls, step: int, total: int, elapsed: float, done_before: int = 0,
+                loss: float | None = None) -> Progress:
+        """``done_before``: steps a resumed training had done before this run (not in its rate)."""
+        rate = (step - done_before) / max(elapsed, 1e-9)
+        return cls(step, total, rate, elapsed, (total - step) / rate if rate else 0.0, loss)
 
 
 @dataclass(frozen=True)

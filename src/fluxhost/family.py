@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Kind = Literal["text-to-image", "edit", "image-to-image", "upscale"]
+Kind = Literal["text-to-image", "edit", "image-to-image", "upscale", "train"]
 OpenFamily = Literal["dev", "schnell", "kontext", "flux2", "srpo", "upscaler"]
 
 DEV_INPUTS = ("prompt", "width", "height", "samples", "scale", "seed", "steps")
@@ -20,6 +20,17 @@ WEIGHTED_LORAS = "loras"
 """fluxhost's own input on the LoRA tools, after the node's: several adapters, each with its weight."""
 BASE_MODEL_INPUTS = ("selectedModel", "selectedModelPrivate")
 IMAGE_URL_INPUTS = ("inputImageUrl", "inputImage2Url", "inputImage3Url")
+TRAINING_SET_INPUTS = ("selectedFolder", "selectedFolderUrl")
+TRAINING_INPUTS = (
+    *TRAINING_SET_INPUTS, "triggerWord", "trainModelName", "trainModelDescription", "trainingSteps", "steps",
+    "learningRate", "lora_rank", "batchSize", "resolution", "optimizer", "gradient_accumulation_steps",
+    "gradient_checkpointing", "caption_dropout_rate", "cache_latents", "cache_latents_to_disk", "quantize",
+    "referenceModel", "guidance_scale", "seed", "saveEvery", "max_step_saves_to_keep", "sampleEvery",
+    "disable_sampling", "prompt", "autocaption", "autocaption_prefix", "autocaption_suffix",
+)
+PORTRAIT_TRAINING_INPUTS = (*TRAINING_SET_INPUTS, "triggerWord", "trainModelName", "trainingSteps", "learningRate")
+RESUME_INPUT = "resumeTaskId"
+"""fluxhost's own input on the training tools, after the node's: an ended training to go on from."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +125,13 @@ MEMBERS: tuple[Member, ...] = (
           "FLUX.1 [dev] fine-tuned by Tencent with SRPO for realism: text-to-image, or image-to-image from an "
           "input image.", ("prompt", "inputImageUrl", "strength", "width", "height", "samples", "scale", "seed",
                            "steps"), "srpo", images=1),
+    Member("wiro/train-flux-lora", "Train Flux Lora",
+           "Trains a FLUX.1 [dev] LoRA adapter on your pictures (a folder of uploads or a ZIP, a .txt caption beside "
+           "each): progress, sample pictures and checkpoints as it goes; the adapter is yours to use at once.",
+           "train", (*TRAINING_INPUTS, RESUME_INPUT), "dev"),
+    Member("wiro/train-flux-lora-portrait", "Train Flux Lora Portrait",
+           "Trains a FLUX.1 [dev] LoRA adapter of a person from a few portraits, with settings made for faces.",
+           "train", (*PORTRAIT_TRAINING_INPUTS, RESUME_INPUT), "dev"),
 )
 
 BY_SLUG: dict[str, Member] = {member.slug: member for member in MEMBERS}

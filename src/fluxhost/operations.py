@@ -28,7 +28,18 @@ from fluxhost.events import EventBus, TaskEvent
 from fluxhost.input_images import DEFAULT_LIMITS, ImageLimits, ImageRefused, InputImage, decode, fetch, size_like
 from fluxhost.limits import NO_TASK_LIMITS, NoRequestRate, RequestRate, TaskLimits
 from fluxhost.loras import SAFETENSORS_SUFFIX, SAFETENSORS_TYPE, is_safetensors, library_file
-from fluxhost.orders import ASPECT_RATIOS, SEED_MAX, FileRef, LoraRef, RunRequest, WorkOrder, size_for_aspect_ratio
+from fluxhost.orders import (
+    ASPECT_RATIOS,
+    SEED_MAX,
+    FileRef,
+    LoraRef,
+    RunRequest,
+    Training,
+    TrainingImage,
+    TrainingRequest,
+    WorkOrder,
+    size_for_aspect_ratio,
+)
 from fluxhost.runtime.dispatch import Dispatcher
 from fluxhost.statuses import Status
 from fluxhost.storage import FileStore
@@ -37,6 +48,15 @@ from fluxhost.store.tasks import ModelStats, StopResult, TaskRef, TaskStore
 from fluxhost.store.uploads import FolderView, NewUpload, UploadStore, UploadView
 from fluxhost.tools import Catalog, Tool
 from fluxhost.tracing import context_carrier, current_span
+from fluxhost.training_sets import (
+    ARCHIVE_MAX_MEMBERS,
+    CAPTION_SUFFIX,
+    CAPTION_TYPE,
+    Picture,
+    TrainingSetRefused,
+    TrainingSets,
+    caption_text,
+)
 from fluxhost.urlguard import Allowlist, UrlRefused, check_public_url
 
 log = logging.getLogger(__name__)
@@ -46,9 +66,7 @@ DEFAULT_ASPECT_RATIO = "16:9"  # a text-to-image Run that asks for no size
 DEFAULT_UPSCALE = 2.0  # an upscale Run that asks for no factor
 UPLOAD_NAME_MAX_CHARS = 200
 FOLDER_NAME = re.compile(r"[A-Za-z0-9_-]{1,100}")
-CAPTION_SUFFIX, CAPTION_TYPE, CAPTION_MAX_BYTES = ".txt", "text/plain", 65_536
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic")
-ARCHIVE_MAX_MEMBERS = 10_000
 NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})  # the disk, or the service's share of it, is full
 
 
@@ -187,12 +205,13 @@ class Operations:
         lora_dir: Path | None = None,
         lora_max_bytes: int = 0,
         archive_max_bytes: int = 1_000_000_000,
+        training_max_images: int = 1000,
     ):
         """``upsampling``: whether a prompt upsampler is configured; ``upload_quota_bytes``: what a
         project's uploads may weigh together (0: no limit); ``upload_expiry_seconds``: how long an
         upload is kept (0: until deleted); ``lora_dir``: the LoRA library; ``lora_max_bytes``: the
         largest adapter file a project may upload (0: none); ``archive_max_bytes``: what an uploaded
-        ZIP archive may unpack to."""
+        ZIP archive may unpack to; ``training_max_images``: the pictures one training may take."""
         self.auth = auth
         self.tasks = tasks
         self.uploads = uploads
@@ -211,6 +230,8 @@ class Operations:
         self.lora_dir = lora_dir
         self.lora_max_bytes = lora_max_bytes
         self.archive_max_bytes = archive_max_bytes
+        self.training_sets = TrainingSets(uploads, files, image_limits, url_allowlist, archive_max_bytes,
+                                          training_max_images)
 
     # --- who asks ------------------------------------------------------------------------
 
@@ -254,10 +275,18 @@ class Operations:
         URL, whose host is resolved: this blocks), call ``accept()`` (a door spends the request's
         nonce there: a refused request may be sent again as it is), then queue it: its input image
         kept, the task row, its ``task_queue`` event, a worker woken."""
-        order, images = self._checked(tool, request)
-        order = order.model_copy(update={"loras": self._loras(caller, request)})
+        pictures: list[Picture] = []
+        if tool.kind == "train":
+            order, pictures = self._training(caller, request)
+            images = []
+        else:
+            order, images = self._checked(tool, request)
+            order = order.model_copy(update={"loras": self._loras(caller, request)})
         accept()
         with current_span("fluxhost.run", **{"fluxhost.model": tool.slug}) as span:
+            if order.training is not None:
+                training = order.training.model_copy(update={"images": self._keep_pictures(pictures)})
+                order = order.model_copy(update={"training": training})
             task = self._queue(caller, tool, request, order, images)
             if span is not None:
                 span.set_attribute("fluxhost.task_id", task.id)
@@ -286,11 +315,7 @@ class Operations:
                 raise InvalidInput("input_image", str(error)) from None
         if request.prompt_upsampling and not self.upsampling:
             raise UpsamplingUnavailable()
-        if request.callback_url:
-            try:
-                check_public_url(request.callback_url, self.url_allowlist)
-            except UrlRefused as error:
-                raise InvalidInput("callback_url", str(error)) from None
+        self._check_callback(request)
         width, height = self._size(tool, request, images)
         order = WorkOrder(
             prompt=prompt, width=width, height=height,
@@ -304,6 +329,53 @@ class Operations:
             ignored_inputs=request.ignored_inputs,
         )
         return order, images
+
+    def _training(self, caller: Caller, request: RunRequest) -> tuple[WorkOrder, list[Picture]]:
+        """The work order of a training Run that passes every check, and the pictures it will
+        train on (kept, and named in the order, once the Run is accepted)."""
+        asked = request.training
+        if asked is None:
+            raise InvalidInput("training_folder", "required")
+        self._check_callback(request)
+        try:
+            pictures = self.training_sets.gather(caller.project_id, asked)
+        except TrainingSetRefused as error:
+            raise InvalidInput(error.field, error.problem) from None
+        resume = self._resumable(caller, asked) if asked.resume_task else None
+        training = Training(
+            trigger_word=asked.trigger_word, name=asked.name, description=asked.description,
+            steps=asked.steps, learning_rate=asked.learning_rate, rank=asked.rank, batch_size=asked.batch_size,
+            resolution=asked.resolution, gradient_accumulation=asked.gradient_accumulation,
+            gradient_checkpointing=asked.gradient_checkpointing, caption_dropout=asked.caption_dropout,
+            optimizer=asked.optimizer, save_every=asked.save_every, keep_checkpoints=asked.keep_checkpoints,
+            sample_every=asked.sample_every, sample_prompts=asked.sample_prompts, guidance=asked.guidance,
+            checkpoints_folder=self.files.new_folder(), resume=resume, project_id=caller.project_id,
+            key_id=caller.key_id,
+        )
+        seed = secrets.randbelow(SEED_MAX + 1) if request.seed is None else request.seed
+        order = WorkOrder(prompt="", width=asked.resolution, height=asked.resolution, seed=seed, output_format="png",
+                          aspect_ratio="", training=training, ignored_inputs=request.ignored_inputs)
+        return order, pictures
+
+    def _resumable(self, caller: Caller, asked: TrainingRequest) -> str:
+        """The checkpoints folder of the ended training ``asked.resume_task`` of the caller's project."""
+        earlier = self.tasks.find(caller.project_id, task_id=asked.resume_task)
+        if earlier is None or earlier.order.training is None:
+            raise InvalidInput("resume_task", "names no training task of your project")
+        if earlier.status not in (Status.POSTPROCESS_END, Status.CANCEL):
+            raise InvalidInput("resume_task", "names a training that has not ended: wait for it, or Kill it")
+        if earlier.order.training.rank != asked.rank:
+            raise InvalidInput("resume_task", f"names a training of rank {earlier.order.training.rank}: resume it at "
+                                              "the same lora_rank")
+        return earlier.order.training.checkpoints_folder
+
+    def _keep_pictures(self, pictures: list[Picture]) -> tuple[TrainingImage, ...]:
+        try:
+            return self.training_sets.keep(pictures)
+        except OSError as error:
+            failure = StorageFailed(error)
+            log.warning("%s", failure)
+            raise failure from error
 
     def _loras(self, caller: Caller, request: RunRequest) -> tuple[LoraRef, ...]:
         """The Run's LoRA adapters, each checked: in the library, one of the caller's project's
@@ -320,13 +392,27 @@ class Operations:
                                                       "upload one with File/Upload and give its id")
                 lora = lora.model_copy(update={"file": FileRef(folder=upload.folder, name=upload.file_name,
                                                                content_type=upload.content_type, size=upload.size)})
-            if lora.source == "url":
+            if lora.source == "url" and (own := self.files.find(lora.name)) is not None:
+                # One of this server's files (a trained adapter's output URL): read, never fetched.
+                data = self.files.read(*own)
+                if data is None or not is_safetensors(data):
+                    raise InvalidInput("lora_url", "names no LoRA adapter (.safetensors) this server has")
+                lora = lora.model_copy(update={"file": FileRef(folder=own[0], name=own[1],
+                                                               content_type=SAFETENSORS_TYPE, size=len(data))})
+            elif lora.source == "url":
                 try:
                     check_public_url(lora.name, self.url_allowlist)
                 except UrlRefused as error:
                     raise InvalidInput("lora_url", str(error)) from None
             resolved.append(lora)
         return tuple(resolved)
+
+    def _check_callback(self, request: RunRequest) -> None:
+        if request.callback_url:
+            try:
+                check_public_url(request.callback_url, self.url_allowlist)
+            except UrlRefused as error:
+                raise InvalidInput("callback_url", str(error)) from None
 
     def _size(self, tool: Tool, request: RunRequest, images: list[InputImage]) -> tuple[int, int]:
         """The output's size: asked in pixels; an upscale's input times its factor; an image tool
@@ -437,11 +523,9 @@ class Operations:
             return SAFETENSORS_SUFFIX.removeprefix("."), SAFETENSORS_TYPE, data
         if name.lower().endswith(CAPTION_SUFFIX):
             try:
-                data.decode("utf-8")
-            except UnicodeDecodeError:
-                raise InvalidInput("upload", f"has a caption that is not UTF-8 text ({name})") from None
-            if len(data) > CAPTION_MAX_BYTES:
-                raise InvalidInput("upload", f"has a caption longer than {CAPTION_MAX_BYTES} bytes ({name})")
+                caption_text(data, name)
+            except ValueError as error:
+                raise InvalidInput("upload", str(error)) from None
             return CAPTION_SUFFIX.removeprefix("."), CAPTION_TYPE, data
         try:
             image = decode(data, self.image_limits)

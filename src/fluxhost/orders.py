@@ -72,6 +72,80 @@ class LoraRef(BaseModel):
     weight: float = Field(default=1.0, ge=-4, le=4)
 
 
+class TrainingImage(BaseModel):
+    """One picture of a training set, with its caption (empty: the trigger word alone)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    file: FileRef
+    caption: str = ""
+
+
+class Training(BaseModel):
+    """How a LoRA adapter is trained: the hosted training tools' settings, checked.
+
+    ``steps`` count optimizer steps; ``save_every``/``sample_every`` are in those steps (0: never
+    sampled before the end); ``resume`` is the checkpoint folder of an earlier run of the same
+    training (a killed task's) to go on from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    images: tuple[TrainingImage, ...] = ()  # named once the Run is accepted (an archive's pictures kept then)
+    trigger_word: str = ""
+    name: str = ""
+    description: str = ""
+    steps: int = Field(ge=1)
+    learning_rate: float = Field(gt=0, le=1)
+    rank: int = Field(ge=1, le=256)
+    batch_size: int = Field(ge=1, le=64)
+    resolution: int = Field(ge=64, le=2048)
+    gradient_accumulation: int = Field(default=1, ge=1, le=64)
+    gradient_checkpointing: bool = False
+    caption_dropout: float = Field(default=0.05, ge=0, le=1)
+    optimizer: Literal["adamw", "adamw8bit", "adafactor"] = "adamw"
+    save_every: int = Field(ge=0)
+    keep_checkpoints: int = Field(ge=1, le=100)
+    sample_every: int = Field(ge=0)
+    sample_prompts: tuple[str, ...] = ()
+    guidance: float = Field(default=1.0, ge=0)
+    checkpoints_folder: str
+    """Where this training keeps its checkpoints in the file store: named at Run, so the run after a
+    lost worker finds what the one before wrote."""
+    resume: str | None = None
+    project_id: int
+    key_id: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainingRequest:
+    """A training tool's Run as a door reads it, before its training set is found: the pictures
+    are a folder of the project's uploads (``folder``, an id) or a ZIP archive (``archive``: its
+    bytes or URL); ``resume_task`` names an ended training of the project to go on from."""
+
+    steps: int
+    learning_rate: float
+    rank: int
+    batch_size: int
+    resolution: int
+    save_every: int
+    keep_checkpoints: int
+    sample_every: int
+    folder: str = ""
+    archive: bytes | str | None = None
+    trigger_word: str = ""
+    name: str = ""
+    description: str = ""
+    gradient_accumulation: int = 1
+    gradient_checkpointing: bool = False
+    caption_dropout: float = 0.05
+    optimizer: Literal["adamw", "adamw8bit", "adafactor"] = "adamw"
+    sample_prompts: tuple[str, ...] = ()
+    guidance: float = 1.0
+    caption_prefix: str = ""
+    caption_suffix: str = ""
+    resume_task: int | None = None
+
+
 @dataclass(frozen=True)
 class RunRequest:
     """A Run as a door asks for it. Absent values (None) take the tool's defaults."""
@@ -92,6 +166,7 @@ class RunRequest:
     upscale: float | None = None  # an upscale tool's factor (None: 2)
     control: Control | None = None  # an upscale tool's ControlNet settings
     loras: tuple[LoraRef, ...] = ()  # LoRA adapters to apply, each with its weight
+    training: TrainingRequest | None = None  # a training tool's settings
     callback_url: str = ""
     ignored_inputs: tuple[str, ...] = ()  # inputs sent that the tool does not take: named in the task's log
     parameters: Mapping[str, Any] = field(default_factory=dict)
@@ -122,6 +197,7 @@ class WorkOrder(BaseModel):
     strength: float | None = Field(default=None, gt=0, le=1, description="image-to-image only.")
     control: Control | None = Field(default=None, description="An upscale's ControlNet settings.")
     loras: tuple[LoraRef, ...] = Field(default=(), description="LoRA adapters, each with its weight.")
+    training: Training | None = Field(default=None, description="A training tool's run: what it trains on, how.")
     ignored_inputs: tuple[str, ...] = Field(default=(), description="Inputs the client sent that the tool does "
                                             "not take: the worker names them in the task's log.")
     trace: dict[str, str] = Field(default_factory=dict, description="The Run's trace context (W3C traceparent) "

@@ -50,10 +50,10 @@ class ModelSettings(BaseModel):
     description: str = (
         "FLUX text-to-image: state-of-the-art image generation with excellent prompt following."
     )
-    kind: Literal["text-to-image", "edit", "image-to-image", "upscale"] = Field(
+    kind: Literal["text-to-image", "edit", "image-to-image", "upscale", "train"] = Field(
         default="text-to-image", description="edit: an instruction edits an input image (FLUX Kontext, FLUX.2 "
         "[klein]); image-to-image: an input image is redrawn from the prompt, as far as its strength says; "
-        "upscale: an input image is enlarged by a factor.",
+        "upscale: an input image is enlarged by a factor; train: trains LoRA adapters on the model's FLUX.1 weights.",
     )
     strength: float = Field(default=0.85, gt=0, le=1, description="image-to-image: how far from the input to go.")
     # Memory
@@ -326,6 +326,13 @@ class Settings(BaseSettings):
         default=None, description="Where a worker keeps adapters it fetched or read, by content digest; default: "
         "loras/ in the data folder.",
     )
+    worker_kinds: str = Field(
+        default="", description='The kinds of task this process\'s workers take, comma-separated ("train" or '
+        '"text-to-image,edit,image-to-image,upscale"); empty: all. In a fleet, training workers take "train" and '
+        "the others the rest, so an hour of training never holds up a drawing.",
+    )
+    training_max_images: int = Field(default=1000, ge=1, description="Pictures one training may take.")
+    training_max_steps: int = Field(default=20_000, ge=1, description="Steps one training may ask for.")
     archive_max_bytes: int = Field(
         default=1_000_000_000, ge=1_000_000, description="What a ZIP archive sent to File/Upload may unpack to; its "
         "pictures and .txt captions become the folder's files (a training set in one request).",
@@ -384,6 +391,20 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
+
+    @property
+    def worker_kind_set(self) -> frozenset[str]:
+        """The kinds of :attr:`worker_kinds`; empty: all."""
+        return frozenset(kind.strip() for kind in self.worker_kinds.split(",") if kind.strip())
+
+    @field_validator("worker_kinds")
+    @classmethod
+    def _known_kinds(cls, value: str) -> str:
+        known = ("text-to-image", "edit", "image-to-image", "upscale", "train")
+        unknown = [kind.strip() for kind in value.split(",") if kind.strip() and kind.strip() not in known]
+        if unknown:
+            raise ValueError(f"unknown kind {unknown[0]!r}: choose from {', '.join(known)}")
+        return value
 
     @property
     def device_list(self) -> list[str]:

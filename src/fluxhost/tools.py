@@ -25,7 +25,10 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
     "edit": ("tool", "flux", "image-to-image", "image-editing"),
     "image-to-image": ("tool", "flux", "image-to-image", "image-editing"),
     "upscale": ("tool", "flux", "image-to-image", "upscaler"),
+    "train": ("tool", "flux", "training", "lora"),
 }
+
+IMAGE_KINDS = ("edit", "image-to-image", "upscale")  # the kinds whose Runs bring an input image
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ class Tool:
     @property
     def takes_image(self) -> bool:
         """Whether a Run must bring an input image: edit, image-to-image and upscale tools."""
-        return self.kind != "text-to-image" or self.image_required
+        return self.kind in IMAGE_KINDS or self.image_required
 
     @property
     def redraws(self) -> bool:
@@ -76,7 +79,7 @@ class Tool:
 
     @property
     def max_images(self) -> int:
-        return self.images or (1 if self.kind != "text-to-image" else 0)
+        return self.images or (1 if self.kind in IMAGE_KINDS else 0)
 
     @property
     def categories(self) -> list[str]:

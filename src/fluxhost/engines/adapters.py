@@ -189,6 +189,11 @@ class AdapterCache:
         return tuple((digest, weight) for digest, weight in _active(adapters).items()
                      if digest in self._loaded and self._loaded[digest].text_encoder)
 
+    def forget(self, digest: str) -> None:
+        """Unload an adapter now (one that will not be asked for again: a training's sample)."""
+        if digest in self._loaded:
+            self.pipeline.delete_adapters(self._loaded.pop(digest).name)
+
     def _ensure(self, adapter: Adapter) -> None:
         if adapter.digest in self._loaded:
             self._loaded.move_to_end(adapter.digest)

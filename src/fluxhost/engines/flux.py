@@ -25,10 +25,13 @@ from fluxhost.engines.base import (
     KindUnsupported,
     StartCallback,
     WeightsUnavailable,
+    generate,
 )
 from fluxhost.engines.families import Encoding, Family, Flux1, family_of
+from fluxhost.engines.lora_training import LoraTraining
 from fluxhost.engines.noise import position_ramps
 from fluxhost.engines.references import taking_several_references
+from fluxhost.engines.training import Checkpoint, TrainingExample, TrainingPlan, TrainingProgress
 from fluxhost.engines.upscale import Upscaler, render_size
 from fluxhost.settings import ModelSettings
 
@@ -202,6 +205,9 @@ class FluxEngine:
             kinds.add("edit")
         elif redraw is not None:
             kinds.add("image-to-image")
+        if ("edit" not in kinds and isinstance(self.family, Flux1) and not self.model.compile
+                and self.model.quantize in ("none", "nf4")):
+            kinds.add("train")  # LoRA training on FLUX.1's transformer (QLoRA on nf4 weights)
         return frozenset(kinds)
 
     def _redrawing(self, pipeline: DiffusionPipeline) -> DiffusionPipeline | None:
@@ -281,6 +287,23 @@ class FluxEngine:
 
     def _warm_up_request(self, width: int, height: int) -> GenerationRequest:
         return GenerationRequest("warm-up", width, height, 0, min(WARMUP_STEPS, self.model.steps), self.model.guidance)
+
+    # --- training --------------------------------------------------------------------------
+
+    def train(self, plan: TrainingPlan, examples: list[TrainingExample], resume: Checkpoint | None,
+              progress: TrainingProgress) -> Checkpoint:
+        """A LoRA adapter trained on these weights (see :mod:`fluxhost.engines.lora_training`); the
+        pipeline draws as before once it returns. Samples are drawn as a LoRA Run draws."""
+        if "train" not in self.kinds or self._pipeline is None:
+            raise KindUnsupported(f"{self.description} does not train LoRA adapters")
+
+        def sample(request: GenerationRequest) -> list[Image]:
+            return generate(self, request, lambda: None, lambda *_: True)
+
+        training = LoraTraining(self._pipeline, lambda prompt: self._encode(prompt), sample, self.adapters.forget,
+                                positioned_noise=self.model.noise_mean == "positions", sample_steps=self.model.steps,
+                                sample_guidance=self.model.guidance)
+        return training.run(plan, examples, resume, progress)
 
     # --- generating ------------------------------------------------------------------------
 

@@ -48,8 +48,8 @@ class AdapterFiles:
             state = (str(path), stat.st_mtime_ns, stat.st_size)
             known = self._known(state) or self._remember(state, digest(path.read_bytes()))
             return Adapter(str(path), known, lora.weight)
-        if lora.source == "upload":
-            data = self.files.read(lora.file.folder, lora.file.name) if lora.file else None
+        if lora.file is not None:  # an upload, or a URL of this server's own files
+            data = self.files.read(lora.file.folder, lora.file.name)
             if data is None:
                 raise AdapterUnavailable(f"the uploaded LoRA adapter {lora.name} is no longer stored (deleted?)")
             return Adapter(str(self._kept(data)), digest(data), lora.weight)

@@ -19,6 +19,7 @@ from fluxhost.events import EventBus
 from fluxhost.metrics import WorkerMetrics
 from fluxhost.models import load_failure
 from fluxhost.runtime.adapter_files import AdapterFiles
+from fluxhost.runtime.training import TrainingEngine
 from fluxhost.runtime.worker import ServedModel, Worker
 from fluxhost.safety.moderator import Moderator
 from fluxhost.settings import ModelSettings, Settings
@@ -128,8 +129,10 @@ class Runtime:
                                      settings.lora_dir, Allowlist.parse(settings.callback_allowlist),
                                      settings.lora_max_bytes, settings.lora_fetch_seconds)
         workers = []
+        kinds = self.settings.worker_kind_set
         for device in devices or self.settings.device_list:
-            models = {slug: model for slug, model in self.models.items() if not slugs or slug in slugs}
+            models = {slug: model for slug, model in self.models.items()
+                      if (not slugs or slug in slugs) and (not kinds or model.kind in kinds)}
             workers.append(Worker(self.worker_id, self.work, self._load(models, device), self.files, self.events,
                                   self.settings.lease_seconds, previews=self.settings.previews,
                                   moderator=self.moderator, upsampler=upsampler,
@@ -142,6 +145,9 @@ class Runtime:
         loaded: dict[str, Engine | str] = {}
         served = {}
         for slug, model in models.items():
+            if model.kind == "train":
+                served[slug] = self._trainer(slug, model, device)
+                continue
             same = (model.kind == "upscale", model.model_dump_json(exclude=_NOT_PIPELINE))
             if same not in loaded:
                 started = time.monotonic()
@@ -163,6 +169,16 @@ class Runtime:
                 log.warning("SERVING %s with %s", slug, found.description)
                 served[slug] = ServedModel(slug, model, found)
         return served
+
+    def _trainer(self, slug: str, model: ModelSettings, device: str) -> ServedModel:
+        """A training model: its weights are loaded when a training starts (see
+        :class:`~fluxhost.runtime.training.TrainingEngine`); a bench server trains nothing."""
+        if self.settings.engine == "bench":
+            return ServedModel(slug, model, None, "the bench engine trains nothing")
+        label = DEMO_LABEL if serves_demo(model) else model.weights
+        engine = TrainingEngine(lambda: build_engine(model, self.settings, device), label)
+        log.warning("SERVING %s with %s", slug, engine.description)
+        return ServedModel(slug, model, engine)
 
     def release_unfinished(self) -> None:
         """Queue again what this process's workers still hold (they were stopped)."""

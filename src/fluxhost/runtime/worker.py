@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import time
+import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -15,20 +17,25 @@ from fluxhost.engines.base import (
     Engine,
     GenerationRequest,
     GenerationStopped,
+    KindUnsupported,
     Preview,
     batch_key,
 )
+from fluxhost.engines.training import Checkpoint, TrainingStopped
 from fluxhost.events import EventBus, Progress, TaskEvent
 from fluxhost.input_images import ImageLimits, decode
+from fluxhost.loras import SAFETENSORS_SUFFIX, SAFETENSORS_TYPE
 from fluxhost.metrics import WorkerMetrics
 from fluxhost.orders import FileRef, WorkOrder
 from fluxhost.runtime.adapter_files import AdapterFiles, AdapterUnavailable
 from fluxhost.runtime.outputs import OutputNotStored, preview_data_url, storage_problem, store_images
+from fluxhost.runtime.training import TrainingRun
 from fluxhost.safety.moderator import Moderator
 from fluxhost.settings import ModelSettings
 from fluxhost.statuses import LOG_EVENTS, Outcome, Status, stages
 from fluxhost.storage import FileStore
 from fluxhost.store.database import DATABASE_FAULTS
+from fluxhost.store.uploads import NewUpload
 from fluxhost.store.work import ClaimedTask, NewOutput, WorkStore
 from fluxhost.tracing import end_span, start_span
 from fluxhost.upsampling import Upsampler, UpsamplingFailed
@@ -139,14 +146,23 @@ class Worker:
         tasks end up held by no one running them, for :meth:`WorkStore.release` to queue again."""
         self._halting = True
 
-    def claim(self, task_id: int | None = None) -> list[ClaimedTask]:
+    @property
+    def trains(self) -> bool:
+        """Whether some of its models are training models."""
+        return any(model.settings.kind == "train" for model in self.models.values())
+
+    def claim(self, task_id: int | None = None, training: bool | None = None) -> list[ClaimedTask]:
         """The oldest queued task of our models (or task ``task_id``, if still queued), with the
         queued tasks that can share its pipeline call (same model, size, steps and guidance; up to
         the model's ``max_batch``, waiting up to its ``batch_wait_ms`` for more), all now ours and
-        in :data:`CLAIMED_THROUGH`. Empty when there is no such task."""
+        in :data:`CLAIMED_THROUGH`. Empty when there is no such task. ``training``: only of the
+        training models (True) or only of the others (False), for a lane of its own."""
         if task_id is None:
-            first = self.store.claim_next(self.worker_id, list(self.models), self.lease_seconds,
-                                          through=CLAIMED_THROUGH)
+            slugs = [slug for slug, model in self.models.items()
+                     if training is None or (model.settings.kind == "train") == training]
+            if not slugs:
+                return []
+            first = self.store.claim_next(self.worker_id, slugs, self.lease_seconds, through=CLAIMED_THROUGH)
         else:
             first = self.store.claim_queued(task_id, self.worker_id, self.lease_seconds, through=CLAIMED_THROUGH)
         if first is None:
@@ -161,8 +177,9 @@ class Worker:
         """``first`` and the queued tasks that join its pipeline call (see :meth:`claim`)."""
         model = self.models[first.model_slug]
         batch = [first]
-        if model.engine is None or model.settings.max_batch == 1 or first.order.input_images:
-            return batch  # edits run one per call: each brings its own image
+        if (model.engine is None or model.settings.max_batch == 1 or first.order.input_images
+                or first.order.training is not None):
+            return batch  # edits run one per call: each brings its own image; trainings each their own
         key = batch_key(generation_request(first.order, model.settings))
 
         def joins(order: WorkOrder) -> bool:
@@ -229,6 +246,9 @@ class Worker:
             for task in batch:
                 self._fail(task, runs[task.id], RuntimeError(f"model {model.slug} could not be loaded: "
                                                              f"{model.load_error}"))
+            return
+        if batch[0].order.training is not None:
+            self._train(batch[0], model, runs[batch[0].id])
             return
         prepared = []
         for task in batch:
@@ -334,6 +354,77 @@ class Worker:
         finally:
             end_span(engine_span)
         return results, time.monotonic() - started
+
+    def _train(self, task: ClaimedTask, model: ServedModel, run: RunLog) -> None:
+        """A training task, to its end: completed with its adapter kept as the project's private
+        LoRA; killed with the checkpoints it made kept as its outputs; failed; or, the worker
+        halting, stopped to be taken up again from its newest checkpoint."""
+        lost, ended = threading.Event(), threading.Event()
+
+        def renew() -> None:
+            """The lease, renewed from a thread of its own: loading the weights, encoding the
+            pictures or drawing samples may each take longer than a lease."""
+            while not ended.wait(self.lease_seconds / 4):
+                try:
+                    if not self.store.renew_lease(task.id, self.worker_id, self.lease_seconds):
+                        lost.set()
+                        return
+                except DATABASE_FAULTS as error:  # tried again at the next beat
+                    log.warning("the lease of training task %s could not be renewed: %s", task.id, error)
+
+        def keep_going() -> bool:
+            return not (task.id in self._killed or self._halting or lost.is_set())
+
+        training = TrainingRun(task, self.files, self.events, run.lines, keep_going)
+        order = task.order
+        heartbeat = threading.Thread(target=renew, name=f"fluxhost-lease-{task.id}", daemon=True)
+        heartbeat.start()
+        try:
+            if "train" not in model.engine.kinds:
+                raise KindUnsupported(f"{model.engine.description} does not train LoRA adapters")
+            for text in (*order.training.sample_prompts, *(image.caption for image in order.training.images)):
+                if category := self.moderator.check_prompt(text, order.safety_tolerance):
+                    raise Moderated(f"Request Moderated: {category}")
+            self._advance(task, Status.START)
+            final = training.run(model.engine)
+            self._keep_training(task, training, final, run)
+        except Moderated as verdict:
+            self._refuse(task, run, str(verdict))
+        except (TrainingStopped, TaskStopped):
+            if task.id in self._killed:
+                self.store.add_outputs(task.id, training.outputs())
+            self._stopped(task, run)
+        except DATABASE_FAULTS:
+            raise
+        except Exception as error:
+            log.exception("training task %s failed", task.id)
+            self._fail(task, run, error)
+        finally:
+            ended.set()
+            heartbeat.join()
+
+    def _keep_training(self, task: ClaimedTask, training: TrainingRun, final: Checkpoint, run: RunLog) -> None:
+        """End a training: its adapter kept as one of the project's uploads (a private LoRA model),
+        its samples and checkpoints as its outputs, in one write."""
+        order = task.order.training
+        folder, name = self.files.new_folder(), f"upload{SAFETENSORS_SUFFIX}"
+        try:
+            self.files.save(folder, name, final.adapter)
+        except Exception as error:
+            raise OutputNotStored(f"the adapter could not be stored ({storage_problem(error)})") from error
+        kept = NewUpload(order.project_id, order.key_id, f"{order.name or 'lora'}{SAFETENSORS_SUFFIX}", folder, name,
+                         SAFETENSORS_TYPE, len(final.adapter))
+        kept_id = uuid.uuid4().hex
+        run.lines.append(f"The adapter is your private LoRA model {kept_id} ({kept.name}): give it as "
+                         "selectedLoraModelPrivate to the LoRA tools.")
+        self._emit(task, Status.OUTPUT_FULL, text=run.text)
+        if not self.store.finish(task.id, self.worker_id, training.outputs(), run.text, time.time(),
+                                 kept=(kept_id, kept)):
+            self.files.delete(folder, name)
+            raise TaskStopped
+        self.metrics.finished_task(task.model_slug, "completed", run.claimed_at)
+        for status in stages(Status.END, Status.POSTPROCESS_END):
+            self._emit(task, status)
 
     def _prepare(self, task: ClaimedTask, model: ServedModel, run: RunLog) -> GenerationRequest:
         """The task's generation request once its prompt passed moderation and, when asked, was

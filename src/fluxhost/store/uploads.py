@@ -77,6 +77,11 @@ class NewUpload:
     parent_id: str | None = None
 
 
+def upload_record(upload: NewUpload, upload_id: str, now: float) -> dict[str, object]:
+    """The uploads row of ``upload``."""
+    return {"id": upload_id, **asdict(upload), "created_at": now}
+
+
 class UploadStore:
     def __init__(self, db: Database):
         self._db = db
@@ -86,7 +91,7 @@ class UploadStore:
         past ``quota_bytes`` (0: no quota). A project's reservations take turns (its row is locked
         on PostgreSQL; SQLite has one writer at a time), so uploads sent together cannot pass the
         quota between them."""
-        record = {"id": uuid.uuid4().hex, **asdict(upload), "created_at": now}
+        record = upload_record(upload, uuid.uuid4().hex, now)
         with self._db.write() as connection:
             if quota_bytes:
                 connection.execute(_LOCK_PROJECT, {"project_id": upload.project_id})

@@ -13,14 +13,15 @@ import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-from sqlalchemy import Row, Update, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, Update, bindparam, func, insert, or_, select, update
 
 from fluxhost.orders import WorkOrder
 from fluxhost.statuses import KILLABLE, RUNNING, UNFINISHED, Outcome, Status, previous_status, stages
 from fluxhost.storage.base import new_folder
 from fluxhost.store.database import DATABASE_FAULTS, Database
 from fluxhost.store.deliveries import owe_callback
-from fluxhost.store.schema import TIME_COLUMN, outputs, random_token, tasks
+from fluxhost.store.schema import TIME_COLUMN, outputs, random_token, tasks, uploads
+from fluxhost.store.uploads import NewUpload, upload_record
 
 _OLDEST_QUEUED = (
     select(tasks.c.id)
@@ -121,6 +122,15 @@ class NewOutput:
     folder: str
 
 
+def _insert_outputs(connection: Connection, task_id: int, files: list[NewOutput], now: float) -> None:
+    if files:
+        connection.execute(_INSERT_OUTPUT, [
+            {"id": uuid.uuid4().hex, "task_id": task_id, "name": output.name, "content_type": output.content_type,
+             "size": output.size, "folder": output.folder, "access_key": random_token(30), "added_at": now}
+            for output in files
+        ])
+
+
 @dataclass(frozen=True)
 class Recovery:
     """What a recovery sweep did with tasks whose worker went away."""
@@ -203,11 +213,12 @@ class WorkStore:
             return bool(renewed.rowcount)
 
     def finish(self, task_id: int, worker_id: str, files: list[NewOutput], debug_output: str,
-               generated_at: float) -> bool:
+               generated_at: float, kept: tuple[str, NewUpload] | None = None) -> bool:
         """``task_start`` -> ``task_postprocess_end``, completed, with the outputs, in one write, if
         ``worker_id`` still holds the task: ``task_end`` and ``task_postprocess_start`` are stamped
         with ``generated_at`` (when the images were ready), ``task_postprocess_end`` now (they are
-        stored)."""
+        stored). ``kept``: (id, upload) of a file the task made that becomes one of its project's
+        uploads (a trained LoRA adapter), recorded in the same write."""
         now = time.time()
         with self._db.write() as connection:
             done = connection.execute(_FINISH, {
@@ -216,17 +227,15 @@ class WorkStore:
             }).rowcount
             if done:
                 owe_callback(connection, task_id, now)
-            if done and files:
-                connection.execute(
-                    _INSERT_OUTPUT,
-                    [
-                        {"id": uuid.uuid4().hex, "task_id": task_id, "name": output.name,
-                         "content_type": output.content_type, "size": output.size, "folder": output.folder,
-                         "access_key": random_token(30), "added_at": now}
-                        for output in files
-                    ],
-                )
+                _insert_outputs(connection, task_id, files, now)
+                if kept is not None:
+                    connection.execute(insert(uploads), upload_record(kept[1], kept[0], now))
             return bool(done)
+
+    def add_outputs(self, task_id: int, files: list[NewOutput]) -> None:
+        """Record files of a task that ended without finishing (a killed training's checkpoints)."""
+        with self._db.write() as connection:
+            _insert_outputs(connection, task_id, files, time.time())
 
     def fail(self, task_id: int, error: str, debug_output: str = "", worker_id: str | None = None,
              outcome: Outcome = Outcome.FAILED) -> bool:

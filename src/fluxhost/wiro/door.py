@@ -68,6 +68,7 @@ from fluxhost.wiro.render import (
     tool_summary,
 )
 from fluxhost.wiro.schema import CALLBACK_URL_NAMES, InputError, InputSchema, integer_input
+from fluxhost.wiro.training_form import TrainingForm
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,8 @@ MAX_TASK_ID = 2**31 - 1  # the largest id an INTEGER column holds (PostgreSQL re
 INPUT_NAMES = {"callback_url": "callbackUrl", "aspect_ratio": "aspectRatio", "upload": "file", "upscale": "scale",
                "lora_library": "selectedLoraModel", "lora_upload": "selectedLoraModelPrivate",
                "lora_url": "selectedLoraModelPrivateUrl", "folder": "folderid", "folder_name": "name",
-               "parent_folder": "parentid"}
+               "parent_folder": "parentid", "training_folder": "selectedFolder",
+               "training_archive": "selectedFolderUrl", "resume_task": "resumeTaskId"}
 
 
 def ok(**fields: Any) -> dict[str, Any]:
@@ -214,7 +216,9 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
             "Not available on this server: Runs asking for it are refused."),
     }
     covers = f"{settings.resolved_public_url}/web/covers"  # drawn by the demo model, shipped in the package
-    schemas = {tool.slug: InputSchema.of(tool, notes, operations.max_prompt_chars, settings.unknown_inputs == "refuse")
+    refuse_unknown = settings.unknown_inputs == "refuse"
+    schemas = {tool.slug: TrainingForm.of(tool, settings.training_max_steps, refuse_unknown) if tool.kind == "train"
+               else InputSchema.of(tool, notes, operations.max_prompt_chars, refuse_unknown)
                for tool in operations.catalog.tools}
 
     def refused_input(request: Request, error: InvalidInput) -> JSONResponse:
@@ -289,9 +293,10 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
             return False
         values = parameters.values
         image_url = values.get("inputImageUrl") or isinstance(values.get("inputImage"), str)
-        return bool(parameters.callback_url() or image_url or values.get("selectedLoraModelPrivateUrl"))
+        return bool(parameters.callback_url() or image_url or values.get("selectedLoraModelPrivateUrl")
+                    or values.get("selectedFolderUrl"))
 
-    def schema_of(tool: Tool) -> InputSchema:
+    def schema_of(tool: Tool) -> InputSchema | TrainingForm:
         return schemas[tool.slug]
 
     @app.post("/Run/{owner}/{project}")

@@ -18,7 +18,7 @@ from fluxhost.store.records import AttemptView, OutputView, TaskView
 from fluxhost.store.tasks import ModelStats
 from fluxhost.store.uploads import FolderView, UploadView
 from fluxhost.tools import Tool
-from fluxhost.wiro.schema import InputSchema
+from fluxhost.wiro.schema import Published
 
 # How a task came out, as the hosted protocol's exit code says it (empty until it ends).
 PEXIT = {Outcome.COMPLETED: "0", Outcome.FAILED: "1", Outcome.MODERATED: "1", Outcome.STOPPED: "-1", None: ""}
@@ -133,10 +133,12 @@ def task_list_body(tasks: list[dict[str, Any]], total: int | None = None) -> dic
 
 
 def progress_message(progress: Progress) -> dict[str, str]:
-    """The ``progressGenerate`` object of a ``task_output`` frame."""
+    """The ``progressGenerate`` object of a ``task_output`` frame (a training's says ``Train`` and
+    carries the step's ``loss``)."""
+    training = {} if progress.loss is None else {"loss": f"{progress.loss:.5f}"}
     return {
         "type": "progressGenerate",
-        "task": "Generate",
+        "task": "Train" if training else "Generate",
         "percentage": str(round(100 * progress.step / progress.total)),
         "stepCurrent": str(progress.step),
         "stepTotal": str(progress.total),
@@ -144,6 +146,7 @@ def progress_message(progress: Progress) -> dict[str, str]:
         "speedType": "it/s",
         "elapsedTime": f"{round(progress.elapsed)}s",
         "remainingTime": f"{round(progress.remaining)}s",
+        **training,
     }
 
 
@@ -215,7 +218,7 @@ def tool_summary(tool: Tool, stats: ModelStats | None = None, covers: str = "") 
     }
 
 
-def tool_detail(tool: Tool, schema: InputSchema, stats: ModelStats | None = None, covers: str = "") -> dict[str, Any]:
+def tool_detail(tool: Tool, schema: Published, stats: ModelStats | None = None, covers: str = "") -> dict[str, Any]:
     """The Tool/Detail entry: the summary plus the input schema."""
     return {**tool_summary(tool, stats, covers), "parameters": [{"title": "Inputs", "items": schema.items()}]}
 

@@ -16,7 +16,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from fluxhost.orders import (
     ASPECT_RATIOS,
@@ -265,6 +265,12 @@ def _at_size(item: Input, megapixels: float) -> Input:
     return replace(item, options=_aspect_ratio_options(megapixels),
                    description=f"Aspect ratio of the image, at about {megapixels:g} megapixels; each option gives the "
                                "width and height in pixels it produces.")
+
+
+class Published(Protocol):
+    """What Tool/Detail shows of a tool's inputs (an :class:`InputSchema`, or a training tool's form)."""
+
+    def items(self) -> list[dict[str, Any]]: ...
 
 
 UPLOAD_INPUT = Input("inputImage", "fileinput", "Input Image",

@@ -74,11 +74,14 @@ class ThreadDispatcher:
         self.workers = workers
         self.ready.set()
         for device, worker in enumerate(workers):
-            for index in range(self.concurrency):
-                name = f"fluxhost-worker-{index}" if len(workers) == 1 else f"fluxhost-worker-{device}.{index}"
-                thread = threading.Thread(target=self._loop, args=(worker,), name=name, daemon=True)
-                thread.start()
-                self._threads.append(thread)
+            # Trainings take a thread of their own: an hour of training never holds up a drawing.
+            lanes = [(None, "worker")] if not worker.trains else [(False, "worker"), (True, "trainer")]
+            for training, role in lanes:
+                for index in range(self.concurrency if training is not True else 1):
+                    name = f"fluxhost-{role}-{index}" if len(workers) == 1 else f"fluxhost-{role}-{device}.{index}"
+                    thread = threading.Thread(target=self._loop, args=(worker, training), name=name, daemon=True)
+                    thread.start()
+                    self._threads.append(thread)
 
     def notify(self, task_id: int, model_slug: str) -> None:
         """Wake an idle worker thread: whichever is free claims the oldest queued task."""
@@ -101,10 +104,11 @@ class ThreadDispatcher:
             for thread in self._threads:
                 thread.join(max(0.0, deadline - time.monotonic()))
 
-    def _loop(self, worker: Worker) -> None:
+    def _loop(self, worker: Worker, training: bool | None) -> None:
+        """Claim and run tasks until stopped (``training``: which lane, see :meth:`Worker.claim`)."""
         while not self._stopping.is_set():
             try:
-                batch = worker.claim()
+                batch = worker.claim(training=training)
             except Exception:
                 log.exception("claiming a task failed; retrying")
                 batch = []

@@ -1,0 +1,75 @@
+"""The training contract: an engine that serves ``kind="train"`` trains a LoRA adapter on its own
+loaded weights with ``train(plan, examples, resume, progress)``, reporting each step, handing
+over checkpoints and sample pictures as it goes, and stopping when asked.
+
+A checkpoint is everything needed to go on exactly where it was made: the adapter (a diffusers
+LoRA ``.safetensors``, usable as it is) and the optimizer's state with the step reached. The
+order of the pictures, the noise and the caption dropout of step ``n`` are drawn from the seed
+and ``n`` alone, so a run resumed from step ``n`` goes on as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from PIL.Image import Image
+
+
+@dataclass(frozen=True)
+class TrainingExample:
+    image: Image
+    caption: str  # as it is trained on: the trigger word already in it
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    steps: int  # optimizer steps in all
+    learning_rate: float
+    rank: int
+    batch_size: int
+    resolution: int  # pictures are trained on at about resolution x resolution pixels
+    seed: int
+    gradient_accumulation: int = 1
+    gradient_checkpointing: bool = False
+    caption_dropout: float = 0.05  # the share of captions trained on as empty (keeps the model usable without)
+    optimizer: Literal["adamw", "adamw8bit", "adafactor"] = "adamw"
+    guidance: float = 1.0  # what a guidance-distilled transformer is told while it learns
+    save_every: int = 0  # steps between checkpoints (0: only at the end or when stopped)
+    sample_every: int = 0  # steps between sample pictures (0: only at the end)
+    sample_prompts: tuple[str, ...] = ()  # none: no samples
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    adapter: bytes  # the LoRA as a diffusers .safetensors file
+    state: bytes  # what resuming needs besides the adapter (the optimizer's moments)
+
+
+class TrainingStopped(Exception):
+    """The progress callback asked to stop; the checkpoint of the step reached was handed over first."""
+
+    def __init__(self, checkpoint: Checkpoint):
+        super().__init__(f"stopped at step {checkpoint.step}")
+        self.checkpoint = checkpoint
+
+
+class TrainingProgress(Protocol):
+    """What a trainer reports to whoever runs it."""
+
+    def step(self, step: int, total: int, loss: float) -> bool:
+        """After each optimizer step (1-based); False: stop now (a kill, a worker shutting down)."""
+
+    def checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Keep a checkpoint (every ``save_every`` steps, at a stop and at the end)."""
+
+    def samples(self, step: int, images: list[Image]) -> None:
+        """Keep the sample pictures drawn with the adapter as it is at ``step``."""
+
+
+class Trainer(Protocol):
+    def train(self, plan: TrainingPlan, examples: list[TrainingExample], resume: Checkpoint | None,
+              progress: TrainingProgress) -> Checkpoint:
+        """Train from ``resume`` (or from scratch) to ``plan.steps``; the final checkpoint.
+        :class:`TrainingStopped` when ``progress`` asked to stop."""

@@ -1,0 +1,142 @@
+"""The LoRA trainer on the tiny FLUX pipeline, and the training run's bookkeeping: a run stopped
+and resumed from its checkpoint ends with the very adapter an unbroken run makes, the pipeline
+draws as before once training ends, checkpoints are pruned to those asked to be kept, captions
+take the trigger word."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fluxhost.engines.training import TrainingExample, TrainingPlan, TrainingStopped
+from fluxhost.runtime.training import Manifest, caption_of
+from fluxhost.settings import ModelSettings
+
+PLAN = TrainingPlan(steps=6, learning_rate=1e-2, rank=4, batch_size=2, resolution=64, seed=1, save_every=2)
+
+
+class Recorder:
+    def __init__(self, stop_at: int | None = None):
+        self.stop_at = stop_at
+        self.steps: list[tuple[int, int, float]] = []
+        self.checkpoints = []
+        self.drawn: list[tuple[int, int]] = []
+
+    def step(self, step: int, total: int, loss: float) -> bool:
+        self.steps.append((step, total, loss))
+        return step != self.stop_at
+
+    def checkpoint(self, checkpoint) -> None:
+        self.checkpoints.append(checkpoint)
+
+    def samples(self, step: int, images: list[Image.Image]) -> None:
+        self.drawn.append((step, len(images)))
+
+
+@pytest.fixture
+def engine(tiny_weights):
+    import torch
+
+    from fluxhost.engines.flux import FluxEngine
+
+    torch.set_num_threads(2)
+    engine = FluxEngine(str(tiny_weights), ModelSettings(steps=2, max_sequence_length=32), device="cpu")
+    engine.load()
+    return engine
+
+
+EXAMPLES = [TrainingExample(Image.new("RGB", (80, 64), colour), f"a {colour} zq")
+            for colour in ("red", "blue", "green")]
+
+
+def picture(engine) -> np.ndarray:
+    from fluxhost.engines.base import GenerationRequest, generate
+
+    [image] = generate(engine, GenerationRequest("a zq", 64, 64, 7, 2, 3.5), lambda: None, lambda *_: True)
+    return np.asarray(image, dtype=int)
+
+
+def test_a_stopped_training_resumed_from_its_checkpoint_ends_as_an_unbroken_one(engine):
+    from safetensors.torch import load
+
+    unbroken = Recorder()
+    final = engine.train(PLAN, EXAMPLES, None, unbroken)
+    assert [checkpoint.step for checkpoint in unbroken.checkpoints] == [2, 4, 6] and final.step == 6
+
+    stopped = Recorder(stop_at=3)
+    with pytest.raises(TrainingStopped) as stop:
+        engine.train(PLAN, EXAMPLES, None, stopped)
+    assert stop.value.checkpoint.step == 3  # kept on the way out
+    resumed = Recorder()
+    again = engine.train(PLAN, EXAMPLES, stop.value.checkpoint, resumed)
+    assert [step for step, _total, _loss in resumed.steps] == [4, 5, 6]
+    expected, got = load(final.adapter), load(again.adapter)
+    assert expected.keys() == got.keys() and all(np.array_equal(expected[key], got[key]) for key in expected)
+    assert any(key.startswith("transformer.single_transformer_blocks.0.proj_mlp.lora_A") for key in got)
+
+
+def test_the_pipeline_draws_as_before_once_training_ends_and_samples_use_the_adapter(engine):
+    before = picture(engine)
+    recorder = Recorder()
+    plan = TrainingPlan(steps=4, learning_rate=1e-2, rank=4, batch_size=2, resolution=64, seed=2, sample_every=2,
+                        sample_prompts=("a zq", "a red zq"))
+    engine.train(plan, EXAMPLES, None, recorder)
+    assert recorder.drawn == [(2, 2), (4, 2)]
+    assert np.array_equal(picture(engine), before)
+    assert engine.adapters.loaded == []  # the samples' adapters were let go
+    assert not any(parameter.requires_grad for parameter in engine._pipeline.transformer.parameters())
+
+
+def test_losses_are_finite_and_the_adapter_moves_away_from_its_start(engine):
+    from safetensors.torch import load
+
+    recorder = Recorder()
+    final = engine.train(PLAN, EXAMPLES, None, recorder)
+    assert all(np.isfinite(loss) and loss > 0 for _step, _total, loss in recorder.steps)
+    ups = [tensor for key, tensor in load(final.adapter).items() if "lora_B" in key]
+    assert ups and all(float(tensor.abs().max()) > 0 for tensor in ups)  # B starts at zero
+
+
+@pytest.mark.parametrize(("caption", "trigger", "trained"), [
+    ("a red [trigger] on grey", "zq", "a red zq on grey"),
+    ("a red square", "zq", "zq, a red square"),
+    ("zq standing", "zq", "zq standing"),
+    ("", "zq", "zq"),
+    ("  a   [trigger] ", "", "a"),
+])
+def test_captions_take_the_trigger_word(caption, trigger, trained):
+    assert caption_of(caption, trigger) == trained
+
+
+def test_checkpoints_are_pruned_to_those_asked_to_be_kept(tmp_path: Path):
+    from fluxhost.engines.training import Checkpoint
+    from fluxhost.events import LocalEventBus
+    from fluxhost.orders import FileRef, Training, TrainingImage, WorkOrder
+    from fluxhost.runtime.training import TrainingRun
+    from fluxhost.storage.local import LocalFileStore
+    from fluxhost.store.work import ClaimedTask
+
+    files = LocalFileStore(tmp_path, "http://127.0.0.1:1/files")
+    training = Training(images=(TrainingImage(file=FileRef(folder="0" * 64, name="a.png", content_type="image/png",
+                                                            size=1)),),
+                        steps=10, learning_rate=1e-3, rank=4, batch_size=1, resolution=64, save_every=2,
+                        keep_checkpoints=2, sample_every=0, checkpoints_folder=files.new_folder(), project_id=1)
+    order = WorkOrder(prompt="", width=64, height=64, seed=1, output_format="png", aspect_ratio="", training=training)
+    task = ClaimedTask(1, "token", "wiro/train-flux-lora", order, 0.0, files.new_folder(), None)
+    run = TrainingRun(task, files, LocalEventBus(), [], lambda: True)
+    for step in (2, 4, 6):
+        run.checkpoint(Checkpoint(step, f"adapter {step}".encode(), f"state {step}".encode()))
+    manifest = Manifest.read(files, training.checkpoints_folder)
+    assert (manifest.adapters, manifest.state, manifest.step) == (
+        ["adapter-000004.safetensors", "adapter-000006.safetensors"], "state-000006.pt", 6)
+    folder = training.checkpoints_folder
+    stored = sorted(path.name for path in (tmp_path / folder[:2] / folder).iterdir())
+    assert stored == ["adapter-000004.safetensors", "adapter-000006.safetensors", "checkpoints.json",
+                      "state-000006.pt"]
+    assert [(output.name, output.size) for output in run.outputs()] == [
+        ("adapter-000004.safetensors", 9), ("adapter-000006.safetensors", 9)]
+    again = TrainingRun(task, files, LocalEventBus(), [], lambda: True)  # the next claim, after a lost worker
+    assert again._resume().step == 6 and again._resume().adapter == b"adapter 6"

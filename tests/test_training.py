@@ -1,0 +1,215 @@
+"""LoRA training as tasks, through the hosted protocol, on the tiny FLUX pipeline: a folder and a
+ZIP of pictures with captions, a training Run with progress frames, samples, checkpoints and the
+adapter, which the LoRA tool then takes by id and by URL; Kill keeps a checkpoint that a new Run
+resumes from; bad training sets are refused at Run with nothing queued."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from fluxhost.settings import ModelSettings
+from fluxhost.signing import KeyMode
+from tests.helpers import LiveServer, ProtocolClient
+from tests.test_socket import follow, socket_url
+from tests.test_uploads import archive, send_file
+
+TRAIN = "wiro/train-flux-lora"
+DRAW = "wiro/text-to-image-flux-lora"
+COLOURS = ("red", "blue", "green", "yellow")
+FAST = {"resolution": 64, "batchSize": 2, "gradient_checkpointing": "false", "optimizer": "adamw",
+        "learningRate": 0.01, "lora_rank": 4}
+
+
+def picture(colour: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (80, 64), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def trainer(make_settings, tiny_weights):
+    models = {slug: ModelSettings(weights=str(tiny_weights), steps=2, max_sequence_length=32, max_batch=1)
+              for slug in (TRAIN, DRAW)}
+    with LiveServer(make_settings(models=models)) as live:
+        yield live, ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+
+
+def training_folder(client: ProtocolClient) -> str:
+    """A folder of four pictures: two uploaded one by one with captions, two in a ZIP."""
+    [folder] = client.call("File/FolderCreate", {"name": "squares"})["list"]
+    for colour in COLOURS[:2]:
+        send_file(client, picture(colour), f"{colour}.png", folderid=folder["id"])
+        send_file(client, f"a {colour} [trigger]".encode(), f"{colour}.txt", folderid=folder["id"])
+    zipped = {f"set/{colour}.png": picture(colour) for colour in COLOURS[2:]} | {"set/green.txt": b"a green zq"}
+    assert send_file(client, archive(zipped), "set.zip", folderid=folder["id"])["result"] is True
+    return folder["id"]
+
+
+def train(client: ProtocolClient, **inputs) -> dict:
+    answer = client.call(f"Run/{TRAIN}", {"triggerWord": "zq", **FAST, **inputs})
+    assert answer["result"] is True, answer
+    return answer
+
+
+def drawing(client: ProtocolClient, **inputs) -> np.ndarray:
+    run = client.call(f"Run/{DRAW}", {"prompt": "a zq", "width": 64, "height": 64, "seed": "5", **inputs})
+    assert run["result"] is True, run
+    task = client.wait(run["taskid"])
+    assert task["pexit"] == "0", task["debugerror"]
+    data = httpx.get(task["outputs"][0]["url"], timeout=10).content
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=int)
+
+
+def test_a_training_run_reports_progress_keeps_samples_and_checkpoints_and_its_adapter_draws(trainer):
+    live, client = trainer
+    folder = training_folder(client)
+    run = train(client, selectedFolder=folder, trainingSteps=6, saveEvery=2, max_step_saves_to_keep=2,
+                sampleEvery=3, prompt="a [trigger] on grey", trainModelName="squares", seed="3")
+    frames = asyncio.run(follow(socket_url(live), run["socketaccesstoken"]))
+    progress = [frame["message"] for frame in frames if frame["type"] == "task_output"]
+    assert [message["stepCurrent"] for message in progress] == ["1", "2", "3", "4", "5", "6"]
+    assert {message["task"] for message in progress} == {"Train"} and all(
+        float(message["loss"]) > 0 and message["stepTotal"] == "6" for message in progress)
+    assert frames[-1]["type"] == "task_postprocess_end"
+
+    task = client.detail(run["taskid"])
+    assert task["pexit"] == "0", task["debugerror"]
+    outputs = {output["name"]: output for output in task["outputs"]}
+    assert sorted(outputs) == ["adapter-000004.safetensors", "adapter-000006.safetensors",  # two kept of three
+                               "sample-000003-1.png", "sample-000006-1.png"]
+    assert "Training a rank-4 LoRA on 4 picture(s)" in task["debugoutput"]
+    private = re.search(r"private LoRA model ([0-9a-f]{32}) \(squares\.safetensors\)", task["debugoutput"]).group(1)
+    assert private in {entry["id"] for entry in client.call("File/List", {})["list"]}
+    adapter_url = outputs["adapter-000006.safetensors"]["url"]
+    assert httpx.get(adapter_url, timeout=10).content[8:9] == b"{"  # a safetensors header
+
+    plain = drawing(client)
+    by_id = drawing(client, selectedLoraModelPrivate=private)
+    by_url = drawing(client, selectedLoraModelPrivateUrl=adapter_url)
+    assert np.abs(by_id - plain).mean() > 0.5
+    assert np.array_equal(by_id, by_url)  # the same adapter, by its id or its output's URL
+
+
+def test_kill_keeps_the_last_checkpoint_and_a_new_run_resumes_from_it(trainer):
+    live, client = trainer
+    folder = training_folder(client)
+    run = train(client, selectedFolder=folder, trainingSteps=5000, saveEvery=3, disable_sampling="true")
+    files = live.settings.files_dir
+    deadline = time.monotonic() + 120
+    while not list(files.rglob("state-000003.pt")):
+        assert time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.05)
+    assert client.call("Task/Kill", {"taskid": run["taskid"]})["result"] is True
+    assert client.wait(run["taskid"])["status"] == "task_cancel"
+    deadline = time.monotonic() + 60
+    while "Stopped by Kill." not in (killed := client.detail(run["taskid"]))["debugoutput"]:
+        assert time.monotonic() < deadline, "the training never stopped"
+        time.sleep(0.05)
+    adapters = [output["name"] for output in killed["outputs"] if output["name"].startswith("adapter-")]
+    reached = int(re.search(r"adapter-(\d+)", adapters[-1]).group(1))
+    assert reached >= 3  # the step it was killed at: its checkpoint was written on the way out
+
+    resumed = train(client, selectedFolder=folder, trainingSteps=reached + 2, disable_sampling="true",
+                    resumeTaskId=run["taskid"])
+    task = client.wait(resumed["taskid"])
+    assert task["pexit"] == "0", task["debugerror"]
+    assert f"Resumed from the checkpoint of step {reached}." in task["debugoutput"]
+    assert "Trained 2 step(s)" in task["debugoutput"]
+    assert [output["name"] for output in task["outputs"]] == [f"adapter-{reached + 2:06d}.safetensors"]
+
+
+@pytest.mark.parametrize(("inputs", "files", "says"), [
+    ({}, {}, "[selectedFolder] required"),
+    ({"selectedFolder": "0" * 32}, {}, "names no folder of your project"),
+    ({"selectedFolder": "FOLDER"}, {}, "holds no pictures to train on"),
+    ({"selectedFolderUrl": "ZIP"}, {"readme.md": b"no pictures"}, "holds no pictures to train on"),
+    ({"selectedFolderUrl": "ZIP"}, {"01.png": b"", "../../etc/cron.d/x.png": b"x"}, "leaves the archive's folder"),
+    ({"selectedFolderUrl": "ZIP"}, {"01.png": b"", "01.txt": b"\xff\xfe\x00bad"}, "not UTF-8 text"),
+    ({"selectedFolderUrl": "ZIP"}, {"01.png": b"", "zeros.txt": b"0" * 3_000_000}, "unpacks to more than 1 MB"),
+    ({"selectedFolderUrl": "ZIP"}, {f"{n}.png": b"" for n in range(4)}, "more than the 3 pictures"),
+    ({"selectedFolderUrl": "ZIP", "autocaption": "true"}, {"01.png": b""}, "no captioning model"),
+    ({"selectedFolderUrl": "ZIP", "resumeTaskId": 999}, {"01.png": b""}, "names no training task"),
+    ({"selectedFolderUrl": "ZIP", "trainingSteps": 10**9}, {"01.png": b""}, "[trainingSteps] must be between"),
+])
+def test_bad_training_sets_are_refused_at_run_with_nothing_queued(make_settings, tmp_path: Path, inputs, files,
+                                                                 says):
+    models = {TRAIN: ModelSettings(steps=2)}
+    settings = make_settings(models=models, engine="bench", worker_concurrency=0, training_max_images=3,
+                             archive_max_bytes=1_000_000)
+    with LiveServer(settings) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        asked = dict(inputs)
+        if asked.get("selectedFolder") == "FOLDER":
+            asked["selectedFolder"] = client.call("File/FolderCreate", {"name": "empty"})["list"][0]["id"]
+        if asked.get("selectedFolderUrl") == "ZIP":
+            asked["selectedFolderUrl"] = _served(live, archive({name: data or picture("red")
+                                                                for name, data in files.items()}))
+        answer = client.call(f"Run/{TRAIN}", asked)
+        assert answer["result"] is False and says in answer["errors"][0]["message"], answer
+        assert client.call("Task/List", {})["total"] == "0"
+
+
+def _served(live: LiveServer, data: bytes) -> str:
+    """A URL of this server's file store holding ``data`` (where File/Upload would have unpacked
+    the archive, or refused it)."""
+    files = live.service.files
+    folder = files.new_folder()
+    files.save(folder, "set.zip", data)
+    return files.url(folder, "set.zip")
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_training_is_replaced_and_the_training_resumes_from_its_checkpoint(make_settings,
+                                                                                               tiny_weights):
+    from tests.test_worker_process import child_pid
+
+    models = {TRAIN: ModelSettings(weights=str(tiny_weights), steps=2, max_sequence_length=32)}
+    with LiveServer(make_settings(models=models, worker_process=True)) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        folder = training_folder(client)
+        steps = 40
+        run = train(client, selectedFolder=folder, trainingSteps=steps, saveEvery=3, disable_sampling="true")
+        deadline = time.monotonic() + 120
+        while not list(live.settings.files_dir.rglob("state-000003.pt")):
+            assert time.monotonic() < deadline, "no checkpoint was written"
+            time.sleep(0.02)
+        first = child_pid(live)
+        os.kill(first, signal.SIGKILL)
+        task = client.wait(run["taskid"], timeout=300)
+        assert task["pexit"] == "0", task["debugerror"]
+        reached = int(re.search(r"Resumed from the checkpoint of step (\d+)\.", task["debugoutput"]).group(1))
+        assert 3 <= reached < steps and f"Trained {steps - reached} step(s)" in task["debugoutput"]
+        assert live.service.tasks.get(int(run["taskid"])).attempts == 2 and child_pid(live) != first
+
+
+def test_a_drawing_is_not_held_up_by_a_training(trainer):
+    live, client = trainer
+    run = train(client, selectedFolder=training_folder(client), trainingSteps=5000, disable_sampling="true")
+    client.wait(run["taskid"], statuses=("task_start",))
+    drawn = client.call(f"Run/{DRAW}", {"prompt": "a fox", "width": 64, "height": 64})
+    assert client.wait(drawn["taskid"])["pexit"] == "0"
+    assert client.detail(run["taskid"])["status"] == "task_start"  # still training meanwhile
+    assert client.call("Task/Kill", {"taskid": run["taskid"]})["result"] is True
+
+
+def test_a_worker_takes_only_the_kinds_it_is_set_to(make_settings, tiny_weights):
+    models = {slug: ModelSettings(weights=str(tiny_weights), steps=2, max_sequence_length=32) for slug in (TRAIN, DRAW)}
+    with LiveServer(make_settings(models=models, worker_kinds="train")) as live:
+        deadline = time.monotonic() + 30
+        while live.service.dispatcher.worker is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert list(live.service.dispatcher.worker.models) == [TRAIN]
+    with pytest.raises(ValueError, match="unknown kind 'training'"):
+        make_settings(worker_kinds="train,training")
