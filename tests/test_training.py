@@ -100,6 +100,11 @@ def test_a_training_run_reports_progress_keeps_samples_and_checkpoints_and_its_a
     assert np.abs(by_id - plain).mean() > 0.5
     assert np.array_equal(by_id, by_url)  # the same adapter, by its id or its output's URL
 
+    assert client.call("Task/InputOutputDelete", {"taskid": run["taskid"]})["result"] is True
+    folder_of_checkpoints = adapter_url.split("/")[-2]
+    assert not list(live.settings.files_dir.rglob(f"{folder_of_checkpoints}/*"))  # its state files too
+    assert np.array_equal(drawing(client, selectedLoraModelPrivate=private), by_id)  # the private LoRA stays
+
 
 def test_kill_keeps_the_last_checkpoint_and_a_new_run_resumes_from_it(trainer):
     live, client = trainer

@@ -285,7 +285,8 @@ class Operations:
         accept()
         with current_span("fluxhost.run", **{"fluxhost.model": tool.slug}) as span:
             if order.training is not None:
-                training = order.training.model_copy(update={"images": self._keep_pictures(pictures)})
+                kept, folder = self._keep_pictures(pictures)
+                training = order.training.model_copy(update={"images": kept, "pictures_folder": folder})
                 order = order.model_copy(update={"training": training})
             task = self._queue(caller, tool, request, order, images)
             if span is not None:
@@ -369,7 +370,7 @@ class Operations:
                                               "the same lora_rank")
         return earlier.order.training.checkpoints_folder
 
-    def _keep_pictures(self, pictures: list[Picture]) -> tuple[TrainingImage, ...]:
+    def _keep_pictures(self, pictures: list[Picture]) -> tuple[tuple[TrainingImage, ...], str]:
         try:
             return self.training_sets.keep(pictures)
         except OSError as error:
@@ -654,6 +655,9 @@ class Operations:
             self.files.delete(output.folder, output.name)
         for stored in self.tasks.forget_inputs(task.id):
             self.files.delete(stored.folder, stored.name)
+        if training := task.order.training:  # its checkpoints, and the pictures of its archive
+            for folder in filter(None, (training.checkpoints_folder, training.pictures_folder)):
+                self.files.clear(folder)
 
     # --- tools --------------------------------------------------------------------------
 

@@ -112,6 +112,7 @@ class Training(BaseModel):
     """Where this training keeps its checkpoints in the file store: named at Run, so the run after a
     lost worker finds what the one before wrote."""
     resume: str | None = None
+    pictures_folder: str = ""  # where the pictures of a ZIP archive were kept for this training
     project_id: int
     key_id: int | None = None
 

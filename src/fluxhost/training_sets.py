@@ -86,9 +86,9 @@ class TrainingSets:
             part for part in (asked.caption_prefix, picture.caption, asked.caption_suffix) if part))
             for picture in pictures]
 
-    def keep(self, pictures: list[Picture]) -> tuple[TrainingImage, ...]:
-        """The training set as the work order names it: an archive's pictures written to a folder
-        of their own (the Run was accepted)."""
+    def keep(self, pictures: list[Picture]) -> tuple[tuple[TrainingImage, ...], str]:
+        """The training set as the work order names it, and the folder an archive's pictures were
+        written to (empty for uploads, which stay where they are). The Run was accepted."""
         folder = self.files.new_folder() if any(picture.file is None for picture in pictures) else ""
         kept = []
         for number, picture in enumerate(pictures):
@@ -98,7 +98,7 @@ class TrainingSets:
                 self.files.save(folder, name, picture.data)
                 file = FileRef(folder=folder, name=name, content_type=picture.content_type, size=len(picture.data))
             kept.append(TrainingImage(file=file, caption=picture.caption))
-        return tuple(kept)
+        return tuple(kept), folder
 
     def _from_folder(self, project_id: int, folder_id: str) -> list[Picture]:
         if self.uploads.find_folder(project_id, folder_id) is None:
