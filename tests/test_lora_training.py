@@ -140,3 +140,17 @@ def test_checkpoints_are_pruned_to_those_asked_to_be_kept(tmp_path: Path):
         ("adapter-000004.safetensors", 9), ("adapter-000006.safetensors", 9)]
     again = TrainingRun(task, files, LocalEventBus(), [], lambda: True)  # the next claim, after a lost worker
     assert again._resume().step == 6 and again._resume().adapter == b"adapter 6"
+
+
+def test_gradient_checkpointing_trains_the_same_adapter_and_every_optimizer_runs(engine):
+    from safetensors.torch import load
+
+    def adapter(**options) -> dict:
+        plan = TrainingPlan(steps=2, learning_rate=1e-2, rank=4, batch_size=2, resolution=64, seed=1,
+                            gradient_accumulation=2, **options)
+        return load(engine.train(plan, EXAMPLES, None, Recorder()).adapter)
+
+    plain, checkpointed = adapter(), adapter(gradient_checkpointing=True)
+    assert all(np.array_equal(plain[key], checkpointed[key]) for key in plain)
+    assert any(not np.array_equal(plain[key], value) for key, value in adapter(optimizer="adafactor").items())
+    assert all(np.array_equal(plain[key], value) for key, value in adapter(optimizer="adamw8bit").items())  # CPU: AdamW
