@@ -100,6 +100,28 @@ def test_losses_are_finite_and_the_adapter_moves_away_from_its_start(engine):
     assert ups and all(float(tensor.abs().max()) > 0 for tensor in ups)  # B starts at zero
 
 
+def test_every_layer_of_the_saved_adapter_loads_as_a_lora_run_loads_it(engine, tmp_path: Path):
+    """diffusers skips keys it does not recognise without a word: a file saved in another key
+    layout loads only some of its layers."""
+    import hashlib
+
+    import torch
+    from safetensors.torch import load
+
+    from fluxhost.engines.base import Adapter
+
+    final = engine.train(PLAN, EXAMPLES, None, Recorder())
+    path = tmp_path / "trained.safetensors"
+    path.write_bytes(final.adapter)
+    adapter = Adapter(str(path), hashlib.sha256(final.adapter).hexdigest())
+    with torch.inference_mode():
+        engine.adapters.activate([adapter])
+    name = f"lora_{adapter.digest[:16]}"
+    loaded = [module for module in engine._pipeline.transformer.modules()
+              if isinstance(getattr(module, "lora_A", None), torch.nn.ModuleDict) and name in module.lora_A]
+    assert len(loaded) == sum("lora_A" in key for key in load(final.adapter)) == 16  # 12 double, 4 single block
+
+
 @pytest.mark.parametrize(("caption", "trigger", "trained"), [
     ("a red [trigger] on grey", "zq", "a red zq on grey"),
     ("a red square", "zq", "zq, a red square"),
