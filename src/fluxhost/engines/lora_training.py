@@ -122,14 +122,13 @@ class LoraTraining:
             saving = not go_on or at_end or (plan.save_every > 0 and step % plan.save_every == 0)
             sampling = go_on and bool(plan.sample_prompts) and (
                 at_end or (plan.sample_every > 0 and step % plan.sample_every == 0))
-            if saving or sampling:
-                last = self._checkpoint(step, optimizer)
             if saving:
+                last = self._checkpoint(step, optimizer)
                 progress.checkpoint(last)
             if not go_on:
                 raise TrainingStopped(last)
             if sampling:
-                progress.samples(step, self._samples(plan, last, side))
+                progress.samples(step, self._samples(plan, self._adapter_bytes(), side))
         if last is None:  # resumed from the last step: nothing left to train
             last = self._checkpoint(step, optimizer)
             progress.checkpoint(last)
@@ -192,13 +191,16 @@ class LoraTraining:
                              warmup_init=False)
         return torch.optim.AdamW(parameters, lr=plan.learning_rate, weight_decay=1e-4)
 
-    def _checkpoint(self, step: int, optimizer: torch.optim.Optimizer) -> Checkpoint:
+    def _adapter_bytes(self) -> bytes:
+        """The adapter as a diffusers LoRA file: PEFT's own key names under ``transformer.``."""
         weights = get_peft_model_state_dict(self.transformer, adapter_name=ADAPTER_NAME)
-        adapter = save_safetensors({f"transformer.{key}": value.detach().to("cpu", torch.float32).contiguous()
-                                    for key, value in weights.items()}, metadata={"format": "pt"})
+        return save_safetensors({f"transformer.{key}": value.detach().to("cpu", torch.float32).contiguous()
+                                 for key, value in weights.items()}, metadata={"format": "pt"})
+
+    def _checkpoint(self, step: int, optimizer: torch.optim.Optimizer) -> Checkpoint:
         state = io.BytesIO()
         torch.save({"step": step, "optimizer": optimizer.state_dict()}, state)
-        return Checkpoint(step, adapter, state.getvalue())
+        return Checkpoint(step, self._adapter_bytes(), state.getvalue())
 
     def _restore(self, checkpoint: Checkpoint, optimizer: torch.optim.Optimizer) -> int:
         stored = load_safetensors(checkpoint.adapter)
@@ -212,15 +214,15 @@ class LoraTraining:
             parameter.data = parameter.data.float()
         return int(state["step"])
 
-    def _samples(self, plan: TrainingPlan, checkpoint: Checkpoint, side: int) -> list[Image]:
-        """The sample prompts drawn with the adapter of ``checkpoint``, loaded from its file the
-        way a LoRA Run loads one; then back to training."""
+    def _samples(self, plan: TrainingPlan, adapter_file: bytes, side: int) -> list[Image]:
+        """The sample prompts drawn with the adapter as it stands (``adapter_file``), loaded from
+        its file the way a LoRA Run loads one; then back to training."""
         self.transformer.eval()
         try:
             with tempfile.TemporaryDirectory() as folder:
                 path = Path(folder) / "sample.safetensors"
-                path.write_bytes(checkpoint.adapter)
-                adapter = Adapter(str(path), hashlib.sha256(checkpoint.adapter).hexdigest())
+                path.write_bytes(adapter_file)
+                adapter = Adapter(str(path), hashlib.sha256(adapter_file).hexdigest())
                 try:
                     return [image for prompt in plan.sample_prompts for image in self.sample(GenerationRequest(
                         prompt, side, side, SAMPLE_SEED, self.sample_steps, self.sample_guidance,

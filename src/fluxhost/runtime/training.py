@@ -190,7 +190,7 @@ class TrainingRun:
             self._save(name, data)
             self.manifest.sizes[name] = len(data)
             names.append(name)
-        self.manifest.samples += names
+        self.manifest.samples = list(dict.fromkeys([*self.manifest.samples, *names]))  # a step drawn again
         self._save(MANIFEST, json.dumps(asdict(self.manifest)).encode())
         self.lines.append(f"Step {step}: {len(names)} sample picture(s).")
 

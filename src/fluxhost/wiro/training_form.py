@@ -114,8 +114,8 @@ def training_inputs(defaults: TrainingDefaults, max_steps: int) -> dict[str, Inp
         Input("autocaption_prefix", "text", "Caption Prefix", "Put before every caption.", ""),
         Input("autocaption_suffix", "text", "Caption Suffix", "Put after every caption.", ""),
         Input(RESUME_INPUT, "number", "Resume Task Id",
-              "fluxhost's own: the id of an ended training task of your project (killed, or completed with fewer "
-              "steps) to go on from its newest checkpoint, with the same pictures and settings.", ""),
+              "fluxhost's own: the id of an ended training task of your project (a killed one) to go on from its "
+              "newest checkpoint, with the same pictures and settings.", ""),
     )}
 
 
