@@ -60,7 +60,8 @@ def test_models_build_tiny_writes_a_loadable_pipeline(cli_env, tmp_path):
 @pytest.mark.slow  # `fluxhost` processes
 def test_first_serve_prints_a_key_and_a_request_that_works(tmp_path):
     port = free_port()
-    env = {**os.environ, "FLUXHOST_DATA_DIR": str(tmp_path / "data"), "FLUXHOST_PORT": str(port)}
+    env = {**os.environ, "FLUXHOST_DATA_DIR": str(tmp_path / "data"), "FLUXHOST_PORT": str(port),
+           "PATH": "/usr/bin:/bin"}  # a newcomer's shell: the environment not activated
     env.pop("FLUXHOST_MODELS", None)
     process = subprocess.Popen([FLUXHOST, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
@@ -68,9 +69,10 @@ def test_first_serve_prints_a_key_and_a_request_that_works(tmp_path):
     try:
         for line in process.stdout:
             lines.append(line)
-            if line.startswith("API on"):
+            if line.startswith("The fluxhost command"):
                 break
         banner = "".join(lines)
+        assert f"is {FLUXHOST}: not on your PATH; `. {Path(FLUXHOST).parent}/activate` puts it there." in banner
         assert "Serving black-forest-labs/flux-pro-1.1 from the fluxhost demo model" in banner
         assert "The demo model draws one or two flat shapes" in banner
         assert "For real pictures on a GPU: FLUXHOST_FLUX_PRO_MODEL=schnell make serve" in banner
@@ -106,3 +108,56 @@ def test_a_worker_says_what_it_needs_and_what_it_cannot_reach(tmp_path):
                                  capture_output=True, text=True, timeout=60)
     assert unreachable.returncode == 1 and unreachable.stdout.startswith("Could not reach Redis")
     assert "Traceback" not in unreachable.stdout + unreachable.stderr
+
+
+@pytest.mark.parametrize(("environment", "line"), [
+    ({"FLUXHOST_PORT": "abc"}, "FLUXHOST_PORT='abc': Input should be a valid integer, unable to parse string as an "
+                               "integer"),
+    ({"FLUXHOST_TORCH_THREADS": "0"}, "FLUXHOST_TORCH_THREADS='0': Input should be greater than or equal to 1"),
+    ({"FLUXHOST_MODELS": '{"a/b": {"steps": 3}'}, "FLUXHOST_MODELS is not valid JSON: Expecting ',' delimiter at "
+                                                 "line 1, column 21 (character 20): ...'{\"a/b\": {\"steps\": 3}'..."),
+    ({"FLUXHOST_MODELS": '{"a/b": {"stepz": 3}}'}, "FLUXHOST_MODELS['a/b'].stepz=3: a model has no such option; its "
+                                                   "options: weights, dtype, transformer, "),
+    ({"FLUXHOST_MODELS": '{"a/b": {"dtype": "f8"}}'}, "FLUXHOST_MODELS['a/b'].dtype='f8': Input should be 'auto', "
+                                                      "'float32', 'bfloat16' or 'float16'"),
+])
+def test_a_setting_that_cannot_be_read_is_one_line_naming_it_its_value_and_what_is_allowed(monkeypatch, environment,
+                                                                                             line):
+    from fluxhost.settings import Settings, settings_problems
+
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError) as caught:
+        Settings()
+    [problem] = settings_problems(caught.value)
+    assert problem.startswith(line) and "setting" not in problem.rpartition(":")[2].split(", ")
+    assert settings_problems(ValueError("something else")) == []
+
+
+def test_a_bare_word_that_is_no_preset_is_refused_as_weights(tmp_path):
+    from fluxhost.models import served_models
+    from fluxhost.settings import ModelSettings, Settings
+
+    with pytest.raises(ValueError, match=r"^FLUXHOST_FLUX_PRO_MODEL='turbo' is not a preset \(schnell, "):
+        served_models(Settings(data_dir=tmp_path, flux_pro_model="turbo"))
+    with pytest.raises(ValueError, match=r"^FLUXHOST_MODELS\['a/b'\]\.weights='fluxdev' is not a preset"):
+        served_models(Settings(data_dir=tmp_path, models={"a/b": ModelSettings(weights="fluxdev")}))
+    assert served_models(Settings(data_dir=tmp_path, flux_pro_model="owner/weights"))  # a hub id (or a folder there)
+
+
+@pytest.mark.slow  # `fluxhost` processes
+def test_serve_says_in_one_line_what_is_wrong_before_creating_anything(tmp_path):
+    import socket
+
+    env = {**os.environ, "FLUXHOST_DATA_DIR": str(tmp_path / "data")}
+    bad_port = subprocess.run([FLUXHOST, "serve"], env={**env, "FLUXHOST_PORT": "abc"}, capture_output=True, text=True,
+                              timeout=60)
+    assert (bad_port.returncode, bad_port.stdout.count("\n"), bad_port.stderr) == (2, 1, "")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        in_use = subprocess.run([FLUXHOST, "serve"], env={**env, "FLUXHOST_PORT": str(port)}, capture_output=True,
+                                text=True, timeout=60)
+    assert in_use.returncode == 2
+    assert in_use.stdout == f"Cannot listen on 127.0.0.1:{port}: the port is in use (another fluxhost?). Stop it, or " \
+                           "choose another with FLUXHOST_PORT or --port.\n"
+    assert not (tmp_path / "data").exists()  # no key, no database

@@ -11,9 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fluxhost.engines.training import TrainingExample, TrainingPlan, TrainingStopped
-from fluxhost.runtime.training import Manifest, caption_of
+from fluxhost.engines.training import Checkpoint, TrainingExample, TrainingPlan, TrainingStopped
+from fluxhost.events import LocalEventBus
+from fluxhost.orders import FileRef, Training, TrainingImage, WorkOrder
+from fluxhost.runtime.training import Manifest, TrainingRun, caption_of
 from fluxhost.settings import ModelSettings
+from fluxhost.storage.local import LocalFileStore
+from fluxhost.store.work import ClaimedTask
 
 PLAN = TrainingPlan(steps=6, learning_rate=1e-2, rank=4, batch_size=2, resolution=64, seed=1, save_every=2)
 
@@ -133,22 +137,20 @@ def test_captions_take_the_trigger_word(caption, trigger, trained):
     assert caption_of(caption, trigger) == trained
 
 
-def test_checkpoints_are_pruned_to_those_asked_to_be_kept(tmp_path: Path):
-    from fluxhost.engines.training import Checkpoint
-    from fluxhost.events import LocalEventBus
-    from fluxhost.orders import FileRef, Training, TrainingImage, WorkOrder
-    from fluxhost.runtime.training import TrainingRun
-    from fluxhost.storage.local import LocalFileStore
-    from fluxhost.store.work import ClaimedTask
-
+def claimed_training(tmp_path: Path, **fields) -> tuple[LocalFileStore, ClaimedTask, Training]:
+    """A training task as a worker claims it, its file store in ``tmp_path``."""
     files = LocalFileStore(tmp_path, "http://127.0.0.1:1/files")
     training = Training(images=(TrainingImage(file=FileRef(folder="0" * 64, name="a.png", content_type="image/png",
                                                             size=1)),),
-                        steps=10, learning_rate=1e-3, rank=4, batch_size=1, resolution=64, save_every=2,
-                        keep_checkpoints=2, sample_every=0, checkpoints_folder=files.new_folder(), project_id=1)
+                        steps=10, learning_rate=1e-3, rank=4, batch_size=1, resolution=64,
+                        checkpoints_folder=files.new_folder(), project_id=1, **fields)
     order = WorkOrder(prompt="", width=64, height=64, seed=1, output_format="png", aspect_ratio="", training=training)
-    task = ClaimedTask(1, "token", "wiro/train-flux-lora", order, 0.0, files.new_folder(), None)
-    run = TrainingRun(task, files, LocalEventBus(), [], lambda: True)
+    return files, ClaimedTask(1, "token", "wiro/train-flux-lora", order, 0.0, files.new_folder(), None), training
+
+
+def test_checkpoints_are_pruned_to_those_asked_to_be_kept(tmp_path: Path):
+    files, task, training = claimed_training(tmp_path, save_every=2, keep_checkpoints=2, sample_every=0)
+    run = TrainingRun(task, files, LocalEventBus(), [], lambda: True, lambda picture: None)
     for step in (2, 4, 6):
         run.checkpoint(Checkpoint(step, f"adapter {step}".encode(), f"state {step}".encode()))
     manifest = Manifest.read(files, training.checkpoints_folder)
@@ -160,8 +162,27 @@ def test_checkpoints_are_pruned_to_those_asked_to_be_kept(tmp_path: Path):
                       "state-000006.pt"]
     assert [(output.name, output.size) for output in run.outputs()] == [
         ("adapter-000004.safetensors", 9), ("adapter-000006.safetensors", 9)]
-    again = TrainingRun(task, files, LocalEventBus(), [], lambda: True)  # the next claim, after a lost worker
+    # the next claim, after a lost worker
+    again = TrainingRun(task, files, LocalEventBus(), [], lambda: True, lambda picture: None)
     assert again._resume().step == 6 and again._resume().adapter == b"adapter 6"
+
+
+def test_a_sample_picture_moderation_flags_is_withheld_and_the_training_goes_on(tmp_path: Path):
+    files, task, training = claimed_training(tmp_path, save_every=0, keep_checkpoints=1, sample_every=3,
+                                             sample_prompts=("a red", "a blue"))
+    lines: list[str] = []
+
+    def screen(picture: Image.Image) -> str | None:
+        return "violence" if picture.getpixel((0, 0)) == (255, 0, 0) else None
+
+    run = TrainingRun(task, files, LocalEventBus(), lines, lambda: True, screen)
+    run.samples(3, [Image.new("RGB", (8, 8), "red"), Image.new("RGB", (8, 8), "blue")])
+    run.samples(6, [Image.new("RGB", (8, 8), "red"), Image.new("RGB", (8, 8), "red")])
+    assert Manifest.read(files, training.checkpoints_folder).samples == ["sample-000003-2.png"]
+    assert [output.name for output in run.outputs()] == ["sample-000003-2.png"]
+    assert lines == ["Step 3: sample picture 1 withheld (Content Moderated: violence).", "Step 3: 1 sample picture(s).",
+                     "Step 6: sample picture 1 withheld (Content Moderated: violence).",
+                     "Step 6: sample picture 2 withheld (Content Moderated: violence)."]
 
 
 def test_gradient_checkpointing_trains_the_same_adapter_and_every_optimizer_runs(engine):

@@ -52,6 +52,16 @@ def test_an_agent_generates_an_image_and_kills_a_task(make_settings):
             picture = Image.open(io.BytesIO(base64.b64decode(made.content[1].data)))
             assert made.content[1].mime_type == "image/png" and picture.format == "PNG"
 
+            misnamed = await session.call_tool("generate_image", {"prompt": "a boat", "aspectRatio": "16:9"})
+            assert misnamed.is_error and "has no argument 'aspectRatio': its arguments are prompt, model, " \
+                "aspect_ratio" in misnamed.content[0].text
+            wide = await session.call_tool("generate_image", {"prompt": "a boat", "seed": 6, "inputs": {
+                "aspectRatio": "16:9", "steps": 2}})  # the model's own input names
+            assert not wide.is_error, wide
+            facts["wide"] = json.loads(wide.content[0].text)["task"]
+            asked = wiro.detail(str(facts["wide"]))["parameters"]
+            assert (asked["aspectRatio"], asked["steps"]) == ("16:9", "2"), asked
+
             running = wiro.run(steps="100")["taskid"]  # 10 s of engine time
             wiro.wait(running, statuses=("task_start",))
             killed = json.loads((await session.call_tool("kill_task", {"task": running})).content[0].text)
@@ -64,4 +74,5 @@ def test_an_agent_generates_an_image_and_kills_a_task(make_settings):
         assert facts["images"][0].startswith(live.base_url)
         assert killed["task"] == int(running) and waited["status"] == "task_cancel"
         assert refused.is_error and "There is no task yet." in refused.content[0].text
-        assert [task["id"] for task in wiro.call("Task/List", {})["tasklist"]] == [running, str(facts["task"])]
+        assert [task["id"] for task in wiro.call("Task/List", {})["tasklist"]] == [
+            running, str(facts["wide"]), str(facts["task"])]  # the misnamed call queued nothing

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import shlex
+import shutil
 import signal
+import socket
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -39,15 +43,31 @@ SERVER_PACKAGES = frozenset({
 
 
 def main() -> None:
-    """The ``fluxhost`` entry point: on a client-only install, server commands say what to install."""
+    """The ``fluxhost`` entry point: on a client-only install, server commands say what to install;
+    a setting that cannot be read is one line (the setting, its value, what is allowed), exit 2."""
     try:
         app()
     except ModuleNotFoundError as error:
         if (error.name or "").partition(".")[0] not in SERVER_PACKAGES:
             raise
-        console.print(f"This command runs the server, which needs {error.name} (not installed here): "
-                      "pip install 'fluxhost[server]'", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"This command runs the server, which needs {error.name} (not installed here): from a clone "
+                      "of fluxhost, pip install '.[server]'", markup=False, highlight=False, soft_wrap=True)
         raise SystemExit(1) from None
+    except ValueError as error:
+        problems = _settings_problems(error)
+        if not problems:
+            raise
+        for problem in problems:
+            console.print(problem, markup=False, highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
+
+
+def _settings_problems(error: ValueError) -> list[str]:
+    try:
+        from fluxhost.settings import settings_problems
+    except ImportError:  # a client-only install reads no server settings
+        return []
+    return settings_problems(error)
 
 
 def _settings():
@@ -131,6 +151,7 @@ def serve(
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = Settings(**overrides)
+    _check_port(settings.host, settings.port)
     _configure_observability(settings)
     service = _connected_service(settings)
     if service.keys.count_active() == 0:
@@ -147,6 +168,10 @@ def serve(
         console.print(_real_pictures_hint(), markup=False, highlight=False, soft_wrap=True)
     console.print(f"API on {settings.resolved_public_url}/v1  (data in {settings.data_dir.resolve()})", soft_wrap=True)
     console.print(f"Playground: {settings.resolved_public_url}/  (it asks for an API key and secret)", soft_wrap=True)
+    if shutil.which("fluxhost") is None:
+        command = Path(sys.argv[0]).resolve()
+        console.print(f"The fluxhost command (run, edit, tasks, tools, login, mcp) is {command}: not on your PATH; "
+                      f"`. {command.parent}/activate` puts it there.", markup=False, highlight=False, soft_wrap=True)
     if settings.broker_url:
         console.print("Tasks go to the broker: start `fluxhost worker` processes to run them.", soft_wrap=True)
     elif not settings.worker_concurrency:
@@ -156,6 +181,20 @@ def serve(
     # stop asked for and done ends with status 0, as service managers expect.
     signal.signal(signal.SIGTERM, _exit_quietly)
     uvicorn.run(create_app(service), host=settings.host, port=settings.port, **UVICORN_OPTIONS)
+
+
+def _check_port(host: str, port: int) -> None:
+    """Exit with one line when the address cannot be listened on, before anything is created (a key,
+    a database): binding it here is what uvicorn will do."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as error:
+        taken = error.errno == errno.EADDRINUSE
+        console.print(f"Cannot listen on {host}:{port}: " + (
+            "the port is in use (another fluxhost?). Stop it, or choose another with FLUXHOST_PORT or --port."
+            if taken else f"{error.strerror or error}."), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 def _exit_quietly(_signum: int, _frame: object) -> None:

@@ -12,6 +12,7 @@ family they stand in for (:mod:`fluxhost.family`), all from one loaded copy of t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fluxhost import DEFAULT_MODEL
 from fluxhost.demo import or_demo, serves_demo
@@ -96,6 +97,16 @@ def preset_names(text: str) -> list[str]:
     return names
 
 
+def _weights(value: str, setting: str) -> str:
+    """``value`` when it can name weights: a folder here, or a hub id (``owner/name``); a folder
+    elsewhere (a fleet's API process reads the table its GPU workers load from) has a slash too.
+    ValueError for a bare word that is neither (a misspelt preset)."""
+    if "/" in value or Path(value).exists():
+        return value
+    raise ValueError(f"{setting}={value!r} is not a preset ({', '.join(PRESETS)}), a folder here or a Hugging Face "
+                     "hub id (owner/name)")
+
+
 def served_models(settings: Settings) -> dict[str, ModelSettings]:
     """Every slug served: the models table (unset: the seed's slug with default settings, and the
     whole hosted family), plus each preset under its slugs and its family's, plus what serves the
@@ -119,7 +130,10 @@ def served_models(settings: Settings) -> dict[str, ModelSettings]:
             models[DEFAULT_MODEL] = PRESETS[chosen.lower()].model_settings(
                 setting, exposed_inputs=seed.exposed_inputs, description=seed.description)
         else:
-            models[DEFAULT_MODEL] = seed.model_copy(update={"weights": chosen, "setting": setting})
+            models[DEFAULT_MODEL] = seed.model_copy(update={"weights": _weights(chosen, setting), "setting": setting})
+    for slug, model in models.items():
+        if model.weights:
+            _weights(model.weights, f"FLUXHOST_MODELS[{slug!r}].weights")
     return {slug: or_demo(_of_its_kind(slug, model)) for slug, model in models.items()}
 
 

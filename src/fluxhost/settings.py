@@ -10,15 +10,20 @@ Nested values (the model table) are JSON, e.g.
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 
 class ModelSettings(BaseModel):
-    """How one model slug (``owner/project``) is served: its weights, defaults, memory and speed."""
+    """How one model slug (``owner/project``) is served: its weights, defaults, memory and speed.
+    An option it does not have is refused (a misspelt ``stepz`` would otherwise be ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     weights: str | None = Field(
         default=None,
@@ -460,3 +465,34 @@ class Settings(BaseSettings):
     @property
     def files_dir(self) -> Path:
         return self.data_dir / "files"
+
+
+def settings_problems(error: BaseException) -> list[str]:
+    """One line for each setting ``error`` could not read (the setting, its value, what is
+    allowed); none when ``error`` is not about the settings."""
+    if isinstance(error, SettingsError):
+        field = re.search(r'field "(\w+)"', str(error))
+        name = f"FLUXHOST_{field.group(1).upper()}" if field else "A FLUXHOST_ setting"
+        cause = error.__cause__
+        if isinstance(cause, json.JSONDecodeError):
+            return [f"{name} is not valid JSON: {cause.msg} at line {cause.lineno}, column {cause.colno} "
+                    f"(character {cause.pos}): ...{cause.doc[max(0, cause.pos - 20):cause.pos + 20]!r}..."]
+        return [f"{name} could not be read: {cause or error}"]
+    if isinstance(error, ValidationError) and error.title == Settings.__name__:
+        return [_problem(detail) for detail in error.errors()]
+    return []
+
+
+def _problem(detail: Any) -> str:
+    """``FLUXHOST_PORT='abc': Input should be a valid integer...``, and for an option of the models
+    table ``FLUXHOST_MODELS['owner/project'].stepz=3: ...``."""
+    first, *rest = (str(part) for part in detail["loc"])
+    where = f"FLUXHOST_{first.upper()}"
+    if first == "models" and rest:
+        where += f"[{rest[0]!r}]" + "".join(f".{part}" for part in rest[1:])
+    message = detail["msg"]
+    if detail["type"] == "extra_forbidden":
+        options = [name for name, field in ModelSettings.model_fields.items() if not field.exclude]
+        message = f"a model has no such option; its options: {', '.join(options)}"
+    value = repr(detail.get("input"))
+    return f"{where}={value if len(value) <= 80 else value[:77] + '...'}: {message}"

@@ -3,7 +3,8 @@ in whichever worker runs it (a child of the Run's: the trace context travels in 
 order, across processes and machines), and the engine's span inside that.
 
 Nothing here needs OpenTelemetry: without ``opentelemetry-api`` every call is free and returns
-None. With the SDK and the OTLP exporter installed (``pip install 'fluxhost[otel]'``), setting
+None. With the SDK and the OTLP exporter installed (``pip install opentelemetry-sdk
+opentelemetry-exporter-otlp-proto-http``, the ``otel`` extra), setting
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_TRACES_EXPORTER=otlp``/``console``) makes every fluxhost
 process export its spans; an SDK configured otherwise (``opentelemetry-instrument``, a test's
 in-memory exporter) is used as it is.
@@ -45,7 +46,8 @@ def configure() -> None:
 
             exporter = OTLPSpanExporter()
     except ImportError as error:
-        log.warning("traces are not exported: %s (pip install 'fluxhost[otel]')", error)
+        log.warning("traces are not exported: %s (pip install opentelemetry-sdk "
+                    "opentelemetry-exporter-otlp-proto-http)", error)
         return
     if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         return  # configured already (opentelemetry-instrument, or the host application)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -64,15 +65,28 @@ def make_client(server: str | None) -> Client:
     return Client(*credentials(server))
 
 
-def mcp(server: ServerOption = None) -> None:
+def mcp(server: ServerOption = None, config: Annotated[bool, typer.Option(
+        "--config", help="Print the entry for an agent's MCP configuration (this command's absolute path: agents "
+        "do not read your shell's PATH) and exit.")] = False) -> None:
     """Serve the Model Context Protocol on stdin/stdout for an LLM agent: generate images, follow,
-    cancel and kill tasks, list models. Needs `pip install 'fluxhost[mcp]'`."""
+    cancel and kill tasks, list models. Needs the MCP SDK: `pip install 'mcp>=2'` (the `mcp` extra)."""
+    if config:
+        out.print_json(data=mcp_configuration(server or os.environ.get("FLUXHOST_SERVER") or DEFAULT_SERVER))
+        return
     try:
         from fluxhost.client.mcp import serve_stdio
     except ImportError:
-        console.print("`fluxhost mcp` needs the MCP SDK: pip install 'fluxhost[mcp]'", markup=False)
+        console.print("`fluxhost mcp` needs the MCP SDK: pip install 'mcp>=2'", markup=False)
         raise typer.Exit(2) from None
     serve_stdio(*credentials(server))
+
+
+def mcp_configuration(server: str) -> dict[str, Any]:
+    """The ``mcpServers`` entry that starts this very ``fluxhost mcp``, by absolute path."""
+    command = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "fluxhost" else Path(
+        sys.executable).with_name("fluxhost")
+    return {"mcpServers": {"fluxhost": {"command": str(command), "args": ["mcp", "--server", server],
+                                        "env": {"FLUXHOST_API_KEY": "...", "FLUXHOST_API_SECRET": "..."}}}}
 
 
 def fail_on(error: Exception) -> typer.Exit:

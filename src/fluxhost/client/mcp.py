@@ -4,7 +4,7 @@ on a fluxhost server, follow, cancel and kill its tasks, and see the models and 
 It is a client of the server like ``fluxhost run``: it speaks the hosted protocol through the SDK
 (:class:`~fluxhost.client.AsyncClient`), with the same credentials (``--server``,
 ``FLUXHOST_API_KEY``/``FLUXHOST_API_SECRET`` or the saved login), and needs no torch: ``pip install
-'fluxhost[mcp]'``. An agent's configuration needs one entry: ``fluxhost mcp --server URL``.
+'mcp>=2'`` (the ``mcp`` extra). An agent's configuration needs one entry: ``fluxhost mcp --server URL``.
 """
 
 from __future__ import annotations
@@ -52,9 +52,26 @@ def told_to_agent(tool: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[
     return told
 
 
+class StrictMCPServer(MCPServer):
+    """Refuses a tool call's arguments that the tool does not have, naming the ones it has: the SDK
+    would drop them silently (an agent's ``aspectRatio`` for ``aspect_ratio`` drew a square)."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        tool = next((tool for tool in await self.list_tools() if tool.name == name), None)
+        if tool is not None:
+            known = list(tool.input_schema.get("properties", {}))
+            unknown = [argument for argument in arguments if argument not in known]
+            if unknown:
+                raise ToolError(f"{name} has no argument {unknown[0]!r}: its arguments are {', '.join(known)}"
+                                + (" (a model's other inputs go in `inputs`, by the names list_models shows)"
+                                   if "inputs" in known else ""))
+        return await super().call_tool(name, arguments, context)
+
+
 def create_mcp_server(client: AsyncClient) -> MCPServer:
-    server = MCPServer("fluxhost", instructions="Generate images with FLUX on a fluxhost server. generate_image "
-                       "waits for the image and returns it with its URL; list_models shows the models and inputs.")
+    server = StrictMCPServer("fluxhost", instructions="Generate images with FLUX on a fluxhost server. "
+                             "generate_image waits for the image and returns it with its URL; list_models shows the "
+                             "models and their inputs.")
 
     async def images_of(info: TaskInfo) -> list[Image]:
         images = []
@@ -78,14 +95,19 @@ def create_mcp_server(client: AsyncClient) -> MCPServer:
     @told_to_agent
     async def generate_image(prompt: str, model: str = DEFAULT_MODEL, aspect_ratio: str = "1:1",
                              seed: int | None = None, output_format: str = "png",
+                             inputs: dict[str, str | int | float | bool] | None = None,
                              wait_seconds: float = 300) -> list[str | Image]:
         """Generate an image from a text prompt; waits for it (up to wait_seconds) and returns it
         with its URL and seed. aspect_ratio: 1:1, 16:9, 9:16, 4:3, 3:4, 3:2, 2:3, 21:9...;
-        output_format: png or jpeg; the same seed and inputs give the same image."""
-        inputs: dict[str, Any] = {"prompt": prompt, "aspectRatio": aspect_ratio, "outputFormat": output_format}
+        output_format: png or jpeg; the same seed and inputs give the same image. inputs: any other
+        input of the model by its own name, as list_models shows it (e.g. {"steps": 28,
+        "safetyTolerance": 2}); they win over the arguments above."""
+        given: dict[str, Any] = {"prompt": prompt, "aspectRatio": aspect_ratio, "outputFormat": output_format}
         if seed is not None:
-            inputs["seed"] = str(seed)
-        task = await client.run(model, **inputs)
+            given["seed"] = str(seed)
+        for name, value in (inputs or {}).items():
+            given[name] = str(value).lower() if isinstance(value, bool) else str(value)
+        task = await client.run(model, **given)
         return await finished(task, wait_seconds)
 
     @server.tool()

@@ -238,11 +238,11 @@ def _fields(item: scenes.Drawn, x: torch.Tensor, y: torch.Tensor, width: int, he
     centre in radii, across and down."""
     cx, cy, radius = item.x * width, item.y * height, item.radius * min(width, height)
     across, down = (x - cx) / radius, (y - cy) / radius
-    return torch.stack([across.square() + down.square(), _signed_distance(item.thing.shape, x - cx, y - cy, radius),
+    return torch.stack([across.square() + down.square(), signed_distance(item.thing.shape, x - cx, y - cy, radius),
                         across, down])
 
 
-def _signed_distance(shape: str, x: torch.Tensor, y: torch.Tensor, radius: float) -> torch.Tensor:
+def signed_distance(shape: str, x: torch.Tensor, y: torch.Tensor, radius: float) -> torch.Tensor:
     """Pixels from the edge of a shape centred at the origin (negative inside), as
     :func:`fluxhost.demo.scenes.render` draws it."""
     if shape == "circle":

@@ -31,7 +31,7 @@ from fluxhost.engines.families import Encoding, Family, Flux1, family_of
 from fluxhost.engines.lora_training import LoraTraining
 from fluxhost.engines.noise import position_ramps
 from fluxhost.engines.references import taking_several_references
-from fluxhost.engines.training import Checkpoint, TrainingExample, TrainingPlan, TrainingProgress
+from fluxhost.engines.training import Checkpoint, PictureReader, TrainingExample, TrainingPlan, TrainingProgress
 from fluxhost.engines.upscale import Upscaler, render_size
 from fluxhost.settings import ModelSettings
 
@@ -108,8 +108,11 @@ class FluxEngine:
     """One diffusers pipeline, loaded once. Generations are serialised per device: a pipeline's
     scheduler keeps per-call state, and a GPU runs one generation fastest alone."""
 
-    def __init__(self, weights: str, model: ModelSettings, *, device: str = "auto", label: str | None = None):
+    def __init__(self, weights: str, model: ModelSettings, *, device: str = "auto", label: str | None = None,
+                 pictures: PictureReader | None = None):
+        """``pictures``: reads training pictures' latents where the VAE's encoder cannot (the demo model)."""
         self.weights = weights
+        self.pictures = pictures
         self.model = model
         self.device = resolve_device(model.device if model.device != "auto" else device)
         self.dtype = resolve_dtype(model.dtype, self.device)
@@ -244,7 +247,7 @@ class FluxEngine:
         try:
             from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
         except ImportError as error:
-            raise RuntimeError("quantize int8/fp8 needs torchao: pip install 'fluxhost[quant]'") from error
+            raise RuntimeError("quantize int8/fp8 needs torchao: pip install torchao") from error
         config = Int8WeightOnlyConfig() if self.model.quantize == "int8" else Float8WeightOnlyConfig()
         quantize_(pipeline.transformer, config)
 
@@ -302,7 +305,7 @@ class FluxEngine:
 
         training = LoraTraining(self._pipeline, lambda prompt: self._encode(prompt), sample, self.adapters.forget,
                                 positioned_noise=self.model.noise_mean == "positions", sample_steps=self.model.steps,
-                                sample_guidance=self.model.guidance)
+                                sample_guidance=self.model.guidance, pictures=self.pictures)
         return training.run(plan, examples, resume, progress)
 
     # --- generating ------------------------------------------------------------------------

@@ -3,23 +3,30 @@ ai-toolkit train: a PEFT adapter on the transformer's attention and feed-forward
 flow matching on the pictures' VAE latents, the text encoders frozen and their encodings computed
 once.
 
-Each step draws its batch, caption dropout, timesteps and noise from ``(seed, step)`` alone: a run
-resumed from a checkpoint goes on exactly as it would have. Timesteps are logit-normal (SD3's and
-FLUX's training distribution); where the model was trained to start from positioned noise (the
-demo model) its noise is positioned the same way. Sample pictures are drawn through the engine's
-own ``generate``, with the adapter loaded from its checkpoint file as any LoRA Run loads one.
+Each step draws its batch, caption dropout, timesteps and noise from ``(seed, step)`` alone, and
+its learning rate (a short warm-up, then a cosine decay to zero) from the step: a run resumed from
+a checkpoint goes on exactly as it would have. Noise levels are logit-normal (SD3's and FLUX's
+training distribution), shifted by the picture's size as the pipeline's scheduler shifts them when
+it draws; where the model was trained to start from positioned noise (the demo model) its noise is
+positioned the same way, and where its VAE encoder cannot be trusted with new pictures (the demo
+model's) a :class:`~fluxhost.engines.training.PictureReader` gives the latents and the tokens'
+weights instead. Sample pictures are drawn through the engine's own ``generate``, with the adapter
+loaded from its checkpoint file as any LoRA Run loads one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import math
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from PIL.Image import Image
@@ -29,7 +36,14 @@ from safetensors.torch import save as save_safetensors
 from fluxhost.engines.base import Adapter, GenerationRequest
 from fluxhost.engines.families import Encoding
 from fluxhost.engines.noise import position_ramps
-from fluxhost.engines.training import Checkpoint, TrainingExample, TrainingPlan, TrainingProgress, TrainingStopped
+from fluxhost.engines.training import (
+    Checkpoint,
+    PictureReader,
+    TrainingExample,
+    TrainingPlan,
+    TrainingProgress,
+    TrainingStopped,
+)
 
 ADAPTER_NAME = "fluxhost_training"
 TARGET_MODULES = (
@@ -41,10 +55,21 @@ TARGET_MODULES = (
 (diffusers' FLUX LoRA script's choice, plus the single blocks' MLP input)."""
 SIDE_MULTIPLE = 16  # a transformer token is 2x2 latents of 8x8 pixels
 SAMPLE_SEED = 42
+WARMUP_STEPS = 20  # at most; a tenth of a shorter training
+MAX_GRADIENT_NORM = 1.0  # gradients are clipped to this norm (diffusers' and ai-toolkit's default)
 
 
 def training_side(resolution: int) -> int:
     return max(SIDE_MULTIPLE, resolution // SIDE_MULTIPLE * SIDE_MULTIPLE)
+
+
+def learning_rate_scale(step: int, steps: int) -> float:
+    """The learning rate of step ``step`` (0-based) of ``steps``, as a share of the one asked for:
+    up linearly over the warm-up, then down to zero along a cosine."""
+    warmup = max(1, min(WARMUP_STEPS, steps // 10))
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
 def square(image: Image, side: int) -> Image:
@@ -55,15 +80,27 @@ def square(image: Image, side: int) -> Image:
     return image.convert("RGB").crop((left, top, left + edge, top + edge)).resize((side, side), resample=3)
 
 
+@dataclass(frozen=True)
+class Examples:
+    """The training set as the steps read it."""
+
+    latents: torch.Tensor  # (count, channels, rows, columns), scaled as the transformer reads them
+    token_weights: torch.Tensor  # (count, tokens)
+    captions: list[str]
+    encodings: dict[str, Encoding]  # of every caption and of ""
+
+
 class LoraTraining:
     """One training run on ``pipeline`` (a FLUX.1 pipeline, loaded by an engine whose ``generate``
     draws the samples). The pipeline is as it was once :meth:`run` returns or raises."""
 
     def __init__(self, pipeline: DiffusionPipeline, encode: Callable[[str], Encoding],
                  sample: Callable[[GenerationRequest], list[Image]], forget: Callable[[str], None],
-                 positioned_noise: bool, sample_steps: int, sample_guidance: float):
+                 positioned_noise: bool, sample_steps: int, sample_guidance: float,
+                 pictures: PictureReader | None = None):
         """``encode``: a prompt's encoding (cached by the engine); ``sample``: draws a request with
-        the engine; ``forget``: unloads an adapter ``sample`` loaded (by digest)."""
+        the engine; ``forget``: unloads an adapter ``sample`` loaded (by digest); ``pictures``:
+        reads the pictures' latents in place of the VAE's encoder."""
         self.pipeline = pipeline
         self.encode = encode
         self.sample = sample
@@ -71,6 +108,7 @@ class LoraTraining:
         self.positioned_noise = positioned_noise
         self.sample_steps = sample_steps
         self.sample_guidance = sample_guidance
+        self.pictures = pictures
         self.transformer = pipeline.transformer
         self.device = pipeline._execution_device
         self.dtype = self.transformer.dtype
@@ -78,7 +116,7 @@ class LoraTraining:
     def run(self, plan: TrainingPlan, examples: list[TrainingExample], resume: Checkpoint | None,
             progress: TrainingProgress) -> Checkpoint:
         side = training_side(plan.resolution)
-        latents = self._latents([example.image for example in examples], side)
+        latents, weights = self._latents([example.image for example in examples], side)
         captions = [example.caption for example in examples]
         with torch.no_grad():  # clones: the engine's cached encodings were made in inference mode
             encodings = {caption: {key: value.clone() for key, value in self.encode(caption).items()}
@@ -89,15 +127,15 @@ class LoraTraining:
             self.transformer.add_adapter(LoraConfig(r=plan.rank, lora_alpha=plan.rank, init_lora_weights="gaussian",
                                                     target_modules=list(TARGET_MODULES)), adapter_name=ADAPTER_NAME)
         try:
-            return self._train(plan, latents, captions, encodings, side, resume, progress)
+            return self._train(plan, Examples(latents, weights, captions, encodings), side, resume, progress)
         finally:
             if plan.gradient_checkpointing:
                 self.transformer.disable_gradient_checkpointing()
             self.transformer.delete_adapters(ADAPTER_NAME)
             self.transformer.requires_grad_(False)
 
-    def _train(self, plan: TrainingPlan, latents: torch.Tensor, captions: list[str], encodings: dict[str, Encoding],
-               side: int, resume: Checkpoint | None, progress: TrainingProgress) -> Checkpoint:
+    def _train(self, plan: TrainingPlan, examples: Examples, side: int, resume: Checkpoint | None,
+               progress: TrainingProgress) -> Checkpoint:
         self.transformer.set_adapter(ADAPTER_NAME)
         trained = [parameter for parameter in self.transformer.parameters() if parameter.requires_grad]
         for parameter in trained:  # trained in float32 whatever the model's dtype
@@ -109,11 +147,14 @@ class LoraTraining:
         self.transformer.train()
         last = None
         while step < plan.steps:
+            for group in optimizer.param_groups:
+                group["lr"] = plan.learning_rate * learning_rate_scale(step, plan.steps)
             loss = 0.0
             for part in range(plan.gradient_accumulation):
-                batch_loss = self._loss(plan, latents, captions, encodings, step, part)
+                batch_loss = self._loss(plan, examples, step, part)
                 (batch_loss / plan.gradient_accumulation).backward()
                 loss += batch_loss.item() / plan.gradient_accumulation
+            torch.nn.utils.clip_grad_norm_(trained, MAX_GRADIENT_NORM)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -134,33 +175,37 @@ class LoraTraining:
             progress.checkpoint(last)
         return last
 
-    def _latents(self, images: list[Image], side: int) -> torch.Tensor:
-        """Each picture's VAE latents, (count, channels, side/8, side/8), scaled as the
-        transformer reads them."""
+    def _latents(self, images: list[Image], side: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each picture's latents, (count, channels, side/8, side/8), scaled as the transformer reads
+        them; and each token's weight in the loss, (count, tokens)."""
         vae = self.pipeline.vae
         processor = self.pipeline.image_processor
-        encoded = []
+        squares = [square(image, side) for image in images]
         with torch.no_grad():
-            for image in images:
-                pixels = processor.preprocess(square(image, side), height=side, width=side)
-                latent = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist.mode()
-                encoded.append((latent - vae.config.shift_factor) * vae.config.scaling_factor)
-        return torch.cat(encoded).float()
+            if self.pictures is not None:
+                raw = torch.stack([self.pictures.latents(picture) for picture in squares])
+                weights = torch.stack([self.pictures.token_weights(picture) for picture in squares])
+            else:
+                raw = torch.cat([vae.encode(processor.preprocess(picture, height=side, width=side).to(
+                    self.device, vae.dtype)).latent_dist.mode() for picture in squares])
+                weights = torch.ones(len(squares), (side // SIDE_MULTIPLE) ** 2)
+        return ((raw.float() - vae.config.shift_factor) * vae.config.scaling_factor), weights
 
-    def _loss(self, plan: TrainingPlan, latents: torch.Tensor, captions: list[str], encodings: dict[str, Encoding],
-              step: int, part: int) -> torch.Tensor:
+    def _loss(self, plan: TrainingPlan, examples: Examples, step: int, part: int) -> torch.Tensor:
         """The flow-matching loss of micro-batch ``part`` of step ``step`` (0-based)."""
         draw = torch.Generator().manual_seed(plan.seed * 1_000_003 + step * 64 + part)
-        count = min(plan.batch_size, len(captions))
-        chosen = torch.randperm(len(captions), generator=draw)[:count].tolist()
+        count = min(plan.batch_size, len(examples.captions))
+        chosen = torch.randperm(len(examples.captions), generator=draw)[:count].tolist()
         dropped = (torch.rand(count, generator=draw) < plan.caption_dropout).tolist()
-        texts = ["" if drop else captions[index] for index, drop in zip(chosen, dropped, strict=True)]
-        clean = latents[chosen]
+        texts = ["" if drop else examples.captions[index] for index, drop in zip(chosen, dropped, strict=True)]
+        encodings = examples.encodings
+        clean = examples.latents[chosen]
         _count, channels, rows, columns = clean.shape
         noise = torch.randn(clean.shape, generator=draw)
         if self.positioned_noise:
             noise = noise + position_ramps(count, channels, rows, columns)
-        sigmas = torch.sigmoid(torch.randn(count, generator=draw)).view(count, 1, 1, 1)
+        sigmas = self._shifted(torch.sigmoid(torch.randn(count, generator=draw)), rows * columns // 4)
+        sigmas = sigmas.view(count, 1, 1, 1)
         noisy = (1 - sigmas) * clean + sigmas * noise
         target = noise - clean
         prompt_embeds = torch.cat([encodings[text]["prompt_embeds"] for text in texts]).to(self.device, self.dtype)
@@ -176,7 +221,19 @@ class LoraTraining:
             return_dict=False,
         )[0]
         wanted = self.pipeline._pack_latents(target, count, channels, rows, columns).to(self.device)
-        return torch.nn.functional.mse_loss(predicted.float(), wanted.float())
+        weights = examples.token_weights[chosen].to(self.device)[:, :, None]
+        return ((predicted.float() - wanted.float()).square() * weights).mean()
+
+    def _shifted(self, sigmas: torch.Tensor, tokens: int) -> torch.Tensor:
+        """Noise levels moved as the pipeline's scheduler moves those it draws a picture of
+        ``tokens`` tokens with, so that training weighs the levels drawing visits."""
+        scheduler = self.pipeline.scheduler
+        config = scheduler.config
+        if config.get("use_dynamic_shifting"):
+            mu = calculate_shift(tokens, config.base_image_seq_len, config.max_image_seq_len, config.base_shift,
+                                 config.max_shift)
+            return scheduler.time_shift(mu, 1.0, sigmas)
+        return config.shift * sigmas / (1 + (config.shift - 1) * sigmas)
 
     @staticmethod
     def _optimizer(plan: TrainingPlan, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:

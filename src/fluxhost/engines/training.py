@@ -11,9 +11,12 @@ and ``n`` alone, so a run resumed from step ``n`` goes on as if it had never sto
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from PIL.Image import Image
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,17 @@ class TrainingProgress(Protocol):
 
     def samples(self, step: int, images: list[Image]) -> None:
         """Keep the sample pictures drawn with the adapter as it is at ``step``."""
+
+
+class PictureReader(Protocol):
+    """Reads a model's latents from training pictures where its VAE encoder cannot be trusted with
+    them (the demo model's, trained on its own scenes only: see :mod:`fluxhost.demo.pictures`)."""
+
+    def latents(self, image: Image) -> torch.Tensor:
+        """(channels, height / 8, width / 8): the picture's latents, unscaled, as the VAE's would be."""
+
+    def token_weights(self, image: Image) -> torch.Tensor:
+        """(tokens,): each transformer token's weight in the loss, as the model was trained."""
 
 
 class Trainer(Protocol):

@@ -59,7 +59,8 @@ def build_engine(model: ModelSettings, settings: Settings, device: str = "auto")
     """The engine serving ``model`` (as :func:`fluxhost.models.served_models` gives it: its weights
     set, the demo model's where none were configured) on ``device`` (where the model names none):
     the bench engine when asked for; for an upscale model, its ControlNet on its FLUX.1 weights, or
-    resampling where it names no ControlNet (the demo model); else diffusers FLUX."""
+    resampling where it names no ControlNet (the demo model); else diffusers FLUX (the demo model's
+    trainings reading its pictures' layouts, :mod:`fluxhost.demo.pictures`)."""
     if settings.engine == "bench":
         from fluxhost.testing.bench_engine import BenchEngine
 
@@ -72,7 +73,11 @@ def build_engine(model: ModelSettings, settings: Settings, device: str = "auto")
         return ResamplingUpscaleEngine(model, device=device)
     from fluxhost.engines.flux import FluxEngine
 
-    return FluxEngine(model.weights, model, device=device, label=DEMO_LABEL if serves_demo(model) else None)
+    if serves_demo(model):
+        from fluxhost.demo.pictures import FlatPictures
+
+        return FluxEngine(model.weights, model, device=device, label=DEMO_LABEL, pictures=FlatPictures())
+    return FluxEngine(model.weights, model, device=device)
 
 
 def open_moderator(settings: Settings) -> Moderator:

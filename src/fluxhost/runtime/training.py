@@ -113,11 +113,13 @@ class TrainingEngine:
 
 class TrainingRun:
     """Takes one claimed training task through the trainer. ``keep_going()``: False once the task
-    is no longer this run's (killed, the lease lost, the worker halting)."""
+    is no longer this run's (killed, the lease lost, the worker halting); ``screen(picture)``:
+    the moderation category of a sample picture, None when it may be kept."""
 
     def __init__(self, task: ClaimedTask, files: FileStore, events: EventBus, lines: list[str],
-                 keep_going: Callable[[], bool]):
+                 keep_going: Callable[[], bool], screen: Callable[[Image.Image], str | None]):
         self.task = task
+        self.screen = screen
         self.training: Training = task.order.training
         self.files = files
         self.events = events
@@ -184,6 +186,9 @@ class TrainingRun:
         names = []
         prompts = self.training.sample_prompts
         for number, image in enumerate(images, start=1):
+            if category := self.screen(image):  # the training goes on: its adapter is what it makes
+                self.lines.append(f"Step {step}: sample picture {number} withheld (Content Moderated: {category}).")
+                continue
             name = f"sample-{step:06d}-{number}.png"
             data = encode(image, "png", {"model": self.task.model_slug, "step": step,
                                          "prompt": prompts[(number - 1) % len(prompts)]})
@@ -192,7 +197,8 @@ class TrainingRun:
             names.append(name)
         self.manifest.samples = list(dict.fromkeys([*self.manifest.samples, *names]))  # a step drawn again
         self._save(MANIFEST, json.dumps(asdict(self.manifest)).encode())
-        self.lines.append(f"Step {step}: {len(names)} sample picture(s).")
+        if names:
+            self.lines.append(f"Step {step}: {len(names)} sample picture(s).")
 
     # --- helpers ---------------------------------------------------------------------------
 

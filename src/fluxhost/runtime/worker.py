@@ -375,8 +375,9 @@ class Worker:
         def keep_going() -> bool:
             return not (task.id in self._killed or self._halting or lost.is_set())
 
-        training = TrainingRun(task, self.files, self.events, run.lines, keep_going)
         order = task.order
+        training = TrainingRun(task, self.files, self.events, run.lines, keep_going,
+                               lambda picture: self.moderator.check_image(picture, order.safety_tolerance))
         heartbeat = threading.Thread(target=renew, name=f"fluxhost-lease-{task.id}", daemon=True)
         heartbeat.start()
         try:

@@ -1,0 +1,125 @@
+"""Pictures in the demo model's flat style (one object on a plain background) read back into its
+layout latents, so that a LoRA training on the demo model learns from uploaded pictures.
+
+The demo's VAE encoder was trained briefly and on the demo's own scenes only: a shape it never saw
+(a ring) comes out as the nearest one it knows (a filled disc). Its decoder, though, draws whatever
+outline the layout latents' signed distance gives, holes included. So a training on the demo
+model reads each picture's layout instead of encoding it, channel by channel as
+:func:`fluxhost.demo.train.layout_latents` lays them out:
+
+background  the median colour of the picture's border;
+object      the largest connected region of pixels far from the background, with each pixel's
+            coverage (an antialiased edge is part object, part background) read from where its
+            colour lies between the two;
+edge        where coverage crosses one half, to a fraction of a pixel: the signed distance;
+shape code  that of the demo shape whose outline best overlaps the object with its holes filled;
+            its centre and radius give the offsets, as the demo places a shape.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL.Image import Image
+
+from fluxhost.demo import scenes
+from fluxhost.demo.regions import FAR_FROM_BACKGROUND, enclosed, largest_region
+from fluxhost.demo.train import CLAMP, SDF_COPIES, TOKEN_PIXELS, Recipe, signed_distance
+
+AREA_PER_RADIUS2 = {"circle": np.pi, "square": 1.8 ** 2, "triangle": 2.0}
+"""Each demo shape's area over its radius squared (a square's half-side is 0.9 radius)."""
+
+
+def _coverage(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The background's colour, the object's colour (RGB 0-255) and how much of each pixel the object covers."""
+    border = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
+    background = np.median(border, 0)
+    region = largest_region(np.sqrt(((pixels - background) ** 2).sum(-1)) > FAR_FROM_BACKGROUND)
+    if not region.any():
+        raise ValueError("the picture has no object: every pixel is near its background's colour")
+    colour = np.median(pixels[region], 0)
+    direction = colour - background
+    coverage = ((pixels - background) @ direction / (direction @ direction)).clip(0, 1)
+    rim = region.copy()  # the object's antialiased rim counts, specks elsewhere do not
+    rim[1:] |= region[:-1]
+    rim[:-1] |= region[1:]
+    rim[:, 1:] |= region[:, :-1]
+    rim[:, :-1] |= region[:, 1:]
+    return background, colour, np.where(rim, coverage, 0.0)
+
+
+def _edge_points(coverage: np.ndarray) -> np.ndarray:
+    """(n, 2): points (x, y; a pixel's centre at i + 0.5) where coverage crosses one half between
+    neighbouring pixels, linearly interpolated."""
+    points = []
+    for transposed in (False, True):
+        values = coverage.T if transposed else coverage
+        before, after = values[:, :-1], values[:, 1:]
+        rows, columns = np.nonzero((before - 0.5) * (after - 0.5) < 0)
+        along = columns + 0.5 + (0.5 - before[rows, columns]) / (after[rows, columns] - before[rows, columns])
+        across = rows + 0.5
+        points.append(np.stack([across, along], 1) if transposed else np.stack([along, across], 1))
+    return np.concatenate(points)
+
+
+def _placed_shape(filled: np.ndarray, area: float) -> tuple[str, float, float, float]:
+    """The demo shape, centre (x, y in pixels) and radius whose outline best overlaps ``filled``."""
+    height, width = filled.shape
+    ys, xs = np.nonzero(filled)
+    y, x = np.mgrid[0:height, 0:width] + 0.5
+    best: tuple[float, str, float, float, float] | None = None
+    for shape in scenes.SHAPES:
+        radius = float(np.sqrt(area / AREA_PER_RADIUS2[shape]))
+        cx = float(xs.mean() + 0.5)
+        cy = float(ys.mean() + 0.5) - (radius / 3 if shape == "triangle" else 0.0)  # a triangle's centroid is low
+        outline = signed_distance(shape, torch.from_numpy(x - cx), torch.from_numpy(y - cy), radius).numpy() < 0
+        overlap = (outline & filled).sum() / (outline | filled).sum()
+        if best is None or overlap > best[0]:
+            best = (overlap, shape, cx, cy, radius)
+    assert best is not None
+    return best[1:]
+
+
+class FlatPictures:
+    """Reads training pictures for the demo model (see the module's docstring); the trainer's
+    :class:`~fluxhost.engines.training.PictureReader`."""
+
+    def latents(self, image: Image) -> torch.Tensor:
+        """(16, height / 8, width / 8): the picture's layout latents, unscaled."""
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
+        height, width = pixels.shape[:2]
+        background, colour, coverage = _coverage(pixels)
+        inside = coverage > 0.5
+        holes = enclosed(inside)
+        area = coverage.sum() + (1 - coverage[holes]).sum()
+        shape, cx, cy, radius = _placed_shape(inside | holes, area)
+        rows, columns = height // 8, width // 8
+        y, x = np.meshgrid(np.arange(rows) * 8 + 4.0, np.arange(columns) * 8 + 4.0, indexing="ij")
+        edges = _edge_points(coverage)
+        distance = np.sqrt((x[..., None] - edges[:, 0]) ** 2 + (y[..., None] - edges[:, 1]) ** 2).min(-1)
+        # a latent's centre is a pixel corner: inside where the four pixels around it mostly are
+        corner = sum(coverage[3 + dy::8, 3 + dx::8][:rows, :columns] for dy in (0, 1) for dx in (0, 1)) / 4
+        signed = torch.from_numpy(np.where(corner > 0.5, -distance, distance) / 8).float()
+        codes = torch.tensor([1.0 if name == shape else -1.0 for name in scenes.SHAPES])
+        across = torch.from_numpy((x - cx) / radius).float()
+        down = torch.from_numpy((y - cy) / radius).float()
+        return torch.cat([
+            _unit(background)[:, None, None].expand(3, rows, columns),
+            _unit(colour)[:, None, None].expand(3, rows, columns),
+            codes[:, None, None].expand(3, rows, columns),
+            signed.clamp(-CLAMP, CLAMP)[None].expand(SDF_COPIES, rows, columns),
+            across.clamp(-CLAMP, CLAMP)[None], down.clamp(-CLAMP, CLAMP)[None],
+            torch.zeros(1, rows, columns),
+        ])
+
+    def token_weights(self, image: Image) -> torch.Tensor:
+        """(tokens,): the loss weight of each transformer token, higher where the object is, as the
+        demo model was trained (its objects are small, and they are what a caption is about)."""
+        _, _, coverage = _coverage(np.asarray(image.convert("RGB"), dtype=np.float64))
+        touched = torch.nn.functional.max_pool2d(torch.from_numpy(coverage).float()[None, None], TOKEN_PIXELS) > 0
+        return 1 + (Recipe.shape_weight - 1) * touched.flatten().float()
+
+
+def _unit(rgb: np.ndarray) -> torch.Tensor:
+    """An RGB colour (0-255) in [-1, 1], as the latents hold colours."""
+    return torch.from_numpy(rgb).float() / 127.5 - 1
