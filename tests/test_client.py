@@ -137,6 +137,34 @@ def test_the_run_command_saves_the_image(cli_env, tmp_path):
     assert bad.returncode == 4 and "Bad credentials" in bad.stderr
 
 
+def test_the_cli_takes_any_input_says_plain_states_and_logs_in_from_a_script(cli_env, tmp_path):
+    def fluxhost(*arguments: str, env=cli_env) -> subprocess.CompletedProcess:
+        return subprocess.run([FLUXHOST, *arguments], env=env, capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+
+    made = fluxhost("run", "a fox", "-i", "safetyTolerance=5", "-i", "aspectRatio=4:3", "-i", "seed=7",
+                    "-o", str(tmp_path))
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.split()[1:] == ["1184x896", "seed", "7"]  # -i wins over --aspect-ratio's default
+    [listed] = json.loads(fluxhost("tasks", "list", "--json").stdout)
+    assert (listed["parameters"]["safetyTolerance"], listed["parameters"]["aspectRatio"]) == ("5", "4:3")
+    assert "│ done " in fluxhost("tasks", "list").stdout.replace("┃", "│")
+    malformed = fluxhost("run", "a fox", "-i", "steps")
+    assert malformed.returncode == 2 and "-i takes key=value" in malformed.stderr
+    missing = fluxhost("run", "a fox", "-i", "inputImage=@nowhere.png")
+    assert missing.returncode == 2 and "No such file for inputImage: nowhere.png" in missing.stderr
+    unknown = fluxhost("tasks", "show", "999999")
+    assert unknown.returncode == 2 and "No such task: 999999" in unknown.stderr
+
+    scripted = {key: value for key, value in cli_env.items() if not key.startswith("FLUXHOST_API")}
+    asked = fluxhost("login", env=scripted)
+    assert asked.returncode == 2 and "Not at a terminal: give --api-key and --api-secret" in asked.stderr
+    saved = fluxhost("login", "--api-key", cli_env["FLUXHOST_API_KEY"], "--api-secret",
+                     cli_env["FLUXHOST_API_SECRET"], env=scripted)
+    assert saved.returncode == 0, saved.stderr
+    assert fluxhost("tasks", "list", "--json", env=scripted).returncode == 0  # the saved login
+
+
 def test_ctrl_c_kills_the_remote_task(make_settings, tmp_path):
     with LiveServer(make_settings(steps=100)) as live:
         key = live.service.keys.create(KeyMode.SIGNATURE)

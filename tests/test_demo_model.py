@@ -149,6 +149,34 @@ def test_a_batch_of_four_prompts_draws_each_its_own(demo_server):
         assert difference.mean() < 1.0, caption  # the same picture, up to the rounding of a batched matmul
 
 
+def test_the_demo_reads_prompts_in_any_case_and_says_what_it_cannot_draw(demo_server):
+    import os
+    import subprocess
+
+    from fluxhost.demo import EXAMPLE_PROMPT
+    from tests.helpers import FLUXHOST
+
+    live, client = demo_server
+    drawn = [client.wait(client.run(prompt=prompt, seed="3", aspectRatio="1:1")["taskid"]) for prompt in (
+        EXAMPLE_PROMPT, EXAMPLE_PROMPT.title(), "a lighthouse on a cliff at dusk")]
+    lower, capitals, lighthouse = drawn
+    assert np.array_equal(np.asarray(picture(lower)), np.asarray(picture(capitals)))
+    assert "Note:" not in lower["debugoutput"] + capitals["debugoutput"]
+    assert ('Note: the demo model does not know "lighthouse", "cliff", "dusk": it draws flat shapes only'
+            in lighthouse["debugoutput"])
+
+    [tool] = client.call("Tool/Detail", {"slugowner": "black-forest-labs", "slugproject": "flux-pro-1.1"})["tool"]
+    assert tool["description"].startswith("Served on this server by the fluxhost demo model: one or two flat shapes")
+    prompt = next(item for item in tool["parameters"][0]["items"] if item["id"] == "prompt")
+    assert prompt["example"] == EXAMPLE_PROMPT and prompt["default"].startswith("A quiet, sun-drenched")
+
+    key = live.service.keys.create(KeyMode.SIGNATURE)
+    told = subprocess.run([FLUXHOST, "run", "a cat wearing a hat", "-o", str(live.settings.data_dir)], timeout=120,
+                          env={**os.environ, "FLUXHOST_SERVER": live.base_url, "FLUXHOST_API_KEY": key.api_key,
+                               "FLUXHOST_API_SECRET": key.api_secret}, capture_output=True, text=True)
+    assert told.returncode == 0 and 'Note: the demo model does not know "cat", "wearing", "hat"' in told.stderr
+
+
 def test_render_size_keeps_the_shape_at_about_the_trained_pixels():
     from fluxhost.engines.upscale import render_size
 

@@ -74,6 +74,8 @@ def test_generate_follows_progress_and_fills_the_gallery(make_settings, open_pag
         prompt = "a lighthouse on a cliff at dawn"
         page.get_by_label("Prompt", exact=True).fill(prompt)
         page.get_by_label("Aspect Ratio").select_option("16:9")
+        expect(page.get_by_label("Seed")).to_have_value("")  # a random seed unless one is given
+        expect(page.get_by_label("Seed")).to_have_attribute("placeholder", "random")
         page.get_by_label("Seed").fill("7")
         watch_progress(page)
         page.get_by_role("button", name="Generate").click()
@@ -87,6 +89,7 @@ def test_generate_follows_progress_and_fills_the_gallery(make_settings, open_pag
         expect(page.locator("#result-caption")).to_contain_text(f"Seed 7 · {width}×{height}")
         seen = page.evaluate("window.progressSeen")
         assert any(text.startswith("Step ") for text in seen), seen
+        assert not any(text.startswith("task_") for text in seen), seen  # no raw frame names
         expect(page.locator("#progress")).to_have_attribute("value", "100")
         expect(page.locator("#gallery li")).to_have_count(1)
         expect(image).to_be_visible()
@@ -100,13 +103,18 @@ def test_generate_follows_progress_and_fills_the_gallery(make_settings, open_pag
         page.locator("#gallery li button").click()  # the task, large, with its actions
         dialog = page.get_by_role("dialog")
         expect(dialog.get_by_role("img", name=prompt)).to_be_visible()
-        expect(dialog.get_by_role("link", name="Download")).to_have_attribute("download", "0.png")
+        expect(dialog.get_by_role("link", name="Download")).to_have_attribute("download", "fluxhost-1-0.png")
         dialog.get_by_role("button", name="Re-run with the same seed").click()
         expect(page.locator("#result-caption")).to_contain_text(f"Seed 7 · {width}×{height} · task 2",
                                                                 timeout=60_000)
         expect(page.locator("#gallery li")).to_have_count(2)
 
         page.locator("#gallery li[data-taskid='1'] button").click()
+        page.once("dialog", lambda asked: asked.dismiss())  # "Delete the files of task 1?" No.
+        dialog.get_by_role("button", name="Delete files").click()
+        expect(page.locator("#gallery li[data-taskid='1'] img")).to_have_count(1)
+        page.locator("#gallery li[data-taskid='1'] button").click()
+        page.once("dialog", lambda asked: asked.accept())
         dialog.get_by_role("button", name="Delete files").click()
         expect(page.locator("#gallery li[data-taskid='1'] img")).to_have_count(0)
         expect(page.locator("#gallery li[data-taskid='2'] img")).to_have_count(1)

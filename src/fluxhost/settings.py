@@ -112,6 +112,14 @@ class ModelSettings(BaseModel):
         '("": from no prompt), for FLUX.1 models without a guidance embedding that were trained with empty captions '
         "(the demo model, de-distilled FLUX): twice the transformer's work. None: guidance as the model takes it.",
     )
+    example_prompt: str = Field(
+        default="", description="A prompt this model draws as asked, published with the prompt input (as its "
+        "`example`) for forms to show as a placeholder; empty: none.",
+    )
+    lowercase_prompts: bool = Field(
+        default=False, description="Prompts are read in lower case, for a model whose T5 encoder learned lower-case "
+        "text only (the demo model: \"A Red Circle\" is \"a red circle\"). Real FLUX reads case.",
+    )
     noise_mean: Literal["zero", "positions"] = Field(
         default="zero", description="The starting noise's mean: zero (FLUX), or positions: ramps across and down "
         "the picture, for FLUX.1 models trained to start from them (the demo model).",

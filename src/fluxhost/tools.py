@@ -51,6 +51,7 @@ class Tool:
     image_required: bool = False
     megapixels: float = 1.0  # the size its aspect ratios give
     loras: tuple[str, ...] = ()  # the server's LoRA library, by name, for a tool that takes adapters
+    example_prompt: str = ""  # a prompt it draws as asked, for forms' placeholders
 
     @property
     def slug(self) -> str:
@@ -97,12 +98,12 @@ class Tool:
         title and inputs (and its kind: what the model must serve for it)."""
         owner, project = slug.split("/", 1)
         tool = cls(owner, project, model.description, model.kind, tuple(model.exposed_inputs), model.steps,
-                   model.guidance, model.strength, title=slug)
+                   model.guidance, model.strength, title=slug, example_prompt=model.example_prompt)
         known = member(slug)
-        if known is None:
-            return tool
-        return replace(tool, kind=known.kind, title=known.title, inputs=known.inputs, images=known.images,
-                       image_required=known.image_required, megapixels=known.megapixels)
+        if known is not None:
+            tool = replace(tool, kind=known.kind, title=known.title, inputs=known.inputs, images=known.images,
+                           image_required=known.image_required, megapixels=known.megapixels)
+        return tool
 
 
 GENERIC_COVER = "flux"

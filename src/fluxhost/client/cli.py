@@ -39,6 +39,11 @@ tasks_app = typer.Typer(help="Your tasks on the server.", no_args_is_help=True)
 
 ServerOption = Annotated[str | None, typer.Option("--server", help="Base URL of the server.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")]
+InputsOption = Annotated[list[str] | None, typer.Option(
+    "-i", "--input", help="Any input of the model, by its name in `fluxhost tools MODEL`: key=value, a file as "
+    "key=@path (repeatable; wins over the options above), e.g. -i steps=28 -i safetyTolerance=4.")]
+NO_TASK = "There is no task yet."
+"""The hosted API's words for a task id or token it does not know."""
 
 
 def config_path() -> Path:
@@ -120,10 +125,11 @@ def run(
     model: Annotated[str, typer.Option(help="Model slug, owner/project.")] = DEFAULT_MODEL,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="File or folder to save to.")] = None,
     server: ServerOption = None,
+    more: InputsOption = None,
 ) -> None:
     """Generate an image: shows progress, saves the image, prints its path, size and seed."""
     inputs: dict[str, Any] = {"prompt": prompt, "aspectRatio": aspect_ratio, "outputFormat": output_format}
-    _generate(make_client(server), model, inputs, seed, output)
+    _generate(make_client(server), model, {**inputs, **given_inputs(more)}, seed, output)
 
 
 def edit(
@@ -135,6 +141,7 @@ def edit(
     model: Annotated[str, typer.Option(help="An editing model's slug.")] = "black-forest-labs/flux-kontext-pro",
     output: Annotated[Path | None, typer.Option("-o", "--output", help="File or folder to save to.")] = None,
     server: ServerOption = None,
+    more: InputsOption = None,
 ) -> None:
     """Edit an image by instruction: shows progress, saves the result, prints its path, size and seed."""
     inputs: dict[str, Any] = {"prompt": prompt, "outputFormat": output_format}
@@ -148,7 +155,26 @@ def edit(
             console.print(f"[red]No such image file:[/] {escape(image)}")
             raise typer.Exit(EXIT_REFUSED)
         inputs["inputImage"] = path
-    _generate(make_client(server), model, inputs, seed, output)
+    _generate(make_client(server), model, {**inputs, **given_inputs(more)}, seed, output)
+
+
+def given_inputs(pairs: list[str] | None) -> dict[str, str | Path]:
+    """``-i key=value`` options as inputs (``key=@path``: the file, uploaded); exit 2 on a malformed one."""
+    inputs: dict[str, str | Path] = {}
+    for pair in pairs or []:
+        key, equals, value = pair.partition("=")
+        if not equals or not key.strip():
+            console.print(f"[red]-i takes key=value:[/] {escape(pair)!r} has no key or no '='", highlight=False)
+            raise typer.Exit(EXIT_REFUSED)
+        if value.startswith("@"):
+            path = Path(value[1:]).expanduser()
+            if not path.is_file():
+                console.print(f"[red]No such file for {escape(key)}:[/] {escape(value[1:])}", highlight=False)
+                raise typer.Exit(EXIT_REFUSED)
+            inputs[key.strip()] = path
+        else:
+            inputs[key.strip()] = value
+    return inputs
 
 
 def _generate(client: Client, model: str, inputs: dict[str, Any], seed: str | None, output: Path | None) -> None:
@@ -177,6 +203,9 @@ def _generate(client: Client, model: str, inputs: dict[str, Any], seed: str | No
         what = "was moderated" if moderated else "failed"
         console.print(f"[red]Task {task.id} {what}:[/] {escape(info.debugerror)}")
         raise typer.Exit(EXIT_MODERATED if moderated else EXIT_FAILED)
+    for line in info.debugoutput.splitlines():
+        if line.startswith("Note: "):
+            console.print(f"[yellow]{escape(line)}[/]", highlight=False)
     for path in _save(client, info, output):
         from PIL import Image
 
@@ -218,10 +247,10 @@ def _print_tasks(found: list[TaskInfo], as_json: bool) -> None:
     if as_json:
         out.print_json(json.dumps([info.model_dump(by_alias=True) for info in found]))
         return
-    table = Table("id", "status", "pexit", "seconds", "outputs", "prompt")
+    table = Table("id", "status", "seconds", "outputs", "prompt")
     for info in found:
         prompt = str(info.parameters.get("prompt", ""))
-        table.add_row(str(info.id), info.status.removeprefix("task_"), info.pexit, f"{info.elapsedseconds:.2f}",
+        table.add_row(str(info.id), info.state, f"{info.elapsedseconds:.2f}",
                       "\n".join(o.url for o in info.outputs), prompt[:40] + ("…" if len(prompt) > 40 else ""))
     out.print(table)
 
@@ -235,12 +264,16 @@ def tasks_list(start: int = 0, limit: int = 20, server: ServerOption = None, as_
         raise fail_on(error) from None
 
 
-def _one(action: Callable[[Client], TaskInfo | None], server: str | None, as_json: bool) -> None:
-    """Do ``action`` with a client and show the task it returns."""
+def _one(task: str, action: Callable[[Client], TaskInfo | None], server: str | None, as_json: bool) -> None:
+    """Do ``action`` on ``task`` with a client and show the task it returns."""
     client = make_client(server)
     try:
         info = action(client)
     except (ProtocolError, ServerUnavailable) as error:
+        if isinstance(error, ProtocolError) and error.message == NO_TASK:
+            console.print(f"[red]No such task:[/] {escape(task)} (not an id or socket token of your project's tasks)",
+                          highlight=False)
+            raise typer.Exit(EXIT_REFUSED) from None
         raise fail_on(error) from None
     if info is not None:
         _print_tasks([info], as_json)
@@ -249,25 +282,25 @@ def _one(action: Callable[[Client], TaskInfo | None], server: str | None, as_jso
 @tasks_app.command("show")
 def tasks_show(task: str, server: ServerOption = None, as_json: JsonOption = False) -> None:
     """One task, by id or socket token."""
-    _one(lambda client: client.detail(task), server, as_json)
+    _one(task, lambda client: client.detail(task), server, as_json)
 
 
 @tasks_app.command("cancel")
 def tasks_cancel(task: str, server: ServerOption = None, as_json: JsonOption = False) -> None:
     """Cancel a queued task."""
-    _one(lambda client: client.cancel(task), server, as_json)
+    _one(task, lambda client: client.cancel(task), server, as_json)
 
 
 @tasks_app.command("kill")
 def tasks_kill(task: str, server: ServerOption = None, as_json: JsonOption = False) -> None:
     """Stop a running task."""
-    _one(lambda client: client.kill(task), server, as_json)
+    _one(task, lambda client: client.kill(task), server, as_json)
 
 
 @tasks_app.command("delete")
 def tasks_delete(task: str, server: ServerOption = None) -> None:
     """Delete an ended task's files (the record stays)."""
-    _one(lambda client: client.delete_files(task), server, False)
+    _one(task, lambda client: client.delete_files(task), server, False)
     console.print("Files deleted.")
 
 
@@ -299,11 +332,21 @@ def tools(slug: Annotated[str | None, typer.Argument(help="A model slug: show it
 
 
 def login(
-    api_key: Annotated[str, typer.Option(prompt=True, help="Your API key.")],
-    api_secret: Annotated[str, typer.Option(prompt=True, hide_input=True, help="Its secret ('' for key-only).")],
-    server: Annotated[str, typer.Option(prompt=True)] = DEFAULT_SERVER,
+    api_key: Annotated[str | None, typer.Option(envvar="FLUXHOST_API_KEY", help="Your API key.")] = None,
+    api_secret: Annotated[str | None, typer.Option(envvar="FLUXHOST_API_SECRET",
+                                                   help="Its secret ('' for a key-only key).")] = None,
+    server: Annotated[str, typer.Option(envvar="FLUXHOST_SERVER", help="The server's base URL.")] = DEFAULT_SERVER,
 ) -> None:
-    """Check credentials against the server and save them for later commands."""
+    """Check credentials against the server and save them for later commands. Asks for what the
+    options and environment do not give, at a terminal; in a script, give them."""
+    if api_key is None or api_secret is None:
+        if not sys.stdin.isatty():
+            console.print("[red]Not at a terminal:[/] give --api-key and --api-secret (or FLUXHOST_API_KEY and "
+                          "FLUXHOST_API_SECRET; --api-secret '' for a key-only key).", highlight=False)
+            raise typer.Exit(EXIT_REFUSED)
+        api_key = api_key if api_key is not None else typer.prompt("API key")
+        api_secret = api_secret if api_secret is not None else typer.prompt(
+            "API secret ('' for a key-only key)", default="", hide_input=True, show_default=False)
     client = Client(server, api_key, api_secret or None)
     try:
         client.tools()

@@ -119,6 +119,17 @@ class TaskInfo(_Wire):
     def seed(self) -> str:
         return str(self.parameters.get("seed", ""))
 
+    @property
+    def state(self) -> str:
+        """The task in a word: queued, running, done, failed, moderated or cancelled."""
+        if self.cancelled:
+            return "cancelled"
+        if self.ended:
+            if self.succeeded:
+                return "done"
+            return "moderated" if "moderated" in self.debugerror.lower() else "failed"
+        return "queued" if self.status == Status.QUEUE else "running"
+
 
 class RunResult(_Wire):
     taskid: int

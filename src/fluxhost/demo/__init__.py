@@ -4,6 +4,7 @@ served when no real weights are configured. It draws what its captions say, offl
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from fluxhost.settings import ModelSettings
@@ -36,22 +37,49 @@ CAN_DRAW = (f"The demo model draws one or two flat shapes (circle, square, trian
             f"Anything else comes out as some such scene.")
 
 
+TOOL_DESCRIPTION = (f"Served on this server by the fluxhost demo model: one or two flat shapes (circle, square, "
+                    f"triangle) in eight colours, in five places, on a plain background, e.g. \"{EXAMPLE_PROMPT}\"; "
+                    "anything else comes out as such a scene. Configure real FLUX weights for other pictures.")
+"""What Tool/List and Tool/Detail say of a drawing tool while the demo model serves it."""
+
+
 def demo_model_settings(**overrides: object) -> ModelSettings:
     """The settings the demo model is served with (``overrides`` on top)."""
     values: dict[str, object] = dict(
         weights=str(WEIGHTS), upscaler=str(WEIGHTS / "upscaler"), render_pixels=RENDER_PIXELS,
         render_min_side=RENDER_MIN_SIDE, steps=STEPS,
         max_sequence_length=MAX_SEQUENCE_LENGTH, noise_mean="positions", guidance=GUIDANCE, negative_prompt="",
+        lowercase_prompts=True, example_prompt=EXAMPLE_PROMPT, description=TOOL_DESCRIPTION,
     )
     return ModelSettings(**{**values, **overrides})
 
 
 def or_demo(model: ModelSettings) -> ModelSettings:
-    """``model`` itself when it names weights; else the demo model, with what ``model`` sets explicitly."""
+    """``model`` itself when it names weights; else the demo model, with what ``model`` sets explicitly
+    (a drawing tool's description aside: it says what the demo draws)."""
     if model.weights:
         return model
-    return demo_model_settings(**model.model_dump(exclude_unset=True, exclude={"weights"}), setting=model.setting)
+    chosen = model.model_dump(exclude_unset=True, exclude={"weights"})
+    if model.kind == "text-to-image":  # what the tool says it draws: the demo's, not the hosted model's claims
+        chosen["description"] = TOOL_DESCRIPTION
+    return demo_model_settings(**chosen, setting=model.setting)
 
 
 def serves_demo(model: ModelSettings) -> bool:
     return model.weights in (None, str(WEIGHTS))
+
+
+def unknown_words(prompt: str) -> list[str]:
+    """The words of ``prompt`` the demo model never read in a caption (case aside), in order, once each."""
+    from fluxhost.demo.scenes import words
+
+    known = set(words())
+    return list(dict.fromkeys(word for word in re.findall(r"[a-z]+", prompt.lower()) if word not in known))
+
+
+def vocabulary_notice(unknown: list[str]) -> str:
+    """What the demo model tells a prompt with words it does not know."""
+    shown = ", ".join(f'"{word}"' for word in unknown[:8]) + (", ..." if len(unknown) > 8 else "")
+    return (f"Note: the demo model does not know {shown}: it draws flat shapes only, so this picture is some "
+            f'scene of them. It knows prompts like "{EXAMPLE_PROMPT}" (shapes: circle, square, triangle; eight '
+            "colours; left, right, top, bottom, center). Configure real FLUX weights for anything else.")

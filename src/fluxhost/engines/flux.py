@@ -313,6 +313,8 @@ class FluxEngine:
     def _encode(self, prompt: str, text_adapters: tuple[object, ...] = ()) -> Encoding:
         """The prompt's encoding under the active adapters, ``text_adapters`` naming those among them
         that have text-encoder layers (an encoding made under other ones is another entry)."""
+        if self.model.lowercase_prompts:
+            prompt = prompt.lower()
         key = (prompt, self.model.max_sequence_length, *text_adapters)
         return self.prompts.get(key, lambda: self.family.encode(self._pipeline, prompt, self.model.max_sequence_length))
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from PIL import Image
 
+from fluxhost.demo import serves_demo, unknown_words, vocabulary_notice
 from fluxhost.engines.base import (
     ControlSettings,
     Engine,
@@ -436,6 +437,8 @@ class Worker:
         request = generation_request(order, model.settings)
         if category := self.moderator.check_prompt(order.prompt, order.safety_tolerance):
             raise Moderated(f"Request Moderated: {category}")
+        if serves_demo(model.settings) and (unknown := unknown_words(order.prompt)):
+            run.lines.append(vocabulary_notice(unknown))
         if order.input_images:
             request = replace(request, images=tuple(self._input_image(stored) for stored in order.input_images))
         if order.loras:

@@ -20,6 +20,8 @@ const STATUS_WORDS = {
 };
 const RUNNING = new Set(["task_accept", "task_preprocess_start", "task_preprocess_end", "task_assign", "task_start",
   "task_output", "task_end", "task_postprocess_start"]);
+// Frames that carry a log, not a step of the lifecycle: the progress line keeps what it says.
+const EVENT_ONLY = new Set(["task_output", "task_output_full", "task_error_full"]);
 
 let api = null;
 let tools = [];
@@ -105,7 +107,7 @@ function inputControl(item) {
   if (item.type === "textarea") {
     control = element("textarea", { ...common, rows: 3 });
     control.value = "";
-    control.placeholder = item.default || "";
+    control.placeholder = item.example || item.default || "";
   } else if (item.type === "select") {
     control = element("select", common, ...(item.options || []).map((option) => element("option", {
       value: option.value,
@@ -117,8 +119,10 @@ function inputControl(item) {
     control.value = item.default;
   } else if (item.type === "fileinput") {
     control = element("input", { ...common, type: "file", accept: "image/png,image/jpeg,image/webp", required: false });
+  } else if (item.id === "seed") {  // empty: a new random seed each time (the server's), shown with the picture
+    control = element("input", { ...common, type: "text", inputmode: "numeric", placeholder: "random" });
   } else {
-    control = element("input", { ...common, type: "text", inputmode: item.id === "seed" ? "numeric" : null });
+    control = element("input", { ...common, type: "text" });
     control.value = item.default ?? "";
   }
   const label = element("label", { for: id, text: capitalized(item.label || item.id) });
@@ -192,7 +196,7 @@ function onFrame(frame) {
     showProgress(`Step ${progress.stepCurrent} of ${progress.stepTotal} · ${progress.speed} ${progress.speedType} · ` +
       `${progress.remainingTime} left`, Number(progress.percentage));
     if (frame.preview) showImage(frame.preview, "The image so far", "Preview");
-  } else if (frame.type !== "task_output") {
+  } else if (!EVENT_ONLY.has(frame.type)) {
     showProgress(STATUS_WORDS[frame.type] || frame.type, frame.type === "task_postprocess_end" ? 100 : null);
   }
   if (frame.type === "task_postprocess_end" || frame.type === "task_cancel") {
@@ -226,6 +230,8 @@ async function finish(taskid) {
           `Seed ${task.parameters.seed} · ${image.naturalWidth}×${image.naturalHeight} · task ${task.id}`;
       };
       showImage(task.outputs[0].url, task.parameters.prompt, `Seed ${task.parameters.seed} · task ${task.id}`);
+      const notes = (task.debugoutput || "").split("\n").filter((line) => line.startsWith("Note: "));
+      if (notes.length) say(notes.join(" "));
     } else if (ended && RUNNING.has(task.status)) {
       say("The connection to the server was lost; the task goes on: see the gallery.", "error");
     } else {
@@ -295,6 +301,9 @@ async function openTask(taskid) {
     ...Object.entries(parameters).filter(([name]) => name !== "prompt").map(([name, value]) => [name, String(value)]),
   ];
   if (task.debugerror) facts.push(["Reason", task.debugerror]);
+  for (const line of (task.debugoutput || "").split("\n")) {
+    if (line.startsWith("Note: ")) facts.push(["Note", line.slice(6)]);
+  }
   const actions = [];
   const act = (label, work) => {
     const button = element("button", { type: "button", text: label });
@@ -312,12 +321,14 @@ async function openTask(taskid) {
   };
   act("Re-run with the same seed", () => generate(`${task.modelslugowner}/${task.modelslugproject}`, parameters));
   if (output) {
-    actions.push(element("a", { href: output.url, download: output.name, class: "button", text: "Download" }));
+    actions.push(element("a", { href: output.url, download: `fluxhost-${task.id}-${output.name}`, class: "button",
+      text: "Download" }));
   }
   if (task.status === "task_queue") act("Cancel", () => api.cancel(task.id));
   if (RUNNING.has(task.status)) act("Kill", () => api.kill(task.id));
   if (!RUNNING.has(task.status) && task.status !== "task_queue" && task.outputs?.length) {
-    act("Delete files", () => api.deleteFiles(task.id));
+    act("Delete files", () => confirm(`Delete the files of task ${task.id}? Its record stays.`)
+      && api.deleteFiles(task.id));
   }
   const close = element("button", { type: "button", text: "Close" });
   close.addEventListener("click", () => dialog.close());

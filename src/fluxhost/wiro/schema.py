@@ -115,10 +115,13 @@ class Input:
     required: bool = False
     options: tuple[dict[str, str], ...] = ()
     bounds: tuple[float, float, float] | None = None  # a range's min, max and step
+    example: str = ""  # fluxhost's own: a value the serving model does well with (forms' placeholder)
 
     def item(self) -> dict[str, Any]:
         item: dict[str, Any] = {"id": self.id, "type": self.type, "label": self.label,
                                 "description": self.description, "default": self.default, "required": self.required}
+        if self.example:
+            item["example"] = self.example
         if self.options:
             item["options"] = [dict(option) for option in self.options]
         if self.bounds:
@@ -299,6 +302,9 @@ class InputSchema:
             if tool.max_images:
                 at = [item.id for item in published].index("inputImageUrl") + 1
                 published = published[:at] + (UPLOAD_INPUT,) + published[at:]
+        if tool.example_prompt:
+            published = tuple(replace(item, example=tool.example_prompt) if item.id == "prompt" else item
+                              for item in published)
         return cls(published, tuple(notes.items()), tool.takes_image, max_prompt_chars, refuse_unknown,
                    zero_is_default=tool.inputs is not None, upscaler=tool.kind == "upscale")
 
