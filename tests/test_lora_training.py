@@ -148,6 +148,16 @@ def claimed_training(tmp_path: Path, **fields) -> tuple[LocalFileStore, ClaimedT
     return files, ClaimedTask(1, "token", "wiro/train-flux-lora", order, 0.0, files.new_folder(), None), training
 
 
+def test_the_learning_rate_warms_up_then_decays_to_zero_along_a_cosine():
+    from fluxhost.engines.lora_training import learning_rate_scale
+
+    scales = [learning_rate_scale(step, 300) for step in range(300)]
+    assert scales[:3] == [1 / 20, 2 / 20, 3 / 20] and scales[19] == 1.0  # 20 warm-up steps
+    assert all(later < earlier for earlier, later in zip(scales[20:], scales[21:], strict=False)) and scales[-1] < 1e-3
+    assert learning_rate_scale(0, 5) == 1.0  # a short training: a warm-up of one step
+    assert abs(learning_rate_scale(160, 300) - 0.5) < 1e-9  # half-way through the decay
+
+
 def test_checkpoints_are_pruned_to_those_asked_to_be_kept(tmp_path: Path):
     files, task, training = claimed_training(tmp_path, save_every=2, keep_checkpoints=2, sample_every=0)
     run = TrainingRun(task, files, LocalEventBus(), [], lambda: True, lambda picture: None)

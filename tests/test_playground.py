@@ -75,6 +75,7 @@ def test_generate_follows_progress_and_fills_the_gallery(make_settings, open_pag
         page.get_by_label("Prompt", exact=True).fill(prompt)
         page.get_by_label("Aspect Ratio").select_option("16:9")
         expect(page.get_by_label("Seed")).to_have_value("")  # a random seed unless one is given
+        expect(page.get_by_label("Prompt Upsampling")).to_have_count(0)  # refused here: not offered
         expect(page.get_by_label("Seed")).to_have_attribute("placeholder", "random")
         page.get_by_label("Seed").fill("7")
         watch_progress(page)
@@ -146,6 +147,8 @@ def test_a_wrong_secret_says_so_and_forget_clears_the_browser(make_settings, ope
         sign_in(page, key.api_key, "not-the-secret")
         expect(page.get_by_role("alert")).to_have_text(
             "The API key or secret was refused: Project authorization is not valid.")
+        expect(page.locator("#workspace")).to_be_hidden()
+        assert page.evaluate("localStorage.length") == 0  # a refused secret is not kept
 
         sign_in(page, key.api_key, key.api_secret)
         expect(page.get_by_label("Model")).to_have_value("black-forest-labs/flux-pro-1.1")

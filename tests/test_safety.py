@@ -126,6 +126,7 @@ def test_a_moderated_image_is_neither_stored_nor_served(make_settings, tiny_clas
     assert str(image) in items["safetyTolerance"]["description"]
     assert "term lists (hate, minors, self-harm, sexual, violence)" in items["safetyTolerance"]["description"]
     assert "Not available on this server" in items["promptUpsampling"]["description"]
+    assert items["promptUpsampling"]["available"] is False and "available" not in items["safetyTolerance"]
 
 
 def test_a_classifier_that_cannot_load_fails_closed(make_settings, tmp_path):

@@ -58,6 +58,7 @@ def test_the_rewritten_prompt_is_generated_and_recorded(make_settings):
     assert body["messages"][-1] == {"role": "user", "content": "a red fox"}
     items = {item["id"]: item for item in tool["parameters"][0]["items"]}
     assert "Available on this server." in items["promptUpsampling"]["description"]
+    assert "available" not in items["promptUpsampling"]
 
 
 def test_without_a_backend_runs_asking_for_it_are_refused(client):

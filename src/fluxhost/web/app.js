@@ -66,9 +66,15 @@ function useCredentials(credentials) {
   if (api) loadTools().then(refreshGallery);
 }
 
-$("#credentials").addEventListener("submit", (event) => {
+$("#credentials").addEventListener("submit", async (event) => {
   event.preventDefault();
   const credentials = { apiKey: $("#api-key").value.trim(), apiSecret: $("#api-secret").value.trim() };
+  try {
+    await new Api(credentials).tools();  // a refused key or secret is neither kept nor used
+  } catch (error) {
+    failed(error);
+    return;
+  }
   saveCredentials(credentials.apiKey, credentials.apiSecret);
   say("Key saved in this browser.");
   useCredentials(credentials);
@@ -136,7 +142,7 @@ async function renderInputs() {
   const [owner, project] = $("#model").value.split("/");
   try {
     const tool = await api.tool(owner, project);
-    const items = tool.parameters.flatMap((group) => group.items);
+    const items = tool.parameters.flatMap((group) => group.items).filter((item) => item.available !== false);
     $("#inputs").replaceChildren(...items.map(inputControl));
   } catch (error) {
     failed(error);

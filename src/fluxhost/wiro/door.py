@@ -217,8 +217,9 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
     }
     covers = f"{settings.resolved_public_url}/web/covers"  # drawn by the demo model, shipped in the package
     refuse_unknown = settings.unknown_inputs == "refuse"
+    unavailable = frozenset() if operations.upsampling else frozenset({"promptUpsampling"})
     schemas = {tool.slug: TrainingForm.of(tool, settings.training_max_steps, refuse_unknown) if tool.kind == "train"
-               else InputSchema.of(tool, notes, operations.max_prompt_chars, refuse_unknown)
+               else InputSchema.of(tool, notes, operations.max_prompt_chars, refuse_unknown, unavailable)
                for tool in operations.catalog.tools}
 
     def refused_input(request: Request, error: InvalidInput) -> JSONResponse:

@@ -292,9 +292,13 @@ class InputSchema:
     refuse_unknown: bool = False  # a Run sending an input the tool does not take is refused, not noted
     zero_is_default: bool = False  # a family tool: 0 for an unset number, as its clients send it
     upscaler: bool = False  # ``scale`` is the upscale factor, not the guidance
+    unavailable: frozenset[str] = frozenset()
+    """Inputs published as the hosted tool has them that this server refuses when asked for (prompt
+    upsampling without an upsampler): their items say ``"available": false``, forms leave them out."""
 
     @classmethod
-    def of(cls, tool: Tool, notes: dict[str, str], max_prompt_chars: int, refuse_unknown: bool = False) -> InputSchema:
+    def of(cls, tool: Tool, notes: dict[str, str], max_prompt_chars: int, refuse_unknown: bool = False,
+           unavailable: frozenset[str] = frozenset()) -> InputSchema:
         if tool.inputs is None:
             published = cls._seed_form(tool)
         else:
@@ -306,7 +310,7 @@ class InputSchema:
             published = tuple(replace(item, example=tool.example_prompt) if item.id == "prompt" else item
                               for item in published)
         return cls(published, tuple(notes.items()), tool.takes_image, max_prompt_chars, refuse_unknown,
-                   zero_is_default=tool.inputs is not None, upscaler=tool.kind == "upscale")
+                   zero_is_default=tool.inputs is not None, upscaler=tool.kind == "upscale", unavailable=unavailable)
 
     @staticmethod
     def _seed_form(tool: Tool) -> tuple[Input, ...]:
@@ -333,7 +337,8 @@ class InputSchema:
 
     def items(self) -> list[dict[str, Any]]:
         """Tool/Detail's ``parameters`` items."""
-        return [item.item() for item in self.inputs]
+        return [{**item.item(), "available": False} if item.id in self.unavailable else item.item()
+                for item in self.inputs]
 
     def parse(self, raw: dict[str, Any], callback_url: str = "") -> RunRequest:
         """The Run a client's inputs ask for; :class:`InputError` for the first bad one."""
