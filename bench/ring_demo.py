@@ -15,14 +15,15 @@ from __future__ import annotations
 import argparse
 import io
 import re
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
 from PIL import Image
 
-from _server import Signer, running_server
-from fluxhost.statuses import TERMINAL
+from _server import running_server
+from fluxhost.client import Client, TaskInfo
 from fluxhost.testing import rings
 
 TRAIN = "wiro/train-flux-lora"
@@ -31,35 +32,17 @@ SEEDS_PER_CAPTION = 2
 COLUMNS = 8
 
 
-class Api:
-    def __init__(self, base_url: str, key: dict):
-        self.base_url, self.signer = base_url, Signer(key)
-        self.http = httpx.Client(timeout=60)
+def finished(client: Client, model: str, **inputs: object) -> TaskInfo:
+    """Run ``model`` and wait for its task to end (followed on the socket); its outcome, succeeded."""
+    info = client.run(model, **inputs).wait()
+    if not info.succeeded:
+        raise RuntimeError(f"task {info.id} did not succeed: {info.debugerror or info.status}")
+    return info
 
-    def call(self, path: str, body: dict | None = None, **files: tuple[str, bytes]) -> dict:
-        if files:
-            answer = self.http.post(f"{self.base_url}/v1/{path}", data=body, files=files,
-                                    headers=self.signer.headers())
-        else:
-            answer = self.http.post(f"{self.base_url}/v1/{path}", json=body or {}, headers=self.signer.headers())
-        answer.raise_for_status()
-        result = answer.json()
-        if result.get("result") is not True:
-            raise RuntimeError(f"{path}: {result.get('errors')}")
-        return result
 
-    def finished(self, taskid: str) -> dict:
-        while True:
-            [task] = self.call("Task/Detail", {"taskid": taskid})["tasklist"]
-            if task["status"] in TERMINAL:
-                if task["pexit"] != "0":
-                    raise RuntimeError(f"task {taskid} failed: {task['debugerror']}")
-                return task
-            time.sleep(0.5)
-
-    def pictures(self, task: dict) -> list[Image.Image]:
-        return [Image.open(io.BytesIO(self.http.get(output["url"]).content)).convert("RGB")
-                for output in task["outputs"]]
+def pictures(info: TaskInfo) -> list[Image.Image]:
+    return [Image.open(io.BytesIO(httpx.get(output.url, timeout=60).content)).convert("RGB")
+            for output in info.outputs]
 
 
 def grid(pictures: list[Image.Image]) -> Image.Image:
@@ -70,13 +53,13 @@ def grid(pictures: list[Image.Image]) -> Image.Image:
     return canvas
 
 
-def held_out_pictures(api: Api, held_out: list[rings.Ring], **inputs: str) -> list[tuple[Image.Image, rings.Ring]]:
+def held_out_pictures(client: Client, held_out: list[rings.Ring],
+                      **inputs: str) -> list[tuple[Image.Image, rings.Ring]]:
     drawn = []
     for ring in held_out:
-        task = api.finished(api.call(f"Run/{DRAW}", {
-            "prompt": ring.caption(rings.TRIGGER), "width": rings.SIDE, "height": rings.SIDE,
-            "samples": SEEDS_PER_CAPTION, "seed": "11", **inputs})["taskid"])
-        drawn += [(picture, ring) for picture in api.pictures(task)]
+        info = finished(client, DRAW, prompt=ring.caption(rings.TRIGGER), width=rings.SIDE, height=rings.SIDE,
+                        samples=SEEDS_PER_CAPTION, seed="11", **inputs)
+        drawn += [(picture, ring) for picture in pictures(info)]
     return drawn
 
 
@@ -90,24 +73,24 @@ def main() -> None:
     arguments.pictures.mkdir(parents=True, exist_ok=True)
     trained, held_out = rings.split()
 
-    with running_server(arguments.port, torch_threads=str(arguments.threads)) as (base_url, key):
-        api = Api(base_url, key)
-        [folder] = api.call("File/FolderCreate", {"name": "rings"})["list"]
-        api.call("File/Upload", {"folderid": folder["id"]}, file=("rings.zip", rings.training_zip(trained)))
+    with running_server(arguments.port, torch_threads=str(arguments.threads)) as (base_url, key), \
+            Client(base_url, key["api_key"], key["api_secret"]) as client, tempfile.TemporaryDirectory() as folder:
+        [made] = client.call("File/FolderCreate", {"name": "rings"})["list"]
+        archive = Path(folder) / "rings.zip"
+        archive.write_bytes(rings.training_zip(trained))
+        client.call("File/Upload", {"folderid": made["id"], "file": archive}, retry=False)
         started = time.monotonic()
-        run = api.call(f"Run/{TRAIN}", {
-            "selectedFolder": folder["id"], "triggerWord": rings.TRIGGER, "trainModelName": "rings",
-            "trainingSteps": arguments.steps, "learningRate": 0.005, "lora_rank": 16, "batchSize": 16,
-            "resolution": rings.SIDE, "caption_dropout_rate": 0.1, "optimizer": "adamw",
-            "gradient_checkpointing": "false", "disable_sampling": "true", "seed": 0})
-        task = api.finished(run["taskid"])
+        info = finished(client, TRAIN, selectedFolder=made["id"], triggerWord=rings.TRIGGER, trainModelName="rings",
+                        trainingSteps=arguments.steps, learningRate=0.005, lora_rank=16, batchSize=16,
+                        resolution=rings.SIDE, caption_dropout_rate=0.1, optimizer="adamw",
+                        gradient_checkpointing=False, disable_sampling=True, seed=0)
         seconds = time.monotonic() - started
-        adapter = re.search(r"private LoRA model ([0-9a-f]{32})", task["debugoutput"]).group(1)
+        adapter = re.search(r"private LoRA model ([0-9a-f]{32})", info.debugoutput).group(1)
         print(f"trained {arguments.steps} steps on {len(trained)} rings in {seconds:.0f} s "
               f"({arguments.steps / seconds:.2f} steps/s, torch threads {arguments.threads}); adapter {adapter}")
 
-        after = held_out_pictures(api, held_out, selectedLoraModelPrivate=adapter)
-        before = held_out_pictures(api, held_out)
+        after = held_out_pictures(client, held_out, selectedLoraModelPrivate=adapter)
+        before = held_out_pictures(client, held_out)
 
     print(f"{len(held_out)} held-out captions x {SEEDS_PER_CAPTION} seeds   ring  colour  place")
     for name, drawn in (("without the adapter", before), ("with the adapter", after)):

@@ -157,3 +157,21 @@ def test_a_wrong_secret_says_so_and_forget_clears_the_browser(make_settings, ope
         page.get_by_role("button", name="Forget").click()
         expect(page.get_by_label("API key")).to_have_value("")
         assert page.evaluate("localStorage.length") == 0
+
+
+def test_on_the_demo_model_the_prompt_shows_its_example_and_a_prompt_it_cannot_draw_gets_its_note(make_settings,
+                                                                                                    open_page):
+    from fluxhost.demo import EXAMPLE_PROMPT, demo_model_settings
+    from tests.helpers import SLUG
+
+    with LiveServer(make_settings(models={SLUG: demo_model_settings(max_batch=1)})) as live:
+        key = live.service.keys.create(KeyMode.SIGNATURE)
+        page = open_page(live.base_url)
+        sign_in(page, key.api_key, key.api_secret)
+        prompt = page.get_by_label("Prompt", exact=True)
+        expect(prompt).to_have_attribute("placeholder", EXAMPLE_PROMPT)
+        prompt.fill("a lighthouse on a cliff")
+        page.get_by_label("Aspect Ratio").select_option("1:1")
+        page.get_by_role("button", name="Generate").click()
+        expect(page.locator("#message")).to_contain_text(
+            'Note: the demo model does not know "lighthouse", "cliff": it draws flat shapes only', timeout=60_000)

@@ -65,7 +65,7 @@ def test_a_picture_s_read_latents_are_its_layout_and_decode_to_what_it_shows():
     layouts = [scenes.lay_out(caption, rng) for caption in captions]
     pictures = [scenes.render(caption, layout, rings.SIDE, rings.SIDE)
                 for caption, layout in zip(captions, layouts, strict=True)]
-    read = torch.stack([reader.latents(picture) for picture in pictures])
+    read = torch.stack([reader.read(picture)[0] for picture in pictures])
     expected = layout_latents(layouts, captions, rings.SIDE, rings.SIDE)
     assert torch.equal(read[:, 6:9], expected[:, 6:9])  # the shape, always
     assert (read - expected).abs().mean() < 0.05
@@ -74,12 +74,12 @@ def test_a_picture_s_read_latents_are_its_layout_and_decode_to_what_it_shows():
     trained, _ = rings.split()
     drawn = [rings.draw(ring, rng) for ring in trained]
     with torch.no_grad():
-        decoded = vae.decode(torch.stack([reader.latents(picture) for picture in drawn])).sample.clamp(-1, 1)
+        decoded = vae.decode(torch.stack([reader.read(picture)[0] for picture in drawn])).sample.clamp(-1, 1)
     readings = [rings.read(Image.fromarray(((pixels.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)))
                 for pixels in decoded]
     assert [(reading.colour, reading.place) for reading in readings] == [(ring.colour, ring.place) for ring in trained]
     assert np.mean([reading.ring for reading in readings]) >= 0.85  # measured: 15 of these 16 (39 of all 40)
-    weights = reader.token_weights(drawn[0])
+    _, weights = reader.read(drawn[0])
     assert weights.shape == ((rings.SIDE // 16) ** 2,) and set(weights.tolist()) == {1.0, 5.0}
 
 

@@ -4,6 +4,7 @@ served when no real weights are configured. It draws what its captions say, offl
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -60,8 +61,8 @@ def or_demo(model: ModelSettings) -> ModelSettings:
     if model.weights:
         return model
     chosen = model.model_dump(exclude_unset=True, exclude={"weights"})
-    if model.kind == "text-to-image":  # what the tool says it draws: the demo's, not the hosted model's claims
-        chosen["description"] = TOOL_DESCRIPTION
+    if model.kind == "text-to-image":  # the demo's own description, not the hosted model's claims
+        chosen.pop("description", None)
     return demo_model_settings(**chosen, setting=model.setting)
 
 
@@ -69,11 +70,17 @@ def serves_demo(model: ModelSettings) -> bool:
     return model.weights in (None, str(WEIGHTS))
 
 
-def unknown_words(prompt: str) -> list[str]:
-    """The words of ``prompt`` the demo model never read in a caption (case aside), in order, once each."""
+@functools.cache
+def _vocabulary() -> frozenset[str]:
+    """Every word of the demo's captions, built once: each drawing task's prompt is checked against it."""
     from fluxhost.demo.scenes import words
 
-    known = set(words())
+    return frozenset(words())
+
+
+def unknown_words(prompt: str) -> list[str]:
+    """The words of ``prompt`` the demo model never read in a caption (case aside), in order, once each."""
+    known = _vocabulary()
     return list(dict.fromkeys(word for word in re.findall(r"[a-z]+", prompt.lower()) if word not in known))
 
 

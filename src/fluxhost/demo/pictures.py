@@ -84,8 +84,10 @@ class FlatPictures:
     """Reads training pictures for the demo model (see the module's docstring); the trainer's
     :class:`~fluxhost.engines.training.PictureReader`."""
 
-    def latents(self, image: Image) -> torch.Tensor:
-        """(16, height / 8, width / 8): the picture's layout latents, unscaled."""
+    def read(self, image: Image) -> tuple[torch.Tensor, torch.Tensor]:
+        """The picture's layout latents, (16, height / 8, width / 8), unscaled; and its tokens' loss
+        weights, (tokens,): higher where the object is, as the demo model was trained (its objects
+        are small, and they are what a caption is about)."""
         pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
         height, width = pixels.shape[:2]
         background, colour, coverage = _coverage(pixels)
@@ -103,7 +105,7 @@ class FlatPictures:
         codes = torch.tensor([1.0 if name == shape else -1.0 for name in scenes.SHAPES])
         across = torch.from_numpy((x - cx) / radius).float()
         down = torch.from_numpy((y - cy) / radius).float()
-        return torch.cat([
+        latents = torch.cat([
             _unit(background)[:, None, None].expand(3, rows, columns),
             _unit(colour)[:, None, None].expand(3, rows, columns),
             codes[:, None, None].expand(3, rows, columns),
@@ -111,13 +113,8 @@ class FlatPictures:
             across.clamp(-CLAMP, CLAMP)[None], down.clamp(-CLAMP, CLAMP)[None],
             torch.zeros(1, rows, columns),
         ])
-
-    def token_weights(self, image: Image) -> torch.Tensor:
-        """(tokens,): the loss weight of each transformer token, higher where the object is, as the
-        demo model was trained (its objects are small, and they are what a caption is about)."""
-        _, _, coverage = _coverage(np.asarray(image.convert("RGB"), dtype=np.float64))
         touched = torch.nn.functional.max_pool2d(torch.from_numpy(coverage).float()[None, None], TOKEN_PIXELS) > 0
-        return 1 + (Recipe.shape_weight - 1) * touched.flatten().float()
+        return latents, 1 + (Recipe.shape_weight - 1) * touched.flatten().float()
 
 
 def _unit(rgb: np.ndarray) -> torch.Tensor:

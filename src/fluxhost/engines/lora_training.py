@@ -183,8 +183,9 @@ class LoraTraining:
         squares = [square(image, side) for image in images]
         with torch.no_grad():
             if self.pictures is not None:
-                raw = torch.stack([self.pictures.latents(picture) for picture in squares])
-                weights = torch.stack([self.pictures.token_weights(picture) for picture in squares])
+                read = [self.pictures.read(picture) for picture in squares]
+                raw = torch.stack([latents for latents, _ in read])
+                weights = torch.stack([token_weights for _, token_weights in read])
             else:
                 raw = torch.cat([vae.encode(processor.preprocess(picture, height=side, width=side).to(
                     self.device, vae.dtype)).latent_dist.mode() for picture in squares])

@@ -75,11 +75,9 @@ class PictureReader(Protocol):
     """Reads a model's latents from training pictures where its VAE encoder cannot be trusted with
     them (the demo model's, trained on its own scenes only: see :mod:`fluxhost.demo.pictures`)."""
 
-    def latents(self, image: Image) -> torch.Tensor:
-        """(channels, height / 8, width / 8): the picture's latents, unscaled, as the VAE's would be."""
-
-    def token_weights(self, image: Image) -> torch.Tensor:
-        """(tokens,): each transformer token's weight in the loss, as the model was trained."""
+    def read(self, image: Image) -> tuple[torch.Tensor, torch.Tensor]:
+        """The picture's latents, (channels, height / 8, width / 8), unscaled as the VAE's would be;
+        and each transformer token's weight in the loss, (tokens,), as the model was trained."""
 
 
 class Trainer(Protocol):
