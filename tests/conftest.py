@@ -13,6 +13,7 @@ import pytest
 from fluxhost.settings import ModelSettings, Settings
 from fluxhost.signing import KeyMode
 from tests.helpers import SLUG, LiveServer, ProtocolClient, free_port, fresh_postgres_database
+from tests.services import postgres_usable, redis_binary, throwaway_postgres, throwaway_redis
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -39,6 +40,33 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from fluxhost.testing.tiny import ensure_tiny_pipeline
 
     return ensure_tiny_pipeline(tmp_path_factory.mktemp("weights") / "tiny-flux")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis server: the one FLUXHOST_TEST_REDIS names (.ci/run starts one), else a throwaway
+    redis-server for this run; skipped only where Redis is not installed."""
+    if named := os.environ.get("FLUXHOST_TEST_REDIS"):
+        yield named
+        return
+    if redis_binary() is None:
+        pytest.skip("needs redis-server (Debian's redis-server package; .ci/run installs it)")
+    with throwaway_redis() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL server for the fleet tests' databases: the one FLUXHOST_TEST_FLEET_POSTGRES
+    names (.ci/run starts one), else a throwaway cluster for this run; skipped only where
+    PostgreSQL is not installed."""
+    if named := os.environ.get("FLUXHOST_TEST_FLEET_POSTGRES"):
+        yield named
+        return
+    if not postgres_usable():
+        pytest.skip("needs PostgreSQL (Debian's postgresql package; .ci/run installs it)")
+    with throwaway_postgres() as url:
+        yield url
 
 
 @pytest.fixture

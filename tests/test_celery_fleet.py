@@ -1,6 +1,6 @@
 """The scaled-out deployment as processes: two `fluxhost serve` API processes and two `fluxhost
-worker` Celery workers on one PostgreSQL database and one Redis (broker and events). Runs where
-FLUXHOST_TEST_FLEET_POSTGRES and FLUXHOST_TEST_REDIS name servers, as `.ci/run` sets them."""
+worker` Celery workers on one PostgreSQL database and one Redis (broker and events). On the
+servers of the `postgres_server` and `redis_url` fixtures (throwaway ones, or those `.ci/run` names)."""
 
 import asyncio
 import json
@@ -22,13 +22,9 @@ from fluxhost.store.schema import outputs, tasks
 from tests.helpers import SLUG, ProtocolClient, ServiceProcess, free_port, fresh_postgres_database, wait_until_ready
 from tests.test_socket import follow
 
-POSTGRES = os.environ.get("FLUXHOST_TEST_FLEET_POSTGRES")
-REDIS = os.environ.get("FLUXHOST_TEST_REDIS")
-pytestmark = [pytest.mark.skipif(not (POSTGRES and REDIS), reason="needs PostgreSQL and Redis: run .ci/run"),
-              pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 REDIS_DATABASE = 7  # the broker's queues of one test must not reach the next one's workers
-BROKER = make_url(REDIS).set(database=str(REDIS_DATABASE)).render_as_string() if REDIS else ""
 STEP_MS = 50
 VISIBILITY_SECONDS = 10  # a dead worker's message comes back within the test
 
@@ -49,16 +45,21 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet(tmp_path) -> Iterator[Fleet]:
-    queues = redis.Redis.from_url(BROKER)
+def broker(redis_url) -> str:
+    return make_url(redis_url).set(database=str(REDIS_DATABASE)).render_as_string()
+
+
+@pytest.fixture
+def fleet(tmp_path, postgres_server, broker) -> Iterator[Fleet]:
+    queues = redis.Redis.from_url(broker)
     queues.flushdb()
-    with fresh_postgres_database(POSTGRES, "celery") as database_url:
+    with fresh_postgres_database(postgres_server, "celery") as database_url:
         db = Database(database_url)
         db.migrate()
         key = KeyStore(db).create(KeyMode.SIGNATURE)
         env = {
             "FLUXHOST_DATABASE_URL": database_url,
-            "FLUXHOST_BROKER_URL": BROKER,
+            "FLUXHOST_BROKER_URL": broker,
             "FLUXHOST_DATA_DIR": str(tmp_path / "shared"),
             "FLUXHOST_ENGINE": "bench",
             "FLUXHOST_BENCH_STEP_MS": str(STEP_MS),
@@ -145,10 +146,10 @@ def test_a_nonce_spent_on_one_api_is_refused_by_the_other(fleet):
     assert fleet.api_b.post(f"Run/{SLUG}", body, headers=headers).json()["result"] is False
 
 
-def test_a_worker_asked_for_a_model_the_server_does_not_serve_says_so(tmp_path):
-    with fresh_postgres_database(POSTGRES, "celery") as database_url:
+def test_a_worker_asked_for_a_model_the_server_does_not_serve_says_so(tmp_path, postgres_server, broker):
+    with fresh_postgres_database(postgres_server, "celery") as database_url:
         env = {"FLUXHOST_DATABASE_URL": database_url, "FLUXHOST_DATA_DIR": str(tmp_path), "FLUXHOST_ENGINE": "bench",
-               "FLUXHOST_BROKER_URL": BROKER}
+               "FLUXHOST_BROKER_URL": broker}
         worker = ServiceProcess(["worker", "--model", "acme/unknown"], env)
         assert worker.process.wait(60) == 2
         worker.stop()

@@ -1,19 +1,15 @@
 """Task events are typed records that cross a process boundary unchanged."""
 
 import json
-import os
 import time
 import uuid
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from fluxhost.events import Progress, RedisEventBus, TaskEvent
 from fluxhost.statuses import Status
 from fluxhost.wiro.render import event_frame_text
-
-REDIS = os.environ.get("FLUXHOST_TEST_REDIS")
 
 progress = st.builds(Progress.measure, st.integers(1, 100), st.just(100),
                      st.floats(0.001, 1e4, allow_nan=False))
@@ -46,10 +42,9 @@ def test_the_door_renders_progress_in_the_protocols_words():
     }
 
 
-@pytest.mark.skipif(not REDIS, reason="needs Redis: run .ci/run")
-def test_events_through_redis_reach_every_bus_in_order_and_close_sends_what_is_queued():
+def test_events_through_redis_reach_every_bus_in_order_and_close_sends_what_is_queued(redis_url):
     channel = f"fluxhost:test:{uuid.uuid4().hex}"
-    publisher, listener = RedisEventBus(REDIS, channel), RedisEventBus(REDIS, channel)
+    publisher, listener = RedisEventBus(redis_url, channel), RedisEventBus(redis_url, channel)
     heard: list[TaskEvent] = []
     listener.subscribe(heard.append)
     sent = [TaskEvent(task_id, "tok", Status.OUTPUT, Progress.measure(step, 500, 1.0))

@@ -1,10 +1,9 @@
 """Several API and worker services on one PostgreSQL database and one Redis: tasks and their events
 cross from any service to any other; Kill reaches the worker running the task; a nonce spent on one
-API is refused by the other. Runs where FLUXHOST_TEST_FLEET_POSTGRES and FLUXHOST_TEST_REDIS name
-servers, as `.ci/run` sets them from `.ci/services start`."""
+API is refused by the other. On the PostgreSQL and Redis servers of the `postgres_server` and
+`redis_url` fixtures (throwaway ones, or those `.ci/run` names)."""
 
 import asyncio
-import os
 import time
 from collections.abc import Iterator
 
@@ -14,22 +13,19 @@ from fluxhost.signing import KeyMode
 from tests.helpers import LiveServer, ProtocolClient, fresh_postgres_database
 from tests.test_socket import follow, socket_url
 
-POSTGRES = os.environ.get("FLUXHOST_TEST_FLEET_POSTGRES")
-REDIS = os.environ.get("FLUXHOST_TEST_REDIS")
-pytestmark = [pytest.mark.skipif(not (POSTGRES and REDIS), reason="needs PostgreSQL and Redis: run .ci/run"),
-              pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def fleet_database() -> Iterator[str]:
-    with fresh_postgres_database(POSTGRES, "fleet") as url:
+def fleet_database(postgres_server) -> Iterator[str]:
+    with fresh_postgres_database(postgres_server, "fleet") as url:
         yield url
 
 
 @pytest.fixture
-def fleet(make_settings, fleet_database, tmp_path):
+def fleet(make_settings, fleet_database, redis_url, tmp_path):
     """API A (no worker) and API B (with a worker), sharing the database, the events and the files."""
-    shared = dict(database_url=fleet_database, events_url=REDIS, data_dir=tmp_path / "shared")
+    shared = dict(database_url=fleet_database, events_url=redis_url, data_dir=tmp_path / "shared")
     with LiveServer(make_settings(steps=30, max_batch=1, worker_concurrency=0, **shared)) as api_a, \
             LiveServer(make_settings(steps=30, max_batch=1, **shared)) as api_b:
         key = api_a.service.keys.create(KeyMode.SIGNATURE)

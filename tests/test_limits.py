@@ -23,8 +23,6 @@ from fluxhost.limits import (
 from fluxhost.signing import KeyMode
 from tests.helpers import SLUG, LiveServer, ProtocolClient
 
-REDIS = os.environ.get("FLUXHOST_TEST_REDIS")
-
 
 def refusal(answer: dict) -> str:
     assert answer["result"] is False, answer
@@ -71,10 +69,9 @@ def test_requests_pass_uncounted_while_redis_cannot_be_reached(caplog):
     assert caplog.text.count("request rates go uncounted while Redis cannot be reached") == 1
 
 
-@pytest.mark.skipif(not REDIS, reason="needs Redis (FLUXHOST_TEST_REDIS, set by .ci/run)")
-def test_api_processes_sharing_redis_count_a_key_once():
+def test_api_processes_sharing_redis_count_a_key_once(redis_url):
     clock = [6000.0 * 60 + os.getpid() % 1000 * 60]  # a minute no other run of this test used
-    first, second = (RedisRequestRate(REDIS, 3, clock=lambda: clock[0]) for _ in range(2))
+    first, second = (RedisRequestRate(redis_url, 3, clock=lambda: clock[0]) for _ in range(2))
     first.take(7)
     second.take(7)
     first.take(7)
@@ -159,10 +156,9 @@ def test_failure_budgets_last_their_minute():
     off.check("10.0.0.1", 7)
 
 
-@pytest.mark.skipif(not REDIS, reason="needs Redis (FLUXHOST_TEST_REDIS, set by .ci/run)")
-def test_api_processes_sharing_redis_count_failures_once():
+def test_api_processes_sharing_redis_count_failures_once(redis_url):
     minute = 7000 * 60 + os.getpid() % 1000 * 60  # a minute no other run of this test used
-    first, second = (AuthFailureLimit(2, 100, RedisMinuteCounts(REDIS, "failed authentications"),
+    first, second = (AuthFailureLimit(2, 100, RedisMinuteCounts(redis_url, "failed authentications"),
                                       clock=lambda: minute + 1.0) for _ in range(2))
     first.record("10.9.8.7", 7)
     second.record("10.9.8.7", 7)

@@ -17,7 +17,6 @@ from fluxhost.statuses import Status
 from tests.helpers import SLUG, LiveServer, ProtocolClient
 from tests.test_socket import follow, socket_url
 
-REDIS = os.environ.get("FLUXHOST_TEST_REDIS")
 pytestmark = pytest.mark.slow  # a child process per test
 
 
@@ -82,19 +81,19 @@ def test_a_model_the_child_cannot_load_refuses_runs(make_settings, tmp_path):
         assert "FLUXHOST_MODELS" in refused["errors"][0]["message"]
 
 
-@pytest.mark.skipif(not REDIS, reason="needs Redis: run .ci/run")
-def test_with_redis_events_each_event_of_a_child_task_is_published_once(make_settings):
+def test_with_redis_events_each_event_of_a_child_task_is_published_once(make_settings, redis_url):
     """The child publishes on a bus of its own; the parent relays each event to Redis once, and
     nothing heard on Redis goes back down the pipe (it once looped: thousands of messages a task)."""
     import redis
 
     steps = 4
-    connection = redis.Redis.from_url(REDIS)
+    connection = redis.Redis.from_url(redis_url)
     channel = connection.pubsub(ignore_subscribe_messages=True)
     channel.subscribe("fluxhost:events")
     channel.get_message(timeout=5)
     try:
-        settings = make_settings(steps=steps, worker_process=True, engine="bench", bench_step_ms=20, events_url=REDIS)
+        settings = make_settings(steps=steps, worker_process=True, engine="bench", bench_step_ms=20,
+                                 events_url=redis_url)
         with LiveServer(settings) as live:
             client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
             run = client.run(seed="4")
