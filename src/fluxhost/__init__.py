@@ -1,6 +1,15 @@
 """fluxhost: a self-hosted FLUX text-to-image service speaking the Wiro task protocol."""
 
+import os
+
 __version__ = "0.1.0"
 
 DEFAULT_MODEL = "black-forest-labs/flux-pro-1.1"
 """The hosted tool this server reproduces (the seed's), served by default."""
+
+# Torch's OpenMP threads spin while they wait for work, by default. Beside the service's other
+# threads and processes (the API, a worker child, PNG encoding) the spinning takes the cores the
+# work needs: a demo picture on 2 busy cores cost 10.3 CPU-seconds spinning and 2.9 waiting
+# passively (bench/engine_overhead.py). Set before torch loads its OpenMP runtime, which reads it
+# once; OMP_WAIT_POLICY=ACTIVE in the environment keeps spinning.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
