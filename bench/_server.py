@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from fluxhost.signing import signed_headers
+from fluxhost.statuses import TERMINAL
 
 FLUXHOST = str(Path(sys.executable).with_name("fluxhost"))
 SLUG = "black-forest-labs/flux-pro-1.1"
@@ -68,3 +69,13 @@ class Signer:
     def headers(self) -> dict[str, str]:
         return signed_headers(self.api_key, self.api_secret, str(next(self._nonces)))
 
+
+def wait_for_task(http: httpx.Client, signer: Signer, token: str, poll_seconds: float) -> dict:
+    """Poll Task/Detail every ``poll_seconds`` until the task ends; its detail (it must have
+    completed)."""
+    while True:
+        task = http.post("/v1/Task/Detail", json={"tasktoken": token}, headers=signer.headers()).json()["tasklist"][0]
+        if task["status"] in TERMINAL:
+            assert task["pexit"] == "0", task["debugerror"]
+            return task
+        time.sleep(poll_seconds)

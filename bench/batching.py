@@ -19,8 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from _server import SLUG, Signer, running_server
-from fluxhost.statuses import TERMINAL
+from _server import SLUG, Signer, running_server, wait_for_task
 from fluxhost.testing.tiny import ensure_tiny_pipeline
 
 
@@ -36,13 +35,7 @@ def images_per_second(weights: Path, batch: int, tasks: int, steps: int, threads
                 return http.post(f"/v1/Run/{SLUG}", json=body, headers=signer.headers()).json()["socketaccesstoken"]
 
             def wait(token: str) -> None:
-                while True:
-                    task = http.post("/v1/Task/Detail", json={"tasktoken": token},
-                                     headers=signer.headers()).json()["tasklist"][0]
-                    if task["status"] in TERMINAL:
-                        assert task["pexit"] == "0", task["debugerror"]
-                        return
-                    time.sleep(0.1)
+                wait_for_task(http, signer, token, 0.1)
 
             wait(run(0))  # warm-up: the first call pays for allocations
             began = time.perf_counter()

@@ -29,13 +29,12 @@ from pathlib import Path
 import httpx
 import psutil
 
-from _server import SLUG, Signer, running_server
+from _server import SLUG, Signer, running_server, wait_for_task
 from fluxhost.demo import EXAMPLE_PROMPT, GUIDANCE, STEPS, demo_model_settings
 from fluxhost.engines.base import GenerationRequest
 from fluxhost.orders import size_for_aspect_ratio
 from fluxhost.runtime.host import build_engine
 from fluxhost.settings import Settings
-from fluxhost.statuses import TERMINAL
 from fluxhost.testing.tiny import ensure_tiny_pipeline
 
 PROMPT = "a lighthouse on a cliff at dusk"
@@ -74,13 +73,7 @@ def through_service(weights: Path, images: int, steps: int, threads: int) -> flo
             def one(seed: int) -> float:
                 body = {"prompt": PROMPT, "aspectRatio": "16:9", "seed": str(seed)}
                 token = http.post(f"/v1/Run/{SLUG}", json=body, headers=signer.headers()).json()["socketaccesstoken"]
-                while True:
-                    task = http.post("/v1/Task/Detail", json={"tasktoken": token},
-                                     headers=signer.headers()).json()["tasklist"][0]
-                    if task["status"] in TERMINAL:
-                        assert task["pexit"] == "0", task["debugerror"]
-                        return float(task["elapsedseconds"])
-                    time.sleep(0.2)
+                return float(wait_for_task(http, signer, token, 0.2)["elapsedseconds"])
 
             one(0)  # warm-up
             return sum(one(seed) for seed in range(images)) / images
@@ -124,13 +117,7 @@ def demo_through_service(images: int, threads: int) -> tuple[float, float]:
             def generate(seed: int) -> None:
                 body = {"prompt": EXAMPLE_PROMPT, "aspectRatio": "1:1", "seed": str(seed)}  # PNG, the default
                 token = http.post(f"/v1/Run/{SLUG}", json=body, headers=signer.headers()).json()["socketaccesstoken"]
-                while True:
-                    task = http.post("/v1/Task/Detail", json={"tasktoken": token},
-                                     headers=signer.headers()).json()["tasklist"][0]
-                    if task["status"] in TERMINAL:
-                        assert task["pexit"] == "0", task["debugerror"]
-                        return
-                    time.sleep(0.2)
+                wait_for_task(http, signer, token, 0.2)
 
             generate(0)  # warm-up
             cpu, wall = service_cpu_seconds(), time.perf_counter()
