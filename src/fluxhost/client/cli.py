@@ -211,7 +211,7 @@ def _generate(client: Client, model: str, inputs: dict[str, Any], seed: str | No
 
         with Image.open(path) as image:
             width, height = image.size
-        out.print(f"{path}  {width}x{height}  seed {info.seed}", highlight=False)
+        out.print(f"{path}  {width}x{height}  seed {info.seed}", highlight=False, soft_wrap=True)
 
 
 def _follow(task) -> TaskInfo:
