@@ -11,8 +11,6 @@ import argparse
 import io
 import time
 
-import torch
-
 from fluxhost.demo import demo_model_settings
 from fluxhost.demo.scenes import held_out_captions
 from fluxhost.engines.base import GenerationRequest
@@ -36,6 +34,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     arguments = parser.parse_args()
+    import torch  # here: the fluxhost imports above set torch's OpenMP wait policy before it loads
+
     torch.set_num_threads(arguments.threads)
     model = demo_model_settings()
     engine = FluxEngine(model.weights, model)

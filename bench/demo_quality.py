@@ -13,8 +13,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test's checker, from a checkout
 
 from tests.test_demo_model import expected, held_out_sample, read_scene, scores  # noqa: E402
@@ -47,6 +45,8 @@ def main() -> None:
     parser.add_argument("--ratios", nargs="+", default=list(ASPECT_RATIOS), choices=ASPECT_RATIOS)
     parser.add_argument("--threads", type=int, default=2)
     arguments = parser.parse_args()
+    import torch  # here: the fluxhost imports above set torch's OpenMP wait policy before it loads
+
     torch.set_num_threads(arguments.threads)
     model = demo_model_settings(weights=str(arguments.weights), upscaler=str(arguments.weights / "upscaler"))
     engine = FluxEngine(model.weights, model)

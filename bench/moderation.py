@@ -15,8 +15,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from fluxhost.engines.base import GenerationRequest, generate
 from fluxhost.engines.flux import FluxEngine
 from fluxhost.orders import size_for_aspect_ratio
@@ -43,6 +41,8 @@ def main() -> None:
     parser.add_argument("--text-model")
     parser.add_argument("--image-model")
     args = parser.parse_args()
+    import torch  # here: the fluxhost imports above set torch's OpenMP wait policy before it loads
+
     torch.set_num_threads(args.threads)
     width, height = size_for_aspect_ratio("16:9")
     with tempfile.TemporaryDirectory() as folder:

@@ -1,6 +1,8 @@
 """The web playground in a real headless Chromium (Debian's, driven by Playwright): key and secret
-entered once, a prompt generated with live progress, the gallery, Stop, a wrong secret, and no
-request leaving the server. Screenshots at desktop and phone sizes go to build/test-artifacts/."""
+entered once, a prompt generated with live progress, the gallery (searched, paged), Stop, a wrong
+secret, an input image picked, dropped or taken from the gallery, a batch, and an opened picture
+zoomed, copied, reused and varied; no request leaves the server. Screenshots of the demo model at
+desktop and phone sizes go to build/test-artifacts/ (docs/screenshots/ holds copies)."""
 
 import os
 import shutil
@@ -82,12 +84,12 @@ def test_generate_follows_progress_and_fills_the_gallery(make_settings, open_pag
         page.get_by_role("button", name="Generate").click()
 
         image = page.get_by_role("img", name=prompt).first
-        expect(page.locator("#result-image")).to_have_attribute("alt", prompt, timeout=60_000)
-        page.wait_for_function("document.querySelector('#result-image').naturalWidth > 0")
-        width, height = page.evaluate("[document.querySelector('#result-image').naturalWidth, "
-                                      "document.querySelector('#result-image').naturalHeight]")
+        result = page.locator("#results img")
+        expect(result).to_have_attribute("alt", prompt, timeout=60_000)
+        page.wait_for_function("document.querySelector('#results img').naturalWidth > 0")
+        width, height = result.evaluate("image => [image.naturalWidth, image.naturalHeight]")
         assert abs(width / height - 16 / 9) < 0.05, (width, height)
-        expect(page.locator("#result-caption")).to_contain_text(f"Seed 7 · {width}×{height}")
+        expect(page.locator("#results figcaption")).to_contain_text(f"Seed 7 · {width}×{height}")
         seen = page.evaluate("window.progressSeen")
         assert any(text.startswith("Step ") for text in seen), seen
         assert not any(text.startswith("task_") for text in seen), seen  # no raw frame names
@@ -96,18 +98,13 @@ def test_generate_follows_progress_and_fills_the_gallery(make_settings, open_pag
         expect(image).to_be_visible()
         expect(page.locator("#gallery li img")).to_have_attribute("alt", prompt)
 
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=ARTIFACTS / "playground-desktop.png", full_page=True)
-        page.set_viewport_size({"width": 390, "height": 844})
-        page.screenshot(path=ARTIFACTS / "playground-phone.png", full_page=True)
-
         page.locator("#gallery li button").click()  # the task, large, with its actions
         dialog = page.get_by_role("dialog")
         expect(dialog.get_by_role("img", name=prompt)).to_be_visible()
         expect(dialog.get_by_role("link", name="Download")).to_have_attribute("download", "fluxhost-1-0.png")
         dialog.get_by_role("button", name="Re-run with the same seed").click()
-        expect(page.locator("#result-caption")).to_contain_text(f"Seed 7 · {width}×{height} · task 2",
-                                                                timeout=60_000)
+        expect(page.locator("#results figcaption")).to_contain_text(f"Seed 7 · {width}×{height} · task 2",
+                                                                    timeout=60_000)
         expect(page.locator("#gallery li")).to_have_count(2)
 
         page.locator("#gallery li[data-taskid='1'] button").click()
@@ -175,3 +172,185 @@ def test_on_the_demo_model_the_prompt_shows_its_example_and_a_prompt_it_cannot_d
         page.get_by_role("button", name="Generate").click()
         expect(page.locator("#message")).to_contain_text(
             'Note: the demo model does not know "lighthouse", "cliff": it draws flat shapes only', timeout=60_000)
+
+
+def png(width: int = 96, height: int = 64) -> bytes:
+    """A small picture to upload: a gradient."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    ramp = np.linspace(0, 255, width, dtype=np.uint8)
+    pixels = np.stack([np.tile(ramp, (height, 1))] * 3, axis=-1)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def own_addresses(live) -> tuple[str, ...]:
+    """What the page may reach: the server, its socket, and the page's own data: and blob: pictures."""
+    return live.base_url, live.base_url.replace("http", "ws", 1), "data:", f"blob:{live.base_url}"
+
+
+REDRAW = "acme/redraw"
+
+
+def test_an_input_image_is_picked_dropped_or_taken_from_the_gallery_and_sent_as_a_file(make_settings, open_page,
+                                                                                        tiny_weights):
+    from fluxhost.settings import ModelSettings
+    from tests.helpers import SLUG
+
+    tiny = dict(weights=str(tiny_weights), steps=2, max_sequence_length=32, max_batch=1)
+    models = {SLUG: ModelSettings(**tiny), REDRAW: ModelSettings(**tiny, kind="image-to-image")}
+    with LiveServer(make_settings(models=models)) as live:
+        key = live.service.keys.create(KeyMode.SIGNATURE)
+        page = open_page(live.base_url)
+        runs = []
+        page.on("request", lambda request: runs.append(request.headers.get("content-type", ""))
+                if "/v1/Run/" in request.url else None)
+        sign_in(page, key.api_key, key.api_secret)
+        expect(page.get_by_label("Prompt", exact=True)).to_be_visible()
+        expect(page.get_by_label("Input Image", exact=True)).to_have_count(0)  # a text-to-image model takes none
+        page.get_by_label("Prompt", exact=True).fill("a grey field")
+        page.get_by_role("button", name="Generate").click()
+        expect(page.locator("#gallery li img")).to_have_count(1, timeout=60_000)
+
+        page.get_by_label("Model").select_option(REDRAW)
+        picker = page.get_by_label("Input Image", exact=True)
+        picker.set_input_files({"name": "ramp.png", "mimeType": "image/png", "buffer": png()})
+        expect(page.get_by_role("img", name="The input image")).to_be_visible()
+        page.get_by_role("button", name="Remove image").click()
+        expect(page.get_by_role("img", name="The input image")).to_be_hidden()
+        dropped = page.evaluate_handle("""async () => {
+            const transfer = new DataTransfer();
+            const picture = await (await fetch(document.querySelector('#gallery li img').src)).blob();
+            transfer.items.add(new File([picture], 'dropped.png', {type: 'image/png'}));
+            return transfer;
+        }""")
+        page.locator(".drop").dispatch_event("drop", {"dataTransfer": dropped})
+        expect(page.get_by_role("img", name="The input image")).to_be_visible()
+        assert picker.evaluate("input => input.files[0].name") == "dropped.png"
+        page.get_by_label("Prompt", exact=True).fill("the same, redrawn")
+        page.get_by_role("button", name="Generate").click()
+        expect(page.locator("#gallery li img")).to_have_count(2, timeout=60_000)
+        assert runs[-1].startswith("multipart/form-data"), runs  # the file itself, as the protocol takes it
+        expect(page.locator("#results img")).to_have_attribute("alt", "the same, redrawn")
+
+        page.get_by_label("Model").select_option(SLUG)
+        page.locator("#gallery li[data-taskid='1'] button").click()
+        page.get_by_role("dialog").get_by_role("button", name="Edit this").click()
+        expect(page.get_by_label("Model")).to_have_value(REDRAW)
+        expect(page.get_by_role("img", name="The input image")).to_be_visible()
+        assert page.get_by_label("Input Image", exact=True).evaluate("input => input.files[0].name") == \
+            "fluxhost-1-0.png"
+        expect(page.get_by_label("Prompt", exact=True)).to_be_focused()
+    assert all(url.startswith(own_addresses(live)) for url in page.reached), page.reached
+
+
+def test_a_batch_then_zoom_copy_use_and_vary_an_opened_picture(make_settings, open_page):
+    from tests.helpers import SLUG
+
+    with LiveServer(make_settings(steps=2, max_batch=1)) as live:
+        key = live.service.keys.create(KeyMode.SIGNATURE)
+        page = open_page(live.base_url)
+        page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live.base_url)
+        sign_in(page, key.api_key, key.api_secret)
+        prompt = "two moons over a lake"
+        page.get_by_label("Prompt", exact=True).fill(prompt)
+        page.get_by_label("Aspect Ratio").select_option("1:1")
+        page.get_by_label("Images", exact=True).fill("2")
+        page.get_by_role("button", name="Generate").click()
+        expect(page.locator("#results figure img")).to_have_count(2, timeout=60_000)
+        expect(page.locator("#gallery li img")).to_have_count(2, timeout=60_000)
+        captions = page.locator("#results figcaption").all_text_contents()
+        seeds = {caption.split(" · ")[0] for caption in captions}
+        assert len(seeds) == 2, captions  # each its own random seed
+
+        page.locator("#results figure button").first.click()  # a result opens like a gallery picture
+        dialog = page.get_by_role("dialog")
+        expect(dialog.get_by_role("heading")).to_have_text("Task 1")
+        zoom = dialog.get_by_role("button", name="Full size")
+        picture = dialog.get_by_role("img", name=prompt)
+        page.wait_for_function("document.querySelector('dialog .zoom img').naturalWidth > 0")
+        natural = picture.evaluate("image => image.naturalWidth")
+        expect(zoom).to_have_attribute("aria-pressed", "false")
+        assert picture.evaluate("image => image.clientWidth") != natural  # fitted to the dialog
+        zoom.click()
+        expect(zoom).to_have_attribute("aria-pressed", "true")
+        assert picture.evaluate("image => image.clientWidth") == natural  # one image pixel a screen pixel
+        zoom.press("Enter")
+        expect(zoom).to_have_attribute("aria-pressed", "false")
+
+        task = live.service.tasks.get(1)
+        seed = task.parameters["seed"]
+        dialog.get_by_role("button", name="Copy parameters").click()
+        copied = page.evaluate("navigator.clipboard.readText()")
+        assert copied == (f"fluxhost run '{prompt}' --model {SLUG} --seed {seed} -i safetyTolerance=2 "
+                          "-i aspectRatio=1:1 -i outputFormat=png"), copied
+
+        page.get_by_label("Prompt", exact=True).fill("something else")
+        page.get_by_label("Aspect Ratio").select_option("16:9")
+        page.locator("#gallery li[data-taskid='1'] button").click()
+        dialog.get_by_role("button", name="Use these parameters").click()
+        expect(page.get_by_label("Prompt", exact=True)).to_have_value(prompt)
+        expect(page.get_by_label("Aspect Ratio")).to_have_value("1:1")
+        expect(page.get_by_label("Seed")).to_have_value(seed)
+
+        page.get_by_label("Images", exact=True).fill("1")
+        page.locator("#gallery li[data-taskid='1'] button").click()
+        dialog.get_by_role("button", name="Vary").click()
+        expect(page.locator("#gallery li")).to_have_count(3, timeout=60_000)
+        varied = live.service.tasks.get(3).parameters
+        assert varied["prompt"] == prompt and varied["aspectRatio"] == "1:1" and varied["seed"] != seed
+    assert all(url.startswith(own_addresses(live)) for url in page.reached), page.reached
+
+
+def test_the_gallery_searches_prompts_and_pages(make_settings, open_page):
+    from tests.helpers import ProtocolClient
+
+    with LiveServer(make_settings(engine="bench", worker_concurrency=0)) as live:
+        key = live.service.keys.create(KeyMode.SIGNATURE)
+        client = ProtocolClient(live.base_url, key)
+        for number in range(30):
+            client.run(prompt=f"a red fox, take {number}" if number % 3 == 0 else f"an owl, take {number}")
+        page = open_page(live.base_url)
+        sign_in(page, key.api_key, key.api_secret)
+        expect(page.locator("#gallery li")).to_have_count(24)
+        expect(page.locator("#gallery li").first).to_have_attribute("data-taskid", "30")  # newest first
+        page.get_by_role("button", name="More").click()
+        expect(page.locator("#gallery li")).to_have_count(30)
+        expect(page.get_by_role("button", name="More")).to_be_hidden()
+        page.get_by_role("button", name="Refresh").click()
+        expect(page.locator("#gallery li")).to_have_count(30)  # what More brought stays
+
+        page.get_by_label("Search prompts").fill("RED FOX")
+        expect(page.locator("#gallery li")).to_have_count(10)
+        assert all("red fox" in text for text in page.locator("#gallery li .prompt").all_text_contents())
+        page.get_by_label("Search prompts").fill("a heron")
+        expect(page.locator("#gallery li")).to_have_count(0)
+        expect(page.locator("#gallery-empty")).to_have_text('No prompt holds "a heron".')
+    assert all(url.startswith(own_addresses(live)) for url in page.reached), page.reached
+
+
+def test_screenshots_of_the_demo_model_at_desktop_and_phone_sizes(make_settings, open_page):
+    from fluxhost.demo import EXAMPLE_PROMPT, demo_model_settings
+    from tests.helpers import SLUG
+
+    with LiveServer(make_settings(models={SLUG: demo_model_settings(max_batch=1)})) as live:
+        key = live.service.keys.create(KeyMode.SIGNATURE)
+        page = open_page(live.base_url)
+        sign_in(page, key.api_key, key.api_secret)
+        page.get_by_label("Prompt", exact=True).fill(EXAMPLE_PROMPT)
+        page.get_by_label("Aspect Ratio").select_option("4:3")
+        page.get_by_label("Images", exact=True).fill("2")
+        page.get_by_role("button", name="Generate").click()
+        expect(page.locator("#gallery li img")).to_have_count(2, timeout=120_000)
+        page.wait_for_function("[...document.querySelectorAll('#results img, #gallery img')]"
+                               ".every(image => image.complete && image.naturalWidth > 0)")
+        page.evaluate("document.activeElement.blur()")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=ARTIFACTS / "playground-desktop.jpg", full_page=True, type="jpeg", quality=70)
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.screenshot(path=ARTIFACTS / "playground-phone.jpg", full_page=True, type="jpeg", quality=70)
+    assert all(url.startswith(own_addresses(live)) for url in page.reached), page.reached

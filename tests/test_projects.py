@@ -37,6 +37,27 @@ def test_list_is_newest_first_and_pages(client):
         client.wait(taskid)
 
 
+def test_list_searches_the_prompts_of_the_project_only(server, client):
+    fox, owl, percent = (client.run(prompt=prompt)["taskid"]
+                         for prompt in ("A Red Fox in the snow", "an owl at night", "100% cotton, 5_0"))
+    other = ProtocolClient(server.base_url, server.service.keys.create(KeyMode.SIGNATURE))
+    other.run(prompt="another fox")
+
+    def found(search: str, **more: str) -> tuple[str, list[str]]:
+        listed = client.call("Task/List", {"search": search, **more})
+        return listed["total"], [task["id"] for task in listed["tasklist"]]
+
+    assert found("red FOX") == ("1", [fox])
+    assert found("  fox ") == ("1", [fox])
+    assert found("n") == ("3", [percent, owl, fox])
+    assert found("n", start="1", limit="1") == ("3", [owl])
+    assert found("%") == ("1", [percent]) and found("5_0") == ("1", [percent]) and found("5%0") == ("0", [])
+    assert found("") == ("3", [percent, owl, fox])
+    assert found("a heron") == ("0", [])
+    for taskid in (fox, owl, percent):
+        client.wait(taskid)
+
+
 def test_input_output_delete_removes_the_files_and_keeps_the_record(client):
     run = client.run()
     url = client.wait(run["taskid"])["outputs"][0]["url"]

@@ -168,13 +168,15 @@ def shown_name(sent: str, extension: str) -> str:
 @dataclass(frozen=True)
 class TaskQuery:
     """A page of the caller's tasks: ``sort`` is ``id``, ``createtime`` or ``status``;
-    ``model_name`` keeps tasks whose model slug contains it."""
+    ``model_name`` keeps tasks whose model slug contains it, ``search`` those whose prompt contains it
+    (ignoring case)."""
 
     start: int = 0
     limit: int = 20
     newest_first: bool = True
     sort: str = "id"
     model_name: str = ""
+    search: str = ""
 
 
 @dataclass(frozen=True)
@@ -621,7 +623,7 @@ class Operations:
     def list(self, caller: Caller, query: TaskQuery) -> TaskPage:
         total, found = self.tasks.list(
             caller.project_id, start=query.start, limit=query.limit, newest_first=query.newest_first,
-            sort=query.sort, model_name=query.model_name,
+            sort=query.sort, model_name=query.model_name, search=query.search,
         )
         return TaskPage(total, found)
 

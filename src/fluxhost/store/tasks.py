@@ -140,10 +140,15 @@ class TaskStore:
         newest_first: bool = True,
         sort: str = "id",
         model_name: str = "",
+        search: str = "",
     ) -> tuple[int, list[TaskView]]:
         """A page of the project's tasks and how many there are in all; ``model_name`` keeps the
-        tasks whose model slug contains it (either spelling of version dots)."""
+        tasks whose model slug contains it (either spelling of version dots), ``search`` those
+        whose prompt contains it, ignoring case (SQLite's ``lower`` folds ASCII letters only)."""
         where = [tasks.c.project_id == project_id]
+        if search.strip():
+            prompt = func.lower(tasks.c.parameters["prompt"].as_string())
+            where.append(prompt.contains(search.strip().lower(), autoescape=True))
         if model_name:
             spelled = func.replace(func.lower(tasks.c.model_slug), ".", "-")
             where.append(spelled.contains(model_name.strip().lower().replace(".", "-"), autoescape=True))

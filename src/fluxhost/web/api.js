@@ -105,8 +105,11 @@ export class Api {
     return this.call(`Run/${slug}`, inputs);
   }
 
-  tasks(limit = 24) {
-    return this.call("Task/List", { limit, order: "desc" }).then((answer) => answer.tasklist);
+  // A page of the project's tasks, newest first, those whose prompt holds ``search`` when given:
+  // { tasks, total }.
+  tasks({ start = 0, limit = 24, search = "" } = {}) {
+    return this.call("Task/List", { start, limit, order: "desc", search })
+      .then((answer) => ({ tasks: answer.tasklist, total: Number(answer.total) }));
   }
 
   task(taskid) {

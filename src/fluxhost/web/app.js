@@ -1,62 +1,20 @@
-// The playground: a form rendered from Tool/Detail, Generate followed live on the socket, and a
-// gallery of the project's tasks from Task/List. Every call goes through api.js, as any client's.
+// The playground: a form rendered from Tool/Detail, Generate (one image or a batch) followed live
+// on the socket, and a gallery of the project's tasks from Task/List, searched and paged. Every call
+// goes through api.js, as any client's.
 
-import { Api, ApiError, follow, forgetCredentials, saveCredentials, savedCredentials } from "./api.js";
+import { Api, follow, forgetCredentials, saveCredentials, savedCredentials } from "./api.js";
+import { $, element, failed, say } from "./dom.js";
+import { batchSize, fillForm, formInputs, putImage, renderForm, takesImage, withInput } from "./form.js";
+import { RUNNING, STATUS_WORDS, statusWord } from "./statuses.js";
+import { openTask } from "./task-dialog.js";
 
-const $ = (selector) => document.querySelector(selector);
-const STATUS_WORDS = {
-  task_queue: "Queued",
-  task_accept: "Preparing",
-  task_preprocess_start: "Preparing",
-  task_preprocess_end: "Preparing",
-  task_assign: "Starting",
-  task_start: "Generating",
-  task_output: "Generating",
-  task_end: "Saving",
-  task_postprocess_start: "Saving",
-  task_postprocess_end: "Done",
-  task_cancel: "Stopped",
-  task_error: "Failed",
-};
-const RUNNING = new Set(["task_accept", "task_preprocess_start", "task_preprocess_end", "task_assign", "task_start",
-  "task_output", "task_end", "task_postprocess_start"]);
 // Frames that carry a log, not a step of the lifecycle: the progress line keeps what it says.
 const EVENT_ONLY = new Set(["task_output", "task_output_full", "task_error_full"]);
+const PAGE = 24;
 
 let api = null;
 let tools = [];
-let current = null; // the task being generated: { taskid, token, socket, status }
-
-function say(text, kind = "info") {
-  const message = $("#message");
-  message.textContent = text;
-  message.dataset.kind = kind;
-}
-
-function failed(error) {
-  say(error instanceof ApiError ? error.message : `Something went wrong: ${error}`, "error");
-}
-
-function capitalized(text) {
-  return text ? text[0].toUpperCase() + text.slice(1) : text;
-}
-
-function element(tag, attributes = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [name, value] of Object.entries(attributes)) {
-    if (value === false || value === null || value === undefined) continue;
-    if (name === "text") node.textContent = value;
-    else node.setAttribute(name, value === true ? "" : value);
-  }
-  node.append(...children.filter((child) => child !== null && child !== undefined));
-  return node;
-}
-
-function statusWord(task) {
-  if (task.status === "task_postprocess_end" && task.pexit !== "0") return "Failed";
-  if (/moderated/i.test(task.debugerror || "")) return "Moderated";
-  return STATUS_WORDS[task.status] || task.status;
-}
+let batch = null; // the Runs being generated: { runs: [{ taskid, socket, status, percentage, slot, ended }] }
 
 // --- credentials ---------------------------------------------------------------------------
 
@@ -98,52 +56,20 @@ async function loadTools() {
     failed(error);
     return;
   }
-  const picker = $("#model");
-  picker.replaceChildren(...tools.map((tool) => element("option", {
+  $("#model").replaceChildren(...tools.map((tool) => element("option", {
     value: `${tool.slugowner}/${tool.slugproject}`, text: `${tool.title} (${tool.slugowner}/${tool.slugproject})`,
   })));
   await renderInputs();
 }
 
-function inputControl(item) {
-  const id = `input-${item.id}`;
-  const described = item.description ? `${id}-about` : null;
-  const common = { id, name: item.id, "aria-describedby": described, required: item.required === true };
-  let control;
-  if (item.type === "textarea") {
-    control = element("textarea", { ...common, rows: 3 });
-    control.value = "";
-    control.placeholder = item.example || item.default || "";
-  } else if (item.type === "select") {
-    control = element("select", common, ...(item.options || []).map((option) => element("option", {
-      value: option.value,
-      text: option.width ? `${option.label} (${option.width}×${option.height})` : option.label,
-    })));
-    control.value = item.default ?? "";
-  } else if (item.type === "range") {
-    control = element("input", { ...common, type: "range", min: item.min, max: item.max, step: item.step });
-    control.value = item.default;
-  } else if (item.type === "fileinput") {
-    control = element("input", { ...common, type: "file", accept: "image/png,image/jpeg,image/webp", required: false });
-  } else if (item.id === "seed") {  // empty: a new random seed each time (the server's), shown with the picture
-    control = element("input", { ...common, type: "text", inputmode: "numeric", placeholder: "random" });
-  } else {
-    control = element("input", { ...common, type: "text" });
-    control.value = item.default ?? "";
-  }
-  const label = element("label", { for: id, text: capitalized(item.label || item.id) });
-  const shown = item.type === "range" ? element("output", { for: id, text: control.value }) : null;
-  if (shown) control.addEventListener("input", () => { shown.textContent = control.value; });
-  const about = described ? element("small", { id: described, text: item.description }) : null;
-  return element("div", { class: `field field-${item.type}` }, label, shown, control, about);
+function toolOf(slug) {
+  return tools.find((tool) => `${tool.slugowner}/${tool.slugproject}` === slug);
 }
 
 async function renderInputs() {
   const [owner, project] = $("#model").value.split("/");
   try {
-    const tool = await api.tool(owner, project);
-    const items = tool.parameters.flatMap((group) => group.items).filter((item) => item.available !== false);
-    $("#inputs").replaceChildren(...items.map(inputControl));
+    renderForm(await api.tool(owner, project));
   } catch (error) {
     failed(error);
   }
@@ -151,19 +77,12 @@ async function renderInputs() {
 
 $("#model").addEventListener("change", renderInputs);
 
-function formInputs() {
-  const fields = [...$("#inputs").querySelectorAll("[name]")];
-  const file = fields.find((field) => field.type === "file" && field.files.length);
-  const inputs = file ? new FormData() : {};
-  for (const field of fields) {
-    if (field.type === "file") {
-      if (field.files.length) inputs.append(field.name, field.files[0]);
-    } else if (field.value !== "") {
-      if (file) inputs.append(field.name, field.value);
-      else inputs[field.name] = field.value;
-    }
-  }
-  return inputs;
+// Show ``slug`` in the form (false when this server does not serve it).
+async function chooseModel(slug) {
+  if (!toolOf(slug)) return false;
+  $("#model").value = slug;
+  await renderInputs();
+  return true;
 }
 
 // --- Generate, followed on the socket ------------------------------------------------------
@@ -176,104 +95,215 @@ function showProgress(text, percentage = null) {
   $("#progress-text").textContent = text;
 }
 
-async function generate(slug, inputs) {
-  if (current) return;
+function given(inputs, name) {
+  return inputs instanceof FormData ? inputs.get(name) : inputs[name];
+}
+
+// ``count`` Runs of ``slug``: new random seeds, or seed, seed+1... when ``inputs`` give one.
+async function generate(slug, inputs, count = 1) {
+  if (batch) return;
   say("");
-  $("#result").hidden = true;
   $("#generate").disabled = true;
+  $("#results").replaceChildren();
+  batch = { runs: [] };
+  const seed = given(inputs, "seed");
   try {
-    const run = await api.run(slug, inputs);
-    current = { taskid: run.taskid, token: run.socketaccesstoken, status: "task_queue" };
-    $("#stop").hidden = false;
-    showProgress("Queued", 0);
-    current.socket = follow(run.socketaccesstoken, onFrame);
-    current.socket.addEventListener("close", () => { if (current?.taskid === run.taskid) finish(run.taskid); });
-  } catch (error) {
-    failed(error);
-    $("#generate").disabled = false;
-  }
-}
-
-function onFrame(frame) {
-  if (!current || frame.result === false) return;
-  current.status = frame.type;
-  const progress = frame.message;
-  if (frame.type === "task_output" && progress?.type === "progressGenerate") {
-    showProgress(`Step ${progress.stepCurrent} of ${progress.stepTotal} · ${progress.speed} ${progress.speedType} · ` +
-      `${progress.remainingTime} left`, Number(progress.percentage));
-    if (frame.preview) showImage(frame.preview, "The image so far", "Preview");
-  } else if (!EVENT_ONLY.has(frame.type)) {
-    showProgress(STATUS_WORDS[frame.type] || frame.type, frame.type === "task_postprocess_end" ? 100 : null);
-  }
-  if (frame.type === "task_postprocess_end" || frame.type === "task_cancel") {
-    current.socket.close();
-  }
-}
-
-function showImage(url, alt, caption) {
-  const image = $("#result-image");
-  image.src = url;
-  image.alt = alt;
-  $("#result-caption").textContent = caption;
-  $("#result").hidden = false;
-}
-
-async function finish(taskid) {
-  const ended = current;
-  current = null;
-  $("#stop").hidden = true;
-  $("#generate").disabled = false;
-  try {
-    const task = await api.task(taskid);
-    if (task.status === "task_cancel") {
-      showProgress("Stopped", 0);
-      say(`Task ${task.id} was stopped.`);
-    } else if (task.pexit === "0" && task.outputs.length) {
-      showProgress("Done", 100);
-      const image = $("#result-image");
-      image.onload = () => {
-        $("#result-caption").textContent =
-          `Seed ${task.parameters.seed} · ${image.naturalWidth}×${image.naturalHeight} · task ${task.id}`;
-      };
-      showImage(task.outputs[0].url, task.parameters.prompt, `Seed ${task.parameters.seed} · task ${task.id}`);
-      const notes = (task.debugoutput || "").split("\n").filter((line) => line.startsWith("Note: "));
-      if (notes.length) say(notes.join(" "));
-    } else if (ended && RUNNING.has(task.status)) {
-      say("The connection to the server was lost; the task goes on: see the gallery.", "error");
-    } else {
-      showProgress(statusWord(task), 0);
-      say(`Task ${task.id} failed: ${task.debugerror || "no reason given"}`, "error");
+    for (let number = 0; number < count; number++) {
+      const seedOf = seed === null || seed === undefined || seed === "" ? undefined : String(Number(seed) + number);
+      const answer = await api.run(slug, count > 1 ? withInput(inputs, "seed", seedOf) : inputs);
+      startFollowing(answer);
     }
   } catch (error) {
     failed(error);
+    if (!batch.runs.length) {
+      batch = null;
+      $("#generate").disabled = false;
+    }
   }
+}
+
+function startFollowing(answer) {
+  const slot = element("li", { class: "result", "data-taskid": answer.taskid },
+    element("span", { class: "placeholder", text: "Queued" }));
+  $("#results").append(slot);
+  const run = { taskid: answer.taskid, status: "task_queue", percentage: 0, slot, ended: false };
+  batch.runs.push(run);
+  $("#stop").hidden = false;
+  showBatchProgress(run, "Queued");
+  run.socket = follow(answer.socketaccesstoken, (frame) => onFrame(run, frame));
+  run.socket.addEventListener("close", () => finish(run));
+}
+
+// The progress line: the run's own news, with which image of how many when there are several.
+function showBatchProgress(run, text) {
+  const { runs } = batch;
+  const percentage = runs.reduce((sum, each) => sum + (each.ended ? 100 : each.percentage), 0) / runs.length;
+  const which = runs.length > 1 ? ` · image ${runs.indexOf(run) + 1} of ${runs.length}` : "";
+  showProgress(text + which, text === "Preparing" || text === "Starting" ? null : percentage);
+}
+
+function onFrame(run, frame) {
+  if (run.ended || frame.result === false) return;
+  run.status = frame.type;
+  const progress = frame.message;
+  if (frame.type === "task_output" && progress?.type === "progressGenerate") {
+    run.percentage = Number(progress.percentage);
+    showBatchProgress(run, `Step ${progress.stepCurrent} of ${progress.stepTotal} · ${progress.speed} ` +
+      `${progress.speedType} · ${progress.remainingTime} left`);
+    if (frame.preview) showPicture(run.slot, frame.preview, "The image so far", "Preview");
+  } else if (!EVENT_ONLY.has(frame.type)) {
+    if (frame.type === "task_postprocess_end") run.percentage = 100;
+    showBatchProgress(run, STATUS_WORDS[frame.type] || frame.type);
+  }
+  if (frame.type === "task_postprocess_end" || frame.type === "task_cancel") run.socket.close();
+}
+
+function showPicture(slot, url, alt, caption, taskid = null) {
+  const image = element("img", { src: url, alt });
+  const figure = element("figure", {},
+    taskid ? element("button", { type: "button", class: "open", "aria-label": `Open task ${taskid}` }, image) : image,
+    element("figcaption", { text: caption }));
+  if (taskid) figure.querySelector("button").addEventListener("click", () => openTask(api, taskid, handlers));
+  slot.replaceChildren(figure);
+  return image;
+}
+
+async function finish(run) {
+  if (run.ended) return;
+  run.ended = true;
+  let task;
+  try {
+    task = await api.task(run.taskid);
+  } catch (error) {
+    failed(error);
+  }
+  run.task = task;
+  if (task?.pexit === "0" && task.outputs.length) {
+    for (const [index, output] of task.outputs.entries()) {
+      const slot = index ? element("li", { class: "result" }) : run.slot;
+      if (index) run.slot.after(slot);
+      const image = showPicture(slot, output.url, task.parameters.prompt, `Seed ${task.parameters.seed} · task ${task.id}`,
+        task.id);
+      image.addEventListener("load", () => {
+        slot.querySelector("figcaption").textContent =
+          `Seed ${task.parameters.seed} · ${image.naturalWidth}×${image.naturalHeight} · task ${task.id}`;
+      });
+    }
+  } else if (task) {
+    run.slot.replaceChildren(element("span", { class: "placeholder", text: statusWord(task) }));
+  }
+  if (batch.runs.every((each) => each.ended)) ended(batch.runs);
+}
+
+// Every Run of the batch has ended: what became of them, and the gallery brought up to date.
+function ended(runs) {
+  batch = null;
+  $("#stop").hidden = true;
+  $("#generate").disabled = false;
+  const tasks = runs.map((run) => run.task).filter(Boolean);
+  const done = tasks.filter((task) => task.pexit === "0" && task.outputs.length);
+  const words = [];
+  let trouble = false;
+  for (const task of tasks) {
+    if (task.status === "task_cancel") {
+      words.push(`Task ${task.id} was stopped.`);
+    } else if (done.includes(task)) {
+      words.push(...(task.debugoutput || "").split("\n").filter((line) => line.startsWith("Note: ")));
+    } else if (RUNNING.has(task.status) || task.status === "task_queue") {
+      words.push(`The connection to the server was lost; task ${task.id} goes on: see the gallery.`);
+      trouble = true;
+    } else {
+      words.push(`Task ${task.id} failed: ${task.debugerror || "no reason given"}`);
+      trouble = true;
+    }
+  }
+  if (done.length) showProgress("Done", 100);
+  else showProgress(tasks.length ? statusWord(tasks[0]) : "Failed", 0);
+  if (words.length) say([...new Set(words)].join(" "), trouble ? "error" : "info");
   refreshGallery();
 }
 
 $("#run-form").addEventListener("submit", (event) => {
   event.preventDefault();
-  generate($("#model").value, formInputs());
+  generate($("#model").value, formInputs(), batchSize());
 });
 
 $("#stop").addEventListener("click", async () => {
-  if (!current) return;
-  try {
-    await (current.status === "task_queue" ? api.cancel(current.taskid) : api.kill(current.taskid));
-  } catch (error) {
-    failed(error);
+  for (const run of batch?.runs || []) {
+    if (run.ended) continue;
+    try {
+      await (run.status === "task_queue" ? api.cancel(run.taskid) : api.kill(run.taskid));
+    } catch (error) {
+      failed(error);
+    }
   }
 });
 
-// --- the gallery, from Task/List -----------------------------------------------------------
+// --- what an opened task offers (task-dialog.js) -------------------------------------------
 
-async function refreshGallery() {
+function slugOf(task) {
+  return `${task.modelslugowner}/${task.modelslugproject}`;
+}
+
+const handlers = {
+  rerun: (task) => generate(slugOf(task), task.parameters || {}),
+  // The same prompt and inputs with new seeds; an editing model's picture becomes the input image.
+  vary(task, output) {
+    let inputs = withInput(task.parameters || {}, "seed", undefined);
+    if (output && takesImage(toolOf(slugOf(task)))) {
+      inputs = withInput(withInput(inputs, "inputImageUrl", undefined), "inputImage", output.url);
+    }
+    return generate(slugOf(task), inputs, batchSize());
+  },
+  canEdit: () => tools.some(takesImage),
+  async edit(task, output) {
+    const current = toolOf($("#model").value);
+    const editor = takesImage(current) ? current : tools.find(takesImage);
+    await chooseModel(`${editor.slugowner}/${editor.slugproject}`);
+    await putImage(output.url, `fluxhost-${task.id}-${output.name}`);
+    $("#inputs [name='prompt']")?.focus();
+    say(`Task ${task.id}'s picture is the input image: say what to change and press Generate.`);
+  },
+  async useParameters(task) {
+    if (!(await chooseModel(slugOf(task)))) {
+      say(`This server no longer serves ${slugOf(task)}.`, "error");
+      return;
+    }
+    const parameters = task.parameters || {};
+    fillForm(parameters);
+    const image = parameters.inputImage || parameters.inputImageUrl;
+    if (typeof image === "string" && image) await putImage(image, `fluxhost-${task.id}-input`);
+    $("#inputs [name='prompt']")?.focus();
+    say(`The form holds task ${task.id}'s parameters.`);
+  },
+  changed: () => refreshGallery(),
+};
+
+// --- the gallery, from Task/List: searched by prompt, a page at a time ---------------------
+
+let shown = 0; // how many tasks the gallery shows
+let searching = null;
+
+async function loadGallery(start, limit) {
   if (!api) return;
+  const search = $("#search").value.trim();
   try {
-    const tasks = await api.tasks();
-    $("#gallery").replaceChildren(...tasks.map(galleryItem));
+    const page = await api.tasks({ start, limit, search });
+    const items = page.tasks.map(galleryItem);
+    if (start) $("#gallery").append(...items);
+    else $("#gallery").replaceChildren(...items);
+    shown = start + items.length;
+    $("#more").hidden = shown >= page.total;
+    $("#gallery-empty").hidden = page.total > 0;
+    $("#gallery-empty").textContent = search ? `No prompt holds "${search}".` : "No task yet.";
   } catch (error) {
     failed(error);
   }
+}
+
+// The first page again (as many as were shown, so that More's are kept).
+function refreshGallery() {
+  return loadGallery(0, Math.max(PAGE, shown));
 }
 
 function galleryItem(task) {
@@ -286,69 +316,19 @@ function galleryItem(task) {
     picture,
     element("span", { class: "prompt", text: prompt }),
     element("span", { class: `status status-${statusWord(task).toLowerCase()}`, text: statusWord(task) }));
-  open.addEventListener("click", () => openTask(task.id));
+  open.addEventListener("click", () => openTask(api, task.id, handlers));
   return element("li", { "data-taskid": task.id, "data-status": task.status }, open);
 }
 
-async function openTask(taskid) {
-  let task;
-  try {
-    task = await api.task(taskid);
-  } catch (error) {
-    failed(error);
-    return;
-  }
-  const dialog = $("#task-dialog");
-  const parameters = task.parameters || {};
-  const output = task.outputs?.[0];
-  const facts = [
-    ["Model", `${task.modelslugowner}/${task.modelslugproject}`],
-    ["Status", statusWord(task)],
-    ...Object.entries(parameters).filter(([name]) => name !== "prompt").map(([name, value]) => [name, String(value)]),
-  ];
-  if (task.debugerror) facts.push(["Reason", task.debugerror]);
-  for (const line of (task.debugoutput || "").split("\n")) {
-    if (line.startsWith("Note: ")) facts.push(["Note", line.slice(6)]);
-  }
-  const actions = [];
-  const act = (label, work) => {
-    const button = element("button", { type: "button", text: label });
-    button.addEventListener("click", async () => {
-      try {
-        await work();
-        dialog.close();
-        refreshGallery();
-      } catch (error) {
-        failed(error);
-        dialog.close();
-      }
-    });
-    actions.push(button);
-  };
-  act("Re-run with the same seed", () => generate(`${task.modelslugowner}/${task.modelslugproject}`, parameters));
-  if (output) {
-    actions.push(element("a", { href: output.url, download: `fluxhost-${task.id}-${output.name}`, class: "button",
-      text: "Download" }));
-  }
-  if (task.status === "task_queue") act("Cancel", () => api.cancel(task.id));
-  if (RUNNING.has(task.status)) act("Kill", () => api.kill(task.id));
-  if (!RUNNING.has(task.status) && task.status !== "task_queue" && task.outputs?.length) {
-    act("Delete files", () => confirm(`Delete the files of task ${task.id}? Its record stays.`)
-      && api.deleteFiles(task.id));
-  }
-  const close = element("button", { type: "button", text: "Close" });
-  close.addEventListener("click", () => dialog.close());
-  dialog.replaceChildren(
-    element("h2", { text: `Task ${task.id}` }),
-    output ? element("img", { src: output.url, alt: parameters.prompt || "" }) : null,
-    element("p", { class: "dialog-prompt", text: parameters.prompt || "" }),
-    element("dl", {}, ...facts.flatMap(([name, value]) => [element("dt", { text: name }), element("dd", { text: value })])),
-    element("div", { class: "actions" }, ...actions, close),
-  );
-  dialog.showModal();
-}
-
 $("#refresh").addEventListener("click", refreshGallery);
+$("#more").addEventListener("click", () => loadGallery(shown, PAGE));
+$("#search").addEventListener("input", () => {
+  clearTimeout(searching);
+  searching = setTimeout(() => {
+    shown = 0;
+    loadGallery(0, PAGE);
+  }, 250);
+});
 
 // --- start ---------------------------------------------------------------------------------
 

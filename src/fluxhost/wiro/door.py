@@ -411,7 +411,7 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
             parameters = call.parameters
             start, limit, newest_first = parameters.page()
             query = TaskQuery(start, limit, newest_first, parameters.text("sort", "id").strip().lower(),
-                              str(parameters.values.get("modelName") or ""))
+                              str(parameters.values.get("modelName") or ""), parameters.text("search"))
             page = call.operations.list(caller, query)
             return task_list_body([call.render(task) for task in page.tasks], page.total)
 
