@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 # No test reaches the model hub: set before anything imports huggingface_hub, which reads it once.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -15,14 +16,25 @@ from fluxhost.signing import KeyMode
 from tests.helpers import SLUG, LiveServer, ProtocolClient, free_port, fresh_postgres_database
 from tests.services import postgres_usable, redis_binary, throwaway_postgres, throwaway_redis
 
+TINY_PIPELINES = {"tiny_weights", "tiny_klein", "tiny_kontext", "tiny_controlnet"}
+"""The fixtures that build a pipeline (test modules define all but the first)."""
+
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that needs the tiny pipeline is ``slow``: it loads it, or starts the app that does
-    (marked before pytest selects by marker)."""
+    """A test that needs a tiny pipeline is ``slow``: it builds and loads one, or starts the app that
+    does (marked before pytest selects by marker)."""
     for item in items:
-        if "tiny_weights" in getattr(item, "fixturenames", ()):
+        if TINY_PIPELINES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Collecting imports no torch: it takes seconds, and the ``not slow`` lane must stay fast."""
+    if "torch" in sys.modules:
+        raise pytest.UsageError("torch was imported while collecting the tests: import it (and what imports it, "
+                                "diffusers, safetensors.torch, fluxhost.testing.tiny) inside the test or fixture "
+                                "that needs it")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

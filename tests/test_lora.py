@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.torch import save_file
 
 from fluxhost.engines.base import Adapter, GenerationRequest, batch_key
 from fluxhost.settings import ModelSettings
@@ -138,6 +137,7 @@ def _pickle(path: Path) -> None:
 
 def _other_model(path: Path) -> None:
     import torch
+    from safetensors.torch import save_file
 
     save_file({"unet.down_blocks.0.attentions.0.proj_in.lora_A.weight": torch.zeros(4, 320),
                "unet.down_blocks.0.attentions.0.proj_in.lora_B.weight": torch.zeros(320, 4)}, str(path))
@@ -146,6 +146,7 @@ def _other_model(path: Path) -> None:
 def _full_size_flux(path: Path) -> None:
     """A FLUX.1-dev LoRA's shapes: diffusers would widen the tiny model's layers to take it."""
     import torch
+    from safetensors.torch import save_file
 
     save_file({"transformer.x_embedder.lora_A.weight": torch.ones(4, 128),
                "transformer.x_embedder.lora_B.weight": torch.ones(3072, 4)}, str(path))
@@ -153,6 +154,7 @@ def _full_size_flux(path: Path) -> None:
 
 def _unknown_kohya_keys(path: Path) -> None:
     import torch
+    from safetensors.torch import save_file
 
     save_file({"lora_unet_mystery_block.lora_down.weight": torch.zeros(4, 32),
                "lora_unet_mystery_block.lora_up.weight": torch.zeros(32, 4)}, str(path))
@@ -160,6 +162,7 @@ def _unknown_kohya_keys(path: Path) -> None:
 
 def _no_lora(path: Path) -> None:
     import torch
+    from safetensors.torch import save_file
 
     save_file({"transformer.x_embedder.weight": torch.zeros(32, 64)}, str(path))
 

@@ -12,7 +12,6 @@ from PIL import Image
 
 from fluxhost.settings import ModelSettings
 from fluxhost.signing import KeyMode
-from fluxhost.testing.loras import write_lora
 from tests.helpers import LiveServer, ProtocolClient
 from tests.test_editing import FileServer, post_files
 
@@ -28,6 +27,8 @@ def picture(task: dict) -> bytes:
 
 @pytest.fixture
 def lora_server(make_settings, tiny_weights, tmp_path):
+    from fluxhost.testing.loras import write_lora  # torch: imported by the tests that run, not at collection
+
     library = tmp_path / "loras"
     library.mkdir()
     write_lora(library / "style.safetensors", "diffusers", seed=1)
@@ -53,6 +54,8 @@ def test_library_upload_and_url_adapters_each_change_the_picture_and_are_undone(
     [tool] = client.call("Tool/Detail", {"slugowner": "wiro", "slugproject": "text-to-image-flux-lora"})["tool"]
     library = next(item for item in tool["parameters"][0]["items"] if item["id"] == "selectedLoraModel")
     assert [option["value"] for option in library["options"]] == ["", "style"]
+
+    from fluxhost.testing.loras import write_lora
 
     kohya = write_lora(tmp_path / "my kohya.safetensors", "kohya", seed=2).read_bytes()
     [upload] = post_files(client, "File/Upload", {}, {"file": ("my kohya.safetensors", kohya,

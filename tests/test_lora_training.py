@@ -149,7 +149,7 @@ def claimed_training(tmp_path: Path, **fields) -> tuple[LocalFileStore, ClaimedT
 
 
 def test_the_learning_rate_warms_up_then_decays_to_zero_along_a_cosine():
-    from fluxhost.engines.lora_training import learning_rate_scale
+    from fluxhost.engines.training import learning_rate_scale
 
     scales = [learning_rate_scale(step, 300) for step in range(300)]
     assert scales[:3] == [1 / 20, 2 / 20, 3 / 20] and scales[19] == 1.0  # 20 warm-up steps

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import math
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from fluxhost.engines.training import (
     TrainingPlan,
     TrainingProgress,
     TrainingStopped,
+    learning_rate_scale,
 )
 
 ADAPTER_NAME = "fluxhost_training"
@@ -55,21 +55,11 @@ TARGET_MODULES = (
 (diffusers' FLUX LoRA script's choice, plus the single blocks' MLP input)."""
 SIDE_MULTIPLE = 16  # a transformer token is 2x2 latents of 8x8 pixels
 SAMPLE_SEED = 42
-WARMUP_STEPS = 20  # at most; a tenth of a shorter training
 MAX_GRADIENT_NORM = 1.0  # gradients are clipped to this norm (diffusers' and ai-toolkit's default)
 
 
 def training_side(resolution: int) -> int:
     return max(SIDE_MULTIPLE, resolution // SIDE_MULTIPLE * SIDE_MULTIPLE)
-
-
-def learning_rate_scale(step: int, steps: int) -> float:
-    """The learning rate of step ``step`` (0-based) of ``steps``, as a share of the one asked for:
-    up linearly over the warm-up, then down to zero along a cosine."""
-    warmup = max(1, min(WARMUP_STEPS, steps // 10))
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
 def square(image: Image, side: int) -> Image:

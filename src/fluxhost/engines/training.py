@@ -10,6 +10,7 @@ and ``n`` alone, so a run resumed from step ``n`` goes on as if it had never sto
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -41,6 +42,18 @@ class TrainingPlan:
     save_every: int = 0  # steps between checkpoints (0: only at the end or when stopped)
     sample_every: int = 0  # steps between sample pictures (0: only at the end)
     sample_prompts: tuple[str, ...] = ()  # none: no samples
+
+
+WARMUP_STEPS = 20  # at most; a tenth of a shorter training
+
+
+def learning_rate_scale(step: int, steps: int) -> float:
+    """The learning rate of step ``step`` (0-based) of ``steps``, as a share of the one asked for:
+    up linearly over the warm-up, then down to zero along a cosine."""
+    warmup = max(1, min(WARMUP_STEPS, steps // 10))
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
 @dataclass(frozen=True)
