@@ -26,7 +26,7 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
 
 
-def _environment(settings: dict[str, str]) -> dict[str, str]:
+def server_environment(settings: dict[str, str]) -> dict[str, str]:
     """The server's environment: quiet, and without the per-key request rate limit (a bench makes
     all its requests with one key, and measures the service, not that policy)."""
     return {**os.environ, "FLUXHOST_LOG_LEVEL": "WARNING", "FLUXHOST_RATE_LIMIT_PER_MINUTE": "0",
@@ -37,7 +37,7 @@ def _environment(settings: dict[str, str]) -> dict[str, str]:
 def running_server(port: int, **settings: str):
     """Start `fluxhost serve` with these FLUXHOST_* settings; yield (base_url, key dict)."""
     with tempfile.TemporaryDirectory() as data:
-        env = _environment({"data_dir": data, "port": str(port), **settings})
+        env = server_environment({"data_dir": data, "port": str(port), **settings})
         key = json.loads(subprocess.run([FLUXHOST, "keys", "create", "--json"], env=env, check=True,
                                         capture_output=True, text=True).stdout)
         process = subprocess.Popen([FLUXHOST, "serve"], env=env, stdout=subprocess.DEVNULL,
