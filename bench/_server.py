@@ -33,13 +33,18 @@ def server_environment(settings: dict[str, str]) -> dict[str, str]:
             **{f"FLUXHOST_{k.upper()}": v for k, v in settings.items()}}
 
 
+def create_key(env: dict[str, str]) -> dict:
+    """A new signature key of the server ``env`` configures, as `fluxhost keys create --json` prints it."""
+    return json.loads(subprocess.run([FLUXHOST, "keys", "create", "--json"], env=env, check=True,
+                                     capture_output=True, text=True).stdout)
+
+
 @contextmanager
 def running_server(port: int, **settings: str):
     """Start `fluxhost serve` with these FLUXHOST_* settings; yield (base_url, key dict)."""
     with tempfile.TemporaryDirectory() as data:
         env = server_environment({"data_dir": data, "port": str(port), **settings})
-        key = json.loads(subprocess.run([FLUXHOST, "keys", "create", "--json"], env=env, check=True,
-                                        capture_output=True, text=True).stdout)
+        key = create_key(env)
         process = subprocess.Popen([FLUXHOST, "serve"], env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         base_url = f"http://127.0.0.1:{port}"

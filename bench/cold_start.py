@@ -9,14 +9,13 @@ the clock starts (`make serve` makes it on the first start only).
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import tempfile
 import time
 
 import httpx
 
-from _server import FLUXHOST, SLUG, Signer, percentile, server_environment, wait_for_task
+from _server import FLUXHOST, SLUG, Signer, create_key, percentile, server_environment, wait_for_task
 from fluxhost.demo import EXAMPLE_PROMPT
 
 
@@ -24,9 +23,7 @@ def one_round(port: int) -> tuple[float, float]:
     """Seconds to the first answer and to the first finished picture."""
     with tempfile.TemporaryDirectory() as data:
         env = server_environment({"data_dir": data, "port": str(port)})
-        key = json.loads(subprocess.run([FLUXHOST, "keys", "create", "--json"], env=env, check=True,
-                                        capture_output=True, text=True).stdout)
-        signer = Signer(key)
+        signer = Signer(create_key(env))
         started = time.perf_counter()
         process = subprocess.Popen([FLUXHOST, "serve"], env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)

@@ -31,7 +31,8 @@ def _wait_for_port(port: int, process: subprocess.Popen | None, log: Path, what:
     while True:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return
-        if process is not None and process.poll() is not None or time.monotonic() > deadline:
+        exited = process is not None and process.poll() is not None
+        if exited or time.monotonic() > deadline:
             tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
             raise RuntimeError(f"{what} did not start on 127.0.0.1:{port}:\n{tail}")
         time.sleep(0.05)

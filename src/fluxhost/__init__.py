@@ -9,7 +9,7 @@ DEFAULT_MODEL = "black-forest-labs/flux-pro-1.1"
 
 # Torch's OpenMP threads spin while they wait for work, by default. Beside the service's other
 # threads and processes (the API, a worker child, PNG encoding) the spinning takes the cores the
-# work needs: a demo picture on 2 busy cores cost 10.3 CPU-seconds spinning and 2.9 waiting
-# passively (bench/engine_overhead.py). Set before torch loads its OpenMP runtime, which reads it
-# once; OMP_WAIT_POLICY=ACTIVE in the environment keeps spinning.
+# work needs: a demo picture cost the worker 12.6 CPU-seconds spinning and 2.8 waiting passively,
+# on 2 cores busy with other tests (bench/engine_overhead.py --model demo). Set before torch loads
+# its OpenMP runtime, which reads it once; OMP_WAIT_POLICY=ACTIVE in the environment keeps spinning.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
