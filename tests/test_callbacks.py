@@ -230,6 +230,26 @@ def test_a_connection_goes_to_the_address_that_was_checked(monkeypatch):
         f"hooks.example.test:{port}")
 
 
+def test_callbacks_share_one_set_of_certificates(monkeypatch):
+    """Reading the system's certificates costs 40-75 ms: an attempt that read them again would
+    add that to every callback's latency."""
+    import ssl
+
+    loads = []
+    real_load = ssl.SSLContext.load_verify_locations
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations",
+                        lambda context, *args, **kwargs: loads.append(1) or real_load(context, *args, **kwargs))
+    secret = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+    poster = WebhookPoster(Allowlist.parse("127.0.0.1"), deadline_seconds=5)
+    with Receiver([200] * 3) as receiver:
+        url = f"http://127.0.0.1:{receiver.server.server_address[1]}/hook"
+        assert poster.post(url, "msg_1", secret, b"{}").delivered
+        first = len(loads)
+        for number in (2, 3):
+            assert poster.post(url, f"msg_{number}", secret, b"{}").delivered
+    assert len(loads) == first
+
+
 def test_a_pinned_url_keeps_its_name_for_the_host_header_and_tls():
     pinned = PinnedUrl("https://user:pw@hooks.example.com:8443/a/b?x=1", ipaddress.ip_address("2001:db8::7"))
     request = pinned.request()

@@ -81,6 +81,31 @@ def test_a_locked_database_answers_503_and_loses_nothing(make_settings, caplog):
         assert len(stored_files(settings.files_dir)) == 2
 
 
+def test_a_run_whose_task_cannot_be_stored_spends_no_nonce(make_settings, monkeypatch):
+    """The nonce and the task row commit together: when the row fails after the nonce was
+    written, neither is kept, and the very same request may be sent again."""
+    from sqlalchemy.exc import OperationalError
+
+    with LiveServer(make_settings(engine="bench", worker_concurrency=0)) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        headers = client.headers()
+        create = live.service.tasks.create
+
+        def written_then_failed(*args, **kwargs):
+            create(*args, **kwargs)  # the row is written inside the Run's transaction, then the disk fails
+            raise OperationalError("INSERT INTO tasks", {}, Exception("disk I/O error"))
+
+        monkeypatch.setattr(live.service.tasks, "create", written_then_failed)
+        refused = httpx.post(f"{live.base_url}/v1/Run/{SLUG}", json={"prompt": "a fox"}, headers=headers, timeout=10)
+        assert refused.status_code == 503
+        assert live.service.tasks.get(1) is None
+        monkeypatch.undo()
+        accepted = httpx.post(f"{live.base_url}/v1/Run/{SLUG}", json={"prompt": "a fox"}, headers=headers,
+                              timeout=10).json()
+        assert accepted["result"] is True, accepted["errors"]
+        assert live.service.tasks.get(int(accepted["taskid"])).status == Status.QUEUE
+
+
 def test_files_a_dead_run_left_are_cleared_by_the_next_run(make_settings):
     """A worker killed between writing its images and recording them leaves files no task names.
     Each claim gives its run a new folder and keeps the one before: the next run clears that."""

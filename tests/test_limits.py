@@ -251,3 +251,75 @@ def test_a_prompt_longer_than_the_setting_is_refused(make_settings):
         assert refusal(client.call(f"Run/{SLUG}", {"prompt": "x" * 21})) == (
             "Request parameter [prompt] must be between 1 and 20 characters")
         assert client.run(prompt="x" * 20)["result"] is True
+
+
+def test_the_tallies_of_unfinished_tasks_match_a_count_through_every_change(tmp_path, database_url):
+    """What a Run checks against the limits: on SQLite the tallies triggers keep (migration 0011,
+    which also counts the tasks already there), elsewhere a count; either way, the same numbers as
+    counting the tasks, through inserts, single and bulk status changes, and deletes."""
+    import random
+
+    from alembic import command
+    from sqlalchemy import text
+
+    from fluxhost.statuses import TERMINAL, UNFINISHED, Status
+    from fluxhost.store.database import Database, alembic_config
+    from fluxhost.store.tasks import TaskStore
+
+    db = Database(database_url or f"sqlite:///{tmp_path / 'tallies.db'}")
+    config = alembic_config(str(db.engine.url))
+    statuses = [status.value for status in (*UNFINISHED, *TERMINAL)]
+    keys, projects, models = (1, 2, None), (1, 2), ("a/one", "b/two")
+    draw = random.Random(7)
+
+    def add_tasks(connection, count: int) -> None:
+        for _ in range(count):
+            connection.execute(text(
+                "INSERT INTO tasks (uuid, socket_token, project_id, api_key_id, model_slug, parameters, work_order, "
+                "callback_url, status, debug_output, debug_error, attempts, create_time) "
+                "VALUES (:uuid, :uuid, :project, :key, :model, '{}', '{}', '', :status, '', '', 0, 0)"),
+                {"uuid": f"u{draw.random()}", "project": draw.choice(projects), "key": draw.choice(keys),
+                 "model": draw.choice(models), "status": draw.choice(statuses)})
+
+    def counted(key: int, project: int, model: str) -> tuple[int, int, int]:
+        with db.read() as connection:
+            rows = connection.execute(text("SELECT api_key_id, project_id, model_slug, status FROM tasks")).all()
+        unfinished = [row for row in rows if row.status in UNFINISHED]
+        return (sum(row.api_key_id == key for row in unfinished),
+                sum(row.project_id == project for row in unfinished),
+                sum(row.model_slug == model and row.status == Status.QUEUE for row in unfinished))
+
+    def assert_tallies_match() -> None:
+        store = TaskStore(db)
+        for key, project, model in ((k, p, m) for k in (1, 2) for p in projects for m in models):
+            found = store.unfinished_for_run(key, project, model)
+            assert (found.of_key, found.of_project, found.queued_for_model) == counted(key, project, model)
+
+    with db.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0010")
+        for project in projects:
+            connection.execute(text("INSERT INTO projects (id, name, webhook_secret, created_at) "
+                                    "VALUES (:id, :name, 'w', 0)"), {"id": project, "name": f"p{project}"})
+        add_tasks(connection, 30)
+    db.migrate()
+    assert_tallies_match()
+    for _ in range(40):
+        with db.write() as connection:
+            change = draw.choice(("insert", "one", "bulk", "delete"))
+            if change == "insert":
+                add_tasks(connection, 3)
+            elif change == "one":
+                connection.execute(text("UPDATE tasks SET status = :status WHERE id = (SELECT MIN(id) FROM tasks "
+                                        "WHERE id >= :id)"),
+                                   {"status": draw.choice(statuses), "id": draw.randint(1, 60)})
+            elif change == "bulk":
+                connection.execute(text("UPDATE tasks SET status = :status "
+                                        "WHERE model_slug = :model AND status = :was"),
+                                   {"status": draw.choice(statuses), "model": draw.choice(models),
+                                    "was": draw.choice(statuses)})
+            else:
+                connection.execute(text("DELETE FROM tasks WHERE id = (SELECT MIN(id) FROM tasks WHERE id >= :id)"),
+                                   {"id": draw.randint(1, 60)})
+        assert_tallies_match()
+    db.dispose()

@@ -17,7 +17,7 @@ from urllib.parse import urljoin
 import httpx
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fluxhost.urlguard import Allowlist, UrlRefused, check_public_url
+from fluxhost.urlguard import Allowlist, UrlRefused, check_public_url, tls_context
 
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 MAX_REDIRECTS = 3
@@ -95,7 +95,7 @@ def _pixel_limit(limits: ImageLimits) -> int:
 def fetch(url: str, allowlist: Allowlist, limits: ImageLimits) -> bytes:
     """The body at ``url`` (following at most a few redirects, each checked like the URL itself)."""
     timeout = httpx.Timeout(limits.timeout_seconds, connect=min(5.0, limits.timeout_seconds))
-    with httpx.Client(timeout=timeout, follow_redirects=False,
+    with httpx.Client(timeout=timeout, follow_redirects=False, verify=tls_context(),
                       headers={"user-agent": "fluxhost-input-fetcher"}) as client:
         for _ in range(MAX_REDIRECTS + 1):
             try:

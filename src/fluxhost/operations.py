@@ -16,7 +16,8 @@ import re
 import secrets
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -284,16 +285,30 @@ class Operations:
         else:
             order, images = self._checked(tool, request)
             order = order.model_copy(update={"loras": self._loras(caller, request)})
-        accept()
         with current_span("fluxhost.run", **{"fluxhost.model": tool.slug}) as span:
-            if order.training is not None:
-                kept, folder = self._keep_pictures(pictures)
-                training = order.training.model_copy(update={"images": kept, "pictures_folder": folder})
-                order = order.model_copy(update={"training": training})
-            task = self._queue(caller, tool, request, order, images)
+            with self._accepted(accept, keeps_files=bool(images or pictures)):
+                if order.training is not None:
+                    kept, folder = self._keep_pictures(pictures)
+                    training = order.training.model_copy(update={"images": kept, "pictures_folder": folder})
+                    order = order.model_copy(update={"training": training})
+                task = self._queue(caller, tool, request, order, images)
+            self._announce(caller, tool, task)
             if span is not None:
                 span.set_attribute("fluxhost.task_id", task.id)
             return task
+
+    @contextmanager
+    def _accepted(self, accept: Callable[[], None], keeps_files: bool) -> Iterator[None]:
+        """Around queuing a Run: ``accept()`` in the transaction that adds its task, one commit
+        for both; a Run that keeps files (input images, training pictures) accepts first and
+        alone, so that a resend is refused before anything is kept."""
+        if keeps_files:
+            accept()
+            yield
+            return
+        with self.tasks.transaction():
+            accept()
+            yield
 
     def _checked(self, tool: Tool, request: RunRequest) -> tuple[WorkOrder, list[InputImage]]:
         """The work order of a Run that passes every check, and its input images."""
@@ -463,13 +478,15 @@ class Operations:
             order = order.model_copy(update={"input_images": tuple(stored)})
             if request.image_parameter:
                 parameters.setdefault(request.image_parameter, self.files.url(folder, stored[0].name))
-        task = self.tasks.create(caller.project_id, tool.slug, parameters=parameters, order=order,
+        return self.tasks.create(caller.project_id, tool.slug, parameters=parameters, order=order,
                                  callback_url=request.callback_url, api_key_id=caller.key_id)
+
+    def _announce(self, caller: Caller, tool: Tool, task: TaskRef) -> None:
+        """A queued task, once committed: its ``task_queue`` event, and a worker woken."""
         self.events.publish(TaskEvent(task.id, task.socket_token, Status.QUEUE))
         log.info("task %s task_queue (%s, project %s)", task.id, tool.slug, caller.project_id,
                  extra={"task_id": task.id, "status": Status.QUEUE.value})
         self.dispatcher.notify(task.id, tool.slug)
-        return task
 
     def _save(self, folder: str, name: str, data: bytes) -> None:
         """Write a file, or raise :class:`StorageFailed` (the store leaves no partial file)."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import httpx
 
 from fluxhost.signing import sign_webhook
-from fluxhost.urlguard import Allowlist, UrlRefused, check_public_url
+from fluxhost.urlguard import Allowlist, UrlRefused, check_public_url, tls_context
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,8 @@ class WebhookPoster:
             "webhook-timestamp": str(timestamp),
             "webhook-signature": sign_webhook(secret, message_id, timestamp, body),
         }
-        async with httpx.AsyncClient(timeout=self.deadline_seconds, follow_redirects=False) as client, \
+        async with httpx.AsyncClient(timeout=self.deadline_seconds, follow_redirects=False,
+                                     verify=tls_context()) as client, \
                 client.stream("POST", target["url"], content=body, headers=headers,
                               extensions=target["extensions"]) as response:
             return response.status_code

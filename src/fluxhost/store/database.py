@@ -122,6 +122,7 @@ class Database:
             event.listen(self.engine, "checkout", _ping_if_idle(self.engine))
             event.listen(self.engine, "checkin", _note_checkin)
         self._write_lock = self._turns or (threading.Lock() if self.is_sqlite else nullcontext())
+        self._open_write = threading.local()  # this thread's write transaction, while one is open
 
     def read(self) -> AbstractContextManager[Connection]:
         return self.engine.connect()
@@ -140,9 +141,20 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        """A transaction that commits on success and rolls back on error."""
+        """A transaction that commits on success and rolls back on error. Inside another write on
+        the same thread it joins that one: both commit, or neither, with one commit and one turn
+        of the writers' lock. A statement that fails inside a joined write fails the whole of it
+        (PostgreSQL aborts the transaction), so the inner write's error must end the outer."""
+        joined = getattr(self._open_write, "connection", None)
+        if joined is not None:
+            yield joined
+            return
         with self._write_lock, self.engine.begin() as connection:
-            yield connection
+            self._open_write.connection = connection
+            try:
+                yield connection
+            finally:
+                self._open_write.connection = None
 
     def migrate(self) -> None:
         """Bring the schema to the newest migration (idempotent; safe at every start)."""

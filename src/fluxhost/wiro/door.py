@@ -230,7 +230,8 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
 
     def database_unavailable(request: Request, error: Exception) -> JSONResponse:
         """Nothing was accepted. A request refused before its nonce was spent may be sent again as
-        it is; a Run whose task could not be stored after that needs a new nonce."""
+        it is, and so may a Run without files (its nonce and its task commit together); a Run
+        with input images whose task could not be stored after they were kept needs a new nonce."""
         log.warning("the database failed on %s: %s", request.url.path, type(error).__name__)
         return fail(0, messages.DATABASE_UNAVAILABLE, 503, {"Retry-After": "1"})
 
