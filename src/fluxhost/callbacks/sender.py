@@ -3,6 +3,10 @@ posts them from a small pool, retrying with exponential backoff and jitter until
 given up. A task's end wakes it at once, and so does a post's end; it also looks every few seconds,
 which finds the deliveries owed by tasks that ended in other processes.
 
+A pass starts as soon as a task ends, but at most one every :data:`PASS_INTERVAL`: ends close
+together share a pass, and one alone is not kept waiting. A post's end brings a pass only when a due
+delivery was held back for want of a free sender.
+
 A delivery is claimed only when a sender is free to post it at once, and for longer than a post
 may last (the poster's deadline plus :data:`CLAIM_MARGIN_SECONDS`), so no other sender takes it
 while it is in flight. At most ``per_origin`` posts go to one origin (scheme, host, port) at a
@@ -35,7 +39,7 @@ log = logging.getLogger(__name__)
 
 SENDERS = 8
 CLAIM_MARGIN_SECONDS = 30.0  # beyond the post's deadline: rendering the body, recording the attempt
-PASS_INTERVAL = 0.05  # passes over due deliveries are at least this far apart: task ends coalesce
+PASS_INTERVAL = 0.01  # passes over due deliveries start at least this far apart
 IDLE_SECONDS = 5.0
 CALLBACK_OUTCOMES = {"delivered": "delivered", "pending": "retrying", "failed": "failed"}
 
@@ -66,6 +70,7 @@ class CallbackSender:
         self.attempts_counter = attempts_counter
         self._in_flight: Tally[str] = Tally()
         self._in_flight_lock = threading.Lock()
+        self._held_back = False  # a due delivery found no free sender: the next post's end brings a pass
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -93,6 +98,8 @@ class CallbackSender:
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
+            self._wake.clear()  # before the pass: a task that ends during it brings the next
+            started = time.monotonic()
             try:
                 now = time.time()
                 self._start_due(now)
@@ -100,9 +107,8 @@ class CallbackSender:
             except Exception:
                 log.exception("callback pass failed")
                 wait = 1.0
-            self._stopping.wait(min(wait, PASS_INTERVAL))
-            self._wake.wait(max(0.0, wait - PASS_INTERVAL))
-            self._wake.clear()
+            self._wake.wait(wait)
+            self._stopping.wait(max(0.0, started + PASS_INTERVAL - time.monotonic()))
 
     def _start_due(self, now: float) -> None:
         """Claim and start the due deliveries there are free senders for, origin by origin."""
@@ -111,8 +117,10 @@ class CallbackSender:
             origin = origin_of(url)
             with self._in_flight_lock:
                 if self._in_flight.total() >= SENDERS:
+                    self._held_back = True
                     return
                 if self._in_flight[origin] >= self.per_origin:
+                    self._held_back = True
                     continue
             delivery = self.deliveries.claim(delivery_id, now, hold_until)
             if delivery is None:
@@ -122,16 +130,22 @@ class CallbackSender:
             self._pool.submit(self._deliver, delivery, origin)
 
     def _deliver(self, delivery: DueDelivery, origin: str) -> None:
+        """Post one delivery; then a pass, when it is to be tried again (the pass times the
+        retry) or another was held back for this sender."""
+        retry = True
         try:
-            self._attempt(delivery)
+            retry = self._attempt(delivery) == "pending"
         except Exception:
             log.exception("callback delivery %s failed unexpectedly", delivery.id)
         finally:
             with self._in_flight_lock:
                 self._in_flight[origin] -= 1
-            self._wake.set()
+                held_back, self._held_back = self._held_back, False
+            if retry or held_back:
+                self._wake.set()
 
-    def _attempt(self, delivery: DueDelivery) -> None:
+    def _attempt(self, delivery: DueDelivery) -> str:
+        """One POST, recorded; where the delivery stands after it (delivered, pending, failed)."""
         record = self.tasks.get(delivery.task_id)
         number = delivery.attempts + 1
         body = json.dumps(self.render(record)).encode()
@@ -148,11 +162,12 @@ class CallbackSender:
                                                         outcome.error), status, next_at):
             log.warning("callback for task %s, attempt %s: its claim was taken over, the outcome (%s) is not "
                         "recorded", delivery.task_id, number, outcome.status_code or outcome.error)
-            return
+            return "pending"  # where it stands is not known here: a pass will find out
         log.info("callback for task %s, attempt %s: %s %s", delivery.task_id, number,
                  outcome.status_code or "-", status)
         if self.attempts_counter is not None:
             self.attempts_counter.labels(CALLBACK_OUTCOMES[status]).inc()
+        return status
 
 
 def origin_of(url: str) -> str:
