@@ -86,11 +86,17 @@ async def post(http: aiohttp.ClientSession, path: str, body: dict, signer: Signe
         return await response.json()
 
 
-async def one_client(http: aiohttp.ClientSession, signer: Signer, stats: Stats, until: float, poll: float) -> None:
+async def one_client(http: aiohttp.ClientSession, signer: Signer, stats: Stats, until: float,
+                     poll: float | None) -> None:
+    """Runs one after another, each followed by Task/Detail every ``poll`` seconds until its task
+    ends; with ``poll`` None, Runs back to back, not waiting for their tasks."""
     while time.perf_counter() < until:
         submitted = time.perf_counter()
         run = await post(http, f"/v1/Run/{SLUG}", {"prompt": "load", "seed": "1"}, signer)
+        assert run["result"], run["errors"]
         stats.run.append(time.perf_counter() - submitted)
+        if poll is None:
+            continue
         token = run["socketaccesstoken"]
         while True:
             began = time.perf_counter()
@@ -101,25 +107,6 @@ async def one_client(http: aiohttp.ClientSession, signer: Signer, stats: Stats, 
                 break
             if poll:
                 await asyncio.sleep(poll)
-
-
-async def runs_only(http: aiohttp.ClientSession, signer: Signer, stats: Stats, until: float) -> None:
-    while time.perf_counter() < until:
-        submitted = time.perf_counter()
-        run = await post(http, f"/v1/Run/{SLUG}", {"prompt": "load", "seed": "1"}, signer)
-        assert run["result"], run["errors"]
-        stats.run.append(time.perf_counter() - submitted)
-
-
-async def measure_runs(base_url: str, key: dict, clients: int, seconds: float) -> tuple[Stats, float]:
-    """``clients`` each doing signed Runs back to back, not waiting for their tasks."""
-    stats = Stats()
-    signer = Signer(key)
-    connector = aiohttp.TCPConnector(limit=clients)
-    async with aiohttp.ClientSession(base_url, connector=connector, timeout=aiohttp.ClientTimeout(30)) as http:
-        started = time.perf_counter()
-        await asyncio.gather(*(runs_only(http, signer, stats, started + seconds) for _ in range(clients)))
-        return stats, time.perf_counter() - started
 
 
 async def one_client_by_socket(base_url: str, key: dict, seconds: float) -> tuple[Stats, float]:
@@ -139,7 +126,9 @@ async def one_client_by_socket(base_url: str, key: dict, seconds: float) -> tupl
         return stats, time.perf_counter() - started
 
 
-async def measure(base_url: str, key: dict, clients: int, seconds: float, poll: float) -> tuple[Stats, float]:
+async def measure(base_url: str, key: dict, clients: int, seconds: float,
+                  poll: float | None) -> tuple[Stats, float]:
+    """``clients`` concurrent :func:`one_client` loops for ``seconds``."""
     stats = Stats()
     signer = Signer(key)
     connector = aiohttp.TCPConnector(limit=clients)
@@ -379,7 +368,7 @@ def main() -> None:
     roomy_limits = {f"max_{limit}": "1000000" for limit in (
         "unfinished_tasks_per_key", "unfinished_tasks_per_project", "queued_tasks_per_model")}
     with running_server(args.port, **settings, **roomy_limits) as (base_url, key):
-        asyncio.run(measure(base_url, key, 2, 1.0, 0))  # warm up connections and caches
+        asyncio.run(measure(base_url, key, 2, 1.0, poll=0))  # warm up connections and caches
         stats, wall = asyncio.run(measure(base_url, key, args.clients, args.seconds, poll=0.05))
         report(f"{args.clients} concurrent clients, Run then Detail every 50 ms", stats, wall)
         for poll in (0, 0.002):
@@ -387,7 +376,8 @@ def main() -> None:
             report(f"1 client, one task at a time, Detail every {poll * 1000:g} ms", stats, wall)
         stats, wall = asyncio.run(one_client_by_socket(base_url, key, args.seconds))
         report("1 client, one task at a time, following each on the socket (no Detail)", stats, wall)
-        stats, wall = asyncio.run(measure_runs(base_url, key, args.clients, args.seconds))  # last: it fills the queue
+        # last: Runs back to back fill the queue
+        stats, wall = asyncio.run(measure(base_url, key, args.clients, args.seconds, poll=None))
         report(f"{args.clients} concurrent clients, Runs back to back", stats, wall)
 
 

@@ -1,11 +1,12 @@
 """When callbacks are sent: a thread that claims the deliveries the database says are due and
 posts them from a small pool, retrying with exponential backoff and jitter until delivered or
-given up. A task's end wakes it at once, and so does a post's end; it also looks every few seconds,
-which finds the deliveries owed by tasks that ended in other processes.
+given up. A task's end wakes it at once; it also looks every few seconds, which finds the
+deliveries owed by tasks that ended in other processes.
 
 A pass starts as soon as a task ends, but at most one every :data:`PASS_INTERVAL`: ends close
-together share a pass, and one alone is not kept waiting. A post's end brings a pass only when a due
-delivery was held back for want of a free sender.
+together share a pass, and one alone is not kept waiting. A post's end brings a pass only when its
+delivery is to be tried again (the pass times the retry) or a due delivery was held back for want of
+a free sender.
 
 A delivery is claimed only when a sender is free to post it at once, and for longer than a post
 may last (the poster's deadline plus :data:`CLAIM_MARGIN_SECONDS`), so no other sender takes it
@@ -130,22 +131,23 @@ class CallbackSender:
             self._pool.submit(self._deliver, delivery, origin)
 
     def _deliver(self, delivery: DueDelivery, origin: str) -> None:
-        """Post one delivery; then a pass, when it is to be tried again (the pass times the
-        retry) or another was held back for this sender."""
-        retry = True
+        """Post one delivery; then a pass, unless it ended (delivered or failed) and nothing was
+        held back for this sender."""
+        status = None
         try:
-            retry = self._attempt(delivery) == "pending"
+            status = self._attempt(delivery)
         except Exception:
             log.exception("callback delivery %s failed unexpectedly", delivery.id)
         finally:
             with self._in_flight_lock:
                 self._in_flight[origin] -= 1
                 held_back, self._held_back = self._held_back, False
-            if retry or held_back:
+            if status not in ("delivered", "failed") or held_back:
                 self._wake.set()
 
-    def _attempt(self, delivery: DueDelivery) -> str:
-        """One POST, recorded; where the delivery stands after it (delivered, pending, failed)."""
+    def _attempt(self, delivery: DueDelivery) -> str | None:
+        """One POST, recorded; where the delivery stands after it (delivered, pending, failed), or
+        None when its claim was taken over and nothing was recorded."""
         record = self.tasks.get(delivery.task_id)
         number = delivery.attempts + 1
         body = json.dumps(self.render(record)).encode()
@@ -162,7 +164,7 @@ class CallbackSender:
                                                         outcome.error), status, next_at):
             log.warning("callback for task %s, attempt %s: its claim was taken over, the outcome (%s) is not "
                         "recorded", delivery.task_id, number, outcome.status_code or outcome.error)
-            return "pending"  # where it stands is not known here: a pass will find out
+            return None
         log.info("callback for task %s, attempt %s: %s %s", delivery.task_id, number,
                  outcome.status_code or "-", status)
         if self.attempts_counter is not None:
