@@ -4,7 +4,13 @@ in batches of four as the service batches them, read back by that test's own che
 holds 1:1 and 16:9 to their thresholds; this prints the figures for every ratio, for a model
 folder being trained as well as for the shipped one. Speed is ``bench/demo_model.py``'s.
 
+With ``--edits``: the demo editing model on the held-out edits of ``tests/test_demo_edits.py``
+(changes no training pair made), scenes drawn at 1024x1024 and edited one at a time as the
+service edits them, judged by that test's checker: how often the asked change was made and how
+often everything else stayed, by kind of edit.
+
     python bench/demo_quality.py [--weights FOLDER] [--ratios 1:1 21:9] [--threads 2]
+    python bench/demo_quality.py --edits [--weights FOLDER] [--per-kind 8] [--guidance 2.0]
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test's checker, from a checkout
 
+from tests.test_demo_edits import judged, read_things  # noqa: E402
 from tests.test_demo_model import expected, held_out_sample, read_scene, scores  # noqa: E402
 
-from fluxhost.demo import WEIGHTS, demo_model_settings  # noqa: E402
+from fluxhost.demo import EDIT_GUIDANCE, WEIGHTS, demo_editor_settings, demo_model_settings, edits  # noqa: E402
+from fluxhost.demo.scenes import render  # noqa: E402
 from fluxhost.engines.base import GenerationRequest  # noqa: E402
 from fluxhost.engines.flux import FluxEngine  # noqa: E402
 from fluxhost.engines.upscale import render_size  # noqa: E402
@@ -39,15 +47,48 @@ def readings(engine: FluxEngine, width: int, height: int) -> list[tuple[tuple, t
     return pairs
 
 
+def edit_scores(weights: Path, per_kind: int, guidance: float) -> None:
+    model = demo_editor_settings(weights=str(weights), upscaler=str(weights / "upscaler"),
+                                 transformer=str(weights / "editor"), guidance=guidance)
+    engine = FluxEngine(model.weights, model)
+    engine.load()
+    print(f"{per_kind} held-out edits a kind, {model.steps} steps, guidance {model.guidance}, 1024x1024")
+    print(f"{'kind':>10} {'changed':>7} {'kept':>5}")
+    totals = []
+    for kind in edits.KINDS:
+        judgements = []
+        for seed, edit in enumerate(edits.held_out_edits(per_kind)):
+            if edit.kind != kind:
+                continue
+            scene = render(edit.caption_before, list(edit.before), 1024, 1024)
+            request = GenerationRequest(edit.instruction, 1024, 1024, seed, model.steps, model.guidance,
+                                        images=(scene,))
+            [[image]] = engine.generate_batch([request], lambda: None, lambda *_: True)
+            judgements.append(judged(edit, read_things(image)))
+        totals += judgements
+        print(f"{kind:>10} {_share(judgements, 0):>7.2f} {_share(judgements, 1):>5.2f}", flush=True)
+    print(f"{'all':>10} {_share(totals, 0):>7.2f} {_share(totals, 1):>5.2f}")
+
+
+def _share(judgements: list[tuple[bool, bool]], index: int) -> float:
+    return sum(judgement[index] for judgement in judgements) / len(judgements)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, default=WEIGHTS, help="a demo-model folder (default: the shipped one)")
     parser.add_argument("--ratios", nargs="+", default=list(ASPECT_RATIOS), choices=ASPECT_RATIOS)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--edits", action="store_true", help="score the editing model instead")
+    parser.add_argument("--per-kind", type=int, default=8, help="--edits: held-out edits of each kind")
+    parser.add_argument("--guidance", type=float, default=EDIT_GUIDANCE, help="--edits: the editing guidance")
     arguments = parser.parse_args()
     import torch  # here: the fluxhost imports above set torch's OpenMP wait policy before it loads
 
     torch.set_num_threads(arguments.threads)
+    if arguments.edits:
+        edit_scores(arguments.weights, arguments.per_kind, arguments.guidance)
+        return
     model = demo_model_settings(weights=str(arguments.weights), upscaler=str(arguments.weights / "upscaler"))
     engine = FluxEngine(model.weights, model)
     engine.load()

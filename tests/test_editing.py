@@ -211,3 +211,22 @@ def test_image_to_image_and_klein_edits(make_settings, tiny_weights, tmp_path_fa
         [tool] = client.call("Tool/Detail", {"slugowner": "acme", "slugproject": "img2img"})["tool"]
     assert redrawn["pexit"] == "0" and edited["pexit"] == "0", (redrawn["debugerror"], edited["debugerror"])
     assert "strength" in [item["id"] for item in tool["parameters"][0]["items"]]
+
+
+def test_a_flux1_folder_with_a_kontext_transformer_edits(make_settings, tiny_weights, tiny_kontext):
+    """``kontext``: FLUX.1 [dev]'s folder (its text encoders and VAE) with FLUX.1 Kontext's transformer
+    serves an editing tool; without it the same folder refuses to."""
+    as_kontext = ModelSettings(weights=str(tiny_weights), transformer=str(tiny_kontext / "transformer"), kontext=True,
+                               steps=2, max_sequence_length=32, kind="edit")
+    models = {KONTEXT: as_kontext, "acme/not-kontext": as_kontext.model_copy(update={"kontext": False})}
+    with LiveServer(make_settings(models=models)) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        source = {"inputImage": ("photo.png", photo(640, 400), "image/png")}
+        edited = client.wait(post_files(client, f"Run/{KONTEXT}", {"prompt": "make the sky purple"}, source)["taskid"])
+        served = live.service.dispatcher.worker.models
+        assert edited["pexit"] == "0", edited["debugerror"]
+        image = Image.open(io.BytesIO(output_bytes(edited)))
+    assert abs(image.width / image.height - 640 / 400) < 0.05
+    assert "edit" in served[KONTEXT].engine.kinds
+    assert served["acme/not-kontext"].engine is None
+    assert "cannot serve kind=edit" in served["acme/not-kontext"].load_error

@@ -157,7 +157,7 @@ def serve(
     if service.keys.count_active() == 0:
         key = service.keys.create(KeyMode.SIGNATURE, name="first key")
         console.print(_first_key_banner(key, settings, service.models), highlight=False, soft_wrap=True)
-    from fluxhost.demo import CAN_DRAW, DEMO_LABEL, serves_demo
+    from fluxhost.demo import CAN_DRAW, CAN_EDIT, DEMO_LABEL, serves_demo
 
     for slug, model in service.models.items():
         source = f"the {DEMO_LABEL}" if serves_demo(model) else model.weights
@@ -165,6 +165,8 @@ def serve(
         console.print(f"[bold yellow]Serving {slug} from {escape(engine)}[/]", highlight=False, soft_wrap=True)
     if settings.engine != "bench" and any(serves_demo(model) for model in service.models.values()):
         console.print(CAN_DRAW, markup=False, highlight=False, soft_wrap=True)
+        if any(serves_demo(model) and model.kind == "edit" for model in service.models.values()):
+            console.print(CAN_EDIT, markup=False, highlight=False, soft_wrap=True)
         console.print(_real_pictures_hint(), markup=False, highlight=False, soft_wrap=True)
     console.print(f"API on {settings.resolved_public_url}/v1  (data in {settings.data_dir.resolve()})", soft_wrap=True)
     console.print(f"Playground: {settings.resolved_public_url}/  (it asks for an API key and secret)", soft_wrap=True)

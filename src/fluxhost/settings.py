@@ -37,6 +37,11 @@ class ModelSettings(BaseModel):
         'plus file name ("tencent/SRPO/diffusion_pytorch_model.safetensors"); a single file takes its config '
         "from the pipeline's transformer.",
     )
+    kontext: bool = Field(
+        default=False, description="Serve a FLUX.1 folder as FLUX.1 Kontext (it then edits), for a Kontext "
+        "transformer given with `transformer` (black-forest-labs/FLUX.1-Kontext-dev's) on FLUX.1 [dev]'s folder: its "
+        "text encoders and VAE are the same, and nothing else need be downloaded.",
+    )
     controlnet: str | None = Field(
         default=None, description="A FluxControlNetModel (folder or hub id, e.g. "
         "jasperai/Flux.1-dev-Controlnet-Upscaler) that makes this model the upscaler: the input image, resized to "

@@ -44,6 +44,28 @@ TOOL_DESCRIPTION = (f"Served on this server by the fluxhost demo model: one or t
 """What Tool/List and Tool/Detail say of a drawing tool while the demo model serves it."""
 
 
+EDITOR = WEIGHTS / "editor"
+"""The editing transformer (FLUX.1 Kontext's way: the picture to edit beside the one being drawn),
+served on the drawing model's text encoders, VAE and upscaler. ``python -m fluxhost.demo.train
+FOLDER editor_steps=N`` trains one; the package does not ship one yet (the first recipe's edits are
+not good enough), and editing tools are refused offline until one is there."""
+
+EDIT_GUIDANCE = 2.0  # away from the empty instruction, which the editor learned as "change nothing"
+
+EDIT_EXAMPLE = "make the circle blue"
+
+CAN_EDIT = ("The demo editing model edits the demo's pictures (one or two flat shapes on a plain background) by "
+            "one instruction at a time: recolour a shape (\"make the circle blue\"), move it (\"move the square "
+            "to the left\"), change the background (\"make the background green\"), add a shape (\"add a yellow "
+            "triangle at the top\") or remove one (\"remove the circle\"); a scene with two shapes alike names "
+            "one by colour and shape (\"make the red circle blue\").")
+
+EDIT_DESCRIPTION = (f"Served on this server by the fluxhost demo editing model: it edits pictures of flat shapes "
+                    f"by one instruction (recolour, move, add or remove a shape, change the background), e.g. "
+                    f"\"{EDIT_EXAMPLE}\". Configure FLUX.1 Kontext weights for other pictures.")
+"""What Tool/List and Tool/Detail say of an editing tool while the demo editing model serves it."""
+
+
 def demo_model_settings(**overrides: object) -> ModelSettings:
     """The settings the demo model is served with (``overrides`` on top)."""
     values: dict[str, object] = dict(
@@ -55,15 +77,24 @@ def demo_model_settings(**overrides: object) -> ModelSettings:
     return ModelSettings(**{**values, **overrides})
 
 
+def demo_editor_settings(**overrides: object) -> ModelSettings:
+    """The settings the demo editing model is served with (``overrides`` on top)."""
+    values: dict[str, object] = dict(transformer=str(EDITOR), kontext=True, guidance=EDIT_GUIDANCE,
+                                     example_prompt=EDIT_EXAMPLE, description=EDIT_DESCRIPTION)
+    return demo_model_settings(**{**values, **overrides})
+
+
 def or_demo(model: ModelSettings) -> ModelSettings:
-    """``model`` itself when it names weights; else the demo model, with what ``model`` sets explicitly
-    (a drawing tool's description aside: it says what the demo draws)."""
+    """``model`` itself when it names weights; else the demo model (its editing model for an
+    editing tool, where the demo's folder has one), with what ``model`` sets explicitly (a drawing
+    or editing tool's description aside: it says what the demo does)."""
     if model.weights:
         return model
     chosen = model.model_dump(exclude_unset=True, exclude={"weights"})
-    if model.kind == "text-to-image":  # the demo's own description, not the hosted model's claims
+    if model.kind in ("text-to-image", "edit"):  # the demo's own description, not the hosted model's claims
         chosen.pop("description", None)
-    return demo_model_settings(**chosen, setting=model.setting)
+    settings = demo_editor_settings if model.kind == "edit" and EDITOR.is_dir() else demo_model_settings
+    return settings(**chosen, setting=model.setting)
 
 
 def serves_demo(model: ModelSettings) -> bool:
@@ -73,9 +104,10 @@ def serves_demo(model: ModelSettings) -> bool:
 @functools.cache
 def _vocabulary() -> frozenset[str]:
     """Every word of the demo's captions, built once: each drawing task's prompt is checked against it."""
+    from fluxhost.demo.edits import VERBS
     from fluxhost.demo.scenes import words
 
-    return frozenset(words())
+    return frozenset(words()) | frozenset(VERBS)
 
 
 def unknown_words(prompt: str) -> list[str]:
@@ -84,9 +116,13 @@ def unknown_words(prompt: str) -> list[str]:
     return list(dict.fromkeys(word for word in re.findall(r"[a-z]+", prompt.lower()) if word not in known))
 
 
-def vocabulary_notice(unknown: list[str]) -> str:
-    """What the demo model tells a prompt with words it does not know."""
+def vocabulary_notice(unknown: list[str], editing: bool = False) -> str:
+    """What the demo model (its editing model where ``editing``) tells a prompt with words it does not know."""
     shown = ", ".join(f'"{word}"' for word in unknown[:8]) + (", ..." if len(unknown) > 8 else "")
+    if editing:
+        return (f"Note: the demo editing model does not know {shown}: it takes one instruction of a few kinds, "
+                f'like "{EDIT_EXAMPLE}", "move the square to the left", "make the background green", "add a yellow '
+                'triangle at the top" or "remove the circle". Configure FLUX.1 Kontext weights for anything else.')
     return (f"Note: the demo model does not know {shown}: it draws flat shapes only, so this picture is some "
             f'scene of them. It knows prompts like "{EXAMPLE_PROMPT}" (shapes: circle, square, triangle; eight '
             "colours; left, right, top, bottom, center). Configure real FLUX weights for anything else.")

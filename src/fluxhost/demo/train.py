@@ -10,10 +10,12 @@ Three parts are trained in turn, each on scenes drawn on the fly by :mod:`fluxho
 2. the FLUX transformer with both text encoders (CLIP for the pooled vector, T5 for the
    sequence), by flow matching on those latents, as FLUX was;
 3. the upscaler (transformers' ``Swin2SR``, 8x), from the autoencoder's reconstructions to the
-   scene drawn eight times larger: it is what keeps edges clean at a megapixel.
+   scene drawn eight times larger: it is what keeps edges clean at a megapixel;
+4. with ``editor_steps=N``: the editing transformer (FLUX.1 Kontext's way), from the drawing one,
+   on pairs of scenes before and after an instruction (:mod:`fluxhost.demo.edits`).
 
-The folder it writes is an ordinary diffusers ``FluxPipeline`` folder (plus ``upscaler/``), loaded by
-the same code as real FLUX weights.
+The folder it writes is an ordinary diffusers ``FluxPipeline`` folder (plus ``upscaler/`` and, with an
+editing stage, ``editor/``), loaded by the same code as real FLUX weights.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from transformers import (
     T5TokenizerFast,
 )
 
-from fluxhost.demo import MAX_SEQUENCE_LENGTH, RENDER_PIXELS, scenes
+from fluxhost.demo import MAX_SEQUENCE_LENGTH, RENDER_PIXELS, edits, scenes
 from fluxhost.engines.noise import position_ramps
 from fluxhost.engines.upscale import render_size
 from fluxhost.orders import ASPECT_RATIOS, size_for_aspect_ratio
@@ -70,6 +72,10 @@ class Recipe:
     upscaler_batch: int = 16
     upscaler_crop: int = 24  # low-resolution side of an upscaler training crop
     upscaler_lr: float = 2e-3
+    editor_steps: int = 0  # the editing stage is left out until its recipe edits well (issue 32): 600 are not enough
+    editor_batch: int = 16
+    editor_lr: float = 1e-3
+    keep_instruction: float = 0.1  # pairs with an empty instruction and no change: what guidance steers from
 
 
 def draw_sizes() -> list[tuple[int, int]]:
@@ -103,7 +109,10 @@ class SceneBatch:
 
 def _scenes(rng: random.Random, count: int, width: int, height: int, two_things: float = 0.4) -> SceneBatch:
     captions = [scenes.training_caption(rng, two_things) for _ in range(count)]
-    layouts = [scenes.lay_out(caption, rng) for caption in captions]
+    return _drawn(captions, [scenes.lay_out(caption, rng) for caption in captions], width, height)
+
+
+def _drawn(captions: list[scenes.Caption], layouts: list[list[scenes.Drawn]], width: int, height: int) -> SceneBatch:
     images = [scenes.render(caption, layout, width, height) for caption, layout in zip(captions, layouts, strict=True)]
     masks = torch.from_numpy(np.stack([scenes.shape_masks(layout, width, height) for layout in layouts]))
     return SceneBatch(captions, layouts, _pixels(images), masks)
@@ -398,6 +407,70 @@ def train_upscaler(upscaler: Swin2SRForImageSuperResolution, vae: AutoencoderKL,
     upscaler.eval().requires_grad_(False)
 
 
+def _edit_batch(rng: random.Random, count: int, width: int, height: int,
+                keep: float) -> tuple[list[str], SceneBatch, SceneBatch]:
+    """Instructions and the scenes before and after them; ``keep`` of the time an empty instruction
+    whose scene after is the scene before."""
+    chosen = [edits.training_edit(rng) for _ in range(count)]
+    pairs = [(edit, rng.random() < keep) for edit in chosen]
+    instructions = ["" if same else edit.instruction for edit, same in pairs]
+    before = _drawn([edit.caption_before for edit in chosen], [list(edit.before) for edit in chosen], width, height)
+    after = _drawn([edit.caption_before if same else edit.caption_after for edit, same in pairs],
+                   [list(edit.before if same else edit.after) for edit, same in pairs], width, height)
+    return instructions, before, after
+
+
+def train_editor(pipeline: FluxPipeline, recipe: Recipe, report: Callable[[str], None]) -> FluxTransformer2DModel:
+    """The editing transformer, FLUX.1 Kontext's way: the picture to edit, encoded by the VAE, is
+    appended to the sequence being denoised with position ids ``(1, row, column)``, and the
+    transformer learns to draw the scene after the instruction. It starts from the drawing
+    transformer (it already draws every scene the captions name) and reads the same text encoders,
+    which stay as they are; the tokens a shape touches, before or after, weigh more. Its own
+    random streams (``recipe.seed + 1``) make it the same from the same drawing model."""
+    rng = random.Random(recipe.seed + 1)
+    generator = torch.Generator().manual_seed(recipe.seed + 1)
+    vae = pipeline.vae
+    editor = FluxTransformer2DModel.from_config(pipeline.transformer.config)
+    editor.load_state_dict(pipeline.transformer.state_dict())
+    editor.train().requires_grad_(True)
+    parameters = list(editor.parameters())
+    optimiser, schedule = _optimiser(parameters, recipe.editor_lr, recipe.editor_steps)
+    progress = Progress("editor", recipe.editor_steps, report)
+    sizes = draw_sizes()
+    weights = [6 if size in ((128, 128), (176, 96)) else 1 for size in sizes]
+    count = recipe.editor_batch
+    shift, scale = vae.config.shift_factor, vae.config.scaling_factor
+    for step in range(recipe.editor_steps):
+        width, height = rng.choices(sizes, weights)[0]
+        instructions, before, after = _edit_batch(rng, count, width, height, recipe.keep_instruction)
+        rows, columns = height // 8, width // 8
+        with torch.no_grad():
+            reference = (vae.encode(before.pixels).latent_dist.mode() - shift) * scale
+            prompt_embeds, pooled, text_ids = pipeline.encode_prompt(
+                prompt=instructions, prompt_2=None, max_sequence_length=MAX_SEQUENCE_LENGTH)
+        reference = FluxPipeline._pack_latents(reference, count, LATENT_CHANNELS, rows, columns)
+        clean = FluxPipeline._pack_latents((after.latents - shift) * scale, count, LATENT_CHANNELS, rows, columns)
+        image_ids = FluxPipeline._prepare_latent_image_ids(count, rows // 2, columns // 2, "cpu", torch.float32)
+        reference_ids = image_ids.clone()
+        reference_ids[:, 0] = 1
+        sigmas = _sigmas(generator, count, clean.shape[1])[:, None, None]
+        ramps = position_ramps(count, LATENT_CHANNELS, rows, columns)
+        noise = torch.randn(clean.shape, generator=generator) + FluxPipeline._pack_latents(
+            ramps, count, LATENT_CHANNELS, rows, columns)
+        tokens = clean.shape[1]
+        velocity = editor(hidden_states=torch.cat([(1 - sigmas) * clean + sigmas * noise, reference], 1),
+                          timestep=sigmas.flatten(), pooled_projections=pooled, encoder_hidden_states=prompt_embeds,
+                          txt_ids=text_ids, img_ids=torch.cat([image_ids, reference_ids]),
+                          return_dict=False)[0][:, :tokens]
+        shapes = torch.cat([before.masks, after.masks], 1).sum(1, keepdim=True)
+        touched = torch.nn.functional.max_pool2d(shapes, TOKEN_PIXELS).flatten(1) > 0
+        token_weights = 1 + (recipe.shape_weight - 1) * touched.float()[:, :, None]
+        loss = ((velocity - (noise - clean)).square() * token_weights).mean()
+        _update(loss, parameters, optimiser, schedule)
+        progress(step, loss.item())
+    return editor.eval().requires_grad_(False)
+
+
 def train(folder: Path, recipe: Recipe = Recipe(), report: Callable[[str], None] = print) -> None:
     """Trains every part from ``recipe.seed`` and writes the pipeline (and its upscaler) to ``folder``."""
     torch.manual_seed(recipe.seed)
@@ -409,9 +482,12 @@ def train(folder: Path, recipe: Recipe = Recipe(), report: Callable[[str], None]
     train_autoencoder(pipeline.vae, recipe, rng, report)
     train_denoiser(pipeline, recipe, rng, generator, report)
     train_upscaler(upscaler, pipeline.vae, recipe, rng, report)
+    editor = train_editor(pipeline, recipe, report) if recipe.editor_steps else None
     folder.mkdir(parents=True, exist_ok=True)
     pipeline.save_pretrained(folder)
     upscaler.save_pretrained(folder / "upscaler")
+    if editor is not None:
+        editor.to(torch.float16).save_pretrained(folder / "editor")  # half the bytes; loaded back in float32
     report(f"trained in {(time.monotonic() - started) / 60:.1f} min; written to {folder}")
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 import transformers
-from diffusers import AutoencoderTiny, DiffusionPipeline, FluxTransformer2DModel
+from diffusers import AutoencoderTiny, DiffusionPipeline, FluxKontextPipeline, FluxPipeline, FluxTransformer2DModel
 from diffusers.utils import logging as diffusers_logging
-from PIL.Image import Image
+from PIL.Image import Image, Resampling
 
 from fluxhost.engines.adapters import AdapterCache, HotswapSlots, adapter_store
 from fluxhost.engines.base import (
@@ -196,7 +196,11 @@ class FluxEngine:
     def _for_kind(self, pipeline: DiffusionPipeline) -> DiffusionPipeline:
         """The pipeline this engine generates with, made from the loaded one (FLUX.1 Kontext's takes
         several references; an engine for another kind of tool swaps in another class sharing the
-        loaded components)."""
+        loaded components): FLUX.1 Kontext's where the model says ``kontext``."""
+        if self.model.kontext:
+            if not isinstance(pipeline, FluxPipeline):
+                raise ValueError(f"kontext is for FLUX.1 folders, not {type(pipeline).__name__} ({self.weights})")
+            pipeline = FluxKontextPipeline.from_pipe(pipeline)
         return taking_several_references(pipeline)
 
     def _kinds(self, pipeline: DiffusionPipeline, redraw: DiffusionPipeline | None) -> frozenset[str]:
@@ -359,7 +363,7 @@ class FluxEngine:
         generators = [torch.Generator(device="cpu").manual_seed(request.seed + number)
                       for request in requests for number in range(request.num_images)]
         call_arguments = self._input_arguments(first, width, height)
-        if self.model.noise_mean == "positions" and not first.images:
+        if self.model.noise_mean == "positions" and first.strength is None:  # redrawing starts from the input
             call_arguments["latents"] = self._positioned_noise(generators, height, width)
         with self._lock, torch.inference_mode():
             on_start()
@@ -405,16 +409,30 @@ class FluxEngine:
             if "edit" not in self.kinds and request.strength is None:
                 raise KindUnsupported(f"{self.weights} takes no input images")
             arguments["image"] = list(request.images)
+            if self.model.render_pixels and "max_area" in inspect.signature(self._pipeline.__call__).parameters:
+                # FLUX.1 Kontext would size both the references and the picture to a megapixel: a
+                # model that draws small reads its references at its own scale, as it draws.
+                arguments["image"] = [self._at_render_scale(image) for image in request.images]
+                arguments |= {"_auto_resize": False, "max_area": width * height}
         if request.strength is not None:
             arguments["strength"] = request.strength
         return arguments
+
+    def _at_render_scale(self, image: Image) -> Image:
+        """``image`` resized to the size this model draws a picture of its aspect ratio at."""
+        size = render_size(image.width, image.height, self.model.render_pixels, self.model.render_min_side)
+        return image if image.size == size else image.convert("RGB").resize(size, Resampling.BOX)
 
     def _positioned_noise(self, generators: list[torch.Generator], height: int, width: int) -> torch.Tensor:
         """The pipeline's own starting noise for these generators, plus :func:`position_ramps`."""
         pipeline = self._pipeline
         channels = pipeline.transformer.config.in_channels // 4
-        noise, _ids = pipeline.prepare_latents(len(generators), channels, height, width, pipeline.transformer.dtype,
-                                               pipeline._execution_device, generators)
+        arguments = (len(generators), channels, height, width, pipeline.transformer.dtype, pipeline._execution_device,
+                     generators)
+        if isinstance(pipeline, FluxKontextPipeline):  # its latents come with the (here absent) image's
+            noise, *_ = pipeline.prepare_latents(None, *arguments)
+        else:
+            noise, _ids = pipeline.prepare_latents(*arguments)
         patch = 2 * pipeline.vae_scale_factor  # as the pipeline sizes its latents: whole 2x2 patches
         rows, columns = 2 * (height // patch), 2 * (width // patch)
         ramps = position_ramps(len(generators), channels, rows, columns)

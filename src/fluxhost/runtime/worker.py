@@ -438,7 +438,7 @@ class Worker:
         if category := self.moderator.check_prompt(order.prompt, order.safety_tolerance):
             raise Moderated(f"Request Moderated: {category}")
         if serves_demo(model.settings) and (unknown := unknown_words(order.prompt)):
-            run.lines.append(vocabulary_notice(unknown))
+            run.lines.append(vocabulary_notice(unknown, editing=model.settings.kind == "edit"))
         if order.input_images:
             request = replace(request, images=tuple(self._input_image(stored) for stored in order.input_images))
         if order.loras:

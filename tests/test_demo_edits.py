@@ -1,0 +1,187 @@
+"""The demo editing model, through the running service at a megapixel: held-out edits (changes no
+training pair made) of rendered scenes, read back by this file's own checker.
+
+Issue 32 asks that the asked change be made in at least 0.9 of edits, and that everything else
+(the other shape, the background, the places) stay as it was in at least 0.9.
+``bench/demo_quality.py --edits`` gives the same figures by kind of edit.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from fluxhost.demo import EDITOR, edits
+from fluxhost.demo.regions import components
+from fluxhost.demo.scenes import COLOURS, PLACES, render
+from fluxhost.input_images import size_like
+from fluxhost.settings import ModelSettings
+from fluxhost.signing import KeyMode
+from tests.helpers import LiveServer, ProtocolClient
+from tests.test_demo_model import palette_labels
+
+KONTEXT = "black-forest-labs/flux-kontext-pro"
+EDITS_PER_KIND = 8
+AT_LEAST = {"changed": 0.9, "kept": 0.9}
+
+_NAMES = list(COLOURS)
+_FILLS = {"square": 1.0, "circle": 0.845, "triangle": 0.595}
+"""How much of its box each shape fills, as :func:`read_things` measures it on exact drawings."""
+
+READ_SIDE = 256
+"""Pictures are read reduced to about this shorter side: enough for shapes, places and colours."""
+
+Thing = tuple[str, str, str]  # colour, place, shape
+Reading = tuple[str, frozenset[Thing]]
+
+
+def read_things(image: Image.Image) -> Reading:
+    """(background colour, the things) of a picture reduced to about :data:`READ_SIDE`, as a viewer
+    would say them: the background is
+    the commonest colour of the frame; a thing is a connected region of one other palette colour
+    (over 0.2% of the picture), its place the anchor nearest its box's centre, its shape the one
+    whose fill of its box (:data:`_FILLS`) is nearest its own."""
+    label, clear, background = palette_labels(image.reduce(max(1, min(image.size) // READ_SIDE)))
+    height, width = label.shape
+    things = set()
+    for colour in set(np.unique(label[clear]).tolist()) - {background}:
+        regions, count = components(clear & (label == colour))
+        for region in range(1, count + 1):
+            ys, xs = np.nonzero(regions == region)
+            if len(xs) < 0.002 * height * width:
+                continue
+            left, right = np.percentile(xs, [0.5, 99.5])
+            top, bottom = np.percentile(ys, [0.5, 99.5])
+            x, y = (left + right) / 2 / width, (top + bottom) / 2 / height
+            place = min(PLACES, key=lambda name: (PLACES[name][0] - x) ** 2 + (PLACES[name][1] - y) ** 2)
+            fill = len(xs) / max(1.0, (right - left + 1) * (bottom - top + 1))
+            things.add((_NAMES[colour], place, min(_FILLS, key=lambda name: abs(_FILLS[name] - fill))))
+    return _NAMES[background], frozenset(things)
+
+
+def _things(drawn) -> frozenset[Thing]:
+    return frozenset((item.thing.colour, item.thing.place, item.thing.shape) for item in drawn)
+
+
+def judged(edit: edits.Edit, reading: Reading) -> tuple[bool, bool]:
+    """(the asked change was made, everything else is as it was) for the picture read as ``reading``."""
+    background, things = reading
+    before, after = _things(edit.before), _things(edit.after)
+    gone, new = before - after, after - before
+    if edit.kind == "background":
+        changed = background == edit.background_after
+    else:
+        changed = new <= things and not gone & things
+    kept = (before & after) <= things and things <= after | gone  # nothing else lost, nothing else drawn
+    if edit.kind != "background":
+        kept = kept and background == edit.background_before
+    return changed, kept
+
+
+def scores(judgements: list[tuple[bool, bool]]) -> dict[str, float]:
+    return {"changed": sum(changed for changed, _ in judgements) / len(judgements),
+            "kept": sum(kept for _, kept in judgements) / len(judgements)}
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_held_out_changes_are_never_trained_on():
+    rng = random.Random(3)
+    assert all(edits.training_edit(rng).key not in edits.held_out_keys() for _ in range(2000))
+    held = edits.held_out_edits(EDITS_PER_KIND)
+    assert [edit.kind for edit in held] == [kind for kind in edits.KINDS for _ in range(EDITS_PER_KIND)]
+    assert all(edit.key in edits.held_out_keys() for edit in held)
+
+
+def test_an_edit_changes_one_thing_and_keeps_the_rest_in_place():
+    rng = random.Random(4)
+    for _ in range(500):
+        edit = edits.random_edit(rng)
+        kept = set(edit.before) & set(edit.after)
+        changed = {"recolour": 1, "move": 1, "background": 0, "add": 0, "remove": 1}[edit.kind]
+        assert len(kept) == len(edit.before) - changed
+        assert (edit.background_before != edit.background_after) == (edit.kind == "background")
+        assert all(word in edits.VERBS or word in str(edit.caption_before).split() + str(edit.caption_after).split()
+                   for word in edit.instruction.split())
+
+
+def test_the_checker_judges_rendered_edits():
+    """Each held-out edit's scene after, drawn exactly, is judged changed and kept; its scene
+    before is judged unchanged."""
+    for edit in edits.held_out_edits(4, seed=1):
+        after = render(edit.caption_after, list(edit.after), 256, 192)
+        before = render(edit.caption_before, list(edit.before), 256, 192)
+        assert judged(edit, read_things(after)) == (True, True), edit
+        assert not judged(edit, read_things(before))[0], edit
+
+
+@pytest.mark.slow
+def test_a_demo_editor_serves_the_editing_tools(make_settings, tmp_path, monkeypatch):
+    """Where the demo's folder has an editing transformer (here one trained for two steps: the
+    path, not the quality), the default server's editing tools are served by it, say so, and
+    edit a picture at the size asked; words it never read get the editing model's note."""
+    import torch
+    from diffusers import FluxPipeline
+
+    import fluxhost.demo
+    from fluxhost.demo.train import Recipe, train_editor
+
+    torch.manual_seed(0)
+    editor = train_editor(FluxPipeline.from_pretrained(fluxhost.demo.WEIGHTS), Recipe(editor_steps=2, editor_batch=2),
+                          report=lambda line: None)
+    editor.save_pretrained(tmp_path / "editor")
+    monkeypatch.setattr(fluxhost.demo, "EDITOR", tmp_path / "editor")
+    [edit] = edits.held_out_edits(1)[:1]
+    with LiveServer(make_settings(models={KONTEXT: ModelSettings(kind="edit")})) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        picture = png(render(edit.caption_before, list(edit.before), 640, 480))
+        answer = httpx.post(f"{client.base_url}/v1/Run/{KONTEXT}",
+                            data={"prompt": f"{edit.instruction} please", "seed": "1", "outputFormat": "png"},
+                            files={"inputImage": ("scene.png", picture, "image/png")}, headers=client.headers(),
+                            timeout=60)
+        task = client.wait(answer.json()["taskid"], timeout=300)
+        [tool] = client.call("Tool/Detail", {"slugowner": "black-forest-labs",
+                                             "slugproject": "flux-kontext-pro"})["tool"]
+        assert task["pexit"] == "0", task["debugerror"]
+        [output] = task["outputs"]
+        edited = Image.open(io.BytesIO(httpx.get(output["url"], timeout=30).content))
+    assert edited.size == size_like(Image.new("RGB", (640, 480)))  # the input's shape, at a megapixel
+    assert 'demo editing model does not know "please"' in task["debugoutput"]
+    assert tool["description"] == fluxhost.demo.EDIT_DESCRIPTION
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not EDITOR.is_dir(), reason="the package ships no demo editing model yet (issue 32)")
+def test_held_out_edits_are_made_as_asked(make_settings):
+    """The default server's editing tool, with no weights configured, is the demo editing model."""
+    settings = make_settings(models={KONTEXT: ModelSettings(kind="edit")}, torch_threads=2)
+    held = edits.held_out_edits(EDITS_PER_KIND)
+    with LiveServer(settings) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        taskids = []
+        for seed, edit in enumerate(held):
+            picture = png(render(edit.caption_before, list(edit.before), 1024, 1024))
+            answer = httpx.post(f"{client.base_url}/v1/Run/{KONTEXT}",
+                                data={"prompt": edit.instruction, "seed": str(seed), "outputFormat": "png"},
+                                files={"inputImage": ("scene.png", picture, "image/png")}, headers=client.headers(),
+                                timeout=60)
+            assert answer.status_code == 200, answer.text
+            taskids.append(answer.json()["taskid"])
+        judgements = []
+        for taskid, edit in zip(taskids, held, strict=True):
+            task = client.wait(taskid, timeout=300)
+            [output] = task["outputs"]
+            image = Image.open(io.BytesIO(httpx.get(output["url"], timeout=30).content))
+            assert image.size == (1024, 1024)
+            judgements.append(judged(edit, read_things(image)))
+    result = scores(judgements)
+    assert all(result[name] >= least for name, least in AT_LEAST.items()), result
