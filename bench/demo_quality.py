@@ -55,9 +55,10 @@ def edit_scores(weights: Path, per_kind: int, guidance: float) -> None:
     print(f"{per_kind} held-out edits a kind, {model.steps} steps, guidance {model.guidance}, 1024x1024")
     print(f"{'kind':>10} {'changed':>7} {'kept':>5}")
     totals = []
+    held = list(enumerate(edits.held_out_edits(per_kind)))  # seeds as the test's: each edit's place in the list
     for kind in edits.KINDS:
         judgements = []
-        for seed, edit in enumerate(edits.held_out_edits(per_kind)):
+        for seed, edit in held:
             if edit.kind != kind:
                 continue
             scene = render(edit.caption_before, list(edit.before), 1024, 1024)

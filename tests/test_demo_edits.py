@@ -23,15 +23,13 @@ from fluxhost.input_images import size_like
 from fluxhost.settings import ModelSettings
 from fluxhost.signing import KeyMode
 from tests.helpers import LiveServer, ProtocolClient
-from tests.test_demo_model import palette_labels
+from tests.test_demo_model import FILLS, palette_labels
 
 KONTEXT = "black-forest-labs/flux-kontext-pro"
 EDITS_PER_KIND = 8
 AT_LEAST = {"changed": 0.9, "kept": 0.9}
 
 _NAMES = list(COLOURS)
-_FILLS = {"square": 1.0, "circle": 0.845, "triangle": 0.595}
-"""How much of its box each shape fills, as :func:`read_things` measures it on exact drawings."""
 
 READ_SIDE = 256
 """Pictures are read reduced to about this shorter side: enough for shapes, places and colours."""
@@ -45,7 +43,7 @@ def read_things(image: Image.Image) -> Reading:
     would say them: the background is
     the commonest colour of the frame; a thing is a connected region of one other palette colour
     (over 0.2% of the picture), its place the anchor nearest its box's centre, its shape the one
-    whose fill of its box (:data:`_FILLS`) is nearest its own."""
+    whose fill of its box (:data:`~tests.test_demo_model.FILLS`) is nearest its own."""
     label, clear, background = palette_labels(image.reduce(max(1, min(image.size) // READ_SIDE)))
     height, width = label.shape
     things = set()
@@ -60,7 +58,7 @@ def read_things(image: Image.Image) -> Reading:
             x, y = (left + right) / 2 / width, (top + bottom) / 2 / height
             place = min(PLACES, key=lambda name: (PLACES[name][0] - x) ** 2 + (PLACES[name][1] - y) ** 2)
             fill = len(xs) / max(1.0, (right - left + 1) * (bottom - top + 1))
-            things.add((_NAMES[colour], place, min(_FILLS, key=lambda name: abs(_FILLS[name] - fill))))
+            things.add((_NAMES[colour], place, min(FILLS, key=lambda name: abs(FILLS[name] - fill))))
     return _NAMES[background], frozenset(things)
 
 

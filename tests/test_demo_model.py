@@ -29,7 +29,7 @@ ASPECTS = {"1:1": (1024, 1024), "16:9": (1376, 768)}
 
 _NAMES = list(COLOURS)
 _PALETTE = np.array([COLOURS[name] for name in _NAMES], dtype=np.float32)
-_FILLS = {"square": 1.0, "circle": 0.845, "triangle": 0.595}
+FILLS = {"square": 1.0, "circle": 0.845, "triangle": 0.595}
 """How much of its box each shape fills as :func:`read_scene` measures it on exact drawings (more
 than pi/4 and 1/2: the box leaves out the thinnest 0.5% at each side)."""
 
@@ -51,7 +51,7 @@ def read_scene(image: Image.Image) -> tuple[str, str | None, str | None, str | N
     """(background colour, object colour, place, shape) of a one-object picture, as a viewer would
     say them: the background is the commonest colour of the frame; the object, the commonest other
     palette colour; its place, the anchor nearest its box's centre; its shape, the one whose fill of
-    its box (:data:`_FILLS`) is nearest the object's."""
+    its box (:data:`FILLS`) is nearest the object's."""
     label, clear, background = palette_labels(image)
     height, width = label.shape
     thing = clear & (label != background)
@@ -64,7 +64,7 @@ def read_scene(image: Image.Image) -> tuple[str, str | None, str | None, str | N
     x, y = (left + right) / 2 / width, (top + bottom) / 2 / height
     place = min(PLACES, key=lambda name: (PLACES[name][0] - x) ** 2 + (PLACES[name][1] - y) ** 2)
     fill = len(xs) / max(1.0, (right - left + 1) * (bottom - top + 1))
-    shape = min(_FILLS, key=lambda name: abs(_FILLS[name] - fill))
+    shape = min(FILLS, key=lambda name: abs(FILLS[name] - fill))
     return _NAMES[background], _NAMES[colour], place, shape
 
 

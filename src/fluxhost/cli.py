@@ -165,7 +165,7 @@ def serve(
         console.print(f"[bold yellow]Serving {slug} from {escape(engine)}[/]", highlight=False, soft_wrap=True)
     if settings.engine != "bench" and any(serves_demo(model) for model in service.models.values()):
         console.print(CAN_DRAW, markup=False, highlight=False, soft_wrap=True)
-        if any(serves_demo(model) and model.kind == "edit" for model in service.models.values()):
+        if any(serves_demo(model) and model.kontext for model in service.models.values()):  # its editor serves
             console.print(CAN_EDIT, markup=False, highlight=False, soft_wrap=True)
         console.print(_real_pictures_hint(), markup=False, highlight=False, soft_wrap=True)
     console.print(f"API on {settings.resolved_public_url}/v1  (data in {settings.data_dir.resolve()})", soft_wrap=True)

@@ -102,17 +102,19 @@ def serves_demo(model: ModelSettings) -> bool:
 
 
 @functools.cache
-def _vocabulary() -> frozenset[str]:
-    """Every word of the demo's captions, built once: each drawing task's prompt is checked against it."""
+def _vocabulary(editing: bool) -> frozenset[str]:
+    """Every word of the demo's captions (and, ``editing``, of its instructions), built once: each
+    task's prompt is checked against it."""
     from fluxhost.demo.edits import VERBS
     from fluxhost.demo.scenes import words
 
-    return frozenset(words()) | frozenset(VERBS)
+    return frozenset(words()) | (frozenset(VERBS) if editing else frozenset())
 
 
-def unknown_words(prompt: str) -> list[str]:
-    """The words of ``prompt`` the demo model never read in a caption (case aside), in order, once each."""
-    known = _vocabulary()
+def unknown_words(prompt: str, editing: bool = False) -> list[str]:
+    """The words of ``prompt`` the demo model (its editing model where ``editing``) never read, case
+    aside, in order, once each."""
+    known = _vocabulary(editing)
     return list(dict.fromkeys(word for word in re.findall(r"[a-z]+", prompt.lower()) if word not in known))
 
 

@@ -23,7 +23,7 @@ import itertools
 import random
 from dataclasses import dataclass, replace
 
-from fluxhost.demo.scenes import COLOURS, JITTER, PLACE_WORDS, PLACES, RADIUS, SHAPES, Caption, Drawn, Thing, lay_out
+from fluxhost.demo.scenes import COLOURS, PLACES, SHAPES, Caption, Drawn, Thing, lay_out, placed
 
 KINDS = ("recolour", "move", "background", "add", "remove")
 PLACE_TO = {"left": "to the left", "right": "to the right", "top": "to the top", "bottom": "to the bottom",
@@ -37,13 +37,16 @@ class Edit:
     """One instruction applied to a scene: ``before`` and ``after`` hold the same things in the
     same order, but for the one changed (an added thing comes last, a removed one is left out)."""
 
-    kind: str
     instruction: str
     before: tuple[Drawn, ...]
     after: tuple[Drawn, ...]
     background_before: str
     background_after: str
-    key: tuple[str, ...]
+    key: tuple[str, ...]  # the change: its kind, then what it changes to (see :func:`all_keys`)
+
+    @property
+    def kind(self) -> str:
+        return self.key[0]
 
     @property
     def caption_before(self) -> Caption:
@@ -52,10 +55,6 @@ class Edit:
     @property
     def caption_after(self) -> Caption:
         return Caption(tuple(item.thing for item in self.after), self.background_after)
-
-
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
 
 
 def _name(thing: Thing, things: tuple[Thing, ...]) -> str:
@@ -96,12 +95,6 @@ def _scene(rng: random.Random, count: int) -> tuple[str, tuple[Drawn, ...]]:
     return background, tuple(lay_out(Caption(things, background), rng))
 
 
-def _placed(thing: Thing, rng: random.Random, radius: float | None = None) -> Drawn:
-    x, y = PLACES[thing.place]
-    return Drawn(thing, x + rng.uniform(-JITTER, JITTER), y + rng.uniform(-JITTER, JITTER),
-                 radius if radius is not None else rng.uniform(*RADIUS))
-
-
 def random_edit(rng: random.Random, kind: str | None = None) -> Edit:
     """One edit of a random scene (``kind``, or any), held-out changes included."""
     kind = kind or rng.choice(KINDS)
@@ -117,7 +110,7 @@ def random_edit(rng: random.Random, kind: str | None = None) -> Edit:
         instruction, key = f"make the {name} {colour}", (kind, chosen.thing.shape, colour)
     elif kind == "move":
         place = rng.choice([p for p in PLACES if p not in {thing.place for thing in things}])
-        after[index] = _placed(replace(chosen.thing, place=place), rng, chosen.radius)
+        after[index] = placed(replace(chosen.thing, place=place), rng, chosen.radius)
         instruction, key = f"move the {name} {PLACE_TO[place]}", (kind, chosen.thing.shape, place)
     elif kind == "background":
         background_after = rng.choice([c for c in COLOURS if c != background and c not in {t.colour for t in things}])
@@ -125,13 +118,13 @@ def random_edit(rng: random.Random, kind: str | None = None) -> Edit:
     elif kind == "add":
         place = rng.choice([p for p in PLACES if p != chosen.thing.place])
         added = Thing(rng.choice(SHAPES), rng.choice([c for c in COLOURS if c != background]), place)
-        after.append(_placed(added, rng))
-        instruction = f"add {_article(added.colour)} {added.colour} {added.shape} {PLACE_WORDS[place]}"
+        after.append(placed(added, rng))
+        instruction = f"add {added.words}"
         key = (kind, added.shape, added.colour, place)
     else:
         del after[index]
         instruction, key = f"remove the {name}", (kind, chosen.thing.shape, chosen.thing.colour)
-    return Edit(kind, instruction, before, tuple(after), background, background_after, key)
+    return Edit(instruction, before, tuple(after), background, background_after, key)
 
 
 def training_edit(rng: random.Random) -> Edit:

@@ -109,12 +109,14 @@ def _held_out_set() -> frozenset[Caption]:
 
 def lay_out(caption: Caption, rng: random.Random) -> list[Drawn]:
     """Where each thing goes: its place, moved a little, at a random size."""
-    drawn = []
-    for thing in caption.things:
-        x, y = PLACES[thing.place]
-        drawn.append(Drawn(thing, x + rng.uniform(-JITTER, JITTER), y + rng.uniform(-JITTER, JITTER),
-                           rng.uniform(*RADIUS)))
-    return drawn
+    return [placed(thing, rng) for thing in caption.things]
+
+
+def placed(thing: Thing, rng: random.Random, radius: float | None = None) -> Drawn:
+    """``thing`` at its place, moved a little, at ``radius`` (default: a random size)."""
+    x, y = PLACES[thing.place]
+    return Drawn(thing, x + rng.uniform(-JITTER, JITTER), y + rng.uniform(-JITTER, JITTER),
+                 radius if radius is not None else rng.uniform(*RADIUS))
 
 
 def render(caption: Caption, layout: list[Drawn], width: int, height: int,

@@ -20,6 +20,7 @@ editing stage, ``editor/``), loaded by the same code as real FLUX weights.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import string
@@ -82,6 +83,12 @@ def draw_sizes() -> list[tuple[int, int]]:
     """The sizes the model learns at: about 128x128 pixels in each aspect ratio of the tool (some
     shared). Served, it draws wide and tall pictures a little larger (``RENDER_MIN_SIDE``)."""
     return sorted({render_size(*size_for_aspect_ratio(ratio), RENDER_PIXELS) for ratio in ASPECT_RATIOS})
+
+
+def _size_weights() -> list[int]:
+    """How often the transformers learn at each of :func:`draw_sizes`: 1:1 and 16:9, the common
+    ones, six times as often as the others."""
+    return [6 if size in ((128, 128), (176, 96)) else 1 for size in draw_sizes()]
 
 
 def _pixels(images: list[Image.Image]) -> torch.Tensor:
@@ -343,8 +350,7 @@ def train_denoiser(pipeline: FluxPipeline, recipe: Recipe, rng: random.Random, g
     parameters = [parameter for module in modules for parameter in module.parameters()]
     optimiser, schedule = _optimiser(parameters, recipe.denoiser_lr, recipe.denoiser_steps)
     progress = Progress("transformer", recipe.denoiser_steps, report)
-    sizes = draw_sizes()
-    weights = [6 if size in ((128, 128), (176, 96)) else 1 for size in sizes]  # 1:1 and 16:9, the common ones
+    sizes, weights = draw_sizes(), _size_weights()
     for module in modules:
         module.train()
     count = recipe.denoiser_batch
@@ -430,14 +436,11 @@ def train_editor(pipeline: FluxPipeline, recipe: Recipe, report: Callable[[str],
     rng = random.Random(recipe.seed + 1)
     generator = torch.Generator().manual_seed(recipe.seed + 1)
     vae = pipeline.vae
-    editor = FluxTransformer2DModel.from_config(pipeline.transformer.config)
-    editor.load_state_dict(pipeline.transformer.state_dict())
-    editor.train().requires_grad_(True)
+    editor = copy.deepcopy(pipeline.transformer).train().requires_grad_(True)
     parameters = list(editor.parameters())
     optimiser, schedule = _optimiser(parameters, recipe.editor_lr, recipe.editor_steps)
     progress = Progress("editor", recipe.editor_steps, report)
-    sizes = draw_sizes()
-    weights = [6 if size in ((128, 128), (176, 96)) else 1 for size in sizes]
+    sizes, weights = draw_sizes(), _size_weights()
     count = recipe.editor_batch
     shift, scale = vae.config.shift_factor, vae.config.scaling_factor
     for step in range(recipe.editor_steps):

@@ -15,6 +15,7 @@ import torch
 import transformers
 from diffusers import AutoencoderTiny, DiffusionPipeline, FluxKontextPipeline, FluxPipeline, FluxTransformer2DModel
 from diffusers.utils import logging as diffusers_logging
+from diffusers.utils.torch_utils import randn_tensor
 from PIL.Image import Image, Resampling
 
 from fluxhost.engines.adapters import AdapterCache, HotswapSlots, adapter_store
@@ -124,6 +125,7 @@ class FluxEngine:
         self._preview_decoder: AutoencoderTiny | None = None
         self._upscaler: Upscaler | None = None
         self._redraw_pipeline: DiffusionPipeline | None = None
+        self._sizes_to_a_megapixel = False
         self.adapters: AdapterCache | HotswapSlots | None = None
         self.kinds: frozenset[str] = frozenset()
         self._lock = device_lock(self.device)
@@ -168,6 +170,7 @@ class FluxEngine:
         redraw = self._redrawing(pipeline)
         self.kinds = self._kinds(pipeline, redraw)
         self._redraw_pipeline = redraw if "image-to-image" in self.kinds else None
+        self._sizes_to_a_megapixel = "max_area" in inspect.signature(pipeline.__call__).parameters  # Kontext
         self.adapters = adapter_store(pipeline, compiled=self.model.compile, count=self.model.lora_cache,
                                       megabytes=self.model.lora_cache_mb)
         self._pipeline = pipeline
@@ -409,7 +412,7 @@ class FluxEngine:
             if "edit" not in self.kinds and request.strength is None:
                 raise KindUnsupported(f"{self.weights} takes no input images")
             arguments["image"] = list(request.images)
-            if self.model.render_pixels and "max_area" in inspect.signature(self._pipeline.__call__).parameters:
+            if self.model.render_pixels and self._sizes_to_a_megapixel:
                 # FLUX.1 Kontext would size both the references and the picture to a megapixel: a
                 # model that draws small reads its references at its own scale, as it draws.
                 arguments["image"] = [self._at_render_scale(image) for image in request.images]
@@ -427,16 +430,13 @@ class FluxEngine:
         """The pipeline's own starting noise for these generators, plus :func:`position_ramps`."""
         pipeline = self._pipeline
         channels = pipeline.transformer.config.in_channels // 4
-        arguments = (len(generators), channels, height, width, pipeline.transformer.dtype, pipeline._execution_device,
-                     generators)
-        if isinstance(pipeline, FluxKontextPipeline):  # its latents come with the (here absent) image's
-            noise, *_ = pipeline.prepare_latents(None, *arguments)
-        else:
-            noise, _ids = pipeline.prepare_latents(*arguments)
         patch = 2 * pipeline.vae_scale_factor  # as the pipeline sizes its latents: whole 2x2 patches
         rows, columns = 2 * (height // patch), 2 * (width // patch)
-        ramps = position_ramps(len(generators), channels, rows, columns)
-        return noise + pipeline._pack_latents(ramps, len(generators), channels, rows, columns).to(noise)
+        # as every FLUX.1 pipeline's prepare_latents draws it (Kontext's also encodes its image there)
+        noise = randn_tensor((len(generators), channels, rows, columns), generator=generators,
+                             device=pipeline._execution_device, dtype=pipeline.transformer.dtype)
+        noise = noise + position_ramps(len(generators), channels, rows, columns).to(noise)
+        return pipeline._pack_latents(noise, len(generators), channels, rows, columns)
 
     def _preview(self, packed_latents: torch.Tensor, height: int, width: int) -> Image:
         """One image's current latents, decoded by the tiny preview decoder when configured, else

@@ -437,8 +437,9 @@ class Worker:
         request = generation_request(order, model.settings)
         if category := self.moderator.check_prompt(order.prompt, order.safety_tolerance):
             raise Moderated(f"Request Moderated: {category}")
-        if serves_demo(model.settings) and (unknown := unknown_words(order.prompt)):
-            run.lines.append(vocabulary_notice(unknown, editing=model.settings.kind == "edit"))
+        editing = model.settings.kind == "edit"
+        if serves_demo(model.settings) and (unknown := unknown_words(order.prompt, editing)):
+            run.lines.append(vocabulary_notice(unknown, editing))
         if order.input_images:
             request = replace(request, images=tuple(self._input_image(stored) for stored in order.input_images))
         if order.loras:
