@@ -7,7 +7,9 @@ folder being trained as well as for the shipped one. Speed is ``bench/demo_model
 With ``--edits``: the demo editing model on the held-out edits of ``tests/test_demo_edits.py``
 (changes no training pair made), scenes drawn at 1024x1024 and edited one at a time as the
 service edits them, judged by that test's checker: how often the asked change was made and how
-often everything else stayed, by kind of edit.
+often everything else stayed, by kind of edit; first, how often the folder's autoencoder gives
+back the scene it was given (what the editing model reads of its input), beside its decoder's
+own share from exact latents.
 
     python bench/demo_quality.py [--weights FOLDER] [--ratios 1:1 21:9] [--threads 2]
     python bench/demo_quality.py --edits [--weights FOLDER] [--per-kind 8] [--guidance 2.0]
@@ -50,6 +52,13 @@ def readings(engine: FluxEngine, width: int, height: int) -> list[tuple[tuple, t
 def edit_scores(weights: Path, per_kind: int, guidance: float) -> None:
     model = demo_editor_settings(weights=str(weights), upscaler=str(weights / "upscaler"),
                                  transformer=str(weights / "editor"), guidance=guidance)
+    encoded, exact = round_trips(weights, per_kind)
+    print(f"the autoencoder gives back the scene it was given: {encoded:.2f} (its decoder from exact latents: "
+          f"{exact:.2f})")
+    if not (weights / "editor").is_dir():
+        print(f"no editing model in {weights} (its editor/ folder): python -m fluxhost.demo.train FOLDER "
+              "editor_steps=N trains one")
+        return
     engine = FluxEngine(model.weights, model)
     engine.load()
     print(f"{per_kind} held-out edits a kind, {model.steps} steps, guidance {model.guidance}, 1024x1024")
@@ -69,6 +78,34 @@ def edit_scores(weights: Path, per_kind: int, guidance: float) -> None:
         totals += judgements
         print(f"{kind:>10} {_share(judgements, 0):>7.2f} {_share(judgements, 1):>5.2f}", flush=True)
     print(f"{'all':>10} {_share(totals, 0):>7.2f} {_share(totals, 1):>5.2f}")
+
+
+def round_trips(weights: Path, per_kind: int) -> tuple[float, float]:
+    """How often a held-out edit's scene, drawn at 1024x1024 and reduced to the demo's 128x128,
+    reads the same (background, and each shape's colour, place and shape) after the folder's
+    encoder and decoder; and after its decoder alone, from the scene's exact layout latents."""
+    import torch
+    from diffusers import AutoencoderKL
+    from PIL import Image
+
+    from fluxhost.demo.train import _pixels, layout_latents
+
+    vae = AutoencoderKL.from_pretrained(weights / "vae").eval()
+
+    def reads(latents: torch.Tensor) -> tuple[str, frozenset]:
+        decoded = ((vae.decode(latents).sample[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0)
+        return read_things(Image.fromarray(decoded.numpy()).resize((512, 512), Image.Resampling.LANCZOS))
+
+    encoded = exact = 0
+    held = edits.held_out_edits(per_kind)
+    for edit in held:
+        scene = render(edit.caption_before, list(edit.before), 1024, 1024).resize((128, 128), Image.Resampling.BOX)
+        want = (edit.background_before, frozenset((item.thing.colour, item.thing.place, item.thing.shape)
+                                                  for item in edit.before))
+        with torch.inference_mode():
+            encoded += reads(vae.encode(_pixels([scene])).latent_dist.mode()) == want
+            exact += reads(layout_latents([list(edit.before)], [edit.caption_before], 128, 128)) == want
+    return encoded / len(held), exact / len(held)
 
 
 def _share(judgements: list[tuple[bool, bool]], index: int) -> float:
