@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test's checker, from a checkout
 
-from tests.test_demo_edits import judged, read_things  # noqa: E402
+from tests.test_demo_edits import _things, judged, read_things  # noqa: E402
 from tests.test_demo_model import expected, held_out_sample, read_scene, scores  # noqa: E402
 
 from fluxhost.demo import EDIT_GUIDANCE, WEIGHTS, demo_editor_settings, demo_model_settings, edits  # noqa: E402
@@ -52,7 +52,8 @@ def readings(engine: FluxEngine, width: int, height: int) -> list[tuple[tuple, t
 def edit_scores(weights: Path, per_kind: int, guidance: float) -> None:
     model = demo_editor_settings(weights=str(weights), upscaler=str(weights / "upscaler"),
                                  transformer=str(weights / "editor"), guidance=guidance)
-    encoded, exact = round_trips(weights, per_kind)
+    held = list(enumerate(edits.held_out_edits(per_kind)))  # seeds as the test's: each edit's place in the list
+    encoded, exact = round_trips(weights, [edit for _, edit in held])
     print(f"the autoencoder gives back the scene it was given: {encoded:.2f} (its decoder from exact latents: "
           f"{exact:.2f})")
     if not (weights / "editor").is_dir():
@@ -64,7 +65,6 @@ def edit_scores(weights: Path, per_kind: int, guidance: float) -> None:
     print(f"{per_kind} held-out edits a kind, {model.steps} steps, guidance {model.guidance}, 1024x1024")
     print(f"{'kind':>10} {'changed':>7} {'kept':>5}")
     totals = []
-    held = list(enumerate(edits.held_out_edits(per_kind)))  # seeds as the test's: each edit's place in the list
     for kind in edits.KINDS:
         judgements = []
         for seed, edit in held:
@@ -80,7 +80,7 @@ def edit_scores(weights: Path, per_kind: int, guidance: float) -> None:
     print(f"{'all':>10} {_share(totals, 0):>7.2f} {_share(totals, 1):>5.2f}")
 
 
-def round_trips(weights: Path, per_kind: int) -> tuple[float, float]:
+def round_trips(weights: Path, held: list[edits.Edit]) -> tuple[float, float]:
     """How often a held-out edit's scene, drawn at 1024x1024 and reduced to the demo's 128x128,
     reads the same (background, and each shape's colour, place and shape) after the folder's
     encoder and decoder; and after its decoder alone, from the scene's exact layout latents."""
@@ -97,11 +97,9 @@ def round_trips(weights: Path, per_kind: int) -> tuple[float, float]:
         return read_things(Image.fromarray(decoded.numpy()).resize((512, 512), Image.Resampling.LANCZOS))
 
     encoded = exact = 0
-    held = edits.held_out_edits(per_kind)
     for edit in held:
         scene = render(edit.caption_before, list(edit.before), 1024, 1024).resize((128, 128), Image.Resampling.BOX)
-        want = (edit.background_before, frozenset((item.thing.colour, item.thing.place, item.thing.shape)
-                                                  for item in edit.before))
+        want = (edit.background_before, _things(edit.before))
         with torch.inference_mode():
             encoded += reads(vae.encode(_pixels([scene])).latent_dist.mode()) == want
             exact += reads(layout_latents([list(edit.before)], [edit.caption_before], 128, 128)) == want
