@@ -2,7 +2,9 @@
 captions of ``tests/test_demo_model.py`` (never a training caption), generated through the engine
 in batches of four as the service batches them, read back by that test's own checker. The test
 holds 1:1 and 16:9 to their thresholds; this prints the figures for every ratio, for a model
-folder being trained as well as for the shipped one. Speed is ``bench/demo_model.py``'s.
+folder being trained as well as for the shipped one, and how sharp its edges are: the median of
+the test's :func:`~tests.test_demo_model.edge_width`, the pixels an edge takes to go from the
+background's colour to the shape's at the requested size. Speed is ``bench/demo_model.py``'s.
 
 With ``--edits``: the demo editing model on the held-out edits of ``tests/test_demo_edits.py``
 (changes no training pair made), scenes drawn at 1024x1024 and edited one at a time as the
@@ -18,13 +20,14 @@ own share from exact latents.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test's checker, from a checkout
 
 from tests.test_demo_edits import _things, judged, read_things  # noqa: E402
-from tests.test_demo_model import expected, held_out_sample, read_scene, scores  # noqa: E402
+from tests.test_demo_model import edge_width, expected, held_out_sample, read_scene, scores  # noqa: E402
 
 from fluxhost.demo import EDIT_GUIDANCE, WEIGHTS, demo_editor_settings, demo_model_settings, edits  # noqa: E402
 from fluxhost.demo.scenes import render  # noqa: E402
@@ -36,17 +39,18 @@ from fluxhost.orders import ASPECT_RATIOS, size_for_aspect_ratio  # noqa: E402
 BATCH = 4
 
 
-def readings(engine: FluxEngine, width: int, height: int) -> list[tuple[tuple, tuple]]:
-    """(what the checker read, what the caption asked) for each held-out caption, seeds as the test's."""
+def readings(engine: FluxEngine, width: int, height: int) -> list[tuple[tuple, tuple, float | None]]:
+    """(what the checker read, what the caption asked, the edge's width) for each held-out caption,
+    seeds as the test's."""
     model, captions = engine.model, held_out_sample()
-    pairs = []
+    found = []
     for first in range(0, len(captions), BATCH):
         chunk = captions[first : first + BATCH]
         requests = [GenerationRequest(str(caption), width, height, seed, model.steps, model.guidance)
                     for seed, caption in enumerate(chunk, start=first)]
         for caption, images in zip(chunk, engine.generate_batch(requests, lambda: None, lambda *_: True), strict=True):
-            pairs.append((read_scene(images[0]), expected(caption)))
-    return pairs
+            found.append((read_scene(images[0]), expected(caption), edge_width(images[0])))
+    return found
 
 
 def edit_scores(weights: Path, per_kind: int, guidance: float) -> None:
@@ -131,15 +135,17 @@ def main() -> None:
     print(f"{len(held_out_sample())} held-out captions a ratio, {model.steps} steps, guidance {model.guidance}, "
           f"batches of {BATCH}")
     print(f"{'aspect':>6} {'drawn at':>9} {'background':>10} {'colour':>6} {'place':>6} {'shape':>6} "
-          f"{'all four':>8}")
+          f"{'all four':>8} {'edge px':>7}")
     for ratio in arguments.ratios:
         width, height = size_for_aspect_ratio(ratio)
-        pairs = readings(engine, width, height)
+        read = readings(engine, width, height)
+        pairs = [(got, want) for got, want, _ in read]
         result = scores(pairs)
         whole = sum(got == want for got, want in pairs) / len(pairs)
+        edge = statistics.median(across for _, _, across in read if across is not None)
         drawn = "x".join(map(str, render_size(width, height, model.render_pixels, model.render_min_side)))
         print(f"{ratio:>6} {drawn:>9} {result['background']:>10.2f} {result['colour']:>6.2f} {result['place']:>6.2f} "
-              f"{result['shape']:>6.2f} {whole:>8.2f}", flush=True)
+              f"{result['shape']:>6.2f} {whole:>8.2f} {edge:>7.1f}", flush=True)
 
 
 if __name__ == "__main__":
