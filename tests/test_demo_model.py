@@ -26,9 +26,9 @@ pytestmark = pytest.mark.slow  # the demo pipeline, at full size
 # measured with 20 steps: 1.0 on all four at 1:1; 1.0, 1.0, 1.0 and shape 0.93 at 16:9
 AT_LEAST = {aspect: {"background": 0.9, "colour": 0.9, "place": 0.9, "shape": 0.9} for aspect in ("1:1", "16:9")}
 EDGE_AT_MOST = 12.0
-"""The median :func:`edge_width` held at both ratios, in output pixels: measured 11.0 at 1:1 and
-9.3 at 16:9, from the upscaler's redrawing (the model's own picture brought to a megapixel by
-Lanczos alone has edges 23-31 pixels wide; an exact drawing, about 1)."""
+"""The median :func:`edge_width` held at both ratios, in output pixels: 11.0 at 1:1 and 9.3 at 16:9
+by ``bench/demo_quality.py``, from the upscaler's redrawing (the model's own picture brought to a
+megapixel by Lanczos alone has edges 23-31 pixels wide; an exact drawing, about 1)."""
 CAPTIONS_PER_SHAPE = 10
 ASPECTS = {"1:1": (1024, 1024), "16:9": (1376, 768)}
 
@@ -52,6 +52,15 @@ def palette_labels(image: Image.Image) -> tuple[np.ndarray, np.ndarray, int]:
     return label, distance.min(-1) < 60, int(np.bincount(border, minlength=len(_NAMES)).argmax())
 
 
+def object_colour(label: np.ndarray, clear: np.ndarray, background: int) -> int | None:
+    """The object's palette index, from :func:`palette_labels`: the commonest colour clearly not
+    the background's, or None where too few pixels are (no object)."""
+    thing = clear & (label != background)
+    if thing.sum() < 0.002 * label.size:
+        return None
+    return int(np.bincount(label[thing], minlength=len(_NAMES)).argmax())
+
+
 def read_scene(image: Image.Image) -> tuple[str, str | None, str | None, str | None]:
     """(background colour, object colour, place, shape) of a one-object picture, as a viewer would
     say them: the background is the commonest colour of the frame; the object, the commonest other
@@ -59,11 +68,10 @@ def read_scene(image: Image.Image) -> tuple[str, str | None, str | None, str | N
     its box (:data:`FILLS`) is nearest the object's."""
     label, clear, background = palette_labels(image)
     height, width = label.shape
-    thing = clear & (label != background)
-    if thing.sum() < 0.002 * height * width:
+    colour = object_colour(label, clear, background)
+    if colour is None:
         return _NAMES[background], None, None, None
-    colour = int(np.bincount(label[thing], minlength=len(_NAMES)).argmax())
-    ys, xs = np.nonzero(thing & (label == colour))
+    ys, xs = np.nonzero(clear & (label == colour))
     left, right = np.percentile(xs, [0.5, 99.5])
     top, bottom = np.percentile(ys, [0.5, 99.5])
     x, y = (left + right) / 2 / width, (top + bottom) / 2 / height
@@ -75,18 +83,17 @@ def read_scene(image: Image.Image) -> tuple[str, str | None, str | None, str | N
 
 def edge_width(image: Image.Image) -> float | None:
     """How many pixels a one-object picture's edge takes to go from its background's colour to its
-    object's (10 % to 90 % of the way, across the edge), or None when :func:`read_scene` finds no
-    object. Each pixel is placed between the two colours as the picture has them (the median of
-    the pixels clearly of each); the transition's area over the edge's length, which is the sum of
-    that placement's gradient (the coarea formula), is its width. An exact drawing scores about
-    one pixel; a Gaussian blur of radius r, about 2.6 r."""
-    background, colour, _, _ = read_scene(image)
+    object's (10 % to 90 % of the way, across the edge), or None when it has no object
+    (:func:`object_colour`). Each pixel is placed between the two colours as the picture has them
+    (the median of the pixels clearly of each); the transition's area over the edge's length, which
+    is the sum of that placement's gradient (the coarea formula), is its width. An exact drawing
+    scores about one pixel; a Gaussian blur of radius r, about 2.6 r."""
+    label, clear, background = palette_labels(image)
+    colour = object_colour(label, clear, background)
     if colour is None:
         return None
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-    label, clear, _ = palette_labels(image)
-    outside, inside = (np.median(pixels[clear & (label == _NAMES.index(name))], axis=0)
-                       for name in (background, colour))
+    outside, inside = (np.median(pixels[clear & (label == index)], axis=0) for index in (background, colour))
     step = inside - outside
     placement = np.clip((pixels - outside) @ step / (step @ step), 0, 1)
     rows, columns = np.gradient(placement)
