@@ -122,6 +122,45 @@ def test_the_checker_judges_rendered_edits():
         assert not judged(edit, read_things(before))[0], edit
 
 
+def test_the_demo_editor_is_given_the_scene_it_is_asked_to_change():
+    """A picture to edit is read back as the demo scene it shows, at any size: background, shapes,
+    colours and places as drawn, and latents those its training computes for the scene."""
+    import torch
+
+    from fluxhost.demo.pictures import FlatPictures, read_scene
+    from fluxhost.demo.train import layout_latents
+
+    reader = FlatPictures()
+    for edit, (width, height) in zip(edits.held_out_edits(1), [(512, 512), (768, 320), (384, 672), (320, 240),
+                                                                (1024, 1024)], strict=True):
+        picture = render(edit.caption_before, list(edit.before), width, height)
+        caption, layout = read_scene(picture)
+        assert (caption.background, _things(layout)) == (edit.background_before, _things(edit.before)), edit
+        latents = reader.reference(picture, 128, 128)
+        exact = layout_latents([list(edit.before)], [edit.caption_before], 128, 128)[0]
+        assert latents.shape == exact.shape
+        assert torch.nn.functional.l1_loss(latents, exact) < 0.01
+
+
+def test_touching_shapes_are_read_as_two():
+    from fluxhost.demo.pictures import read_scene
+    from fluxhost.demo.scenes import Caption, Drawn, Thing
+
+    # at 800x600 the square's right side is at x = 348 and the circle's left edge at 344
+    layout = [Drawn(Thing("square", "red", "left"), 0.3, 0.5, 0.2),
+              Drawn(Thing("circle", "blue", "center"), 0.58, 0.5, 0.2)]
+    caption = Caption(tuple(item.thing for item in layout), "white")
+    _, read = read_scene(render(caption, layout, 800, 600))
+    assert {(item.thing.colour, item.thing.shape) for item in read} == {("red", "square"), ("blue", "circle")}
+
+
+def test_a_picture_without_shapes_is_refused_with_what_the_demo_editor_edits():
+    from fluxhost.demo.pictures import read_scene
+
+    with pytest.raises(ValueError, match="edits pictures of flat shapes on a plain background"):
+        read_scene(Image.new("RGB", (640, 480), COLOURS["green"]))
+
+
 @pytest.mark.slow
 def test_a_demo_editor_serves_the_editing_tools(make_settings, tmp_path, monkeypatch):
     """Where the demo's folder has an editing transformer (here one trained for two steps: the
@@ -152,7 +191,14 @@ def test_a_demo_editor_serves_the_editing_tools(make_settings, tmp_path, monkeyp
         assert task["pexit"] == "0", task["debugerror"]
         [output] = task["outputs"]
         edited = Image.open(io.BytesIO(httpx.get(output["url"], timeout=30).content))
+        blank = png(Image.new("RGB", (640, 480), COLOURS["green"]))
+        answer = httpx.post(f"{client.base_url}/v1/Run/{KONTEXT}", data={"prompt": edit.instruction},
+                            files={"inputImage": ("blank.png", blank, "image/png")}, headers=client.headers(),
+                            timeout=60)
+        refused = client.wait(answer.json()["taskid"], timeout=300)
     assert edited.size == size_like(Image.new("RGB", (640, 480)))  # the input's shape, at a megapixel
+    assert refused["pexit"] == "1"
+    assert "edits pictures of flat shapes on a plain background, and this picture shows none" in refused["debugerror"]
     assert 'demo editing model does not know "please"' in task["debugoutput"]
     assert tool["description"] == fluxhost.demo.EDIT_DESCRIPTION
 

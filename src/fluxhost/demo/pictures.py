@@ -1,42 +1,61 @@
-"""Pictures in the demo model's flat style (one object on a plain background) read back into its
-layout latents, so that a LoRA training on the demo model learns from uploaded pictures.
+"""Pictures in the demo model's flat style read back into its layout latents: training pictures,
+so that a LoRA training on the demo model learns from uploaded pictures, and pictures to edit, so
+that the demo editing model sees the scene it is asked to change.
 
 The demo's VAE encoder was trained briefly and on the demo's own scenes only: a shape it never saw
-(a ring) comes out as the nearest one it knows (a filled disc). Its decoder, though, draws whatever
-outline the layout latents' signed distance gives, holes included. So a training on the demo
-model reads each picture's layout instead of encoding it, channel by channel as
+(a ring) comes out as the nearest one it knows (a filled disc), and even the demo's own scenes come
+back from it with colours drifted and every shape a circle. Its decoder, though, draws whatever
+outline the layout latents' signed distance gives, holes included. So the demo model reads a
+picture's layout instead of encoding it, channel by channel as
 :func:`fluxhost.demo.train.layout_latents` lays them out:
 
 background  the median colour of the picture's border;
-object      the largest connected region of pixels far from the background, with each pixel's
-            coverage (an antialiased edge is part object, part background) read from where its
-            colour lies between the two;
+object      a connected region of pixels far from the background, with each pixel's coverage (an
+            antialiased edge is part object, part background) read from where its colour lies
+            between the two;
 edge        where coverage crosses one half, to a fraction of a pixel: the signed distance;
 shape code  that of the demo shape whose outline best overlaps the object with its holes filled;
             its centre and radius give the offsets, as the demo places a shape.
+
+A training picture is one object (the largest region), its edge as measured: it may be a shape the
+demo never drew. A picture to edit is a demo scene (:func:`read_scene`): up to two objects, each
+named by the demo colour and shape nearest to it, its latents those the editor learned from.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
-from PIL.Image import Image
+from PIL.Image import Image, Resampling
 
 from fluxhost.demo import scenes
-from fluxhost.demo.regions import FAR_FROM_BACKGROUND, enclosed, largest_region
-from fluxhost.demo.train import CLAMP, SDF_COPIES, TOKEN_PIXELS, Recipe, signed_distance
+from fluxhost.demo.regions import FAR_FROM_BACKGROUND, components, enclosed, largest_region
+from fluxhost.demo.train import CLAMP, SDF_COPIES, TOKEN_PIXELS, Recipe, layout_latents, signed_distance
 
 AREA_PER_RADIUS2 = {"circle": np.pi, "square": 1.8 ** 2, "triangle": 2.0}
 """Each demo shape's area over its radius squared (a square's half-side is 0.9 radius)."""
+MOST_THINGS = 2  # a demo scene's
+SPECK = 0.002
+"""A region far from the background covering less than this share of the picture is a speck, not a thing."""
+READ_SIDE = 256
+"""A picture to edit is read at most this large (reduced by area averaging, which keeps its edges'
+coverage): twice what the demo draws at, its objects' places and sizes to a fraction of the demo's
+pixel."""
 
 
-def _coverage(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The background's colour, the object's colour (RGB 0-255) and how much of each pixel the object covers."""
-    border = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
-    background = np.median(border, 0)
-    region = largest_region(np.sqrt(((pixels - background) ** 2).sum(-1)) > FAR_FROM_BACKGROUND)
-    if not region.any():
-        raise ValueError("the picture has no object: every pixel is near its background's colour")
+def _background(pixels: np.ndarray) -> np.ndarray:
+    """The picture's background colour (RGB 0-255): the median of its border."""
+    return np.median(np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]]), 0)
+
+
+def _far_from(pixels: np.ndarray, background: np.ndarray) -> np.ndarray:
+    return np.sqrt(((pixels - background) ** 2).sum(-1)) > FAR_FROM_BACKGROUND
+
+
+def _object(pixels: np.ndarray, background: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The colour (RGB 0-255) of the object that is ``region``, and how much of each pixel it covers."""
     colour = np.median(pixels[region], 0)
     direction = colour - background
     coverage = ((pixels - background) @ direction / (direction @ direction)).clip(0, 1)
@@ -45,7 +64,7 @@ def _coverage(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rim[:-1] |= region[1:]
     rim[:, 1:] |= region[:, :-1]
     rim[:, :-1] |= region[:, 1:]
-    return background, colour, np.where(rim, coverage, 0.0)
+    return colour, np.where(rim, coverage, 0.0)
 
 
 def _edge_points(coverage: np.ndarray) -> np.ndarray:
@@ -80,6 +99,50 @@ def _placed_shape(filled: np.ndarray, area: float) -> tuple[str, float, float, f
     return best[1:]
 
 
+def read_scene(image: Image) -> tuple[scenes.Caption, list[scenes.Drawn]]:
+    """The demo scene ``image`` shows: its background, and its two largest objects (or its one), each
+    as the demo's colour, shape and place nearest to what it is, at its own centre and size.
+    ValueError when it has none."""
+    if max(image.size) > READ_SIDE:
+        scale = READ_SIDE / max(image.size)
+        image = image.convert("RGB").resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                                            Resampling.BOX)
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
+    height, width = pixels.shape[:2]
+    background = _background(pixels)
+    far, nearest = _far_from(pixels, background), _nearest_colours(pixels)
+    regions = []  # two shapes may touch: a region is of one demo colour
+    for colour in np.unique(nearest[far]):
+        labels, count = components(far & (nearest == colour))
+        areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+        regions += [(int(area), labels == index + 1) for index, area in enumerate(areas) if area >= SPECK * far.size]
+    largest = [region for _, region in sorted(regions, key=lambda found: -found[0])[:MOST_THINGS]]
+    if not largest:
+        raise ValueError("the demo editing model edits pictures of flat shapes on a plain background, and this "
+                         "picture shows none: every part of it is near its border's colour")
+    layout = []
+    for region in largest:
+        colour, coverage = _object(pixels, background, region)
+        shape, cx, cy, radius = _placed_shape(coverage > 0.5, coverage.sum())  # the demo's shapes have no holes
+        x, y = cx / width, cy / height
+        place = min(scenes.PLACES, key=lambda name: math.dist(scenes.PLACES[name], (x, y)))
+        layout.append(scenes.Drawn(scenes.Thing(shape, _colour_name(colour), place), x, y, radius / min(width, height)))
+    return scenes.Caption(tuple(item.thing for item in layout), _colour_name(background)), layout
+
+
+PALETTE = np.array(list(scenes.COLOURS.values()), dtype=np.float64)
+
+
+def _nearest_colours(pixels: np.ndarray) -> np.ndarray:
+    """Each pixel's nearest demo colour, as its index in :data:`fluxhost.demo.scenes.COLOURS`."""
+    return ((pixels[..., None, :] - PALETTE) ** 2).sum(-1).argmin(-1)
+
+
+def _colour_name(rgb: np.ndarray) -> str:
+    """The demo colour nearest to ``rgb`` (0-255)."""
+    return list(scenes.COLOURS)[int(_nearest_colours(rgb[None])[0])]
+
+
 class FlatPictures:
     """Reads training pictures for the demo model (see the module's docstring); the trainer's
     :class:`~fluxhost.engines.training.PictureReader`."""
@@ -90,7 +153,11 @@ class FlatPictures:
         are small, and they are what a caption is about)."""
         pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
         height, width = pixels.shape[:2]
-        background, colour, coverage = _coverage(pixels)
+        background = _background(pixels)
+        region = largest_region(_far_from(pixels, background))
+        if not region.any():
+            raise ValueError("the picture has no object: every pixel is near its background's colour")
+        colour, coverage = _object(pixels, background, region)
         inside = coverage > 0.5
         holes = enclosed(inside)
         area = coverage.sum() + (1 - coverage[holes]).sum()
@@ -115,6 +182,13 @@ class FlatPictures:
         ])
         touched = torch.nn.functional.max_pool2d(torch.from_numpy(coverage).float()[None, None], TOKEN_PIXELS) > 0
         return latents, 1 + (Recipe.shape_weight - 1) * touched.flatten().float()
+
+    def reference(self, image: Image, width: int, height: int) -> torch.Tensor:
+        """The layout latents, (16, height / 8, width / 8), unscaled, of the scene a picture to edit
+        shows (:func:`read_scene`), laid out at ``width`` x ``height``: what the editor learned
+        its reference from."""
+        caption, layout = read_scene(image)
+        return layout_latents([layout], [caption], width, height)[0]
 
 
 def _unit(rgb: np.ndarray) -> torch.Tensor:

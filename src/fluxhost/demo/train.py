@@ -73,7 +73,7 @@ class Recipe:
     upscaler_batch: int = 16
     upscaler_crop: int = 24  # low-resolution side of an upscaler training crop
     upscaler_lr: float = 2e-3
-    editor_steps: int = 0  # the editing stage is left out until its recipe edits well (issue 32): 600 are not enough
+    editor_steps: int = 0  # left out until its recipe edits well (issue 32): 1,200 steps (19 min) are not enough
     editor_batch: int = 16
     editor_lr: float = 1e-3
     keep_instruction: float = 0.1  # pairs with an empty instruction and no change: what guidance steers from
@@ -427,12 +427,16 @@ def _edit_batch(rng: random.Random, count: int, width: int, height: int,
 
 
 def train_editor(pipeline: FluxPipeline, recipe: Recipe, report: Callable[[str], None]) -> FluxTransformer2DModel:
-    """The editing transformer, FLUX.1 Kontext's way: the picture to edit, encoded by the VAE, is
-    appended to the sequence being denoised with position ids ``(1, row, column)``, and the
-    transformer learns to draw the scene after the instruction. It starts from the drawing
-    transformer (it already draws every scene the captions name) and reads the same text encoders,
-    which stay as they are; the tokens a shape touches, before or after, weigh more. Its own
-    random streams (``recipe.seed + 1``) make it the same from the same drawing model."""
+    """The editing transformer, FLUX.1 Kontext's way: the picture to edit, as latents, is appended
+    to the sequence being denoised with position ids ``(1, row, column)``, and the transformer
+    learns to draw the scene after the instruction. Those latents are the scene's layout latents,
+    as the demo's picture reader gives them for a picture served to it
+    (:func:`fluxhost.demo.pictures.read_scene`), not the VAE encoder's: an editor can only keep
+    what its reference carries, and the briefly trained encoder loses the shapes' colours and
+    names. It starts from the drawing transformer (it already draws every scene the captions name)
+    and reads the same text encoders, which stay as they are; the tokens a shape touches, before
+    or after, weigh more. Its own random streams (``recipe.seed + 1``) make it the same from the
+    same drawing model."""
     rng = random.Random(recipe.seed + 1)
     generator = torch.Generator().manual_seed(recipe.seed + 1)
     vae = pipeline.vae
@@ -448,10 +452,9 @@ def train_editor(pipeline: FluxPipeline, recipe: Recipe, report: Callable[[str],
         instructions, before, after = _edit_batch(rng, count, width, height, recipe.keep_instruction)
         rows, columns = height // 8, width // 8
         with torch.no_grad():
-            reference = (vae.encode(before.pixels).latent_dist.mode() - shift) * scale
             prompt_embeds, pooled, text_ids = pipeline.encode_prompt(
                 prompt=instructions, prompt_2=None, max_sequence_length=MAX_SEQUENCE_LENGTH)
-        reference = FluxPipeline._pack_latents(reference, count, LATENT_CHANNELS, rows, columns)
+        reference = FluxPipeline._pack_latents((before.latents - shift) * scale, count, LATENT_CHANNELS, rows, columns)
         clean = FluxPipeline._pack_latents((after.latents - shift) * scale, count, LATENT_CHANNELS, rows, columns)
         image_ids = FluxPipeline._prepare_latent_image_ids(count, rows // 2, columns // 2, "cpu", torch.float32)
         reference_ids = image_ids.clone()

@@ -111,7 +111,8 @@ class FluxEngine:
 
     def __init__(self, weights: str, model: ModelSettings, *, device: str = "auto", label: str | None = None,
                  pictures: PictureReader | None = None):
-        """``pictures``: reads training pictures' latents where the VAE's encoder cannot (the demo model)."""
+        """``pictures``: reads the latents of training pictures and of pictures to edit where the
+        VAE's encoder cannot (the demo model)."""
         self.weights = weights
         self.pictures = pictures
         self.model = model
@@ -339,9 +340,6 @@ class FluxEngine:
             pipeline = self._redraw_pipeline
         if len(requests) > 1 and any(request.images for request in requests):
             raise ValueError("requests with input images run one at a time")
-        if any(request.images for request in requests):
-            if len(requests) > 1:
-                raise ValueError("requests with input images run one at a time")
         # Row r of the pipeline's batch is image (r - first row) of request owner[r].
         owner = [index for index, request in enumerate(requests) for _ in range(request.num_images)]
         rows = {index: owner.index(index) for index in range(len(requests))}
@@ -417,9 +415,21 @@ class FluxEngine:
                 # model that draws small reads its references at its own scale, as it draws.
                 arguments["image"] = [self._at_render_scale(image) for image in request.images]
                 arguments |= {"_auto_resize": False, "max_area": width * height}
+            if self.pictures is not None:  # redrawn at the picture's size; Kontext's references at their own
+                size = (width, height) if request.strength is not None else arguments["image"][0].size
+                arguments["image"] = self._read_pictures(arguments["image"], *size)
         if request.strength is not None:
             arguments["strength"] = request.strength
         return arguments
+
+    def _read_pictures(self, images: list[Image], width: int, height: int) -> torch.Tensor:
+        """The input images as the latents the pipeline would encode them to at ``width`` x
+        ``height`` (scaled), read by the model's picture reader instead of its VAE's encoder: FLUX.1's
+        pipelines take latents given as their ``image`` as they are."""
+        vae = self._pipeline.vae
+        latents = torch.stack([self.pictures.reference(image, width, height) for image in images])
+        latents = (latents - vae.config.shift_factor) * vae.config.scaling_factor
+        return latents.to(vae.device, vae.dtype)
 
     def _at_render_scale(self, image: Image) -> Image:
         """``image`` resized to the size this model draws a picture of its aspect ratio at."""

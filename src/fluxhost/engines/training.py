@@ -85,12 +85,17 @@ class TrainingProgress(Protocol):
 
 
 class PictureReader(Protocol):
-    """Reads a model's latents from training pictures where its VAE encoder cannot be trusted with
-    them (the demo model's, trained on its own scenes only: see :mod:`fluxhost.demo.pictures`)."""
+    """Reads a model's latents from pictures where its VAE encoder cannot be trusted with them (the
+    demo model's, trained on its own scenes only: see :mod:`fluxhost.demo.pictures`): training
+    pictures, and pictures to edit."""
 
     def read(self, image: Image) -> tuple[torch.Tensor, torch.Tensor]:
         """The picture's latents, (channels, height / 8, width / 8), unscaled as the VAE's would be;
         and each transformer token's weight in the loss, (tokens,), as the model was trained."""
+
+    def reference(self, image: Image, width: int, height: int) -> torch.Tensor:
+        """The latents, (channels, height / 8, width / 8), unscaled, of a picture to edit or redraw
+        at ``width`` x ``height``, as the model's editor learned its references."""
 
 
 class Trainer(Protocol):
