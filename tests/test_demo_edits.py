@@ -157,7 +157,7 @@ def test_touching_shapes_are_read_as_two():
 def test_a_picture_without_shapes_is_refused_with_what_the_demo_editor_edits():
     from fluxhost.demo.pictures import read_scene
 
-    with pytest.raises(ValueError, match="edits pictures of flat shapes on a plain background"):
+    with pytest.raises(ValueError, match="edits and redraws pictures of flat shapes on a plain background"):
         read_scene(Image.new("RGB", (640, 480), COLOURS["green"]))
 
 
@@ -198,7 +198,8 @@ def test_a_demo_editor_serves_the_editing_tools(make_settings, tmp_path, monkeyp
         refused = client.wait(answer.json()["taskid"], timeout=300)
     assert edited.size == size_like(Image.new("RGB", (640, 480)))  # the input's shape, at a megapixel
     assert refused["pexit"] == "1"
-    assert "edits pictures of flat shapes on a plain background, and this picture shows none" in refused["debugerror"]
+    assert "edits and redraws pictures of flat shapes on a plain background, and this picture shows none" in \
+        refused["debugerror"]
     assert 'demo editing model does not know "please"' in task["debugoutput"]
     assert tool["description"] == fluxhost.demo.EDIT_DESCRIPTION
 

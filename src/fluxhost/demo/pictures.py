@@ -43,6 +43,7 @@ READ_SIDE = 256
 """A picture to edit is read at most this large (reduced by area averaging, which keeps its edges'
 coverage): twice what the demo draws at, its objects' places and sizes to a fraction of the demo's
 pixel."""
+PALETTE = np.array(list(scenes.COLOURS.values()), dtype=np.float64)
 
 
 def _background(pixels: np.ndarray) -> np.ndarray:
@@ -103,11 +104,11 @@ def read_scene(image: Image) -> tuple[scenes.Caption, list[scenes.Drawn]]:
     """The demo scene ``image`` shows: its background, and its two largest objects (or its one), each
     as the demo's colour, shape and place nearest to what it is, at its own centre and size.
     ValueError when it has none."""
+    image = image.convert("RGB")
     if max(image.size) > READ_SIDE:
         scale = READ_SIDE / max(image.size)
-        image = image.convert("RGB").resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                                            Resampling.BOX)
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Resampling.BOX)
+    pixels = np.asarray(image, dtype=np.float64)
     height, width = pixels.shape[:2]
     background = _background(pixels)
     far, nearest = _far_from(pixels, background), _nearest_colours(pixels)
@@ -118,8 +119,9 @@ def read_scene(image: Image) -> tuple[scenes.Caption, list[scenes.Drawn]]:
         regions += [(int(area), labels == index + 1) for index, area in enumerate(areas) if area >= SPECK * far.size]
     largest = [region for _, region in sorted(regions, key=lambda found: -found[0])[:MOST_THINGS]]
     if not largest:
-        raise ValueError("the demo editing model edits pictures of flat shapes on a plain background, and this "
-                         "picture shows none: every part of it is near its border's colour")
+        raise ValueError("the demo model edits and redraws pictures of flat shapes on a plain background, and this "
+                         "picture shows none (every part of it is near its border's colour): give it one, or "
+                         "configure FLUX weights for other pictures")
     layout = []
     for region in largest:
         colour, coverage = _object(pixels, background, region)
@@ -129,8 +131,6 @@ def read_scene(image: Image) -> tuple[scenes.Caption, list[scenes.Drawn]]:
         layout.append(scenes.Drawn(scenes.Thing(shape, _colour_name(colour), place), x, y, radius / min(width, height)))
     return scenes.Caption(tuple(item.thing for item in layout), _colour_name(background)), layout
 
-
-PALETTE = np.array(list(scenes.COLOURS.values()), dtype=np.float64)
 
 
 def _nearest_colours(pixels: np.ndarray) -> np.ndarray:
@@ -144,8 +144,8 @@ def _colour_name(rgb: np.ndarray) -> str:
 
 
 class FlatPictures:
-    """Reads training pictures for the demo model (see the module's docstring); the trainer's
-    :class:`~fluxhost.engines.training.PictureReader`."""
+    """Reads pictures for the demo model (see the module's docstring), training pictures and pictures
+    to edit: its engine's :class:`~fluxhost.engines.training.PictureReader`."""
 
     def read(self, image: Image) -> tuple[torch.Tensor, torch.Tensor]:
         """The picture's layout latents, (16, height / 8, width / 8), unscaled; and its tokens' loss
