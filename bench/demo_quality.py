@@ -24,7 +24,10 @@ import argparse
 import random
 import statistics
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test's checker, from a checkout
 
@@ -50,32 +53,32 @@ def two_shape_sample() -> list[Caption]:
     return [training_caption(rng, two_things=1.0) for _ in range(TWO_SHAPE_CAPTIONS)]
 
 
-def two_shape_share(engine: FluxEngine, width: int, height: int) -> float:
-    """How often both shapes of :func:`two_shape_sample`'s captions, and the background, are read as asked."""
-    model, captions = engine.model, two_shape_sample()
-    right = 0
+def drawn(engine: FluxEngine, captions: list[Caption], width: int,
+          height: int) -> Iterator[tuple[Caption, Image.Image]]:
+    """Each caption with its picture, generated in batches of :data:`BATCH` as the service batches
+    them, its seed its place in the list (as the tests seed them)."""
+    model = engine.model
     for first in range(0, len(captions), BATCH):
         chunk = captions[first : first + BATCH]
         requests = [GenerationRequest(str(caption), width, height, seed, model.steps, model.guidance)
                     for seed, caption in enumerate(chunk, start=first)]
         for caption, images in zip(chunk, engine.generate_batch(requests, lambda: None, lambda *_: True), strict=True):
-            things = frozenset((thing.colour, thing.place, thing.shape) for thing in caption.things)
-            right += read_things(images[0]) == (caption.background, things)
+            yield caption, images[0]
+
+
+def two_shape_share(engine: FluxEngine, width: int, height: int) -> float:
+    """How often both shapes of :func:`two_shape_sample`'s captions, and the background, are read as asked."""
+    captions = two_shape_sample()
+    right = sum(read_things(image) == (caption.background, frozenset((thing.colour, thing.place, thing.shape)
+                                                                     for thing in caption.things))
+                for caption, image in drawn(engine, captions, width, height))
     return right / len(captions)
 
 
 def readings(engine: FluxEngine, width: int, height: int) -> list[tuple[tuple, tuple, float | None]]:
-    """(what the checker read, what the caption asked, the edge's width) for each held-out caption,
-    seeds as the test's."""
-    model, captions = engine.model, held_out_sample()
-    found = []
-    for first in range(0, len(captions), BATCH):
-        chunk = captions[first : first + BATCH]
-        requests = [GenerationRequest(str(caption), width, height, seed, model.steps, model.guidance)
-                    for seed, caption in enumerate(chunk, start=first)]
-        for caption, images in zip(chunk, engine.generate_batch(requests, lambda: None, lambda *_: True), strict=True):
-            found.append((read_scene(images[0]), expected(caption), edge_width(images[0])))
-    return found
+    """(what the checker read, what the caption asked, the edge's width) for each held-out caption."""
+    return [(read_scene(image), expected(caption), edge_width(image))
+            for caption, image in drawn(engine, held_out_sample(), width, height)]
 
 
 def edit_scores(weights: Path, per_kind: int, guidance: float) -> None:
@@ -119,7 +122,6 @@ def round_trips(weights: Path, held: list[edits.Edit]) -> tuple[float, float, fl
     is as far as an editor can keep a scene through this decoder and upscaler."""
     import torch
     from diffusers import AutoencoderKL
-    from PIL import Image
 
     from fluxhost.demo.train import _pixels, layout_latents
     from fluxhost.engines.upscale import Upscaler
