@@ -336,7 +336,7 @@ def models_train_demo(
     folder: Annotated[Path | None, typer.Argument(help="Where to write the model; default: the package's own "
                                                       "demo model, replaced.")] = None,
 ) -> None:
-    """Train the demo model from scratch on this machine's CPU, from a fixed seed (about fifty minutes
+    """Train the demo model from scratch on this machine's CPU, from a fixed seed (over an hour
     on two cores): the same recipe as the weights shipped in the package."""
     from fluxhost.demo import WEIGHTS
     from fluxhost.demo.train import train
