@@ -67,7 +67,8 @@ class Recipe:
     autoencoder_lr: float = 3e-3
     sharpen_steps: int = 600
     sharpen_lr: float = 2e-3
-    edge_weight: float = 30.0  # the sharpening decoder's pixels within two of an edge, over the background's
+    sharpen_edge_weight: float = 30.0  # its pixels within two of an edge, over the background's
+    sharpen_step_weight: float = 5.0  # its steps from pixel to pixel, beside its pixels
     denoiser_steps: int = 3400
     denoiser_batch: int = 32
     denoiser_lr: float = 1.5e-3
@@ -211,7 +212,6 @@ class Progress:
 
 
 SDF_COPIES = 4  # the signed distance is what the decoder draws edges from: it weighs as much as the colours
-STEP_WEIGHT = 5.0  # the sharpening decoder's steps from pixel to pixel, beside its pixels
 CLAMP = 2.0  # distances are kept within this many latents (or radii) of an edge (or centre)
 
 
@@ -305,15 +305,15 @@ def _edge_band(shapes: torch.Tensor, reach: int) -> torch.Tensor:
 
 
 def _sharpening_error(output: torch.Tensor, pixels: torch.Tensor, background: torch.Tensor,
-                      edge_weight: float) -> torch.Tensor:
-    """L1, the pixels within two of an edge weighted ``edge_weight`` times more and the shapes ten
-    times more than the ``background`` colour (batch, 3) they stand on, plus the L1 of each step
-    from a pixel to the next: an edge as steep as drawn, where a squared error blurs it by the
-    uncertainty of where it is."""
+                      recipe: Recipe) -> torch.Tensor:
+    """L1, the pixels within two of an edge weighted ``recipe.sharpen_edge_weight`` times more and
+    the shapes ten times more than the ``background`` colour (batch, 3) they stand on, plus the L1
+    of each step from a pixel to the next: an edge as steep as drawn, where a squared error blurs it
+    by the uncertainty of where it is."""
     shapes = _shapes(pixels, background)
-    weight = 1 + 9 * shapes + edge_weight * _edge_band(shapes, 2)
+    weight = 1 + 9 * shapes + recipe.sharpen_edge_weight * _edge_band(shapes, 2)
     steps = sum((output.diff(dim=axis) - pixels.diff(dim=axis)).abs().mean() for axis in (2, 3))
-    return ((output - pixels).abs() * weight).mean() + STEP_WEIGHT * steps
+    return ((output - pixels).abs() * weight).mean() + recipe.sharpen_step_weight * steps
 
 
 def _crops(latents: torch.Tensor, pixels: torch.Tensor, size: int,
@@ -329,6 +329,15 @@ def _crops(latents: torch.Tensor, pixels: torch.Tensor, size: int,
     return torch.stack([latent for latent, _ in windows]), torch.stack([pixel for _, pixel in windows])
 
 
+def _decoded_windows(vae: AutoencoderKL, recipe: Recipe, rng: random.Random
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch of new scenes, a window of each (:func:`_crops`): what the decoder draws from the
+    windows' layout latents, the pixels it should draw, and the scenes' background colours."""
+    batch = _scenes(rng, recipe.autoencoder_batch, *rng.choice(draw_sizes()))
+    latents, pixels = _crops(batch.latents, batch.pixels, recipe.decoder_crop // 8, rng)
+    return vae.decode(latents).sample, pixels, batch.backgrounds
+
+
 def train_autoencoder(vae: AutoencoderKL, recipe: Recipe, rng: random.Random,
                       report: Callable[[str], None]) -> None:
     """The decoder learns to draw scenes from their :func:`layout_latents` (on windows of them); the encoder learns to
@@ -339,15 +348,13 @@ def train_autoencoder(vae: AutoencoderKL, recipe: Recipe, rng: random.Random,
         progress = Progress("decoder" if part is vae.decoder else "encoder", steps, report)
         vae.train()
         for step in range(steps):
-            batch = _scenes(rng, recipe.autoencoder_batch, *rng.choice(sizes))
-            target = batch.latents
             if part is vae.decoder:
-                latents, pixels = _crops(target, batch.pixels, recipe.decoder_crop // 8, rng)
-                loss = _weighted_error(vae.decode(latents).sample, pixels, batch.backgrounds)
+                loss = _weighted_error(*_decoded_windows(vae, recipe, rng))
             else:
+                batch = _scenes(rng, recipe.autoencoder_batch, *rng.choice(sizes))
                 moments = vae.encoder(batch.pixels)
                 mean, logvar = moments[:, :LATENT_CHANNELS], moments[:, LATENT_CHANNELS:]
-                loss = (mean - target).square().mean() + 1e-3 * (logvar + 20).square().mean()
+                loss = (mean - batch.latents).square().mean() + 1e-3 * (logvar + 20).square().mean()
             _update(loss, part.parameters(), optimiser, schedule)
             progress(step, loss.item())
     vae.eval().requires_grad_(False)
@@ -415,14 +422,11 @@ def sharpen_decoder(vae: AutoencoderKL, recipe: Recipe, report: Callable[[str], 
     this narrows them (from the start, it learns far slower). Its own random stream
     (``recipe.seed + 2``) leaves every other part as it is with or without it."""
     rng = random.Random(recipe.seed + 2)
-    sizes = draw_sizes()
     decoder = vae.decoder.train().requires_grad_(True)
     optimiser, schedule = _optimiser(decoder.parameters(), recipe.sharpen_lr, recipe.sharpen_steps)
     progress = Progress("sharpening decoder", recipe.sharpen_steps, report)
     for step in range(recipe.sharpen_steps):
-        batch = _scenes(rng, recipe.autoencoder_batch, *rng.choice(sizes))
-        latents, pixels = _crops(batch.latents, batch.pixels, recipe.decoder_crop // 8, rng)
-        loss = _sharpening_error(vae.decode(latents).sample, pixels, batch.backgrounds, recipe.edge_weight)
+        loss = _sharpening_error(*_decoded_windows(vae, recipe, rng), recipe)
         _update(loss, decoder.parameters(), optimiser, schedule)
         progress(step, loss.item())
     vae.eval().requires_grad_(False)
