@@ -140,6 +140,8 @@ def test_flux2_dev_draws_with_previews_and_cached_prompts(weights):
 
     requests = [GenerationRequest(prompt, 64, 64, 7, 2, 4.0) for prompt in ("a red fox", "a blue boat")]
     batched = engine.generate_batch(requests, lambda: None, lambda *_: True)
-    assert np.array_equal(np.asarray(batched[0][0]), np.asarray(image))  # the seed's image, alone or batched
+    # The seed's image, alone or batched, within a level of 255: a batch of two may sum a product in
+    # another order (seen on an AVX-512 CPU: one value in 12,288 a level apart).
+    assert np.abs(np.asarray(batched[0][0], dtype=int) - np.asarray(image, dtype=int)).max() <= 1
     assert not np.array_equal(np.asarray(batched[1][0]), np.asarray(image))
     assert engine.prompts.hits >= 1 and engine.batches == 2
