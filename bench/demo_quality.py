@@ -12,10 +12,11 @@ With ``--edits``: the demo editing model on the held-out edits of ``tests/test_d
 service edits them, judged by that test's checker: how often the asked change was made and how
 often everything else stayed, by kind of edit; first, how often the scene given comes back the
 same from the latents the editing model is given (the demo's picture reader's), beside the VAE
-encoder's and exact ones.
+encoder's and exact ones. ``--pictures FOLDER`` saves the first edit of each kind there, the
+picture given beside the picture made (``edit-KIND.png``), and prints its instruction.
 
     python bench/demo_quality.py [--weights FOLDER] [--ratios 1:1 21:9] [--threads 2]
-    python bench/demo_quality.py --edits [--weights FOLDER] [--per-kind 8] [--guidance 2.0]
+    python bench/demo_quality.py --edits [--weights FOLDER] [--per-kind 8] [--guidance 1.0] [--pictures FOLDER]
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def readings(engine: FluxEngine, width: int, height: int) -> list[tuple[tuple, t
             for caption, image in drawn(engine, held_out_sample(), width, height)]
 
 
-def edit_scores(weights: Path, per_kind: int, guidance: float) -> None:
+def edit_scores(weights: Path, per_kind: int, guidance: float, pictures: Path | None) -> None:
     model = demo_editor_settings(weights=str(weights), upscaler=str(weights / "upscaler"),
                                  transformer=str(weights / "editor"), guidance=guidance)
     held = list(enumerate(edits.held_out_edits(per_kind)))  # seeds as the test's: each edit's place in the list
@@ -107,6 +108,9 @@ def edit_scores(weights: Path, per_kind: int, guidance: float) -> None:
             request = GenerationRequest(edit.instruction, 1024, 1024, seed, model.steps, model.guidance,
                                         images=(scene,))
             [[image]] = engine.generate_batch([request], lambda: None, lambda *_: True)
+            if pictures is not None and not judgements:
+                _save_pair(scene, image, pictures / f"edit-{kind}.png")
+                print(f"{kind}: \"{edit.instruction}\" -> {pictures / f'edit-{kind}.png'}")
             judgements.append(judged(edit, read_things(image)))
         totals += judgements
         print(f"{kind:>10} {_share(judgements, 0):>7.2f} {_share(judgements, 1):>5.2f}", flush=True)
@@ -145,6 +149,15 @@ def round_trips(weights: Path, held: list[edits.Edit]) -> tuple[float, float, fl
     return read / len(held), encoded / len(held), exact / len(held)
 
 
+def _save_pair(given: Image.Image, made: Image.Image, path: Path, side: int = 256) -> None:
+    """The picture given and the picture made, side by side at ``side`` pixels each, a gap between."""
+    pair = Image.new("RGB", (2 * side + side // 16, side), "white")
+    pair.paste(given.resize((side, side), Image.Resampling.LANCZOS), (0, 0))
+    pair.paste(made.resize((side, side), Image.Resampling.LANCZOS), (side + side // 16, 0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pair.save(path, optimize=True)
+
+
 def _share(judgements: list[tuple[bool, bool]], index: int) -> float:
     return sum(judgement[index] for judgement in judgements) / len(judgements)
 
@@ -157,12 +170,13 @@ def main() -> None:
     parser.add_argument("--edits", action="store_true", help="score the editing model instead")
     parser.add_argument("--per-kind", type=int, default=8, help="--edits: held-out edits of each kind")
     parser.add_argument("--guidance", type=float, default=EDIT_GUIDANCE, help="--edits: the editing guidance")
+    parser.add_argument("--pictures", type=Path, help="--edits: save the first edit of each kind here")
     arguments = parser.parse_args()
     import torch  # here: the fluxhost imports above set torch's OpenMP wait policy before it loads
 
     torch.set_num_threads(arguments.threads)
     if arguments.edits:
-        edit_scores(arguments.weights, arguments.per_kind, arguments.guidance)
+        edit_scores(arguments.weights, arguments.per_kind, arguments.guidance, arguments.pictures)
         return
     model = demo_model_settings(weights=str(arguments.weights), upscaler=str(arguments.weights / "upscaler"))
     engine = FluxEngine(model.weights, model)

@@ -109,6 +109,22 @@ def test_positioned_noise_is_the_seeds_noise_plus_ramps_across_and_down(tiny_wei
     assert torch.allclose(mean[:8], torch.linspace(-1, 1, 12).expand(8, 8, 12), atol=1e-5)  # left to right
     assert torch.allclose(mean[8:], torch.linspace(-1, 1, 8)[:, None].expand(8, 8, 12), atol=1e-5)  # top to bottom
 
+    # an editor trained from it also starts from the picture to edit: its latents, at the picture's size
+    reference = torch.randn(1, 16, 8, 12, generator=torch.Generator().manual_seed(1))
+    generators = [torch.Generator().manual_seed(seed) for seed in (3, 7)]
+    with_reference = engine._positioned_noise(generators, 64, 96, reference)
+    added = FluxPipeline._unpack_latents(with_reference - batched, 64, 96, pipeline.vae_scale_factor)
+    assert torch.allclose(added, reference.expand(2, -1, -1, -1), atol=1e-5)
+    flat = torch.linspace(-2, 2, 16).view(1, 16, 1, 1)  # a plain background, read at another size
+    resized = engine._positioned_noise([torch.Generator().manual_seed(7)], 64, 96, flat.expand(1, 16, 4, 6))
+    added = FluxPipeline._unpack_latents(resized - alone, 64, 96, pipeline.vae_scale_factor)
+    assert torch.allclose(added, flat.expand(1, 16, 8, 12), atol=1e-5)
+
+
+def test_noise_from_the_picture_to_edit_needs_a_picture_reader(tiny_weights):
+    with pytest.raises(ValueError, match="positions-and-reference is for a model with a picture reader"):
+        run_once(tiny_weights, noise_mean="positions-and-reference")
+
 
 @pytest.mark.parametrize("option", [{"noise_mean": "positions"}, {"negative_prompt": ""}], ids=str)
 def test_flux1_only_options_are_refused_for_klein(tiny_klein, option):

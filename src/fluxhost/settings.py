@@ -125,9 +125,11 @@ class ModelSettings(BaseModel):
         default=False, description="Prompts are read in lower case, for a model whose T5 encoder learned lower-case "
         "text only (the demo model: \"A Red Circle\" is \"a red circle\"). Real FLUX reads case.",
     )
-    noise_mean: Literal["zero", "positions"] = Field(
+    noise_mean: Literal["zero", "positions", "positions-and-reference"] = Field(
         default="zero", description="The starting noise's mean: zero (FLUX), or positions: ramps across and down "
-        "the picture, for FLUX.1 models trained to start from them (the demo model).",
+        "the picture, for FLUX.1 models trained to start from them (the demo model); positions-and-reference: the "
+        "ramps plus the latents of the picture to edit, for an editing model trained to start from them (the demo's "
+        "editor, which reads pictures with the demo's picture reader).",
     )
     prompt_cache: int = Field(default=64, ge=0, description="Prompts whose text-encoder outputs are kept (LRU).")
     lora_cache: int = Field(

@@ -147,10 +147,13 @@ class FluxEngine:
                                                          **components)
         pipeline = self._for_kind(pipeline)
         self.family = family_of(pipeline)
-        flux1_only = [option for option, used in (("noise_mean", self.model.noise_mean == "positions"),
+        flux1_only = [option for option, used in (("noise_mean", self.model.noise_mean != "zero"),
                                                   ("negative_prompt", self.model.negative_prompt is not None)) if used]
         if flux1_only and not isinstance(self.family, Flux1):
             raise ValueError(f"{flux1_only[0]} is for FLUX.1 pipelines, not {self.family.name} ({self.weights})")
+        if self.model.noise_mean == "positions-and-reference" and self.pictures is None:
+            raise ValueError("noise_mean positions-and-reference is for a model with a picture reader (the demo's "
+                             f"editor), which {self.weights} is not served with")
         self._quantize(pipeline)
         self._place(pipeline)
         if self.model.vae_tiling:
@@ -312,7 +315,7 @@ class FluxEngine:
             return generate(self, request, lambda: None, lambda *_: True)
 
         training = LoraTraining(self._pipeline, lambda prompt: self._encode(prompt), sample, self.adapters.forget,
-                                positioned_noise=self.model.noise_mean == "positions", sample_steps=self.model.steps,
+                                positioned_noise=self.model.noise_mean != "zero", sample_steps=self.model.steps,
                                 sample_guidance=self.model.guidance, pictures=self.pictures)
         return training.run(plan, examples, resume, progress)
 
@@ -364,8 +367,9 @@ class FluxEngine:
         generators = [torch.Generator(device="cpu").manual_seed(request.seed + number)
                       for request in requests for number in range(request.num_images)]
         call_arguments = self._input_arguments(first, width, height)
-        if self.model.noise_mean == "positions" and first.strength is None:  # redrawing starts from the input
-            call_arguments["latents"] = self._positioned_noise(generators, height, width)
+        if self.model.noise_mean != "zero" and first.strength is None:  # redrawing starts from the input
+            reference = call_arguments.get("image") if self.model.noise_mean == "positions-and-reference" else None
+            call_arguments["latents"] = self._positioned_noise(generators, height, width, reference)
         with self._lock, torch.inference_mode():
             on_start()
             self.adapters.activate(first.adapters)  # a batch shares its adapters: they are in its batch_key
@@ -416,6 +420,10 @@ class FluxEngine:
                 arguments["image"] = [self._at_render_scale(image) for image in request.images]
                 arguments |= {"_auto_resize": False, "max_area": width * height}
             if self.pictures is not None:  # redrawn at the picture's size; Kontext's references at their own
+                if len(request.images) > 1:
+                    raise ValueError(f"this model reads one input image (with its picture reader: the demo's), and "
+                                     f"this task gives {len(request.images)}; configure FLUX.1 Kontext weights for "
+                                     "several")
                 size = (width, height) if request.strength is not None else arguments["image"][0].size
                 arguments["image"] = self._read_pictures(arguments["image"], *size)
         if request.strength is not None:
@@ -436,8 +444,10 @@ class FluxEngine:
         size = render_size(image.width, image.height, self.model.render_pixels, self.model.render_min_side)
         return image if image.size == size else image.convert("RGB").resize(size, Resampling.BOX)
 
-    def _positioned_noise(self, generators: list[torch.Generator], height: int, width: int) -> torch.Tensor:
-        """The pipeline's own starting noise for these generators, plus :func:`position_ramps`."""
+    def _positioned_noise(self, generators: list[torch.Generator], height: int, width: int,
+                          reference: torch.Tensor | None = None) -> torch.Tensor:
+        """The pipeline's own starting noise for these generators, plus :func:`position_ramps`, plus
+        the first picture to edit's ``reference`` latents where given (resized to the picture's)."""
         pipeline = self._pipeline
         channels = pipeline.transformer.config.in_channels // 4
         patch = 2 * pipeline.vae_scale_factor  # as the pipeline sizes its latents: whole 2x2 patches
@@ -446,6 +456,11 @@ class FluxEngine:
         noise = randn_tensor((len(generators), channels, rows, columns), generator=generators,
                              device=pipeline._execution_device, dtype=pipeline.transformer.dtype)
         noise = noise + position_ramps(len(generators), channels, rows, columns).to(noise)
+        if reference is not None:
+            first = reference[:1].to(noise)
+            if first.shape[-2:] != (rows, columns):
+                first = torch.nn.functional.interpolate(first, size=(rows, columns), mode="bilinear")
+            noise = noise + first
         return pipeline._pack_latents(noise, len(generators), channels, rows, columns)
 
     def _preview(self, packed_latents: torch.Tensor, height: int, width: int) -> Image:
