@@ -254,6 +254,18 @@ def test_the_shipped_weights_fit_in_twenty_five_megabytes():
     assert sum(path.stat().st_size for path in WEIGHTS.rglob("*") if path.is_file()) <= 25_000_000
 
 
+def test_the_shipped_configs_name_no_folder_of_the_machine_that_trained_them():
+    """A part trained from a loaded pipeline (the editor, from the drawing transformer) has its
+    config record where that pipeline was loaded from: nothing of the training machine ships."""
+    import json
+
+    from fluxhost.demo import WEIGHTS
+
+    for path in WEIGHTS.rglob("*.json"):
+        text = path.read_text()
+        assert "_name_or_path" not in json.loads(text) and "/work/" not in text and "/tmp/" not in text, path
+
+
 def test_the_upscaler_keeps_the_scene():
     """On the demo autoencoder's pictures of held-out scenes (exact latents), the Swin2SR upscale
     reads as the same background, colour and place as a Lanczos resize, at the requested size. (Its edges are about as
