@@ -178,7 +178,7 @@ def test_a_demo_editor_serves_the_editing_tools(make_settings, tmp_path, monkeyp
                           report=lambda line: None)
     editor.save_pretrained(tmp_path / "editor")
     monkeypatch.setattr(fluxhost.demo, "EDITOR", tmp_path / "editor")
-    [edit] = edits.held_out_edits(1)[:1]
+    edit = edits.held_out_edits(1)[0]
     with LiveServer(make_settings(models={KONTEXT: ModelSettings(kind="edit")})) as live:
         client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
         picture = png(render(edit.caption_before, list(edit.before), 640, 480))
@@ -244,9 +244,8 @@ def test_the_demo_editor_refuses_several_pictures_with_a_reason():
     model = demo_editor_settings()
     engine = FluxEngine(model.weights, model, pictures=FlatPictures())
     engine.load()
-    [edit] = edits.held_out_edits(1)[:1]
+    edit = edits.held_out_edits(1)[0]
     picture = render(edit.caption_before, list(edit.before), 256, 256)
     request = GenerationRequest(edit.instruction, 256, 256, 0, 2, 1.0, images=(picture, picture))
     with pytest.raises(ValueError, match="reads one input image .* this task gives 2; configure FLUX.1 Kontext"):
         engine.generate_batch([request], lambda: pytest.fail("drawing started"), lambda *_: True)
-
