@@ -65,8 +65,13 @@ def read_things(image: Image.Image) -> Reading:
     return _NAMES[background], frozenset(things)
 
 
+def _read_as(thing: Thing) -> Read:
+    """What :func:`read_things` reads for ``thing`` drawn as asked."""
+    return thing.colour, thing.place, thing.shape
+
+
 def _things(drawn) -> frozenset[Read]:
-    return frozenset((item.thing.colour, item.thing.place, item.thing.shape) for item in drawn)
+    return frozenset(_read_as(item.thing) for item in drawn)
 
 
 def judged(edit: edits.Edit, reading: Reading) -> tuple[bool, bool]:
@@ -90,7 +95,7 @@ def misses(caption: Caption, reading: Reading) -> list[str]:
     beyond as many as were asked at a place; another background. Empty when it is read as asked."""
     background, things = reading
     found = [] if background == caption.background else ["the background's colour"]
-    asked = {(thing.colour, thing.place, thing.shape) for thing in caption.things}
+    asked = {_read_as(thing) for thing in caption.things}
     for colour, place, shape in sorted(asked - things):
         there = [thing for thing in things if thing[1] == place]
         same_colour = [thing for thing in there if thing[0] == colour]
