@@ -17,7 +17,7 @@ same from the latents the editing model is given (the demo's picture reader's), 
 encoder's and exact ones. ``--pictures FOLDER`` saves the first edit of each kind there, the
 picture given beside the picture made (``edit-KIND.png``), and prints its instruction.
 
-    python bench/demo_quality.py [--weights FOLDER] [--ratios 1:1 21:9] [--threads 2]
+    python bench/demo_quality.py [--weights FOLDER] [--ratios 1:1 21:9] [--two-shapes 60] [--threads 2]
     python bench/demo_quality.py --edits [--weights FOLDER] [--per-kind 8] [--guidance 1.0] [--pictures FOLDER]
 """
 
@@ -47,14 +47,15 @@ from fluxhost.engines.upscale import render_size  # noqa: E402
 from fluxhost.orders import ASPECT_RATIOS, size_for_aspect_ratio  # noqa: E402
 
 BATCH = 4
-TWO_SHAPE_CAPTIONS = 60  # a share's standard error: about 0.1 of 20 captions, 0.06 of 60
+TWO_SHAPE_CAPTIONS = 60  # by default; a share's standard error: about 0.1 of 20 captions, 0.06 of 60, 0.045 of 120
 
 
-def two_shape_sample() -> list[Caption]:
-    """Captions of two shapes, fixed from run to run (no caption of two is held out from training:
+def two_shape_sample(count: int = TWO_SHAPE_CAPTIONS) -> list[Caption]:
+    """``count`` captions of two shapes, fixed from run to run, the first of a longer sample being
+    a shorter one's: 120 adds 60 to the default's (no caption of two is held out from training:
     what is asked of them is that both come out right)."""
     rng = random.Random(32)
-    return [training_caption(rng, two_things=1.0) for _ in range(TWO_SHAPE_CAPTIONS)]
+    return [training_caption(rng, two_things=1.0) for _ in range(count)]
 
 
 def drawn(engine: FluxEngine, captions: list[Caption], width: int,
@@ -70,11 +71,11 @@ def drawn(engine: FluxEngine, captions: list[Caption], width: int,
             yield caption, images[0]
 
 
-def two_shape_share(engine: FluxEngine, width: int, height: int) -> tuple[float, Counter[str]]:
-    """How often both shapes of :func:`two_shape_sample`'s captions, and the background, are read
-    as asked; and how often each kind of miss (:func:`~tests.test_demo_edits.misses`) was read in
-    the others."""
-    captions = two_shape_sample()
+def two_shape_share(engine: FluxEngine, width: int, height: int, count: int) -> tuple[float, Counter[str]]:
+    """How often both shapes of :func:`two_shape_sample`'s ``count`` captions, and the background,
+    are read as asked; and how often each kind of miss (:func:`~tests.test_demo_edits.misses`) was
+    read in the others."""
+    captions = two_shape_sample(count)
     right, missed = 0, Counter()
     for caption, image in drawn(engine, captions, width, height):
         found = misses(caption, read_things(image))
@@ -178,6 +179,8 @@ def main() -> None:
     parser.add_argument("--per-kind", type=int, default=8, help="--edits: held-out edits of each kind")
     parser.add_argument("--guidance", type=float, default=EDIT_GUIDANCE, help="--edits: the editing guidance")
     parser.add_argument("--pictures", type=Path, help="--edits: save the first edit of each kind here")
+    parser.add_argument("--two-shapes", type=int, default=TWO_SHAPE_CAPTIONS,
+                        help="captions of two shapes a ratio (more: a smaller standard error, longer)")
     arguments = parser.parse_args()
     import torch  # here: the fluxhost imports above set torch's OpenMP wait policy before it loads
 
@@ -188,7 +191,7 @@ def main() -> None:
     model = demo_model_settings(weights=str(arguments.weights), upscaler=str(arguments.weights / "upscaler"))
     engine = FluxEngine(model.weights, model)
     engine.load()
-    print(f"{len(held_out_sample())} held-out captions a ratio and {TWO_SHAPE_CAPTIONS} of two shapes, {model.steps} "
+    print(f"{len(held_out_sample())} held-out captions a ratio and {arguments.two_shapes} of two shapes, {model.steps} "
           f"steps, guidance {model.guidance}, batches of {BATCH}")
     print(f"{'aspect':>6} {'drawn at':>9} {'background':>10} {'colour':>6} {'place':>6} {'shape':>6} "
           f"{'all four':>8} {'edge px':>7} {'two shapes':>10}")
@@ -201,10 +204,10 @@ def main() -> None:
         whole = sum(got == want for got, want in pairs) / len(pairs)
         edge = statistics.median(across for _, _, across in read if across is not None)
         drawn = "x".join(map(str, render_size(width, height, model.render_pixels, model.render_min_side)))
-        two, missed[ratio] = two_shape_share(engine, width, height)
+        two, missed[ratio] = two_shape_share(engine, width, height, arguments.two_shapes)
         print(f"{ratio:>6} {drawn:>9} {result['background']:>10.2f} {result['colour']:>6.2f} {result['place']:>6.2f} "
               f"{result['shape']:>6.2f} {whole:>8.2f} {edge:>7.1f} {two:>10.2f}", flush=True)
-    print(f"\nwhat the checker read in the two-shape captions it did not read as asked (of {TWO_SHAPE_CAPTIONS}):")
+    print(f"\nwhat the checker read in the two-shape captions it did not read as asked (of {arguments.two_shapes}):")
     for ratio, kinds in missed.items():
         print(f"{ratio:>6} " + (", ".join(f"{kind} {count}" for kind, count in kinds.most_common()) or "none"))
 
