@@ -203,10 +203,10 @@ def main() -> None:
         result = scores(pairs)
         whole = sum(got == want for got, want in pairs) / len(pairs)
         edge = statistics.median(across for _, _, across in read if across is not None)
-        drawn = "x".join(map(str, render_size(width, height, model.render_pixels, model.render_min_side)))
+        drawn_at = "x".join(map(str, render_size(width, height, model.render_pixels, model.render_min_side)))
         two, missed[ratio] = two_shape_share(engine, width, height, arguments.two_shapes)
-        print(f"{ratio:>6} {drawn:>9} {result['background']:>10.2f} {result['colour']:>6.2f} {result['place']:>6.2f} "
-              f"{result['shape']:>6.2f} {whole:>8.2f} {edge:>7.1f} {two:>10.2f}", flush=True)
+        print(f"{ratio:>6} {drawn_at:>9} {result['background']:>10.2f} {result['colour']:>6.2f} "
+              f"{result['place']:>6.2f} {result['shape']:>6.2f} {whole:>8.2f} {edge:>7.1f} {two:>10.2f}", flush=True)
     print(f"\nwhat the checker read in the two-shape captions it did not read as asked (of {arguments.two_shapes}):")
     for ratio, kinds in missed.items():
         print(f"{ratio:>6} " + (", ".join(f"{kind} {count}" for kind, count in kinds.most_common()) or "none"))
