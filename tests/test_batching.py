@@ -6,9 +6,19 @@ import threading
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image
+from sqlalchemy import event
 
+from fluxhost.auth import Authenticator
+from fluxhost.orders import WorkOrder
 from fluxhost.signing import KeyMode
+from fluxhost.statuses import Status
+from fluxhost.store.database import Database
+from fluxhost.store.keys import KeyStore
+from fluxhost.store.nonces import NonceStore
+from fluxhost.store.tasks import StopResult, TaskStore
+from fluxhost.store.work import WorkStore
 from tests.helpers import SLUG, LiveServer, ProtocolClient
 
 PROMPTS = ["a red fox in the snow", "a lighthouse at dusk", "a quiet street", "a red fox in the snow"]
@@ -81,3 +91,50 @@ def test_a_kill_in_a_batch_drops_that_task_only(make_settings):
         if taskid != victim:
             assert tasks[taskid]["pexit"] == "0" and len(tasks[taskid]["outputs"]) == 1
     assert progressed == set(batched)  # every task of the batch got progress
+
+
+
+@pytest.fixture
+def queued_tasks(tmp_path) -> tuple[Database, TaskStore, WorkStore, int, list[int]]:
+    """A database with eight tasks of one model queued, in one project."""
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    db.migrate()
+    keys = KeyStore(db)
+    project_id = Authenticator(keys, NonceStore(db), 3600, 3600).authenticate(
+        keys.create(KeyMode.KEY_ONLY).api_key, None, None).project_id
+    tasks = TaskStore(db)
+    order = WorkOrder(prompt="a fox", width=64, height=64, seed=1, output_format="png", aspect_ratio="1:1")
+    queued = [tasks.create(project_id, SLUG, {}, order).id for _ in range(8)]
+    return db, tasks, WorkStore(db), project_id, queued
+
+
+def commits_of(db: Database) -> list[object]:
+    """Grows by one at each commit from now on."""
+    commits: list[object] = []
+    event.listen(db.engine, "commit", commits.append)
+    return commits
+
+
+def test_a_batch_is_claimed_in_one_write_reading_orders_only_until_it_is_full(queued_tasks):
+    db, tasks, work, _project_id, queued = queued_tasks
+    first = work.claim_next("worker", [SLUG], lease_seconds=60)
+    commits, read = commits_of(db), []
+
+    def joins(order: WorkOrder) -> bool:
+        read.append(order)
+        return True
+
+    more = work.claim_more("worker", SLUG, lease_seconds=60, limit=3, joins=joins)
+    assert [first.id, *(task.id for task in more)] == queued[:4]
+    assert len(commits) == 1 and len(read) == 3
+    assert [tasks.get(task_id).status for task_id in queued[:5]] == ["task_accept"] * 4 + ["task_queue"]
+
+
+def test_a_batch_starts_in_one_write_and_a_task_killed_before_it_stays_stopped(queued_tasks):
+    db, tasks, work, project_id, queued = queued_tasks
+    claimed = [work.claim_next("worker", [SLUG], lease_seconds=60, through=Status.ASSIGN).id for _ in range(3)]
+    assert tasks.kill(project_id, claimed[1]) == StopResult.STOPPED
+    commits = commits_of(db)
+    assert work.advance_each(claimed, Status.START, lease_seconds=60) == [True, False, True]
+    assert len(commits) == 1
+    assert [tasks.get(task_id).status for task_id in claimed] == ["task_start", "task_cancel", "task_start"]

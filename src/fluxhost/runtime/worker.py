@@ -316,10 +316,11 @@ class Worker:
         def on_start() -> None:
             nonlocal started, last_step
             started = last_step = time.monotonic()
-            for task in batch:
-                try:
-                    self._advance(task, Status.START)
-                except TaskStopped:
+            moved = self.store.advance_each([task.id for task in batch], Status.START, lease_seconds=self.lease_seconds)
+            for task, started_here in zip(batch, moved, strict=True):
+                if started_here:
+                    self._emit(task, Status.START)
+                else:
                     stopped.add(task.id)
 
         def on_step(index: int, step: int, total: int, preview: Preview | None) -> bool:

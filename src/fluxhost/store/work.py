@@ -8,9 +8,10 @@ Kill got there first, the worker's statement matches nothing and it learns it lo
 from __future__ import annotations
 
 import functools
+import itertools
 import time
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Row, Update, bindparam, func, insert, or_, select, update
@@ -163,20 +164,20 @@ class WorkStore:
         through: Status = Status.ACCEPT,
     ) -> list[ClaimedTask]:
         """Up to ``limit`` more queued tasks of ``model_slug`` whose orders ``joins`` accepts, oldest
-        first, each claimed as :meth:`claim_next` does (a task another worker took first is skipped)."""
+        first, each claimed as :meth:`claim_next` does (a task another worker took first is
+        skipped), all in one write. Orders are read only until ``limit`` join."""
         with self._db.read() as connection:
             queued = connection.execute(_QUEUED_OF_MODEL, {"slug": model_slug, "limit": limit * 8}).all()
-        candidates = [(task_id, order) for task_id, order in
-                      ((task_id, WorkOrder.decode(stored)) for task_id, stored in queued) if joins(order)]
-        claimed: list[ClaimedTask] = []
-        for task_id, _order in candidates[:limit]:
-            try:
-                task = self.claim_queued(task_id, worker_id, lease_seconds, through)
-            except DATABASE_FAULTS:  # what is claimed so far runs; the rest stays queued
-                break
-            if task is not None:
-                claimed.append(task)
-        return claimed
+        chosen = list(itertools.islice(
+            (task_id for task_id, stored in queued if joins(WorkOrder.decode(stored))), limit))
+        if not chosen:
+            return []
+        try:
+            with self._db.write():
+                claimed = [self.claim_queued(task_id, worker_id, lease_seconds, through) for task_id in chosen]
+        except DATABASE_FAULTS:  # the task claimed before runs alone; these stay queued
+            return []
+        return [task for task in claimed if task is not None]
 
     def claim_queued(
         self, task_id: int, worker_id: str, lease_seconds: float, through: Status = Status.ACCEPT
@@ -203,6 +204,12 @@ class WorkStore:
                 {"task_id": task_id, "now": now, "lease_until": lease_until},
             )
             return bool(moved.rowcount)
+
+    def advance_each(self, task_ids: Sequence[int], *statuses: Status,
+                     lease_seconds: float | None = None) -> list[bool]:
+        """:meth:`advance` for each of ``task_ids`` (a batch), in one write; whether each moved."""
+        with self._db.write():
+            return [self.advance(task_id, *statuses, lease_seconds=lease_seconds) for task_id in task_ids]
 
     def renew_lease(self, task_id: int, worker_id: str, lease_seconds: float) -> bool:
         """Extend our claim; False when the task is no longer ours to run (killed, taken over)."""

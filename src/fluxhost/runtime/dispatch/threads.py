@@ -25,12 +25,15 @@ class ThreadDispatcher:
         make_workers: Callable[[], list[Worker]],
         concurrency: int,
         worker_metrics: WorkerMetrics | None = None,
+        on_idle: Callable[[], None] = lambda: None,
     ):
         """``make_workers``: one worker per device, each with its own engines; ``concurrency``:
-        threads per worker; ``worker_metrics``: what the workers record into."""
+        threads per worker; ``worker_metrics``: what the workers record into; ``on_idle()``: a
+        worker thread found nothing to claim and is about to wait for :meth:`notify`."""
         self.make_workers = make_workers
         self.concurrency = concurrency
         self.worker_metrics = worker_metrics or WorkerMetrics()
+        self.on_idle = on_idle
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -115,5 +118,6 @@ class ThreadDispatcher:
             if batch:
                 worker.run(batch)
                 continue
+            self.on_idle()
             self._wake.wait(IDLE_POLL_SECONDS)
             self._wake.clear()
