@@ -6,6 +6,7 @@ import hmac
 import ipaddress
 import json
 import socket
+import threading
 import time
 from collections import Counter
 
@@ -14,9 +15,12 @@ from typer.testing import CliRunner
 
 from fluxhost.auth import Authenticator
 from fluxhost.callbacks.poster import WebhookPoster
+from fluxhost.callbacks.sender import CallbackSender
 from fluxhost.cli import app
+from fluxhost.events import LocalEventBus, TaskEvent
 from fluxhost.orders import WorkOrder
 from fluxhost.signing import KeyMode, sign_webhook
+from fluxhost.statuses import TERMINAL, Status
 from fluxhost.store.database import Database
 from fluxhost.store.deliveries import Attempt, Deliveries, owe_callback
 from fluxhost.store.keys import KeyStore
@@ -265,3 +269,56 @@ def test_the_signature_follows_standard_webhooks():
     signature = sign_webhook(secret, "msg_1", 1700000000, b'{"a":1}')
     expected = hmac.new(b"0123456789abcdef0123456789abcdef", b'msg_1.1700000000.{"a":1}', hashlib.sha256).digest()
     assert signature == "v1," + base64.b64encode(expected).decode()
+
+
+def test_only_an_end_that_owes_a_delivery_wakes_the_sender(make_settings):
+    """Each end wakes the sender for a pass over the deliveries table: not those of the many tasks
+    without a callback URL. The worker's ends and Cancel's say whether a delivery was owed."""
+    with Receiver() as receiver, LiveServer(make_settings(steps=40, max_batch=1,
+                                                          callback_allowlist="127.0.0.1")) as live:
+        ends: list[TaskEvent] = []
+        live.service.events.subscribe(lambda event: ends.append(event) if event.type in TERMINAL else None)
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        blocker = client.run()
+        queued = client.run(callbackUrl=receiver.url)
+        assert client.call("Task/Cancel", {"taskid": queued["taskid"]})["result"] is True
+        assert client.call("Task/Kill", {"taskid": blocker["taskid"]})["result"] is True
+        done = client.run(steps="2", callbackUrl=receiver.url)
+        client.wait(done["taskid"])
+        receiver.wait_for(2)
+    owed = {event.token: event.owes_callback for event in ends}
+    assert owed == {blocker["socketaccesstoken"]: False, queued["socketaccesstoken"]: True,
+                    done["socketaccesstoken"]: True}
+
+
+
+class CountedPasses:
+    """Deliveries with none ever due, counting the sender's passes over them."""
+
+    def __init__(self) -> None:
+        self.passes = threading.Semaphore(0)
+
+    def due(self, now: float) -> list:
+        self.passes.release()
+        return []
+
+    def seconds_to_next(self, now: float, longest: float) -> float:
+        return longest
+
+
+def test_the_sender_makes_a_pass_for_an_end_that_owes_a_delivery_and_for_no_other():
+    events, deliveries = LocalEventBus(), CountedPasses()
+    sender = CallbackSender(deliveries, None, events, render=lambda task: {},
+                            poster=WebhookPoster(Allowlist.parse(""), 1.0), max_attempts=1, backoff_seconds=1.0,
+                            per_origin=1)
+    sender.start()
+    try:
+        assert deliveries.passes.acquire(timeout=5)  # the first, at start
+        for task_id in range(50):
+            events.publish(TaskEvent(task_id, "token", Status.POSTPROCESS_END))
+            events.publish(TaskEvent(task_id, "token", Status.START, owes_callback=True))
+        assert not deliveries.passes.acquire(timeout=0.5)
+        events.publish(TaskEvent(50, "token", Status.CANCEL, owes_callback=True))
+        assert deliveries.passes.acquire(timeout=5)
+    finally:
+        sender.stop()

@@ -53,6 +53,8 @@ class TaskEvent:
     preview: str | None = None  # with progress, when previews are on: the image so far, a JPEG data URL
     text: str | None = None  # with ``task_output_full`` / ``task_error_full``: the whole log or error
     time: float = field(default_factory=time.time)
+    # With an end (``TERMINAL``): the task has a callback URL, so a delivery was owed as it ended.
+    owes_callback: bool = False
 
     def encode(self) -> bytes:
         return _EVENT_JSON.dump_json(self)

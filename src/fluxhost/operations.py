@@ -659,7 +659,7 @@ class Operations:
             raise TaskNotFound()
         if result is StopResult.NOT_STOPPABLE:
             raise NotKillable() if kill else NotCancellable()
-        self.events.publish(TaskEvent(task.id, task.socket_token, Status.CANCEL))
+        self.events.publish(TaskEvent(task.id, task.socket_token, Status.CANCEL, owes_callback=bool(task.callback_url)))
         log.info("task %s task_cancel (%s)", task.id, "killed" if kill else "cancelled",
                  extra={"task_id": task.id, "status": Status.CANCEL.value})
         return self.tasks.get(task.id)

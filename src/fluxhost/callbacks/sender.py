@@ -79,7 +79,9 @@ class CallbackSender:
         events.subscribe(self._notice_end)
 
     def _notice_end(self, event: TaskEvent) -> None:
-        if event.type in TERMINAL:
+        """A pass as soon as a task ends owing a delivery (and not at every end: a pass is two
+        queries, and most tasks have no callback URL)."""
+        if event.type in TERMINAL and event.owes_callback:
             self._wake.set()
 
     def start(self) -> None:

@@ -33,7 +33,7 @@ from fluxhost.runtime.outputs import OutputNotStored, preview_data_url, storage_
 from fluxhost.runtime.training import TrainingRun
 from fluxhost.safety.moderator import Moderator
 from fluxhost.settings import ModelSettings
-from fluxhost.statuses import LOG_EVENTS, Outcome, Status, stages
+from fluxhost.statuses import LOG_EVENTS, TERMINAL, Outcome, Status, stages
 from fluxhost.storage import FileStore
 from fluxhost.store.database import DATABASE_FAULTS
 from fluxhost.store.uploads import NewUpload
@@ -548,7 +548,8 @@ class Worker:
             self._emit(task, status)
 
     def _emit(self, task: ClaimedTask, status: Status, text: str | None = None) -> None:
-        self.events.publish(TaskEvent(task.id, task.socket_token, status, text=text))
+        self.events.publish(TaskEvent(task.id, task.socket_token, status, text=text,
+                                      owes_callback=task.owes_callback and status in TERMINAL))
         if status not in LOG_EVENTS:  # text, not transitions: their text may hold the prompt
             log.info("task %s %s", task.id, status.value, extra={"task_id": task.id, "status": status.value})
 

@@ -76,7 +76,8 @@ def _claim_statement(through: Status, by_id: bool = False) -> Update:
                 files_folder=bindparam("folder"),
                 **{TIME_COLUMN[stage]: bindparam("now") for stage in stages(Status.ACCEPT, through)})
         .returning(tasks.c.id, tasks.c.socket_token, tasks.c.model_slug, tasks.c.work_order, tasks.c.create_time,
-                   tasks.c.files_folder, tasks.c.previous_files_folder)
+                   tasks.c.files_folder, tasks.c.previous_files_folder,
+                   (tasks.c.callback_url != "").label("owes_callback"))
     )
 
 
@@ -106,11 +107,12 @@ class ClaimedTask:
     created_at: float
     files_folder: str  # this run's, new at each claim: a run that outlived its claim never touches the next's
     previous_files_folder: str | None  # the run before's: what it wrote if it died unrecorded
+    owes_callback: bool = False  # it has a callback URL: its end owes a delivery
 
     @classmethod
     def of(cls, row: Row) -> ClaimedTask:
         return cls(row.id, row.socket_token, row.model_slug, WorkOrder.decode(row.work_order), row.create_time,
-                   row.files_folder, row.previous_files_folder)
+                   row.files_folder, row.previous_files_folder, bool(row.owes_callback))
 
 
 @dataclass(frozen=True)
