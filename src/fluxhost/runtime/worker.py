@@ -502,7 +502,8 @@ class Worker:
         if task.previous_files_folder:
             self._clear(task.previous_files_folder)
         store_images(self.files, folder, images, order.output_format, metadata, run.saved)
-        if not self.store.finish(task.id, self.worker_id, run.saved, run.text, generated_at):
+        if not self.store.finish(task.id, self.worker_id, run.saved, run.text, generated_at,
+                                 owes_callback=task.owes_callback):
             raise TaskStopped
         self.metrics.finished_task(task.model_slug, "completed", run.claimed_at)
         for status in stages(Status.END, Status.POSTPROCESS_END):

@@ -222,24 +222,27 @@ class WorkStore:
             return bool(renewed.rowcount)
 
     def finish(self, task_id: int, worker_id: str, files: list[NewOutput], debug_output: str,
-               generated_at: float, kept: tuple[str, NewUpload] | None = None) -> bool:
+               generated_at: float, kept: tuple[str, NewUpload] | None = None, owes_callback: bool = True) -> bool:
         """``task_start`` -> ``task_postprocess_end``, completed, with the outputs, in one write, if
         ``worker_id`` still holds the task: ``task_end`` and ``task_postprocess_start`` are stamped
         with ``generated_at`` (when the images were ready), ``task_postprocess_end`` now (they are
         stored). ``kept``: (id, upload) of a file the task made that becomes one of its project's
-        uploads (a trained LoRA adapter), recorded in the same write."""
+        uploads (a trained LoRA adapter), recorded in the same write. ``owes_callback``: False when
+        the claim said the task has no callback URL, sparing the statement that owes one."""
         now = time.time()
         with self._db.write() as connection:
             done = connection.execute(_FINISH, {
                 "task_id": task_id, "claimant": worker_id, "now": now, "generated_at": generated_at,
                 "debug_output": debug_output,
             }).rowcount
-            if done:
+            if not done:
+                return False
+            if owes_callback:
                 owe_callback(connection, task_id, now)
-                _insert_outputs(connection, task_id, files, now)
-                if kept is not None:
-                    connection.execute(insert(uploads), upload_record(kept[1], kept[0], now))
-            return bool(done)
+            _insert_outputs(connection, task_id, files, now)
+            if kept is not None:
+                connection.execute(insert(uploads), upload_record(kept[1], kept[0], now))
+            return True
 
     def add_outputs(self, task_id: int, files: list[NewOutput]) -> None:
         """Record files of a task that ended without finishing (a killed training's checkpoints)."""

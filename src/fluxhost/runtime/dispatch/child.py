@@ -91,6 +91,10 @@ ToParent = Events | Idle | Loaded | Metrics
 RESTART_DELAY_SECONDS = 1.0
 MAX_RESTART_DELAY_SECONDS = 60.0
 CHILD_EXIT_SECONDS = 20.0  # after its grace: halting generations, releasing tasks, closing
+# The child's sender, woken by a task's first event, waits this long for the rest of the burst (a
+# task's claim is four events, its end four): a message for the burst, and the worker thread not
+# made to hand the interpreter lock to the sender at each event.
+EVENTS_LINGER_SECONDS = 0.0005
 
 
 class ChildProcessDispatcher:
@@ -279,6 +283,7 @@ def run_child(settings: Settings, worker_id: str, models: dict[str, ModelSetting
         an :class:`Idle` if one of them waits."""
         while True:
             batch = [outbox.get()]
+            time.sleep(EVENTS_LINGER_SECONDS)
             while not outbox.empty():
                 batch.append(outbox.get())
             events = tuple(item for item in batch if isinstance(item, TaskEvent))
