@@ -41,10 +41,16 @@ def test_terms_are_refused_below_their_level():
     assert set(terms.categories) == {"hate", "minors", "self-harm", "sexual", "violence"}
 
 
-def test_term_files_are_reloaded_when_edited(tmp_path):
+def shipped_terms_in(tmp_path) -> Path:
+    """A copy of the shipped term folder, to edit."""
     folder = tmp_path / "terms"
     shutil.copytree(SHIPPED, folder)
-    terms = TermLists(folder)
+    return folder
+
+
+def test_term_files_are_reloaded_when_edited(tmp_path):
+    folder = shipped_terms_in(tmp_path)
+    terms = TermLists(folder, recheck_seconds=0)
     assert terms.check("a purple elephant", 2) is None
     (folder / "custom.txt").write_text("# ours\n3 purple elephant\n")
     assert terms.check("a Purple  Elephant!", 2) == "custom"
@@ -53,6 +59,16 @@ def test_term_files_are_reloaded_when_edited(tmp_path):
     (folder / "custom.txt").write_text("seven purple elephant\n")
     with pytest.raises(ValueError, match="custom.txt line 1"):
         terms.check("anything", 0)
+
+
+def test_the_folder_is_looked_at_again_only_after_the_recheck_interval(tmp_path):
+    folder = shipped_terms_in(tmp_path)
+    terms = TermLists(folder, recheck_seconds=3600)
+    assert terms.check("a purple elephant", 2) is None
+    (folder / "custom.txt").write_text("3 purple elephant\n")
+    assert terms.check("a purple elephant", 2) is None
+    terms.recheck_seconds = 0
+    assert terms.check("a purple elephant", 2) == "custom"
 
 
 def test_thresholds_follow_the_tolerance():

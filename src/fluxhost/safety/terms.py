@@ -1,11 +1,13 @@
 """Prompt term lists: one file per category (``<category>.txt``), lines ``LEVEL TERM``; a term is
-refused when the tolerance is below its level. Files are read again when they change, so an
-operator edits them without a restart."""
+refused when the tolerance is below its level. Files are read again when they change (within a
+second), so an operator edits them without a restart."""
 
 from __future__ import annotations
 
+import math
 import re
 import threading
+import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +48,15 @@ def parse(category: str, text: str) -> list[Term]:
 
 
 class TermLists:
-    """The term files of a folder, reloaded when a file is added, removed or changed."""
+    """The term files of a folder, reloaded when a file is added, removed or changed: the folder
+    is looked at again at most every ``recheck_seconds`` (a listing and a stat per file, not to
+    be paid at every prompt of a busy worker)."""
 
-    def __init__(self, folder: Path = SHIPPED):
+    def __init__(self, folder: Path = SHIPPED, recheck_seconds: float = 1.0):
         self.folder = folder
+        self.recheck_seconds = recheck_seconds
         self._stamp: tuple[tuple[str, int, int], ...] | None = None
+        self._checked_at = -math.inf  # time.monotonic() of the last look at the folder
         self._terms: list[Term] = []
         self._lock = threading.Lock()
 
@@ -59,12 +65,15 @@ class TermLists:
         return sorted({term.category for term in self._current()})
 
     def _current(self) -> list[Term]:
+        if time.monotonic() - self._checked_at < self.recheck_seconds:
+            return self._terms
         files = sorted(self.folder.glob("*.txt"))
         stamp = tuple((f.name, info.st_mtime_ns, info.st_size) for f in files for info in (f.stat(),))
         with self._lock:
             if stamp != self._stamp:
                 self._terms = [term for f in files for term in parse(f.stem, f.read_text(encoding="utf-8"))]
                 self._stamp = stamp
+            self._checked_at = time.monotonic()
             return self._terms
 
     def check(self, prompt: str, tolerance: int) -> str | None:

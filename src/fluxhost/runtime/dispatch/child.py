@@ -286,15 +286,23 @@ def run_child(settings: Settings, worker_id: str, models: dict[str, ModelSetting
             time.sleep(EVENTS_LINGER_SECONDS)
             while not outbox.empty():
                 batch.append(outbox.get())
-            events = tuple(item for item in batch if isinstance(item, TaskEvent))
+            events: list[TaskEvent] = []
+            idle = closing = False
+            for item in batch:
+                if isinstance(item, TaskEvent):
+                    events.append(item)
+                elif item is None:
+                    closing = True
+                else:
+                    idle = True
             try:
                 if events:
-                    send(Events(events))
-                if any(isinstance(item, Idle) for item in batch):
+                    send(Events(tuple(events)))
+                if idle:
                     send(Idle())
             except (OSError, ValueError):  # the parent is gone: nobody is left to tell
                 return
-            if any(item is None for item in batch):  # by identity: a TaskEvent's == is a dataclass's
+            if closing:
                 return
 
     def report_loads() -> None:
