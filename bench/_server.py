@@ -9,10 +9,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 from fluxhost.signing import signed_headers
 from fluxhost.statuses import TERMINAL
@@ -39,11 +42,36 @@ def create_key(env: dict[str, str]) -> dict:
                                      capture_output=True, text=True).stdout)
 
 
+def cpu_seconds(root: psutil.Process, with_root: bool = True) -> float:
+    """User and system CPU seconds so far of ``root``'s children, all the way down, and of
+    ``root`` itself unless told not (a process gone meanwhile is left out)."""
+    total = 0.0
+    for member in ((root,) if with_root else ()) + tuple(root.children(recursive=True)):
+        try:
+            times = member.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+@dataclass(frozen=True)
+class Served:
+    """A running `fluxhost serve`: where it answers, a signature key for it, and its process."""
+
+    base_url: str
+    key: dict
+    process: subprocess.Popen
+
+
 @contextmanager
-def running_server(port: int, **settings: str):
-    """Start `fluxhost serve` with these FLUXHOST_* settings; yield (base_url, key dict)."""
+def serving(port: int, python_path: str | None = None, **settings: str) -> Iterator[Served]:
+    """Start `fluxhost serve` with these FLUXHOST_* settings (``python_path``: put first on its
+    PYTHONPATH, to serve another checkout's ``src``); stopped on the way out."""
     with tempfile.TemporaryDirectory() as data:
         env = server_environment({"data_dir": data, "port": str(port), **settings})
+        if python_path:
+            env["PYTHONPATH"] = python_path
         key = create_key(env)
         process = subprocess.Popen([FLUXHOST, "serve"], env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
@@ -58,10 +86,17 @@ def running_server(port: int, **settings: str):
                     if time.monotonic() > deadline or process.poll() is not None:
                         raise RuntimeError("server did not start") from None
                     time.sleep(0.2)
-            yield base_url, key
+            yield Served(base_url, key, process)
         finally:
             process.terminate()
             process.wait(30)
+
+
+@contextmanager
+def running_server(port: int, **settings: str) -> Iterator[tuple[str, dict]]:
+    """Start `fluxhost serve` with these FLUXHOST_* settings; yield (base_url, key dict)."""
+    with serving(port, **settings) as served:
+        yield served.base_url, served.key
 
 
 class Signer:

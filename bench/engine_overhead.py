@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from _server import SLUG, Signer, running_server, wait_for_task
+from _server import SLUG, Signer, cpu_seconds, running_server, wait_for_task
 from fluxhost.demo import EXAMPLE_PROMPT, GUIDANCE, STEPS, demo_model_settings
 from fluxhost.engines.base import GenerationRequest
 from fluxhost.orders import size_for_aspect_ratio
@@ -98,14 +98,7 @@ def demo_alone(images: int, width: int, height: int) -> tuple[float, float]:
 
 def service_cpu_seconds() -> float:
     """CPU seconds so far of this process's children: the server and its worker process."""
-    total = 0.0
-    for child in psutil.Process().children(recursive=True):
-        try:
-            times = child.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
+    return cpu_seconds(psutil.Process(), with_root=False)
 
 
 def demo_through_service(images: int, threads: int) -> tuple[float, float]:

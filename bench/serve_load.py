@@ -7,6 +7,14 @@ then the same for one client doing one task at a time (polling back to back, pol
 and following each task on the socket). Loopback only; bounded in time. The limits on unfinished
 tasks are raised so that a queue of Runs-only load fits under them: they are still checked.
 
+With --against SRC, instead: this checkout's fluxhost side by side with another's (SRC: its `src`
+folder, first on that server's PYTHONPATH; e.g. `git worktree add /tmp/old v1` then
+`--against /tmp/old/src`), both serving at once. Rounds of short bursts of Runs back to back,
+alternating which server takes them, each burst followed by its server's queue draining; per
+server, the median Runs/s and the median server CPU (API and worker processes, the drain
+included) per task, and the medians of the per-round ratios. The VM's speed drifts by a third
+over minutes: bursts seconds apart see the same machine, where whole runs minutes apart do not.
+
 With --cog, instead: fluxhost side by side with Cog's HTTP server (cog==0.16.12, from PyPI into a
 throwaway venv, serving a predictor with no model that returns a 64x64 solid-colour PNG), one
 client doing one task at a time against each, one system after the other. Two styles each:
@@ -15,6 +23,7 @@ process) and asking until done (Task/Detail back to back; Cog's synchronous POST
 Prints tasks/s, submit-to-done p50/p99 and the ratio fluxhost/Cog of tasks/s per style.
 
     python bench/serve_load.py [--clients 32] [--seconds 10] [--port 8799] [--worker process|thread]
+    python bench/serve_load.py --against SRC [--rounds 12] [--burst 2] [--clients 32]
     python bench/serve_load.py --cog [--cog-venv PATH] [--seconds 10]
 """
 
@@ -26,19 +35,21 @@ import itertools
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 
 import aiohttp
 import httpx
+import psutil
 from aiohttp import web
 
-from _server import SLUG, Signer, percentile, running_server
+from _server import SLUG, Signer, cpu_seconds, percentile, running_server, serving
 from fluxhost.statuses import TERMINAL
 
 COG_REQUIREMENT = "cog==0.16.12"
@@ -71,6 +82,9 @@ class Predictor(BasePredictor):
 '''
 COG_INPUT = {"prompt": "load", "seed": 1}
 DONE_TIMEOUT_SECONDS = 30  # one task's wait for its webhook or callback
+DRAINED_CORES = 0.1  # a server using less of a core than this has worked through its queue
+DRAIN_SAMPLE_SECONDS = 0.2
+DRAIN_TIMEOUT_SECONDS = 30
 
 
 class Stats:
@@ -346,6 +360,53 @@ def report_row(system: str, way: str, stats: Stats, wall: float) -> float:
     return rate
 
 
+def server_cpu_seconds(process: subprocess.Popen) -> float:
+    """CPU seconds so far of a server's process and its children (the worker process)."""
+    return cpu_seconds(psutil.Process(process.pid))
+
+
+def wait_until_drained(process: subprocess.Popen) -> None:
+    """Until the server is about idle: its worker has taken its queue to the end."""
+    deadline = time.monotonic() + DRAIN_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        before = server_cpu_seconds(process)
+        time.sleep(DRAIN_SAMPLE_SECONDS)
+        if server_cpu_seconds(process) - before < DRAINED_CORES * DRAIN_SAMPLE_SECONDS:
+            return
+
+
+def compare_with_checkout(args: argparse.Namespace, settings: dict[str, str]) -> None:
+    """This checkout and ``args.against``, serving at once, in alternating bursts (see the module
+    docstring); prints each one's medians and the medians of the per-round ratios."""
+    ours = str(Path(__file__).resolve().parents[1] / "src")
+    names = ("this checkout", str(args.against))
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    with ExitStack() as stack:
+        servers = {name: stack.enter_context(serving(args.port + number, python_path=path, **settings))
+                   for number, (name, path) in enumerate(zip(names, (ours, str(args.against)), strict=True))}
+        for served in servers.values():
+            asyncio.run(measure(served.base_url, served.key, 2, 1.0, poll=0))  # warm up connections and caches
+            wait_until_drained(served.process)
+        for round_number in range(args.rounds):
+            for name in names if round_number % 2 == 0 else names[::-1]:
+                served = servers[name]
+                before = server_cpu_seconds(served.process)
+                stats, wall = asyncio.run(measure(served.base_url, served.key, args.clients, args.burst, poll=None))
+                wait_until_drained(served.process)
+                rates[name].append(len(stats.run) / wall)
+                cpu[name].append((server_cpu_seconds(served.process) - before) / len(stats.run))
+    print(f"\n{args.clients} clients, Runs back to back, {args.rounds} rounds of {args.burst:g} s bursts, alternating")
+    print(f"{'':50} Runs/s   server CPU ms/task (medians)")
+    for name in names:
+        print(f"  {name:48}{statistics.median(rates[name]):7.1f}   {statistics.median(cpu[name]) * 1000:8.2f}")
+    ours_name, theirs = names
+    rate_ratio = statistics.median(a / b for a, b in zip(rates[ours_name], rates[theirs], strict=True))
+    cpu_ratio = statistics.median(a / b for a, b in zip(cpu[ours_name], cpu[theirs], strict=True))
+    print(f"  this checkout / the other, median of per-round ratios: Runs/s {rate_ratio:.2f}x, "
+          f"CPU per task {cpu_ratio:.3f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=32)
@@ -354,6 +415,10 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1", help="FLUXHOST_WORKER_CONCURRENCY of the server")
     parser.add_argument("--worker", choices=("process", "thread"), default="process",
                         help="the worker in a child process (the default) or in a thread of the API's process")
+    parser.add_argument("--against", type=Path,
+                        help="instead: side by side with another checkout's fluxhost (its src folder), in bursts")
+    parser.add_argument("--rounds", type=int, default=12, help="with --against: bursts per server")
+    parser.add_argument("--burst", type=float, default=2.0, help="with --against: seconds per burst")
     parser.add_argument("--cog", action="store_true",
                         help="instead: fluxhost side by side with Cog's HTTP server, one task at a time")
     parser.add_argument("--cog-venv", type=Path,
@@ -367,6 +432,9 @@ def main() -> None:
         return
     roomy_limits = {f"max_{limit}": "1000000" for limit in (
         "unfinished_tasks_per_key", "unfinished_tasks_per_project", "queued_tasks_per_model")}
+    if args.against:
+        compare_with_checkout(args, {**settings, **roomy_limits})
+        return
     with running_server(args.port, **settings, **roomy_limits) as (base_url, key):
         asyncio.run(measure(base_url, key, 2, 1.0, poll=0))  # warm up connections and caches
         stats, wall = asyncio.run(measure(base_url, key, args.clients, args.seconds, poll=0.05))

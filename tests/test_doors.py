@@ -85,7 +85,9 @@ def test_the_loop_answers_while_the_database_is_locked(make_settings):
         assert answers and answers[0]["taskid"] == "1"
 
 
-def test_database_threads_follow_the_database():
-    assert Settings(database_url="sqlite:///x.db").resolved_api_threads == 1
+def test_database_threads_follow_the_database_and_where_the_worker_runs():
+    assert Settings(database_url="sqlite:///x.db").resolved_api_threads == 2  # the worker in a child process
+    assert Settings(database_url="sqlite:///x.db", worker_process=False).resolved_api_threads == 1
+    assert Settings(database_url="sqlite:///x.db", worker_process=False, worker_concurrency=0).resolved_api_threads == 2
     assert Settings(database_url="postgresql://db/fluxhost").resolved_api_threads == 8
     assert Settings(database_url="postgresql://db/fluxhost", api_threads=3).resolved_api_threads == 3

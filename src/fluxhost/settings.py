@@ -196,7 +196,7 @@ class Settings(BaseSettings):
     port: int = 8000
     api_threads: int | None = Field(
         default=None, ge=1, description="Threads doing the API's database work off the event loop; default: "
-        "1 with SQLite, 8 with a database across the network."
+        "with SQLite 2, or 1 when the worker runs in the API's process; 8 with a database across the network."
     )
     worker_concurrency: int = Field(default=1, ge=0, description="Tasks run at once; 0: no worker.")
     rate_limit_per_minute: int = Field(
@@ -457,11 +457,17 @@ class Settings(BaseSettings):
     @property
     def resolved_api_threads(self) -> int:
         """With SQLite a query is a few tens of microseconds of interpreter time and writes take
-        turns anyway: each extra thread only takes the GIL from the in-process worker (measured in
-        ``bench/serve_load.py``). A server across the network makes queries wait, and threads help."""
+        turns anyway. With the worker in the API's process, each thread past the first only takes
+        the GIL from its generations; without it, a second thread runs a Run's statements while
+        the first waits on SQLite or for the GIL: 1.2x the Runs/s at 32 clients, 0.93x the CPU per
+        task (``bench/serve_load.py --against``; four threads did no better than one). A server
+        across the network makes queries wait, and threads help."""
         if self.api_threads is not None:
             return self.api_threads
-        return 1 if self.resolved_database_url.startswith("sqlite") else 8
+        if not self.resolved_database_url.startswith("sqlite"):
+            return 8
+        worker_in_process = self.worker_concurrency > 0 and not self.worker_process and not self.broker_url
+        return 1 if worker_in_process else 2
 
     @property
     def resolved_public_url(self) -> str:

@@ -3,8 +3,9 @@ work that waits on the outside world (DNS, file reads) on a larger one, so it ne
 database work.
 
 Small on purpose: SQLite takes one writer at a time and Python runs one thread at a time, so
-with SQLite more threads add no throughput, only contention, and they take their share of the
-interpreter from the worker thread running generations in the same process (one by default; see
+with SQLite a second thread helps (it runs while the first waits on SQLite or for the interpreter
+lock) and more add only contention; when the worker runs in the API's process, any thread past the
+first takes its share of the interpreter from the generations (see
 :attr:`~fluxhost.settings.Settings.resolved_api_threads`). With PostgreSQL, queries wait on the
 network and more threads help.
 """
