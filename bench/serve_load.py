@@ -9,10 +9,11 @@ tasks are raised so that a queue of Runs-only load fits under them: they are sti
 
 With --against SRC, instead: this checkout's fluxhost side by side with another's (SRC: its `src`
 folder, first on that server's PYTHONPATH; e.g. `git worktree add /tmp/old v1` then
-`--against /tmp/old/src`), both serving at once. Rounds of short bursts of Runs back to back,
-alternating which server takes them, each burst followed by its server's queue draining; per
-server, the median Runs/s and the median server CPU (API and worker processes, the drain
-included) per task, and the medians of the per-round ratios. The VM's speed drifts by a third
+`--against /tmp/old/src`), both serving at once. Rounds of short bursts of Runs back to back
+(or, with --detail-every MS, of Runs each polled until done), alternating which server takes
+them, each burst followed by its server's queue draining; per server, the median Runs/s (tasks
+done/s) and the median server CPU (API and worker processes, the drain included) per task, and
+the medians of the per-round ratios. The VM's speed drifts by a third
 over minutes: bursts seconds apart see the same machine, where whole runs minutes apart do not.
 
 With --cog, instead: fluxhost side by side with Cog's HTTP server (cog==0.16.12, from PyPI into a
@@ -23,7 +24,7 @@ process) and asking until done (Task/Detail back to back; Cog's synchronous POST
 Prints tasks/s, submit-to-done p50/p99 and the ratio fluxhost/Cog of tasks/s per style.
 
     python bench/serve_load.py [--clients 32] [--seconds 10] [--port 8799] [--worker process|thread]
-    python bench/serve_load.py --against SRC [--rounds 12] [--burst 2] [--clients 32]
+    python bench/serve_load.py --against SRC [--rounds 12] [--burst 2] [--clients 32] [--detail-every MS]
     python bench/serve_load.py --cog [--cog-venv PATH] [--seconds 10]
 """
 
@@ -379,6 +380,7 @@ def compare_with_checkout(args: argparse.Namespace, settings: dict[str, str]) ->
     """This checkout and ``args.against``, serving at once, in alternating bursts (see the module
     docstring); prints each one's medians and the medians of the per-round ratios."""
     ours = str(Path(__file__).resolve().parents[1] / "src")
+    poll = None if args.detail_every is None else args.detail_every / 1000
     names = ("this checkout", str(args.against))
     rates: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
@@ -392,18 +394,21 @@ def compare_with_checkout(args: argparse.Namespace, settings: dict[str, str]) ->
             for name in names if round_number % 2 == 0 else names[::-1]:
                 served = servers[name]
                 before = server_cpu_seconds(served.process)
-                stats, wall = asyncio.run(measure(served.base_url, served.key, args.clients, args.burst, poll=None))
+                stats, wall = asyncio.run(measure(served.base_url, served.key, args.clients, args.burst, poll=poll))
                 wait_until_drained(served.process)
-                rates[name].append(len(stats.run) / wall)
-                cpu[name].append((server_cpu_seconds(served.process) - before) / len(stats.run))
-    print(f"\n{args.clients} clients, Runs back to back, {args.rounds} rounds of {args.burst:g} s bursts, alternating")
-    print(f"{'':50} Runs/s   server CPU ms/task (medians)")
+                tasks = len(stats.run) if poll is None else len(stats.done)
+                rates[name].append(tasks / wall)
+                cpu[name].append((server_cpu_seconds(served.process) - before) / tasks)
+    load = "Runs back to back" if poll is None else f"Run then Detail every {args.detail_every:g} ms"
+    print(f"\n{args.clients} clients, {load}, {args.rounds} rounds of {args.burst:g} s bursts, alternating")
+    print(f"{'':50} {'Runs/s' if poll is None else 'done/s'}   server CPU ms/task (medians)")
     for name in names:
         print(f"  {name:48}{statistics.median(rates[name]):7.1f}   {statistics.median(cpu[name]) * 1000:8.2f}")
     ours_name, theirs = names
     rate_ratio = statistics.median(a / b for a, b in zip(rates[ours_name], rates[theirs], strict=True))
     cpu_ratio = statistics.median(a / b for a, b in zip(cpu[ours_name], cpu[theirs], strict=True))
-    print(f"  this checkout / the other, median of per-round ratios: Runs/s {rate_ratio:.2f}x, "
+    print(f"  this checkout / the other, median of per-round ratios: {'Runs/s' if poll is None else 'done/s'} "
+          f"{rate_ratio:.2f}x, "
           f"CPU per task {cpu_ratio:.3f}x")
 
 
@@ -419,6 +424,9 @@ def main() -> None:
                         help="instead: side by side with another checkout's fluxhost (its src folder), in bursts")
     parser.add_argument("--rounds", type=int, default=12, help="with --against: bursts per server")
     parser.add_argument("--burst", type=float, default=2.0, help="with --against: seconds per burst")
+    parser.add_argument("--detail-every", type=float, metavar="MS",
+                        help="with --against: each client polls its task (Task/Detail) this often until it ends, "
+                        "instead of sending Runs back to back; compares tasks done per second")
     parser.add_argument("--cog", action="store_true",
                         help="instead: fluxhost side by side with Cog's HTTP server, one task at a time")
     parser.add_argument("--cog-venv", type=Path,
