@@ -13,8 +13,8 @@ folder, first on that server's PYTHONPATH; e.g. `git worktree add /tmp/old v1` t
 (or, with --detail-every MS, of Runs each polled until done), alternating which server takes
 them, each burst followed by its server's queue draining; per server, the median Runs/s (tasks
 done/s) and the median server CPU (API and worker processes, the drain included) per task, and
-the medians of the per-round ratios. The VM's speed drifts by a third
-over minutes: bursts seconds apart see the same machine, where whole runs minutes apart do not.
+the medians of the per-round ratios. The VM's speed drifts by a third over minutes: bursts
+seconds apart see the same machine, where whole runs minutes apart do not.
 
 With --cog, instead: fluxhost side by side with Cog's HTTP server (cog==0.16.12, from PyPI into a
 throwaway venv, serving a predictor with no model that returns a 64x64 solid-colour PNG), one

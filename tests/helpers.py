@@ -23,13 +23,25 @@ from starlette.types import ASGIApp
 
 from fluxhost.app import UVICORN_OPTIONS, create_app
 from fluxhost.client import NonceSource
+from fluxhost.orders import WorkOrder
 from fluxhost.service import Service
 from fluxhost.settings import Settings
-from fluxhost.signing import sign_request
+from fluxhost.signing import KeyMode, sign_request
 from fluxhost.statuses import TERMINAL
-from fluxhost.store.keys import NewKey
+from fluxhost.store.database import Database
+from fluxhost.store.keys import KeyStore, NewKey
 
 SLUG = "black-forest-labs/flux-pro-1.1"
+# A small text-to-image order, for tests that write task rows themselves.
+FOX_ORDER = WorkOrder(prompt="a fox", width=64, height=64, seed=1, output_format="png", aspect_ratio="1:1")
+
+
+def database_with_project(url: str) -> tuple[Database, int]:
+    """A migrated database at ``url`` with one project (behind a key-only key), and that project's id."""
+    db = Database(url)
+    db.migrate()
+    keys = KeyStore(db)
+    return db, keys.find_active(keys.create(KeyMode.KEY_ONLY).api_key).project_id
 
 
 def free_port() -> int:

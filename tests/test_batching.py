@@ -10,16 +10,13 @@ import pytest
 from PIL import Image
 from sqlalchemy import event
 
-from fluxhost.auth import Authenticator
 from fluxhost.orders import WorkOrder
 from fluxhost.signing import KeyMode
 from fluxhost.statuses import Status
 from fluxhost.store.database import Database
-from fluxhost.store.keys import KeyStore
-from fluxhost.store.nonces import NonceStore
 from fluxhost.store.tasks import StopResult, TaskStore
 from fluxhost.store.work import WorkStore
-from tests.helpers import SLUG, LiveServer, ProtocolClient
+from tests.helpers import FOX_ORDER, SLUG, LiveServer, ProtocolClient, database_with_project
 
 PROMPTS = ["a red fox in the snow", "a lighthouse at dusk", "a quiet street", "a red fox in the snow"]
 
@@ -93,18 +90,12 @@ def test_a_kill_in_a_batch_drops_that_task_only(make_settings):
     assert progressed == set(batched)  # every task of the batch got progress
 
 
-
 @pytest.fixture
 def queued_tasks(tmp_path) -> tuple[Database, TaskStore, WorkStore, int, list[int]]:
     """A database with eight tasks of one model queued, in one project."""
-    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    db.migrate()
-    keys = KeyStore(db)
-    project_id = Authenticator(keys, NonceStore(db), 3600, 3600).authenticate(
-        keys.create(KeyMode.KEY_ONLY).api_key, None, None).project_id
+    db, project_id = database_with_project(f"sqlite:///{tmp_path / 'db.sqlite'}")
     tasks = TaskStore(db)
-    order = WorkOrder(prompt="a fox", width=64, height=64, seed=1, output_format="png", aspect_ratio="1:1")
-    queued = [tasks.create(project_id, SLUG, {}, order).id for _ in range(8)]
+    queued = [tasks.create(project_id, SLUG, {}, FOX_ORDER).id for _ in range(8)]
     return db, tasks, WorkStore(db), project_id, queued
 
 

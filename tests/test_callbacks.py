@@ -13,21 +13,16 @@ from collections import Counter
 import pytest
 from typer.testing import CliRunner
 
-from fluxhost.auth import Authenticator
 from fluxhost.callbacks.poster import WebhookPoster
 from fluxhost.callbacks.sender import CallbackSender
 from fluxhost.cli import app
 from fluxhost.events import LocalEventBus, TaskEvent
-from fluxhost.orders import WorkOrder
 from fluxhost.signing import KeyMode, sign_webhook
 from fluxhost.statuses import TERMINAL, Status
-from fluxhost.store.database import Database
 from fluxhost.store.deliveries import Attempt, Deliveries, owe_callback
-from fluxhost.store.keys import KeyStore
-from fluxhost.store.nonces import NonceStore
 from fluxhost.store.tasks import TaskStore
 from fluxhost.urlguard import Allowlist, PinnedUrl, UrlRefused, check_public_url
-from tests.helpers import SLUG, DrippingReceiver, LiveServer, ProtocolClient, Receiver
+from tests.helpers import FOX_ORDER, SLUG, DrippingReceiver, LiveServer, ProtocolClient, Receiver, database_with_project
 
 
 def verify(request: dict, webhook_secret: str) -> dict:
@@ -165,12 +160,8 @@ def test_slow_receivers_hold_back_only_their_own_callbacks(make_settings):
 def test_an_attempt_whose_claim_was_taken_over_records_nothing(database_url, tmp_path):
     """A post that outlives its claim lets a second sender claim the delivery: what the first one
     learns is not recorded, attempts are numbered without repeats, and a delivered row stays so."""
-    db = Database(database_url or f"sqlite:///{tmp_path / 'db.sqlite'}")
-    db.migrate()
-    project_id = Authenticator(KeyStore(db), NonceStore(db), 3600, 3600).authenticate(
-        KeyStore(db).create(KeyMode.KEY_ONLY).api_key, None, None).project_id
-    order = WorkOrder(prompt="a fox", width=64, height=64, seed=1, output_format="png", aspect_ratio="1:1")
-    task = TaskStore(db).create(project_id, SLUG, {}, order, callback_url="http://hooks.example.com/x")
+    db, project_id = database_with_project(database_url or f"sqlite:///{tmp_path / 'db.sqlite'}")
+    task = TaskStore(db).create(project_id, SLUG, {}, FOX_ORDER, callback_url="http://hooks.example.com/x")
     with db.write() as connection:
         owe_callback(connection, task.id, 1000.0)
     deliveries = Deliveries(db)
@@ -289,7 +280,6 @@ def test_only_an_end_that_owes_a_delivery_wakes_the_sender(make_settings):
     owed = {event.token: event.owes_callback for event in ends}
     assert owed == {blocker["socketaccesstoken"]: False, queued["socketaccesstoken"]: True,
                     done["socketaccesstoken"]: True}
-
 
 
 class CountedPasses:

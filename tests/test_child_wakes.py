@@ -53,4 +53,3 @@ def test_a_waiting_child_is_woken_once_by_the_next_run_and_is_busy_after(tmp_pat
     assert pipe.sent == [Wake(), Wake()]
     dispatcher._heard_idle()
     assert pipe.sent == [Wake(), Wake()]
-

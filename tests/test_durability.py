@@ -12,17 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fluxhost.auth import Authenticator
-from fluxhost.orders import WorkOrder
 from fluxhost.runtime.host import worker_may_be_alive
-from fluxhost.signing import KeyMode
 from fluxhost.statuses import TERMINAL
 from fluxhost.store.database import Database
-from fluxhost.store.keys import KeyStore, NewKey
-from fluxhost.store.nonces import NonceStore
+from fluxhost.store.keys import NewKey
 from fluxhost.store.tasks import TaskStore
 from fluxhost.store.work import WorkStore
-from tests.helpers import SLUG, ProtocolClient, free_port
+from tests.helpers import FOX_ORDER, SLUG, ProtocolClient, database_with_project, free_port
 
 FLUXHOST = str(Path(sys.executable).with_name("fluxhost"))
 
@@ -107,22 +103,15 @@ def test_sigkill_loses_no_task(serve_env):
         assert len(task["outputs"]) == 1
 
 
-ORDER = WorkOrder(prompt="a fox", width=64, height=64, seed=1, output_format="png", aspect_ratio="1:1")
-
-
 @pytest.fixture
 def stores_and_project(tmp_path) -> tuple[TaskStore, WorkStore, int]:
-    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    db.migrate()
-    key = KeyStore(db).create(KeyMode.KEY_ONLY)
-    auth = Authenticator(KeyStore(db), NonceStore(db), 3600, 3600)
-    project_id = auth.authenticate(key.api_key, None, None).project_id
+    db, project_id = database_with_project(f"sqlite:///{tmp_path / 'db.sqlite'}")
     return TaskStore(db), WorkStore(db), project_id
 
 
 def test_a_task_whose_worker_keeps_dying_fails_with_a_reason(stores_and_project):
     tasks, work, project_id = stores_and_project
-    task = tasks.create(project_id, SLUG, {}, ORDER)
+    task = tasks.create(project_id, SLUG, {}, FOX_ORDER)
     for attempt in range(1, 3):
         assert work.claim_next(f"worker-{attempt}", [SLUG], lease_seconds=60).id == task.id
         recovery = work.recover(max_attempts=2, dead_workers={f"worker-{attempt}"})
@@ -135,7 +124,7 @@ def test_a_task_whose_worker_keeps_dying_fails_with_a_reason(stores_and_project)
 
 def test_only_expired_leases_are_taken_back(stores_and_project):
     tasks, work, project_id = stores_and_project
-    fresh, stale = tasks.create(project_id, SLUG, {}, ORDER), tasks.create(project_id, SLUG, {}, ORDER)
+    fresh, stale = tasks.create(project_id, SLUG, {}, FOX_ORDER), tasks.create(project_id, SLUG, {}, FOX_ORDER)
     work.claim_next("alive", [SLUG], lease_seconds=600)
     work.claim_next("dead", [SLUG], lease_seconds=-1)
     assert work.recover(max_attempts=3, alive_worker="dead").requeued == []  # our own: still running
@@ -177,12 +166,12 @@ def test_tasks_ended_before_the_upgrade_keep_how_they_came_out(tmp_path):
                 "status, pexit, debug_output, debug_error, attempts, create_time) "
                 "VALUES (:id, :uuid, :token, 1, :slug, '{}', :order, '', :status, :pexit, '', :error, 1, 0)"),
                 {"id": task_id, "uuid": f"u{task_id}", "token": f"t{task_id}", "slug": SLUG, "status": status,
-                 "pexit": pexit, "error": error, "order": json.dumps(ORDER.encode())})
+                 "pexit": pexit, "error": error, "order": json.dumps(FOX_ORDER.encode())})
     db.migrate()
     tasks = TaskStore(db)
     found: list[TaskView] = [tasks.get(task_id) for task_id in range(1, len(ended) + 1)]
     assert [task.outcome for task in found] == ["completed", "failed", "moderated", "moderated", "stopped", None]
-    assert all(task.order == ORDER for task in found)
+    assert all(task.order == FOX_ORDER for task in found)
 
 
 def test_migration_0008_adds_the_uploads_table_as_the_schema_declares_it(tmp_path, database_url):
@@ -207,7 +196,7 @@ def test_migration_0008_adds_the_uploads_table_as_the_schema_declares_it(tmp_pat
             "INSERT INTO tasks (id, uuid, socket_token, project_id, model_slug, parameters, work_order, "
             "callback_url, status, debug_output, debug_error, attempts, create_time) "
             "VALUES (1, 'u1', 't1', 1, :slug, '{}', :order, '', 'task_queue', '', '', 0, 0)"),
-            {"slug": SLUG, "order": json.dumps(ORDER.encode())})
+            {"slug": SLUG, "order": json.dumps(FOX_ORDER.encode())})
     db.migrate()
     with db.engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
@@ -219,7 +208,7 @@ def test_migration_0008_adds_the_uploads_table_as_the_schema_declares_it(tmp_pat
         config.attributes["connection"] = connection
         command.downgrade(config, "0007")
     assert "uploads" not in inspect(db.engine).get_table_names()
-    assert TaskStore(db).get(1).order == ORDER
+    assert TaskStore(db).get(1).order == FOX_ORDER
     db.migrate()
     assert uploads.list(1, 0, 10) == (0, [])
     db.dispose()

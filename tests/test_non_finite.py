@@ -6,14 +6,12 @@ import json
 import httpx
 import pytest
 
-from fluxhost.orders import WorkOrder
 from fluxhost.signing import KeyMode
 from fluxhost.store.database import Database
 from fluxhost.store.tasks import TaskStore
-from tests.helpers import SLUG, LiveServer, ProtocolClient
+from tests.helpers import FOX_ORDER, SLUG, LiveServer, ProtocolClient
 
 NON_FINITE = ["NaN", "Infinity", "-Infinity", "1e400", "-1e400"]
-ORDER = WorkOrder(prompt="a fox", width=64, height=64, seed=1, output_format="png", aspect_ratio="1:1")
 
 
 @pytest.fixture
@@ -54,7 +52,8 @@ def test_a_stored_nan_never_takes_the_list_down(make_settings):
         key = server.service.keys.create(KeyMode.SIGNATURE)
         client = ProtocolClient(server.base_url, key)
         project_id = server.service.auth.authenticate_token(f"{key.api_key}:{key.api_secret}").project_id
-        kept = server.service.tasks.create(project_id, SLUG, {"prompt": float("nan"), "seed": [float("-inf")]}, ORDER)
+        kept = server.service.tasks.create(project_id, SLUG, {"prompt": float("nan"), "seed": [float("-inf")]},
+                                           FOX_ORDER)
         client.run(prompt="a fox")
         listed = client.call("Task/List", {})
         assert listed["total"] == "2"
@@ -82,7 +81,7 @@ def test_the_migration_writes_stored_nans_as_text(tmp_path):
                 "callback_url, status, outcome, debug_output, debug_error, attempts, create_time) "
                 "VALUES (:id, :uuid, :token, 1, :slug, :parameters, :order, '', 'task_queue', NULL, '', '', 0, 0)"),
                 {"id": task_id, "uuid": f"u{task_id}", "token": f"t{task_id}", "slug": SLUG,
-                 "parameters": parameters, "order": json.dumps(ORDER.encode())})
+                 "parameters": parameters, "order": json.dumps(FOX_ORDER.encode())})
     db.migrate()
     tasks = TaskStore(db)
     assert [dict(tasks.get(task_id).parameters) for task_id in (1, 2, 3)] == [
