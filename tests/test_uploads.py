@@ -21,6 +21,7 @@ from sqlalchemy import text
 from fluxhost.client import AsyncClient, Client, ProtocolError
 from fluxhost.settings import ModelSettings, Settings
 from fluxhost.signing import KeyMode
+from fluxhost.storage.local import LocalFileStore
 from fluxhost.store.database import Database
 from fluxhost.store.keys import KeyStore
 from tests.helpers import LiveServer, ProtocolClient, free_port
@@ -204,6 +205,25 @@ def test_uploads_sent_together_stay_within_the_quota(start_server):
             sender.join(30)
         assert sorted(answer["result"] for answer in answers) == [False] * 5 + [True] * 3
         assert client.call("File/List", {})["total"] == "3" and len(stored_files(live)) == 3
+
+
+def test_a_rewrite_that_fails_leaves_the_file_as_it_was(tmp_path, monkeypatch):
+    """A file written again (a training's manifest at each checkpoint) is the old one or the new one,
+    never part of the new: a worker killed mid-write must leave a manifest its retry can read."""
+    files = LocalFileStore(tmp_path, "http://127.0.0.1:1/files")
+    folder = files.new_folder()
+    files.save(folder, "checkpoints.json", b'{"step": 3}')
+    write_bytes = Path.write_bytes
+
+    def half_then_fail(path: Path, data: bytes) -> int:
+        write_bytes(path, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(Path, "write_bytes", half_then_fail)
+    with pytest.raises(OSError):
+        files.save(folder, "checkpoints.json", b'{"step": 6}')
+    assert files.read(folder, "checkpoints.json") == b'{"step": 3}'
+    assert [path.name for path in tmp_path.rglob("*") if path.is_file()] == ["checkpoints.json"]
 
 
 @pytest.mark.parametrize(("failure", "message"), [

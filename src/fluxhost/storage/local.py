@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import secrets
 import shutil
 from pathlib import Path
 
@@ -18,15 +20,20 @@ class LocalFileStore:
         return new_folder()
 
     def save(self, folder: str, name: str, data: bytes) -> None:
-        """Written in place: no URL to it exists until the task row records the output. A write
-        that fails (disk full, folder unwritable) leaves no partial file behind."""
+        """Written whole or not at all: to a hidden name beside it (one no URL can name), then
+        renamed over it. A reader never sees part of a file, even one rewritten in place (a
+        training's manifest) by a worker killed mid-write. No URL to it exists until the task row
+        records the output. A write that fails (disk full, folder unwritable) leaves nothing behind."""
         path = self._path(folder, name)
         path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{name}.{secrets.token_hex(4)}.partial")
         try:
-            path.write_bytes(data)
+            partial.write_bytes(data)
+            os.replace(partial, path)
         except OSError:
             with contextlib.suppress(OSError):
-                self.delete(folder, name)
+                partial.unlink(missing_ok=True)
+                path.parent.rmdir()  # only where empty: a folder made for this file
             raise
 
     def read(self, folder: str, name: str) -> bytes | None:
