@@ -25,8 +25,9 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/fluxhost serve
 
+# A pytest worker per core (at most 4), a test file each, the longest files first (tests/conftest.py).
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
 bench: $(STAMP)
 	$(PIP) install --quiet -e '.[server,test,bench]'

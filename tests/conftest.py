@@ -13,20 +13,26 @@ import pytest
 
 from fluxhost.settings import ModelSettings, Settings
 from fluxhost.signing import KeyMode
-from tests.helpers import SLUG, LiveServer, ProtocolClient, free_port, fresh_postgres_database
+from tests.helpers import SLUG, TORCH_THREADS, LiveServer, ProtocolClient, free_port, fresh_postgres_database
 from tests.services import postgres_usable, redis_binary, throwaway_postgres, throwaway_redis
 
 TINY_PIPELINES = {"tiny_weights", "tiny_klein", "tiny_kontext", "tiny_controlnet"}
 """The fixtures that build a pipeline (test modules define all but the first)."""
+LONGEST_MODULES = ("test_ring_lora.py", "test_demo_model.py", "test_demo_edits.py", "test_celery_fleet.py")
+"""The modules that take longest (a training, the demo's held-out captions and edits, a fleet),
+longest first: they run first, so that ``make test``'s workers (``-n``, a file each) do not end on
+one of them while the others wait."""
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that needs a tiny pipeline is ``slow``: it builds and loads one, or starts the app that
-    does (marked before pytest selects by marker)."""
+    does (marked before pytest selects by marker). The longest modules go first."""
     for item in items:
         if TINY_PIPELINES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    rank = {name: place for place, name in enumerate(LONGEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -57,8 +63,11 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A Redis server: the one FLUXHOST_TEST_REDIS names (.ci/run starts one), else a throwaway
-    redis-server for this run; skipped only where Redis is not installed."""
-    if named := os.environ.get("FLUXHOST_TEST_REDIS"):
+    redis-server for this run; skipped only where Redis is not installed. Each pytest-xdist worker
+    starts its own where it can: pub/sub channels are server-wide, so two workers sharing one server
+    would hear each other's task events."""
+    named = os.environ.get("FLUXHOST_TEST_REDIS")
+    if named and (redis_binary() is None or not os.environ.get("PYTEST_XDIST_WORKER")):
         yield named
         return
     if redis_binary() is None:
@@ -102,7 +111,7 @@ def make_settings(tmp_path: Path, tiny_weights: Path, database_url: str | None) 
             database_url=database_url,
             host="127.0.0.1",
             port=port,
-            torch_threads=2,
+            torch_threads=TORCH_THREADS,
             worker_process=False,  # tests reach into the worker's engines; test_worker_process covers the child
             shutdown_grace_seconds=2.0,  # a test's last task need not finish for the server to stop
             models={SLUG: ModelSettings(weights=str(tiny_weights), steps=steps, max_sequence_length=32,

@@ -32,6 +32,12 @@ from fluxhost.store.database import Database
 from fluxhost.store.keys import KeyStore, NewKey
 
 SLUG = "black-forest-labs/flux-pro-1.1"
+TORCH_THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+"""Torch threads for a test's engines: one each when pytest-xdist runs a worker per core (``make
+test``), so that two workers' torch threads do not fight over the cores; two when run alone."""
+LOOPBACK_HTTP = httpx.Client(timeout=30)
+"""One HTTP client for the tests' requests to their servers: ``httpx.post`` builds a client, and its
+TLS context (about 20 ms of CPU), for every request, which a test polling a task pays at each poll."""
 # A small text-to-image order, for tests that write task rows themselves.
 FOX_ORDER = WorkOrder(prompt="a fox", width=64, height=64, seed=1, output_format="png", aspect_ratio="1:1")
 
@@ -90,6 +96,7 @@ class ServiceProcess:
         self.process = subprocess.Popen([FLUXHOST, *args], env={**os.environ, **env}, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
+        self._terminated = False
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -108,15 +115,28 @@ class ServiceProcess:
                 raise RuntimeError(f"never printed {text!r}:\n{self.output}")
             time.sleep(0.05)
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
+    def terminate(self) -> None:
+        """Ask it to stop (SIGTERM, once: a second one makes uvicorn quit at once)."""
+        if self.process.poll() is None and not self._terminated:
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+            self._terminated = True
+
+    def stop(self) -> None:
+        self.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
         self._reader.join(5)
+
+
+def stop_all(processes: Collection[ServiceProcess]) -> None:
+    """Stop processes together: each takes a second or more to wind down."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.stop()
 
 
 def wait_until_ready(base_url: str, process: ServiceProcess | None = None, path: str = "/readyz",
@@ -177,7 +197,7 @@ class ProtocolClient:
 
     def post(self, path: str, body: dict[str, Any] | None = None, **kwargs: Any) -> httpx.Response:
         headers = kwargs.pop("headers") if "headers" in kwargs else self.headers()
-        return httpx.post(f"{self.base_url}/v1/{path}", json=body or {}, headers=headers, timeout=30, **kwargs)
+        return LOOPBACK_HTTP.post(f"{self.base_url}/v1/{path}", json=body or {}, headers=headers, **kwargs)
 
     def call(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         response = self.post(path, body)

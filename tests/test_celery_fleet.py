@@ -19,7 +19,15 @@ from fluxhost.signing import KeyMode
 from fluxhost.store.database import Database
 from fluxhost.store.keys import KeyStore
 from fluxhost.store.schema import outputs, tasks
-from tests.helpers import SLUG, ProtocolClient, ServiceProcess, free_port, fresh_postgres_database, wait_until_ready
+from tests.helpers import (
+    SLUG,
+    ProtocolClient,
+    ServiceProcess,
+    free_port,
+    fresh_postgres_database,
+    stop_all,
+    wait_until_ready,
+)
 from tests.test_socket import follow
 
 pytestmark = pytest.mark.slow
@@ -81,8 +89,7 @@ def fleet(tmp_path, postgres_server, broker) -> Iterator[Fleet]:
                 wait_until_ready(client.base_url, serve, path="/healthz", timeout=60)
             yield Fleet(clients[0], clients[1], processes[2:], db)
         finally:
-            for process in processes:
-                process.stop()
+            stop_all(processes)
             db.dispose()
             queues.flushdb()
             queues.close()

@@ -25,7 +25,7 @@ from fluxhost.demo.scenes import COLOURS, PLACES, Caption, Thing, lay_out, rende
 from fluxhost.input_images import size_like
 from fluxhost.settings import ModelSettings
 from fluxhost.signing import KeyMode
-from tests.helpers import LiveServer, ProtocolClient
+from tests.helpers import LOOPBACK_HTTP, LiveServer, ProtocolClient
 from tests.test_demo_model import FILLS, palette_labels
 
 KONTEXT = "black-forest-labs/flux-kontext-pro"
@@ -237,7 +237,7 @@ def test_a_demo_editor_serves_the_editing_tools(make_settings, tmp_path, monkeyp
                                              "slugproject": "flux-kontext-pro"})["tool"]
         assert task["pexit"] == "0", task["debugerror"]
         [output] = task["outputs"]
-        edited = Image.open(io.BytesIO(httpx.get(output["url"], timeout=30).content))
+        edited = Image.open(io.BytesIO(LOOPBACK_HTTP.get(output["url"]).content))
         blank = png(Image.new("RGB", (640, 480), COLOURS["green"]))
         answer = httpx.post(f"{client.base_url}/v1/Run/{KONTEXT}", data={"prompt": edit.instruction},
                             files={"inputImage": ("blank.png", blank, "image/png")}, headers=client.headers(),
@@ -254,7 +254,7 @@ def test_a_demo_editor_serves_the_editing_tools(make_settings, tmp_path, monkeyp
 @pytest.mark.slow
 def test_held_out_edits_are_made_as_asked(make_settings):
     """The default server's editing tool, with no weights configured, is the demo editing model."""
-    settings = make_settings(models={KONTEXT: ModelSettings(kind="edit")}, torch_threads=2)
+    settings = make_settings(models={KONTEXT: ModelSettings(kind="edit")})
     held = edits.held_out_edits(EDITS_PER_KIND)
     with LiveServer(settings) as live:
         client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
@@ -271,7 +271,7 @@ def test_held_out_edits_are_made_as_asked(make_settings):
         for taskid, edit in zip(taskids, held, strict=True):
             task = client.wait(taskid, timeout=300)
             [output] = task["outputs"]
-            image = Image.open(io.BytesIO(httpx.get(output["url"], timeout=30).content))
+            image = Image.open(io.BytesIO(LOOPBACK_HTTP.get(output["url"]).content))
             assert image.size == (1024, 1024)
             judgements.append(judged(edit, read_things(image)))
     result = scores(judgements)

@@ -18,7 +18,7 @@ from fluxhost.settings import ModelSettings, Settings
 from fluxhost.signing import KeyMode
 from fluxhost.tools import Catalog
 from fluxhost.wiro.schema import InputError, InputSchema
-from tests.helpers import LiveServer, ProtocolClient, free_port
+from tests.helpers import TORCH_THREADS, LiveServer, ProtocolClient, free_port
 
 SEED_INPUTS = ["prompt", "promptUpsampling", "safetyTolerance", "aspectRatio", "seed", "outputFormat"]
 SEED_EDIT_INPUTS = ["prompt", "inputImage", "inputImageUrl", *SEED_INPUTS[1:]]
@@ -73,7 +73,7 @@ NODE_INPUTS: dict[str, list[str]] = {
 def default_settings(tmp_path, database_url, **overrides: Any) -> Settings:
     """The embedded defaults (no models table: the whole family on the demo model), on a loopback port."""
     return Settings(data_dir=tmp_path / "data", database_url=database_url, host="127.0.0.1", port=free_port(),
-                    torch_threads=2, worker_process=False, shutdown_grace_seconds=2.0, **overrides)
+                    torch_threads=TORCH_THREADS, worker_process=False, shutdown_grace_seconds=2.0, **overrides)
 
 
 def schema(slug: str) -> InputSchema:

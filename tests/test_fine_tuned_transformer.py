@@ -8,6 +8,7 @@ import pytest
 
 from fluxhost.engines.base import GenerationRequest, WeightsUnavailable, generate
 from fluxhost.settings import ModelSettings
+from tests.helpers import TORCH_THREADS
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +25,7 @@ def picture(weights: Path, **options) -> tuple[str, np.ndarray]:
 
     from fluxhost.engines.flux import FluxEngine
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(TORCH_THREADS)
     engine = FluxEngine(str(weights), ModelSettings(steps=2, max_sequence_length=32, **options), device="cpu")
     engine.load()
     [image] = generate(engine, GenerationRequest("a red fox", 64, 64, 3, 2, 3.5), lambda: None, lambda *_: True)

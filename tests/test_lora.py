@@ -10,6 +10,7 @@ import pytest
 
 from fluxhost.engines.base import Adapter, GenerationRequest, batch_key
 from fluxhost.settings import ModelSettings
+from tests.helpers import TORCH_THREADS
 
 CLEARLY = 2.0  # mean grey levels: far above what reordered float sums move
 
@@ -20,7 +21,7 @@ def make_engine(tiny_weights):
 
     from fluxhost.engines.flux import FluxEngine
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(TORCH_THREADS)
 
     def make(**options):
         engine = FluxEngine(str(tiny_weights), ModelSettings(steps=2, max_sequence_length=32, **options),

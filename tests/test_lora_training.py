@@ -18,6 +18,7 @@ from fluxhost.runtime.training import Manifest, TrainingRun, caption_of
 from fluxhost.settings import ModelSettings
 from fluxhost.storage.local import LocalFileStore
 from fluxhost.store.work import ClaimedTask
+from tests.helpers import TORCH_THREADS
 
 PLAN = TrainingPlan(steps=6, learning_rate=1e-2, rank=4, batch_size=2, resolution=64, seed=1, save_every=2)
 
@@ -46,7 +47,7 @@ def engine(tiny_weights):
 
     from fluxhost.engines.flux import FluxEngine
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(TORCH_THREADS)
     engine = FluxEngine(str(tiny_weights), ModelSettings(steps=2, max_sequence_length=32), device="cpu")
     engine.load()
     return engine

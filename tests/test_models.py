@@ -17,7 +17,7 @@ from fluxhost.models import PRESETS, load_failure, served_models
 from fluxhost.settings import ModelSettings, Settings
 from fluxhost.signing import KeyMode
 from fluxhost.tools import Catalog
-from tests.helpers import SLUG, LiveServer, ProtocolClient
+from tests.helpers import SLUG, TORCH_THREADS, LiveServer, ProtocolClient
 
 KLEIN = "black-forest-labs/flux-2-klein"
 FLUXHOST = str(Path(sys.executable).with_name("fluxhost"))
@@ -43,7 +43,7 @@ def run_once(weights: Path, **options) -> tuple[Any, list, list]:
 
     from fluxhost.engines.flux import FluxEngine
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(TORCH_THREADS)
     engine = FluxEngine(str(weights), ModelSettings(steps=3, max_sequence_length=32, **options), device="cpu")
     engine.load()
     previews = []

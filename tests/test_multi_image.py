@@ -7,6 +7,7 @@ from PIL import Image
 
 from fluxhost.engines.base import GenerationRequest, generate
 from fluxhost.settings import ModelSettings
+from tests.helpers import TORCH_THREADS
 
 pytestmark = pytest.mark.slow  # tiny pipelines: built, loaded and run
 
@@ -34,7 +35,7 @@ def edit_engine(weights):
 
     from fluxhost.engines.flux import FluxEngine
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(TORCH_THREADS)
     loaded = {}
 
     def engine(family: str) -> FluxEngine:
@@ -123,7 +124,7 @@ def test_flux2_dev_draws_with_previews_and_cached_prompts(weights):
 
     from fluxhost.engines.flux import FluxEngine
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(TORCH_THREADS)
     engine = FluxEngine(str(weights("flux2")), ModelSettings(steps=2, guidance=4.0, max_sequence_length=32),
                         device="cpu")
     engine.load()

@@ -10,7 +10,6 @@ import io
 import random
 import re
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -19,7 +18,7 @@ from fluxhost.demo import WEIGHTS, demo_model_settings, scenes
 from fluxhost.settings import Settings
 from fluxhost.signing import KeyMode
 from fluxhost.testing import rings
-from tests.helpers import LiveServer, ProtocolClient, free_port
+from tests.helpers import LOOPBACK_HTTP, LiveServer, ProtocolClient, free_port
 from tests.test_socket import follow, socket_url
 from tests.test_uploads import send_file
 
@@ -87,23 +86,29 @@ def test_a_picture_s_read_latents_are_its_layout_and_decode_to_what_it_shows():
 def ring_server(tmp_path_factory):
     settings = Settings(data_dir=tmp_path_factory.mktemp("rings"), host="127.0.0.1", port=free_port(),
                         torch_threads=1, worker_process=False, shutdown_grace_seconds=2.0,
-                        models={TRAIN: demo_model_settings(), DRAW: demo_model_settings(max_batch=2)})
+                        models={TRAIN: demo_model_settings(), DRAW: demo_model_settings(max_batch=4)})
     with LiveServer(settings) as live:
         yield live, ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
 
 
-def drawings(client: ProtocolClient, ring: rings.Ring, samples: int, **inputs) -> list[Image.Image]:
+def queue_drawing(client: ProtocolClient, ring: rings.Ring, samples: int, **inputs) -> str:
     run = client.call(f"Run/{DRAW}", {"prompt": ring.caption(rings.TRIGGER), "width": rings.SIDE,
                                       "height": rings.SIDE, "samples": samples, "seed": "11", **inputs})
     assert run["result"] is True, run
-    task = client.wait(run["taskid"], timeout=120)
+    return run["taskid"]
+
+
+def drawings(client: ProtocolClient, taskid: str) -> list[Image.Image]:
+    task = client.wait(taskid, timeout=120)
     assert task["pexit"] == "0", task["debugerror"]
-    return [Image.open(io.BytesIO(httpx.get(output["url"], timeout=10).content)) for output in task["outputs"]]
+    return [Image.open(io.BytesIO(LOOPBACK_HTTP.get(output["url"]).content)) for output in task["outputs"]]
 
 
 def rates(client: ProtocolClient, held_out: list[rings.Ring], samples: int, **inputs) -> dict[str, float]:
-    return rings.scores([(rings.read(image), ring) for ring in held_out
-                         for image in drawings(client, ring, samples, **inputs)])
+    """The checker's rates over the held-out captions, all queued at once (drawn in batches)."""
+    taskids = [queue_drawing(client, ring, samples, **inputs) for ring in held_out]
+    return rings.scores([(rings.read(image), ring) for ring, taskid in zip(held_out, taskids, strict=True)
+                         for image in drawings(client, taskid)])
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from fluxhost.demo import demo_model_settings
 from fluxhost.demo.scenes import COLOURS
 from fluxhost.engines.base import ControlSettings, GenerationRequest, GenerationStopped, WeightsUnavailable, generate
 from fluxhost.settings import ModelSettings, Settings
+from tests.helpers import TORCH_THREADS
 
 CONTROLNET = "jasperai/Flux.1-dev-Controlnet-Upscaler"
 
@@ -28,7 +29,7 @@ def loaded(model: ModelSettings, tmp_path: Path):
 
     from fluxhost.runtime.host import build_engine
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(TORCH_THREADS)
     engine = build_engine(model, Settings(data_dir=tmp_path), "cpu")
     engine.load()
     return engine
