@@ -400,15 +400,15 @@ def compare_with_checkout(args: argparse.Namespace, settings: dict[str, str]) ->
                 rates[name].append(tasks / wall)
                 cpu[name].append((server_cpu_seconds(served.process) - before) / tasks)
     load = "Runs back to back" if poll is None else f"Run then Detail every {args.detail_every:g} ms"
+    unit = "Runs/s" if poll is None else "done/s"
     print(f"\n{args.clients} clients, {load}, {args.rounds} rounds of {args.burst:g} s bursts, alternating")
-    print(f"{'':50} {'Runs/s' if poll is None else 'done/s'}   server CPU ms/task (medians)")
+    print(f"{'':50} {unit}   server CPU ms/task (medians)")
     for name in names:
         print(f"  {name:48}{statistics.median(rates[name]):7.1f}   {statistics.median(cpu[name]) * 1000:8.2f}")
     ours_name, theirs = names
     rate_ratio = statistics.median(a / b for a, b in zip(rates[ours_name], rates[theirs], strict=True))
     cpu_ratio = statistics.median(a / b for a, b in zip(cpu[ours_name], cpu[theirs], strict=True))
-    print(f"  this checkout / the other, median of per-round ratios: {'Runs/s' if poll is None else 'done/s'} "
-          f"{rate_ratio:.2f}x, "
+    print(f"  this checkout / the other, median of per-round ratios: {unit} {rate_ratio:.2f}x, "
           f"CPU per task {cpu_ratio:.3f}x")
 
 

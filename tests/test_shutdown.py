@@ -13,7 +13,7 @@ import pytest
 from fluxhost.store.database import Database
 from fluxhost.store.keys import NewKey
 from fluxhost.store.tasks import TaskStore
-from tests.helpers import FLUXHOST, SLUG, ProtocolClient, ServiceProcess, free_port, wait_until_ready
+from tests.helpers import FLUXHOST, SLUG, ProtocolClient, ServiceProcess, free_port, stop_all, wait_until_ready
 
 pytestmark = pytest.mark.slow  # `fluxhost serve` processes, signalled
 STEP_MS = 50
@@ -41,8 +41,7 @@ def serve(tmp_path):
         return process
 
     yield start, client, TaskStore(Database(f"sqlite:///{tmp_path / 'data' / 'fluxhost.db'}"))
-    for process in started:
-        process.stop()
+    stop_all(started)
 
 
 def terminate(process: ServiceProcess) -> int:

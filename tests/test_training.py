@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import os
 import re
 import signal
@@ -107,12 +106,14 @@ def test_a_training_run_reports_progress_keeps_samples_and_checkpoints_and_its_a
     assert np.array_equal(drawing(client, selectedLoraModelPrivate=private), by_id)  # the private LoRA stays
 
 
-def wait_for_checkpoint(live: LiveServer, step: int) -> None:
-    """Until a training's manifest records a checkpoint of ``step`` or later (its files come and go:
-    each checkpoint's resume state replaces the one before)."""
+def wait_for_checkpoint(live: LiveServer, taskid: str, step: int) -> None:
+    """Until the training's manifest records a checkpoint of ``step`` or later (its files come and
+    go: each checkpoint's resume state replaces the one before, and is written before it is named)."""
+    from fluxhost.runtime.training import Manifest
+
+    folder = live.service.tasks.get(int(taskid)).order.training.checkpoints_folder
     deadline = time.monotonic() + 120
-    while not any(json.loads(manifest.read_bytes())["step"] >= step
-                  for manifest in live.settings.files_dir.rglob("checkpoints.json")):
+    while (manifest := Manifest.read(live.service.files, folder)) is None or manifest.step < step:
         assert time.monotonic() < deadline, "no checkpoint was recorded"
         time.sleep(0.02)
 
@@ -121,7 +122,7 @@ def test_kill_keeps_the_last_checkpoint_and_a_new_run_resumes_from_it(trainer):
     live, client = trainer
     folder = training_folder(client)
     run = train(client, selectedFolder=folder, trainingSteps=5000, saveEvery=3, disable_sampling="true")
-    wait_for_checkpoint(live, 3)
+    wait_for_checkpoint(live, run["taskid"], 3)
     assert client.call("Task/Kill", {"taskid": run["taskid"]})["result"] is True
     assert client.wait(run["taskid"])["status"] == "task_cancel"
     deadline = time.monotonic() + 60
@@ -192,7 +193,7 @@ def test_a_worker_killed_mid_training_is_replaced_and_the_training_resumes_from_
         folder = training_folder(client)
         steps = 40
         run = train(client, selectedFolder=folder, trainingSteps=steps, saveEvery=3, disable_sampling="true")
-        wait_for_checkpoint(live, 3)
+        wait_for_checkpoint(live, run["taskid"], 3)
         first = child_pid(live)
         os.kill(first, signal.SIGKILL)
         task = client.wait(run["taskid"], timeout=300)
