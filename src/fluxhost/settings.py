@@ -417,6 +417,10 @@ class Settings(BaseSettings):
         """The kinds of :attr:`worker_kinds`; empty: all."""
         return frozenset(kind.strip() for kind in self.worker_kinds.split(",") if kind.strip())
 
+    def works_on(self, kind: str) -> bool:
+        """Whether this process's workers take tasks of models of ``kind``."""
+        return not self.worker_kind_set or kind in self.worker_kind_set
+
     @field_validator("worker_kinds")
     @classmethod
     def _known_kinds(cls, value: str) -> str:

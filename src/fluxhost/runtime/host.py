@@ -134,10 +134,9 @@ class Runtime:
                                      settings.lora_dir, Allowlist.parse(settings.callback_allowlist),
                                      settings.lora_max_bytes, settings.lora_fetch_seconds)
         workers = []
-        kinds = self.settings.worker_kind_set
         for device in devices or self.settings.device_list:
             models = {slug: model for slug, model in self.models.items()
-                      if (not slugs or slug in slugs) and (not kinds or model.kind in kinds)}
+                      if (not slugs or slug in slugs) and settings.works_on(model.kind)}
             workers.append(Worker(self.worker_id, self.work, self._load(models, device), self.files, self.events,
                                   self.settings.lease_seconds, previews=self.settings.previews,
                                   moderator=self.moderator, upsampler=upsampler,

@@ -29,6 +29,7 @@ from fluxhost.loras import SAFETENSORS_SUFFIX, SAFETENSORS_TYPE
 from fluxhost.metrics import WorkerMetrics
 from fluxhost.orders import FileRef, WorkOrder
 from fluxhost.runtime.adapter_files import AdapterFiles, AdapterUnavailable
+from fluxhost.runtime.lanes import Lane, lane_of, lanes
 from fluxhost.runtime.outputs import OutputNotStored, preview_data_url, storage_problem, store_images
 from fluxhost.runtime.training import TrainingRun
 from fluxhost.safety.moderator import Moderator
@@ -148,11 +149,18 @@ class Worker:
         self._halting = True
 
     @property
-    def trains(self) -> bool:
-        """Whether some of its models are training models."""
-        return any(model.settings.kind == "train" for model in self.models.values())
+    def lanes(self) -> tuple[Lane, ...]:
+        """The lanes its threads claim in (:mod:`fluxhost.runtime.lanes`)."""
+        return lanes(self._kinds())
 
-    def claim(self, task_id: int | None = None, training: bool | None = None) -> list[ClaimedTask]:
+    def lane(self, slug: str) -> Lane:
+        """The lane that runs tasks of model ``slug`` (one of ours)."""
+        return lane_of(self.models[slug].settings.kind, self._kinds())
+
+    def _kinds(self) -> set[str]:
+        return {model.settings.kind for model in self.models.values()}
+
+    def claim(self, task_id: int | None = None, training: Lane = None) -> list[ClaimedTask]:
         """The oldest queued task of our models (or task ``task_id``, if still queued), with the
         queued tasks that can share its pipeline call (same model, size, steps and guidance; up to
         the model's ``max_batch``, waiting up to its ``batch_wait_ms`` for more), all now ours and

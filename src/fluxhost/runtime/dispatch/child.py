@@ -12,11 +12,12 @@ worker id, so the parent's recovery treats the child's tasks as its own; when th
 the parent takes those tasks back and starts a new one.
 
 A busy child is not woken: its workers claim until the queue is empty, then say so
-(:class:`Idle`), and only then does a queued task owe them a :class:`Wake`. A worker in the child
-queues its events, and a thread of the child's sends what has queued as one :class:`Events`. Under
-load a Run then sends nothing down the pipe, and one message up carries many events, where a
-message each cost the sending thread a system call and a turn at the interpreter lock, and the
-receiving thread one more of each.
+(:class:`Idle`), and only then does a queued task owe them a :class:`Wake`; each lane
+(:mod:`fluxhost.runtime.lanes`) on its own, so that a drawing never wakes the training lane. A
+worker in the child queues its events, and a thread of the child's sends what has queued as one
+:class:`Events`. Under load a Run then sends nothing down the pipe, and one message up carries
+many events, where a message each cost the sending thread a system call and a turn at the
+interpreter lock, and the receiving thread one more of each.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from multiprocessing.connection import Connection
 
 from fluxhost.events import EventBus, LocalEventBus, TaskEvent
 from fluxhost.metrics import PUSH_SECONDS
+from fluxhost.runtime.lanes import Lane, lane_of
 from fluxhost.settings import ModelSettings, Settings
 from fluxhost.statuses import Status
 
@@ -41,7 +43,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Wake:
-    """Down: a task was queued (or queued again)."""
+    """Down: a task of ``lane`` was queued (or queued again)."""
+
+    lane: Lane
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,10 @@ class Events:
 
 @dataclass(frozen=True)
 class Idle:
-    """Up: a worker found nothing to claim, and waits for a :class:`Wake` (or its next poll)."""
+    """Up: a worker of ``lane`` found nothing to claim, and waits for a :class:`Wake` (or its next
+    poll)."""
+
+    lane: Lane
 
 
 @dataclass(frozen=True)
@@ -116,9 +123,10 @@ class ChildProcessDispatcher:
         self._pipe: Connection | None = None
         self._send_lock = threading.Lock()
         self._stopping = threading.Event()
-        self._waking = threading.Lock()  # around the two flags below
-        self._child_idle = False  # a worker of the child said it waits, and has not been woken since
-        self._wake_owed = False  # a task was queued while the child was busy
+        self._kinds = {model.kind for model in models.values() if settings.works_on(model.kind)}
+        self._waking = threading.Lock()  # around the two sets below
+        self._idle: set[Lane] = set()  # lanes where a worker said it waits, and was not woken since
+        self._owed: set[Lane] = set()  # lanes where a task was queued while their workers were busy
         self._monitor: threading.Thread | None = None
         self._started_at = 0.0
         self._restart_delay = RESTART_DELAY_SECONDS
@@ -133,14 +141,18 @@ class ChildProcessDispatcher:
         self._monitor.start()
 
     def notify(self, task_id: int, model_slug: str) -> None:
-        """Wake the child if it waits; if it is busy, it will find the task before it waits (or
-        say it waits, and be woken then)."""
+        """Wake the child's lane for ``model_slug`` if it waits; if it is busy, it will find the
+        task before it waits (or say it waits, and be woken then)."""
+        served = self.models.get(model_slug)
+        if served is None or served.kind not in self._kinds:
+            return  # the child's workers do not run it: workers elsewhere do
+        lane = lane_of(served.kind, self._kinds)
         with self._waking:
-            if not self._child_idle:
-                self._wake_owed = True
+            if lane not in self._idle:
+                self._owed.add(lane)
                 return
-            self._child_idle = False
-        self._send(Wake())
+            self._idle.discard(lane)
+        self._send(Wake(lane))
 
     def load_error(self, slug: str) -> str | None:
         return self.load_errors.get(slug) or None
@@ -184,7 +196,8 @@ class ChildProcessDispatcher:
             daemon=True)
         self._loaded.clear()
         with self._waking:  # a new child claims what is queued before it ever waits
-            self._child_idle = self._wake_owed = False
+            self._idle.clear()
+            self._owed.clear()
         self._process.start()
         self._started_at = time.monotonic()
         child_end.close()
@@ -199,14 +212,18 @@ class ChildProcessDispatcher:
             except (OSError, ValueError):  # the child is gone: the relay restarts it and recovery re-runs
                 pass
 
-    def _heard_idle(self) -> None:
-        """A worker of the child waits: wake it at once if a task was queued since it last looked
-        (it may have looked just before that task's commit), else at the next task."""
+    def _heard_idle(self, lane: Lane) -> None:
+        """A worker of the child's ``lane`` waits: wake it at once if a task of its lane was queued
+        since it last looked (it may have looked just before that task's commit), else at the next."""
         with self._waking:
-            owed, self._wake_owed = self._wake_owed, False
-            self._child_idle = not owed
+            owed = lane in self._owed
+            self._owed.discard(lane)
+            if owed:
+                self._idle.discard(lane)
+            else:
+                self._idle.add(lane)
         if owed:
-            self._send(Wake())
+            self._send(Wake(lane))
 
     def _forward_stop(self, event: TaskEvent) -> None:
         """Kill and Cancel happen in the API: the child's running generation must hear of them."""
@@ -239,8 +256,8 @@ class ChildProcessDispatcher:
                 case Events(events):
                     for event in events:
                         self.events.publish(event)
-                case Idle():
-                    self._heard_idle()
+                case Idle(lane):
+                    self._heard_idle(lane)
                 case Loaded(errors):
                     self.load_errors = errors
                     self._loaded.set()
@@ -270,7 +287,7 @@ def run_child(settings: Settings, worker_id: str, models: dict[str, ModelSetting
     # What the workers tell the parent, in order; None: the last, sent before exiting.
     outbox: queue.SimpleQueue[TaskEvent | Idle | None] = queue.SimpleQueue()
     dispatcher = ThreadDispatcher(runtime.make_workers, settings.worker_concurrency, runtime.metrics,
-                                  on_idle=lambda: outbox.put(Idle()))
+                                  on_idle=lambda lane: outbox.put(Idle(lane)))
     send_lock = threading.Lock()
     stopping = threading.Event()
 
@@ -280,26 +297,27 @@ def run_child(settings: Settings, worker_id: str, models: dict[str, ModelSetting
 
     def send_outbox() -> None:
         """What the workers queued: their events in one message per wake-up of this thread, then
-        an :class:`Idle` if one of them waits."""
+        an :class:`Idle` for each lane where one of them waits."""
         while True:
             batch = [outbox.get()]
             time.sleep(EVENTS_LINGER_SECONDS)
             while not outbox.empty():
                 batch.append(outbox.get())
             events: list[TaskEvent] = []
-            idle = closing = False
+            idle: dict[Lane, Idle] = {}
+            closing = False
             for item in batch:
                 if isinstance(item, TaskEvent):
                     events.append(item)
                 elif item is None:
                     closing = True
                 else:
-                    idle = True
+                    idle[item.lane] = item
             try:
                 if events:
                     send(Events(tuple(events)))
-                if idle:
-                    send(Idle())
+                for message in idle.values():
+                    send(message)
             except (OSError, ValueError):  # the parent is gone: nobody is left to tell
                 return
             if closing:
@@ -334,8 +352,8 @@ def run_child(settings: Settings, worker_id: str, models: dict[str, ModelSetting
                 case Quit(grace):
                     grace_seconds = grace
                     break
-                case Wake():
-                    dispatcher.notify(0, "")
+                case Wake(lane):
+                    dispatcher.wake(lane)
                 case StopTask(task_id):
                     for worker in dispatcher.workers:
                         worker.stop_task(task_id)

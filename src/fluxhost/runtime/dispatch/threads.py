@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 from fluxhost.metrics import WorkerMetrics
+from fluxhost.runtime.lanes import Lane
 from fluxhost.runtime.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -25,16 +26,17 @@ class ThreadDispatcher:
         make_workers: Callable[[], list[Worker]],
         concurrency: int,
         worker_metrics: WorkerMetrics | None = None,
-        on_idle: Callable[[], None] = lambda: None,
+        on_idle: Callable[[Lane], None] = lambda lane: None,
     ):
         """``make_workers``: one worker per device, each with its own engines; ``concurrency``:
-        threads per worker; ``worker_metrics``: what the workers record into; ``on_idle()``: a
-        worker thread found nothing to claim and is about to wait for :meth:`notify`."""
+        threads per worker; ``worker_metrics``: what the workers record into; ``on_idle(lane)``: a
+        worker thread of ``lane`` found nothing to claim and is about to wait for :meth:`wake`."""
         self.make_workers = make_workers
         self.concurrency = concurrency
         self.worker_metrics = worker_metrics or WorkerMetrics()
         self.on_idle = on_idle
-        self._wake = threading.Event()
+        # One per lane: a drawing queued does not wake the training lane, nor the reverse.
+        self._wakes: dict[Lane, threading.Event] = {lane: threading.Event() for lane in (None, False, True)}
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self.ready = threading.Event()  # set once the workers (and their engines) are loaded
@@ -78,8 +80,8 @@ class ThreadDispatcher:
         self.ready.set()
         for device, worker in enumerate(workers):
             # Trainings take a thread of their own: an hour of training never holds up a drawing.
-            lanes = [(None, "worker")] if not worker.trains else [(False, "worker"), (True, "trainer")]
-            for training, role in lanes:
+            for training in worker.lanes:
+                role = "trainer" if training else "worker"
                 for index in range(self.concurrency if training is not True else 1):
                     name = f"fluxhost-{role}-{index}" if len(workers) == 1 else f"fluxhost-{role}-{device}.{index}"
                     thread = threading.Thread(target=self._loop, args=(worker, training), name=name, daemon=True)
@@ -87,15 +89,23 @@ class ThreadDispatcher:
                     self._threads.append(thread)
 
     def notify(self, task_id: int, model_slug: str) -> None:
-        """Wake an idle worker thread: whichever is free claims the oldest queued task."""
-        self._wake.set()
+        """Wake an idle worker thread of the lane that runs ``model_slug``: whichever is free
+        claims the oldest queued task of its lane (every lane, before the workers are loaded)."""
+        served = {worker.lane(model_slug) for worker in self.workers if model_slug in worker.models}
+        for lane in served or self._wakes:
+            self.wake(lane)
+
+    def wake(self, lane: Lane) -> None:
+        """Wake an idle worker thread of ``lane``."""
+        self._wakes[lane].set()
 
     def metrics(self) -> bytes:
         return self.worker_metrics.exposition()
 
     def stop(self, grace_seconds: float = 0.0) -> None:
         self._stopping.set()
-        self._wake.set()
+        for wake in self._wakes.values():
+            wake.set()
         deadline = time.monotonic() + grace_seconds
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -107,8 +117,9 @@ class ThreadDispatcher:
             for thread in self._threads:
                 thread.join(max(0.0, deadline - time.monotonic()))
 
-    def _loop(self, worker: Worker, training: bool | None) -> None:
-        """Claim and run tasks until stopped (``training``: which lane, see :meth:`Worker.claim`)."""
+    def _loop(self, worker: Worker, training: Lane) -> None:
+        """Claim and run tasks of lane ``training`` until stopped."""
+        wake = self._wakes[training]
         while not self._stopping.is_set():
             try:
                 batch = worker.claim(training=training)
@@ -118,6 +129,6 @@ class ThreadDispatcher:
             if batch:
                 worker.run(batch)
                 continue
-            self.on_idle()
-            self._wake.wait(IDLE_POLL_SECONDS)
-            self._wake.clear()
+            self.on_idle(training)
+            wake.wait(IDLE_POLL_SECONDS)
+            wake.clear()
