@@ -244,17 +244,21 @@ class LoopbackServer:
 
 class Receiver(LoopbackServer):
     """A local HTTP endpoint for callbacks: answers with the given status codes in turn (the last
-    one repeats) and records every request."""
+    one repeats) and records every request, with the client's port. ``keep_alive``: HTTP/1.1,
+    a connection kept open for the next request (else HTTP/1.0: closed after each)."""
 
-    def __init__(self, statuses: list[int] | None = None):
+    def __init__(self, statuses: list[int] | None = None, keep_alive: bool = False):
         self.statuses = list(statuses or [200])
         self.requests: list[dict[str, Any]] = []
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
             def do_POST(self) -> None:  # noqa: N802 - the http.server hook's name
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                receiver.requests.append({"time": time.monotonic(), "headers": dict(self.headers), "body": body})
+                receiver.requests.append({"time": time.monotonic(), "headers": dict(self.headers), "body": body,
+                                          "client_port": self.client_address[1]})
                 status = receiver.statuses[min(len(receiver.requests), len(receiver.statuses)) - 1]
                 self.send_response(status)
                 self.send_header("content-length", "0")

@@ -245,6 +245,26 @@ def test_callbacks_share_one_set_of_certificates(monkeypatch):
     assert len(loads) == first
 
 
+def test_callbacks_to_one_receiver_share_a_connection_and_names_never_share_one(monkeypatch):
+    """A connection made per callback cost more CPU than the rest of a task's path. One made for a
+    name is not lent to another name at the same address: its TLS was checked for the first."""
+    real_lookup = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *args, **kwargs: real_lookup(
+        "127.0.0.1" if host.endswith(".example.test") else host, *args, **kwargs))
+    secret = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+    poster = WebhookPoster(Allowlist.parse("hooks.example.test,other.example.test"), deadline_seconds=5)
+    try:
+        with Receiver(keep_alive=True) as receiver:
+            port = receiver.server.server_address[1]
+            for number in range(3):
+                assert poster.post(f"http://hooks.example.test:{port}/hook", f"msg_{number}", secret, b"{}").delivered
+            assert poster.post(f"http://other.example.test:{port}/hook", "msg_3", secret, b"{}").delivered
+            ports = [request["client_port"] for request in receiver.wait_for(4)]
+    finally:
+        poster.close()
+    assert ports[0] == ports[1] == ports[2] != ports[3]
+
+
 def test_a_pinned_url_keeps_its_name_for_the_host_header_and_tls():
     pinned = PinnedUrl("https://user:pw@hooks.example.com:8443/a/b?x=1", ipaddress.ip_address("2001:db8::7"))
     request = pinned.request()

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 SENDERS = 8
 CLAIM_MARGIN_SECONDS = 30.0  # beyond the post's deadline: rendering the body, recording the attempt
-PASS_INTERVAL = 0.01  # passes over due deliveries start at least this far apart
+PASS_INTERVAL = 0.002  # passes over due deliveries start at least this far apart
 IDLE_SECONDS = 5.0
 CALLBACK_OUTCOMES = {"delivered": "delivered", "pending": "retrying", "failed": "failed"}
 
@@ -94,6 +94,7 @@ class CallbackSender:
         if self._thread:
             self._thread.join(10)
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self.poster.close()
 
     def delay_before(self, attempt: int) -> float:
         """Seconds to wait after failed attempt ``attempt`` (1-based): doubling, +/-20% jitter."""
