@@ -10,10 +10,11 @@ tasks are raised so that a queue of Runs-only load fits under them: they are sti
 With --against SRC, instead: this checkout's fluxhost side by side with another's (SRC: its `src`
 folder, first on that server's PYTHONPATH; e.g. `git worktree add /tmp/old v1` then
 `--against /tmp/old/src`), both serving at once. Rounds of short bursts of Runs back to back
-(or, with --detail-every MS, of Runs each polled until done), alternating which server takes
-them, each burst followed by its server's queue draining; per server, the median Runs/s (tasks
-done/s) and the median server CPU (API and worker processes, the drain included) per task, and
-the medians of the per-round ratios. The VM's speed drifts by a third over minutes: bursts
+(or, with --detail-every MS, of Runs each polled until done; with --callbacks, of Runs each
+waited for until its callback arrives), alternating which server takes them, each burst followed
+by its server's queue draining; per server, the median Runs/s (tasks done/s) and the median
+server CPU (API and worker processes, the drain included) per task, and the medians of the
+per-round ratios. The VM's speed drifts by a third over minutes: bursts
 seconds apart see the same machine, where whole runs minutes apart do not.
 
 With --cog, instead: fluxhost side by side with Cog's HTTP server (cog==0.16.12, from PyPI into a
@@ -24,7 +25,7 @@ process) and asking until done (Task/Detail back to back; Cog's synchronous POST
 Prints tasks/s, submit-to-done p50/p99 and the ratio fluxhost/Cog of tasks/s per style.
 
     python bench/serve_load.py [--clients 32] [--seconds 10] [--port 8799] [--worker process|thread]
-    python bench/serve_load.py --against SRC [--rounds 12] [--burst 2] [--clients 32] [--detail-every MS]
+    python bench/serve_load.py --against SRC [--rounds 12] [--burst 2] [--clients 32] [--detail-every MS | --callbacks]
     python bench/serve_load.py --cog [--cog-venv PATH] [--seconds 10]
 """
 
@@ -218,9 +219,13 @@ async def one_at_a_time(seconds: float, follow_one: Callable[[], Awaitable[None]
     return stats, time.perf_counter() - started
 
 
-async def fluxhost_by_callback(base_url: str, key: dict, seconds: float) -> tuple[Stats, float]:
+async def fluxhost_by_callback(base_url: str, key: dict, seconds: float, clients: int = 1) -> tuple[Stats, float]:
+    """``clients`` concurrent clients, each doing one task at a time: a Run with a callbackUrl,
+    then waiting for its callback."""
     signer = Signer(key)
-    async with receiving() as receiver, aiohttp.ClientSession(base_url) as http:
+    stats = Stats()
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with receiving() as receiver, aiohttp.ClientSession(base_url, connector=connector) as http:
         async def follow_one() -> None:
             url, done = receiver.expect()
             run = await post(http, f"/v1/Run/{SLUG}", {"prompt": "load", "seed": "1", "callbackUrl": url}, signer)
@@ -228,7 +233,9 @@ async def fluxhost_by_callback(base_url: str, key: dict, seconds: float) -> tupl
             task = (await asyncio.wait_for(done, DONE_TIMEOUT_SECONDS))["tasklist"][0]
             assert task["pexit"] == "0", task["debugerror"]
 
-        return await one_at_a_time(seconds, follow_one)
+        started = time.perf_counter()
+        await asyncio.gather(*(one_at_a_time(seconds, follow_one, stats) for _ in range(clients)))
+        return stats, time.perf_counter() - started
 
 
 def check_cog(prediction: dict) -> None:
@@ -381,6 +388,8 @@ def compare_with_checkout(args: argparse.Namespace, settings: dict[str, str]) ->
     docstring); prints each one's medians and the medians of the per-round ratios."""
     ours = str(Path(__file__).resolve().parents[1] / "src")
     poll = None if args.detail_every is None else args.detail_every / 1000
+    if args.callbacks:
+        settings = {**settings, "callback_allowlist": "127.0.0.1"}
     names = ("this checkout", str(args.against))
     rates: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
@@ -394,13 +403,22 @@ def compare_with_checkout(args: argparse.Namespace, settings: dict[str, str]) ->
             for name in names if round_number % 2 == 0 else names[::-1]:
                 served = servers[name]
                 before = server_cpu_seconds(served.process)
-                stats, wall = asyncio.run(measure(served.base_url, served.key, args.clients, args.burst, poll=poll))
+                if args.callbacks:
+                    stats, wall = asyncio.run(fluxhost_by_callback(served.base_url, served.key, args.burst,
+                                                                   args.clients))
+                else:
+                    stats, wall = asyncio.run(measure(served.base_url, served.key, args.clients, args.burst,
+                                                      poll=poll))
                 wait_until_drained(served.process)
-                tasks = len(stats.run) if poll is None else len(stats.done)
+                tasks = len(stats.run) if poll is None and not args.callbacks else len(stats.done)
                 rates[name].append(tasks / wall)
                 cpu[name].append((server_cpu_seconds(served.process) - before) / tasks)
-    load = "Runs back to back" if poll is None else f"Run then Detail every {args.detail_every:g} ms"
-    unit = "Runs/s" if poll is None else "done/s"
+    if args.callbacks:
+        load, unit = "each a Run with a callbackUrl, waiting for its callback", "done/s"
+    elif poll is None:
+        load, unit = "Runs back to back", "Runs/s"
+    else:
+        load, unit = f"Run then Detail every {args.detail_every:g} ms", "done/s"
     print(f"\n{args.clients} clients, {load}, {args.rounds} rounds of {args.burst:g} s bursts, alternating")
     print(f"{'':50} {unit}   server CPU ms/task (medians)")
     for name in names:
@@ -427,6 +445,9 @@ def main() -> None:
     parser.add_argument("--detail-every", type=float, metavar="MS",
                         help="with --against: each client polls its task (Task/Detail) this often until it ends, "
                         "instead of sending Runs back to back; compares tasks done per second")
+    parser.add_argument("--callbacks", action="store_true",
+                        help="with --against: each client does a Run with a callbackUrl and waits for its callback "
+                        "(to a receiver in this process); compares tasks done per second")
     parser.add_argument("--cog", action="store_true",
                         help="instead: fluxhost side by side with Cog's HTTP server, one task at a time")
     parser.add_argument("--cog-venv", type=Path,

@@ -31,6 +31,30 @@ _DELIVERY_OF_TASK = select(deliveries).where(deliveries.c.task_id == bindparam("
 _ATTEMPTS_OF_DELIVERY = (
     select(attempts).where(attempts.c.delivery_id == bindparam("delivery_id")).order_by(attempts.c.number)
 )
+# The sender's statements, built once: building one per call cost SQLAlchemy 90 us more than
+# running it (120 against 33 us a statement here), six times per callback.
+_PENDING = deliveries.c.status == "pending"
+_DUE = (select(deliveries.c.id, deliveries.c.url)
+        .where(_PENDING, deliveries.c.next_attempt_at <= bindparam("now"))
+        .order_by(deliveries.c.next_attempt_at).limit(bindparam("limit")))
+_CLAIM = (update(deliveries)
+          .where(deliveries.c.id == bindparam("delivery_id"), _PENDING,
+                 deliveries.c.next_attempt_at <= bindparam("now"))
+          .values(next_attempt_at=bindparam("hold_until"), claim=bindparam("token")))
+_CLAIMED = (select(deliveries.c.id, deliveries.c.task_id, deliveries.c.url, deliveries.c.attempts,
+                   Project.webhook_secret)
+            .join(tasks, tasks.c.id == deliveries.c.task_id)
+            .join(Project, Project.id == tasks.c.project_id)
+            .where(deliveries.c.id == bindparam("delivery_id")))
+_NEXT_DUE = (select(func.min(deliveries.c.next_attempt_at))
+             .where(_PENDING, deliveries.c.next_attempt_at > bindparam("now")))
+_RECORD = (update(deliveries)
+           .where(deliveries.c.id == bindparam("delivery_id"), _PENDING, deliveries.c.claim == bindparam("token"))
+           .values(status=bindparam("status"), attempts=bindparam("number"), next_attempt_at=bindparam("next_at"),
+                   claim="", finished_at=bindparam("finished_at")))
+_INSERT_ATTEMPT = insert(attempts).values(
+    delivery_id=bindparam("delivery_id"), number=bindparam("number"), started_at=bindparam("started_at"),
+    duration=bindparam("duration"), status_code=bindparam("status_code"), error=bindparam("error"))
 
 
 def owe_callback(connection: Connection, task_id: int, now: float) -> None:
@@ -79,60 +103,40 @@ class Deliveries:
         sender skips those whose receiver is busy, and what is due behind a backlog for one
         receiver must still be found."""
         with self._db.read() as connection:
-            return [tuple(row) for row in connection.execute(
-                select(deliveries.c.id, deliveries.c.url)
-                .where(deliveries.c.status == "pending", deliveries.c.next_attempt_at <= now)
-                .order_by(deliveries.c.next_attempt_at).limit(limit)
-            )]
+            return [tuple(row) for row in connection.execute(_DUE, {"now": now, "limit": limit})]
 
     def claim(self, delivery_id: int, now: float, hold_until: float) -> DueDelivery | None:
         """Take a due delivery until ``hold_until`` (no other sender takes it before), or None
         when another sender took it first."""
         token = secrets.token_hex(16)
         with self._db.write() as connection:
-            if not connection.execute(
-                update(deliveries)
-                .where(deliveries.c.id == delivery_id, deliveries.c.status == "pending",
-                       deliveries.c.next_attempt_at <= now)
-                .values(next_attempt_at=hold_until, claim=token)
-            ).rowcount:
+            if not connection.execute(_CLAIM, {"delivery_id": delivery_id, "now": now, "hold_until": hold_until,
+                                               "token": token}).rowcount:
                 return None
-            row = connection.execute(
-                select(deliveries.c.id, deliveries.c.task_id, deliveries.c.url, deliveries.c.attempts,
-                       Project.webhook_secret)
-                .join(tasks, tasks.c.id == deliveries.c.task_id)
-                .join(Project, Project.id == tasks.c.project_id)
-                .where(deliveries.c.id == delivery_id)
-            ).one()
+            row = connection.execute(_CLAIMED, {"delivery_id": delivery_id}).one()
         return DueDelivery(*row, claim=token)
 
     def seconds_to_next(self, now: float, longest: float) -> float:
         """How long until the next pending delivery not yet due at ``now`` falls due, at most
         ``longest`` (those due already wait for a sender to be free, which wakes the sender)."""
         with self._db.read() as connection:
-            upcoming = connection.execute(
-                select(func.min(deliveries.c.next_attempt_at))
-                .where(deliveries.c.status == "pending", deliveries.c.next_attempt_at > now)
-            ).scalar()
+            upcoming = connection.execute(_NEXT_DUE, {"now": now}).scalar()
         return longest if upcoming is None else min(longest, max(0.0, upcoming - time.time()))
 
     def record(self, delivery: DueDelivery, attempt: Attempt, status: str, next_attempt_at: float) -> bool:
         """Store an attempt and where the delivery stands after it (pending, delivered, failed),
         ending the claim; False, with nothing stored, when ``delivery``'s claim is no longer held."""
+        number = delivery.attempts + 1
         with self._db.write() as connection:
-            if not connection.execute(
-                update(deliveries)
-                .where(deliveries.c.id == delivery.id, deliveries.c.status == "pending",
-                       deliveries.c.claim == delivery.claim)
-                .values(status=status, attempts=delivery.attempts + 1, next_attempt_at=next_attempt_at, claim="",
-                        finished_at=None if status == "pending" else attempt.started_at + attempt.duration)
-            ).rowcount:
+            if not connection.execute(_RECORD, {
+                "delivery_id": delivery.id, "token": delivery.claim, "status": status, "number": number,
+                "next_at": next_attempt_at,
+                "finished_at": None if status == "pending" else attempt.started_at + attempt.duration,
+            }).rowcount:
                 return False
-            connection.execute(
-                insert(attempts).values(delivery_id=delivery.id, number=delivery.attempts + 1,
-                                        started_at=attempt.started_at, duration=attempt.duration,
-                                        status_code=attempt.status_code, error=attempt.error)
-            )
+            connection.execute(_INSERT_ATTEMPT, {
+                "delivery_id": delivery.id, "number": number, "started_at": attempt.started_at,
+                "duration": attempt.duration, "status_code": attempt.status_code, "error": attempt.error})
         return True
 
     def list(self, task_id: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
