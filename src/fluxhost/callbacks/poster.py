@@ -50,7 +50,8 @@ class Outcome:
 
 @dataclass
 class _Session:
-    """A posting thread's event loop and its clients, by destination (:func:`_destination`)."""
+    """A posting thread's event loop and its clients, by destination: the checked address (with
+    the URL's scheme and port) and the host's name."""
 
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
     clients: OrderedDict[tuple[str, str], httpx.AsyncClient] = field(default_factory=OrderedDict)

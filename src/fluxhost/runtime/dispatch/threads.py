@@ -90,9 +90,9 @@ class ThreadDispatcher:
 
     def notify(self, task_id: int, model_slug: str) -> None:
         """Wake an idle worker thread of the lane that runs ``model_slug``: whichever is free
-        claims the oldest queued task of its lane (every lane, before the workers are loaded)."""
-        served = {worker.lane(model_slug) for worker in self.workers if model_slug in worker.models}
-        for lane in served or self._wakes:
+        claims the oldest queued task of its lane. Before the workers are loaded there is none to
+        wake: they claim what is queued as soon as they start."""
+        for lane in {worker.lane(model_slug) for worker in self.workers if model_slug in worker.models}:
             self.wake(lane)
 
     def wake(self, lane: Lane) -> None:
