@@ -28,6 +28,10 @@ from fluxhost.urlguard import Allowlist, UrlRefused, check_public_url, tls_conte
 
 CLIENTS_PER_THREAD = 16  # destinations a posting thread keeps connections to; the least recently used goes
 ANSWER_READ_BYTES = 64 * 1024  # an answer's body read to keep its connection; a longer one closes it
+# A connection idle longer than this is not used again: a server closes idle connections after a
+# few seconds of its own (gunicorn 2, Node and uvicorn 5), and a callback sent down a connection it
+# is closing at that moment fails, to be retried only after the backoff.
+KEEPALIVE_SECONDS = 1.0
 # Likewise for a body that does not come at once: most servers send it with the headers, but one
 # that sends it apart waits for the acknowledgement of the headers (Nagle's algorithm), which the
 # client's TCP delays by up to 40 ms.
@@ -121,7 +125,8 @@ class WebhookPoster:
                        target["extensions"]["sni_hostname"])
         client = session.clients.pop(destination, None)
         if client is None:
-            client = httpx.AsyncClient(timeout=self.deadline_seconds, follow_redirects=False, verify=tls_context())
+            client = httpx.AsyncClient(timeout=self.deadline_seconds, follow_redirects=False, verify=tls_context(),
+                                       limits=httpx.Limits(keepalive_expiry=KEEPALIVE_SECONDS))
             if len(session.clients) >= CLIENTS_PER_THREAD:
                 _, oldest = session.clients.popitem(last=False)
                 session.loop.run_until_complete(oldest.aclose())
