@@ -51,7 +51,7 @@ import httpx
 import psutil
 from aiohttp import web
 
-from _server import SLUG, Signer, cpu_seconds, percentile, running_server, serving
+from _server import SLUG, Served, Signer, cpu_seconds, percentile, running_server, serving
 from fluxhost.statuses import TERMINAL
 
 COG_REQUIREMENT = "cog==0.16.12"
@@ -390,6 +390,17 @@ def compare_with_checkout(args: argparse.Namespace, settings: dict[str, str]) ->
     poll = None if args.detail_every is None else args.detail_every / 1000
     if args.callbacks:
         settings = {**settings, "callback_allowlist": "127.0.0.1"}
+        load, unit = "each a Run with a callbackUrl, waiting for its callback", "done/s"
+    elif poll is None:
+        load, unit = "Runs back to back", "Runs/s"
+    else:
+        load, unit = f"Run then Detail every {args.detail_every:g} ms", "done/s"
+
+    def burst(served: Served) -> tuple[Stats, float]:
+        if args.callbacks:
+            return asyncio.run(fluxhost_by_callback(served.base_url, served.key, args.burst, args.clients))
+        return asyncio.run(measure(served.base_url, served.key, args.clients, args.burst, poll=poll))
+
     names = ("this checkout", str(args.against))
     rates: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
@@ -403,22 +414,11 @@ def compare_with_checkout(args: argparse.Namespace, settings: dict[str, str]) ->
             for name in names if round_number % 2 == 0 else names[::-1]:
                 served = servers[name]
                 before = server_cpu_seconds(served.process)
-                if args.callbacks:
-                    stats, wall = asyncio.run(fluxhost_by_callback(served.base_url, served.key, args.burst,
-                                                                   args.clients))
-                else:
-                    stats, wall = asyncio.run(measure(served.base_url, served.key, args.clients, args.burst,
-                                                      poll=poll))
+                stats, wall = burst(served)
                 wait_until_drained(served.process)
-                tasks = len(stats.run) if poll is None and not args.callbacks else len(stats.done)
+                tasks = len(stats.run) if unit == "Runs/s" else len(stats.done)
                 rates[name].append(tasks / wall)
                 cpu[name].append((server_cpu_seconds(served.process) - before) / tasks)
-    if args.callbacks:
-        load, unit = "each a Run with a callbackUrl, waiting for its callback", "done/s"
-    elif poll is None:
-        load, unit = "Runs back to back", "Runs/s"
-    else:
-        load, unit = f"Run then Detail every {args.detail_every:g} ms", "done/s"
     print(f"\n{args.clients} clients, {load}, {args.rounds} rounds of {args.burst:g} s bursts, alternating")
     print(f"{'':50} {unit}   server CPU ms/task (medians)")
     for name in names:

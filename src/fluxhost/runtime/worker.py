@@ -127,6 +127,7 @@ class Worker:
         self.upsampler_fallback = upsampler_fallback
         self.metrics = metrics or WorkerMetrics()
         self.adapter_files = adapter_files
+        self._kinds = frozenset(model.settings.kind for model in models.values())
         self._running: set[int] = set()
         self._killed: set[int] = set()
         self._halting = False
@@ -151,14 +152,11 @@ class Worker:
     @property
     def lanes(self) -> tuple[Lane, ...]:
         """The lanes its threads claim in (:mod:`fluxhost.runtime.lanes`)."""
-        return lanes(self._kinds())
+        return lanes(self._kinds)
 
     def lane(self, slug: str) -> Lane:
         """The lane that runs tasks of model ``slug`` (one of ours)."""
-        return lane_of(self.models[slug].settings.kind, self._kinds())
-
-    def _kinds(self) -> set[str]:
-        return {model.settings.kind for model in self.models.values()}
+        return lane_of(self.models[slug].settings.kind, self._kinds)
 
     def claim(self, task_id: int | None = None, training: Lane = None) -> list[ClaimedTask]:
         """The oldest queued task of our models (or task ``task_id``, if still queued), with the
