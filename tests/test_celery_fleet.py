@@ -32,7 +32,7 @@ from tests.test_socket import follow
 
 pytestmark = pytest.mark.slow
 
-REDIS_DATABASE = 7  # the broker's queues of one test must not reach the next one's workers
+REDIS_DATABASE = 7  # the broker's queues of this module must not reach another's workers
 STEP_MS = 50
 VISIBILITY_SECONDS = 10  # a dead worker's message comes back within the test
 
@@ -43,6 +43,7 @@ class Fleet:
     api_b: ProtocolClient
     workers: list[ServiceProcess]
     db: Database
+    env: dict[str, str]
 
     def row(self, taskid: str):
         with self.db.read() as connection:
@@ -51,14 +52,23 @@ class Fleet:
     def worker_pid(self, taskid: str) -> int:
         return int(self.row(taskid).worker_id.rsplit("-", 2)[1])
 
+    def replace_dead_workers(self) -> None:
+        """A worker a test killed is replaced, so that every test starts with two."""
+        for index, worker in enumerate(self.workers):
+            if worker.process.poll() is not None:
+                worker.stop()
+                self.workers[index] = ServiceProcess(["worker"], self.env)
+                self.workers[index].wait_for(" ready.")
 
-@pytest.fixture
+
+@pytest.fixture(scope="module")
 def broker(redis_url) -> str:
     return make_url(redis_url).set(database=str(REDIS_DATABASE)).render_as_string()
 
 
-@pytest.fixture
-def fleet(tmp_path, postgres_server, broker) -> Iterator[Fleet]:
+@pytest.fixture(scope="module")
+def running_fleet(tmp_path_factory, postgres_server, broker) -> Iterator[Fleet]:
+    """One fleet for the module: starting its four processes costs each the imports of a server."""
     queues = redis.Redis.from_url(broker)
     queues.flushdb()
     with fresh_postgres_database(postgres_server, "celery") as database_url:
@@ -68,7 +78,7 @@ def fleet(tmp_path, postgres_server, broker) -> Iterator[Fleet]:
         env = {
             "FLUXHOST_DATABASE_URL": database_url,
             "FLUXHOST_BROKER_URL": broker,
-            "FLUXHOST_DATA_DIR": str(tmp_path / "shared"),
+            "FLUXHOST_DATA_DIR": str(tmp_path_factory.mktemp("shared")),
             "FLUXHOST_ENGINE": "bench",
             "FLUXHOST_BENCH_STEP_MS": str(STEP_MS),
             "FLUXHOST_MODELS": json.dumps({SLUG: {"steps": 4, "max_batch": 1, "exposed_inputs": ["steps"]}}),
@@ -79,21 +89,26 @@ def fleet(tmp_path, postgres_server, broker) -> Iterator[Fleet]:
             "FLUXHOST_LOG_LEVEL": "INFO",
         }
         ports = [free_port(), free_port()]
-        processes = [ServiceProcess(["serve", "--port", str(port)], env) for port in ports]
-        processes += [ServiceProcess(["worker"], env) for _ in range(2)]
+        servers = [ServiceProcess(["serve", "--port", str(port)], env) for port in ports]
+        fleet = Fleet(*(ProtocolClient(f"http://127.0.0.1:{port}", key) for port in ports),
+                      [ServiceProcess(["worker"], env) for _ in range(2)], db, env)
         try:
-            for process in processes[2:]:
-                process.wait_for(" ready.")
-            clients = [ProtocolClient(f"http://127.0.0.1:{port}", key) for port in ports]
-            for client, serve in zip(clients, processes[:2], strict=True):
+            for worker in fleet.workers:
+                worker.wait_for(" ready.")
+            for client, serve in zip((fleet.api_a, fleet.api_b), servers, strict=True):
                 wait_until_ready(client.base_url, serve, path="/healthz", timeout=60)
-            yield Fleet(clients[0], clients[1], processes[2:], db)
+            yield fleet
         finally:
-            stop_all(processes)
+            stop_all(servers + fleet.workers)
             db.dispose()
             queues.flushdb()
             queues.close()
 
+
+@pytest.fixture
+def fleet(running_fleet) -> Fleet:
+    running_fleet.replace_dead_workers()
+    return running_fleet
 
 
 def test_tasks_from_both_apis_spread_over_both_workers(fleet):
