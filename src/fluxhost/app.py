@@ -60,6 +60,7 @@ def create_app(service: Service, doors: Mapping[str, ASGIApp] | None = None, *,
             yield
         finally:
             hub.stop()
+            offload.close()
             if manage_service:
                 service.stop()
 
