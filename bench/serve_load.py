@@ -19,10 +19,12 @@ seconds apart see the same machine, where whole runs minutes apart do not.
 
 With --cog, instead: fluxhost side by side with Cog's HTTP server (cog==0.16.12, from PyPI into a
 throwaway venv, serving a predictor with no model that returns a 64x64 solid-colour PNG), one
-client doing one task at a time against each, one system after the other. Two styles each:
-told when done (fluxhost's callbackUrl, Cog's respond-async webhook, both to a receiver in this
-process) and asking until done (Task/Detail back to back; Cog's synchronous POST /predictions).
-Prints tasks/s, submit-to-done p50/p99 and the ratio fluxhost/Cog of tasks/s per style.
+client doing one task at a time against each, one system after the other. Three styles: told
+when done (fluxhost's callbackUrl, Cog's respond-async webhook, both to a receiver in this
+process), asking until done (Task/Detail back to back) and one request answered when the task
+ends (fluxhost's OpenAI door with the PNG inline), the last two each beside Cog's synchronous POST
+/predictions. Prints tasks/s, submit-to-done p50/p99 and the ratio fluxhost/Cog of tasks/s per
+style.
 
     python bench/serve_load.py [--clients 32] [--seconds 10] [--port 8799] [--worker process|thread]
     python bench/serve_load.py --against SRC [--rounds 12] [--burst 2] [--clients 32] [--detail-every MS | --callbacks]
@@ -238,6 +240,20 @@ async def fluxhost_by_callback(base_url: str, key: dict, seconds: float, clients
         return stats, time.perf_counter() - started
 
 
+async def fluxhost_synchronously(base_url: str, key: dict, seconds: float) -> tuple[Stats, float]:
+    """One request a task, answered when it ends: fluxhost's OpenAI door, the PNG inline (as Cog's
+    synchronous answer has it)."""
+    token = f"{key['api_key']}:{key['api_secret']}"
+    body = {"prompt": "load", "model": SLUG, "response_format": "b64_json"}
+    async with aiohttp.ClientSession(base_url, headers={"Authorization": f"Bearer {token}"}) as http:
+        async def follow_one() -> None:
+            async with http.post("/openai/v1/images/generations", json=body) as response:
+                answer = await response.json()
+                assert response.status == 200 and answer["data"][0]["b64_json"], answer
+
+        return await one_at_a_time(seconds, follow_one)
+
+
 def check_cog(prediction: dict) -> None:
     assert prediction["status"] == "succeeded", prediction
 
@@ -338,19 +354,22 @@ def warmed_up(measure_for: Callable[[float], Awaitable[tuple[Stats, float]]], se
 
 
 def compare_with_cog(args: argparse.Namespace, settings: dict[str, str]) -> None:
-    """fluxhost, then Cog, each in both styles; the callback guard lets this bench's receiver in."""
+    """fluxhost in its three styles, then Cog in its two; the callback guard lets this bench's
+    receiver in."""
     with tempfile.TemporaryDirectory(prefix="fluxhost-cog-bench-") as scratch:
         python = cog_python(args.cog_venv or Path(scratch, "venv"))
         with running_server(args.port, callback_allowlist="127.0.0.1", **settings) as (base_url, key):
             fluxhost = (warmed_up(lambda seconds: fluxhost_by_callback(base_url, key, seconds), args.seconds),
-                        warmed_up(lambda seconds: measure(base_url, key, 1, seconds, poll=0), args.seconds))
+                        warmed_up(lambda seconds: measure(base_url, key, 1, seconds, poll=0), args.seconds),
+                        warmed_up(lambda seconds: fluxhost_synchronously(base_url, key, seconds), args.seconds))
         with running_cog(python, Path(scratch)) as cog_url:
-            cog = (warmed_up(lambda seconds: cog_by_webhook(cog_url, seconds), args.seconds),
-                   warmed_up(lambda seconds: cog_synchronously(cog_url, seconds), args.seconds))
+            synchronous = warmed_up(lambda seconds: cog_synchronously(cog_url, seconds), args.seconds)
+            cog = (warmed_up(lambda seconds: cog_by_webhook(cog_url, seconds), args.seconds), synchronous, synchronous)
     print(f"\n1 client, one task at a time, {args.seconds:g} s each; fluxhost then {COG_REQUIREMENT}")
     print(f"{'':51}tasks/s   submit-to-done p50      p99")
     styles = (("callback", "Run with callbackUrl", "POST, respond-async, webhook"),
-              ("polling", "Run, then Task/Detail back to back", "synchronous POST /predictions"))
+              ("polling", "Run, then Task/Detail back to back", "synchronous POST /predictions"),
+              ("synchronous", "OpenAI door, POST images/generations", "synchronous POST /predictions"))
     for (style, fluxhost_way, cog_way), fluxhost_result, cog_result in zip(styles, fluxhost, cog, strict=True):
         print(style)
         fluxhost_rate = report_row("fluxhost", fluxhost_way, *fluxhost_result)
