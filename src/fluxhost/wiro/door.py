@@ -290,13 +290,14 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
         return JSONResponse(await run_off_loop(work, call))
 
     def fetches(parameters: Parameters) -> bool:
-        """Whether the Run resolves a host name: a callback URL or an input image URL to fetch."""
+        """Whether the Run resolves a host name: a callback URL, an input image's or an adapter's
+        URL to fetch (in ``loras`` too: any mention of a URL there counts), a folder's."""
         if not parameters.readable:
             return False
         values = parameters.values
         image_url = values.get("inputImageUrl") or isinstance(values.get("inputImage"), str)
         return bool(parameters.callback_url() or image_url or values.get("selectedLoraModelPrivateUrl")
-                    or values.get("selectedFolderUrl"))
+                    or values.get("selectedFolderUrl") or "url" in str(values.get("loras") or ""))
 
     def schema_of(tool: Tool) -> InputSchema | TrainingForm:
         return schemas[tool.slug]
