@@ -162,7 +162,8 @@ def create_openai_app(operations: Operations, events: EventBus, offload: Offload
 
     async def respond(task_id: int, generation: Generation) -> dict[str, Any]:
         task = await ended(task_id)
-        return await offload.run(answer, task, generation)
+        reads_images = generation.response_format == "b64_json"  # perhaps from an object store: it waits
+        return await (offload.run_waiting if reads_images else offload.run)(answer, task, generation)
 
     @app.post("/v1/images/generations")
     async def generate(generation: Generation, request: Request,
