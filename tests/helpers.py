@@ -56,6 +56,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@contextmanager
+def slow_to_resolve(host: str) -> Iterator[threading.Event]:
+    """Inside the block, resolving ``host`` waits until the block ends (10 s at most), then fails
+    as an unknown name: nothing is ever connected to. Yields an event set once it is asked."""
+    asked, release = threading.Event(), threading.Event()
+    real_lookup = socket.getaddrinfo
+
+    def lookup(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name != host:
+            return real_lookup(name, *args, **kwargs)
+        asked.set()
+        release.wait(10)
+        raise socket.gaierror(f"{name}: no such name")
+
+    socket.getaddrinfo = lookup
+    try:
+        yield asked
+    finally:
+        release.set()
+        socket.getaddrinfo = real_lookup
+
+
 class LiveServer:
     """The real app under uvicorn on a loopback port, in a background thread."""
 

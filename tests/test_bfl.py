@@ -5,6 +5,7 @@ door lists and cancels it. Bad requests get BFL's own error shape, never a 5xx."
 import base64
 import io
 import json
+import threading
 import time
 
 import httpx
@@ -15,7 +16,7 @@ from PIL import Image
 
 from fluxhost.settings import ModelSettings, Settings
 from fluxhost.signing import KeyMode
-from tests.helpers import LiveServer, ProtocolClient, free_port
+from tests.helpers import LiveServer, ProtocolClient, free_port, slow_to_resolve
 
 
 def poll(polling_url: str, x_key: str, timeout: float = 300) -> dict:
@@ -122,6 +123,27 @@ def test_an_editing_model_takes_input_image_under_bfls_name(make_settings):
         refused = httpx.post(submit, headers={"x-key": key.api_key}, json={"prompt": "x", "input_image": "%%"},
                              timeout=10)
         assert refused.status_code == 422 and "input_image must be base64" in refused.json()["detail"]
+
+
+def test_an_input_image_url_resolves_its_host_off_the_database_threads(tmp_path):
+    """BFL's ``input_image`` by URL (as sent, spaces around it) is fetched on the shared threads:
+    a slow DNS answer leaves the database's thread (here only one) to the other requests."""
+    models = {"black-forest-labs/flux-kontext-pro": ModelSettings(steps=1, kind="edit")}
+    settings = Settings(data_dir=tmp_path, host="127.0.0.1", port=free_port(), engine="bench", worker_concurrency=0,
+                        api_threads=1, models=models)
+    with LiveServer(settings) as live:
+        key = live.service.keys.create(KeyMode.KEY_ONLY)
+        answers: list[httpx.Response] = []
+        submit = threading.Thread(target=lambda: answers.append(httpx.post(
+            f"{live.base_url}/bfl/v1/flux-kontext-pro", headers={"x-key": key.api_key}, timeout=30,
+            json={"prompt": "make it blue", "input_image": " https://slow.example.test/a.png"})))
+        with slow_to_resolve("slow.example.test") as asked:
+            submit.start()
+            assert asked.wait(10), "the submission never resolved its image's host"
+            listed = ProtocolClient(live.base_url, key, signed=False).post("Task/List", {}, timeout=5)
+            assert listed.json()["result"] is True
+        submit.join(30)
+    assert answers and answers[0].status_code == 422 and "cannot be resolved" in answers[0].json()["detail"]
 
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),

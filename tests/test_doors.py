@@ -3,7 +3,6 @@ door's database work holds up the event loop, and no wait on the outside world h
 database threads."""
 
 import asyncio
-import socket
 import sqlite3
 import threading
 
@@ -19,7 +18,7 @@ from fluxhost.orders import RunRequest
 from fluxhost.service import Service
 from fluxhost.settings import ModelSettings, Settings
 from fluxhost.signing import KeyMode
-from tests.helpers import SLUG, LiveServer, ProtocolClient, free_port
+from tests.helpers import SLUG, LiveServer, ProtocolClient, free_port, slow_to_resolve
 from tests.test_socket import follow, socket_url
 
 LORA_TOOL = "wiro/text-to-image-flux-lora"
@@ -97,20 +96,9 @@ def test_database_threads_follow_the_database_and_where_the_worker_runs():
     assert Settings(database_url="postgresql://db/fluxhost", api_threads=3).resolved_api_threads == 3
 
 
-def test_a_run_whose_adapter_url_is_slow_to_resolve_leaves_the_database_thread_free(tmp_path, monkeypatch):
+def test_a_run_whose_adapter_url_is_slow_to_resolve_leaves_the_database_thread_free(tmp_path):
     """Resolving a host name waits on the outside world: a Run naming an adapter by URL in its
     ``loras`` does so on the shared threads, never on the database's (here only one)."""
-    asked, release = threading.Event(), threading.Event()
-    real_lookup = socket.getaddrinfo
-
-    def slow_lookup(host, *args, **kwargs):
-        if host != "slow.example.test":
-            return real_lookup(host, *args, **kwargs)
-        asked.set()
-        release.wait(10)
-        raise socket.gaierror("no such name")
-
-    monkeypatch.setattr(socket, "getaddrinfo", slow_lookup)
     settings = Settings(data_dir=tmp_path, host="127.0.0.1", port=free_port(), engine="bench", worker_concurrency=0,
                         api_threads=1, models={LORA_TOOL: ModelSettings()})
     with LiveServer(settings) as live:
@@ -118,13 +106,11 @@ def test_a_run_whose_adapter_url_is_slow_to_resolve_leaves_the_database_thread_f
         answers: list[dict] = []
         inputs = {"prompt": "p", "loras": '[{"url": "https://slow.example.test/a.safetensors"}]'}
         run = threading.Thread(target=lambda: answers.append(client.call(f"Run/{LORA_TOOL}", inputs)))
-        run.start()
-        try:
+        with slow_to_resolve("slow.example.test") as asked:
+            run.start()
             assert asked.wait(10), "the Run never resolved its adapter's host"
             listed = client.post("Task/List", {}, timeout=5)  # database work, while the name resolves
             assert listed.json()["result"] is True
-        finally:
-            release.set()
-            run.join(30)
+        run.join(30)
     assert answers and answers[0]["result"] is False
     assert "cannot be resolved" in answers[0]["errors"][0]["message"]
