@@ -379,3 +379,37 @@ def test_no_project_reaches_another_projects_folder(live):
     assert other.call("File/List", {"folderid": folder["id"]})["result"] is False
     assert other.call("File/FolderCreate", {"name": "x", "parentid": folder["id"]})["result"] is False
     assert owner.call("File/List", {"folderid": folder["id"]})["total"] == "0"
+
+
+@pytest.mark.parametrize(("path", "fields", "file_field"), [
+    ("File/Upload", {}, "file"),
+    (f"Run/{KONTEXT}", {"prompt": "make it blue"}, "inputImage"),
+], ids=["an upload", "a Run's input image"])
+def test_files_are_kept_off_the_database_threads(start_server, monkeypatch, path, fields, file_field):
+    """Keeping a file waits on the disk or object store: on the shared threads, while the
+    database's (here only one) serves the other requests."""
+    from tests.test_editing import post_files
+
+    with start_server(api_threads=1) as live:
+        client = client_of(live)
+        files = live.service.operations.files
+        saving, release = threading.Event(), threading.Event()
+        save = files.save
+
+        def slow_save(folder: str, name: str, data: bytes) -> None:
+            saving.set()
+            release.wait(10)
+            save(folder, name, data)
+
+        monkeypatch.setattr(files, "save", slow_save)
+        answers: list[dict] = []
+        sender = threading.Thread(target=lambda: answers.append(
+            post_files(client, path, fields, {file_field: ("a.png", picture(), "image/png")})))
+        sender.start()
+        try:
+            assert saving.wait(10), "the file was never kept"
+            assert client.post("Task/List", {}, timeout=5).json()["result"] is True  # while it is kept
+        finally:
+            release.set()
+            sender.join(30)
+        assert answers and answers[0]["result"] is True

@@ -74,6 +74,8 @@ log = logging.getLogger(__name__)
 
 MAX_LIST = 1000
 TASK_ID = re.compile(r"[0-9]{1,10}")
+NAMES_FILES = re.compile(r"image|url|folder|lora", re.IGNORECASE)
+"""Inputs of a Run that may name a file to fetch, read or keep (an image, an adapter, a folder)."""
 MAX_TASK_ID = 2**31 - 1  # the largest id an INTEGER column holds (PostgreSQL refuses larger)
 # The hosted protocol's names of the inputs a Run's refusal can be about (the image's: whichever carried it).
 INPUT_NAMES = {"callback_url": "callbackUrl", "aspect_ratio": "aspectRatio", "upload": "file", "upscale": "scale",
@@ -275,10 +277,11 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
     })
 
     async def handle(request: Request, work: Callable[[Call], dict[str, Any]], *,
-                     resolves: Callable[[Parameters], bool] = lambda _: False, file_bytes: int = 0) -> JSONResponse:
+                     waits: Callable[[Parameters], bool] = lambda _: False, file_bytes: int = 0) -> JSONResponse:
         """Read the request on the loop, then run ``work`` (auth, one operation, rendering) off it;
-        on the shared threads when ``resolves`` says it will look up a host name. A multipart body
-        may carry an input image, or a file of ``file_bytes`` where larger."""
+        on the shared threads when ``waits`` says it will wait on the outside world (resolve a host
+        name, keep or read or delete files: a disk, an object store), never holding up the database
+        threads. A multipart body may carry an input image, or a file of ``file_bytes`` where larger."""
         limit = settings.max_body_bytes
         if is_multipart(request.headers):
             limit = max(limit, max(settings.input_max_bytes, file_bytes) + UPLOAD_OVERHEAD_BYTES)
@@ -286,18 +289,22 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
         parameters = await Parameters.of(body, request)
         request.state.parameters = parameters
         call = Call(operations, request, body, parameters)
-        run_off_loop = offload.run_waiting if resolves(parameters) else offload.run
+        run_off_loop = offload.run_waiting if waits(parameters) else offload.run
         return JSONResponse(await run_off_loop(work, call))
 
-    def fetches(parameters: Parameters) -> bool:
-        """Whether the Run resolves a host name: a callback URL, an input image's or an adapter's
-        URL to fetch (in ``loras`` too: any mention of a URL there counts), a folder's."""
+    def waits_outside(parameters: Parameters) -> bool:
+        """Whether the Run waits on the outside world: a callback URL to resolve, or an input that
+        may name a file (:data:`NAMES_FILES`: an image, an adapter or a folder, by URL or not), which
+        is fetched, read or kept. A wrong yes only picks the larger pool of threads."""
         if not parameters.readable:
             return False
-        values = parameters.values
-        image_url = values.get("inputImageUrl") or isinstance(values.get("inputImage"), str)
-        return bool(parameters.callback_url() or image_url or values.get("selectedLoraModelPrivateUrl")
-                    or values.get("selectedFolderUrl") or "url" in str(values.get("loras") or ""))
+        return bool(parameters.callback_url()) or any(
+            value not in (None, "", b"", []) and (isinstance(value, UploadedFile) or NAMES_FILES.search(name))
+            for name, value in parameters.values.items())
+
+    def handles_files(_parameters: Parameters) -> bool:
+        """An upload kept, or files deleted: on the disk or object store."""
+        return True
 
     def schema_of(tool: Tool) -> InputSchema | TrainingForm:
         return schemas[tool.slug]
@@ -315,7 +322,7 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
             task = call.operations.run(caller, tool, asked, accept=lambda: call.spend_nonce(caller))
             return {"errors": [], "taskid": str(task.id), "socketaccesstoken": task.socket_token, "result": True}
 
-        return await handle(request, work, resolves=fetches)
+        return await handle(request, work, waits=waits_outside)
 
     @app.post("/File/Upload")
     async def upload_file(request: Request) -> JSONResponse:
@@ -329,7 +336,7 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
                                           folder_id=folder_id)
             return ok(list=[render_upload(upload, call.operations.files) for upload in kept])
 
-        return await handle(request, work, file_bytes=settings.lora_max_bytes)
+        return await handle(request, work, waits=handles_files, file_bytes=settings.lora_max_bytes)
 
     @app.post("/File/List")
     async def list_files(request: Request) -> JSONResponse:
@@ -365,7 +372,7 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
             call.operations.delete_upload(caller, file_id, accept=lambda: call.spend_nonce(caller))
             return ok()
 
-        return await handle(request, work)
+        return await handle(request, work, waits=handles_files)
 
     @app.post("/Task/Detail")
     async def task_detail(request: Request) -> JSONResponse:
@@ -404,7 +411,7 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
             call.operations.delete_files(caller, task)
             return ok()
 
-        return await handle(request, work)
+        return await handle(request, work, waits=handles_files)
 
     @app.post("/Task/List")
     async def list_tasks(request: Request) -> JSONResponse:
