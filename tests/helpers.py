@@ -78,6 +78,26 @@ def slow_to_resolve(host: str) -> Iterator[threading.Event]:
         socket.getaddrinfo = real_lookup
 
 
+@contextmanager
+def held(owner: object, method: str) -> Iterator[threading.Event]:
+    """Inside the block, each call of ``method`` on ``owner`` (an instance, the method its class's)
+    waits until the block ends (10 s at most), then goes on. Yields an event set once a call waits."""
+    waiting, release = threading.Event(), threading.Event()
+    real = getattr(owner, method)
+
+    def wait_then_call(*args: Any, **kwargs: Any) -> Any:
+        waiting.set()
+        release.wait(10)
+        return real(*args, **kwargs)
+
+    setattr(owner, method, wait_then_call)
+    try:
+        yield waiting
+    finally:
+        release.set()
+        delattr(owner, method)  # the class's own again
+
+
 class LiveServer:
     """The real app under uvicorn on a loopback port, in a background thread."""
 

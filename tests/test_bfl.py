@@ -16,7 +16,7 @@ from PIL import Image
 
 from fluxhost.settings import ModelSettings, Settings
 from fluxhost.signing import KeyMode
-from tests.helpers import LiveServer, ProtocolClient, free_port, slow_to_resolve
+from tests.helpers import LiveServer, ProtocolClient, free_port, held, slow_to_resolve
 
 
 def poll(polling_url: str, x_key: str, timeout: float = 300) -> dict:
@@ -144,6 +144,29 @@ def test_an_input_image_url_resolves_its_host_off_the_database_threads(tmp_path)
             assert listed.json()["result"] is True
         submit.join(30)
     assert answers and answers[0].status_code == 422 and "cannot be resolved" in answers[0].json()["detail"]
+
+
+def test_an_input_image_sent_inline_is_kept_off_the_database_threads(tmp_path):
+    """A base64 ``input_image`` is kept in the file store (a disk, an object store): on the shared
+    threads, while the database's (here only one) serves the other requests."""
+    models = {"black-forest-labs/flux-kontext-pro": ModelSettings(steps=1, kind="edit")}
+    settings = Settings(data_dir=tmp_path, host="127.0.0.1", port=free_port(), engine="bench", worker_concurrency=0,
+                        api_threads=1, models=models)
+    photo = io.BytesIO()
+    Image.new("RGB", (64, 48), "orange").save(photo, format="PNG")
+    with LiveServer(settings) as live:
+        key = live.service.keys.create(KeyMode.KEY_ONLY)
+        answers: list[httpx.Response] = []
+        submit = threading.Thread(target=lambda: answers.append(httpx.post(
+            f"{live.base_url}/bfl/v1/flux-kontext-pro", headers={"x-key": key.api_key}, timeout=30,
+            json={"prompt": "make it blue", "input_image": base64.b64encode(photo.getvalue()).decode()})))
+        with held(live.service.operations.files, "save") as saving:
+            submit.start()
+            assert saving.wait(10), "the submission never kept its image"
+            listed = ProtocolClient(live.base_url, key, signed=False).post("Task/List", {}, timeout=5)
+            assert listed.json()["result"] is True
+        submit.join(30)
+    assert answers and answers[0].status_code == 200 and "polling_url" in answers[0].json()
 
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),

@@ -12,7 +12,7 @@ from PIL import Image
 
 from fluxhost.settings import ModelSettings, Settings
 from fluxhost.signing import KeyMode
-from tests.helpers import SLUG, LiveServer, ProtocolClient, free_port
+from tests.helpers import SLUG, LiveServer, ProtocolClient, free_port, held
 
 openai = pytest.importorskip("openai")
 
@@ -87,34 +87,22 @@ def test_edits_take_an_image_file_on_an_editing_model(make_settings):
         assert "'image'" in refused.value.body["message"] and refused.value.body["param"] == "image"  # its own name
 
 
-def test_an_inline_answer_reads_its_images_off_the_database_threads(tmp_path, monkeypatch):
+def test_an_inline_answer_reads_its_images_off_the_database_threads(tmp_path):
     """``b64_json`` reads the images from the file store (an object store, perhaps, over the
     network): on the shared threads, while the database's (here only one) serves others."""
     settings = Settings(data_dir=tmp_path, host="127.0.0.1", port=free_port(), engine="bench", api_threads=1,
                         worker_process=False)
     with LiveServer(settings) as live:
         key = live.service.keys.create(KeyMode.SIGNATURE)
-        files = live.service.operations.files
-        reading, release = threading.Event(), threading.Event()
-        read = files.read
-
-        def slow_read(folder: str, name: str) -> bytes | None:
-            reading.set()
-            release.wait(10)
-            return read(folder, name)
-
-        monkeypatch.setattr(files, "read", slow_read)
         answers: list[httpx.Response] = []
         generate = threading.Thread(target=lambda: answers.append(httpx.post(
             f"{live.base_url}/openai/v1/images/generations", json={"prompt": "x", "response_format": "b64_json"},
             headers={"authorization": f"Bearer {key.api_key}:{key.api_secret}"}, timeout=30)))
-        generate.start()
-        try:
+        with held(live.service.operations.files, "read") as reading:
+            generate.start()
             assert reading.wait(30), "the answer never read its image"
             listed = ProtocolClient(live.base_url, key).post("Task/List", {}, timeout=5)  # while the read waits
             assert listed.json()["result"] is True
-        finally:
-            release.set()
-            generate.join(30)
+        generate.join(30)
     assert answers and answers[0].status_code == 200
     assert Image.open(io.BytesIO(base64.b64decode(answers[0].json()["data"][0]["b64_json"]))).format == "PNG"

@@ -24,7 +24,7 @@ from fluxhost.signing import KeyMode
 from fluxhost.storage.local import LocalFileStore
 from fluxhost.store.database import Database
 from fluxhost.store.keys import KeyStore
-from tests.helpers import LiveServer, ProtocolClient, free_port
+from tests.helpers import LiveServer, ProtocolClient, free_port, held
 
 KONTEXT = "black-forest-labs/flux-kontext-pro"
 NO_FILE = [{"code": 1, "message": "There is no such file."}]
@@ -385,31 +385,19 @@ def test_no_project_reaches_another_projects_folder(live):
     ("File/Upload", {}, "file"),
     (f"Run/{KONTEXT}", {"prompt": "make it blue"}, "inputImage"),
 ], ids=["an upload", "a Run's input image"])
-def test_files_are_kept_off_the_database_threads(start_server, monkeypatch, path, fields, file_field):
+def test_files_are_kept_off_the_database_threads(start_server, path, fields, file_field):
     """Keeping a file waits on the disk or object store: on the shared threads, while the
     database's (here only one) serves the other requests."""
     from tests.test_editing import post_files
 
     with start_server(api_threads=1) as live:
         client = client_of(live)
-        files = live.service.operations.files
-        saving, release = threading.Event(), threading.Event()
-        save = files.save
-
-        def slow_save(folder: str, name: str, data: bytes) -> None:
-            saving.set()
-            release.wait(10)
-            save(folder, name, data)
-
-        monkeypatch.setattr(files, "save", slow_save)
         answers: list[dict] = []
         sender = threading.Thread(target=lambda: answers.append(
             post_files(client, path, fields, {file_field: ("a.png", picture(), "image/png")})))
-        sender.start()
-        try:
+        with held(live.service.operations.files, "save") as saving:
+            sender.start()
             assert saving.wait(10), "the file was never kept"
             assert client.post("Task/List", {}, timeout=5).json()["result"] is True  # while it is kept
-        finally:
-            release.set()
-            sender.join(30)
+        sender.join(30)
         assert answers and answers[0]["result"] is True

@@ -89,14 +89,9 @@ class Submission(StorableText):
         return self.width or DEFAULT_SIZE[0], self.height or DEFAULT_SIZE[1]
 
 
-def is_url(value: str) -> bool:
-    """Whether BFL's ``input_image`` (stripped) names its image by URL."""
-    return value.startswith(("http://", "https://"))
-
-
 def image_input(value: str) -> bytes | str:
     """BFL's ``input_image``: a URL stays one, base64 (or a data URL) becomes the file's bytes."""
-    if is_url(value):
+    if value.startswith(("http://", "https://")):
         return value
     try:
         return base64.b64decode(value.partition("base64,")[2] or value, validate=True)
@@ -154,8 +149,9 @@ def create_bfl_app(operations: Operations, offload: Offload, settings: Settings)
             task = operations.run(caller, tool, submission.run_request())
             return {"id": task.uuid, "polling_url": f"{settings.resolved_public_url}/bfl/v1/get_result?id={task.uuid}"}
 
-        fetches = submission.webhook_url or is_url((submission.input_image or "").strip())
-        return await (offload.run_waiting if fetches else offload.run)(work)
+        # A webhook's host is resolved, an input image fetched or kept: the outside world, not the database.
+        waits = submission.webhook_url or (submission.input_image or "").strip()
+        return await (offload.run_waiting if waits else offload.run)(work)
 
     @app.get("/v1/get_result")
     async def get_result(request: Request, id: str = Query(),  # noqa: A002
