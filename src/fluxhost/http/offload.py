@@ -9,9 +9,10 @@ first takes its share of the interpreter from the generations (see
 :attr:`~fluxhost.settings.Settings.resolved_api_threads`). With PostgreSQL, queries wait on the
 network and more threads help.
 
-The database threads are a :class:`~concurrent.futures.ThreadPoolExecutor` the loop hands work to, not
-anyio's worker threads: every request hands its work over, and under load anyio's hand-over cost
-about 70 us of CPU against the executor's 16 (32 hand-overs in flight, this project's 2-core VM).
+The database threads are a :class:`~concurrent.futures.ThreadPoolExecutor` the loop hands work
+to, not anyio's worker threads: every request hands its work over, and under load anyio's
+hand-over cost about 70 us of CPU against the executor's 16 (32 hand-overs in flight, this
+project's 2-core VM).
 """
 
 from __future__ import annotations
