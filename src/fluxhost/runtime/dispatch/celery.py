@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 RUN_TASK = "fluxhost.run"
 RESEND_SECONDS = 5.0
+SEND_TIMEOUTS = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
+"""How long the API's sends wait on a broker that does not answer (Redis's defaults: for ever).
+A send runs on a database thread, inside a Run's request."""
 
 
 def queue_name(model_slug: str) -> str:
@@ -57,10 +60,11 @@ def celery_app(broker_url: str, visibility_seconds: int, transport_options: dict
 class CeleryDispatcher:
     """The API side: a message to the model's queue for every task queued. A message the broker
     would not take is kept and offered again every :data:`RESEND_SECONDS`, so a broker outage
-    delays tasks but loses none."""
+    delays tasks but loses none; while messages wait so, a new one waits with them instead of
+    making its Run wait on the broker too."""
 
     def __init__(self, broker_url: str, visibility_seconds: int, transport_options: dict[str, Any] | None = None):
-        self.app = celery_app(broker_url, visibility_seconds, transport_options)
+        self.app = celery_app(broker_url, visibility_seconds, {**SEND_TIMEOUTS, **(transport_options or {})})
         self._unsent: dict[int, str] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -71,12 +75,22 @@ class CeleryDispatcher:
         self._thread.start()
 
     def notify(self, task_id: int, model_slug: str) -> None:
+        with self._lock:
+            if self._unsent:  # the broker refused the last message sent: this one waits with it
+                self._unsent[task_id] = model_slug
+                return
+        self._send(task_id, model_slug)
+
+    def _send(self, task_id: int, model_slug: str) -> bool:
+        """Hand the message to the broker, or keep it for the next resend; whether it was taken."""
         try:
             self.app.send_task(RUN_TASK, args=[task_id], queue=queue_name(model_slug))
+            return True
         except Exception as error:
             log.error("task %s stays queued until the broker takes its message: %s", task_id, error)
             with self._lock:
                 self._unsent[task_id] = model_slug
+            return False
 
     def load_error(self, slug: str) -> str | None:
         """Models load in the worker processes: the API takes every Run of a model it serves."""
@@ -98,10 +112,20 @@ class CeleryDispatcher:
 
     def _resend_loop(self) -> None:
         while not self._stopping.wait(RESEND_SECONDS):
+            self._resend()
+
+    def _resend(self) -> None:
+        """Offer the kept messages again, oldest first (those kept meanwhile too), until none is
+        left or the broker refuses one: the rest wait for the next round."""
+        while True:
             with self._lock:
-                unsent, self._unsent = self._unsent, {}
-            for task_id, model_slug in unsent.items():
-                self.notify(task_id, model_slug)
+                if not self._unsent:
+                    return
+                task_id, model_slug = next(iter(self._unsent.items()))
+            if not self._send(task_id, model_slug):
+                return
+            with self._lock:
+                del self._unsent[task_id]
 
 
 def consume(app: Celery, worker: Worker, loglevel: str) -> None:
