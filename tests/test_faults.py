@@ -2,17 +2,20 @@
 fails the task with a clear reason and the service goes on; a locked database answers 503 in the
 protocol's shape, loses nothing accepted, and the service recovers by itself."""
 
+import socket
 import sqlite3
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from fluxhost.orders import RunRequest
 from fluxhost.service import Service
 from fluxhost.signing import KeyMode
 from fluxhost.statuses import Status
+from fluxhost.store.database import Database
 from tests.helpers import SLUG, LiveServer, ProtocolClient
 
 
@@ -149,3 +152,18 @@ def test_a_run_that_lost_its_claim_can_neither_finish_nor_fail_the_task(make_set
         assert service.work.finish(task.id, "worker-b", [], "", time.time())
     finally:
         service.stop()
+
+
+def test_a_database_server_that_never_answers_fails_within_the_timeout():
+    """A PostgreSQL server that takes the connection and never answers (here a loopback socket
+    that only listens) fails the request once ``database_timeout_seconds`` has passed; libpq's
+    own default would wait for ever, holding one of the API's database threads."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        db = Database(f"postgresql+psycopg://fluxhost@127.0.0.1:{silent.getsockname()[1]}/fluxhost", timeout_seconds=2)
+        began = time.monotonic()
+        with pytest.raises(OperationalError, match="timeout"):
+            db.ping()
+        assert time.monotonic() - began < 10
+        db.dispose()

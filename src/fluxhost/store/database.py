@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +17,7 @@ except ImportError:  # Windows: one process's writers still take turns on a thre
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event, text, update
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text, update
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import sessionmaker
@@ -106,7 +107,8 @@ class Database:
 
     def __init__(self, url: str, timeout_seconds: float = 30.0):
         """``timeout_seconds``: how long a statement waits for a locked SQLite file, or for a
-        connection from a full PostgreSQL pool, before it fails."""
+        connection from a full PostgreSQL pool or a new one from its server (whole seconds, 2 at
+        least, unless the URL sets ``connect_timeout``), before it fails."""
         self.is_sqlite = url.startswith("sqlite")
         self._turns: _WriterTurns | None = None
         if self.is_sqlite:
@@ -118,7 +120,11 @@ class Database:
             self.engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": timeout_seconds})
             event.listen(self.engine, "connect", _sqlite_pragmas(timeout_seconds))
         else:
-            self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_timeout=timeout_seconds)
+            # libpq's default waits for ever on a server that takes the connection and never answers
+            connecting = {} if "connect_timeout" in make_url(url).query else {
+                "connect_timeout": max(2, math.ceil(timeout_seconds))}
+            self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_timeout=timeout_seconds,
+                                        connect_args=connecting)
             event.listen(self.engine, "checkout", _ping_if_idle(self.engine))
             event.listen(self.engine, "checkin", _note_checkin)
         self._write_lock = self._turns or (threading.Lock() if self.is_sqlite else nullcontext())
