@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 RUN_TASK = "fluxhost.run"
 RESEND_SECONDS = 5.0
 SEND_TIMEOUTS = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
-"""How long the API's sends wait on a broker that does not answer (Redis's defaults: for ever).
-A send runs on a database thread, inside a Run's request."""
+"""How long the API's sends wait on a broker that does not answer (kombu's Redis transport passes
+no timeout: for ever). A send runs on a database thread, inside a Run's request."""
 
 
 def queue_name(model_slug: str) -> str:
