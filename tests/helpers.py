@@ -12,10 +12,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import uvicorn
@@ -96,6 +96,25 @@ def held(owner: object, method: str) -> Iterator[threading.Event]:
     finally:
         release.set()
         delattr(owner, method)  # the class's own again
+
+
+T = TypeVar("T")
+
+
+def sent_while_waiting(waiting: AbstractContextManager[threading.Event], send: Callable[[], T],
+                       client: ProtocolClient) -> T:
+    """``send()`` on a thread of its own, held up inside ``waiting`` (:func:`held`,
+    :func:`slow_to_resolve`) once it gets there; meanwhile ``client``'s Task/List, database work,
+    must be answered. What ``send`` returned."""
+    answers: list[T] = []
+    sender = threading.Thread(target=lambda: answers.append(send()))
+    with waiting as reached:
+        sender.start()
+        assert reached.wait(30), "the request never reached the wait"
+        assert client.post("Task/List", {}, timeout=5).json()["result"] is True  # while it waits
+    sender.join(30)
+    assert answers, "the request was never answered"
+    return answers[0]
 
 
 class LiveServer:

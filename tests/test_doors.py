@@ -18,7 +18,7 @@ from fluxhost.orders import RunRequest
 from fluxhost.service import Service
 from fluxhost.settings import ModelSettings, Settings
 from fluxhost.signing import KeyMode
-from tests.helpers import SLUG, LiveServer, ProtocolClient, free_port, slow_to_resolve
+from tests.helpers import SLUG, LiveServer, ProtocolClient, free_port, sent_while_waiting, slow_to_resolve
 from tests.test_socket import follow, socket_url
 
 LORA_TOOL = "wiro/text-to-image-flux-lora"
@@ -103,14 +103,7 @@ def test_a_run_whose_adapter_url_is_slow_to_resolve_leaves_the_database_thread_f
                         api_threads=1, models={LORA_TOOL: ModelSettings()})
     with LiveServer(settings) as live:
         client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
-        answers: list[dict] = []
         inputs = {"prompt": "p", "loras": '[{"url": "https://slow.example.test/a.safetensors"}]'}
-        run = threading.Thread(target=lambda: answers.append(client.call(f"Run/{LORA_TOOL}", inputs)))
-        with slow_to_resolve("slow.example.test") as asked:
-            run.start()
-            assert asked.wait(10), "the Run never resolved its adapter's host"
-            listed = client.post("Task/List", {}, timeout=5)  # database work, while the name resolves
-            assert listed.json()["result"] is True
-        run.join(30)
-    assert answers and answers[0]["result"] is False
-    assert "cannot be resolved" in answers[0]["errors"][0]["message"]
+        answer = sent_while_waiting(slow_to_resolve("slow.example.test"),
+                                    lambda: client.call(f"Run/{LORA_TOOL}", inputs), client)
+    assert answer["result"] is False and "cannot be resolved" in answer["errors"][0]["message"]

@@ -4,7 +4,6 @@ let in the public half of a signature key, and the task visible through the host
 
 import base64
 import io
-import threading
 
 import httpx
 import pytest
@@ -12,7 +11,7 @@ from PIL import Image
 
 from fluxhost.settings import ModelSettings, Settings
 from fluxhost.signing import KeyMode
-from tests.helpers import SLUG, LiveServer, ProtocolClient, free_port, held
+from tests.helpers import SLUG, LiveServer, ProtocolClient, free_port, held, sent_while_waiting
 
 openai = pytest.importorskip("openai")
 
@@ -94,15 +93,9 @@ def test_an_inline_answer_reads_its_images_off_the_database_threads(tmp_path):
                         worker_process=False)
     with LiveServer(settings) as live:
         key = live.service.keys.create(KeyMode.SIGNATURE)
-        answers: list[httpx.Response] = []
-        generate = threading.Thread(target=lambda: answers.append(httpx.post(
+        answer = sent_while_waiting(held(live.service.operations.files, "read"), lambda: httpx.post(
             f"{live.base_url}/openai/v1/images/generations", json={"prompt": "x", "response_format": "b64_json"},
-            headers={"authorization": f"Bearer {key.api_key}:{key.api_secret}"}, timeout=30)))
-        with held(live.service.operations.files, "read") as reading:
-            generate.start()
-            assert reading.wait(30), "the answer never read its image"
-            listed = ProtocolClient(live.base_url, key).post("Task/List", {}, timeout=5)  # while the read waits
-            assert listed.json()["result"] is True
-        generate.join(30)
-    assert answers and answers[0].status_code == 200
-    assert Image.open(io.BytesIO(base64.b64decode(answers[0].json()["data"][0]["b64_json"]))).format == "PNG"
+            headers={"authorization": f"Bearer {key.api_key}:{key.api_secret}"}, timeout=30),
+            ProtocolClient(live.base_url, key))
+    assert answer.status_code == 200
+    assert Image.open(io.BytesIO(base64.b64decode(answer.json()["data"][0]["b64_json"]))).format == "PNG"

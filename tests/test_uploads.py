@@ -24,7 +24,7 @@ from fluxhost.signing import KeyMode
 from fluxhost.storage.local import LocalFileStore
 from fluxhost.store.database import Database
 from fluxhost.store.keys import KeyStore
-from tests.helpers import LiveServer, ProtocolClient, free_port, held
+from tests.helpers import LiveServer, ProtocolClient, free_port, held, sent_while_waiting
 
 KONTEXT = "black-forest-labs/flux-kontext-pro"
 NO_FILE = [{"code": 1, "message": "There is no such file."}]
@@ -392,12 +392,6 @@ def test_files_are_kept_off_the_database_threads(start_server, path, fields, fil
 
     with start_server(api_threads=1) as live:
         client = client_of(live)
-        answers: list[dict] = []
-        sender = threading.Thread(target=lambda: answers.append(
-            post_files(client, path, fields, {file_field: ("a.png", picture(), "image/png")})))
-        with held(live.service.operations.files, "save") as saving:
-            sender.start()
-            assert saving.wait(10), "the file was never kept"
-            assert client.post("Task/List", {}, timeout=5).json()["result"] is True  # while it is kept
-        sender.join(30)
-        assert answers and answers[0]["result"] is True
+        answer = sent_while_waiting(held(live.service.operations.files, "save"), lambda: post_files(
+            client, path, fields, {file_field: ("a.png", picture(), "image/png")}), client)
+        assert answer["result"] is True
