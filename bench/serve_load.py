@@ -407,13 +407,15 @@ def compare_with_checkout(args: argparse.Namespace, settings: dict[str, str]) ->
     docstring); prints each one's medians and the medians of the per-round ratios."""
     ours = str(Path(__file__).resolve().parents[1] / "src")
     poll = None if args.detail_every is None else args.detail_every / 1000
+    counts_runs = poll is None and not args.callbacks  # Runs answered; else tasks done
     if args.callbacks:
         settings = {**settings, "callback_allowlist": "127.0.0.1"}
-        load, unit = "each a Run with a callbackUrl, waiting for its callback", "done/s"
+        load = "each a Run with a callbackUrl, waiting for its callback"
     elif poll is None:
-        load, unit = "Runs back to back", "Runs/s"
+        load = "Runs back to back"
     else:
-        load, unit = f"Run then Detail every {args.detail_every:g} ms", "done/s"
+        load = f"Run then Detail every {args.detail_every:g} ms"
+    unit = "Runs/s" if counts_runs else "done/s"
 
     def burst(served: Served) -> tuple[Stats, float]:
         if args.callbacks:
@@ -435,7 +437,7 @@ def compare_with_checkout(args: argparse.Namespace, settings: dict[str, str]) ->
                 before = server_cpu_seconds(served.process)
                 stats, wall = burst(served)
                 wait_until_drained(served.process)
-                tasks = len(stats.run) if unit == "Runs/s" else len(stats.done)
+                tasks = len(stats.run) if counts_runs else len(stats.done)
                 rates[name].append(tasks / wall)
                 cpu[name].append((server_cpu_seconds(served.process) - before) / tasks)
     print(f"\n{args.clients} clients, {load}, {args.rounds} rounds of {args.burst:g} s bursts, alternating")
