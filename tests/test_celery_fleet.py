@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import make_url
 
 from fluxhost.signing import KeyMode
@@ -166,6 +166,28 @@ def test_a_nonce_spent_on_one_api_is_refused_by_the_other(fleet):
     body = {"prompt": "a red fox", "seed": "1"}
     assert fleet.api_a.post(f"Run/{SLUG}", body, headers=headers).json()["result"] is True
     assert fleet.api_b.post(f"Run/{SLUG}", body, headers=headers).json()["result"] is False
+
+
+def test_a_run_whose_api_died_before_the_broker_took_its_message_still_runs(fleet):
+    """An API process that answered a Run and died before any broker took the task's message (here
+    the broker refused it; a SIGKILL between the commit and the send is the same) leaves a queued
+    task that no message names: the fleet's other processes send it, and it runs once."""
+    env = {**fleet.env, "FLUXHOST_BROKER_URL": "redis://127.0.0.1:1/0",  # refused: nothing listens there
+           "FLUXHOST_EVENTS_URL": fleet.env["FLUXHOST_BROKER_URL"]}
+    port = free_port()
+    doomed = ServiceProcess(["serve", "--port", str(port)], env)
+    try:
+        wait_until_ready(f"http://127.0.0.1:{port}", doomed, path="/healthz", timeout=60)
+        taskid = ProtocolClient(f"http://127.0.0.1:{port}", fleet.api_a.key).run()["taskid"]
+        doomed.wait_for(f"task {taskid} stays queued until the broker takes its message")
+        doomed.process.kill()
+    finally:
+        doomed.stop()
+    with fleet.db.write() as connection:  # a minute ago: the others leave a new task's message to its API at first
+        connection.execute(update(tasks).where(tasks.c.id == int(taskid)).values(create_time=tasks.c.create_time - 60))
+    done = fleet.api_b.wait(taskid, timeout=30)
+    assert done["status"] == "task_postprocess_end" and done["pexit"] == "0"
+    assert fleet.row(taskid).attempts == 1
 
 
 def test_a_worker_asked_for_a_model_the_server_does_not_serve_says_so(tmp_path, postgres_server, broker):

@@ -100,7 +100,7 @@ class Service:
         if settings.broker_url:
             from fluxhost.runtime.dispatch.celery import CeleryDispatcher
 
-            return CeleryDispatcher(settings.broker_url, settings.broker_visibility_seconds,
+            return CeleryDispatcher(settings.broker_url, settings.broker_visibility_seconds, self.work,
                                     settings.broker_transport_options)
         if settings.worker_process:
             from fluxhost.runtime.dispatch.child import ChildProcessDispatcher

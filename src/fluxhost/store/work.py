@@ -58,8 +58,8 @@ _QUEUED_OF_MODEL = (
 )
 
 
-# A task back in the queue, as if never claimed: no worker, no lease, no stage reached.
-_QUEUED_AGAIN = {"status": Status.QUEUE.value, "worker_id": None, "lease_expires_at": None,
+# A task back in the queue, as if never claimed: no worker, no lease, no stage reached, no message sent.
+_QUEUED_AGAIN = {"status": Status.QUEUE.value, "worker_id": None, "lease_expires_at": None, "message_time": None,
                  **{column: None for column in TIME_COLUMN.values()}}
 
 
@@ -285,6 +285,23 @@ class WorkStore:
                 select(tasks.c.status, tasks.c.model_slug, func.count())
                 .where(tasks.c.status.in_([s.value for s in UNFINISHED])).group_by(tasks.c.status, tasks.c.model_slug)
             )]
+
+    def record_sent(self, task_ids: Collection[int], at: float) -> None:
+        """Note that a broker took the messages of ``task_ids`` (at ``at``)."""
+        with self._db.write() as connection:
+            connection.execute(update(tasks).where(tasks.c.id.in_(list(task_ids))).values(message_time=at))
+
+    def unsent(self, made_before: float, limit: int = 1000) -> list[tuple[int, str]]:
+        """(task id, model slug) of the oldest ``limit`` queued tasks made before ``made_before``
+        whose message no process recorded as taken by a broker."""
+        with self._db.read() as connection:
+            rows = connection.execute(
+                select(tasks.c.id, tasks.c.model_slug)
+                .where(tasks.c.status == Status.QUEUE.value, tasks.c.message_time.is_(None),
+                       tasks.c.create_time < made_before)
+                .order_by(tasks.c.id).limit(limit)
+            ).all()
+        return [(task_id, slug) for task_id, slug in rows]
 
     def release(self, worker_id: str, task_ids: Collection[int] | None = None) -> list[tuple[int, str]]:
         """Queue again, as if never claimed, the unfinished tasks ``worker_id`` holds (of

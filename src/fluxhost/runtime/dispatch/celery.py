@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 from celery import Celery
@@ -29,10 +30,16 @@ from fluxhost.store.work import WorkStore
 log = logging.getLogger(__name__)
 
 RUN_TASK = "fluxhost.run"
-RESEND_SECONDS = 5.0
+BEAT_SECONDS = 5.0
+"""How often the dispatcher offers kept messages again, records the messages the broker took, and
+looks for queued tasks whose message was never sent."""
 SEND_TIMEOUTS = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
 """How long the API's sends wait on a broker that does not answer (kombu's Redis transport passes
 no timeout: for ever). A send runs on a database thread, inside a Run's request."""
+UNSENT_GRACE_SECONDS = 15.0
+"""How old a queued task must be before another process sends a message for it that no process
+recorded as sent: longer than a send may take (:data:`SEND_TIMEOUTS`) and a beat, so that a message
+still on its way is seldom sent twice (twice is harmless: the second claims nothing)."""
 
 
 def queue_name(model_slug: str) -> str:
@@ -58,20 +65,28 @@ def celery_app(broker_url: str, visibility_seconds: int, transport_options: dict
 
 
 class CeleryDispatcher:
-    """The API side: a message to the model's queue for every task queued. A message the broker
-    would not take is kept and offered again every :data:`RESEND_SECONDS`, so a broker outage
+    """The sending side: a message to the model's queue for every task queued. A message the
+    broker would not take is kept and offered again every :data:`BEAT_SECONDS`, so a broker outage
     delays tasks but loses none; while messages wait so, a new one waits with them instead of
-    making its Run wait on the broker too."""
+    making its Run wait on the broker too.
 
-    def __init__(self, broker_url: str, visibility_seconds: int, transport_options: dict[str, Any] | None = None):
+    What is kept in memory dies with the process, and a process can die between committing a Run
+    and sending its message. So each message the broker took is recorded on the task (in a batch,
+    at the next beat), and every beat each process sends a message for queued tasks that no
+    process recorded one for within :data:`UNSENT_GRACE_SECONDS`."""
+
+    def __init__(self, broker_url: str, visibility_seconds: int, work: WorkStore,
+                 transport_options: dict[str, Any] | None = None):
         self.app = celery_app(broker_url, visibility_seconds, {**SEND_TIMEOUTS, **(transport_options or {})})
+        self.work = work
         self._unsent: dict[int, str] = {}
+        self._sent: list[int] = []  # taken by the broker, not recorded on their tasks yet
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._resend_loop, name="fluxhost-dispatch", daemon=True)
+        self._thread = threading.Thread(target=self._beat_loop, name="fluxhost-dispatch", daemon=True)
         self._thread.start()
 
     def notify(self, task_id: int, model_slug: str) -> None:
@@ -85,12 +100,14 @@ class CeleryDispatcher:
         """Hand the message to the broker, or keep it for the next resend; whether it was taken."""
         try:
             self.app.send_task(RUN_TASK, args=[task_id], queue=queue_name(model_slug))
-            return True
         except Exception as error:
             log.error("task %s stays queued until the broker takes its message: %s", task_id, error)
             with self._lock:
                 self._unsent[task_id] = model_slug
             return False
+        with self._lock:
+            self._sent.append(task_id)
+        return True
 
     def load_error(self, slug: str) -> str | None:
         """Models load in the worker processes: the API takes every Run of a model it serves."""
@@ -103,16 +120,53 @@ class CeleryDispatcher:
         return b""  # the workers are `fluxhost worker` processes: each serves its own (--metrics-port)
 
     def stop(self, grace_seconds: float = 0.0) -> None:
-        """Stop re-sending; tasks run in the worker processes, which Celery's own warm shutdown
-        lets finish."""
+        """Stop re-sending, and record what the broker took; tasks run in the worker processes,
+        which Celery's own warm shutdown lets finish. Messages still kept are left to the other
+        processes' sweeps (or this one's next start)."""
         self._stopping.set()
         if self._thread:
             self._thread.join(5)
+        self._record_sent()
         self.app.close()
 
-    def _resend_loop(self) -> None:
-        while not self._stopping.wait(RESEND_SECONDS):
+    def _beat_loop(self) -> None:
+        while not self._stopping.wait(BEAT_SECONDS):
             self._resend()
+            self._record_sent()
+            self._sweep()
+
+    def _record_sent(self) -> None:
+        """Record on their tasks the messages the broker took since the last beat."""
+        with self._lock:
+            sent, self._sent = self._sent, []
+        if not sent:
+            return
+        try:
+            self.work.record_sent(sent, time.time())
+        except Exception as error:
+            log.warning("sent messages not recorded yet (%s): trying again at the next beat", error)
+            with self._lock:
+                self._sent[:0] = sent
+
+    def _sweep(self) -> None:
+        """Send a message for each queued task old enough that no process recorded one for: its API
+        process died before the broker took it. Not while the broker refuses this process's
+        messages: they go first, at the next beats."""
+        with self._lock:
+            if self._unsent:
+                return
+            unrecorded = set(self._sent)
+        try:
+            lost = self.work.unsent(time.time() - UNSENT_GRACE_SECONDS)
+        except Exception as error:
+            log.warning("queued tasks without a message not looked for (%s)", error)
+            return
+        for task_id, model_slug in lost:
+            if task_id in unrecorded:
+                continue
+            log.warning("task %s is queued but no process recorded its message as sent: sending it", task_id)
+            if not self._send(task_id, model_slug):
+                return
 
     def _resend(self) -> None:
         """Offer the kept messages again, oldest first (those kept meanwhile too), until none is
@@ -128,9 +182,10 @@ class CeleryDispatcher:
                 del self._unsent[task_id]
 
 
-def consume(app: Celery, worker: Worker, loglevel: str) -> None:
+def consume(dispatcher: CeleryDispatcher, worker: Worker, loglevel: str) -> None:
     """Run ``worker`` on its models' queues until the process is told to stop (SIGTERM or Ctrl-C
-    finish the task in hand first)."""
+    finish the task in hand first); what it hands back goes out through ``dispatcher``."""
+    app = dispatcher.app
 
     @app.task(name=RUN_TASK)
     def run(task_id: int) -> None:
@@ -139,7 +194,7 @@ def consume(app: Celery, worker: Worker, loglevel: str) -> None:
             log.info("task %s is no longer queued: message dropped", task_id)
             return
         for handed_back, model_slug in worker.run(batch):  # the database failed under the run
-            app.send_task(RUN_TASK, args=[handed_back], queue=queue_name(model_slug))
+            dispatcher.notify(handed_back, model_slug)
 
     queues = ",".join(queue_name(slug) for slug in worker.models)
     app.worker_main(["worker", "--pool=solo", "--concurrency=1", f"--queues={queues}", f"--loglevel={loglevel}",
@@ -163,7 +218,7 @@ class WorkerProcess:
         self.runtime = Runtime(settings, new_worker_id(), WorkStore(self.db), open_file_store(settings),
                                self.events, models)
         self.dispatcher = CeleryDispatcher(settings.broker_url, settings.broker_visibility_seconds,
-                                           settings.broker_transport_options)
+                                           self.runtime.work, settings.broker_transport_options)
         self.janitor = Janitor(self.runtime.work, self.runtime.files, self.runtime.worker_id,
                                max_attempts=settings.max_attempts, lease_seconds=settings.lease_seconds,
                                requeued=self.dispatcher.notify)
@@ -181,7 +236,7 @@ class WorkerProcess:
         self.dispatcher.start()
         self.janitor.start()
         try:
-            consume(self.dispatcher.app, worker, self.settings.log_level)
+            consume(self.dispatcher, worker, self.settings.log_level)
         finally:
             self.janitor.stop()
             self.dispatcher.stop()
