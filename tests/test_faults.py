@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from fluxhost.orders import RunRequest
@@ -16,6 +17,7 @@ from fluxhost.service import Service
 from fluxhost.signing import KeyMode
 from fluxhost.statuses import Status
 from fluxhost.store.database import Database
+from fluxhost.store.schema import tasks
 from tests.helpers import SLUG, LiveServer, ProtocolClient
 
 
@@ -82,6 +84,29 @@ def test_a_locked_database_answers_503_and_loses_nothing(make_settings, caplog):
         assert (record.attempts, len(record.outputs)) == (1, 1)  # handed back, then run again once
         assert f"tasks [{running}] could not be taken to their end; queueing them again" in caplog.text
         assert len(stored_files(settings.files_dir)) == 2
+
+
+def test_a_postgresql_row_locked_elsewhere_answers_503_within_the_database_timeout(make_settings):
+    """A transaction left open on a task's row (a session by hand, a stuck job) holds every write to
+    that row: the request waits the database timeout, as it would for a locked SQLite file, and is
+    answered 503; once the lock goes, the same request is answered."""
+    settings = make_settings(engine="bench", worker_concurrency=0, database_timeout_seconds=1.0)
+    if settings.resolved_database_url.startswith("sqlite"):
+        pytest.skip("the lock taken here is PostgreSQL's (SQLite's: the test above)")
+    with LiveServer(settings) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        taskid = client.run()["taskid"]
+        holder = Database(settings.resolved_database_url)
+        with holder.engine.connect() as connection, connection.begin() as transaction:
+            connection.execute(select(tasks.c.id).where(tasks.c.id == int(taskid)).with_for_update())
+            began = time.monotonic()
+            refused = client.post("Task/Cancel", {"taskid": taskid}, timeout=10)
+            waited = time.monotonic() - began
+            transaction.rollback()
+        holder.dispose()
+        assert refused.status_code == 503 and 1.0 <= waited < 5, (refused.status_code, waited)
+        assert refused.json()["errors"][0]["message"].startswith("The service's database is unavailable right now")
+        assert client.call("Task/Cancel", {"taskid": taskid})["tasklist"][0]["status"] == "task_cancel"
 
 
 def test_a_run_whose_task_cannot_be_stored_spends_no_nonce(make_settings, monkeypatch):

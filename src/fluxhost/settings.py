@@ -235,8 +235,9 @@ class Settings(BaseSettings):
     )
     max_prompt_chars: int = Field(default=10_000, ge=1, description="Longest prompt accepted, in characters.")
     database_timeout_seconds: float = Field(
-        default=10.0, gt=0, le=600, description="How long a request waits for a locked SQLite database (or a "
-        "free connection to PostgreSQL, or a new one from its server) before it is answered 503, to be retried.",
+        default=10.0, gt=0, le=600, description="How long a request waits for a locked SQLite database (or, on "
+        "PostgreSQL, a lock another transaction holds, a free connection or a new one from the server) before it is "
+        "answered 503, to be retried.",
     )
     shutdown_grace_seconds: float = Field(
         default=30.0, ge=0, description="On SIGTERM, how long running tasks may go on finishing; those still "

@@ -106,9 +106,10 @@ class Database:
     """
 
     def __init__(self, url: str, timeout_seconds: float = 30.0):
-        """``timeout_seconds``: how long a statement waits for a locked SQLite file, or for a
-        connection from a full PostgreSQL pool or a new one from its server (whole seconds, 2 at
-        least, unless the URL sets ``connect_timeout``), before it fails."""
+        """``timeout_seconds``: how long a statement waits for a locked SQLite file, or on
+        PostgreSQL for a lock another transaction holds (unless the URL's ``options`` set
+        ``lock_timeout``), a connection from a full pool or a new one from the server (whole
+        seconds, 2 at least, unless the URL sets ``connect_timeout``), before it fails."""
         self.is_sqlite = url.startswith("sqlite")
         self._turns: _WriterTurns | None = None
         if self.is_sqlite:
@@ -120,9 +121,14 @@ class Database:
             self.engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": timeout_seconds})
             event.listen(self.engine, "connect", _sqlite_pragmas(timeout_seconds))
         else:
-            # libpq's default waits for ever on a server that takes the connection and never answers
-            connecting = {} if "connect_timeout" in make_url(url).query else {
-                "connect_timeout": max(2, math.ceil(timeout_seconds))}
+            # libpq's default waits for ever on a server that takes the connection and never answers,
+            # and PostgreSQL's on a row another transaction holds (one left open by hand, a stuck job)
+            query = make_url(url).query
+            connecting: dict[str, Any] = {}
+            if "connect_timeout" not in query:
+                connecting["connect_timeout"] = max(2, math.ceil(timeout_seconds))
+            if "options" not in query:
+                connecting["options"] = f"-c lock_timeout={math.ceil(timeout_seconds * 1000)}"
             self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_timeout=timeout_seconds,
                                         connect_args=connecting)
             event.listen(self.engine, "checkout", _ping_if_idle(self.engine))
@@ -166,7 +172,8 @@ class Database:
         """Bring the schema to the newest migration (idempotent; safe at every start)."""
         config = alembic_config(self.engine.url.render_as_string(hide_password=False))
         with self._write_lock, self.engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
+            if connection.dialect.name == "postgresql":  # a long migration by another process is waited for
+                connection.execute(text("SET LOCAL lock_timeout = 0"))
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
