@@ -305,7 +305,8 @@ def test_the_training_script_is_reproducible(tmp_path):
     from fluxhost.demo.train import Recipe, train
 
     recipe = Recipe(decoder_steps=2, encoder_steps=2, sharpen_steps=2, denoiser_steps=2, denoiser_batch=4,
-                    upscaler_steps=2, upscaler_batch=2, autoencoder_batch=2, editor_steps=2, editor_batch=2)
+                    upscaler_steps=2, upscaler_batch=2, autoencoder_batch=2, fit_pool=16, fit_steps=2,
+                    editor_steps=2, editor_batch=2)
     for run in ("a", "b"):
         train(tmp_path / run, recipe, report=lambda line: None)
     files = sorted(path.relative_to(tmp_path / "a") for path in (tmp_path / "a").rglob("*") if path.is_file())

@@ -31,41 +31,23 @@ import torch
 from PIL.Image import Image, Resampling
 
 from fluxhost.demo import scenes
-from fluxhost.demo.regions import FAR_FROM_BACKGROUND, components, enclosed, largest_region
+from fluxhost.demo.reading import (
+    AREA_PER_RADIUS2,
+    SPECK,
+    background_colour,
+    colour_name,
+    far_from,
+    nearest_colours,
+    object_coverage,
+)
+from fluxhost.demo.regions import components, enclosed, largest_region
 from fluxhost.demo.train import CLAMP, SDF_COPIES, TOKEN_PIXELS, Recipe, layout_latents, signed_distance
 
-AREA_PER_RADIUS2 = {"circle": np.pi, "square": 1.8 ** 2, "triangle": 2.0}
-"""Each demo shape's area over its radius squared (a square's half-side is 0.9 radius)."""
 MOST_THINGS = 2  # a demo scene's
-SPECK = 0.002
-"""A region far from the background covering less than this share of the picture is a speck, not a thing."""
 READ_SIDE = 256
 """A picture to edit is read at most this large (reduced by area averaging, which keeps its edges'
 coverage): twice what the demo draws at, its objects' places and sizes to a fraction of the demo's
 pixel."""
-PALETTE = np.array(list(scenes.COLOURS.values()), dtype=np.float64)
-
-
-def _background(pixels: np.ndarray) -> np.ndarray:
-    """The picture's background colour (RGB 0-255): the median of its border."""
-    return np.median(np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]]), 0)
-
-
-def _far_from(pixels: np.ndarray, background: np.ndarray) -> np.ndarray:
-    return np.sqrt(((pixels - background) ** 2).sum(-1)) > FAR_FROM_BACKGROUND
-
-
-def _object(pixels: np.ndarray, background: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The colour (RGB 0-255) of the object that is ``region``, and how much of each pixel it covers."""
-    colour = np.median(pixels[region], 0)
-    direction = colour - background
-    coverage = ((pixels - background) @ direction / (direction @ direction)).clip(0, 1)
-    rim = region.copy()  # the object's antialiased rim counts, specks elsewhere do not
-    rim[1:] |= region[:-1]
-    rim[:-1] |= region[1:]
-    rim[:, 1:] |= region[:, :-1]
-    rim[:, :-1] |= region[:, 1:]
-    return colour, np.where(rim, coverage, 0.0)
 
 
 def _edge_points(coverage: np.ndarray) -> np.ndarray:
@@ -110,8 +92,8 @@ def read_scene(image: Image) -> tuple[scenes.Caption, list[scenes.Drawn]]:
         image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Resampling.BOX)
     pixels = np.asarray(image, dtype=np.float64)
     height, width = pixels.shape[:2]
-    background = _background(pixels)
-    far, nearest = _far_from(pixels, background), _nearest_colours(pixels)
+    background = background_colour(pixels)
+    far, nearest = far_from(pixels, background), nearest_colours(pixels)
     regions = []  # two shapes may touch: a region is of one demo colour
     for colour in np.unique(nearest[far]):
         labels, count = components(far & (nearest == colour))
@@ -124,23 +106,13 @@ def read_scene(image: Image) -> tuple[scenes.Caption, list[scenes.Drawn]]:
                          "configure FLUX weights for other pictures")
     layout = []
     for region in largest:
-        colour, coverage = _object(pixels, background, region)
+        colour, coverage = object_coverage(pixels, background, region)
         shape, cx, cy, radius = _placed_shape(coverage > 0.5, coverage.sum())  # the demo's shapes have no holes
         x, y = cx / width, cy / height
         place = min(scenes.PLACES, key=lambda name: math.dist(scenes.PLACES[name], (x, y)))
-        layout.append(scenes.Drawn(scenes.Thing(shape, _colour_name(colour), place), x, y, radius / min(width, height)))
-    return scenes.Caption(tuple(item.thing for item in layout), _colour_name(background)), layout
+        layout.append(scenes.Drawn(scenes.Thing(shape, colour_name(colour), place), x, y, radius / min(width, height)))
+    return scenes.Caption(tuple(item.thing for item in layout), colour_name(background)), layout
 
-
-
-def _nearest_colours(pixels: np.ndarray) -> np.ndarray:
-    """Each pixel's nearest demo colour, as its index in :data:`fluxhost.demo.scenes.COLOURS`."""
-    return ((pixels[..., None, :] - PALETTE) ** 2).sum(-1).argmin(-1)
-
-
-def _colour_name(rgb: np.ndarray) -> str:
-    """The demo colour nearest to ``rgb`` (0-255)."""
-    return list(scenes.COLOURS)[int(_nearest_colours(rgb[None])[0])]
 
 
 class FlatPictures:
@@ -153,11 +125,11 @@ class FlatPictures:
         are small, and they are what a caption is about)."""
         pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
         height, width = pixels.shape[:2]
-        background = _background(pixels)
-        region = largest_region(_far_from(pixels, background))
+        background = background_colour(pixels)
+        region = largest_region(far_from(pixels, background))
         if not region.any():
             raise ValueError("the picture has no object: every pixel is near its background's colour")
-        colour, coverage = _object(pixels, background, region)
+        colour, coverage = object_coverage(pixels, background, region)
         inside = coverage > 0.5
         holes = enclosed(inside)
         area = coverage.sum() + (1 - coverage[holes]).sum()

@@ -12,7 +12,8 @@ The parts are trained in turn, each on scenes drawn on the fly by :mod:`fluxhost
 3. the decoder again, on a loss that keeps edges steep (:func:`sharpen_decoder`);
 4. the upscaler (transformers' ``Swin2SR``, 8x), from the autoencoder's reconstructions to the
    scene drawn eight times larger: it is what keeps edges clean at a megapixel;
-5. the editing transformer (FLUX.1 Kontext's way), from the drawing one, on pairs of scenes
+5. the decoder a last time, on the transformer's own drawings (:func:`fit_decoder_to_drawings`);
+6. the editing transformer (FLUX.1 Kontext's way), from the drawing one, on pairs of scenes
    before and after an instruction (:mod:`fluxhost.demo.edits`); ``editor_steps=0`` leaves it out.
 
 The folder it writes is an ordinary diffusers ``FluxPipeline`` folder (plus ``upscaler/`` and
@@ -46,7 +47,8 @@ from transformers import (
     T5TokenizerFast,
 )
 
-from fluxhost.demo import MAX_SEQUENCE_LENGTH, RENDER_PIXELS, edits, scenes
+from fluxhost.demo import GUIDANCE, MAX_SEQUENCE_LENGTH, RENDER_PIXELS, STEPS, edits, scenes
+from fluxhost.demo.reading import fitted_layout
 from fluxhost.engines.noise import position_ramps
 from fluxhost.engines.upscale import render_size
 from fluxhost.orders import ASPECT_RATIOS, size_for_aspect_ratio
@@ -79,6 +81,10 @@ class Recipe:
     upscaler_crop: int = 24  # low-resolution side of an upscaler training crop
     upscaler_lr: float = 2e-3
     upscaler_edge_weight: float = 10.0  # its pixels within eight of an edge (one drawn pixel)
+    fit_pool: int = 512  # the transformer's drawings the decoder's last training reads
+    fit_steps: int = 1000
+    fit_share: float = 0.85  # of its windows from those drawings; the rest from exact layout latents
+    fit_lr: float = 1e-3
     editor_steps: int = 2400
     editor_batch: int = 16
     editor_lr: float = 1e-3
@@ -471,6 +477,74 @@ def train_upscaler(upscaler: Swin2SRForImageSuperResolution, vae: AutoencoderKL,
     upscaler.eval().requires_grad_(False)
 
 
+FIT_BATCH = 16  # drawings made at once
+
+
+def _drawings(pipeline: FluxPipeline, recipe: Recipe, rng: random.Random, generator: torch.Generator
+              ) -> tuple[torch.Tensor, SceneBatch] | None:
+    """Pictures the transformer draws of new captions at 128x128, as the service has it draw
+    (from the position-marked noise, :data:`~fluxhost.demo.STEPS` steps of true guidance away from
+    the empty caption): their latents, and each caption's scene laid out where the picture decoded
+    from them has its things (:func:`~fluxhost.demo.reading.fitted_layout`). A picture that lost
+    its background or a thing is left out; None when every one did (a transformer barely trained)."""
+    vae = pipeline.vae
+    side, rows = 128, 128 // 8
+    kept_latents, captions, layouts = [], [], []
+    for _ in range(recipe.fit_pool // FIT_BATCH):
+        asked = [scenes.training_caption(rng) for _ in range(FIT_BATCH)]
+        noise = torch.randn((FIT_BATCH, LATENT_CHANNELS, rows, rows), generator=generator) + position_ramps(
+            FIT_BATCH, LATENT_CHANNELS, rows, rows)
+        packed = pipeline(prompt=[str(caption) for caption in asked], negative_prompt=[""] * FIT_BATCH,
+                          true_cfg_scale=GUIDANCE, num_inference_steps=STEPS, width=side, height=side,
+                          latents=FluxPipeline._pack_latents(noise, FIT_BATCH, LATENT_CHANNELS, rows, rows),
+                          max_sequence_length=MAX_SEQUENCE_LENGTH, output_type="latent").images
+        latents = FluxPipeline._unpack_latents(packed, side, side, pipeline.vae_scale_factor)
+        latents = latents / vae.config.scaling_factor + vae.config.shift_factor
+        with torch.no_grad():
+            pixels = ((vae.decode(latents).sample.clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()
+        for caption, drawn_latents, drawn_pixels in zip(asked, latents, pixels.astype(np.float64), strict=True):
+            layout = fitted_layout(drawn_pixels, caption)
+            if layout is not None:
+                kept_latents.append(drawn_latents)
+                captions.append(caption)
+                layouts.append(layout)
+    if not kept_latents:
+        return None
+    return torch.stack(kept_latents), _drawn(captions, layouts, side, side)
+
+
+def fit_decoder_to_drawings(pipeline: FluxPipeline, recipe: Recipe, report: Callable[[str], None]) -> None:
+    """The decoder's last training, on the latents it is served: the transformer's own drawings
+    (:func:`_drawings`), each to its caption's scene where the drawing put its things, beside
+    exact layout latents, on :func:`_sharpening_error`. The transformer's latents are not the
+    layout latents the decoder learned from: their edges waver and their colours blend where two
+    things meet, and the decoder drew that as it came, a fringe the colour of neither thing.
+    After the upscaler, which learned from the decoder before this and draws its pictures as well;
+    its own random streams (``recipe.seed + 4``) leave every other part as it is."""
+    rng = random.Random(recipe.seed + 4)
+    generator = torch.Generator().manual_seed(recipe.seed + 4)
+    pipeline.set_progress_bar_config(disable=True)
+    started = time.monotonic()
+    drawings = _drawings(pipeline, recipe, rng, generator)
+    report(f"decoder fitting: {0 if drawings is None else len(drawings[0])} of {recipe.fit_pool} drawings read, "
+           f"{time.monotonic() - started:.0f} s")
+    vae = pipeline.vae
+    decoder = vae.decoder.train().requires_grad_(True)
+    optimiser, schedule = _optimiser(decoder.parameters(), recipe.fit_lr, recipe.fit_steps)
+    progress = Progress("decoder fitting", recipe.fit_steps, report)
+    for step in range(recipe.fit_steps):
+        if drawings is not None and rng.random() < recipe.fit_share:
+            drawn_latents, drawn = drawings
+            chosen = [rng.randrange(len(drawn_latents)) for _ in range(recipe.autoencoder_batch)]
+            latents, pixels = _crops(drawn_latents[chosen], drawn.pixels[chosen], recipe.decoder_crop // 8, rng)
+            loss = _sharpening_error(vae.decode(latents).sample, pixels, drawn.backgrounds[chosen], recipe)
+        else:
+            loss = _sharpening_error(*_decoded_windows(vae, recipe, rng), recipe)
+        _update(loss, decoder.parameters(), optimiser, schedule)
+        progress(step, loss.item())
+    vae.eval().requires_grad_(False)
+
+
 def _edit_batch(rng: random.Random, count: int, width: int, height: int,
                 keep: float) -> tuple[list[str], SceneBatch, SceneBatch]:
     """Instructions and the scenes before and after them; ``keep`` of the time an empty instruction
@@ -551,6 +625,7 @@ def train(folder: Path, recipe: Recipe = Recipe(), report: Callable[[str], None]
     train_denoiser(pipeline, recipe, rng, generator, report)
     sharpen_decoder(pipeline.vae, recipe, report)
     train_upscaler(upscaler, pipeline.vae, recipe, report)
+    fit_decoder_to_drawings(pipeline, recipe, report)
     editor = train_editor(pipeline, recipe, report) if recipe.editor_steps else None
     folder.mkdir(parents=True, exist_ok=True)
     pipeline.save_pretrained(folder)
