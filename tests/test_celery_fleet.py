@@ -184,7 +184,7 @@ def test_a_run_whose_api_died_before_the_broker_took_its_message_still_runs(flee
     finally:
         doomed.stop()
     with fleet.db.write() as connection:  # a minute ago: the others leave a new task's message to its API at first
-        connection.execute(update(tasks).where(tasks.c.id == int(taskid)).values(create_time=tasks.c.create_time - 60))
+        connection.execute(update(tasks).where(tasks.c.id == int(taskid)).values(queued_time=tasks.c.queued_time - 60))
     done = fleet.api_b.wait(taskid, timeout=30)
     assert done["status"] == "task_postprocess_end" and done["pexit"] == "0"
     assert fleet.row(taskid).attempts == 1

@@ -295,3 +295,30 @@ def test_the_demo_editor_refuses_several_pictures_with_a_reason():
     request = GenerationRequest(edit.instruction, 256, 256, 0, 2, 1.0, images=(picture, picture))
     with pytest.raises(ValueError, match="reads one input image .* this task gives 2; configure FLUX.1 Kontext"):
         engine.generate_batch([request], lambda: pytest.fail("drawing started"), lambda *_: True)
+
+
+def test_a_drawing_is_read_as_its_captions_things_where_it_drew_them():
+    """What the decoder's last training learns from (:func:`fluxhost.demo.reading.fitted_layout`):
+    each thing of the caption at the centre and size the picture drew it, as the caption's shape;
+    nothing when the picture lost a thing or its background."""
+    from fluxhost.demo.reading import fitted_layout
+    from fluxhost.demo.scenes import Drawn
+
+    layout = [Drawn(Thing("square", "red", "left"), 0.22, 0.47, 0.14),
+              Drawn(Thing("triangle", "yellow", "right"), 0.79, 0.55, 0.15)]
+    caption = Caption(tuple(item.thing for item in layout), "blue")
+    pixels = np.asarray(render(caption, layout, 128, 128), dtype=np.float64)
+    fitted = fitted_layout(pixels, caption)
+    assert [item.thing for item in fitted] == list(caption.things)
+    for drawn, read in zip(layout, fitted, strict=True):
+        assert abs(read.x - drawn.x) < 0.01 and abs(read.y - drawn.y) < 0.01, (drawn, read)
+        assert abs(read.radius / drawn.radius - 1) < 0.05, (drawn, read)
+
+    circle = Drawn(Thing("circle", "red", "left"), 0.22, 0.47, 0.14)  # drawn round, asked square
+    [read] = fitted_layout(np.asarray(render(Caption((circle.thing,), "blue"), [circle], 128, 128), dtype=np.float64),
+                           Caption((layout[0].thing,), "blue"))
+    assert read.thing.shape == "square" and abs(read.x - 0.22) < 0.01
+    assert abs(read.radius ** 2 * 1.8 ** 2 / (np.pi * 0.14 ** 2) - 1) < 0.1  # the same area
+
+    assert fitted_layout(pixels, Caption((Thing("circle", "green", "top"),), "blue")) is None  # not drawn
+    assert fitted_layout(pixels, Caption(caption.things, "white")) is None  # another background

@@ -5,10 +5,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from celery.exceptions import Reject
 from kombu.exceptions import OperationalError
+from sqlalchemy.exc import OperationalError as DatabaseError
 
 from fluxhost.runtime.dispatch import celery as celery_dispatch
-from fluxhost.runtime.dispatch.celery import RUN_TASK, SEND_TIMEOUTS, CeleryDispatcher, queue_name
+from fluxhost.runtime.dispatch.celery import RUN_TASK, SEND_TIMEOUTS, CeleryDispatcher, queue_name, run_task
 from fluxhost.store.tasks import TaskStore
 from fluxhost.store.work import WorkStore
 from tests.helpers import FOX_ORDER, SLUG, database_with_project
@@ -175,3 +177,28 @@ def test_a_process_stopping_while_the_broker_refuses_leaves_its_messages_to_the_
         _until(lambda: sent == [kept], "the message kept by a stopped process was never sent")
     finally:
         other.stop()
+
+
+def test_a_message_whose_claim_the_database_failed_goes_back_to_its_queue(work):
+    """Acknowledged, the message would be gone while its task stays queued and recorded as sent."""
+
+    class LockedOut:
+        def claim(self, task_id: int):
+            raise DatabaseError("UPDATE tasks", {}, Exception("canceling statement due to lock timeout"))
+
+    with pytest.raises(Reject) as rejected:
+        run_task(CeleryDispatcher(BROKER, visibility_seconds=60, work=work), LockedOut(), 7)
+    assert rejected.value.requeue
+
+
+def test_a_message_recorded_after_its_task_was_queued_again_does_not_count_for_the_new_queueing(monkeypatch, stores):
+    """The message was for the run before: the task, handed back since, needs one of its own."""
+    tasks, work, project_id = stores
+    dispatcher, sent = _sending(work, monkeypatch, grace=0.0)
+    task_id = tasks.create(project_id, SLUG, {}, FOX_ORDER).id
+    dispatcher.notify(task_id, SLUG)  # sent; recorded at the next beat
+    time.sleep(0.01)
+    assert work.claim_queued(task_id, "worker-1", lease_seconds=60)
+    assert work.release("worker-1") == [(task_id, SLUG)]  # its worker hands it back before that beat
+    dispatcher.stop()  # records what was sent
+    assert sent == [task_id] and work.unsent(time.time() + 60) == [(task_id, SLUG)]

@@ -81,9 +81,9 @@ class Recipe:
     upscaler_crop: int = 24  # low-resolution side of an upscaler training crop
     upscaler_lr: float = 2e-3
     upscaler_edge_weight: float = 10.0  # its pixels within eight of an edge (one drawn pixel)
-    fit_pool: int = 512  # the transformer's drawings the decoder's last training reads
+    fit_pool: int = 512  # the transformer's drawings the decoder's last training reads (in batches of FIT_BATCH)
     fit_steps: int = 1000
-    fit_share: float = 0.85  # of its windows from those drawings; the rest from exact layout latents
+    fit_share: float = 0.85  # of its steps on those drawings; the others on exact layout latents
     fit_lr: float = 1e-3
     editor_steps: int = 2400
     editor_batch: int = 16

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -49,6 +50,19 @@ def _sqlite_pragmas(busy_seconds: float) -> Callable[[Any, Any], None]:
         cursor.close()
 
     return set_pragmas
+
+
+def _postgresql_lock_timeout(seconds: float) -> Callable[[Any, Any], None]:
+    """A connect hook: the new connection's statements wait at most ``seconds`` for a lock another
+    transaction holds. A ``SET`` after connecting rather than libpq's ``options``, which would
+    replace ``PGOPTIONS`` and which PgBouncer refuses."""
+
+    def set_lock_timeout(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(f"SET lock_timeout = {math.ceil(seconds * 1000)}")
+        dbapi_connection.commit()
+
+    return set_lock_timeout
 
 
 def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
@@ -107,9 +121,10 @@ class Database:
 
     def __init__(self, url: str, timeout_seconds: float = 30.0):
         """``timeout_seconds``: how long a statement waits for a locked SQLite file, or on
-        PostgreSQL for a lock another transaction holds (unless the URL's ``options`` set
-        ``lock_timeout``), a connection from a full pool or a new one from the server (whole
-        seconds, 2 at least, unless the URL sets ``connect_timeout``), before it fails."""
+        PostgreSQL for a lock another transaction holds (unless the URL's ``options`` or
+        ``PGOPTIONS`` set ``lock_timeout``), a connection from a full pool or a new one from the
+        server (whole seconds, 2 at least, unless the URL sets ``connect_timeout``), before it
+        fails."""
         self.is_sqlite = url.startswith("sqlite")
         self._turns: _WriterTurns | None = None
         if self.is_sqlite:
@@ -124,14 +139,12 @@ class Database:
             # libpq's default waits for ever on a server that takes the connection and never answers,
             # and PostgreSQL's on a row another transaction holds (one left open by hand, a stuck job)
             query = make_url(url).query
-            connecting: dict[str, Any] = {}
-            if "connect_timeout" not in query:
-                connecting["connect_timeout"] = max(2, math.ceil(timeout_seconds))
-            if "options" not in query:
-                connecting["options"] = f"-c lock_timeout={math.ceil(timeout_seconds * 1000)}"
+            connecting = {} if "connect_timeout" in query else {"connect_timeout": max(2, math.ceil(timeout_seconds))}
             self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_timeout=timeout_seconds,
                                         connect_args=connecting)
             event.listen(self.engine, "checkout", _ping_if_idle(self.engine))
+            if "lock_timeout" not in f"{query.get('options', '')} {os.environ.get('PGOPTIONS', '')}":
+                event.listen(self.engine, "connect", _postgresql_lock_timeout(timeout_seconds))
             event.listen(self.engine, "checkin", _note_checkin)
         self._write_lock = self._turns or (threading.Lock() if self.is_sqlite else nullcontext())
         self._open_write = threading.local()  # this thread's write transaction, while one is open

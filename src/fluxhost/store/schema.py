@@ -129,8 +129,10 @@ class Task(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
     lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    # When a broker took its message (a Celery fleet), so that a queued task no message names, its
-    # API gone before the broker took one, is found and sent (fluxhost.runtime.dispatch.celery).
+    # When it was last queued (its Run, or its return to the queue), and when a broker took a message
+    # for that queueing (a Celery fleet): a queued task no message names, its API gone before the
+    # broker took one, is found and sent (fluxhost.runtime.dispatch.celery).
+    queued_time: Mapped[float | None] = mapped_column(Float, nullable=True)
     message_time: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     create_time: Mapped[float] = mapped_column(Float)

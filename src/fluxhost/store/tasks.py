@@ -96,8 +96,8 @@ class TaskStore:
             "model_slug": model_slug,
             "parameters": parameters, "work_order": order.encode(), "callback_url": callback_url,
             "status": Status.QUEUE.value, "debug_output": "", "debug_error": "", "attempts": 0,
-            "create_time": time.time(),
         }
+        values["create_time"] = values["queued_time"] = time.time()
         with self._db.write() as connection:
             task_id = connection.execute(_INSERT_TASK, values).scalar_one()
         return TaskRef(task_id, token, task_uuid)

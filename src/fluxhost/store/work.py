@@ -48,6 +48,11 @@ _FINISH = (
             debug_output=bindparam("debug_output"), lease_expires_at=None)
 )
 _INSERT_OUTPUT = insert(outputs)
+_RECORD_SENT = (
+    update(tasks)
+    .where(tasks.c.id == bindparam("task_id"), tasks.c.queued_time <= bindparam("sent_at"))
+    .values(message_time=bindparam("sent_at"))
+)
 
 
 _QUEUED_OF_MODEL = (
@@ -286,19 +291,20 @@ class WorkStore:
                 .where(tasks.c.status.in_([s.value for s in UNFINISHED])).group_by(tasks.c.status, tasks.c.model_slug)
             )]
 
-    def record_sent(self, task_ids: Collection[int], at: float) -> None:
-        """Note that a broker took the messages of ``task_ids`` (at ``at``)."""
+    def record_sent(self, sent: Collection[tuple[int, float]]) -> None:
+        """Note that a broker took a message for each (task id, when it was sent): on a task queued
+        again since (its message was for the run before), nothing is noted."""
         with self._db.write() as connection:
-            connection.execute(update(tasks).where(tasks.c.id.in_(list(task_ids))).values(message_time=at))
+            connection.execute(_RECORD_SENT, [{"task_id": task_id, "sent_at": at} for task_id, at in sent])
 
-    def unsent(self, made_before: float, limit: int = 1000) -> list[tuple[int, str]]:
-        """(task id, model slug) of the oldest ``limit`` queued tasks made before ``made_before``
-        whose message no process recorded as taken by a broker."""
+    def unsent(self, queued_before: float, limit: int = 1000) -> list[tuple[int, str]]:
+        """(task id, model slug) of the oldest ``limit`` tasks queued (or queued again) before
+        ``queued_before`` and still queued, for which no process recorded a message taken by a broker."""
         with self._db.read() as connection:
             rows = connection.execute(
                 select(tasks.c.id, tasks.c.model_slug)
                 .where(tasks.c.status == Status.QUEUE.value, tasks.c.message_time.is_(None),
-                       tasks.c.create_time < made_before)
+                       tasks.c.queued_time < queued_before)
                 .order_by(tasks.c.id).limit(limit)
             ).all()
         return [(task_id, slug) for task_id, slug in rows]
@@ -314,7 +320,7 @@ class WorkStore:
         with self._db.write() as connection:
             released = connection.execute(
                 update(tasks).where(*held)
-                .values(**_QUEUED_AGAIN, attempts=tasks.c.attempts - 1)
+                .values(**_QUEUED_AGAIN, queued_time=time.time(), attempts=tasks.c.attempts - 1)
                 .returning(tasks.c.id, tasks.c.model_slug)
             ).all()
         return [(task_id, slug) for task_id, slug in released]
@@ -352,7 +358,7 @@ class WorkStore:
                 changed = connection.execute(
                     update(tasks)
                     .where(tasks.c.id == task_id, *where)
-                    .values(**_QUEUED_AGAIN)
+                    .values(**_QUEUED_AGAIN, queued_time=now)
                 ).rowcount
             if changed:
                 requeued.append((task_id, model_slug))

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import Reject
 
 from fluxhost.events import open_event_bus
 from fluxhost.runtime.host import Runtime, new_worker_id
@@ -24,7 +25,7 @@ from fluxhost.runtime.janitor import Janitor
 from fluxhost.runtime.worker import Worker
 from fluxhost.settings import ModelSettings, Settings
 from fluxhost.storage import open_file_store
-from fluxhost.store.database import Database
+from fluxhost.store.database import DATABASE_FAULTS, Database
 from fluxhost.store.work import WorkStore
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,10 @@ SEND_TIMEOUTS = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
 """How long the API's sends wait on a broker that does not answer (kombu's Redis transport passes
 no timeout: for ever). A send runs on a database thread, inside a Run's request."""
 UNSENT_GRACE_SECONDS = 15.0
-"""How old a queued task must be before another process sends a message for it that no process
-recorded as sent: longer than a send may take (:data:`SEND_TIMEOUTS`) and a beat, so that a message
-still on its way is seldom sent twice (twice is harmless: the second claims nothing)."""
+"""How long after a task was queued a process sends a message for it that no process recorded as
+sent: longer than a send may take (:data:`SEND_TIMEOUTS`) and a beat, so that a message still on
+its way is seldom sent twice. Twice is harmless (the second claims nothing), and a task stranded
+for good is sent once by each process that sweeps before one of them records its message."""
 
 
 def queue_name(model_slug: str) -> str:
@@ -80,7 +82,7 @@ class CeleryDispatcher:
         self.app = celery_app(broker_url, visibility_seconds, {**SEND_TIMEOUTS, **(transport_options or {})})
         self.work = work
         self._unsent: dict[int, str] = {}
-        self._sent: list[int] = []  # taken by the broker, not recorded on their tasks yet
+        self._sent: list[tuple[int, float]] = []  # (task id, when) taken by the broker, not recorded yet
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -106,7 +108,7 @@ class CeleryDispatcher:
                 self._unsent[task_id] = model_slug
             return False
         with self._lock:
-            self._sent.append(task_id)
+            self._sent.append((task_id, time.time()))
         return True
 
     def load_error(self, slug: str) -> str | None:
@@ -142,7 +144,7 @@ class CeleryDispatcher:
         if not sent:
             return
         try:
-            self.work.record_sent(sent, time.time())
+            self.work.record_sent(sent)
         except Exception as error:
             log.warning("sent messages not recorded yet (%s): trying again at the next beat", error)
             with self._lock:
@@ -155,7 +157,7 @@ class CeleryDispatcher:
         with self._lock:
             if self._unsent:
                 return
-            unrecorded = set(self._sent)
+            unrecorded = {task_id for task_id, _sent_at in self._sent}
         try:
             lost = self.work.unsent(time.time() - UNSENT_GRACE_SECONDS)
         except Exception as error:
@@ -182,19 +184,31 @@ class CeleryDispatcher:
                 del self._unsent[task_id]
 
 
+def run_task(dispatcher: CeleryDispatcher, worker: Worker, task_id: int) -> None:
+    """What a message makes ``worker`` do: claim task ``task_id`` (with the tasks that join its
+    batch) and run it; what the database failed under is handed back through ``dispatcher``. A
+    claim the database failed puts the message back on its queue: acknowledged, it would be gone
+    while its task stays queued, recorded as sent, and no sweep would send it again."""
+    try:
+        batch = worker.claim(task_id)
+    except DATABASE_FAULTS as error:
+        log.warning("task %s could not be claimed (%s): its message goes back to the queue", task_id, error)
+        raise Reject(str(error), requeue=True) from error
+    if not batch:
+        log.info("task %s is no longer queued: message dropped", task_id)
+        return
+    for handed_back, model_slug in worker.run(batch):  # the database failed under the run
+        dispatcher.notify(handed_back, model_slug)
+
+
 def consume(dispatcher: CeleryDispatcher, worker: Worker, loglevel: str) -> None:
     """Run ``worker`` on its models' queues until the process is told to stop (SIGTERM or Ctrl-C
-    finish the task in hand first); what it hands back goes out through ``dispatcher``."""
+    finish the task in hand first), each message through :func:`run_task`."""
     app = dispatcher.app
 
     @app.task(name=RUN_TASK)
     def run(task_id: int) -> None:
-        batch = worker.claim(task_id)
-        if not batch:
-            log.info("task %s is no longer queued: message dropped", task_id)
-            return
-        for handed_back, model_slug in worker.run(batch):  # the database failed under the run
-            dispatcher.notify(handed_back, model_slug)
+        run_task(dispatcher, worker, task_id)
 
     queues = ",".join(queue_name(slug) for slug in worker.models)
     app.worker_main(["worker", "--pool=solo", "--concurrency=1", f"--queues={queues}", f"--loglevel={loglevel}",
