@@ -124,13 +124,17 @@ def test_an_editing_model_takes_input_image_under_bfls_name(make_settings):
         assert refused.status_code == 422 and "input_image must be base64" in refused.json()["detail"]
 
 
+def one_database_thread(tmp_path) -> Settings:
+    """An editing model on the bench engine, no worker, and one database thread for the API."""
+    models = {"black-forest-labs/flux-kontext-pro": ModelSettings(steps=1, kind="edit")}
+    return Settings(data_dir=tmp_path, host="127.0.0.1", port=free_port(), engine="bench", worker_concurrency=0,
+                    api_threads=1, models=models)
+
+
 def test_an_input_image_url_resolves_its_host_off_the_database_threads(tmp_path):
     """BFL's ``input_image`` by URL (as sent, spaces around it) is fetched on the shared threads:
     a slow DNS answer leaves the database's thread (here only one) to the other requests."""
-    models = {"black-forest-labs/flux-kontext-pro": ModelSettings(steps=1, kind="edit")}
-    settings = Settings(data_dir=tmp_path, host="127.0.0.1", port=free_port(), engine="bench", worker_concurrency=0,
-                        api_threads=1, models=models)
-    with LiveServer(settings) as live:
+    with LiveServer(one_database_thread(tmp_path)) as live:
         key = live.service.keys.create(KeyMode.KEY_ONLY)
         answer = sent_while_waiting(slow_to_resolve("slow.example.test"), lambda: httpx.post(
             f"{live.base_url}/bfl/v1/flux-kontext-pro", headers={"x-key": key.api_key}, timeout=30,
@@ -142,12 +146,9 @@ def test_an_input_image_url_resolves_its_host_off_the_database_threads(tmp_path)
 def test_an_input_image_sent_inline_is_kept_off_the_database_threads(tmp_path):
     """A base64 ``input_image`` is kept in the file store (a disk, an object store): on the shared
     threads, while the database's (here only one) serves the other requests."""
-    models = {"black-forest-labs/flux-kontext-pro": ModelSettings(steps=1, kind="edit")}
-    settings = Settings(data_dir=tmp_path, host="127.0.0.1", port=free_port(), engine="bench", worker_concurrency=0,
-                        api_threads=1, models=models)
     photo = io.BytesIO()
     Image.new("RGB", (64, 48), "orange").save(photo, format="PNG")
-    with LiveServer(settings) as live:
+    with LiveServer(one_database_thread(tmp_path)) as live:
         key = live.service.keys.create(KeyMode.KEY_ONLY)
         answer = sent_while_waiting(held(live.service.operations.files, "save"), lambda: httpx.post(
             f"{live.base_url}/bfl/v1/flux-kontext-pro", headers={"x-key": key.api_key}, timeout=30,

@@ -428,11 +428,20 @@ def sharpen_decoder(vae: AutoencoderKL, recipe: Recipe, report: Callable[[str], 
     this narrows them (from the start, it learns far slower). Its own random stream
     (``recipe.seed + 2``) leaves every other part as it is with or without it."""
     rng = random.Random(recipe.seed + 2)
+    _train_decoder_sharp(vae, "sharpening decoder", recipe.sharpen_steps, recipe.sharpen_lr,
+                         lambda: _decoded_windows(vae, recipe, rng), recipe, report)
+
+
+def _train_decoder_sharp(vae: AutoencoderKL, name: str, steps: int, lr: float,
+                         windows: Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]], recipe: Recipe,
+                         report: Callable[[str], None]) -> None:
+    """``steps`` of the decoder on :func:`_sharpening_error`, each on what ``windows()`` gives:
+    what the decoder drew, the pixels it should have drawn, their scenes' background colours."""
     decoder = vae.decoder.train().requires_grad_(True)
-    optimiser, schedule = _optimiser(decoder.parameters(), recipe.sharpen_lr, recipe.sharpen_steps)
-    progress = Progress("sharpening decoder", recipe.sharpen_steps, report)
-    for step in range(recipe.sharpen_steps):
-        loss = _sharpening_error(*_decoded_windows(vae, recipe, rng), recipe)
+    optimiser, schedule = _optimiser(decoder.parameters(), lr, steps)
+    progress = Progress(name, steps, report)
+    for step in range(steps):
+        loss = _sharpening_error(*windows(), recipe)
         _update(loss, decoder.parameters(), optimiser, schedule)
         progress(step, loss.item())
     vae.eval().requires_grad_(False)
@@ -529,20 +538,16 @@ def fit_decoder_to_drawings(pipeline: FluxPipeline, recipe: Recipe, report: Call
     report(f"decoder fitting: {0 if drawings is None else len(drawings[0])} of {recipe.fit_pool} drawings read, "
            f"{time.monotonic() - started:.0f} s")
     vae = pipeline.vae
-    decoder = vae.decoder.train().requires_grad_(True)
-    optimiser, schedule = _optimiser(decoder.parameters(), recipe.fit_lr, recipe.fit_steps)
-    progress = Progress("decoder fitting", recipe.fit_steps, report)
-    for step in range(recipe.fit_steps):
-        if drawings is not None and rng.random() < recipe.fit_share:
-            drawn_latents, drawn = drawings
-            chosen = [rng.randrange(len(drawn_latents)) for _ in range(recipe.autoencoder_batch)]
-            latents, pixels = _crops(drawn_latents[chosen], drawn.pixels[chosen], recipe.decoder_crop // 8, rng)
-            loss = _sharpening_error(vae.decode(latents).sample, pixels, drawn.backgrounds[chosen], recipe)
-        else:
-            loss = _sharpening_error(*_decoded_windows(vae, recipe, rng), recipe)
-        _update(loss, decoder.parameters(), optimiser, schedule)
-        progress(step, loss.item())
-    vae.eval().requires_grad_(False)
+
+    def windows() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if drawings is None or rng.random() >= recipe.fit_share:
+            return _decoded_windows(vae, recipe, rng)
+        drawn_latents, drawn = drawings
+        chosen = [rng.randrange(len(drawn_latents)) for _ in range(recipe.autoencoder_batch)]
+        latents, pixels = _crops(drawn_latents[chosen], drawn.pixels[chosen], recipe.decoder_crop // 8, rng)
+        return vae.decode(latents).sample, pixels, drawn.backgrounds[chosen]
+
+    _train_decoder_sharp(vae, "decoder fitting", recipe.fit_steps, recipe.fit_lr, windows, recipe, report)
 
 
 def _edit_batch(rng: random.Random, count: int, width: int, height: int,

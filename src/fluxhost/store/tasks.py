@@ -91,13 +91,14 @@ class TaskStore:
         ``api_key_id`` the key it was made with."""
         token = random_token(30)
         task_uuid = str(uuid.uuid4())
+        now = time.time()
         values = {
             "uuid": task_uuid, "socket_token": token, "project_id": project_id, "api_key_id": api_key_id,
             "model_slug": model_slug,
             "parameters": parameters, "work_order": order.encode(), "callback_url": callback_url,
             "status": Status.QUEUE.value, "debug_output": "", "debug_error": "", "attempts": 0,
+            "create_time": now, "queued_time": now,
         }
-        values["create_time"] = values["queued_time"] = time.time()
         with self._db.write() as connection:
             task_id = connection.execute(_INSERT_TASK, values).scalar_one()
         return TaskRef(task_id, token, task_uuid)

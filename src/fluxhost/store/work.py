@@ -63,9 +63,11 @@ _QUEUED_OF_MODEL = (
 )
 
 
-# A task back in the queue, as if never claimed: no worker, no lease, no stage reached, no message sent.
-_QUEUED_AGAIN = {"status": Status.QUEUE.value, "worker_id": None, "lease_expires_at": None, "message_time": None,
-                 **{column: None for column in TIME_COLUMN.values()}}
+def _queued_again(now: float) -> dict[str, object]:
+    """The columns of a task back in the queue at ``now``, as if never claimed: no worker, no
+    lease, no stage reached, no message sent for this queueing."""
+    return {"status": Status.QUEUE.value, "worker_id": None, "lease_expires_at": None, "message_time": None,
+            "queued_time": now, **{column: None for column in TIME_COLUMN.values()}}
 
 
 @functools.cache
@@ -320,7 +322,7 @@ class WorkStore:
         with self._db.write() as connection:
             released = connection.execute(
                 update(tasks).where(*held)
-                .values(**_QUEUED_AGAIN, queued_time=time.time(), attempts=tasks.c.attempts - 1)
+                .values(**_queued_again(time.time()), attempts=tasks.c.attempts - 1)
                 .returning(tasks.c.id, tasks.c.model_slug)
             ).all()
         return [(task_id, slug) for task_id, slug in released]
@@ -358,7 +360,7 @@ class WorkStore:
                 changed = connection.execute(
                     update(tasks)
                     .where(tasks.c.id == task_id, *where)
-                    .values(**_QUEUED_AGAIN, queued_time=now)
+                    .values(**_queued_again(now))
                 ).rowcount
             if changed:
                 requeued.append((task_id, model_slug))
