@@ -24,6 +24,7 @@ picture given beside the picture made (``edit-KIND.png``), and prints its instru
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import statistics
 import sys
@@ -81,7 +82,7 @@ def two_shape_share(engine: FluxEngine, width: int, height: int, count: int) -> 
         found = misses(caption, read_things(image))
         right += not found
         missed.update(found)
-    return right / len(captions), missed
+    return right / len(captions) if captions else math.nan, missed
 
 
 def readings(engine: FluxEngine, width: int, height: int) -> list[tuple[tuple, tuple, float | None]]:

@@ -33,8 +33,9 @@ EXAMPLE_PROMPT = "a red circle on the left on a blue background"
 CAN_DRAW = (f"The demo model draws one or two flat shapes (circle, square, triangle) in red, green, blue, yellow, "
             f"white, black, purple or orange, on the left, on the right, at the top, at the bottom or in the "
             f"center, on a plain background of one of those colours: e.g. \"{EXAMPLE_PROMPT}\". The background, the "
-            f"shape, its colour and its place come out as asked; in the widest pictures (2:1, 21:9) "
-            f"a square or triangle sometimes has rounded corners. "
+            f"shape, its colour and its place come out as asked; a square or triangle sometimes has "
+            f"rounded corners (one in ten in the widest pictures), and with two shapes about half the "
+            f"pictures get one of them wrong. "
             f"Anything else comes out as some such scene.")
 
 

@@ -14,7 +14,9 @@ The parts are trained in turn, each on scenes drawn on the fly by :mod:`fluxhost
    scene drawn eight times larger: it is what keeps edges clean at a megapixel;
 5. the decoder a last time, on the transformer's own drawings (:func:`fit_decoder_to_drawings`);
 6. the editing transformer (FLUX.1 Kontext's way), from the drawing one, on pairs of scenes
-   before and after an instruction (:mod:`fluxhost.demo.edits`); ``editor_steps=0`` leaves it out.
+   before and after an instruction (:mod:`fluxhost.demo.edits`); ``editor_steps=0`` leaves it out;
+7. the drawing transformer a last time, at the sizes the service draws at
+   (:func:`train_at_served_sizes`).
 
 The folder it writes is an ordinary diffusers ``FluxPipeline`` folder (plus ``upscaler/`` and
 ``editor/``), loaded by the same code as real FLUX weights.
@@ -47,7 +49,7 @@ from transformers import (
     T5TokenizerFast,
 )
 
-from fluxhost.demo import GUIDANCE, MAX_SEQUENCE_LENGTH, RENDER_PIXELS, STEPS, edits, scenes
+from fluxhost.demo import GUIDANCE, MAX_SEQUENCE_LENGTH, RENDER_MIN_SIDE, RENDER_PIXELS, STEPS, edits, scenes
 from fluxhost.demo.reading import fitted_layout
 from fluxhost.engines.noise import position_ramps
 from fluxhost.engines.upscale import render_size
@@ -85,22 +87,33 @@ class Recipe:
     fit_steps: int = 1000
     fit_share: float = 0.85  # of its steps on those drawings; the others on exact layout latents
     fit_lr: float = 1e-3
+    served_steps: int = 400  # the drawing transformer's last training, at the sizes it is served at
+    served_lr: float = 3e-4
     editor_steps: int = 2400
     editor_batch: int = 16
     editor_lr: float = 1e-3
     keep_instruction: float = 0.1  # pairs with an empty instruction and no change: what guidance steers from
 
 
-def draw_sizes() -> list[tuple[int, int]]:
+COMMON_RATIOS = ("1:1", "16:9")
+
+
+def _size_for(ratio: str, min_side: int | None) -> tuple[int, int]:
+    return render_size(*size_for_aspect_ratio(ratio), RENDER_PIXELS, min_side)
+
+
+def draw_sizes(min_side: int | None = None) -> list[tuple[int, int]]:
     """The sizes the model learns at: about 128x128 pixels in each aspect ratio of the tool (some
-    shared). Served, it draws wide and tall pictures a little larger (``RENDER_MIN_SIDE``)."""
-    return sorted({render_size(*size_for_aspect_ratio(ratio), RENDER_PIXELS) for ratio in ASPECT_RATIOS})
+    shared); with ``min_side``, the shorter side at least that, as the service draws them
+    (``RENDER_MIN_SIDE``: wide and tall pictures a little larger)."""
+    return sorted({_size_for(ratio, min_side) for ratio in ASPECT_RATIOS})
 
 
-def _size_weights() -> list[int]:
-    """How often the transformers learn at each of :func:`draw_sizes`: 1:1 and 16:9, the common
-    ones, six times as often as the others."""
-    return [6 if size in ((128, 128), (176, 96)) else 1 for size in draw_sizes()]
+def _size_weights(min_side: int | None = None) -> list[int]:
+    """How often the transformers learn at each of :func:`draw_sizes` (``min_side`` as there):
+    :data:`COMMON_RATIOS` six times as often as the others."""
+    common = {_size_for(ratio, min_side) for ratio in COMMON_RATIOS}
+    return [6 if size in common else 1 for size in draw_sizes(min_side)]
 
 
 def _pixels(images: list[Image.Image]) -> torch.Tensor:
@@ -387,16 +400,38 @@ def train_denoiser(pipeline: FluxPipeline, recipe: Recipe, rng: random.Random, g
     touches weigh ``recipe.shape_weight`` times more (they are few, and they are the caption's
     hard part); a caption is left empty ``recipe.caption_dropout`` of the time, so that the model
     also learns the unconditional picture that classifier-free guidance steers away from."""
+    modules = (pipeline.transformer, pipeline.text_encoder, pipeline.text_encoder_2)
+    _learn_to_draw(pipeline, modules, "transformer", recipe.denoiser_steps, recipe.denoiser_lr, None, recipe, rng,
+                   generator, report)
+
+
+def train_at_served_sizes(pipeline: FluxPipeline, recipe: Recipe, report: Callable[[str], None]) -> None:
+    """The drawing transformer's last training, as :func:`train_denoiser` but at the sizes the
+    service draws at (:func:`draw_sizes` with ``RENDER_MIN_SIDE``), for ``recipe.served_steps``:
+    it learned wide and tall pictures smaller than they are served (192x80 for 21:9, drawn at
+    256x112), and at 21:9 it often drew no shape at all, or a speck. The text encoders stay as they
+    are: the editor, trained before this, reads them. Last, with its own random streams
+    (``recipe.seed + 5``), so that every other part is the same with or without it."""
+    rng = random.Random(recipe.seed + 5)
+    generator = torch.Generator().manual_seed(recipe.seed + 5)
+    _learn_to_draw(pipeline, (pipeline.transformer,), "transformer at served sizes", recipe.served_steps,
+                   recipe.served_lr, RENDER_MIN_SIDE, recipe, rng, generator, report)
+
+
+def _learn_to_draw(pipeline: FluxPipeline, modules: tuple[torch.nn.Module, ...], name: str, steps: int, lr: float,
+                   min_side: int | None, recipe: Recipe, rng: random.Random, generator: torch.Generator,
+                   report: Callable[[str], None]) -> None:
+    """``steps`` of :func:`train_denoiser`'s flow matching, ``modules`` learning, at :func:`draw_sizes`
+    (``min_side`` as there)."""
     vae, transformer = pipeline.vae, pipeline.transformer
-    modules = (transformer, pipeline.text_encoder, pipeline.text_encoder_2)
     parameters = [parameter for module in modules for parameter in module.parameters()]
-    optimiser, schedule = _optimiser(parameters, recipe.denoiser_lr, recipe.denoiser_steps)
-    progress = Progress("transformer", recipe.denoiser_steps, report)
-    sizes, weights = draw_sizes(), _size_weights()
+    optimiser, schedule = _optimiser(parameters, lr, steps)
+    progress = Progress(name, steps, report)
+    sizes, weights = draw_sizes(min_side), _size_weights(min_side)
     for module in modules:
-        module.train()
+        module.train().requires_grad_(True)
     count = recipe.denoiser_batch
-    for step in range(recipe.denoiser_steps):
+    for step in range(steps):
         width, height = rng.choices(sizes, weights)[0]
         batch = _scenes(rng, count, width, height, two_things=0.25)
         latents = (batch.latents - vae.config.shift_factor) * vae.config.scaling_factor
@@ -632,6 +667,8 @@ def train(folder: Path, recipe: Recipe = Recipe(), report: Callable[[str], None]
     train_upscaler(upscaler, pipeline.vae, recipe, report)
     fit_decoder_to_drawings(pipeline, recipe, report)
     editor = train_editor(pipeline, recipe, report) if recipe.editor_steps else None
+    if recipe.served_steps:
+        train_at_served_sizes(pipeline, recipe, report)
     folder.mkdir(parents=True, exist_ok=True)
     pipeline.save_pretrained(folder)
     upscaler.save_pretrained(folder / "upscaler")

@@ -16,6 +16,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any, Protocol
 
 from fluxhost.orders import (
@@ -325,13 +326,15 @@ class InputSchema:
                      for item in SEED_TOOL_INPUTS)
         return seed[:1] + IMAGE_INPUTS + seed[1:] + tuple(extra)
 
-    @property
+    @cached_property
     def inputs(self) -> tuple[Input, ...]:
+        """The published inputs, each with this server's note on it; worked out once, since every
+        Run reads them."""
         notes = dict(self.notes)
         return tuple(replace(item, description=f"{item.description} {notes[item.id]}") if item.id in notes else item
                      for item in self.published)
 
-    @property
+    @cached_property
     def ids(self) -> frozenset[str]:
         return frozenset(item.id for item in self.published)
 
