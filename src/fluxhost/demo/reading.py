@@ -24,6 +24,7 @@ def background_colour(pixels: np.ndarray) -> np.ndarray:
 
 
 def far_from(pixels: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Where the picture is far from its ``background`` colour: an object, or its rim."""
     return np.sqrt(((pixels - background) ** 2).sum(-1)) > FAR_FROM_BACKGROUND
 
 
