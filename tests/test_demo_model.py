@@ -295,6 +295,26 @@ def test_the_upscaler_keeps_the_scene():
     assert all(upscaled[:3] == resampled[:3] for upscaled, resampled in readings), readings
 
 
+def test_the_last_training_changes_the_drawing_transformer_alone():
+    """The transformer's training at served sizes runs after the editor, which reads the text
+    encoders: it must leave them, and the autoencoder, as they were."""
+    import torch
+
+    from fluxhost.demo.train import Recipe, build_pipeline, train_at_served_sizes
+
+    torch.manual_seed(0)
+    pipeline = build_pipeline()
+    pipeline.vae.register_to_config(shift_factor=0.0, scaling_factor=1.0)
+    before = {name: {key: value.clone() for key, value in getattr(pipeline, name).state_dict().items()}
+              for name in ("transformer", "text_encoder", "text_encoder_2", "vae")}
+    train_at_served_sizes(pipeline, Recipe(served_steps=2, denoiser_batch=2), report=lambda line: None)
+    for name, weights in before.items():
+        after = getattr(pipeline, name).state_dict()
+        unchanged = all(torch.equal(after[key], value) for key, value in weights.items())
+        assert unchanged == (name != "transformer"), name
+    assert not pipeline.transformer.training and not any(p.requires_grad for p in pipeline.transformer.parameters())
+
+
 def test_the_training_script_is_reproducible(tmp_path):
     """A few steps of each stage, twice from the same seed: every weight and tokenizer file comes
     out the same, in a folder that loads like any FLUX pipeline."""

@@ -336,7 +336,7 @@ def models_train_demo(
     folder: Annotated[Path | None, typer.Argument(help="Where to write the model; default: the package's own "
                                                       "demo model, replaced.")] = None,
 ) -> None:
-    """Train the demo model from scratch on this machine's CPU, from a fixed seed (about 61 minutes
+    """Train the demo model from scratch on this machine's CPU, from a fixed seed (about 52 minutes
     on a 2-core Intel Xeon, longer on slower CPUs): the same recipe as the weights shipped in the package."""
     spin_while_waiting()
     from fluxhost.demo import WEIGHTS

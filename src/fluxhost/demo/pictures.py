@@ -74,7 +74,7 @@ def _placed_shape(filled: np.ndarray, area: float) -> tuple[str, float, float, f
         radius = float(np.sqrt(area / AREA_PER_RADIUS2[shape]))
         cx = float(xs.mean() + 0.5)
         cy = float(ys.mean() + 0.5) - (radius / 3 if shape == "triangle" else 0.0)  # a triangle's centroid is low
-        outline = signed_distance(shape, torch.from_numpy(x - cx), torch.from_numpy(y - cy), radius).numpy() < 0
+        outline = signed_distance(shape, x - cx, y - cy, radius) < 0
         overlap = (outline & filled).sum() / (outline | filled).sum()
         if best is None or overlap > best[0]:
             best = (overlap, shape, cx, cy, radius)

@@ -133,14 +133,15 @@ def render(caption: Caption, layout: list[Drawn], width: int, height: int,
 
 def shape_masks(layout: list[Drawn], width: int, height: int) -> np.ndarray:
     """How much of each pixel each shape covers, in [0, 1]: (len(SHAPES), height, width)."""
-    masks = []
-    for shape in SHAPES:
-        canvas = Image.new("L", (width * SUPERSAMPLING, height * SUPERSAMPLING), 0)
-        for item in layout:
-            if item.thing.shape == shape:
+    masks = np.zeros((len(SHAPES), height, width), dtype=np.float32)
+    for index, shape in enumerate(SHAPES):
+        items = [item for item in layout if item.thing.shape == shape]
+        if items:
+            canvas = Image.new("L", (width * SUPERSAMPLING, height * SUPERSAMPLING), 0)
+            for item in items:
                 _draw(canvas, item, width, height, 0, 0, 255)
-        masks.append(np.asarray(canvas.reduce(SUPERSAMPLING), dtype=np.float32) / 255)
-    return np.stack(masks)
+            masks[index] = np.asarray(canvas.reduce(SUPERSAMPLING), dtype=np.float32) / 255
+    return masks
 
 
 def _draw(canvas: Image.Image, item: Drawn, width: int, height: int, left: int, top: int,

@@ -25,6 +25,7 @@ The folder it writes is an ordinary diffusers ``FluxPipeline`` folder (plus ``up
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import random
 import string
@@ -123,31 +124,39 @@ def _pixels(images: list[Image.Image]) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class SceneBatch:
+    """Scenes of one size. Their pictures, masks and latents are drawn when first read: each stage
+    reads only some of them (the transformers never the pictures)."""
+
     captions: list[scenes.Caption]
     layouts: list[list[scenes.Drawn]]
-    pixels: torch.Tensor  # (batch, 3, height, width) in [-1, 1]
-    masks: torch.Tensor  # (batch, shapes, height, width): how much of each pixel each shape covers
+    width: int
+    height: int
+
+    @functools.cached_property
+    def pixels(self) -> torch.Tensor:
+        """(batch, 3, height, width) in [-1, 1]."""
+        return _pixels([scenes.render(caption, layout, self.width, self.height)
+                        for caption, layout in zip(self.captions, self.layouts, strict=True)])
+
+    @functools.cached_property
+    def masks(self) -> torch.Tensor:
+        """(batch, shapes, height, width): how much of each pixel each shape covers."""
+        return torch.from_numpy(np.stack([scenes.shape_masks(layout, self.width, self.height)
+                                          for layout in self.layouts]))
 
     @property
     def backgrounds(self) -> torch.Tensor:
         """(batch, 3): each scene's background colour, in [-1, 1] like its pixels."""
-        return _colours([caption.background for caption in self.captions])
+        return torch.from_numpy(_colours([caption.background for caption in self.captions]))
 
-    @property
+    @functools.cached_property
     def latents(self) -> torch.Tensor:
-        height, width = self.pixels.shape[2:]
-        return layout_latents(self.layouts, self.captions, width, height)
+        return layout_latents(self.layouts, self.captions, self.width, self.height)
 
 
 def _scenes(rng: random.Random, count: int, width: int, height: int, two_things: float = 0.4) -> SceneBatch:
     captions = [scenes.training_caption(rng, two_things) for _ in range(count)]
-    return _drawn(captions, [scenes.lay_out(caption, rng) for caption in captions], width, height)
-
-
-def _drawn(captions: list[scenes.Caption], layouts: list[list[scenes.Drawn]], width: int, height: int) -> SceneBatch:
-    images = [scenes.render(caption, layout, width, height) for caption, layout in zip(captions, layouts, strict=True)]
-    masks = torch.from_numpy(np.stack([scenes.shape_masks(layout, width, height) for layout in layouts]))
-    return SceneBatch(captions, layouts, _pixels(images), masks)
+    return SceneBatch(captions, [scenes.lay_out(caption, rng) for caption in captions], width, height)
 
 
 def _clip_tokenizer() -> CLIPTokenizer:
@@ -247,60 +256,65 @@ def layout_latents(layouts: list[list[scenes.Drawn]], captions: list[scenes.Capt
     it which corners to draw. A fixed target lets the transformer train without waiting for the
     autoencoder."""
     rows, columns = height // 8, width // 8
-    y, x = torch.meshgrid(torch.arange(rows) * 8 + 4.0, torch.arange(columns) * 8 + 4.0, indexing="ij")
-    latents = []
-    for layout, caption in zip(layouts, captions, strict=True):
-        fields = torch.stack([_fields(item, x, y, width, height) for item in layout])
+    y, x = np.meshgrid(np.arange(rows, dtype=np.float32) * 8 + 4, np.arange(columns, dtype=np.float32) * 8 + 4,
+                       indexing="ij")
+    latents = np.zeros((len(layouts), LATENT_CHANNELS, rows, columns), dtype=np.float32)
+    for latent, layout, caption in zip(latents, layouts, captions, strict=True):
+        fields = np.stack([_fields(item, x, y, width, height) for item in layout])
         nearest = fields[:, 0].argmin(0)
-        chosen = fields.gather(0, nearest[None, None].expand(1, *fields.shape[1:]))[0]
+        chosen = np.take_along_axis(fields, nearest[None, None], 0)[0]
         things = [item.thing for item in layout]
         colours = _colours([thing.colour for thing in things])
-        shapes = torch.tensor([[1.0 if shape == thing.shape else -1.0 for shape in scenes.SHAPES] for thing in things])
-        [background] = _colours([caption.background])
-        latents.append(torch.cat([
-            background[:, None, None].expand(3, rows, columns),
-            colours[nearest].permute(2, 0, 1),
-            shapes[nearest].permute(2, 0, 1),
-            (chosen[1] / 8).clamp(-CLAMP, CLAMP)[None].expand(SDF_COPIES, rows, columns),
-            chosen[2:].clamp(-CLAMP, CLAMP),
-            torch.zeros(1, rows, columns),
-        ]))
-    return torch.stack(latents)
+        shapes = np.array([[1.0 if shape == thing.shape else -1.0 for shape in scenes.SHAPES] for thing in things],
+                          dtype=np.float32)
+        latent[0:3] = _colours([caption.background])[0][:, None, None]
+        latent[3:6] = colours[nearest].transpose(2, 0, 1)
+        latent[6:9] = shapes[nearest].transpose(2, 0, 1)
+        latent[9 : 9 + SDF_COPIES] = np.clip(chosen[1] / 8, -CLAMP, CLAMP)
+        latent[9 + SDF_COPIES : 11 + SDF_COPIES] = np.clip(chosen[2:], -CLAMP, CLAMP)  # the last stays zero
+    return torch.from_numpy(latents)
 
 
-def _colours(names: list[str]) -> torch.Tensor:
+def _colours(names: list[str]) -> np.ndarray:
     """(len(names), 3): the named colours, in [-1, 1] like pixels."""
-    return torch.tensor([scenes.COLOURS[name] for name in names], dtype=torch.float32) / 127.5 - 1
+    return np.array([scenes.COLOURS[name] for name in names], dtype=np.float32) / np.float32(127.5) - 1
 
 
-def _fields(item: scenes.Drawn, x: torch.Tensor, y: torch.Tensor, width: int, height: int) -> torch.Tensor:
+def _fields(item: scenes.Drawn, x: np.ndarray, y: np.ndarray, width: int, height: int) -> np.ndarray:
     """At the points (``x``, ``y``) of a ``width`` x ``height`` scene: the squared distance from the
     thing's centre in radii, the signed distance to its edge in pixels, and the offset from its
     centre in radii, across and down."""
     cx, cy, radius = item.x * width, item.y * height, item.radius * min(width, height)
     across, down = (x - cx) / radius, (y - cy) / radius
-    return torch.stack([across.square() + down.square(), signed_distance(item.thing.shape, x - cx, y - cy, radius),
-                        across, down])
+    return np.stack([np.square(across) + np.square(down), signed_distance(item.thing.shape, x - cx, y - cy, radius),
+                     across, down])
 
 
-def signed_distance(shape: str, x: torch.Tensor, y: torch.Tensor, radius: float) -> torch.Tensor:
+def signed_distance(shape: str, x: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
     """Pixels from the edge of a shape centred at the origin (negative inside), as
     :func:`fluxhost.demo.scenes.render` draws it."""
     if shape == "circle":
-        return (x.square() + y.square()).sqrt() - radius
+        return _square_root(np.square(x) + np.square(y)) - radius
     if shape == "square":
         corners = [(-0.9, -0.9), (0.9, -0.9), (0.9, 0.9), (-0.9, 0.9)]
     else:
         corners = [(0.0, -1.0), (1.0, 1.0), (-1.0, 1.0)]
     points = [(a * radius, b * radius) for a, b in corners]
-    edges, inside = [], torch.ones_like(x, dtype=torch.bool)
+    edges, inside = [], np.ones(x.shape, dtype=bool)
     for (ax, ay), (bx, by) in zip(points, points[1:] + points[:1], strict=True):
         ex, ey = bx - ax, by - ay
-        t = (((x - ax) * ex + (y - ay) * ey) / (ex * ex + ey * ey)).clamp(0, 1)
-        edges.append(((x - ax - t * ex).square() + (y - ay - t * ey).square()).sqrt())
+        t = np.clip(((x - ax) * ex + (y - ay) * ey) / (ex * ex + ey * ey), 0, 1)
+        edges.append(_square_root(np.square(x - ax - t * ex) + np.square(y - ay - t * ey)))
         inside &= ex * (y - ay) - ey * (x - ax) >= 0
-    distance = torch.stack(edges).amin(0)
-    return torch.where(inside, -distance, distance)
+    distance = np.min(edges, 0)
+    return np.where(inside, -distance, distance)
+
+
+def _square_root(values: np.ndarray) -> np.ndarray:
+    """Torch's square root: the shipped weights learned from latents computed with it, and on float32
+    it differs from NumPy's in the last bit of about one value in 140, enough for every trained
+    part to come out different."""
+    return torch.from_numpy(values).sqrt().numpy()
 
 
 def _shapes(pixels: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
@@ -554,7 +568,7 @@ def _drawings(pipeline: FluxPipeline, recipe: Recipe, rng: random.Random, genera
                 layouts.append(layout)
     if not kept_latents:
         return None
-    return torch.stack(kept_latents), _drawn(captions, layouts, side, side)
+    return torch.stack(kept_latents), SceneBatch(captions, layouts, side, side)
 
 
 def fit_decoder_to_drawings(pipeline: FluxPipeline, recipe: Recipe, report: Callable[[str], None]) -> None:
@@ -592,8 +606,8 @@ def _edit_batch(rng: random.Random, count: int, width: int, height: int,
     chosen = [edits.training_edit(rng) for _ in range(count)]
     pairs = [(edit, rng.random() < keep) for edit in chosen]
     instructions = ["" if same else edit.instruction for edit, same in pairs]
-    before = _drawn([edit.caption_before for edit in chosen], [list(edit.before) for edit in chosen], width, height)
-    after = _drawn([edit.caption_before if same else edit.caption_after for edit, same in pairs],
+    before = SceneBatch([edit.caption_before for edit in chosen], [list(edit.before) for edit in chosen], width, height)
+    after = SceneBatch([edit.caption_before if same else edit.caption_after for edit, same in pairs],
                    [list(edit.before if same else edit.after) for edit, same in pairs], width, height)
     return instructions, before, after
 
