@@ -34,8 +34,8 @@ CAN_DRAW = (f"The demo model draws one or two flat shapes (circle, square, trian
             f"white, black, purple or orange, on the left, on the right, at the top, at the bottom or in the "
             f"center, on a plain background of one of those colours: e.g. \"{EXAMPLE_PROMPT}\". The background, the "
             f"shape, its colour and its place come out as asked; a square or triangle sometimes has "
-            f"rounded corners (one in ten in the widest pictures), and with two shapes about half the "
-            f"pictures get one of them wrong. "
+            f"rounded corners (one in ten in the widest pictures), and with two shapes half or more "
+            f"of the pictures get one of them wrong. "
             f"Anything else comes out as some such scene.")
 
 

@@ -258,8 +258,8 @@ def layout_latents(layouts: list[list[scenes.Drawn]], captions: list[scenes.Capt
     rows, columns = height // 8, width // 8
     y, x = np.meshgrid(np.arange(rows, dtype=np.float32) * 8 + 4, np.arange(columns, dtype=np.float32) * 8 + 4,
                        indexing="ij")
-    latents = np.zeros((len(layouts), LATENT_CHANNELS, rows, columns), dtype=np.float32)
-    for latent, layout, caption in zip(latents, layouts, captions, strict=True):
+    latents = []
+    for layout, caption in zip(layouts, captions, strict=True):
         fields = np.stack([_fields(item, x, y, width, height) for item in layout])
         nearest = fields[:, 0].argmin(0)
         chosen = np.take_along_axis(fields, nearest[None, None], 0)[0]
@@ -267,12 +267,16 @@ def layout_latents(layouts: list[list[scenes.Drawn]], captions: list[scenes.Capt
         colours = _colours([thing.colour for thing in things])
         shapes = np.array([[1.0 if shape == thing.shape else -1.0 for shape in scenes.SHAPES] for thing in things],
                           dtype=np.float32)
-        latent[0:3] = _colours([caption.background])[0][:, None, None]
-        latent[3:6] = colours[nearest].transpose(2, 0, 1)
-        latent[6:9] = shapes[nearest].transpose(2, 0, 1)
-        latent[9 : 9 + SDF_COPIES] = np.clip(chosen[1] / 8, -CLAMP, CLAMP)
-        latent[9 + SDF_COPIES : 11 + SDF_COPIES] = np.clip(chosen[2:], -CLAMP, CLAMP)  # the last stays zero
-    return torch.from_numpy(latents)
+        [background] = _colours([caption.background])
+        latents.append(np.concatenate([
+            np.broadcast_to(background[:, None, None], (3, rows, columns)),
+            colours[nearest].transpose(2, 0, 1),
+            shapes[nearest].transpose(2, 0, 1),
+            np.broadcast_to(np.clip(chosen[1] / 8, -CLAMP, CLAMP), (SDF_COPIES, rows, columns)),
+            np.clip(chosen[2:], -CLAMP, CLAMP),
+            np.zeros((1, rows, columns), dtype=np.float32),
+        ]))
+    return torch.from_numpy(np.stack(latents))
 
 
 def _colours(names: list[str]) -> np.ndarray:
