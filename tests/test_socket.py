@@ -17,7 +17,14 @@ from fluxhost.events import LocalEventBus, Progress, TaskEvent
 from fluxhost.signing import KeyMode
 from fluxhost.statuses import TERMINAL, Status
 from fluxhost.wiro import messages, socket
-from fluxhost.wiro.socket import MAX_INVALID_FRAMES, MAX_PROGRESS_FRAMES, MAX_QUEUED_FRAMES, SocketHub, Subscriber
+from fluxhost.wiro.socket import (
+    MAX_INVALID_FRAMES,
+    MAX_PROGRESS_FRAMES,
+    MAX_QUEUED_FRAMES,
+    MAX_TASK_PROGRESS_FRAMES,
+    SocketHub,
+    Subscriber,
+)
 from tests.helpers import SLUG, LiveServer, ProtocolClient
 
 LIFECYCLE = ["task_queue", "task_accept", "task_preprocess_start", "task_preprocess_end", "task_assign",
@@ -181,8 +188,22 @@ def test_a_slow_subscriber_loses_progress_never_lifecycle():
 
     frames = asyncio.run(scenario())
     assert [f for f in frames if not f.startswith("progress")] == ["start-1", "end-1", "final-1"]
-    assert "progress-1-1000" in frames and "progress-1-1" not in frames  # the newest progress wins
+    first = [f"progress-1-{step}" for step in range(1, MAX_TASK_PROGRESS_FRAMES)]
+    assert [f for f in frames if f.startswith("progress-1-")] == [*first, "progress-1-1000"]  # the newest wins
     assert sum(f.startswith("progress") for f in frames) == MAX_PROGRESS_FRAMES
+
+
+def test_a_subscriber_that_keeps_up_gets_every_step_even_two_at_once():
+    async def scenario():
+        subscriber = Subscriber(websocket=None)
+        frames = []
+        for step in range(1, 11):
+            subscriber.offer(TaskEvent(1, "a", Status.OUTPUT, Progress.measure(step, 10, 1.0)), f"progress-{step}")
+            if step % 2 == 0:
+                frames += [await subscriber.outbox.get(), await subscriber.outbox.get()]
+        return frames
+
+    assert asyncio.run(scenario()) == [f"progress-{step}" for step in range(1, 11)]
 
 
 def test_a_preview_that_fails_does_not_fail_the_task(make_settings):

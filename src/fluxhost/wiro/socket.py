@@ -2,9 +2,10 @@
 
 One subscription to the event bus serves every connection. Events arrive on the publisher's
 thread and hop onto the event loop; each frame is serialised once and offered to every
-subscriber's outbox. An outbox never blocks the publisher, and never grows past a bound: it keeps
-only the newest progress frame per task and drops progress beyond its own bound, so a slow client
-loses intermediate progress; it never drops any other frame (a lifecycle or final frame, an error
+subscriber's outbox. An outbox never blocks the publisher, and never grows past a bound: a client
+that keeps up gets every progress frame, but once a few of one task's wait unsent the newest takes
+the last one's place, and progress beyond the outbox's own bound is dropped, so a slow client loses
+intermediate progress; it never drops any other frame (a lifecycle or final frame, an error
 reply) but closes the connection instead, for the client to follow its tasks anew. A client that
 sends more invalid frames than it may is closed too. Whatever a closing connection's client has
 not read within CLOSE_SECONDS is let go.
@@ -34,6 +35,7 @@ from fluxhost.wiro.render import error_frame_text, event_frame_text, final_frame
 log = logging.getLogger(__name__)
 
 MAX_PROGRESS_FRAMES = 16  # per connection, waiting to be sent
+MAX_TASK_PROGRESS_FRAMES = 4  # per task and connection, waiting to be sent
 MAX_QUEUED_FRAMES = 256  # per connection, of every kind, waiting to be sent
 MAX_INVALID_FRAMES = 20  # per connection: this many at once, and as many more each minute
 CLOSE_SECONDS = 5.0  # how long a closing connection's client has to read its last frames
@@ -61,16 +63,18 @@ class Outbox:
 
     def put(self, text: str, progress_of: int | None = None) -> None:
         """Queue a frame; one of a closing connection goes nowhere. Past the bounds a progress frame
-        is dropped, and any other closes the connection."""
+        takes the place of its task's last unsent one, or is dropped, and any other frame closes the
+        connection."""
         if self.closing.done():
             return
         if progress_of is not None:
             waiting = [i for i, (task, _) in enumerate(self._frames) if task is not None]
-            for index in waiting:
-                if self._frames[index][0] == progress_of:
-                    self._frames[index] = (progress_of, text)  # newest progress wins
-                    return
-            if len(waiting) >= MAX_PROGRESS_FRAMES or len(self._frames) >= MAX_QUEUED_FRAMES:
+            own = [i for i in waiting if self._frames[i][0] == progress_of]
+            full = len(waiting) >= MAX_PROGRESS_FRAMES or len(self._frames) >= MAX_QUEUED_FRAMES
+            if own and (full or len(own) >= MAX_TASK_PROGRESS_FRAMES):
+                self._frames[own[-1]] = (progress_of, text)  # newest progress wins over the last unsent
+                return
+            if full:
                 return
         elif len(self._frames) >= MAX_QUEUED_FRAMES:
             self.close(WS_1008_POLICY_VIOLATION, messages.TOO_MANY_UNREAD)
