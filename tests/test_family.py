@@ -225,6 +225,15 @@ def test_every_family_slug_the_demo_serves_runs_as_its_node_calls_it(tmp_path, d
                                            "width": 0, "height": 0}, 1, (1248, 832)),
             "wiro/flux_kontext_dev": ({"prompt": "make the circle blue", "inputImageUrl": image, "samples": 1,
                                        "scale": 0, "seed": "", "steps": 0}, 1, (1248, 832)),
+            # the Kontext nodes: the picture's own shape, or the aspect ratio asked
+            "black-forest-labs/flux-kontext-pro": ({"prompt": "make the background green", "inputImageUrl": image,
+                                                    "promptUpsampling": "false", "safetyTolerance": "2",
+                                                    "aspectRatio": "", "seed": "", "outputFormat": "jpeg"},
+                                                   1, (1248, 832)),
+            "black-forest-labs/flux-kontext-max": ({"prompt": "remove the circle", "inputImageUrl": image,
+                                                    "promptUpsampling": "false", "safetyTolerance": "6",
+                                                    "aspectRatio": "1:1", "seed": "7", "outputFormat": "png"},
+                                                   1, (1024, 1024)),
         }
         tasks = {slug: client.call(f"Run/{slug}", inputs)["taskid"] for slug, (inputs, _count, _size) in runs.items()}
         done = {slug: client.wait(taskid, timeout=300) for slug, taskid in tasks.items()}
