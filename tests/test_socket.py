@@ -193,18 +193,55 @@ def test_a_slow_subscriber_loses_progress_never_lifecycle():
     assert sum(f.startswith("progress") for f in frames) == MAX_PROGRESS_FRAMES
 
 
-def test_a_subscriber_that_keeps_up_gets_every_step_even_two_at_once():
+def test_a_subscriber_that_keeps_up_gets_every_step_even_four_at_once():
     async def scenario():
         subscriber = Subscriber(websocket=None)
         frames = []
-        for step in range(1, 11):
-            subscriber.offer(TaskEvent(1, "a", Status.OUTPUT, Progress.measure(step, 10, 1.0)), f"progress-{step}")
-            if step % 2 == 0:  # what is waiting after every second step: both, or one that replaced the other
+        for step in range(1, 13):
+            subscriber.offer(TaskEvent(1, "a", Status.OUTPUT, Progress.measure(step, 12, 1.0)), f"progress-{step}")
+            if step % 4 == 0:  # what is waiting after every fourth step: all four, or fewer if one was replaced
                 while len(subscriber.outbox):
                     frames.append(await subscriber.outbox.get())
         return frames
 
-    assert asyncio.run(scenario()) == [f"progress-{step}" for step in range(1, 11)]
+    assert asyncio.run(scenario()) == [f"progress-{step}" for step in range(1, 13)]
+
+
+def _progress(task: int, step: int) -> TaskEvent:
+    return TaskEvent(task, "a", Status.OUTPUT, Progress.measure(step, 100, 1.0))
+
+
+async def _waiting(subscriber: Subscriber) -> list[str]:
+    frames = []
+    while len(subscriber.outbox):
+        frames.append(await subscriber.outbox.get())
+    return frames
+
+
+def test_progress_that_replaces_another_never_overtakes_a_later_frame_of_its_task():
+    async def scenario():
+        subscriber = Subscriber(websocket=None)
+        subscriber.offer(TaskEvent(1, "a", Status.START), "start")
+        for step in range(1, 5):
+            subscriber.offer(_progress(1, step), f"progress-{step}")
+        subscriber.offer(TaskEvent(1, "a", Status.OUTPUT_FULL), "log")
+        subscriber.offer(_progress(1, 99), "progress-99")  # a fifth waiting: it replaces the fourth
+        return await _waiting(subscriber)
+
+    assert asyncio.run(scenario()) == ["start", "progress-1", "progress-2", "progress-3", "log", "progress-99"]
+
+
+def test_a_full_outbox_takes_the_newest_progress_of_a_task_already_in_it_and_no_other():
+    async def scenario():
+        subscriber = Subscriber(websocket=None)
+        subscriber.offer(_progress(1, 1), "task-1-step-1")
+        for task in range(2, MAX_PROGRESS_FRAMES + 1):
+            subscriber.offer(_progress(task, 1), f"task-{task}")
+        subscriber.offer(_progress(1, 2), "task-1-step-2")  # replaces its first step
+        subscriber.offer(_progress(99, 1), "task-99")  # nothing of its own waiting: dropped
+        return await _waiting(subscriber)
+
+    assert asyncio.run(scenario()) == [*(f"task-{task}" for task in range(2, MAX_PROGRESS_FRAMES + 1)), "task-1-step-2"]
 
 
 def test_a_preview_that_fails_does_not_fail_the_task(make_settings):

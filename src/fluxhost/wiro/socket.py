@@ -63,8 +63,9 @@ class Outbox:
 
     def put(self, text: str, progress_of: int | None = None) -> None:
         """Queue a frame; one of a closing connection goes nowhere. Past the bounds a progress frame
-        takes the place of its task's last unsent one, or is dropped, and any other frame closes the
-        connection."""
+        replaces its task's last unsent one, or is dropped, and any other frame closes the
+        connection. A replacing frame is queued last, as it came: never ahead of a frame of its task
+        queued after the one it replaces (its full log, say)."""
         if self.closing.done():
             return
         if progress_of is not None:
@@ -72,9 +73,8 @@ class Outbox:
             own = [i for i in waiting if self._frames[i][0] == progress_of]
             full = len(waiting) >= MAX_PROGRESS_FRAMES or len(self._frames) >= MAX_QUEUED_FRAMES
             if own and (full or len(own) >= MAX_TASK_PROGRESS_FRAMES):
-                self._frames[own[-1]] = (progress_of, text)  # newest progress wins over the last unsent
-                return
-            if full:
+                del self._frames[own[-1]]  # newest progress wins over the last unsent
+            elif full:
                 return
         elif len(self._frames) >= MAX_QUEUED_FRAMES:
             self.close(WS_1008_POLICY_VIOLATION, messages.TOO_MANY_UNREAD)
