@@ -38,6 +38,8 @@ bench: $(STAMP)
 	$(PY) bench/moderation.py
 	$(PY) bench/faults.py
 	$(PY) bench/soak.py
+	$(PY) bench/run_anatomy.py
+	$(PY) bench/cold_start.py
 	$(PY) bench/demo_model.py
 
 # A wheel to install elsewhere (demo weights included): pip install 'dist/fluxhost-0.1.0-py3-none-any.whl[server]'

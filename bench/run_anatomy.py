@@ -24,14 +24,16 @@ import asyncio
 import itertools
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -55,15 +57,19 @@ def cpu_microseconds(action: Callable[[], object], count: int) -> float:
     return (time.process_time() - started) / count * 1e6
 
 
-async def signed_run(app, api_key: str, api_secret: str, nonce: str, body: bytes) -> None:
-    """One signed Run through ``app``, as uvicorn would hand it over; raises if it is refused."""
+def run_headers(api_key: str, api_secret: str, nonce: str, body: bytes) -> list[tuple[bytes, bytes]]:
+    """A signed Run's headers, as uvicorn hands them to the app."""
     from fluxhost.signing import signed_headers
 
+    return [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *((name.lower().encode(), value.encode())
+              for name, value in signed_headers(api_key, api_secret, nonce).items())]
+
+
+async def signed_run(app, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    """One signed Run through ``app``, as uvicorn would hand it over; raises if it is refused."""
     path = f"/v1/Run/{SLUG}"
-    headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
-               (b"content-length", str(len(body)).encode()),
-               *((name.lower().encode(), value.encode())
-                 for name, value in signed_headers(api_key, api_secret, nonce).items())]
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
              "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": headers,
              "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 40000)}
@@ -121,13 +127,15 @@ def in_process(runs: int) -> None:
             "queued: its nonce and task committed together": queue,
         }
 
+        signed = [run_headers(key.api_key, key.api_secret, next(nonces), body) for _ in range(50 + runs)]
+
         async def timed() -> tuple[float, dict[str, float]]:
             async with app.router.lifespan_context(app):  # the service started, and stopped after
-                for _ in range(50):
-                    await signed_run(app, key.api_key, key.api_secret, next(nonces), body)
-                started = time.process_time()
-                for _ in range(runs):
-                    await signed_run(app, key.api_key, key.api_secret, next(nonces), body)
+                for headers in signed[:50]:
+                    await signed_run(app, headers, body)
+                started = time.process_time()  # the client's part (signing) done before
+                for headers in signed[50:]:
+                    await signed_run(app, headers, body)
                 whole = (time.process_time() - started) / runs * 1e6
                 return whole, {name: cpu_microseconds(step, runs) for name, step in steps.items()}
 
@@ -140,9 +148,9 @@ def in_process(runs: int) -> None:
     print(f"  {'the rest: framework, door, thread hand-over':<46} {rest:7.0f}  ({rest / whole:.0%} of the Run)")
 
 
-def bare_app(commit: bool):
-    """A Starlette app answering every POST with a Run's answer; with ``commit``, after one row
-    is committed to SQLite on a database thread, as fluxhost commits a Run."""
+def bare_app(database: Path | None):
+    """A Starlette app answering every POST with a Run's answer; with a ``database`` file, after
+    one row is committed to it (SQLite) on a database thread, as fluxhost commits a Run."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse
@@ -151,11 +159,10 @@ def bare_app(commit: bool):
     threads = ThreadPoolExecutor(2)
     local = threading.local()
     turns = threading.Lock()
-    folder = tempfile.mkdtemp()
 
     def connection() -> sqlite3.Connection:
         if getattr(local, "connection", None) is None:
-            local.connection = sqlite3.connect(f"{folder}/floor.db", isolation_level=None)
+            local.connection = sqlite3.connect(database, isolation_level=None)
             local.connection.execute("PRAGMA journal_mode=WAL")
             local.connection.execute("PRAGMA synchronous=NORMAL")
             local.connection.execute("CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, body TEXT)")
@@ -170,17 +177,50 @@ def bare_app(commit: bool):
 
     async def run(request: Request) -> JSONResponse:
         body = await request.body()
-        if commit:
+        if database is not None:
             await asyncio.get_running_loop().run_in_executor(threads, keep, body)
         return JSONResponse(RUN_ANSWER)
 
     return Starlette(routes=[Route("/{path:path}", run, methods=["POST"])])
 
 
-def serve_bare(port: int, commit: bool) -> None:
+def serve_bare(port: int, database: Path | None) -> None:
     import uvicorn
 
-    uvicorn.run(bare_app(commit), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    uvicorn.run(bare_app(database), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+@contextmanager
+def bare_server(port: int, commit: bool) -> Iterator[psutil.Process]:
+    """A bare app's process on ``port``, answering; stopped (killed if it will not stop) after,
+    and its database removed (uvicorn ends its process by the signal it got: no cleanup runs there)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise RuntimeError(f"port {port} is taken: choose another with --port") from None
+    folder = tempfile.TemporaryDirectory()
+    database = ["--database", str(Path(folder.name) / "floor.db")] if commit else []
+    process = subprocess.Popen([sys.executable, __file__, "--serve-bare", "--port", str(port), *database])
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.post(f"http://127.0.0.1:{port}", timeout=2)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("the bare app did not start") from None
+                time.sleep(0.1)
+        yield psutil.Process(process.pid)
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        folder.cleanup()
 
 
 def loaded(base_url: str, key: dict, server: psutil.Process, clients: int, seconds: float) -> tuple[float, float]:
@@ -197,23 +237,8 @@ def over_loopback(port: int, clients: int, seconds: float) -> None:
     key = {"api_key": "bare", "api_secret": "bare"}  # the bare apps check nothing
     for label, commit in (("bare Starlette answering a Run's JSON", False),
                           ("the same, committing a row to SQLite first", True)):
-        process = subprocess.Popen([sys.executable, __file__, "--serve-bare", "commit" if commit else "plain",
-                                    "--port", str(port)])
-        try:
-            base_url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    httpx.post(base_url, timeout=2)
-                    break
-                except httpx.TransportError:
-                    if time.monotonic() > deadline or process.poll() is not None:
-                        raise RuntimeError("the bare app did not start") from None
-                    time.sleep(0.1)
-            rate, cpu = loaded(base_url, key, psutil.Process(process.pid), clients, seconds)
-        finally:
-            process.terminate()
-            process.wait(30)
+        with bare_server(port, commit) as server:
+            rate, cpu = loaded(f"http://127.0.0.1:{port}", key, server, clients, seconds)
         print(f"  {label:<48} {rate:7.0f}/s   {cpu:5.2f} ms server CPU each")
     with serving(port, engine="bench", **ROOMY_LIMITS) as served:
         rate, cpu = loaded(served.base_url, served.key, psutil.Process(served.process.pid), clients, seconds)
@@ -227,10 +252,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--port", type=int, default=8797)
-    parser.add_argument("--serve-bare", choices=("plain", "commit"), help=argparse.SUPPRESS)  # a bare app's process
+    parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)  # a bare app's process
+    parser.add_argument("--database", type=Path, help=argparse.SUPPRESS)  # with --serve-bare: commit to it
     args = parser.parse_args()
     if args.serve_bare:
-        serve_bare(args.port, args.serve_bare == "commit")
+        serve_bare(args.port, args.database)
         return
     in_process(args.runs)
     over_loopback(args.port, args.clients, args.seconds)
