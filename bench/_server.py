@@ -64,6 +64,20 @@ class Served:
     process: subprocess.Popen
 
 
+def wait_for_answer(url: str, process: subprocess.Popen, seconds: float) -> None:
+    """Until a POST to ``url`` gets an answer (any status); raises if ``process`` ends first or
+    ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            httpx.post(url, timeout=2)
+            return
+        except httpx.TransportError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"nothing answered at {url}") from None
+            time.sleep(0.1)
+
+
 @contextmanager
 def serving(port: int, python_path: str | None = None, **settings: str) -> Iterator[Served]:
     """Start `fluxhost serve` with these FLUXHOST_* settings (``python_path``: put first on its
@@ -77,15 +91,7 @@ def serving(port: int, python_path: str | None = None, **settings: str) -> Itera
                                    stderr=subprocess.DEVNULL)
         base_url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    httpx.post(f"{base_url}/v1/Tool/List", timeout=2)
-                    break
-                except httpx.TransportError:
-                    if time.monotonic() > deadline or process.poll() is not None:
-                        raise RuntimeError("server did not start") from None
-                    time.sleep(0.2)
+            wait_for_answer(f"{base_url}/v1/Tool/List", process, 120)
             yield Served(base_url, key, process)
         finally:
             process.terminate()

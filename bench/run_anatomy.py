@@ -36,10 +36,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import psutil
 
-from _server import SLUG, cpu_seconds, serving
+from _server import SLUG, cpu_seconds, serving, wait_for_answer
 from serve_load import measure
 
 RUN_ANSWER = {"errors": [], "taskid": "1", "socketaccesstoken": "x" * 30, "result": True}
@@ -203,15 +202,7 @@ def bare_server(port: int, commit: bool) -> Iterator[psutil.Process]:
     database = ["--database", str(Path(folder.name) / "floor.db")] if commit else []
     process = subprocess.Popen([sys.executable, __file__, "--serve-bare", "--port", str(port), *database])
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.post(f"http://127.0.0.1:{port}", timeout=2)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("the bare app did not start") from None
-                time.sleep(0.1)
+        wait_for_answer(f"http://127.0.0.1:{port}", process, 30)
         yield psutil.Process(process.pid)
     finally:
         process.terminate()
