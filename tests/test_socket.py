@@ -139,6 +139,30 @@ def test_one_connection_follows_several_tasks(server, client):
     assert all(frame["type"] == "task_postprocess_end" for frame in finals.values())
 
 
+def test_one_connection_following_task_after_task_keeps_none_that_ended(server, client):
+    hub = server.app.state.socket_hub
+
+    async def scenario():
+        async with websockets.connect(socket_url(server)) as ws:
+            async def final_frame(token: str) -> dict:
+                await ws.send(json.dumps({"type": "task_info", "tasktoken": token}))
+                while (frame := json.loads(await asyncio.wait_for(ws.recv(), 60)))["type"] not in TERMINAL:
+                    pass
+                return frame
+
+            tokens, finals = [], []
+            for _ in range(3):
+                tokens.append(client.run()["socketaccesstoken"])
+                finals.append(await final_frame(tokens[-1]))
+                assert hub.followed_tasks == 0  # let go of once its final frame was queued
+            asked_again = await final_frame(tokens[0])  # an ended task asked for again: its final frame
+            return finals, asked_again
+
+    finals, asked_again = asyncio.run(scenario())
+    assert [frame["type"] for frame in finals] == ["task_postprocess_end"] * 3
+    assert asked_again == finals[0]
+
+
 def test_a_hundred_subscribers_all_get_the_final_frame(make_settings):
     with LiveServer(make_settings(steps=12)) as live:
         client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
@@ -328,6 +352,27 @@ class StalledClient:
 class DirectOffload:
     async def run(self, function, *args):
         return function(*args)
+
+
+def test_a_task_that_ends_while_its_state_is_read_sends_its_final_frame_once():
+    task = SimpleNamespace(id=1, socket_token="t1", status=Status.POSTPROCESS_END, ended=True)
+
+    class EndingMeanwhile:
+        async def run(self, function, *args):
+            hub._deliver(TaskEvent(1, "t1", Status.POSTPROCESS_END), "final")  # the end reaches the hub first
+            return function(*args)
+
+    hub = SocketHub(SimpleNamespace(follow=lambda token: task), LocalEventBus(), EndingMeanwhile(),
+                    Gauge("socket_connections", "open sockets", registry=None))
+    hub.state_text = lambda *_: "final, read from the store"
+
+    async def scenario():
+        subscriber = Subscriber(websocket=None)
+        assert await hub.follow(subscriber, "t1")
+        return await _waiting(subscriber)
+
+    assert asyncio.run(scenario()) == ["final"]
+    assert hub.followed_tasks == 0
 
 
 def test_a_client_that_stops_reading_is_let_go_once_its_outbox_is_full(monkeypatch):

@@ -109,6 +109,8 @@ class Subscriber:
         self.tokens: set[str] = set()  # the tasks it follows
 
     def offer(self, event: TaskEvent, text: str) -> None:
+        """Queue the frame of ``event`` unless it is old news: after the task's final frame, or a
+        lifecycle frame behind one already sent."""
         if event.task_id in self.finished:
             return
         if event.type == Status.OUTPUT:
@@ -178,8 +180,23 @@ class SocketHub:
         return frame_text(task.id, task.socket_token, task.status)
 
     def _deliver(self, event: TaskEvent, text: str) -> None:
-        for subscriber in list(self._followers.get(event.token, ())):
+        followers = self._followers.get(event.token, set())
+        for subscriber in list(followers):
             subscriber.offer(event, text)
+        if event.type in TERMINAL:
+            for subscriber in list(followers):
+                self._let_go(subscriber, event.token, event.task_id)
+
+    def _let_go(self, subscriber: Subscriber, token: str, task_id: int) -> None:
+        """Stop following a task whose final frame ``subscriber`` has (nothing comes after it): a
+        connection that follows task after task for days keeps nothing of those that ended."""
+        followers = self._followers.get(token, set())
+        followers.discard(subscriber)
+        if not followers:
+            self._followers.pop(token, None)
+        subscriber.tokens.discard(token)
+        subscriber.position.pop(task_id, None)
+        subscriber.finished.discard(task_id)
 
     async def follow(self, subscriber: Subscriber, token: str) -> bool:
         """Start sending the events of the task behind ``token`` to ``subscriber``, beginning with
@@ -190,8 +207,12 @@ class SocketHub:
         task = await self.offload.run(self.operations.follow, token)
         if task is None:
             return False
+        if token not in subscriber.tokens:
+            return True  # it ended meanwhile, and the final frame is queued
         state = TaskEvent(task.id, task.socket_token, task.status)
         subscriber.offer(state, self.state_text(task, state))
+        if state.type in TERMINAL:
+            self._let_go(subscriber, token, task.id)
         return True
 
     def forget(self, subscriber: Subscriber) -> None:
