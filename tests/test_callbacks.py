@@ -10,6 +10,7 @@ import threading
 import time
 from collections import Counter
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -23,6 +24,8 @@ from fluxhost.store.deliveries import Attempt, Deliveries, owe_callback
 from fluxhost.store.tasks import TaskStore
 from fluxhost.urlguard import Allowlist, PinnedUrl, UrlRefused, check_public_url
 from tests.helpers import FOX_ORDER, SLUG, DrippingReceiver, LiveServer, ProtocolClient, Receiver, database_with_project
+
+SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 
 
 def verify(request: dict, webhook_secret: str) -> dict:
@@ -218,7 +221,7 @@ def test_a_connection_goes_to_the_address_that_was_checked(monkeypatch):
     with Receiver() as receiver:
         port = receiver.server.server_address[1]
         poster = WebhookPoster(Allowlist.parse("hooks.example.test"), deadline_seconds=5)
-        secret = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+        secret = SECRET
         outcome = poster.post(f"http://hooks.example.test:{port}/hook", "msg_1", secret, b"{}")
     assert outcome.delivered and lookups == ["hooks.example.test"]
     assert {name.lower(): value for name, value in receiver.requests[0]["headers"].items()}["host"] == (
@@ -234,7 +237,7 @@ def test_callbacks_share_one_set_of_certificates(monkeypatch):
     real_load = ssl.SSLContext.load_verify_locations
     monkeypatch.setattr(ssl.SSLContext, "load_verify_locations",
                         lambda context, *args, **kwargs: loads.append(1) or real_load(context, *args, **kwargs))
-    secret = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+    secret = SECRET
     poster = WebhookPoster(Allowlist.parse("127.0.0.1"), deadline_seconds=5)
     with Receiver([200] * 3) as receiver:
         url = f"http://127.0.0.1:{receiver.server.server_address[1]}/hook"
@@ -251,7 +254,7 @@ def test_callbacks_to_one_receiver_share_a_connection_and_names_never_share_one(
     real_lookup = socket.getaddrinfo
     monkeypatch.setattr(socket, "getaddrinfo", lambda host, *args, **kwargs: real_lookup(
         "127.0.0.1" if host.endswith(".example.test") else host, *args, **kwargs))
-    secret = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+    secret = SECRET
     poster = WebhookPoster(Allowlist.parse("hooks.example.test,other.example.test"), deadline_seconds=5)
     try:
         with Receiver(keep_alive=True) as receiver:
@@ -275,8 +278,68 @@ def test_a_pinned_url_keeps_its_name_for_the_host_header_and_tls():
         "host": "hooks.example.com"}
 
 
+def test_a_pinned_url_sends_an_international_name_in_ascii_and_an_ipv6_one_in_brackets():
+    international = PinnedUrl("https://bücher.example:8443/hook", ipaddress.ip_address("192.0.2.1")).request()
+    assert international["headers"] == {"host": "xn--bcher-kva.example:8443"}
+    assert international["extensions"] == {"sni_hostname": "xn--bcher-kva.example"}
+    literal = PinnedUrl("http://[2001:db8::1]:8080/x", ipaddress.ip_address("2001:db8::1")).request()
+    assert literal["headers"] == {"host": "[2001:db8::1]:8080"}
+    for arguments in (international, literal):  # a request is built from them (headers are ASCII), not sent
+        httpx.Request("POST", **arguments)
+
+
+def test_a_url_no_request_can_be_built_for_is_refused_before_any_lookup(monkeypatch):
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: pytest.fail("the host was looked up"))
+    with pytest.raises(UrlRefused, match="http or https"):
+        check_public_url("https://hooks.example.com/a\x01b", Allowlist.parse(""))
+
+
+@pytest.mark.parametrize(("error", "retried"), [(socket.EAI_AGAIN, True), (socket.EAI_NONAME, False)])
+def test_a_lookup_failing_for_now_is_retried_and_one_failing_for_good_is_not(monkeypatch, error, retried):
+    def lookup(*args, **kwargs):
+        raise socket.gaierror(error, "the resolver's answer")
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    outcome = WebhookPoster(Allowlist.parse(""), 1.0).post("http://hooks.example.com/x", "msg_1", SECRET, b"{}")
+    assert outcome.status_code is None and outcome.retry is retried
+    assert outcome.error.startswith("the callback URL host hooks.example.com cannot be resolved")
+
+
+class BrokenPoster:
+    """A poster whose attempt raises what no attempt should."""
+
+    deadline_seconds = 1.0
+
+    def post(self, *args):
+        raise RuntimeError("a fault of the poster's own")
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_attempt_that_raises_is_recorded_so_its_delivery_ends(database_url, tmp_path):
+    """Not left pending, claimed again and again for ever: counted as an attempt, here the last."""
+    db, project_id = database_with_project(database_url or f"sqlite:///{tmp_path / 'db.sqlite'}")
+    task = TaskStore(db).create(project_id, SLUG, {}, FOX_ORDER, callback_url="http://hooks.example.com/x")
+    with db.write() as connection:
+        owe_callback(connection, task.id, time.time())
+    deliveries, events = Deliveries(db), LocalEventBus()
+    sender = CallbackSender(deliveries, TaskStore(db), events, render=lambda record: {}, poster=BrokenPoster(),
+                            max_attempts=1, backoff_seconds=1.0, per_origin=1)
+    sender.start()
+    try:
+        deadline = time.monotonic() + 10
+        while (delivery := deliveries.list(task.id)[0])["status"] == "pending":
+            assert time.monotonic() < deadline, "the delivery is still pending"
+            time.sleep(0.05)
+    finally:
+        sender.stop()
+    assert delivery["status"] == "failed"
+    assert [attempt["error"] for attempt in delivery["history"]] == ["the attempt failed: RuntimeError"]
+
+
 def test_the_signature_follows_standard_webhooks():
-    secret = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+    secret = SECRET
     signature = sign_webhook(secret, "msg_1", 1700000000, b'{"a":1}')
     expected = hmac.new(b"0123456789abcdef0123456789abcdef", b'msg_1.1700000000.{"a":1}', hashlib.sha256).digest()
     assert signature == "v1," + base64.b64encode(expected).decode()

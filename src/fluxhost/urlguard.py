@@ -31,6 +31,10 @@ class UrlRefused(ValueError):
     cannot be resolved"): each door names the input its own way."""
 
 
+class UrlLookupFailed(UrlRefused):
+    """A host name DNS could not answer for just now (``EAI_AGAIN``): the same URL may pass later."""
+
+
 @dataclass(frozen=True)
 class Allowlist:
     """Hosts and networks the server may call although they are not public."""
@@ -102,9 +106,10 @@ class PinnedUrl:
         """httpx request arguments that reach the checked address: the URL with that address for
         its host, the name kept for the Host header and for TLS (SNI and the certificate check)."""
         original = httpx.URL(self.url)
-        host_header = original.host if original.port is None else f"{original.host}:{original.port}"
-        return {"url": original.copy_with(host=str(self.address)), "headers": {"host": host_header},
-                "extensions": {"sni_hostname": original.host}}
+        # as the URL would send them: an international name in its ASCII form, an IPv6 one in brackets
+        return {"url": original.copy_with(host=str(self.address)),
+                "headers": {"host": original.netloc.decode("ascii")},
+                "extensions": {"sni_hostname": original.raw_host.decode("ascii")}}
 
 
 @functools.cache
@@ -122,7 +127,8 @@ def check_public_url(url: str, allowlist: Allowlist) -> PinnedUrl:
     refusal = f"must be an http or https URL of at most {MAX_URL_LENGTH} characters"
     try:
         parts = urlsplit(url)
-    except ValueError:  # e.g. an unclosed IPv6 bracket
+        httpx.URL(url)  # what a request to it is built from: control characters and the like refused
+    except (ValueError, httpx.InvalidURL):  # e.g. an unclosed IPv6 bracket
         raise UrlRefused(refusal) from None
     if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > MAX_URL_LENGTH:
         raise UrlRefused(refusal)
@@ -130,6 +136,10 @@ def check_public_url(url: str, allowlist: Allowlist) -> PinnedUrl:
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        if error.errno == socket.EAI_AGAIN:
+            raise UrlLookupFailed(f"host {host} cannot be resolved just now") from None
+        raise UrlRefused(f"host {host} cannot be resolved") from None
     except (OSError, ValueError):
         raise UrlRefused(f"host {host} cannot be resolved") from None
     addresses = [ipaddress.ip_address(sockaddr[0].split("%")[0]) for *_, sockaddr in found]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from fluxhost.signing import sign_webhook
-from fluxhost.urlguard import Allowlist, UrlRefused, check_public_url, tls_context
+from fluxhost.urlguard import Allowlist, UrlLookupFailed, UrlRefused, check_public_url, tls_context
 
 CLIENTS_PER_THREAD = 16  # destinations a posting thread keeps connections to; the least recently used goes
 ANSWER_READ_BYTES = 64 * 1024  # an answer's body read to keep its connection; a longer one closes it
@@ -80,6 +80,8 @@ class WebhookPoster:
         started = time.monotonic()
         try:
             pinned = check_public_url(url, self.allowlist)  # again: DNS may have changed since Run
+        except UrlLookupFailed as error:
+            return Outcome(None, f"the callback URL {error}", retry=True)
         except UrlRefused as error:
             return Outcome(None, f"the callback URL {error}", retry=False)
         timed_out = Outcome(None, f"no answer within {self.deadline_seconds:g} s", retry=True)

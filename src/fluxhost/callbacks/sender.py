@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client import Counter
 
-from fluxhost.callbacks.poster import WebhookPoster
+from fluxhost.callbacks.poster import Outcome, WebhookPoster
 from fluxhost.events import EventBus, TaskEvent
 from fluxhost.statuses import TERMINAL
 from fluxhost.store.deliveries import Attempt, Deliveries, DueDelivery
@@ -155,7 +155,11 @@ class CallbackSender:
         number = delivery.attempts + 1
         body = json.dumps(self.render(record)).encode()
         started = time.time()
-        outcome = self.poster.post(delivery.url, f"msg_{delivery.id}", delivery.webhook_secret, body)
+        try:
+            outcome = self.poster.post(delivery.url, f"msg_{delivery.id}", delivery.webhook_secret, body)
+        except Exception as error:  # an attempt all the same, counted: a delivery is never retried for ever
+            log.exception("callback for task %s, attempt %s failed unexpectedly", delivery.task_id, number)
+            outcome = Outcome(None, f"the attempt failed: {type(error).__name__}", retry=True)
         finished = time.time()
         if outcome.delivered:
             status, next_at = "delivered", finished
