@@ -10,6 +10,7 @@ import time
 
 import httpx
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from fluxhost.events import TaskEvent
 from fluxhost.settings import ModelSettings
@@ -68,6 +69,30 @@ def test_a_child_that_dies_is_replaced_and_its_task_completes_once(make_settings
         os.kill(first, signal.SIGKILL)
         task = client.wait(taskid, timeout=120)
         assert task["status"] == "task_postprocess_end" and task["pexit"] == "0" and len(task["outputs"]) == 1
+        assert live.service.tasks.get(int(taskid)).attempts == 2 and child_pid(live) != first
+
+
+def test_a_recovery_that_fails_is_tried_again_and_the_lost_task_still_completes(make_settings):
+    """Taking back a dead child's tasks reads and writes the database, which may fail just then:
+    the relay tries again (and starts a new child after), where it had died with the error."""
+    with LiveServer(bench(make_settings, steps=100)) as live:
+        dispatcher = live.service.dispatcher
+        recover, failures = dispatcher.on_lost, []
+
+        def failing_once() -> None:
+            if not failures:
+                failures.append("database is locked")
+                raise OperationalError("UPDATE tasks", {}, Exception("database is locked"))
+            recover()
+
+        dispatcher.on_lost = failing_once
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        taskid = client.run()["taskid"]
+        client.wait(taskid, statuses=("task_start",))
+        first = child_pid(live)
+        os.kill(first, signal.SIGKILL)
+        task = client.wait(taskid, timeout=60)
+        assert failures and task["status"] == "task_postprocess_end" and task["pexit"] == "0"
         assert live.service.tasks.get(int(taskid)).attempts == 2 and child_pid(live) != first
 
 

@@ -125,6 +125,7 @@ class ChildProcessDispatcher:
         self._pipe: Connection | None = None
         self._send_lock = threading.Lock()
         self._stopping = threading.Event()
+        self._lifecycle = threading.Lock()  # a child is started, or the dispatcher stops: one at a time
         self._kinds = {model.kind for model in models.values() if settings.works_on(model.kind)}
         self._waking = threading.Lock()  # around the two sets below
         self._idle: set[Lane] = set()  # lanes where a worker said it waits, and was not woken since
@@ -182,6 +183,8 @@ class ChildProcessDispatcher:
         is left); kill it if it has not exited some time after that."""
         self._stopping.set()
         self._unsubscribe()
+        with self._lifecycle:  # a child being started meanwhile is started, and told to quit too
+            pass
         self._send(Quit(grace_seconds))
         if self._process is not None:
             self._process.join(grace_seconds + CHILD_EXIT_SECONDS)
@@ -204,6 +207,30 @@ class ChildProcessDispatcher:
         self._started_at = time.monotonic()
         child_end.close()
         self._pipe = parent_end
+
+    def _replace_child(self) -> bool:
+        """Take back the lost child's tasks, then start a new child after the restart delay; each
+        tried again, the delay doubling, while it fails (a database that does not answer, no
+        process to be had): a relay that gave up would leave the server without a worker, and the
+        lost tasks claimed by a worker id that lives on. False once the dispatcher stops."""
+        recovered = False
+        while True:
+            try:
+                if not recovered:
+                    self.on_lost()
+                    recovered = True
+                if self._stopping.wait(self._restart_delay):
+                    return False
+                with self._lifecycle:
+                    if self._stopping.is_set():
+                        return False
+                    self._spawn()
+                return True
+            except Exception:
+                log.exception("replacing the worker process failed; trying again in %g s", self._restart_delay)
+                if self._stopping.wait(self._restart_delay):
+                    return False
+                self._restart_delay = min(self._restart_delay * 2, MAX_RESTART_DELAY_SECONDS)
 
     def _send(self, message: ToChild) -> None:
         with self._send_lock:
@@ -246,13 +273,11 @@ class ChildProcessDispatcher:
                 with self._send_lock:
                     self._pipe = None
                 self._process.join(5)
-                self.on_lost()
                 lived = time.monotonic() - self._started_at
                 self._restart_delay = (RESTART_DELAY_SECONDS if lived > MAX_RESTART_DELAY_SECONDS
                                        else min(self._restart_delay * 2, MAX_RESTART_DELAY_SECONDS))
-                if self._stopping.wait(self._restart_delay):
+                if not self._replace_child():
                     return
-                self._spawn()
                 continue
             match message:
                 case Events(events):
