@@ -99,6 +99,11 @@ def test_odd_requests_never_500(client, path, body):
     assert answer["result"] is False and answer["errors"][0]["message"]
 
 
+def test_a_list_parameter_nested_past_the_json_parsers_depth_is_read_as_text(client):
+    response = client.post("Tool/List", {"categories": "[" * 5000 + "]" * 5000})
+    assert response.status_code == 200 and response.json()["result"] is True  # a category no tool has
+
+
 def test_form_bodies_are_read_like_json(client, server):
     headers = client.headers()
     multipart = httpx.post(f"{server.base_url}/v1/Run/{SLUG}", headers=headers, timeout=10,

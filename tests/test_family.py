@@ -170,7 +170,7 @@ def test_weighted_adapters_are_read_from_a_json_list():
             ("url", "https://example.com/b.safetensors", 1.0), ("url", "https://example.com/a.safetensors", 0.5),
             ("upload", "abc", -1.0)]
     for bad in ('[{"url": "u", "private": "p"}]', '{"url": "u"}', "[1]", '[{"url": "u", "weight": 2}]', "nope",
-                '[{"url": "u", "scale": 9}]'):
+                '[{"url": "u", "scale": 9}]', "[" * 5000 + "]" * 5000):  # the last past the JSON parser's depth
         with pytest.raises(InputError, match=r"^Request parameter \[loras\]"):
             lora.parse({"prompt": "p", "loras": bad})
     with pytest.raises(InputError, match="no LoRA library"):

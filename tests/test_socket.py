@@ -101,7 +101,7 @@ def test_unknown_tokens_and_malformed_frames(server, client):
     async def scenario():
         async with websockets.connect(socket_url(server)) as ws:
             for bad in ("not json", "[1, 2]", json.dumps({"type": "hello"}), json.dumps({"type": "task_info"}),
-                        b"\x00\x01"):
+                        b"\x00\x01", "[" * 2000 + "]" * 2000):  # the last past the JSON parser's depth
                 await ws.send(bad)
                 reply = json.loads(await ws.recv())
                 assert reply["type"] == "error" and reply["result"] is False and reply["errors"][0]["message"]

@@ -15,10 +15,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from sqlalchemy import text
 
+from fluxhost.archives import ArchiveRefused
+from fluxhost.archives import members as archive_members
 from fluxhost.client import AsyncClient, Client, ProtocolError
+from fluxhost.loras import is_safetensors
 from fluxhost.settings import ModelSettings, Settings
 from fluxhost.signing import KeyMode
 from fluxhost.storage.local import LocalFileStore
@@ -395,3 +400,37 @@ def test_files_are_kept_off_the_database_threads(start_server, path, fields, fil
         answer = sent_while_waiting(held(live.service.operations.files, "save"), lambda: post_files(
             client, path, fields, {file_field: ("a.png", picture(), "image/png")}), client)
         assert answer["result"] is True
+
+
+def _two_member_archive() -> bytes:
+    return archive({"a.txt": b"a caption " * 500, "b.png": bytes(range(256)) * 50})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), min_size=1, max_size=4))
+def test_a_damaged_archive_is_refused_in_words_whatever_the_damage(damage):
+    data = bytearray(_two_member_archive())
+    for position, value in damage:
+        data[position % len(data)] = value
+    try:
+        list(archive_members(bytes(data), 100, 1_000_000))
+    except ArchiveRefused:
+        pass  # a refusal in the protocol's words: anything else would be a 500
+
+
+def test_a_deflate_stream_that_does_not_decode_and_a_nameless_member_are_refused():
+    data = bytearray(archive({"a.txt": b"hello world " * 500}))
+    start = 30 + len("a.txt")  # the member's compressed bytes, after its local header
+    data[start : start + 6] = bytes(byte ^ 0xFF for byte in data[start : start + 6])
+    with pytest.raises(ArchiveRefused, match="has a member that cannot be read"):
+        list(archive_members(bytes(data), 100, 1_000_000))
+    nameless = io.BytesIO()
+    with zipfile.ZipFile(nameless, "w") as written:
+        written.writestr(zipfile.ZipInfo(""), b"content")
+    with pytest.raises(ArchiveRefused, match="has a member without a name"):
+        list(archive_members(nameless.getvalue(), 100, 1_000_000))
+
+
+def test_a_safetensors_header_nested_past_the_json_parsers_depth_is_not_taken_for_one():
+    header = b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    assert not is_safetensors(len(header).to_bytes(8, "little") + header + bytes(16))

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import PurePosixPath
 
 ZIP_MAGIC = b"PK\x03\x04"
+# What zipfile raises, besides its own BadZipFile, for an archive damaged here or there (a record
+# cut short, a name that is not text, a deflate stream that does not decode, an odd method).
+DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, IndexError, KeyError, ValueError, RuntimeError,
+           NotImplementedError, OSError)
 
 
 class ArchiveRefused(ValueError):
@@ -31,8 +36,10 @@ def members(data: bytes, max_members: int, max_bytes: int) -> Iterator[tuple[str
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         entries = archive.infolist()
-    except (zipfile.BadZipFile, ValueError) as error:
+    except DAMAGED as error:
         raise ArchiveRefused(f"is not a readable ZIP archive ({error})") from None
+    if any(not entry.filename for entry in entries):
+        raise ArchiveRefused("has a member without a name")
     escaping = next((entry.filename for entry in entries if _escapes(entry.filename)), None)
     if escaping is not None:
         raise ArchiveRefused(f"has a member whose path leaves the archive's folder ({escaping[:100]})")
@@ -44,7 +51,7 @@ def members(data: bytes, max_members: int, max_bytes: int) -> Iterator[tuple[str
         try:
             with archive.open(entry) as member:
                 content = member.read(max_bytes - unpacked + 1)
-        except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError) as error:
+        except DAMAGED as error:
             raise ArchiveRefused(f"has a member that cannot be read ({entry.filename}: {error})") from None
         unpacked += len(content)
         if unpacked > max_bytes:

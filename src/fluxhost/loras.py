@@ -27,7 +27,7 @@ def is_safetensors(data: bytes) -> bool:
         return False
     try:
         return isinstance(json.loads(header), dict)
-    except (UnicodeDecodeError, ValueError):
+    except (ValueError, RecursionError):  # not JSON (or not text), or nested past the parser's depth
         return False
 
 

@@ -160,7 +160,7 @@ class Parameters:
             return []
         try:
             decoded = json.loads(value)
-        except (ValueError, TypeError):  # not JSON text, or not text at all (a number, an object)
+        except (ValueError, TypeError, RecursionError):  # not JSON text, not text at all, or nested too deep
             return [part.strip() for part in str(value).split(",") if part.strip()]
         return [str(v) for v in decoded] if isinstance(decoded, list) else [str(decoded)]
 

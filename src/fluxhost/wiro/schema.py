@@ -509,7 +509,7 @@ class InputSchema:
         if isinstance(value, str):
             try:
                 value = json.loads(value)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
                 raise refused from None
         if not isinstance(value, list) or len(value) > MAX_LORAS:
             raise refused

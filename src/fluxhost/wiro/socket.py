@@ -282,7 +282,7 @@ def requested_token(raw: str | bytes | None) -> str:
         raise FrameError(messages.FRAME_TOO_LARGE)
     try:
         frame = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         raise FrameError(messages.FRAME_NOT_OBJECT) from None
     if not isinstance(frame, dict):
         raise FrameError(messages.FRAME_NOT_OBJECT)
