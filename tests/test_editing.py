@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from fluxhost.client import Client
+from fluxhost.input_images import DEFAULT_LIMITS, decode, size_like
 from fluxhost.settings import ModelSettings
 from fluxhost.signing import KeyMode
 from tests.helpers import SLUG, LiveServer, LoopbackServer, ProtocolClient
@@ -230,3 +231,21 @@ def test_a_flux1_folder_with_a_kontext_transformer_edits(make_settings, tiny_wei
     assert "edit" in served[KONTEXT].engine.kinds
     assert served["acme/not-kontext"].engine is None
     assert "cannot serve kind=edit" in served["acme/not-kontext"].load_error
+
+
+def test_a_phone_jpeg_holding_more_than_one_picture_is_taken_as_a_jpeg():
+    first, second = Image.new("RGB", (64, 48), "red"), Image.new("RGB", (64, 48), "blue")
+    saved = io.BytesIO()
+    first.save(saved, "MPO", save_all=True, append_images=[second])
+    assert Image.open(io.BytesIO(saved.getvalue())).format == "MPO"  # as Pillow reads a phone's JPEG
+    taken = decode(saved.getvalue(), DEFAULT_LIMITS)
+    assert (taken.format, taken.extension, taken.content_type) == ("JPEG", "jpg", "image/jpeg")
+    assert taken.image.size == (64, 48) and taken.image.getpixel((0, 0))[0] > 200  # the first picture
+
+
+@pytest.mark.parametrize("shape", [(1, 25_000), (25_000, 1), (3000, 20), (1248, 832)])
+def test_an_input_of_any_shape_asks_for_an_output_of_a_shape_the_tools_draw(shape):
+    width, height = size_like(Image.new("1", shape))
+    assert max(width / height, height / width) <= 7 / 3 * 1.05  # 21:9 at most, 32-pixel rounding aside
+    assert 0.9 * 1024 * 1024 <= width * height <= 1.1 * 1024 * 1024
+

@@ -20,7 +20,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from fluxhost.urlguard import Allowlist, UrlRefused, check_public_url, tls_context
 
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+# Phones save JPEGs with more than one picture in them (a depth map, a preview): Pillow calls them
+# MPO. Every JPEG reader shows the first, and so do we.
+SAME_FORMAT = {"MPO": "JPEG"}
 MAX_REDIRECTS = 3
+WIDEST_SHAPE = 7 / 3  # 21:9, the widest aspect ratio the tools offer (FLUX.1 Kontext keeps 3:7 to 7:3)
 
 
 class ImageRefused(ValueError):
@@ -66,7 +70,7 @@ def decode(data: bytes, limits: ImageLimits) -> InputImage:
             if width * height > limits.max_pixels:
                 raise ImageRefused(f"has {width}x{height} pixels, more than the "
                                    f"{limits.max_pixels} this server takes")
-            if image.format not in FORMATS:
+            if SAME_FORMAT.get(image.format, image.format) not in FORMATS:
                 raise ImageRefused("must be a PNG, JPEG or WebP image")
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -84,7 +88,7 @@ def decode(data: bytes, limits: ImageLimits) -> InputImage:
         flat = Image.new("RGB", rgba.size, (255, 255, 255))
         flat.paste(rgba, mask=rgba.getchannel("A"))
         upright = flat
-    return InputImage(data, image.format, upright.convert("RGB"))
+    return InputImage(data, SAME_FORMAT.get(image.format, image.format), upright.convert("RGB"))
 
 
 def _pixel_limit(limits: ImageLimits) -> int:
@@ -132,8 +136,10 @@ def fetch(url: str, allowlist: Allowlist, limits: ImageLimits) -> bytes:
 
 
 def size_like(image: Image.Image, pixels: int = 1024 * 1024, multiple: int = 32) -> tuple[int, int]:
-    """About ``pixels`` pixels in the image's aspect ratio, each side a multiple of ``multiple``."""
+    """About ``pixels`` pixels in the image's aspect ratio, or the nearest the tools draw (at most
+    :data:`WIDEST_SHAPE` either way: a 1x25,000,000 image would ask for 32x5,120,000), each side a
+    multiple of ``multiple``."""
     width, height = image.size
-    scale = (pixels / (width * height)) ** 0.5
-    return (max(multiple, round(width * scale / multiple) * multiple),
-            max(multiple, round(height * scale / multiple) * multiple))
+    shape = min(max(width / height, 1 / WIDEST_SHAPE), WIDEST_SHAPE)
+    return (max(multiple, round((pixels * shape) ** 0.5 / multiple) * multiple),
+            max(multiple, round((pixels / shape) ** 0.5 / multiple) * multiple))
