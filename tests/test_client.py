@@ -159,9 +159,14 @@ def test_the_cli_takes_any_input_says_plain_states_and_logs_in_from_a_script(cli
     scripted = {key: value for key, value in cli_env.items() if not key.startswith("FLUXHOST_API")}
     asked = fluxhost("login", env=scripted)
     assert asked.returncode == 2 and "Not at a terminal: give --api-key and --api-secret" in asked.stderr
+    earlier = tmp_path / "config" / "fluxhost" / "credentials.json"  # saved before, readable by all
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("{}")
+    earlier.chmod(0o644)
     saved = fluxhost("login", "--api-key", cli_env["FLUXHOST_API_KEY"], "--api-secret",
                      cli_env["FLUXHOST_API_SECRET"], env=scripted)
     assert saved.returncode == 0, saved.stderr
+    assert earlier.stat().st_mode & 0o777 == 0o600  # the secret it now holds is the owner's alone
     assert fluxhost("tasks", "list", "--json", env=scripted).returncode == 0  # the saved login
 
 

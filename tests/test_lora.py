@@ -184,9 +184,9 @@ def test_a_file_that_is_no_lora_for_the_model_is_refused_and_changes_nothing(eng
     path = tmp_path / "bad.safetensors"
     write(path)
     bad = Adapter(str(path), "bad0" * 16)
-    with pytest.raises(AdapterRefused, match="^" + str(path).replace(".", r"\.") + ".*") as refused:
+    with pytest.raises(AdapterRefused, match=r"^the adapter bad\.safetensors ") as refused:
         picture(engine, good, bad)
-    assert says in str(refused.value)
+    assert says in str(refused.value) and str(tmp_path) not in str(refused.value)  # no server folder shown
     assert tuple(engine._pipeline.transformer.x_embedder.weight.shape) == (32, 64)
     assert engine._pipeline.transformer.config.in_channels == 64
     assert engine._pipeline.get_list_adapters()["transformer"] == [f"lora_{good.digest[:16]}"]

@@ -354,6 +354,9 @@ def login(
         raise fail_on(error) from None
     path = config_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    if hasattr(os, "fchmod"):  # the mode above is for a new file: one saved before is narrowed too
+        os.fchmod(descriptor, 0o600)
+    with open(descriptor, "w") as file:
         json.dump({"server": server, "api_key": api_key, "api_secret": api_secret}, file)
     console.print(f"Saved to {path}.")

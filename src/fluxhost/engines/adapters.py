@@ -30,6 +30,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePath
 
 import torch
 from diffusers import DiffusionPipeline
@@ -90,16 +91,16 @@ def check_adapter(pipeline: DiffusionPipeline, adapter: Adapter) -> None:
         with safe_open(adapter.path, framework="pt"):
             pass
     except (SafetensorError, OSError) as error:
-        raise AdapterRefused(f"{adapter.path} is not a readable .safetensors file ({_first_line(error)})") from error
+        raise AdapterRefused(f"{_named(adapter)} is not a readable .safetensors file ({_first_line(error)})") from error
     try:
         state_dict = pipeline.lora_state_dict(adapter.path, use_safetensors=True)
     except _LOADER_FAILURES as error:
-        raise AdapterRefused(f"{adapter.path} is not a LoRA in a layout diffusers reads for "
+        raise AdapterRefused(f"{_named(adapter)} is not a LoRA in a layout diffusers reads for "
                              f"{type(pipeline).__name__} ({_first_line(error)})") from error
     if isinstance(state_dict, tuple):
         state_dict = state_dict[0]
     if not state_dict:
-        raise AdapterRefused(f"{adapter.path} holds no LoRA weights")
+        raise AdapterRefused(f"{_named(adapter)} holds no LoRA weights")
     problems: list[str] = []
     for key, tensor in state_dict.items():
         match = _LORA_KEY.match(key)
@@ -118,8 +119,14 @@ def check_adapter(pipeline: DiffusionPipeline, adapter: Adapter) -> None:
                             f"{expected} features")
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise AdapterRefused(f"{adapter.path} is not a LoRA for this model ({type(pipeline).__name__}): "
+        raise AdapterRefused(f"{_named(adapter)} is not a LoRA for this model ({type(pipeline).__name__}): "
                              f"{'; '.join(problems[:3])}{more}")
+
+
+def _named(adapter: Adapter) -> str:
+    """How a refusal names an adapter: by its file's name, never the server's folders (a refusal
+    reaches the task's debugerror, which its owner reads)."""
+    return f"the adapter {PurePath(adapter.path).name}"
 
 
 def _components_holding(pipeline: DiffusionPipeline, name: str) -> list[str]:
@@ -143,9 +150,9 @@ def _load(pipeline: DiffusionPipeline, adapter: Adapter, name: str, hotswap: boo
             pipeline.delete_adapters(name)
         if isinstance(error, torch.OutOfMemoryError):  # the file may be fine: the device is full
             raise
-        raise AdapterRefused(f"{adapter.path} could not be loaded as a LoRA ({_first_line(error)})") from error
+        raise AdapterRefused(f"{_named(adapter)} could not be loaded as a LoRA ({_first_line(error)})") from error
     if not _components_holding(pipeline, name):
-        raise AdapterRefused(f"{adapter.path} has no layer this model has")
+        raise AdapterRefused(f"{_named(adapter)} has no layer this model has")
 
 
 @dataclass
