@@ -8,6 +8,7 @@ import errno
 import io
 import os
 import secrets
+import socket
 import threading
 import zipfile
 from collections.abc import Callable
@@ -434,3 +435,17 @@ def test_a_deflate_stream_that_does_not_decode_and_a_nameless_member_are_refused
 def test_a_safetensors_header_nested_past_the_json_parsers_depth_is_not_taken_for_one():
     header = b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}"
     assert not is_safetensors(len(header).to_bytes(8, "little") + header + bytes(16))
+
+
+def test_an_upload_from_no_known_key_is_refused_before_its_body_is_read(live):
+    """Hundreds of MB taken in from anyone would be the server's memory: the key comes first."""
+    address = httpx.URL(live.base_url)
+    announced = live.service.settings.lora_max_bytes  # within what File/Upload takes
+    head = (f"POST /v1/File/Upload HTTP/1.1\r\nHost: {address.host}:{address.port}\r\n"
+            f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: {announced}\r\n"
+            "x-api-key: nobody\r\nx-nonce: 1\r\nx-signature: 00\r\n\r\n--x\r\n").encode()
+    with socket.create_connection((address.host, address.port), timeout=10) as connection:
+        connection.sendall(head)  # and nothing more of the body it announced
+        answer = connection.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    assert answer.endswith(b'{"result":false,"errors":[{"code":0,"message":"Project authorization is not founded."}]}')

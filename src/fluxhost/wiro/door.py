@@ -21,6 +21,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
 from fluxhost.auth import AuthError, Caller, request_digest
@@ -169,22 +170,31 @@ class Parameters:
         return str(next((values[name] for name in CALLBACK_URL_NAMES if values.get(name)), "")).strip()
 
 
+def caller_of(operations: Operations, headers: Headers, address: str | None) -> Caller:
+    """Who sends a request with these headers from ``address``, once their key is checked and
+    their request counted."""
+    return operations.caller(headers.get("x-api-key"), headers.get("x-nonce"), headers.get("x-signature"), address)
+
+
 class Call:
     """One request's headers, path and body, as the worker thread needs them."""
 
-    def __init__(self, operations: Operations, request: Request, body: bytes, parameters: Parameters):
+    def __init__(self, operations: Operations, request: Request, body: bytes, parameters: Parameters,
+                 caller: Caller | None = None):
         self.operations = operations
         self.headers = request.headers
         self.address = client_address(request)
         self.path = request.url.path
         self.body = body
         self.parameters = parameters
+        self._caller = caller
 
     def caller(self) -> Caller:
-        """Who sends the request, once their key is checked and their request counted."""
-        headers = self.headers
-        return self.operations.caller(headers.get("x-api-key"), headers.get("x-nonce"), headers.get("x-signature"),
-                                      self.address)
+        """Who sends the request, once their key is checked and their request counted (once: a
+        caller known before the body was read is that caller)."""
+        if self._caller is None:
+            self._caller = caller_of(self.operations, self.headers, self.address)
+        return self._caller
 
     def spend_nonce(self, caller: Caller) -> None:
         self.operations.auth.spend_nonce(caller, self.headers.get("x-nonce"), request_digest(self.path, self.body))
@@ -281,14 +291,18 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
         """Read the request on the loop, then run ``work`` (auth, one operation, rendering) off it;
         on the shared threads when ``waits`` says it will wait on the outside world (resolve a host
         name, keep or read or delete files: a disk, an object store), never holding up the database
-        threads. A multipart body may carry an input image, or a file of ``file_bytes`` where larger."""
-        limit = settings.max_body_bytes
+        threads. A multipart body may carry an input image, or a file of ``file_bytes`` where larger:
+        its sender is authenticated before it is read, so that no one without a key has the server
+        take in hundreds of MB."""
+        limit, caller = settings.max_body_bytes, None
         if is_multipart(request.headers):
             limit = max(limit, max(settings.input_max_bytes, file_bytes) + UPLOAD_OVERHEAD_BYTES)
+            # a body that may hold images or files of hundreds of MB: read only a known caller's
+            caller = await offload.run(caller_of, operations, request.headers, client_address(request))
         body = await read_body(request, limit, settings.body_read_seconds)
         parameters = await Parameters.of(body, request)
         request.state.parameters = parameters
-        call = Call(operations, request, body, parameters)
+        call = Call(operations, request, body, parameters, caller)
         run_off_loop = offload.run_waiting if waits(parameters) else offload.run
         return JSONResponse(await run_off_loop(work, call))
 
