@@ -193,6 +193,17 @@ def test_progress_frames_carry_a_preview_when_asked(make_settings):
     assert image.format == "JPEG" and max(image.size) <= 256
 
 
+def _progress(task: int, step: int) -> TaskEvent:
+    return TaskEvent(task, "a", Status.OUTPUT, Progress.measure(step, 100, 1.0))
+
+
+async def _waiting(subscriber: Subscriber) -> list[str]:
+    frames = []
+    while len(subscriber.outbox):
+        frames.append(await subscriber.outbox.get())
+    return frames
+
+
 def test_a_slow_subscriber_loses_progress_never_lifecycle():
     async def scenario():
         subscriber = Subscriber(websocket=None)
@@ -205,10 +216,7 @@ def test_a_slow_subscriber_loses_progress_never_lifecycle():
         subscriber.offer(TaskEvent(1, "a", Status.START), "stale-start-1")
         subscriber.offer(TaskEvent(1, "a", Status.POSTPROCESS_END), "final-1")
         subscriber.offer(TaskEvent(1, "a", Status.OUTPUT, Progress.measure(1000, 1000, 1.0)), "after-the-end")
-        frames = []
-        while subscriber.outbox._frames:
-            frames.append(await subscriber.outbox.get())
-        return frames
+        return await _waiting(subscriber)
 
     frames = asyncio.run(scenario())
     assert [f for f in frames if not f.startswith("progress")] == ["start-1", "end-1", "final-1"]
@@ -224,22 +232,10 @@ def test_a_subscriber_that_keeps_up_gets_every_step_even_four_at_once():
         for step in range(1, 13):
             subscriber.offer(TaskEvent(1, "a", Status.OUTPUT, Progress.measure(step, 12, 1.0)), f"progress-{step}")
             if step % 4 == 0:  # what is waiting after every fourth step: all four, or fewer if one was replaced
-                while len(subscriber.outbox):
-                    frames.append(await subscriber.outbox.get())
+                frames += await _waiting(subscriber)
         return frames
 
     assert asyncio.run(scenario()) == [f"progress-{step}" for step in range(1, 13)]
-
-
-def _progress(task: int, step: int) -> TaskEvent:
-    return TaskEvent(task, "a", Status.OUTPUT, Progress.measure(step, 100, 1.0))
-
-
-async def _waiting(subscriber: Subscriber) -> list[str]:
-    frames = []
-    while len(subscriber.outbox):
-        frames.append(await subscriber.outbox.get())
-    return frames
 
 
 def test_progress_that_replaces_another_never_overtakes_a_later_frame_of_its_task():

@@ -60,16 +60,21 @@ def test_kill_reaches_the_generation_in_the_child(make_settings):
             time.sleep(0.05)
 
 
+def child_killed_mid_task(live: LiveServer, timeout: float) -> tuple[int, dict, int]:
+    """A task's id, its detail once it ended, and the pid of the child SIGKILLed while it ran."""
+    client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+    taskid = client.run()["taskid"]
+    client.wait(taskid, statuses=("task_start",))
+    first = child_pid(live)
+    os.kill(first, signal.SIGKILL)
+    return int(taskid), client.wait(taskid, timeout=timeout), first
+
+
 def test_a_child_that_dies_is_replaced_and_its_task_completes_once(make_settings):
     with LiveServer(bench(make_settings, steps=100)) as live:
-        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
-        taskid = client.run()["taskid"]
-        client.wait(taskid, statuses=("task_start",))
-        first = child_pid(live)
-        os.kill(first, signal.SIGKILL)
-        task = client.wait(taskid, timeout=120)
+        taskid, task, first = child_killed_mid_task(live, timeout=120)
         assert task["status"] == "task_postprocess_end" and task["pexit"] == "0" and len(task["outputs"]) == 1
-        assert live.service.tasks.get(int(taskid)).attempts == 2 and child_pid(live) != first
+        assert live.service.tasks.get(taskid).attempts == 2 and child_pid(live) != first
 
 
 def test_a_recovery_that_fails_is_tried_again_and_the_lost_task_still_completes(make_settings):
@@ -86,14 +91,9 @@ def test_a_recovery_that_fails_is_tried_again_and_the_lost_task_still_completes(
             recover()
 
         dispatcher.on_lost = failing_once
-        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
-        taskid = client.run()["taskid"]
-        client.wait(taskid, statuses=("task_start",))
-        first = child_pid(live)
-        os.kill(first, signal.SIGKILL)
-        task = client.wait(taskid, timeout=60)
+        taskid, task, first = child_killed_mid_task(live, timeout=60)
         assert failures and task["status"] == "task_postprocess_end" and task["pexit"] == "0"
-        assert live.service.tasks.get(int(taskid)).attempts == 2 and child_pid(live) != first
+        assert live.service.tasks.get(taskid).attempts == 2 and child_pid(live) != first
 
 
 def test_a_model_the_child_cannot_load_refuses_runs(make_settings, tmp_path):

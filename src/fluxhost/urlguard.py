@@ -136,11 +136,9 @@ def check_public_url(url: str, allowlist: Allowlist) -> PinnedUrl:
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as error:
-        if error.errno == socket.EAI_AGAIN:
+    except (OSError, ValueError) as error:
+        if isinstance(error, socket.gaierror) and error.errno == socket.EAI_AGAIN:
             raise UrlLookupFailed(f"host {host} cannot be resolved just now") from None
-        raise UrlRefused(f"host {host} cannot be resolved") from None
-    except (OSError, ValueError):
         raise UrlRefused(f"host {host} cannot be resolved") from None
     addresses = [ipaddress.ip_address(sockaddr[0].split("%")[0]) for *_, sockaddr in found]
     for address in addresses:

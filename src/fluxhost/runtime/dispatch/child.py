@@ -181,10 +181,9 @@ class ChildProcessDispatcher:
     def stop(self, grace_seconds: float = 0.0) -> None:
         """Tell the child to stop (it gives its running tasks ``grace_seconds`` and releases what
         is left); kill it if it has not exited some time after that."""
-        self._stopping.set()
+        with self._lifecycle:  # a child being started meanwhile is started first, and told to quit too
+            self._stopping.set()
         self._unsubscribe()
-        with self._lifecycle:  # a child being started meanwhile is started, and told to quit too
-            pass
         self._send(Quit(grace_seconds))
         if self._process is not None:
             self._process.join(grace_seconds + CHILD_EXIT_SECONDS)
