@@ -3,8 +3,10 @@ polling_url until Ready, download result.sample. The task is an ordinary one: th
 door lists and cancels it. Bad requests get BFL's own error shape, never a 5xx."""
 
 import base64
+import errno
 import io
 import json
+import os
 import time
 
 import httpx
@@ -122,6 +124,16 @@ def test_an_editing_model_takes_input_image_under_bfls_name(make_settings):
         refused = httpx.post(submit, headers={"x-key": key.api_key}, json={"prompt": "x", "input_image": "%%"},
                              timeout=10)
         assert refused.status_code == 422 and "input_image must be base64" in refused.json()["detail"]
+
+        def disk_full(*_args) -> None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(live.service.files, "save", disk_full)
+            unkept = httpx.post(submit, headers={"x-key": key.api_key}, timeout=30, json={
+                "prompt": "make it blue", "input_image": base64.b64encode(photo.getvalue()).decode()})
+        assert unkept.status_code == 503, unkept.text
+        assert unkept.json() == {"detail": "The server could not store a file right now: retry shortly."}
 
 
 def one_database_thread(tmp_path) -> Settings:

@@ -3,7 +3,9 @@
 let in the public half of a signature key, and the task visible through the hosted protocol."""
 
 import base64
+import errno
 import io
+import os
 
 import httpx
 import pytest
@@ -84,6 +86,23 @@ def test_edits_take_an_image_file_on_an_editing_model(make_settings):
         with pytest.raises(openai.BadRequestError) as refused:
             client.images.edit(image=("notes.txt", b"not an image", "text/plain"), prompt="x")
         assert "'image'" in refused.value.body["message"] and refused.value.body["param"] == "image"  # its own name
+
+        def store_fails(*_args) -> None:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        once = client.with_options(max_retries=0)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(live.service.files, "save", store_fails)
+            with pytest.raises(openai.InternalServerError) as unkept:
+                once.images.edit(image=("photo.png", photo.getvalue(), "image/png"), prompt="make it blue")
+        assert unkept.value.status_code == 503
+        assert unkept.value.body["message"] == "The server could not store a file right now: retry shortly."
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(live.service.files, "read", store_fails)
+            with pytest.raises(openai.InternalServerError) as unread:
+                once.images.generate(prompt="a red kite", response_format="b64_json")
+        assert unread.value.status_code == 503 and unread.value.body["type"] == "server_error"
+        assert unread.value.body["message"] == "The server could not read a file right now: retry shortly."
 
 
 def test_an_inline_answer_reads_its_images_off_the_database_threads(tmp_path):

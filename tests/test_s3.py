@@ -4,6 +4,7 @@ read their input from the bucket, outputs downloaded from it, InputOutputDelete 
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -103,14 +104,18 @@ def test_public_urls_are_plain_and_signed_ones_name_the_clients_address(s3_serve
     assert behind_cdn.find(f"https://cdn.example.com/img/{folder}/0.jpg") == (folder, "0.jpg")
 
 
+def on_the_bucket(s3_server: S3Server, bucket: str, make_settings, weights: Path, kontext: Path):
+    """The service's settings with its files in ``bucket``: a text-to-image and an editing model."""
+    models = {SLUG: ModelSettings(weights=str(weights), steps=2, max_sequence_length=32),
+              KONTEXT: ModelSettings(weights=str(kontext), steps=2, max_sequence_length=32, kind="edit")}
+    return make_settings(models=models, storage="s3", s3_bucket=bucket, s3_endpoint_url=s3_server.endpoint,
+                         s3_region="us-east-1", s3_access_key_id=s3_server.access_key,
+                         s3_secret_access_key=s3_server.secret_key, s3_path_style=True)
+
+
 def test_the_service_keeps_uploads_inputs_and_outputs_in_the_bucket(s3_server, bucket, make_settings, tiny_weights,
                                                                     tiny_kontext, tmp_path):  # noqa: F811
-    models = {SLUG: ModelSettings(weights=str(tiny_weights), steps=2, max_sequence_length=32),
-              KONTEXT: ModelSettings(weights=str(tiny_kontext), steps=2, max_sequence_length=32, kind="edit")}
-    settings = make_settings(models=models, storage="s3", s3_bucket=bucket, s3_endpoint_url=s3_server.endpoint,
-                             s3_region="us-east-1", s3_access_key_id=s3_server.access_key,
-                             s3_secret_access_key=s3_server.secret_key, s3_path_style=True)
-    with LiveServer(settings) as live:
+    with LiveServer(on_the_bucket(s3_server, bucket, make_settings, tiny_weights, tiny_kontext)) as live:
         client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
         [upload] = post_files(client, "File/Upload", {}, {"file": ("photo.png", photo(), "image/png")})["list"]
         assert upload["url"].startswith(f"{s3_server.endpoint}/{bucket}/")
@@ -128,3 +133,53 @@ def test_the_service_keeps_uploads_inputs_and_outputs_in_the_bucket(s3_server, b
         remaining = s3_server.client().list_objects_v2(Bucket=bucket).get("Contents", [])
         assert [item["Key"] for item in remaining] == [upload["url"].split(f"/{bucket}/")[1].split("?")[0]]
         assert httpx.get(output["url"], timeout=10).status_code == 404
+
+
+def test_clear_removes_a_folder_of_more_objects_than_one_listing_holds(s3_server, bucket):
+    store, client = store_on(s3_server, bucket), s3_server.client()
+    folder, other = store.new_folder(), store.new_folder()
+    for index in range(1003):  # a listing page, and a DeleteObjects, hold at most 1,000
+        client.put_object(Bucket=bucket, Key=f"{folder}/{index}.png", Body=b"x")
+    store.save(other, "0.png", b"kept")
+    store.clear(folder)
+    assert client.list_objects_v2(Bucket=bucket, Prefix=folder).get("KeyCount", 0) == 0
+    assert store.read(other, "0.png") == b"kept"
+
+
+def message_of(answer: httpx.Response) -> str:
+    [error] = answer.json()["errors"]
+    return error["message"]
+
+
+def test_a_bucket_the_service_cannot_use_gets_503s_that_say_so_and_loses_nothing(
+        s3_server, bucket, make_settings, tiny_weights, tiny_kontext):  # noqa: F811
+    with LiveServer(on_the_bucket(s3_server, bucket, make_settings, tiny_weights, tiny_kontext)) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        [upload] = post_files(client, "File/Upload", {}, {"file": ("photo.png", photo(), "image/png")})["list"]
+        edit = {"prompt": "make it purple", "seed": "3", "inputImage": upload["url"]}
+        done = client.wait(client.call(f"Run/{KONTEXT}", edit)["taskid"])
+        assert done["pexit"] == "0", done["debugerror"]
+
+        # A bucket the store does not have and will not make (an S3 name is lower case), as if it
+        # were deleted: SeaweedFS makes a missing bucket on the first write to it.
+        live.service.files.bucket = "Gone"
+        refused = httpx.post(f"{client.base_url}/v1/File/Upload", files={"file": ("photo.png", photo(), "image/png")},
+                             headers=client.headers(), timeout=60)
+        assert refused.status_code == 503, refused.text
+        assert message_of(refused) == "The server could not store the file right now: retry later."
+        unread = client.post(f"Run/{KONTEXT}", edit)
+        assert unread.status_code == 503, unread.text
+        assert message_of(unread) == "The server could not read the file right now: retry later."
+        failed = client.wait(client.run(seed="4")["taskid"])
+        assert failed["status"] == "task_postprocess_end" and failed["pexit"] != "0"
+        assert "the object store answered InvalidBucketName" in failed["debugerror"], failed["debugerror"]
+        undeleted = client.post("Task/InputOutputDelete", {"taskid": done["id"]})
+        assert undeleted.status_code == 503, undeleted.text
+        assert message_of(undeleted) == "The server could not delete the file right now: retry later."
+        assert client.detail(done["id"])["outputs"]  # still listed: what to delete again
+
+        live.service.files.bucket = bucket
+        assert client.call("Task/InputOutputDelete", {"taskid": done["id"]})["result"] is True
+        assert not client.detail(done["id"])["outputs"]
+        remaining = s3_server.client().list_objects_v2(Bucket=bucket).get("Contents", [])
+        assert [item["Key"] for item in remaining] == [upload["url"].split(f"/{bucket}/")[1].split("?")[0]]

@@ -44,7 +44,7 @@ from fluxhost.orders import (
 from fluxhost.runtime.dispatch import Dispatcher
 from fluxhost.statuses import Status
 from fluxhost.storage import FileStore
-from fluxhost.store.records import TaskView
+from fluxhost.store.records import OutputView, TaskView
 from fluxhost.store.tasks import ModelStats, StopResult, TaskRef, TaskStore
 from fluxhost.store.uploads import FolderView, NewUpload, UploadStore, UploadView
 from fluxhost.tools import Catalog, Tool
@@ -140,12 +140,27 @@ class UploadQuotaExceeded(OperationError):
 
 
 class StorageFailed(OperationError):
-    """A file could not be written (``no_room``: the disk is full); nothing of it was kept.
-    ``str(error)`` names the OS's error, not the file: its path holds the URL's secret part."""
+    """The file store failed to ``action`` (store, read or delete) a file (``no_room``: the disk is
+    full); nothing of a file being stored was kept. ``str(error)`` names the OS's error, not the
+    file: its path holds the URL's secret part."""
 
-    def __init__(self, error: OSError):
-        super().__init__(f"a file could not be stored: {errno.errorcode.get(error.errno or 0, type(error).__name__)}")
+    def __init__(self, error: OSError, action: str):
+        super().__init__(f"a file could not be {action.removesuffix('e')}ed: "
+                         f"{errno.errorcode.get(error.errno or 0, type(error).__name__)}")
+        self.action = action
         self.no_room = error.errno in NO_ROOM_ERRNOS
+
+
+@contextmanager
+def file_store(action: str) -> Iterator[None]:
+    """The file store's failures while it does ``action`` (a full disk, an object store out of
+    reach) as :class:`StorageFailed`."""
+    try:
+        yield
+    except OSError as error:
+        failure = StorageFailed(error, action)
+        log.warning("%s", failure)
+        raise failure from error
 
 
 @dataclass(frozen=True)
@@ -388,12 +403,8 @@ class Operations:
         return earlier.order.training.checkpoints_folder
 
     def _keep_pictures(self, pictures: list[Picture]) -> tuple[tuple[TrainingImage, ...], str]:
-        try:
+        with file_store("store"):
             return self.training_sets.keep(pictures)
-        except OSError as error:
-            failure = StorageFailed(error)
-            log.warning("%s", failure)
-            raise failure from error
 
     def _loras(self, caller: Caller, request: RunRequest) -> tuple[LoraRef, ...]:
         """The Run's LoRA adapters, each checked: in the library, one of the caller's project's
@@ -412,7 +423,8 @@ class Operations:
                                                                content_type=upload.content_type, size=upload.size)})
             if lora.source == "url" and (own := self.files.find(lora.name)) is not None:
                 # One of this server's files (a trained adapter's output URL): read, never fetched.
-                data = self.files.read(*own)
+                with file_store("read"):
+                    data = self.files.read(*own)
                 if data is None or not is_safetensors(data):
                     raise InvalidInput("lora_url", "names no LoRA adapter (.safetensors) this server has")
                 lora = lora.model_copy(update={"file": FileRef(folder=own[0], name=own[1],
@@ -457,7 +469,8 @@ class Operations:
         own = self.files.find(url)
         if own is None:
             return decode(fetch(url, self.url_allowlist, self.image_limits), self.image_limits)
-        data = self.files.read(*own)
+        with file_store("read"):
+            data = self.files.read(*own)
         if data is None:
             raise ImageRefused("names a file this server no longer has")
         return decode(data, self.image_limits)
@@ -490,12 +503,8 @@ class Operations:
 
     def _save(self, folder: str, name: str, data: bytes) -> None:
         """Write a file, or raise :class:`StorageFailed` (the store leaves no partial file)."""
-        try:
+        with file_store("store"):
             self.files.save(folder, name, data)
-        except OSError as error:
-            failure = StorageFailed(error)
-            log.warning("%s", failure)
-            raise failure from error
 
     # --- uploads ------------------------------------------------------------------------
 
@@ -616,7 +625,8 @@ class Operations:
     def _discard(self, upload: UploadView) -> None:
         """The file first, then the record: what a failure leaves is a record to delete again,
         never a file nothing lists."""
-        self.files.delete(upload.folder, upload.file_name)
+        with file_store("delete"):
+            self.files.delete(upload.folder, upload.file_name)
         self.uploads.remove(upload)
 
     # --- tasks --------------------------------------------------------------------------
@@ -664,19 +674,29 @@ class Operations:
                  extra={"task_id": task.id, "status": Status.CANCEL.value})
         return self.tasks.get(task.id)
 
+    def output_data(self, output: OutputView) -> bytes:
+        """The bytes of a task's output; :class:`TaskNotFound` once its files are deleted."""
+        with file_store("read"):
+            data = self.files.read(output.folder, output.name)
+        if data is None:
+            raise TaskNotFound()
+        return data
+
     def delete_files(self, caller: Caller, task: TaskView) -> None:
-        """Remove an ended task's files; the record stays. Deleting twice is fine."""
+        """Remove an ended task's files; the record stays. The files first, then their records:
+        where the store fails, the task still lists what to delete again. Deleting twice is fine."""
         if task.project_id != caller.project_id:
             raise TaskNotFound()
         if not task.ended:
             raise TaskNotEnded()
-        for output in self.tasks.delete_outputs(task.id):
-            self.files.delete(output.folder, output.name)
-        for stored in self.tasks.forget_inputs(task.id):
-            self.files.delete(stored.folder, stored.name)
-        if training := task.order.training:  # its checkpoints, and the pictures of its archive
-            for folder in filter(None, (training.checkpoints_folder, training.pictures_folder)):
-                self.files.clear(folder)
+        with file_store("delete"):
+            for file in (*task.outputs, *task.order.input_images):
+                self.files.delete(file.folder, file.name)
+            if training := task.order.training:  # its checkpoints, and the pictures of its archive
+                for folder in filter(None, (training.checkpoints_folder, training.pictures_folder)):
+                    self.files.clear(folder)
+        self.tasks.delete_outputs(task.id)
+        self.tasks.forget_inputs(task.id)
 
     # --- tools --------------------------------------------------------------------------
 

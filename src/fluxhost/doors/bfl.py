@@ -31,6 +31,7 @@ from fluxhost.operations import (
     ModelUnavailable,
     OperationError,
     Operations,
+    StorageFailed,
     TaskNotFound,
     TooManyTasks,
     UpsamplingUnavailable,
@@ -134,6 +135,8 @@ def create_bfl_app(operations: Operations, offload: Offload, settings: Settings)
         UpsamplingUnavailable: lambda _request, error: fail(422, f"{error} Send prompt_upsampling: false to use "
                                                                  "the prompt as given."),
         ModelUnavailable: lambda _request, error: fail(422, str(error)),
+        StorageFailed: lambda _request, error: fail(503, f"The server could not {error.action} a file right now: "
+                                                         "retry shortly."),
         OperationError: lambda _request, _error: fail(404, "Not Found"),
         DATABASE_FAULTS: lambda _request, _error: fail(503, "The service's database is unavailable right now: "
                                                             "retry shortly.", {"Retry-After": "1"}),

@@ -44,6 +44,7 @@ from fluxhost.operations import (
     ModelUnavailable,
     OperationError,
     Operations,
+    StorageFailed,
     TooManyTasks,
     UpsamplingUnavailable,
 )
@@ -133,6 +134,8 @@ def create_openai_app(operations: Operations, events: EventBus, offload: Offload
         TooManyTasks: lambda _request, error: fail(OpenAIError(429, str(error), "rate_limit_error")),
         InvalidInput: refused_input,
         (ModelUnavailable, UpsamplingUnavailable): lambda _request, error: fail(OpenAIError(400, str(error))),
+        StorageFailed: lambda _request, error: fail(OpenAIError(
+            503, f"The server could not {error.action} a file right now: retry shortly.", "server_error")),
         OperationError: lambda _request, _error: fail(OpenAIError(404, "Not found.", code="not_found")),
         DATABASE_FAULTS: lambda _request, _error: fail(OpenAIError(
             503, "The service's database is unavailable right now: retry shortly.", "server_error"),
@@ -226,7 +229,7 @@ def create_openai_app(operations: Operations, events: EventBus, offload: Offload
         data = []
         for output in task.outputs:
             if generation.response_format == "b64_json":
-                data.append({"b64_json": base64.b64encode(operations.files.read(output.folder, output.name)).decode()})
+                data.append({"b64_json": base64.b64encode(operations.output_data(output)).decode()})
             else:
                 data.append({"url": operations.files.url(output.folder, output.name)})
         return {"created": int(task.create_time), "data": data, "output_format": task.order.output_format,

@@ -25,6 +25,9 @@ def well_formed(folder: str, name: str) -> bool:
 
 
 class FileStore(Protocol):
+    """Where a store fails (a full or unwritable disk, an object store that refuses or cannot be
+    reached), its methods raise :class:`OSError`."""
+
     def new_folder(self) -> str:
         """A fresh, unguessable folder name for one task's files."""
 

@@ -8,14 +8,25 @@ Clients download straight from the store, by one of two kinds of URL:
   objects are publicly readable), unchanging, like the hosted service's CDN links.
 
 Objects are written once and never change: they are stored with an immutable cache header.
+
+A store that refuses (a missing bucket, a denied key) or cannot be reached raises :class:`OSError`,
+as a disk would, naming the store's error code and never a key (a key holds a URL's secret part).
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import mimetypes
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import urlsplit
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from fluxhost.storage.base import new_folder, well_formed
+
+log = logging.getLogger(__name__)
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 # The longest a SigV4 presigned URL may live.
@@ -72,17 +83,20 @@ class S3FileStore:
 
     def save(self, folder: str, name: str, data: bytes) -> None:
         content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-        self._client.put_object(Bucket=self.bucket, Key=self._key(folder, name), Body=data,
-                                ContentType=content_type, CacheControl=IMMUTABLE)
+        key = self._key(folder, name)
+        with answered("store a file"):
+            self._client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type,
+                                    CacheControl=IMMUTABLE)
 
     def read(self, folder: str, name: str) -> bytes | None:
         if not well_formed(folder, name):
             return None
-        try:
-            answer = self._client.get_object(Bucket=self.bucket, Key=self._key(folder, name))
-        except self._missing:
-            return None
-        return answer["Body"].read()
+        with answered("read a file"):
+            try:
+                answer = self._client.get_object(Bucket=self.bucket, Key=self._key(folder, name))
+            except self._missing:
+                return None
+            return answer["Body"].read()
 
     def url(self, folder: str, name: str) -> str:
         key = self._key(folder, name)
@@ -93,14 +107,22 @@ class S3FileStore:
         )
 
     def delete(self, folder: str, name: str) -> None:
-        self._client.delete_object(Bucket=self.bucket, Key=self._key(folder, name))
+        key = self._key(folder, name)
+        with answered("delete a file"):
+            self._client.delete_object(Bucket=self.bucket, Key=key)
 
     def clear(self, folder: str) -> None:
+        """Every object under the folder's prefix, a listing page (at most 1,000, as many as one
+        DeleteObjects takes) at a time: a training's folder may hold more."""
         prefix = self._key(folder, "any").removesuffix("any")
-        listed = self._client.list_objects_v2(Bucket=self.bucket, Prefix=prefix)
-        keys = [{"Key": item["Key"]} for item in listed.get("Contents", [])]
-        if keys:
-            self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+        with answered("delete a folder"):
+            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+                if keys:
+                    answer = self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+                    if failed := answer.get("Errors"):
+                        raise OSError(errno.EIO, f"the object store kept {len(failed)} object(s): "
+                                                 f"{failed[0].get('Code') or 'an error'}")
 
     def find(self, url: str) -> tuple[str, str] | None:
         parts = urlsplit(url)
@@ -121,3 +143,19 @@ class S3FileStore:
         signed = self._signer.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": "k"},
                                                      ExpiresIn=60)
         return signed.split("?", 1)[0].removesuffix("k")
+
+
+@contextmanager
+def answered(action: str) -> Iterator[None]:
+    """botocore's failures as the :class:`OSError` every caller of a file store handles; its words
+    are the store's error code or botocore's kind of failure, never its message (which may hold
+    the URL, and so the key)."""
+    try:
+        yield
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code") or "an error"
+        log.warning("the object store refused to %s: %s", action, code)
+        raise OSError(errno.EIO, f"the object store answered {code}") from None
+    except BotoCoreError as error:
+        log.warning("the object store could not %s: %s", action, type(error).__name__)
+        raise OSError(errno.EIO, f"the object store could not be reached ({type(error).__name__})") from None

@@ -18,11 +18,11 @@ from typing import Any
 from sqlalchemy import Connection, Row, Select, bindparam, case, delete, func, insert, select, update
 
 from fluxhost.limits import UnfinishedCounts
-from fluxhost.orders import FileRef, WorkOrder
+from fluxhost.orders import WorkOrder
 from fluxhost.statuses import CANCELLABLE, KILLABLE, UNFINISHED, Outcome, Status
 from fluxhost.store.database import Database
 from fluxhost.store.deliveries import callback_of, owe_callback
-from fluxhost.store.records import OutputView, TaskView
+from fluxhost.store.records import TaskView
 from fluxhost.store.schema import outputs, random_token, tasks, unfinished_tallies
 
 _INSERT_TASK = insert(tasks).returning(tasks.c.id)
@@ -219,23 +219,19 @@ class TaskStore:
             exists = connection.execute(select(tasks.c.id).where(mine)).first()
             return StopResult.NOT_STOPPABLE if exists else StopResult.NOT_FOUND
 
-    def forget_inputs(self, task_id: int) -> list[FileRef]:
-        """Forget a task's input files (its work order no longer names them); returns what to
-        remove from file storage."""
+    def forget_inputs(self, task_id: int) -> None:
+        """Forget a task's input files (its work order no longer names them), once they are
+        removed from file storage."""
         with self._db.write() as connection:
             stored = connection.execute(select(tasks.c.work_order).where(tasks.c.id == task_id)).scalar_one_or_none()
-            if not stored or not stored.get("input_images"):
-                return []
-            connection.execute(update(tasks).where(tasks.c.id == task_id)
-                               .values(work_order={**stored, "input_images": []}))
-        return list(WorkOrder.decode(stored).input_images)
+            if stored and stored.get("input_images"):
+                connection.execute(update(tasks).where(tasks.c.id == task_id)
+                                   .values(work_order={**stored, "input_images": []}))
 
-    def delete_outputs(self, task_id: int) -> list[OutputView]:
-        """Forget a task's outputs (the record stays); returns what to remove from file storage."""
+    def delete_outputs(self, task_id: int) -> None:
+        """Forget a task's outputs (the record stays), once they are removed from file storage."""
         with self._db.write() as connection:
-            removed = connection.execute(select(outputs).where(outputs.c.task_id == task_id)).all()
             connection.execute(delete(outputs).where(outputs.c.task_id == task_id))
-        return [OutputView.of(row) for row in removed]
 
 
 def _view(connection: Connection, row: Row, files: list[Row]) -> TaskView:

@@ -249,8 +249,9 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
 
     def storage_failed(_request: Request, error: StorageFailed) -> JSONResponse:
         """Nothing was kept. An upload's nonce was not spent (it may be sent again as it is); a
-        Run's was, as its checks had passed."""
-        return fail(0, messages.NO_ROOM if error.no_room else messages.NOT_STORED, 503)
+        Run's was where its checks had passed and its input images could not be kept, and so was
+        an InputOutputDelete's (the files not deleted are deleted by the next)."""
+        return fail(0, messages.NO_ROOM if error.no_room else messages.store_failed(error.action), 503)
 
     def http_error(request: Request, error: HTTPException) -> JSONResponse:
         if error.status_code == 404:

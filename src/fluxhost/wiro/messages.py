@@ -20,7 +20,6 @@ FILE_ID_REQUIRED = "Request parameter [fileid] required"
 NO_FILE = "There is no such file."
 NO_ROOM = ("The server has no room left to store files: retry later, or ask its operator to free space "
            "on its disk.")
-NOT_STORED = "The server could not store the file right now: retry later."
 UPSAMPLING_UNAVAILABLE = (
     "Prompt upsampling is not available on this server: its operator can set FLUXHOST_UPSAMPLER_URL (an "
     "OpenAI-compatible API) or FLUXHOST_UPSAMPLER_LOCAL (a transformers language model). Send "
@@ -81,3 +80,8 @@ def one_of(name: str, options: Iterable[str]) -> str:
 
 def number(name: str) -> str:
     return parameter(name, "must be integer or float")
+
+
+def store_failed(action: str) -> str:
+    """A file the server could not store, read or delete (``action``) in its file store."""
+    return f"The server could not {action} the file right now: retry later."
