@@ -6,6 +6,7 @@ resumes from; bad training sets are refused at Run with nothing queued."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import os
 import re
@@ -171,6 +172,35 @@ def test_bad_training_sets_are_refused_at_run_with_nothing_queued(make_settings,
         answer = client.call(f"Run/{TRAIN}", asked)
         assert answer["result"] is False and says in answer["errors"][0]["message"], answer
         assert client.call("Task/List", {})["total"] == "0"
+
+
+def test_a_training_whose_task_cannot_be_stored_leaves_none_of_its_archives_pictures(make_settings, monkeypatch):
+    from tests.test_uploads import database_locked, stored_files
+
+    with LiveServer(make_settings(models={TRAIN: ModelSettings(steps=2)}, engine="bench",
+                                  worker_concurrency=0)) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        url = _served(live, archive({f"{colour}.png": picture(colour) for colour in COLOURS}))
+        served = stored_files(live)
+        asked = {"selectedFolderUrl": url, "triggerWord": "zq", **FAST}
+        with monkeypatch.context() as patch:
+            patch.setattr(live.service.tasks, "create", database_locked)
+            refused = client.post(f"Run/{TRAIN}", asked)
+        assert refused.status_code == 503, refused.text
+        assert stored_files(live) == served  # the archive's pictures kept, then removed: only the archive
+
+        save, saved = live.service.files.save, []
+
+        def full_after_one(folder: str, name: str, data: bytes) -> None:
+            if saved:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            saved.append(name)
+            save(folder, name, data)
+
+        monkeypatch.setattr(live.service.files, "save", full_after_one)
+        refused = client.post(f"Run/{TRAIN}", asked)
+        assert refused.status_code == 503, refused.text
+        assert saved and stored_files(live) == served  # the first picture kept, then removed with its folder
 
 
 def _served(live: LiveServer, data: bytes) -> str:

@@ -9,6 +9,7 @@ import io
 import os
 import secrets
 import socket
+import sqlite3
 import threading
 import zipfile
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from fluxhost.archives import ArchiveRefused
 from fluxhost.archives import members as archive_members
@@ -258,6 +260,21 @@ def test_a_failed_write_is_refused_clearly_and_leaves_nothing(live, monkeypatch,
     again = send_upload(client, picture(), headers=headers)  # room again: the same request goes through
     assert again.status_code == 200 and again.json()["result"] is True, again.text
     assert len(stored_files(live)) == 1
+
+
+def database_locked(*_args, **_kwargs) -> None:
+    """A write that waited out the database's timeout (another process held the lock)."""
+    raise OperationalError("INSERT INTO tasks", {}, sqlite3.OperationalError("database is locked"))
+
+
+def test_a_run_whose_task_cannot_be_stored_leaves_none_of_its_input_images(live, monkeypatch):
+    client = client_of(live)
+    monkeypatch.setattr(live.service.tasks, "create", database_locked)
+    refused = httpx.post(f"{client.base_url}/v1/Run/{KONTEXT}", data={"prompt": "make it blue"},
+                         files={"inputImage": ("photo.png", picture(), "image/png")}, headers=client.headers(),
+                         timeout=30)
+    assert refused.status_code == 503, refused.text
+    assert stored_files(live) == []  # kept before the task, removed once it could not be stored
 
 
 def test_the_janitor_deletes_expired_uploads(start_server):

@@ -302,11 +302,13 @@ class Operations:
             order = order.model_copy(update={"loras": self._loras(caller, request)})
         with current_span("fluxhost.run", **{"fluxhost.model": tool.slug}) as span:
             with self._accepted(accept, keeps_files=bool(images or pictures)):
+                folder = ""
                 if order.training is not None:
                     kept, folder = self._keep_pictures(pictures)
                     training = order.training.model_copy(update={"images": kept, "pictures_folder": folder})
                     order = order.model_copy(update={"training": training})
-                task = self._queue(caller, tool, request, order, images)
+                with self._removed_unless_queued(folder):
+                    task = self._queue(caller, tool, request, order, images)
             self._announce(caller, tool, task)
             if span is not None:
                 span.set_attribute("fluxhost.task_id", task.id)
@@ -482,17 +484,33 @@ class Operations:
             parameters["seed"] = str(order.seed)  # recorded, so the image can be made again
         if carrier := context_carrier():
             order = order.model_copy(update={"trace": carrier})
-        if images:
-            folder, stored = self.files.new_folder(), []
+        folder = self.files.new_folder() if images else ""
+        with self._removed_unless_queued(folder):
+            stored = []
             for number, image in enumerate(images):
                 name = f"input-{number}.{image.extension}"
                 self._save(folder, name, image.data)
                 stored.append(FileRef(folder=folder, name=name, content_type=image.content_type, size=len(image.data)))
-            order = order.model_copy(update={"input_images": tuple(stored)})
-            if request.image_parameter:
-                parameters.setdefault(request.image_parameter, self.files.url(folder, stored[0].name))
-        return self.tasks.create(caller.project_id, tool.slug, parameters=parameters, order=order,
-                                 callback_url=request.callback_url, api_key_id=caller.key_id)
+            if stored:
+                order = order.model_copy(update={"input_images": tuple(stored)})
+                if request.image_parameter:
+                    parameters.setdefault(request.image_parameter, self.files.url(folder, stored[0].name))
+            return self.tasks.create(caller.project_id, tool.slug, parameters=parameters, order=order,
+                                     callback_url=request.callback_url, api_key_id=caller.key_id)
+
+    @contextmanager
+    def _removed_unless_queued(self, folder: str) -> Iterator[None]:
+        """The files a Run kept in ``folder`` (its input images, its archive's pictures) removed
+        where its task is not stored after all (a full disk, a locked database): no task names them."""
+        try:
+            yield
+        except Exception:
+            if folder:
+                try:
+                    self.files.clear(folder)
+                except OSError as error:
+                    log.warning("the files of a Run that was not queued could not be removed: %s", error)
+            raise
 
     def _announce(self, caller: Caller, tool: Tool, task: TaskRef) -> None:
         """A queued task, once committed: its ``task_queue`` event, and a worker woken."""

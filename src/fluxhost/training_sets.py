@@ -9,6 +9,7 @@ before anything is queued: no pictures, too many, a caption that is not text, a 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 
@@ -91,13 +92,18 @@ class TrainingSets:
         written to (empty for uploads, which stay where they are). The Run was accepted."""
         folder = self.files.new_folder() if any(picture.file is None for picture in pictures) else ""
         kept = []
-        for number, picture in enumerate(pictures):
-            file = picture.file
-            if file is None:
-                name = f"picture-{number:05d}.{picture.extension}"
-                self.files.save(folder, name, picture.data)
-                file = FileRef(folder=folder, name=name, content_type=picture.content_type, size=len(picture.data))
-            kept.append(TrainingImage(file=file, caption=picture.caption))
+        try:
+            for number, picture in enumerate(pictures):
+                file = picture.file
+                if file is None:
+                    name = f"picture-{number:05d}.{picture.extension}"
+                    self.files.save(folder, name, picture.data)
+                    file = FileRef(folder=folder, name=name, content_type=picture.content_type, size=len(picture.data))
+                kept.append(TrainingImage(file=file, caption=picture.caption))
+        except OSError:
+            with contextlib.suppress(OSError):  # the store that failed may fail this too; the first error says why
+                self.files.clear(folder)
+            raise
         return tuple(kept), folder
 
     def _from_folder(self, project_id: int, folder_id: str) -> list[Picture]:
