@@ -14,7 +14,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from fluxhost.callbacks.poster import WebhookPoster
+from fluxhost.callbacks.poster import Outcome, WebhookPoster
 from fluxhost.callbacks.sender import CallbackSender
 from fluxhost.cli import app
 from fluxhost.events import LocalEventBus, TaskEvent
@@ -23,7 +23,16 @@ from fluxhost.statuses import TERMINAL, Status
 from fluxhost.store.deliveries import Attempt, Deliveries, owe_callback
 from fluxhost.store.tasks import TaskStore
 from fluxhost.urlguard import Allowlist, PinnedUrl, UrlRefused, check_public_url
-from tests.helpers import FOX_ORDER, SLUG, DrippingReceiver, LiveServer, ProtocolClient, Receiver, database_with_project
+from tests.helpers import (
+    FOX_ORDER,
+    SLUG,
+    DrippingReceiver,
+    LiveServer,
+    ProtocolClient,
+    Receiver,
+    database_with_project,
+    slow_to_resolve,
+)
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 
@@ -303,6 +312,19 @@ def test_a_lookup_failing_for_now_is_retried_and_one_failing_for_good_is_not(mon
     outcome = WebhookPoster(Allowlist.parse(""), 1.0).post("http://hooks.example.com/x", "msg_1", SECRET, b"{}")
     assert outcome.status_code is None and outcome.retry is retried
     assert outcome.error.startswith("the callback URL host hooks.example.com cannot be resolved")
+
+
+def test_a_lookup_that_does_not_answer_is_cut_at_the_deadline():
+    poster = WebhookPoster(Allowlist.parse(""), deadline_seconds=0.5)
+    try:
+        with slow_to_resolve("hooks.example.test") as asked:  # answers when the block ends (10 s at most)
+            started = time.monotonic()
+            outcome = poster.post("http://hooks.example.test/x", "msg_1", SECRET, b"{}")
+            took = time.monotonic() - started
+    finally:
+        poster.close()
+    assert asked.is_set() and took < 5
+    assert outcome == Outcome(None, "no answer within 0.5 s", retry=True)
 
 
 class BrokenPoster:

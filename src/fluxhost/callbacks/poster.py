@@ -2,9 +2,10 @@
 never following redirects, the URL checked against the SSRF guard right before.
 
 The deadline covers the whole attempt (the address check, connecting, sending, and the answer's
-status line and headers): a receiver that drips its answer a byte at a time cannot hold a sender
-longer than it. The status is all a callback needs; a short answer's body is read only so that its
-connection can carry the next callback to the same receiver.
+status line and headers): a receiver that drips its answer a byte at a time, or a resolver that
+does not answer, cannot hold a sender longer than it (the lookup waits on a thread of its own).
+The status is all a callback needs; a short answer's body is read only so that its connection can
+carry the next callback to the same receiver.
 
 Each posting thread keeps an event loop and, per destination (the checked address and the host's
 name, so a connection verified for one name never carries another's callback), a client whose
@@ -77,24 +78,16 @@ class WebhookPoster:
 
     def post(self, url: str, message_id: str, secret: str, body: bytes) -> Outcome:
         """POST ``body`` to ``url``, all of it within the deadline (blocks the calling thread)."""
-        started = time.monotonic()
+        session = self._session()
         try:
-            pinned = check_public_url(url, self.allowlist)  # again: DNS may have changed since Run
+            code = session.loop.run_until_complete(asyncio.wait_for(
+                self._checked_post(session, url, message_id, secret, body), self.deadline_seconds))
         except UrlLookupFailed as error:
             return Outcome(None, f"the callback URL {error}", retry=True)
         except UrlRefused as error:
             return Outcome(None, f"the callback URL {error}", retry=False)
-        timed_out = Outcome(None, f"no answer within {self.deadline_seconds:g} s", retry=True)
-        left = self.deadline_seconds - (time.monotonic() - started)
-        if left <= 0:
-            return timed_out
-        session = self._session()
-        target = pinned.request()
-        try:
-            code = session.loop.run_until_complete(asyncio.wait_for(
-                self._status_of_post(self._client(session, target), target, message_id, secret, body), left))
         except TimeoutError:
-            return timed_out
+            return Outcome(None, f"no answer within {self.deadline_seconds:g} s", retry=True)
         except httpx.HTTPError as error:
             return Outcome(None, f"{type(error).__name__}: {error}", retry=True)
         if 200 <= code < 300:
@@ -122,7 +115,14 @@ class WebhookPoster:
                 self._sessions.append(session)
         return session
 
-    def _client(self, session: _Session, target: dict) -> httpx.AsyncClient:
+    async def _checked_post(self, session: _Session, url: str, message_id: str, secret: str, body: bytes) -> int:
+        """The URL checked again (DNS may have changed since Run), on one of the loop's threads,
+        then posted to at the address it was pinned to."""
+        pinned = await session.loop.run_in_executor(None, check_public_url, url, self.allowlist)
+        target = pinned.request()
+        return await self._status_of_post(await self._client(session, target), target, message_id, secret, body)
+
+    async def _client(self, session: _Session, target: dict) -> httpx.AsyncClient:
         destination = (str(target["url"].copy_with(path="/", query=None, fragment=None)),
                        target["extensions"]["sni_hostname"])
         client = session.clients.pop(destination, None)
@@ -131,7 +131,7 @@ class WebhookPoster:
                                        limits=httpx.Limits(keepalive_expiry=KEEPALIVE_SECONDS))
             if len(session.clients) >= CLIENTS_PER_THREAD:
                 _, oldest = session.clients.popitem(last=False)
-                session.loop.run_until_complete(oldest.aclose())
+                await oldest.aclose()
         session.clients[destination] = client
         return client
 
