@@ -347,6 +347,11 @@ class Settings(BaseSettings):
         default=None, description="Where a worker keeps adapters it fetched or read, by content digest; default: "
         "loras/ in the data folder.",
     )
+    lora_cache_dir_mb: int = Field(
+        default=10_240, ge=0, description="The most disk (MiB) the adapters in lora_cache_dir may take; the least "
+        "recently used are deleted beyond it (fetched or copied again when a task names them), never one used in "
+        "the last two minutes. 0: no bound.",
+    )
     worker_kinds: str = Field(
         default="", description='The kinds of task this process\'s workers take, comma-separated ("train" or '
         '"text-to-image,edit,image-to-image,upscale"); empty: all. In a fleet, training workers take "train" and '

@@ -4,12 +4,18 @@
 A library adapter is read where it lies (``FLUXHOST_LORA_DIR`` on the worker's machine); a
 project's uploaded adapter is copied out of the file store once; an adapter by URL is fetched
 through the SSRF guard, once per worker process and URL (a changed file needs a changed URL).
+
+The copies and fetched files take at most ``max_cache_bytes`` of disk together: past it, the least
+recently used go (fetched again, or copied again, when a task names them). A file used in the last
+:data:`IN_USE_SECONDS` stays even beyond the bound: a task may be loading it, here or in another
+worker sharing the folder.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -21,6 +27,7 @@ from fluxhost.storage import FileStore
 from fluxhost.urlguard import Allowlist
 
 FETCHED_URLS_KEPT = 256
+IN_USE_SECONDS = 120.0
 
 
 class AdapterUnavailable(Exception):
@@ -29,9 +36,12 @@ class AdapterUnavailable(Exception):
 
 class AdapterFiles:
     def __init__(self, files: FileStore, cache_dir: Path, library_dir: Path | None, allowlist: Allowlist,
-                 max_bytes: int, fetch_seconds: float):
+                 max_bytes: int, fetch_seconds: float, max_cache_bytes: int = 0):
+        """``max_bytes``: the largest adapter fetched by URL; ``max_cache_bytes``: the disk the
+        cache folder may take (0: no bound)."""
         self.files = files
         self.cache_dir = cache_dir
+        self.max_cache_bytes = max_cache_bytes
         self.library_dir = library_dir
         self.allowlist = allowlist
         self.limits = ImageLimits(max_bytes=max_bytes, max_pixels=0, timeout_seconds=fetch_seconds)
@@ -54,7 +64,7 @@ class AdapterFiles:
                 raise AdapterUnavailable(f"the uploaded LoRA adapter {lora.name} is no longer stored (deleted?)")
             return Adapter(str(self._kept(data)), digest(data), lora.weight)
         known = self._known(lora.name)
-        if known is not None and self._cached(known).exists():
+        if known is not None and _touched(self._cached(known)):
             return Adapter(str(self._cached(known)), known, lora.weight)
         try:
             data = fetch(lora.name, self.allowlist, self.limits)
@@ -81,11 +91,45 @@ class AdapterFiles:
         return self.cache_dir / f"{known}{SAFETENSORS_SUFFIX}"
 
     def _kept(self, data: bytes) -> Path:
-        """``data`` in the cache under its digest (written whole, then renamed into place)."""
+        """``data`` in the cache under its digest (written whole, then renamed into place), marked
+        used now; what the new file takes past the bound, the least recently used give back."""
         path = self._cached(digest(data))
-        if not path.exists():
+        if not _touched(path):
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.partial")
             partial.write_bytes(data)
             partial.replace(path)
+            self._trim()
         return path
+
+    def _trim(self) -> None:
+        """Delete the least recently used files until the cache fits its bound, none used within
+        :data:`IN_USE_SECONDS`; and what a worker killed mid-write left, as old."""
+        if not self.max_cache_bytes:
+            return
+        with self._lock:
+            kept, recent = [], time.time() - IN_USE_SECONDS
+            for path in self.cache_dir.iterdir():
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:  # trimmed by another worker sharing the folder
+                    continue
+                if path.suffix == ".partial" and stat.st_mtime < recent:
+                    path.unlink(missing_ok=True)
+                elif path.suffix == SAFETENSORS_SUFFIX:
+                    kept.append((stat, path))
+            total = sum(stat.st_size for stat, _path in kept)
+            for stat, path in sorted(kept, key=lambda entry: entry[0].st_mtime):
+                if total <= self.max_cache_bytes or stat.st_mtime > recent:
+                    break
+                path.unlink(missing_ok=True)
+                total -= stat.st_size
+
+
+def _touched(path: Path) -> bool:
+    """Mark the cached file used now (its modification time); False when it is not there."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    return True

@@ -132,7 +132,8 @@ class Runtime:
         settings = self.settings
         adapter_files = AdapterFiles(self.files, settings.lora_cache_dir or settings.data_dir / "loras",
                                      settings.lora_dir, Allowlist.parse(settings.callback_allowlist),
-                                     settings.lora_max_bytes, settings.lora_fetch_seconds)
+                                     settings.lora_max_bytes, settings.lora_fetch_seconds,
+                                     settings.lora_cache_dir_mb * 2**20)
         workers = []
         for device in devices or self.settings.device_list:
             models = {slug: model for slug, model in self.models.items()
