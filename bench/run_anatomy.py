@@ -6,7 +6,8 @@ then each step of a Run is timed alone as many times: the key found and the sign
 the limits read, the inputs parsed, the nonce and the task committed together. What the whole Run
 costs beyond its steps is the HTTP framework, the door, the middleware and the hand-over to a
 database thread and back, which one request at a time pays in full (wake-ups of both threads);
-under load the hand-overs overlap.
+under load the hand-overs overlap. The hand-over is timed apart: the whole Run again, its work done
+on the event loop.
 
 Then over loopback, with `serve_load.py`'s load generator (32 clients, signed Runs back to back):
 a bare Starlette app on uvicorn (uvloop, httptools) that reads each POST's body and answers the
@@ -35,6 +36,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 
 import psutil
 
@@ -66,9 +68,8 @@ def run_headers(api_key: str, api_secret: str, nonce: str, body: bytes) -> list[
               for name, value in signed_headers(api_key, api_secret, nonce).items())]
 
 
-async def signed_run(app, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-    """One signed Run through ``app``, as uvicorn would hand it over; raises if it is refused."""
-    path = f"/v1/Run/{SLUG}"
+async def signed_run(app, headers: list[tuple[bytes, bytes]], body: bytes, path: str = f"/v1/Run/{SLUG}") -> None:
+    """One signed Run through ``app`` at ``path``, as uvicorn would hand it over; raises if it is refused."""
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
              "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": headers,
              "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 40000)}
@@ -94,7 +95,10 @@ async def signed_run(app, headers: list[tuple[bytes, bytes]], body: bytes) -> No
 def in_process(runs: int) -> None:
     """The whole Run through the app, then each of its steps alone, CPU microseconds each."""
     os.environ.setdefault("FLUXHOST_LOG_LEVEL", "WARNING")
+    from starlette.routing import Mount
+
     from fluxhost.app import create_app
+    from fluxhost.http.offload import Offload
     from fluxhost.service import Service
     from fluxhost.settings import Settings
     from fluxhost.signing import KeyMode, signed_headers
@@ -126,25 +130,41 @@ def in_process(runs: int) -> None:
             "queued: its nonce and task committed together": queue,
         }
 
-        signed = [run_headers(key.api_key, key.api_secret, next(nonces), body) for _ in range(50 + runs)]
+        door = next(route.app for route in app.routes if isinstance(route, Mount) and route.path == "/v1")
 
-        async def timed() -> tuple[float, dict[str, float]]:
+        async def whole_runs(target=app, path: str = f"/v1/Run/{SLUG}") -> float:
+            signed = [run_headers(key.api_key, key.api_secret, next(nonces), body) for _ in range(50 + runs)]
+            for headers in signed[:50]:
+                await signed_run(target, headers, body, path)
+            started = time.process_time()  # the client's part (signing) done before
+            for headers in signed[50:]:
+                await signed_run(target, headers, body, path)
+            return (time.process_time() - started) / runs * 1e6
+
+        async def on_the_loop(_offload: Offload, function: Callable, *args: object) -> object:
+            return function(*args)
+
+        async def timed() -> tuple[float, float, float, dict[str, float]]:
             async with app.router.lifespan_context(app):  # the service started, and stopped after
-                for headers in signed[:50]:
-                    await signed_run(app, headers, body)
-                started = time.process_time()  # the client's part (signing) done before
-                for headers in signed[50:]:
-                    await signed_run(app, headers, body)
-                whole = (time.process_time() - started) / runs * 1e6
-                return whole, {name: cpu_microseconds(step, runs) for name, step in steps.items()}
+                whole = await whole_runs()
+                through_the_door = await whole_runs(door, f"/Run/{SLUG}")
+                with mock.patch.object(Offload, "run", on_the_loop):
+                    without_hand_over = await whole_runs()
+                return whole, through_the_door, without_hand_over, {
+                    name: cpu_microseconds(step, runs) for name, step in steps.items()}
 
-        whole, parts = asyncio.run(timed())
+        whole, through_the_door, without_hand_over, parts = asyncio.run(timed())
     print(f"A signed Run in process, one at a time, no sockets ({runs} of each; CPU microseconds):")
     print(f"  {'the whole Run through the app':<46} {whole:7.0f}")
     for name, value in parts.items():
         print(f"  {name:<46} {value:7.0f}")
     rest = whole - sum(parts.values())
     print(f"  {'the rest: framework, door, thread hand-over':<46} {rest:7.0f}  ({rest / whole:.0%} of the Run)")
+    print(f"  {'  of which the router, mount and middleware':<46} {whole - through_the_door:7.0f}  (the door "
+          f"called straight: {through_the_door:.0f})")
+    hand_over = whole - without_hand_over
+    print(f"  {'  of which the hand-over to a database thread':<46} {hand_over:7.0f}  (the Run run on the loop: "
+          f"{without_hand_over:.0f})")
 
 
 def bare_app(database: Path | None):
