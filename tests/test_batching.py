@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from sqlalchemy import event
+from sqlalchemy.exc import OperationalError as DatabaseError
 
 from fluxhost.orders import WorkOrder
 from fluxhost.signing import KeyMode
@@ -121,11 +122,27 @@ def test_a_batch_is_claimed_in_one_write_reading_orders_only_until_it_is_full(qu
     assert [tasks.get(task_id).status for task_id in queued[:5]] == ["task_accept"] * 4 + ["task_queue"]
 
 
+def test_a_database_fault_while_a_batch_gathers_leaves_the_first_task_to_run_alone(queued_tasks, monkeypatch):
+    """The first task's claim is committed: a fault reading the queue for more (a dropped
+    connection) must not come out of the claim, or the worker would drop a task it holds."""
+    db, tasks, work, _project_id, queued = queued_tasks
+    first = work.claim_next("worker", [SLUG], lease_seconds=60)
+
+    def dropped() -> None:
+        raise DatabaseError("SELECT", {}, Exception("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(db, "read", dropped)
+    assert work.claim_more("worker", SLUG, lease_seconds=60, limit=3, joins=lambda _order: True) == []
+    monkeypatch.undo()
+    assert [tasks.get(task_id).status for task_id in queued[:2]] == ["task_accept", "task_queue"]
+    assert first.id == queued[0]
+
+
 def test_a_batch_starts_in_one_write_and_a_task_killed_before_it_stays_stopped(queued_tasks):
     db, tasks, work, project_id, queued = queued_tasks
     claimed = [work.claim_next("worker", [SLUG], lease_seconds=60, through=Status.ASSIGN).id for _ in range(3)]
     assert tasks.kill(project_id, claimed[1]) == StopResult.STOPPED
     commits = commits_of(db)
-    assert work.advance_each(claimed, Status.START, lease_seconds=60) == [True, False, True]
+    assert work.advance_each(claimed, "worker", Status.START, lease_seconds=60) == [True, False, True]
     assert len(commits) == 1
     assert [tasks.get(task_id).status for task_id in claimed] == ["task_start", "task_cancel", "task_start"]

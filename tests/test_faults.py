@@ -171,7 +171,9 @@ def test_a_run_that_lost_its_claim_can_neither_finish_nor_fail_the_task(make_set
         service.work.recover(3, dead_workers={"worker-a"})
         current = service.work.claim_next("worker-b", [SLUG], lease_seconds=60)
         assert current.files_folder != stale.files_folder
-        service.work.advance(task.id, Status.PREPROCESS_START, Status.PREPROCESS_END, Status.ASSIGN, Status.START)
+        stages = (Status.PREPROCESS_START, Status.PREPROCESS_END, Status.ASSIGN, Status.START)
+        assert not service.work.advance(task.id, "worker-a", *stages)  # no longer worker-a's to move on
+        assert service.work.advance(task.id, "worker-b", *stages)
         assert not service.work.finish(task.id, "worker-a", [], "", time.time())
         assert not service.work.fail(task.id, "late", worker_id="worker-a")
         assert service.work.finish(task.id, "worker-b", [], "", time.time())

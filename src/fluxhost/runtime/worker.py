@@ -217,11 +217,16 @@ class Worker:
             return self._hand_back([task.id for task in batch])
         except Exception as error:  # a bug: those tasks fail, never to be retried in a loop
             log.exception("tasks %s failed unexpectedly", [task.id for task in batch])
+            reason = f"Internal error: {type(error).__name__}"
             for task in batch:
                 try:
-                    self.store.fail(task.id, f"Internal error: {type(error).__name__}", worker_id=self.worker_id)
+                    failed = self.store.fail(task.id, reason, worker_id=self.worker_id)
                 except Exception:
                     log.exception("task %s could not be marked failed", task.id)
+                    continue
+                if failed:  # told as any failure is: the socket's followers wait for its end
+                    self._emit(task, Status.ERROR_FULL, text=reason)
+                    self._emit(task, Status.POSTPROCESS_END)
             return []
         finally:
             for task in batch:
@@ -322,7 +327,8 @@ class Worker:
         def on_start() -> None:
             nonlocal started, last_step
             started = last_step = time.monotonic()
-            moved = self.store.advance_each([task.id for task in batch], Status.START, lease_seconds=self.lease_seconds)
+            moved = self.store.advance_each([task.id for task in batch], self.worker_id, Status.START,
+                                            lease_seconds=self.lease_seconds)
             for task, started_here in zip(batch, moved, strict=True):
                 if started_here:
                     self._emit(task, Status.START)
@@ -384,11 +390,12 @@ class Worker:
             return not (task.id in self._killed or self._halting or lost.is_set())
 
         order = task.order
-        training = TrainingRun(task, self.files, self.events, run.lines, keep_going,
-                               lambda picture: self.moderator.check_image(picture, order.safety_tolerance))
         heartbeat = threading.Thread(target=renew, name=f"fluxhost-lease-{task.id}", daemon=True)
         heartbeat.start()
         try:
+            # reads the checkpoints a run before this one kept: the file store may fail
+            training = TrainingRun(task, self.files, self.events, run.lines, keep_going,
+                                   lambda picture: self.moderator.check_image(picture, order.safety_tolerance))
             if "train" not in model.engine.kinds:
                 raise KindUnsupported(f"{model.engine.description} does not train LoRA adapters")
             for text in (*order.training.sample_prompts, *(image.caption for image in order.training.images)):
@@ -549,7 +556,7 @@ class Worker:
             return None
 
     def _advance(self, task: ClaimedTask, *statuses: Status) -> None:
-        if not self.store.advance(task.id, *statuses, lease_seconds=self.lease_seconds):
+        if not self.store.advance(task.id, self.worker_id, *statuses, lease_seconds=self.lease_seconds):
             raise TaskStopped
         for status in statuses:
             self._emit(task, status)

@@ -98,7 +98,8 @@ def _advance_statement(statuses: tuple[Status, ...], renews_lease: bool) -> Upda
         values["lease_expires_at"] = bindparam("lease_until")
     return (
         update(tasks)
-        .where(tasks.c.id == bindparam("task_id"), tasks.c.status == previous_status(statuses[0]).value)
+        .where(tasks.c.id == bindparam("task_id"), tasks.c.status == previous_status(statuses[0]).value,
+               tasks.c.worker_id == bindparam("holder"))
         .values(status=statuses[-1].value, **values)
     )
 
@@ -174,17 +175,19 @@ class WorkStore:
     ) -> list[ClaimedTask]:
         """Up to ``limit`` more queued tasks of ``model_slug`` whose orders ``joins`` accepts, oldest
         first, each claimed as :meth:`claim_next` does (a task another worker took first is
-        skipped), all in one write. Orders are read only until ``limit`` join."""
-        with self._db.read() as connection:
-            queued = connection.execute(_QUEUED_OF_MODEL, {"slug": model_slug, "limit": limit * 8}).all()
-        chosen = list(itertools.islice(
-            (task_id for task_id, stored in queued if joins(WorkOrder.decode(stored))), limit))
-        if not chosen:
-            return []
+        skipped), all in one write. Orders are read only until ``limit`` join. A database fault
+        claims none: the task claimed before runs alone (raised, it would be held by a worker that
+        dropped it), and these stay queued."""
         try:
+            with self._db.read() as connection:
+                queued = connection.execute(_QUEUED_OF_MODEL, {"slug": model_slug, "limit": limit * 8}).all()
+            chosen = list(itertools.islice(
+                (task_id for task_id, stored in queued if joins(WorkOrder.decode(stored))), limit))
+            if not chosen:
+                return []
             with self._db.write():
                 claimed = [self.claim_queued(task_id, worker_id, lease_seconds, through) for task_id in chosen]
-        except DATABASE_FAULTS:  # the task claimed before runs alone; these stay queued
+        except DATABASE_FAULTS:
             return []
         return [task for task in claimed if task is not None]
 
@@ -202,23 +205,24 @@ class WorkStore:
             ).first()
         return None if row is None else ClaimedTask.of(row)
 
-    def advance(self, task_id: int, *statuses: Status, lease_seconds: float | None = None) -> bool:
-        """Move a task along the worker path through ``statuses`` (consecutive, each stamped with
-        the time now) in one statement; False if it was cancelled or killed meanwhile."""
+    def advance(self, task_id: int, worker_id: str, *statuses: Status, lease_seconds: float | None = None) -> bool:
+        """Move a task ``worker_id`` holds along the worker path through ``statuses`` (consecutive,
+        each stamped with the time now) in one statement; False if it was cancelled or killed
+        meanwhile, or is no longer that worker's (its lease ran out and another took it)."""
         now = time.time()
         lease_until = None if lease_seconds is None else now + lease_seconds
         with self._db.write() as connection:
             moved = connection.execute(
                 _advance_statement(statuses, lease_seconds is not None),
-                {"task_id": task_id, "now": now, "lease_until": lease_until},
+                {"task_id": task_id, "holder": worker_id, "now": now, "lease_until": lease_until},
             )
             return bool(moved.rowcount)
 
-    def advance_each(self, task_ids: Sequence[int], *statuses: Status,
+    def advance_each(self, task_ids: Sequence[int], worker_id: str, *statuses: Status,
                      lease_seconds: float | None = None) -> list[bool]:
         """:meth:`advance` for each of ``task_ids`` (a batch), in one write; whether each moved."""
         with self._db.write():
-            return [self.advance(task_id, *statuses, lease_seconds=lease_seconds) for task_id in task_ids]
+            return [self.advance(task_id, worker_id, *statuses, lease_seconds=lease_seconds) for task_id in task_ids]
 
     def renew_lease(self, task_id: int, worker_id: str, lease_seconds: float) -> bool:
         """Extend our claim; False when the task is no longer ours to run (killed, taken over)."""
