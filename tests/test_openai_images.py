@@ -6,6 +6,8 @@ import base64
 import errno
 import io
 import os
+import threading
+import time
 
 import httpx
 import pytest
@@ -36,6 +38,35 @@ def test_the_official_client_generates_with_url_and_b64_json(make_settings):
 
         listed = ProtocolClient(live.base_url, key).call("Task/List", {})["tasklist"]
         assert len(listed) == 2 and all(task["pexit"] == "0" for task in listed)  # one task per request
+
+
+def test_a_task_killed_while_its_answer_waits_is_not_sent_again(make_settings):
+    """OpenAI's client sends a request again on 409 and 5xx: an answer about the task it queued
+    (killed, failed, not ready in time) tells it not to, or a Kill would be undone by a new task."""
+    with LiveServer(make_settings(engine="bench", bench_step_ms=100, steps=100)) as live:
+        key = live.service.keys.create(KeyMode.SIGNATURE)
+        client = openai.OpenAI(base_url=f"{live.base_url}/openai/v1", api_key=f"{key.api_key}:{key.api_secret}")
+        protocol = ProtocolClient(live.base_url, key)
+        answer: dict[str, Exception] = {}
+
+        def generate() -> None:
+            try:
+                client.images.generate(prompt="a red kite", size="256x256")
+            except openai.APIStatusError as error:
+                answer["error"] = error
+
+        waiting = threading.Thread(target=generate)
+        waiting.start()
+        deadline = time.monotonic() + 30
+        while not (listed := protocol.call("Task/List", {})["tasklist"]):
+            assert time.monotonic() < deadline, "the request queued no task"
+            time.sleep(0.1)
+        protocol.wait(listed[0]["id"], statuses=("task_start",))
+        assert protocol.call("Task/Kill", {"taskid": listed[0]["id"]})["result"] is True
+        waiting.join(60)
+        assert isinstance(answer.get("error"), openai.ConflictError), answer
+        assert answer["error"].response.headers["x-should-retry"] == "false"
+        assert protocol.call("Task/List", {})["total"] == "1"  # not queued again
 
 
 def test_refusals_come_in_openais_shape(make_settings):
@@ -102,7 +133,9 @@ def test_edits_take_an_image_file_on_an_editing_model(make_settings):
             with pytest.raises(openai.InternalServerError) as unread:
                 once.images.generate(prompt="a red kite", response_format="b64_json")
         assert unread.value.status_code == 503 and unread.value.body["type"] == "server_error"
-        assert unread.value.body["message"] == "The server could not read a file right now: retry shortly."
+        assert unread.value.body["message"].endswith("made its image, but the server could not read it right now: "
+                                                     "download it from Task/Detail.")
+        assert unread.value.response.headers["x-should-retry"] == "false"  # its task ran: sent once
 
 
 def test_an_inline_answer_reads_its_images_off_the_database_threads(tmp_path):

@@ -85,9 +85,13 @@ class Generation(StorableText):
 
 class OpenAIError(Exception):
     def __init__(self, status_code: int, message: str, kind: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
+                 param: str | None = None, code: str | None = None, task_made: bool = False):
+        """``task_made``: the request's task was queued (it ran, failed, was cancelled, or goes on):
+        the answer tells OpenAI's clients not to send it again, which would queue another task
+        (they retry 409, 429 and 5xx answers unless told not to)."""
         super().__init__(message)
         self.status_code, self.kind, self.param, self.code = status_code, kind, param, code
+        self.task_made = task_made
 
 
 def pixels(size: str) -> tuple[int, int] | None:
@@ -104,6 +108,8 @@ def pixels(size: str) -> tuple[int, int] | None:
 
 def fail(error: OpenAIError, headers: dict[str, str] | None = None) -> JSONResponse:
     body = {"error": {"message": str(error), "type": error.kind, "param": error.param, "code": error.code}}
+    if error.task_made:
+        headers = {**(headers or {}), "x-should-retry": "false"}
     return JSONResponse(body, error.status_code, headers=headers)
 
 
@@ -211,7 +217,7 @@ def create_openai_app(operations: Operations, events: EventBus, offload: Offload
                     return task
                 if time.monotonic() > deadline:
                     raise OpenAIError(504, f"The image is not ready after {WAIT_SECONDS:.0f} s; task {task_id} goes "
-                                           "on (see Task/List).", "server_error", code="timeout")
+                                           "on (see Task/List).", "server_error", code="timeout", task_made=True)
                 try:
                     await asyncio.wait_for(done.wait(), CHECK_SECONDS)
                 except TimeoutError:
@@ -221,15 +227,21 @@ def create_openai_app(operations: Operations, events: EventBus, offload: Offload
 
     def answer(task: TaskView, generation: Generation) -> dict[str, Any]:
         if task.status == Status.CANCEL:
-            raise OpenAIError(409, f"Task {task.id} was cancelled before its image was made.", code="cancelled")
+            raise OpenAIError(409, f"Task {task.id} was cancelled before its image was made.", code="cancelled",
+                              task_made=True)
         if task.outcome is Outcome.MODERATED:
-            raise OpenAIError(400, task.debug_error, code="moderation_blocked")
+            raise OpenAIError(400, task.debug_error, code="moderation_blocked", task_made=True)
         if task.outcome is not Outcome.COMPLETED:
-            raise OpenAIError(500, f"Task {task.id} failed: {task.debug_error}", "server_error")
+            raise OpenAIError(500, f"Task {task.id} failed: {task.debug_error}", "server_error", task_made=True)
         data = []
         for output in task.outputs:
             if generation.response_format == "b64_json":
-                data.append({"b64_json": base64.b64encode(operations.output_data(output)).decode()})
+                try:
+                    data.append({"b64_json": base64.b64encode(operations.output_data(output)).decode()})
+                except StorageFailed as error:
+                    raise OpenAIError(503, f"Task {task.id} made its image, but the server could not {error.action} "
+                                           "it right now: download it from Task/Detail.", "server_error",
+                                      task_made=True) from None
             else:
                 data.append({"url": operations.files.url(output.folder, output.name)})
         return {"created": int(task.create_time), "data": data, "output_format": task.order.output_format,
