@@ -49,8 +49,33 @@ def test_a_bfl_client_needs_only_the_base_url(make_settings):
         image = Image.open(io.BytesIO(httpx.get(result["result"]["sample"], timeout=10).content))
         assert (image.format, image.size) == ("PNG", (512, 384))
 
-        listed = ProtocolClient(live.base_url, key).call("Task/List", {})["tasklist"]
+        protocol = ProtocolClient(live.base_url, key)
+        listed = protocol.call("Task/List", {})["tasklist"]
         assert [task["uuid"] for task in listed] == [job["id"]]  # one task core, every door
+
+        assert protocol.call("Task/InputOutputDelete", {"taskid": listed[0]["id"]})["result"] is True
+        gone = httpx.get(job["polling_url"], headers={"x-key": x_key}, timeout=10)
+        assert gone.status_code == 200, gone.text
+        assert gone.json() == {"id": job["id"], "status": "Error", "result": None, "progress": None,
+                               "details": {"error": "The task's image was deleted (Task/InputOutputDelete)."}}
+
+
+def test_bfl_s_ultra_and_kontext_max_names_reach_those_models_where_they_are_served(make_settings):
+    served = {f"black-forest-labs/{name}": ModelSettings(steps=1, kind=kind) for name, kind in (
+        ("flux-pro-1.1", "text-to-image"), ("flux-pro-1-1-ultra", "text-to-image"), ("flux-kontext-pro", "edit"))}
+    with LiveServer(make_settings(engine="bench", worker_concurrency=0, models=served)) as live:
+        key = live.service.keys.create(KeyMode.KEY_ONLY)
+        project_id = live.service.auth.authenticate_token(key.api_key).project_id
+        photo = io.BytesIO()
+        Image.new("RGB", (64, 48), "orange").save(photo, format="PNG")
+        photo = base64.b64encode(photo.getvalue()).decode()
+        for name, slug, body in (("flux-pro-1.1-ultra", "flux-pro-1-1-ultra", {}), ("flux-pro", "flux-pro-1.1", {}),
+                                 ("flux-kontext-max", "flux-kontext-pro", {"input_image": photo})):
+            job = httpx.post(f"{live.base_url}/bfl/v1/{name}", headers={"x-key": key.api_key}, timeout=10,
+                             json={"prompt": "a kite", **body})
+            assert job.status_code == 200, job.text
+            task = live.service.tasks.find(project_id, uuid=job.json()["id"])
+            assert task.model_slug == f"black-forest-labs/{slug}"
 
 
 def test_an_aspect_ratio_and_the_defaults_follow_bfl(make_settings):

@@ -41,12 +41,15 @@ from fluxhost.settings import Settings
 from fluxhost.statuses import UNFINISHED, Outcome
 from fluxhost.store.database import DATABASE_FAULTS
 from fluxhost.store.records import TaskView
+from fluxhost.tools import Tool
 
 OWNER = "black-forest-labs"
-# BFL's model names for what fluxhost serves under other slugs (its presets); any other name is
+# BFL's model names for what fluxhost serves under other slugs, the first one served taken (Ultra
+# and Kontext [max] where they are served, else the model they are presets of); any other name is
 # looked up as black-forest-labs/<name>.
-BFL_NAMES = {"flux-pro": "flux-pro-1.1", "flux-pro-1.1-ultra": "flux-pro-1.1", "flux-dev": "flux-1-dev",
-             "flux-schnell": "flux-1-schnell", "flux-2-klein": "flux-2-klein", "flux-kontext-max": "flux-kontext-pro"}
+BFL_NAMES = {"flux-pro": ("flux-pro-1.1",), "flux-pro-1.1-ultra": ("flux-pro-1-1-ultra", "flux-pro-1.1"),
+             "flux-dev": ("flux-1-dev",), "flux-schnell": ("flux-1-schnell",),
+             "flux-kontext-max": ("flux-kontext-max", "flux-kontext-pro")}
 DEFAULT_SIZE = (1024, 768)  # BFL's default when neither a size nor an aspect ratio is asked for
 # BFL's names of the inputs a refusal can be about.
 FIELD_NAMES = {"callback_url": "webhook_url"}
@@ -147,7 +150,7 @@ def create_bfl_app(operations: Operations, offload: Offload, settings: Settings)
                      x_key: str | None = Header(default=None)) -> dict[str, Any]:
         def work() -> dict[str, Any]:
             caller = operations.token_caller(x_key, client_address(request))
-            tool = operations.tool(OWNER, BFL_NAMES.get(model, model))
+            tool = served_tool(model)
             operations.admit(caller, tool)
             task = operations.run(caller, tool, submission.run_request())
             return {"id": task.uuid, "polling_url": f"{settings.resolved_public_url}/bfl/v1/get_result?id={task.uuid}"}
@@ -169,11 +172,18 @@ def create_bfl_app(operations: Operations, offload: Offload, settings: Settings)
 
         return await offload.run(work)
 
+    def served_tool(model: str) -> Tool:
+        names = BFL_NAMES.get(model, (model,))
+        served = (operations.catalog.find(OWNER, name) for name in names)
+        return next((tool for tool in served if tool is not None), None) or operations.tool(OWNER, names[0])
+
     def result_of(task: TaskView) -> dict[str, Any]:
         status = status_of(task)
         answer: dict[str, Any] = {"id": task.uuid, "status": status, "result": None, "progress": None,
                                   "details": None}
-        if status == "Ready":
+        if status == "Ready" and not task.outputs:
+            answer.update(status="Error", details={"error": "The task's image was deleted (Task/InputOutputDelete)."})
+        elif status == "Ready":
             started, ended = task.start_time or task.create_time, task.postprocess_end_time
             answer["result"] = {
                 "sample": operations.files.url(task.outputs[0].folder, task.outputs[0].name),
