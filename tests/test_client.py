@@ -6,7 +6,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -218,3 +220,65 @@ def test_reads_are_retried_on_503_and_run_is_not():
     with pytest.raises(ProtocolError) as error:
         client.run("a/b", prompt="x")
     assert error.value.status_code == 503 and seen.count("Run/a/b") == 1
+
+
+class ProxyInFront(BaseHTTPRequestHandler):
+    """A reverse proxy whose server went away after answering a Run: its own HTML page for the rest."""
+
+    def do_POST(self) -> None:  # noqa: N802 (the handler's name)
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        if self.path.startswith("/v1/Run/"):
+            self._answer(200, b'{"result": true, "errors": [], "taskid": "7", "socketaccesstoken": "' + b"x" * 30
+                         + b'"}', "application/json")
+        else:
+            self._answer(502, b"<html><body>502 Bad Gateway</body></html>", "text/html")
+
+    def do_GET(self) -> None:  # noqa: N802 (the socket's handshake)
+        self._answer(502, b"<html><body>502 Bad Gateway</body></html>", "text/html")
+
+    def _answer(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args) -> None:
+        pass
+
+
+def test_an_answer_outside_the_protocol_is_said_plainly_never_as_a_stack_trace(tmp_path):
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), ProxyInFront)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    env = {**os.environ, "FLUXHOST_SERVER": f"http://127.0.0.1:{proxy.server_address[1]}", "FLUXHOST_API_KEY": "k",
+           "FLUXHOST_API_SECRET": "s", "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    try:
+        listed = subprocess.run([FLUXHOST, "tasks", "list"], env=env, capture_output=True, text=True, timeout=60)
+        waited = subprocess.run([FLUXHOST, "run", "a fox", "-o", str(tmp_path / "fox.png")], env=env,
+                                capture_output=True, text=True, timeout=60)
+    finally:
+        proxy.shutdown()
+    for done in (listed, waited):
+        assert done.returncode == 3, done.stderr
+        assert "Traceback" not in done.stderr and "answer was not usable" in done.stderr, done.stderr
+    assert "Task 7 may go on: `fluxhost tasks show 7`" in waited.stderr
+
+
+def test_a_key_and_its_secret_come_from_one_place_and_a_login_serves_its_own_server(tmp_path, monkeypatch):
+    import typer
+
+    from fluxhost.client.cli import config_path, credentials
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    for name in ("FLUXHOST_SERVER", "FLUXHOST_API_KEY", "FLUXHOST_API_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    config_path().parent.mkdir(parents=True)
+    config_path().write_text(json.dumps({"server": "http://saved.test", "api_key": "SAVED", "api_secret": "S"}))
+    assert credentials(None) == ("http://saved.test", "SAVED", "S")
+    assert credentials("http://saved.test/") == ("http://saved.test/", "SAVED", "S")
+    monkeypatch.setenv("FLUXHOST_API_KEY", "KEY_ONLY")
+    assert credentials(None) == ("http://saved.test", "KEY_ONLY", None)  # never with the login's secret
+    monkeypatch.delenv("FLUXHOST_API_KEY")
+    with pytest.raises(typer.Exit) as refused:  # the login's key is not sent to another server
+        credentials("https://other.test")
+    assert refused.value.exit_code == 4

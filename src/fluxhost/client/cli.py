@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -25,6 +26,7 @@ from fluxhost.client import (
     DEFAULT_SERVER,
     AuthenticationError,
     Client,
+    FluxhostError,
     ProtocolError,
     ServerUnavailable,
     TaskInfo,
@@ -52,18 +54,20 @@ def config_path() -> Path:
 
 
 def credentials(server: str | None) -> tuple[str, str, str | None]:
-    """Server URL, API key and secret from ``--server``, the FLUXHOST_* variables, then the saved
-    login; exits with a hint when there is no key."""
+    """Server URL from ``--server``, FLUXHOST_SERVER, then the saved login; the API key and secret
+    as a pair: FLUXHOST_API_KEY with FLUXHOST_API_SECRET (none: a key-only key), else the saved
+    login's, only for the server it was saved for. Exits with a hint when there is no key."""
     saved: dict[str, str] = {}
     if config_path().exists():
         saved = json.loads(config_path().read_text())
     base = server or os.environ.get("FLUXHOST_SERVER") or saved.get("server") or DEFAULT_SERVER
-    api_key = os.environ.get("FLUXHOST_API_KEY") or saved.get("api_key")
-    api_secret = os.environ.get("FLUXHOST_API_SECRET") or saved.get("api_secret")
-    if not api_key:
-        console.print("No credentials: set FLUXHOST_API_KEY (and FLUXHOST_API_SECRET) or run `fluxhost login`.")
-        raise typer.Exit(EXIT_CREDENTIALS)
-    return base, api_key, api_secret or None
+    if api_key := os.environ.get("FLUXHOST_API_KEY"):
+        return base, api_key, os.environ.get("FLUXHOST_API_SECRET") or None
+    if saved.get("api_key") and saved.get("server", DEFAULT_SERVER).rstrip("/") == base.rstrip("/"):
+        return base, saved["api_key"], saved.get("api_secret") or None
+    console.print(f"No credentials for {escape(base)}: set FLUXHOST_API_KEY (and FLUXHOST_API_SECRET) or run "
+                  "`fluxhost login`.", highlight=False)
+    raise typer.Exit(EXIT_CREDENTIALS)
 
 
 def make_client(server: str | None) -> Client:
@@ -105,6 +109,9 @@ def fail_on(error: Exception) -> typer.Exit:
     if isinstance(error, ProtocolError):
         console.print(f"[red]Refused:[/] {escape(error.message)}")
         return typer.Exit(EXIT_REFUSED)
+    if isinstance(error, FluxhostError | httpx.HTTPError):  # an answer not in the protocol, a download cut off
+        console.print(f"[red]The server's answer was not usable:[/] {escape(str(error))}")
+        return typer.Exit(EXIT_NO_SERVER)
     raise error
 
 
@@ -183,7 +190,7 @@ def _generate(client: Client, model: str, inputs: dict[str, Any], seed: str | No
         inputs["seed"] = seed
     try:
         task = client.run(model, **inputs)
-    except (ProtocolError, ServerUnavailable) as error:
+    except FluxhostError as error:
         raise fail_on(error) from None
     console.print(f"Task {task.id} queued on {client.base_url}", highlight=False)
     try:
@@ -192,9 +199,12 @@ def _generate(client: Client, model: str, inputs: dict[str, Any], seed: str | No
         try:
             task.kill()
             console.print(f"Interrupted: task {task.id} killed.")
-        except ProtocolError as error:
-            console.print(f"Interrupted: task {task.id} could not be killed ({escape(error.message)}).")
+        except FluxhostError as error:
+            console.print(f"Interrupted: task {task.id} could not be killed ({escape(str(error))}).")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except FluxhostError as error:
+        console.print(f"Task {task.id} may go on: `fluxhost tasks show {task.id}` tells how it ends.")
+        raise fail_on(error) from None
     if info.cancelled:
         console.print(f"Task {task.id} was cancelled.")
         raise typer.Exit(EXIT_CANCELLED)
@@ -206,7 +216,12 @@ def _generate(client: Client, model: str, inputs: dict[str, Any], seed: str | No
     for line in info.debugoutput.splitlines():
         if line.startswith("Note: "):
             console.print(f"[yellow]{escape(line)}[/]", highlight=False)
-    for path in _save(client, info, output):
+    try:
+        saved = _save(client, info, output)
+    except (FluxhostError, httpx.HTTPError) as error:
+        console.print(f"Task {task.id} made its image: `fluxhost tasks show {task.id}` gives its URL.")
+        raise fail_on(error) from None
+    for path in saved:
         from PIL import Image
 
         with Image.open(path) as image:
@@ -260,7 +275,7 @@ def tasks_list(start: int = 0, limit: int = 20, server: ServerOption = None, as_
     """Your tasks, newest first."""
     try:
         _print_tasks(make_client(server).list_tasks(start, limit), as_json)
-    except (ProtocolError, ServerUnavailable) as error:
+    except FluxhostError as error:
         raise fail_on(error) from None
 
 
@@ -269,7 +284,7 @@ def _one(task: str, action: Callable[[Client], TaskInfo | None], server: str | N
     client = make_client(server)
     try:
         info = action(client)
-    except (ProtocolError, ServerUnavailable) as error:
+    except FluxhostError as error:
         if isinstance(error, ProtocolError) and error.message == NO_TASK:
             console.print(f"[red]No such task:[/] {escape(task)} (not an id or socket token of your project's tasks)",
                           highlight=False)
@@ -310,7 +325,7 @@ def tools(slug: Annotated[str | None, typer.Argument(help="A model slug: show it
     client = make_client(server)
     try:
         found = [client.tool(slug)] if slug else client.tools()
-    except (ProtocolError, ServerUnavailable) as error:
+    except FluxhostError as error:
         raise fail_on(error) from None
     if as_json:
         out.print_json(json.dumps(found))
@@ -350,7 +365,7 @@ def login(
     client = Client(server, api_key, api_secret or None)
     try:
         client.tools()
-    except (ProtocolError, ServerUnavailable) as error:
+    except FluxhostError as error:
         raise fail_on(error) from None
     path = config_path()
     path.parent.mkdir(parents=True, exist_ok=True)
