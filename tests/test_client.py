@@ -220,6 +220,11 @@ def test_reads_are_retried_on_503_and_run_is_not():
     with pytest.raises(ProtocolError) as error:
         client.run("a/b", prompt="x")
     assert error.value.status_code == 503 and seen.count("Run/a/b") == 1
+    answers.update({"Task/Cancel": [503, 200], "Task/Kill": [503, 200]})  # a lost answer's resend is refused
+    for stop in (client.cancel, client.kill):
+        with pytest.raises(ProtocolError):
+            stop(7)
+    assert seen.count("Task/Cancel") == seen.count("Task/Kill") == 1
 
 
 class ProxyInFront(BaseHTTPRequestHandler):

@@ -258,11 +258,14 @@ class _Calls:
 
     @staticmethod
     def cancel(task: int | str) -> _Call[TaskInfo]:
-        return _Call("Task/Cancel", _lookup(task), _first_task)
+        """Not retried: a resend whose first try went through would be told the task cannot be
+        cancelled (it is)."""
+        return _Call("Task/Cancel", _lookup(task), _first_task, retry=False)
 
     @staticmethod
     def kill(task: int | str) -> _Call[TaskInfo]:
-        return _Call("Task/Kill", _lookup(task), _first_task)
+        """Not retried: a resend whose first try went through would be told the task has ended."""
+        return _Call("Task/Kill", _lookup(task), _first_task, retry=False)
 
     @staticmethod
     def delete_files(task: int | str) -> _Call[None]:
