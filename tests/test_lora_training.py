@@ -159,6 +159,24 @@ def test_the_learning_rate_warms_up_then_decays_to_zero_along_a_cosine():
     assert abs(learning_rate_scale(160, 300) - 0.5) < 1e-9  # half-way through the decay
 
 
+def test_a_run_that_lost_its_task_writes_nothing_more_to_its_folder(tmp_path: Path):
+    """Its lease ran out and another worker may have taken the task over, resuming from the folder:
+    the first run's last checkpoint would replace (and prune) the one the other resumes from."""
+    files, task, training = claimed_training(tmp_path, save_every=100, keep_checkpoints=1, sample_every=0)
+    holds, lines = [True], []
+    first = TrainingRun(task, files, LocalEventBus(), lines, lambda: holds[0], lambda picture: None,
+                        holds=lambda: holds[0])
+    first.checkpoint(Checkpoint(100, b"adapter 100", b"state 100"))
+    holds[0] = False
+    taken_over = TrainingRun(task, files, LocalEventBus(), [], lambda: True, lambda picture: None)
+    first.checkpoint(Checkpoint(151, b"adapter 151", b"state 151"))
+    first.samples(151, [Image.new("RGB", (8, 8))])
+    assert Manifest.read(files, training.checkpoints_folder) == taken_over.manifest
+    assert taken_over.manifest.step == 100
+    assert files.read(training.checkpoints_folder, taken_over.manifest.state) == b"state 100"  # still there
+    assert lines[-1] == "The checkpoint of step 151 is not kept: the task is no longer this worker's."
+
+
 def test_checkpoints_are_pruned_to_those_asked_to_be_kept(tmp_path: Path):
     files, task, training = claimed_training(tmp_path, save_every=2, keep_checkpoints=2, sample_every=0)
     run = TrainingRun(task, files, LocalEventBus(), [], lambda: True, lambda picture: None)

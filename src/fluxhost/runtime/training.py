@@ -114,11 +114,15 @@ class TrainingEngine:
 class TrainingRun:
     """Takes one claimed training task through the trainer. ``keep_going()``: False once the task
     is no longer this run's (killed, the lease lost, the worker halting); ``screen(picture)``:
-    the moderation category of a sample picture, None when it may be kept."""
+    the moderation category of a sample picture, None when it may be kept; ``holds()``: False once
+    another worker may have taken the task over (the lease lost): nothing more is written to its
+    folder, which that worker resumes from."""
 
     def __init__(self, task: ClaimedTask, files: FileStore, events: EventBus, lines: list[str],
-                 keep_going: Callable[[], bool], screen: Callable[[Image.Image], str | None]):
+                 keep_going: Callable[[], bool], screen: Callable[[Image.Image], str | None],
+                 holds: Callable[[], bool] = lambda: True):
         self.task = task
+        self.holds = holds
         self.screen = screen
         self.training: Training = task.order.training
         self.files = files
@@ -164,6 +168,10 @@ class TrainingRun:
         return True
 
     def checkpoint(self, checkpoint: Checkpoint) -> None:
+        if not self.holds():
+            self.lines.append(f"The checkpoint of step {checkpoint.step} is not kept: the task is no longer this "
+                              "worker's.")
+            return
         adapter, state = f"adapter-{checkpoint.step:06d}.safetensors", f"state-{checkpoint.step:06d}.pt"
         self._save(adapter, checkpoint.adapter)
         self._save(state, checkpoint.state)
@@ -183,6 +191,8 @@ class TrainingRun:
                 log.warning("an old checkpoint file could not be removed: %s", storage_problem(error))
 
     def samples(self, step: int, images: list[Image.Image]) -> None:
+        if not self.holds():
+            return
         names = []
         prompts = self.training.sample_prompts
         for number, image in enumerate(images, start=1):

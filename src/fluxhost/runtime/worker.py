@@ -395,7 +395,8 @@ class Worker:
         try:
             # reads the checkpoints a run before this one kept: the file store may fail
             training = TrainingRun(task, self.files, self.events, run.lines, keep_going,
-                                   lambda picture: self.moderator.check_image(picture, order.safety_tolerance))
+                                   lambda picture: self.moderator.check_image(picture, order.safety_tolerance),
+                                   holds=lambda: task.id in self._killed or not lost.is_set())
             if "train" not in model.engine.kinds:
                 raise KindUnsupported(f"{model.engine.description} does not train LoRA adapters")
             for text in (*order.training.sample_prompts, *(image.caption for image in order.training.images)):
