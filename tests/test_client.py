@@ -287,3 +287,10 @@ def test_a_key_and_its_secret_come_from_one_place_and_a_login_serves_its_own_ser
     with pytest.raises(typer.Exit) as refused:  # the login's key is not sent to another server
         credentials("https://other.test")
     assert refused.value.exit_code == 4
+
+
+def test_the_socket_is_beside_the_calls_also_under_a_path():
+    from fluxhost.client.sdk import _socket_url
+
+    assert _socket_url("http://127.0.0.1:8000") == "ws://127.0.0.1:8000/v1"
+    assert _socket_url("https://images.example.com/fluxhost/") == "wss://images.example.com/fluxhost/v1"

@@ -100,6 +100,16 @@ def test_refusals_come_in_openais_shape(make_settings):
             "moderation_blocked", "Request Moderated: sexual")
 
 
+def test_a_server_without_a_drawing_model_says_so(make_settings):
+    models = {"black-forest-labs/flux-kontext-pro": ModelSettings(steps=1, kind="edit")}
+    with LiveServer(make_settings(engine="bench", worker_concurrency=0, models=models)) as live:
+        key = live.service.keys.create(KeyMode.KEY_ONLY)
+        client = openai.OpenAI(base_url=f"{live.base_url}/openai/v1", api_key=key.api_key)
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.images.generate(prompt="a red kite")
+        assert refused.value.body["message"] == "This server serves no text-to-image model."
+
+
 def test_edits_take_an_image_file_on_an_editing_model(make_settings):
     edit_slug = "black-forest-labs/flux-kontext-pro"
     models = {SLUG: ModelSettings(steps=1), edit_slug: ModelSettings(steps=1, kind="edit")}

@@ -209,9 +209,11 @@ def _lookup(task: int | str) -> dict[str, str]:
 
 
 def _socket_url(base_url: str) -> str:
+    """The socket beside the HTTP calls: under the base URL's path too (a server behind a proxy at
+    ``https://host/fluxhost``)."""
     parts = urlsplit(base_url)
     scheme = "wss" if parts.scheme == "https" else "ws"
-    return f"{scheme}://{parts.netloc}/v1"
+    return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}/v1"
 
 
 @dataclass(frozen=True)

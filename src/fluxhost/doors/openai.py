@@ -157,7 +157,8 @@ def create_openai_app(operations: Operations, events: EventBus, offload: Offload
         loaded = [tool for tool in kind if not operations.dispatcher.load_error(tool.slug)]
         tool = found if found in kind else next(iter(loaded or kind), None)
         if tool is None:
-            raise OpenAIError(400, "This server serves no image-editing model.", param="model")
+            raise OpenAIError(400, f"This server serves no {'image-editing' if edits else 'text-to-image'} model.",
+                              param="model")
         return tool
 
     def queue(authorization: str | None, address: str | None, generation: Generation,
