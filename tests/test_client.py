@@ -48,6 +48,9 @@ def test_run_wait_download(sdk, tmp_path, via):
         assert [p.step for p in progress] == [1, 2, 3, 4] and progress[-1].percentage == 100
     [path] = task.download(tmp_path)
     assert Image.open(path).size == (1248, 832)
+    [again] = task.download(tmp_path)  # the same name: saved beside, never over, the first
+    assert again == path.with_stem(f"{path.stem}-2") and again.read_bytes() == path.read_bytes()
+    assert sorted(tmp_path.glob("*.png*")) == sorted([path, again])  # nothing partial left
 
 
 def test_cancel_and_kill(make_settings):

@@ -14,13 +14,15 @@ string-typed wire; a ``result: false`` answer raises :class:`ProtocolError` with
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, BinaryIO, Generic, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -206,6 +208,28 @@ def _content(body: dict[str, Any]) -> dict[str, Any]:
 
 def _lookup(task: int | str) -> dict[str, str]:
     return {"taskid": str(task)} if isinstance(task, int) or str(task).isdigit() else {"tasktoken": str(task)}
+
+
+def _new_path(folder: Path, task_id: int, name: str) -> Path:
+    """Where an output is saved: ``<task id>-<its name>`` in ``folder``, numbered where that file
+    is there already (task ids start again on another server, or a fresh one): a download never
+    overwrites an earlier picture."""
+    first = folder / f"{task_id}-{Path(name).name}"
+    candidates = (first.with_stem(f"{first.stem}-{number}") for number in itertools.count(2))
+    return next(path for path in itertools.chain([first], candidates) if not path.exists())
+
+
+@contextmanager
+def _written_whole(path: Path) -> Iterator[tuple[Path, BinaryIO]]:
+    """A file for ``path`` under a hidden name, renamed to it once written: a download cut off
+    leaves no partial picture."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with partial.open("wb") as file:
+            yield path, file
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _socket_url(base_url: str) -> str:
@@ -416,14 +440,14 @@ class Client:
                     return
 
     def download(self, info: TaskInfo, folder: str | Path) -> list[Path]:
+        """Save the task's outputs into ``folder`` (see :func:`_new_path`); returns their paths."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         saved = []
         for output in info.outputs:
-            path = folder / f"{info.id}-{Path(output.name).name}"
             with self._http.stream("GET", output.url) as response:
                 response.raise_for_status()
-                with path.open("wb") as file:
+                with _written_whole(_new_path(folder, info.id, output.name)) as (path, file):
                     for chunk in response.iter_bytes():
                         file.write(chunk)
             saved.append(path)
@@ -568,14 +592,15 @@ class AsyncClient:
                     return
 
     async def download(self, info: TaskInfo, folder: str | Path) -> list[Path]:
+        """Save the task's outputs into ``folder`` (see :func:`_new_path`); returns their paths."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         saved = []
         for output in info.outputs:
-            path = folder / f"{info.id}-{Path(output.name).name}"
             response = await self._http.get(output.url)
             response.raise_for_status()
-            path.write_bytes(response.content)
+            with _written_whole(_new_path(folder, info.id, output.name)) as (path, file):
+                file.write(response.content)
             saved.append(path)
         return saved
 
