@@ -145,10 +145,15 @@ class StorageFailed(OperationError):
     file: its path holds the URL's secret part."""
 
     def __init__(self, error: OSError, action: str):
-        super().__init__(f"a file could not be {action.removesuffix('e')}ed: "
-                         f"{errno.errorcode.get(error.errno or 0, type(error).__name__)}")
+        super().__init__(f"the file store failed to {action} a file: {error_name(error)}")
         self.action = action
         self.no_room = error.errno in NO_ROOM_ERRNOS
+
+
+def error_name(error: OSError) -> str:
+    """The OS's name of the error (ENOSPC), or its type's: never its text, which may hold the
+    file's path (the secret part of its URL)."""
+    return errno.errorcode.get(error.errno or 0, type(error).__name__)
 
 
 @contextmanager
@@ -509,7 +514,7 @@ class Operations:
                 try:
                     self.files.clear(folder)
                 except OSError as error:
-                    log.warning("the files of a Run that was not queued could not be removed: %s", error)
+                    log.warning("the files of a Run that was not queued could not be removed: %s", error_name(error))
             raise
 
     def _announce(self, caller: Caller, tool: Tool, task: TaskRef) -> None:
