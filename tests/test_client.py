@@ -214,8 +214,12 @@ def test_reads_are_retried_on_503_and_run_is_not():
         path = request.url.path.removeprefix("/v1/")
         seen.append(path)
         status = answers[path].pop(0)
+        if status == "refused":
+            raise httpx.ConnectError("connection refused", request=request)
         if status != 200:
             return httpx.Response(status, json={"result": False, "errors": [{"code": 0, "message": "busy"}]})
+        if path in ("Task/Cancel", "Task/Kill"):
+            return httpx.Response(200, json=SEED_DETAIL_EXAMPLE)
         return httpx.Response(200, json={"result": True, "errors": [], "total": "0", "tasklist": []})
 
     client = Client("http://fluxhost.test", "key", retries=3, transport=httpx.MockTransport(reply))
@@ -223,11 +227,16 @@ def test_reads_are_retried_on_503_and_run_is_not():
     with pytest.raises(ProtocolError) as error:
         client.run("a/b", prompt="x")
     assert error.value.status_code == 503 and seen.count("Run/a/b") == 1
-    answers.update({"Task/Cancel": [503, 200], "Task/Kill": [503, 200]})  # a lost answer's resend is refused
+    # Cancel and Kill again only after an answer that says the server did nothing (429, 503), never
+    # after one that may hide a try that went through (a proxy's 502 or 504): a resend is refused.
+    answers.update({"Task/Cancel": [502, 200], "Task/Kill": [504, 200]})
     for stop in (client.cancel, client.kill):
         with pytest.raises(ProtocolError):
             stop(7)
     assert seen.count("Task/Cancel") == seen.count("Task/Kill") == 1
+    answers.update({"Task/Kill": [429, 503, "refused", 200]})
+    assert client.kill(7).id == int(SEED_DETAIL_EXAMPLE["tasklist"][0]["id"])
+    assert seen.count("Task/Kill") == 5
 
 
 class ProxyInFront(BaseHTTPRequestHandler):

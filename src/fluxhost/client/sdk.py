@@ -33,6 +33,10 @@ from fluxhost.signing import signed_headers
 from fluxhost.statuses import TERMINAL, Status
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)
+UNSENT_STATUSES = (429, 503)  # a server's answers that say it did nothing with the request
+UNSENT = "unsent"
+"""``retry`` for a call that must not be sent twice: tried again only where the first try surely
+did nothing (no connection made, 429, 503)."""
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 T = TypeVar("T")
 
@@ -168,13 +172,15 @@ def _answer(response: httpx.Response) -> dict[str, Any]:
     raise kind(int(errors[0].get("code", 0)), str(errors[0].get("message", "")), response.status_code)
 
 
-def _settle(attempt: Response | httpx.TransportError, last: bool, base_url: str) -> dict[str, Any] | None:
-    """The answer of one try of a call; None when it should be tried again."""
+def _settle(attempt: Response | httpx.TransportError, last: bool, base_url: str,
+            unsent_only: bool = False) -> dict[str, Any] | None:
+    """The answer of one try of a call; None when it should be tried again (``unsent_only``: only
+    where the try surely did nothing)."""
     if isinstance(attempt, httpx.TransportError):
-        if last:
+        if last or (unsent_only and not isinstance(attempt, httpx.ConnectError)):
             raise ServerUnavailable(f"no answer from {base_url}: {attempt}") from None
         return None
-    if attempt.status_code in RETRY_STATUSES and not last:
+    if not last and attempt.status_code in (UNSENT_STATUSES if unsent_only else RETRY_STATUSES):
         return None
     return _answer(attempt)
 
@@ -248,7 +254,7 @@ class _Call(Generic[T]):
     path: str
     body: dict[str, Any]
     read: Callable[[dict[str, Any]], T]
-    retry: bool = True
+    retry: bool | str = True
 
 
 class _Calls:
@@ -264,8 +270,9 @@ class _Calls:
 
     @staticmethod
     def delete_upload(file_id: str) -> _Call[None]:
-        """Not retried: a resend whose first try went through would be told the file is gone."""
-        return _Call("File/Delete", {"fileid": file_id}, lambda _answer: None, retry=False)
+        """Tried again only where the first try did nothing: a resend whose first try went through
+        would be told the file is gone."""
+        return _Call("File/Delete", {"fileid": file_id}, lambda _answer: None, retry=UNSENT)
 
     @staticmethod
     def run(model: str, inputs: dict[str, Any]) -> _Call[RunResult]:
@@ -284,14 +291,15 @@ class _Calls:
 
     @staticmethod
     def cancel(task: int | str) -> _Call[TaskInfo]:
-        """Not retried: a resend whose first try went through would be told the task cannot be
-        cancelled (it is)."""
-        return _Call("Task/Cancel", _lookup(task), _first_task, retry=False)
+        """Tried again only where the first try did nothing: a resend whose first try went through
+        would be told the task cannot be cancelled (it is)."""
+        return _Call("Task/Cancel", _lookup(task), _first_task, retry=UNSENT)
 
     @staticmethod
     def kill(task: int | str) -> _Call[TaskInfo]:
-        """Not retried: a resend whose first try went through would be told the task has ended."""
-        return _Call("Task/Kill", _lookup(task), _first_task, retry=False)
+        """Tried again only where the first try did nothing: a resend whose first try went through
+        would be told the task has ended."""
+        return _Call("Task/Kill", _lookup(task), _first_task, retry=UNSENT)
 
     @staticmethod
     def delete_files(task: int | str) -> _Call[None]:
@@ -339,9 +347,10 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def call(self, path: str, body: dict[str, Any] | None = None, *, retry: bool = True) -> dict[str, Any]:
-        """POST ``/v1/{path}``; retried with backoff on 429, 5xx and connection errors if ``retry``.
-        Values that are files (a ``Path`` or ``bytes``) go as multipart uploads."""
+    def call(self, path: str, body: dict[str, Any] | None = None, *, retry: bool | str = True) -> dict[str, Any]:
+        """POST ``/v1/{path}``; retried with backoff on 429, 5xx and connection errors if ``retry``
+        (:data:`UNSENT`: on those that say the server did nothing). Values that are files (a
+        ``Path`` or ``bytes``) go as multipart uploads."""
         tries = self.retries + 1 if retry else 1
         content = _content(body or {})
         for attempt in range(tries):
@@ -350,7 +359,7 @@ class Client:
                                           headers=_headers(self.api_key, self.api_secret, self._nonces))
             except httpx.TransportError as error:
                 outcome = error
-            answer = _settle(outcome, attempt == tries - 1, self.base_url)
+            answer = _settle(outcome, attempt == tries - 1, self.base_url, retry == UNSENT)
             if answer is not None:
                 return answer
             time.sleep(0.5 * 2**attempt)
@@ -505,7 +514,8 @@ class AsyncClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def call(self, path: str, body: dict[str, Any] | None = None, *, retry: bool = True) -> dict[str, Any]:
+    async def call(self, path: str, body: dict[str, Any] | None = None, *,
+                   retry: bool | str = True) -> dict[str, Any]:
         tries = self.retries + 1 if retry else 1
         content = _content(body or {})
         for attempt in range(tries):
@@ -514,7 +524,7 @@ class AsyncClient:
                                                 headers=_headers(self.api_key, self.api_secret, self._nonces))
             except httpx.TransportError as error:
                 outcome = error
-            answer = _settle(outcome, attempt == tries - 1, self.base_url)
+            answer = _settle(outcome, attempt == tries - 1, self.base_url, retry == UNSENT)
             if answer is not None:
                 return answer
             await asyncio.sleep(0.5 * 2**attempt)
