@@ -12,6 +12,7 @@ import time
 import httpx
 import pytest
 from PIL import Image
+from sqlalchemy.exc import OperationalError as DatabaseError
 
 from fluxhost.settings import ModelSettings, Settings
 from fluxhost.signing import KeyMode
@@ -98,6 +99,26 @@ def test_refusals_come_in_openais_shape(make_settings):
             client.images.generate(prompt="a nude portrait in oil")
         assert (blocked.value.body["code"], blocked.value.body["message"]) == (
             "moderation_blocked", "Request Moderated: sexual")
+
+
+def test_a_database_fault_while_the_answer_waits_is_not_sent_again(make_settings, monkeypatch):
+    with LiveServer(make_settings(engine="bench", bench_step_ms=50, steps=20)) as live:
+        key = live.service.keys.create(KeyMode.SIGNATURE)
+        client = openai.OpenAI(base_url=f"{live.base_url}/openai/v1", api_key=f"{key.api_key}:{key.api_secret}")
+        look, looks = live.service.operations.get, []
+
+        def locked_once(task_id: int):
+            looks.append(task_id)
+            if len(looks) == 1:
+                raise DatabaseError("SELECT", {}, Exception("database is locked"))
+            return look(task_id)
+
+        monkeypatch.setattr(live.service.operations, "get", locked_once)
+        with pytest.raises(openai.InternalServerError) as unavailable:
+            client.images.generate(prompt="a red kite", size="256x256")
+        assert unavailable.value.status_code == 503
+        assert unavailable.value.response.headers["x-should-retry"] == "false"
+        assert ProtocolClient(live.base_url, key).call("Task/List", {})["total"] == "1"  # not queued again
 
 
 def test_a_server_without_a_drawing_model_says_so(make_settings):

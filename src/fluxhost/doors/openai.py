@@ -171,9 +171,15 @@ def create_openai_app(operations: Operations, events: EventBus, offload: Offload
         return operations.run(caller, tool, generation.run_request(image)).id
 
     async def respond(task_id: int, generation: Generation) -> dict[str, Any]:
-        task = await ended(task_id)
-        reads_images = generation.response_format == "b64_json"  # perhaps from an object store: it waits
-        return await (offload.run_waiting if reads_images else offload.run)(answer, task, generation)
+        """The answer about the task queued for the request; a database fault meanwhile is answered
+        as about that task (sending the request again would queue another)."""
+        try:
+            task = await ended(task_id)
+            reads_images = generation.response_format == "b64_json"  # perhaps from an object store: it waits
+            return await (offload.run_waiting if reads_images else offload.run)(answer, task, generation)
+        except DATABASE_FAULTS:
+            raise OpenAIError(503, f"Task {task_id} was queued, but the service's database is unavailable right "
+                                   "now: see Task/List for it.", "server_error", task_made=True) from None
 
     @app.post("/v1/images/generations")
     async def generate(generation: Generation, request: Request,
