@@ -5,8 +5,12 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
 from fluxhost.orders import FileRef, LoraRef
 from fluxhost.runtime.adapter_files import IN_USE_SECONDS, AdapterFiles
+from fluxhost.settings import Settings
 from fluxhost.storage.local import LocalFileStore
 from fluxhost.urlguard import Allowlist
 
@@ -44,3 +48,11 @@ def test_past_the_bound_the_least_recently_used_copies_go_never_one_just_used(tm
     for lora in (first, second, third):
         os.utime(unbounded.local(lora).path, (long_ago, long_ago))
     assert len(list((tmp_path / "all").iterdir())) == 3
+
+
+def test_the_cache_is_never_the_library_it_would_trim(tmp_path):
+    with pytest.raises(ValidationError, match="must not be lora_dir"):
+        Settings(data_dir=tmp_path, lora_dir=tmp_path / "loras")  # the cache's default folder
+    with pytest.raises(ValidationError, match="must not be lora_dir"):
+        Settings(data_dir=tmp_path, lora_dir=tmp_path / "library", lora_cache_dir=tmp_path / "library/")
+    assert Settings(data_dir=tmp_path, lora_dir=tmp_path / "library").lora_cache_dir is None

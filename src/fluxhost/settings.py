@@ -448,6 +448,14 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _cache_apart_from_library(self) -> Settings:
+        library, cache = self.lora_dir, self.lora_cache_dir or self.data_dir / "loras"
+        if library is not None and library.resolve() == cache.resolve():
+            raise ValueError("lora_cache_dir must not be lora_dir: the cache deletes its least recently used "
+                             "adapters, and would delete the library's")
+        return self
+
+    @model_validator(mode="after")
     def _one_worker_per_device(self) -> Settings:
         names = self.device_list
         if len(set(names)) != len(names):

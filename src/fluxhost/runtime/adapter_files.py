@@ -132,4 +132,6 @@ def _touched(path: Path) -> bool:
         os.utime(path)
     except FileNotFoundError:
         return False
+    except OSError:  # a folder this worker reads but may not write (another user's, a read-only mount)
+        return path.exists()
     return True

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from fluxhost.runtime.host import worker_may_be_alive
+from fluxhost.runtime.outputs import storage_problem
 from fluxhost.storage import FileStore
 from fluxhost.store.work import WorkStore
 
@@ -50,7 +51,7 @@ class Janitor:
             try:
                 self.files.clear(folder)
             except Exception as error:
-                log.warning("files of a task given up could not be removed: %s", error)
+                log.warning("files of a task given up could not be removed: %s", storage_problem(error))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="fluxhost-janitor", daemon=True)

@@ -582,5 +582,5 @@ class Worker:
             try:
                 self.files.delete(output.folder, output.name)
             except Exception as error:
-                log.warning("output %s/%s of an ended run could not be removed: %s", output.folder, output.name,
+                log.warning("output %s of an ended run could not be removed: %s", output.name,  # never its folder
                             storage_problem(error))
