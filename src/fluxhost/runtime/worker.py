@@ -217,16 +217,11 @@ class Worker:
             return self._hand_back([task.id for task in batch])
         except Exception as error:  # a bug: those tasks fail, never to be retried in a loop
             log.exception("tasks %s failed unexpectedly", [task.id for task in batch])
-            reason = f"Internal error: {type(error).__name__}"
             for task in batch:
                 try:
-                    failed = self.store.fail(task.id, reason, worker_id=self.worker_id)
+                    self._end_failed(task, f"Internal error: {type(error).__name__}")
                 except Exception:
                     log.exception("task %s could not be marked failed", task.id)
-                    continue
-                if failed:  # told as any failure is: the socket's followers wait for its end
-                    self._emit(task, Status.ERROR_FULL, text=reason)
-                    self._emit(task, Status.POSTPROCESS_END)
             return []
         finally:
             for task in batch:
@@ -542,10 +537,17 @@ class Worker:
         event, and a client (n8n's node) polling for the end would wait out its whole timeout."""
         self._discard(run.saved)
         reason = str(error) if isinstance(error, OutputNotStored) else f"{type(error).__name__}: {error}"
-        if self.store.fail(task.id, reason, run.text, worker_id=self.worker_id):
+        if self._end_failed(task, reason, run.text):
             self.metrics.finished_task(task.model_slug, "failed", run.claimed_at)
-            self._emit(task, Status.ERROR_FULL, text=reason)
-            self._emit(task, Status.POSTPROCESS_END)
+
+    def _end_failed(self, task: ClaimedTask, reason: str, debug_output: str = "") -> bool:
+        """Record the task failed (while we hold it), then tell it: ``task_error_full`` with the
+        reason and ``task_postprocess_end``, which its socket's followers wait for. Whether it was."""
+        if not self.store.fail(task.id, reason, debug_output, worker_id=self.worker_id):
+            return False
+        self._emit(task, Status.ERROR_FULL, text=reason)
+        self._emit(task, Status.POSTPROCESS_END)
+        return True
 
     def _preview(self, preview: Preview) -> str | None:
         """A progress preview, or None when the engine cannot draw one: previews are a nicety,
