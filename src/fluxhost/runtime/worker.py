@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -30,6 +29,7 @@ from fluxhost.metrics import WorkerMetrics
 from fluxhost.orders import FileRef, WorkOrder
 from fluxhost.runtime.adapter_files import AdapterFiles, AdapterUnavailable
 from fluxhost.runtime.lanes import Lane, lane_of, lanes
+from fluxhost.runtime.leases import Leases
 from fluxhost.runtime.outputs import OutputNotStored, preview_data_url, storage_problem, store_images
 from fluxhost.runtime.training import TrainingRun
 from fluxhost.safety.moderator import Moderator
@@ -131,6 +131,7 @@ class Worker:
         self._running: set[int] = set()
         self._killed: set[int] = set()
         self._halting = False
+        self._leases = Leases(store, worker_id, lease_seconds)
         events.subscribe(self._notice_kill)
 
     def _notice_kill(self, event: TaskEvent) -> None:
@@ -148,6 +149,7 @@ class Worker:
         """Stop the running generations at their next step (the worker is shutting down): their
         tasks end up held by no one running them, for :meth:`WorkStore.release` to queue again."""
         self._halting = True
+        self._leases.stop()
 
     @property
     def lanes(self) -> tuple[Lane, ...]:
@@ -209,7 +211,8 @@ class Worker:
         spans = {task.id: start_span("fluxhost.task", carrier=task.order.trace, **{
             "fluxhost.task_id": task.id, "fluxhost.model": task.model_slug}) for task in batch}
         try:
-            self._run_batch(batch, spans)
+            with self._leases.holding([task.id for task in batch]):
+                self._run_batch(batch, spans)
             return []
         except DATABASE_FAULTS:
             log.exception("tasks %s could not be taken to their end; queueing them again",
@@ -316,7 +319,6 @@ class Worker:
                 run.lines.append(f"Batched with {len(batch) - 1} other task(s) in one pipeline call.")
         stopped: set[int] = set()
         started = last_step = time.monotonic()
-        last_renewal = dict.fromkeys((task.id for task in batch), started)
         step_seconds = self.metrics.step_seconds.labels(batch[0].model_slug)
 
         def on_start() -> None:
@@ -339,12 +341,8 @@ class Worker:
             if index == 0:
                 step_seconds.observe(now - last_step)
                 last_step = now
-            lost = task.id in self._killed or self._halting
-            if not lost and now - last_renewal[task.id] > self.lease_seconds / 4:
-                # Also how a kill is seen when the event came through no bus we listen to.
-                lost = not self.store.renew_lease(task.id, self.worker_id, self.lease_seconds)
-                last_renewal[task.id] = now
-            if lost:
+            # a lease lost is also how a kill is seen when its event came through no bus we listen to
+            if task.id in self._killed or self._halting or self._leases.lost(task.id):
                 runs[task.id].lines.append(f"Stopped at step {step} of {total}.")
                 stopped.add(task.id)
                 return False
@@ -368,30 +366,15 @@ class Worker:
         """A training task, to its end: completed with its adapter kept as the project's private
         LoRA; killed with the checkpoints it made kept as its outputs; failed; or, the worker
         halting, stopped to be taken up again from its newest checkpoint."""
-        lost, ended = threading.Event(), threading.Event()
-
-        def renew() -> None:
-            """The lease, renewed from a thread of its own: loading the weights, encoding the
-            pictures or drawing samples may each take longer than a lease."""
-            while not ended.wait(self.lease_seconds / 4):
-                try:
-                    if not self.store.renew_lease(task.id, self.worker_id, self.lease_seconds):
-                        lost.set()
-                        return
-                except DATABASE_FAULTS as error:  # tried again at the next beat
-                    log.warning("the lease of training task %s could not be renewed: %s", task.id, error)
-
         def keep_going() -> bool:
-            return not (task.id in self._killed or self._halting or lost.is_set())
+            return not (task.id in self._killed or self._halting or self._leases.lost(task.id))
 
         order = task.order
-        heartbeat = threading.Thread(target=renew, name=f"fluxhost-lease-{task.id}", daemon=True)
-        heartbeat.start()
         try:
             # reads the checkpoints a run before this one kept: the file store may fail
             training = TrainingRun(task, self.files, self.events, run.lines, keep_going,
                                    lambda picture: self.moderator.check_image(picture, order.safety_tolerance),
-                                   holds=lambda: task.id in self._killed or not lost.is_set())
+                                   holds=lambda: task.id in self._killed or not self._leases.lost(task.id))
             if "train" not in model.engine.kinds:
                 raise KindUnsupported(f"{model.engine.description} does not train LoRA adapters")
             for text in (*order.training.sample_prompts, *(image.caption for image in order.training.images)):
@@ -411,9 +394,6 @@ class Worker:
         except Exception as error:
             log.exception("training task %s failed", task.id)
             self._fail(task, run, error)
-        finally:
-            ended.set()
-            heartbeat.join()
 
     def _keep_training(self, task: ClaimedTask, training: TrainingRun, final: Checkpoint, run: RunLog) -> None:
         """End a training: its adapter kept as one of the project's uploads (a private LoRA model),
