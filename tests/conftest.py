@@ -72,8 +72,8 @@ def redis_url() -> Iterator[str]:
         return
     if redis_binary() is None:
         pytest.skip("needs redis-server (Debian's redis-server package; .ci/run installs it)")
-    with throwaway_redis() as url:
-        yield url
+    with throwaway_redis() as server:
+        yield server.url
 
 
 @pytest.fixture(scope="session")

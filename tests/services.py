@@ -42,26 +42,49 @@ def redis_binary() -> str | None:
     return shutil.which("redis-server")
 
 
-@contextlib.contextmanager
-def throwaway_redis() -> Iterator[str]:
-    """A Redis server with nothing saved to disk; yields its URL."""
-    root = Path(tempfile.mkdtemp(prefix="fluxhost-redis-"))
-    port = _free_port()
-    log = root / "redis.log"
-    process = subprocess.Popen([redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                "--appendonly", "no", "--dir", str(root), "--logfile", str(log)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_for_port(port, process, log, "Redis")
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.send_signal(signal.SIGTERM)
+class RedisProcess:
+    """A redis-server on loopback with nothing saved to disk, in ``root``. Killed and started again,
+    it comes back on the same port with nothing in it, as a Redis without persistence does after a
+    crash."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._log = root / "redis.log"
+        self._process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(
+            [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.root), "--logfile", str(self._log)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+        _wait_for_port(self.port, self._process, self._log, "Redis")
+
+    def kill(self) -> None:
+        self._process.kill()
+        self._process.wait()
+
+    def stop(self) -> None:
+        if self._process is None or self._process.poll() is not None:
+            return
+        self._process.send_signal(signal.SIGTERM)
         try:
-            process.wait(10)
+            self._process.wait(10)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        shutil.rmtree(root, ignore_errors=True)
+            self.kill()
+
+
+@contextlib.contextmanager
+def throwaway_redis() -> Iterator[RedisProcess]:
+    """A started :class:`RedisProcess`, stopped and removed afterwards."""
+    server = RedisProcess(Path(tempfile.mkdtemp(prefix="fluxhost-redis-")))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
 
 
 def postgres_bin_dir() -> Path | None:

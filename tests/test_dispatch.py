@@ -5,6 +5,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import redis
 from celery.exceptions import Reject
 from kombu.exceptions import OperationalError
 from sqlalchemy.exc import OperationalError as DatabaseError
@@ -14,6 +15,7 @@ from fluxhost.runtime.dispatch.celery import RUN_TASK, SEND_TIMEOUTS, CeleryDisp
 from fluxhost.store.tasks import TaskStore
 from fluxhost.store.work import WorkStore
 from tests.helpers import FOX_ORDER, SLUG, database_with_project
+from tests.services import redis_binary, throwaway_redis
 
 BROKER = "redis://127.0.0.1:1/0"  # never reached: each test replaces the sending
 
@@ -202,3 +204,33 @@ def test_a_message_recorded_after_its_task_was_queued_again_does_not_count_for_t
     assert work.release("worker-1") == [(task_id, SLUG)]  # its worker hands it back before that beat
     dispatcher.stop()  # records what was sent
     assert sent == [task_id] and work.unsent(time.time() + 60) == [(task_id, SLUG)]
+
+
+@pytest.mark.skipif(redis_binary() is None, reason="needs redis-server (Debian's redis-server package)")
+def test_the_messages_a_restarted_broker_lost_are_sent_again(stores, monkeypatch):
+    """Redis without persistence comes back from a crash empty: a queued task whose message it
+    held, recorded as sent, would wait for ever."""
+    tasks, work, project_id = stores
+    monkeypatch.setattr(celery_dispatch, "UNSENT_GRACE_SECONDS", 0.0)
+    with throwaway_redis() as broker:
+        dispatcher = CeleryDispatcher(broker.url, visibility_seconds=60, work=work)
+        queue = redis.Redis.from_url(broker.url)
+        try:
+            time.sleep(1.1)  # sent in the broker's first second, a message is sent again, lest one be lost
+            task_id = tasks.create(project_id, SLUG, {}, FOX_ORDER).id
+            dispatcher.notify(task_id, SLUG)
+            dispatcher.beat()  # the message recorded as sent
+            assert queue.llen(queue_name(SLUG)) == 1 and work.unsent(time.time() + 60) == []
+            dispatcher.beat()
+            assert queue.llen(queue_name(SLUG)) == 1  # the same broker: nothing sent twice
+            broker.kill()
+            time.sleep(1.1)  # a start is told apart from the one before by whole seconds of uptime
+            broker.start()
+            assert queue.llen(queue_name(SLUG)) == 0  # lost
+            _until(lambda: (dispatcher.beat(), queue.llen(queue_name(SLUG)))[1] == 1,
+                   "the lost message was never sent again")
+            dispatcher.beat()
+            assert queue.llen(queue_name(SLUG)) == 1 and work.unsent(time.time() + 60) == []
+        finally:
+            dispatcher.stop()
+            queue.close()

@@ -303,6 +303,17 @@ class WorkStore:
         with self._db.write() as connection:
             connection.execute(_RECORD_SENT, [{"task_id": task_id, "sent_at": at} for task_id, at in sent])
 
+    def forget_sent(self, sent_before: float) -> int:
+        """Take back the record of the messages sent before ``sent_before`` for tasks still queued
+        (their broker restarted since, and may have lost them): :meth:`unsent` lists those tasks
+        again. How many were taken back."""
+        with self._db.write() as connection:
+            return connection.execute(
+                update(tasks)
+                .where(tasks.c.status == Status.QUEUE.value, tasks.c.message_time < sent_before)
+                .values(message_time=None)
+            ).rowcount
+
     def unsent(self, queued_before: float, limit: int = 1000) -> list[tuple[int, str]]:
         """(task id, model slug) of the oldest ``limit`` tasks queued (or queued again) before
         ``queued_before`` and still queued, for which no process recorded a message taken by a broker."""

@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Any
 
+import redis
 from celery import Celery
 from celery.exceptions import Reject
 
@@ -42,6 +43,9 @@ UNSENT_GRACE_SECONDS = 15.0
 sent: longer than a send may take (:data:`SEND_TIMEOUTS`) and a beat, so that a message still on
 its way is seldom sent twice. Twice is harmless (the second claims nothing), and a task stranded
 for good is sent once by each process that sweeps before one of them records its message."""
+RESTART_TOLERANCE_SECONDS = 2.0
+"""How far apart two readings of the broker's start may be and still be one start: each is now less
+its uptime, counted in whole seconds."""
 
 
 def queue_name(model_slug: str) -> str:
@@ -75,17 +79,26 @@ class CeleryDispatcher:
     What is kept in memory dies with the process, and a process can die between committing a Run
     and sending its message. So each message the broker took is recorded on the task (in a batch,
     at the next beat), and every beat each process sends a message for queued tasks that no
-    process recorded one for within :data:`UNSENT_GRACE_SECONDS`."""
+    process recorded one for within :data:`UNSENT_GRACE_SECONDS`.
+
+    A broker that restarts may lose the messages it held: Redis keeps nothing without persistence,
+    and nothing written since its last snapshot with it. So every beat asks the broker when it
+    started, and at a start not seen before (or this process's first beat) the record of the
+    messages sent before it is taken back from the tasks still queued, for the sweep to send them
+    again (twice, where the broker kept them: harmless). Times are this host's clock; hosts whose
+    clocks disagree by more than :data:`UNSENT_GRACE_SECONDS` may send some messages twice."""
 
     def __init__(self, broker_url: str, visibility_seconds: int, work: WorkStore,
                  transport_options: dict[str, Any] | None = None):
         self.app = celery_app(broker_url, visibility_seconds, {**SEND_TIMEOUTS, **(transport_options or {})})
+        self._broker_url = broker_url
         self.work = work
         self._unsent: dict[int, str] = {}
         self._sent: list[tuple[int, float]] = []  # (task id, when) taken by the broker, not recorded yet
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._broker_started: float | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._beat_loop, name="fluxhost-dispatch", daemon=True)
@@ -133,9 +146,41 @@ class CeleryDispatcher:
 
     def _beat_loop(self) -> None:
         while not self._stopping.wait(BEAT_SECONDS):
-            self._resend()
-            self._record_sent()
-            self._sweep()
+            self.beat()
+
+    def beat(self) -> None:
+        """One round: kept messages offered again, those taken recorded, the record of those a
+        restarted broker may have lost taken back, and queued tasks without one sent."""
+        self._resend()
+        self._record_sent()
+        self._forget_lost()
+        self._sweep()
+
+    def broker_started_at(self) -> float | None:
+        """When the broker last started, by this host's clock; None for a broker this cannot ask
+        (not Redis at a ``redis://`` or ``rediss://`` URL)."""
+        if not self._broker_url.startswith(("redis://", "rediss://")):
+            return None
+        with redis.Redis.from_url(self._broker_url, **SEND_TIMEOUTS) as client:
+            uptime = client.info("server")["uptime_in_seconds"]
+        return time.time() - uptime
+
+    def _forget_lost(self) -> None:
+        """At a broker start not seen before, take back the record of the messages sent to the
+        broker before it (see the class)."""
+        try:
+            started = self.broker_started_at()
+            if started is None or (self._broker_started is not None
+                                   and abs(started - self._broker_started) <= RESTART_TOLERANCE_SECONDS):
+                return
+            forgotten = self.work.forget_sent(started)
+        except Exception as error:
+            log.warning("the broker's start not checked (%s): checking at the next beat", error)
+            return
+        self._broker_started = started
+        if forgotten:
+            log.warning("the broker started after the messages of %d queued task(s) were sent, and may have "
+                        "lost them: sending them again", forgotten)
 
     def _record_sent(self) -> None:
         """Record on their tasks the messages the broker took since the last beat."""
