@@ -12,8 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from fluxhost.events import LocalEventBus, TaskEvent
 from fluxhost.runtime.host import worker_may_be_alive
+from fluxhost.runtime.janitor import Janitor
 from fluxhost.statuses import TERMINAL
+from fluxhost.storage.local import LocalFileStore
 from fluxhost.store.database import Database
 from fluxhost.store.keys import NewKey
 from fluxhost.store.tasks import TaskStore
@@ -117,7 +120,7 @@ def test_a_task_whose_worker_keeps_dying_fails_with_a_reason(stores_and_project)
         recovery = work.recover(max_attempts=2, dead_workers={f"worker-{attempt}"})
         if attempt == 1:
             assert recovery.requeued == [(task.id, SLUG)] and tasks.get(task.id).status == "task_queue"
-    assert recovery.failed == [task.id]
+    assert [ended.task_id for ended in recovery.failed] == [task.id]
     lost = tasks.get(task.id)
     assert lost.status == "task_postprocess_end" and lost.outcome == "failed" and "lost 2 times" in lost.debug_error
 
@@ -214,3 +217,21 @@ def test_migration_0008_adds_the_uploads_table_as_the_schema_declares_it(tmp_pat
     db.migrate()
     assert uploads.list(1, 0, 10) == (0, [])
     db.dispose()
+
+
+def test_a_task_recovery_gives_up_on_is_told_to_its_followers_as_a_failure(tmp_path):
+    """Its socket's followers wait for its end: recovery failed it in the store and told no one."""
+    db, project_id = database_with_project(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    tasks, work = TaskStore(db), WorkStore(db)
+    task = tasks.create(project_id, SLUG, {}, FOX_ORDER, callback_url="https://example.com/hook")
+    events = LocalEventBus()
+    heard: list[TaskEvent] = []
+    events.subscribe(heard.append)
+    janitor = Janitor(work, LocalFileStore(tmp_path / "files", "http://127.0.0.1:1/files"), events, "host-1-abcdef",
+                      max_attempts=1, lease_seconds=60, requeued=lambda task_id, slug: None)
+    work.claim_next("host-2-abcdef", [SLUG], lease_seconds=-1)  # another host's, whose lease ran out
+    janitor.recover()
+    assert [(event.task_id, event.token, event.type.value, event.owes_callback) for event in heard] == [
+        (task.id, task.socket_token, "task_error_full", False),
+        (task.id, task.socket_token, "task_postprocess_end", True)]
+    assert "lost 1 times" in heard[0].text

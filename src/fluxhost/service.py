@@ -89,7 +89,7 @@ class Service:
             lora_dir=settings.lora_dir, lora_max_bytes=settings.lora_max_bytes,
             archive_max_bytes=settings.archive_max_bytes, training_max_images=settings.training_max_images,
         )
-        self.janitor = Janitor(self.work, self.files, self.worker_id, max_attempts=settings.max_attempts,
+        self.janitor = Janitor(self.work, self.files, self.events, self.worker_id, max_attempts=settings.max_attempts,
                                lease_seconds=settings.lease_seconds, requeued=self.dispatcher.notify,
                                chores=[self.auth.purge_nonces, self.operations.expire_uploads])
 

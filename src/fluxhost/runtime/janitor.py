@@ -7,8 +7,10 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 
+from fluxhost.events import EventBus, TaskEvent
 from fluxhost.runtime.host import worker_may_be_alive
 from fluxhost.runtime.outputs import storage_problem
+from fluxhost.statuses import Status
 from fluxhost.storage import FileStore
 from fluxhost.store.work import WorkStore
 
@@ -18,13 +20,16 @@ JANITOR_SECONDS = 30.0
 
 
 class Janitor:
-    def __init__(self, work: WorkStore, files: FileStore, worker_id: str, *, max_attempts: int, lease_seconds: float,
-                 requeued: Callable[[int, str], None], chores: Sequence[Callable[[], object]] = ()):
+    def __init__(self, work: WorkStore, files: FileStore, events: EventBus, worker_id: str, *, max_attempts: int,
+                 lease_seconds: float, requeued: Callable[[int, str], None],
+                 chores: Sequence[Callable[[], object]] = ()):
         """``worker_id``: this process's workers' (its tasks are running here, whatever their
         lease says: one step can outlast it); ``requeued(task_id, model_slug)``: announce a task
-        queued again; ``chores``: run on every pass after recovery."""
+        queued again; ``chores``: run on every pass after recovery. A task failed for good is told
+        on ``events`` as a worker tells a failure: its followers wait for its end."""
         self.work = work
         self.files = files
+        self.events = events
         self.worker_id = worker_id
         self.max_attempts = max_attempts
         self.requeued = requeued
@@ -44,9 +49,13 @@ class Janitor:
         recovery = self.work.recover(self.max_attempts, dead_workers=dead, alive_worker=alive)
         if recovery.requeued or recovery.failed:
             log.warning("recovered unfinished tasks: requeued %s, failed %s",
-                        [task_id for task_id, _slug in recovery.requeued], recovery.failed)
+                        [task_id for task_id, _slug in recovery.requeued], [ended.task_id for ended in recovery.failed])
         for task_id, model_slug in recovery.requeued:
             self.requeued(task_id, model_slug)
+        for ended in recovery.failed:
+            self.events.publish(TaskEvent(ended.task_id, ended.socket_token, Status.ERROR_FULL, text=ended.reason))
+            self.events.publish(TaskEvent(ended.task_id, ended.socket_token, Status.POSTPROCESS_END,
+                                          owes_callback=ended.owes_callback))
         for folder in recovery.failed_folders:
             try:
                 self.files.clear(folder)

@@ -143,11 +143,21 @@ def _insert_outputs(connection: Connection, task_id: int, files: list[NewOutput]
 
 
 @dataclass(frozen=True)
+class GivenUp:
+    """A task a recovery sweep failed for good, as its followers are told of it."""
+
+    task_id: int
+    socket_token: str
+    reason: str
+    owes_callback: bool
+
+
+@dataclass(frozen=True)
 class Recovery:
     """What a recovery sweep did with tasks whose worker went away."""
 
     requeued: list[tuple[int, str]]  # (task id, model slug): each needs a worker again
-    failed: list[int]
+    failed: list[GivenUp]
     failed_folders: list[str] = field(default_factory=list)  # where their lost runs may have left files
 
 
@@ -351,7 +361,7 @@ class WorkStore:
         running right now) are never taken."""
         now = time.time()
         requeued: list[tuple[int, str]] = []
-        failed: list[int] = []
+        failed: list[GivenUp] = []
         gone = tasks.c.lease_expires_at < now
         if dead_workers:
             gone = or_(gone, tasks.c.worker_id.in_(list(dead_workers)))
@@ -360,15 +370,15 @@ class WorkStore:
             where.append(tasks.c.worker_id != alive_worker)
         with self._db.read() as connection:
             lost: list[Row] = connection.execute(
-                select(tasks.c.id, tasks.c.attempts, tasks.c.model_slug, tasks.c.files_folder,
-                       tasks.c.previous_files_folder).where(*where)
+                select(tasks.c.id, tasks.c.attempts, tasks.c.model_slug, tasks.c.socket_token, tasks.c.callback_url,
+                       tasks.c.files_folder, tasks.c.previous_files_folder).where(*where)
             ).all()
         failed_folders: list[str] = []
-        for task_id, attempts, model_slug, *folders in lost:
+        for task_id, attempts, model_slug, socket_token, callback_url, *folders in lost:
             if attempts >= max_attempts:
                 message = f"The worker running this task was lost {attempts} times; giving up."
                 if self.fail(task_id, message):
-                    failed.append(task_id)
+                    failed.append(GivenUp(task_id, socket_token, message, bool(callback_url)))
                     failed_folders += [folder for folder in folders if folder]
                 continue
             with self._db.write() as connection:

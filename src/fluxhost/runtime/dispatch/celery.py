@@ -278,7 +278,7 @@ class WorkerProcess:
                                self.events, models)
         self.dispatcher = CeleryDispatcher(settings.broker_url, settings.broker_visibility_seconds,
                                            self.runtime.work, settings.broker_transport_options)
-        self.janitor = Janitor(self.runtime.work, self.runtime.files, self.runtime.worker_id,
+        self.janitor = Janitor(self.runtime.work, self.runtime.files, self.events, self.runtime.worker_id,
                                max_attempts=settings.max_attempts, lease_seconds=settings.lease_seconds,
                                requeued=self.dispatcher.notify)
 
