@@ -21,3 +21,13 @@ def test_lenient_values_stay_strings():
 def test_unparseable_bodies_are_refused(text):
     with pytest.raises(BodyError):
         parse_object_text(text)
+
+
+def test_a_lenient_body_with_aliases_is_refused_before_it_is_built():
+    """Each alias repeats what its anchor names: this body of 311 bytes, read before any key is
+    checked, would build 9**7 values and hold the event loop for seconds (9 times more a level)."""
+    levels = ["a0: &a0 [" + ",".join(["x"] * 9) + "]"]
+    levels += [f"a{level}: &a{level} [" + ",".join([f"*a{level - 1}"] * 9) + "]" for level in range(1, 7)]
+    with pytest.raises(BodyError, match="aliases are not taken"):
+        parse_object_text("{" + ", ".join(levels) + "}")
+    assert parse_object_text("{ prompt: &p a fox, seed: 7 }") == {"prompt": "a fox", "seed": "7"}  # an anchor alone

@@ -116,6 +116,9 @@ def parse_object_text(text: str) -> dict[str, Any]:
         if len(text) > LENIENT_MAX_CHARS:
             raise BodyError("unparseable body") from None
         try:
+            if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=LENIENT_LOADER)):
+                # each alias repeats what its anchor names: a few hundred bytes would build billions of items
+                raise BodyError("unparseable body: aliases are not taken")
             value = yaml.load(text, Loader=LENIENT_LOADER)  # noqa: S506 - builds only str/list/dict
         except (yaml.YAMLError, RecursionError) as error:
             raise BodyError("unparseable body") from error
