@@ -50,6 +50,17 @@ def test_a_replayed_nonce_never_makes_a_second_task(client):
     assert client.call("Task/List", {})["total"] == "1"
 
 
+def test_a_run_resent_to_another_spelling_of_its_model_is_a_replay(client):
+    """The model is found whatever the case, spaces around it, or dots written as dashes."""
+    headers = client.headers(str(int(time.time())))
+    owner, project = SLUG.split("/")
+    assert client.post(f"Run/{SLUG}", {"prompt": "x"}, headers=headers).json()["result"] is True
+    for spelling in (f"{owner}/{project.replace('.', '-')}", f"{owner.title()}/{project.upper()}",
+                     f"{owner}/%20{project}"):
+        refused(client.post(f"Run/{spelling}", {"prompt": "x"}, headers=headers), INVALID)
+    assert client.call("Task/List", {})["total"] == "1"
+
+
 def test_the_seed_flow_reuses_the_run_nonce_for_reads(client):
     headers = client.headers(str(int(time.time())))
     run = client.post(f"Run/{SLUG}", {"prompt": "x"}, headers=headers).json()

@@ -196,8 +196,11 @@ class Call:
             self._caller = caller_of(self.operations, self.headers, self.address)
         return self._caller
 
-    def spend_nonce(self, caller: Caller) -> None:
-        self.operations.auth.spend_nonce(caller, self.headers.get("x-nonce"), request_digest(self.path, self.body))
+    def spend_nonce(self, caller: Caller, path: str | None = None) -> None:
+        """``path``: the request's own, where several spellings reach the same thing (a Run's model):
+        one spelling resent as another is still a resend."""
+        self.operations.auth.spend_nonce(caller, self.headers.get("x-nonce"),
+                                         request_digest(path or self.path, self.body))
 
     def task(self, caller: Caller) -> TaskView:
         """The task named by ``tasktoken``, ``socketaccesstoken`` or ``taskid``."""
@@ -334,7 +337,8 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
                 asked = schema_of(tool).parse(call.parameters.values, call.parameters.callback_url())
             except InputError as error:
                 raise ProtocolError(0, str(error)) from None
-            task = call.operations.run(caller, tool, asked, accept=lambda: call.spend_nonce(caller))
+            task = call.operations.run(caller, tool, asked,
+                                       accept=lambda: call.spend_nonce(caller, f"/v1/Run/{tool.slug}"))
             return {"errors": [], "taskid": str(task.id), "socketaccesstoken": task.socket_token, "result": True}
 
         return await handle(request, work, waits=waits_outside)
