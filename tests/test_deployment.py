@@ -23,6 +23,9 @@ def test_compose_gives_every_fluxhost_process_valid_settings():
     services = compose["services"]
     assert services["worker-gpu0"]["command"][:2] == ["fluxhost", "worker"]
     assert all("/readyz" in " ".join(services[api]["healthcheck"]["test"]) for api in ("api-1", "api-2"))
+    for api in ("api-1", "api-2"):  # behind the balancer: each client's own address is counted, not the balancer's
+        assert services[api]["environment"] == {**environment, "FORWARDED_ALLOW_IPS": "*"}
+        assert "ports" not in services[api]  # which only holds while nothing but the balancer reaches them
 
 
 def test_the_readme_documents_every_setting():
