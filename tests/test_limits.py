@@ -19,6 +19,7 @@ from fluxhost.limits import (
     RedisMinuteCounts,
     RedisRequestRate,
     TooManyAuthFailures,
+    counted_address,
 )
 from fluxhost.signing import KeyMode
 from tests.helpers import SLUG, LiveServer, ProtocolClient
@@ -154,6 +155,22 @@ def test_failure_budgets_last_their_minute():
     for _ in range(10):
         off.record("10.0.0.1", 7)
     off.check("10.0.0.1", 7)
+
+
+def test_an_ipv6_host_counts_its_whole_64_as_one_address():
+    """It may send from any of its 2**64 addresses: counted apart, each would get its own budget."""
+    limit = AuthFailureLimit(2, 0, LocalMinuteCounts(), clock=lambda: 60.0 * 100)
+    limit.record("2001:db8:1:2::1", None)
+    limit.record("2001:db8:1:2:ffff:ffff:ffff:ffff", None)
+    with pytest.raises(TooManyAuthFailures):
+        limit.check("2001:db8:1:2:abcd::7", None)
+    limit.check("2001:db8:1:3::1", None)  # the next /64: someone else
+    limit.record("::ffff:10.0.0.1", None)  # IPv4 written as IPv6 is that IPv4 address
+    limit.record("10.0.0.1", None)
+    with pytest.raises(TooManyAuthFailures):
+        limit.check("10.0.0.1", None)
+    assert [counted_address(address) for address in ("10.0.0.1", "2001:db8::9", "testclient")] == [
+        "10.0.0.1", "2001:db8::/64", "testclient"]
 
 
 def test_api_processes_sharing_redis_count_failures_once(redis_url):

@@ -10,6 +10,7 @@ come from the database at each Run.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import threading
@@ -183,7 +184,8 @@ class AuthFailureLimit:
     ``per_key / per_address`` addresses each failing its whole budget, and lasts only while they
     keep at it (to the end of the minute in which they stop). Unknown keys count for their address
     only. 0 turns either count off. The address is the client's as the server sees it (behind a
-    proxy, its ``X-Forwarded-For`` when uvicorn trusts the proxy: ``FORWARDED_ALLOW_IPS``).
+    proxy, its ``X-Forwarded-For`` when uvicorn trusts the proxy: ``FORWARDED_ALLOW_IPS``), an
+    IPv6 address counted with its whole /64 (see :func:`counted_address`).
     """
 
     def __init__(self, per_address: int, per_key: int, counts: MinuteCounts, clock=time.time):
@@ -214,10 +216,26 @@ class AuthFailureLimit:
         """(counter name, budget, whose failures in words) of what counts for this request."""
         budgets = []
         if self.per_address and address:
-            budgets.append((f"authfail:address:{address}", self.per_address, "from this address"))
+            budgets.append((f"authfail:address:{counted_address(address)}", self.per_address, "from this address"))
         if self.per_key and key_id is not None:
             budgets.append((f"authfail:key:{key_id}", self.per_key, "for this API key"))
         return budgets
+
+
+def counted_address(address: str) -> str:
+    """Whose failures ``address``'s are: an IPv6 address's /64 network (one host or subscriber
+    commonly holds a whole /64 and sends from any address in it: counted apart, each would have a
+    budget of its own), an IPv4 address as itself, and one written as IPv6 (``::ffff:a.b.c.d``)
+    as that IPv4 address."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:  # not an address (a test client's name): counted as itself
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return address
 
 
 NO_AUTH_FAILURE_LIMIT = AuthFailureLimit(0, 0, LocalMinuteCounts())
