@@ -172,13 +172,15 @@ def test_the_openssl_output_line_is_accepted_as_a_signature(client):
     assert client.post(f"Run/{SLUG}", {"prompt": "x"}, headers=headers).json()["result"] is True
 
 
-def test_the_retention_must_cover_the_window(tmp_path):
+def test_the_retention_must_cover_twice_the_window(tmp_path):
     from pydantic import ValidationError
 
     from fluxhost.settings import Settings
 
-    with pytest.raises(ValidationError, match="at least nonce_window_seconds"):
-        Settings(data_dir=tmp_path, nonce_window_seconds=600, nonce_retention_seconds=300)
+    for retention in (300, 900):  # a nonce a window ahead is acceptable until two windows after it was spent
+        with pytest.raises(ValidationError, match="at least twice nonce_window_seconds"):
+            Settings(data_dir=tmp_path, nonce_window_seconds=600, nonce_retention_seconds=retention)
+    Settings(data_dir=tmp_path, nonce_window_seconds=600, nonce_retention_seconds=1200)
 
 
 def test_nonces_spent_before_the_upgrade_are_kept(tmp_path):

@@ -408,9 +408,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _retention_covers_window(self) -> Settings:
-        if self.nonce_retention_seconds < self.resolved_nonce_window_seconds:
-            raise ValueError("nonce_retention_seconds must be at least nonce_window_seconds: a request "
-                             "forgotten while its nonce is still in the window could be replayed")
+        # a nonce up to a window ahead of the clock stays acceptable for two windows after it is spent
+        if self.nonce_retention_seconds < 2 * self.resolved_nonce_window_seconds:
+            raise ValueError("nonce_retention_seconds must be at least twice nonce_window_seconds: a request "
+                             "forgotten while its nonce is still in the window could be replayed (a nonce may "
+                             "be up to a window ahead of the server's clock)")
         return self
 
     @field_validator("public_url")
