@@ -6,6 +6,8 @@ import uuid
 
 from hypothesis import given
 from hypothesis import strategies as st
+from redis.client import Pipeline
+from redis.exceptions import ConnectionError
 
 from fluxhost.events import Progress, RedisEventBus, TaskEvent
 from fluxhost.statuses import Status
@@ -57,5 +59,32 @@ def test_events_through_redis_reach_every_bus_in_order_and_close_sends_what_is_q
         while len(heard) < len(sent) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert heard == sent
+    finally:
+        listener.close()
+
+
+def test_events_whose_first_publishing_failed_are_published_by_the_next_attempt(redis_url, monkeypatch):
+    """redis-py empties a pipeline once it ran, failed or not: a second try sent nothing."""
+    channel = f"fluxhost:test:{uuid.uuid4().hex}"
+    publisher, listener = RedisEventBus(redis_url, channel), RedisEventBus(redis_url, channel)
+    heard: list[TaskEvent] = []
+    listener.subscribe(heard.append)
+    execute, failures = Pipeline.execute, [ConnectionError("Connection reset by peer")]
+
+    def execute_after_an_outage(pipeline, *args, **kwargs):
+        if failures:
+            pipeline.reset()  # as a pipeline whose round trip failed is left
+            raise failures.pop()
+        return execute(pipeline, *args, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "execute", execute_after_an_outage)
+    end = TaskEvent(7, "tok", Status.POSTPROCESS_END)
+    try:
+        publisher.publish(end)
+        publisher.close()
+        deadline = time.monotonic() + 10
+        while not heard and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert heard == [end] and not failures
     finally:
         listener.close()

@@ -22,6 +22,9 @@ from fluxhost.statuses import Status
 
 log = logging.getLogger(__name__)
 
+PUBLISH_ATTEMPTS = 3
+"""Tries at publishing a batch of events through Redis, half a second apart and then a second."""
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -155,17 +158,21 @@ class RedisEventBus:
             while not self._outbox.empty():
                 batch.append(self._outbox.get())
             closing = None in batch
-            pipeline = self._redis.pipeline(transaction=False)
-            for data in batch:
-                if data is not None:
+            events = [data for data in batch if data is not None]
+            for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+                pipeline = self._redis.pipeline(transaction=False)  # one a try: a pipeline that ran is emptied
+                for data in events:
                     pipeline.publish(self.channel, data)
-            for attempt in range(3):
                 try:
                     pipeline.execute()
                     break
                 except redis.RedisError as error:
-                    log.warning("publishing %s events failed (attempt %s): %s", len(batch), attempt + 1, error)
-                    time.sleep(0.5 * (attempt + 1))
+                    if attempt == PUBLISH_ATTEMPTS:
+                        log.error("%s events were not published, after %s attempts: sockets following their tasks "
+                                  "miss them (%s)", len(events), attempt, error)
+                    else:
+                        log.warning("publishing %s events failed (attempt %s): %s", len(events), attempt, error)
+                        time.sleep(0.5 * attempt)
             if closing:
                 return
 
