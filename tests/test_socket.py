@@ -120,6 +120,22 @@ def test_unknown_tokens_and_malformed_frames(server, client):
     client.wait(asyncio.run(scenario())["taskid"])
 
 
+@pytest.mark.parametrize("token", ["\ud800", "a\u0000b", "x" * 3000])
+def test_a_token_no_task_could_have_is_answered_as_an_unknown_one(server, token):
+    """A lone surrogate, for one, cannot even be looked up: the connection ended with 1011 and no word."""
+
+    async def scenario():
+        async with websockets.connect(socket_url(server)) as ws:
+            await ws.send(json.dumps({"type": "task_info", "tasktoken": token}))
+            reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 10)
+            return reply, closed.value.rcvd.code
+
+    reply, code = asyncio.run(scenario())
+    assert (reply["errors"], code) == ([{"code": 1, "message": "There is no task yet."}], 1008)
+
+
 def test_one_connection_follows_several_tasks(server, client):
     runs = [client.run(), client.run()]
 

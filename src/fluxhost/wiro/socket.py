@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections import deque
 from typing import NamedTuple
 
@@ -40,6 +41,7 @@ MAX_QUEUED_FRAMES = 256  # per connection, of every kind, waiting to be sent
 MAX_INVALID_FRAMES = 20  # per connection: this many at once, and as many more each minute
 CLOSE_SECONDS = 5.0  # how long a closing connection's client has to read its last frames
 MAX_MESSAGE_BYTES = 4096
+SOCKET_TOKEN = re.compile(r"[A-Za-z0-9]{1,64}")  # what a task's socket token can be (random_token's letters)
 _ORDER = {status: index for index, status in enumerate(WORKER_PATH)}
 
 
@@ -201,6 +203,8 @@ class SocketHub:
     async def follow(self, subscriber: Subscriber, token: str) -> bool:
         """Start sending the events of the task behind ``token`` to ``subscriber``, beginning with
         its current state; False when there is no such task."""
+        if not SOCKET_TOKEN.fullmatch(token):  # no task's: some (a lone surrogate) no store can even look up
+            return False
         # Registered before the state is read: an event that overtakes it is dropped as old.
         self._followers.setdefault(token, set()).add(subscriber)
         subscriber.tokens.add(token)
