@@ -12,6 +12,7 @@ import pytest
 import websockets
 from PIL import Image
 from prometheus_client import Gauge
+from sqlalchemy.exc import OperationalError
 
 from fluxhost.events import LocalEventBus, Progress, TaskEvent
 from fluxhost.signing import KeyMode
@@ -134,6 +135,39 @@ def test_a_token_no_task_could_have_is_answered_as_an_unknown_one(server, token)
 
     reply, code = asyncio.run(scenario())
     assert (reply["errors"], code) == ([{"code": 1, "message": "There is no task yet."}], 1008)
+
+
+def test_the_final_frame_comes_with_its_outputs_though_the_first_read_of_the_ended_task_failed(
+        server, client, monkeypatch):
+    """The read on the publisher's thread failed (the database locked for a moment): the final
+    frame was never sent, and followers waited for ever."""
+    operations, failures = server.service.operations, [OperationalError("SELECT", {}, Exception("database is locked"))]
+    get = operations.get
+
+    def get_once_locked(task_id):
+        if failures:
+            raise failures.pop()
+        return get(task_id)
+
+    monkeypatch.setattr(operations, "get", get_once_locked)
+    run = client.run()
+    frames = asyncio.run(follow(socket_url(server), run["socketaccesstoken"]))
+    assert not failures and frames[-1]["type"] == "task_postprocess_end" and frames[-1]["pexit"] == "0"
+    assert frames[-1]["message"][0]["url"]
+
+
+def test_an_ended_task_that_cannot_be_read_still_ends_its_followers_wait(server, client, monkeypatch):
+    operations = server.service.operations
+
+    def locked(task_id):
+        raise OperationalError("SELECT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(socket, "FINAL_READ_DELAYS", (0.01, 0.01))
+    monkeypatch.setattr(operations, "get", locked)
+    run = client.run()
+    final = asyncio.run(follow(socket_url(server), run["socketaccesstoken"]))[-1]
+    assert final == {"type": "task_postprocess_end", "id": run["taskid"], "tasktoken": run["socketaccesstoken"],
+                     "message": None, "result": True}  # the bare end: Task/Detail has the rest
 
 
 def test_one_connection_follows_several_tasks(server, client):

@@ -29,6 +29,7 @@ from fluxhost.http.offload import Offload
 from fluxhost.limits import LocalRequestRate, RateLimited
 from fluxhost.operations import Operations
 from fluxhost.statuses import LOG_EVENTS, TERMINAL, WORKER_PATH, Status
+from fluxhost.store.database import DATABASE_FAULTS
 from fluxhost.store.records import TaskView
 from fluxhost.wiro import messages
 from fluxhost.wiro.render import error_frame_text, event_frame_text, final_frame_text, frame_text
@@ -41,6 +42,8 @@ MAX_QUEUED_FRAMES = 256  # per connection, of every kind, waiting to be sent
 MAX_INVALID_FRAMES = 20  # per connection: this many at once, and as many more each minute
 CLOSE_SECONDS = 5.0  # how long a closing connection's client has to read its last frames
 MAX_MESSAGE_BYTES = 4096
+FINAL_READ_DELAYS = (0.5, 1.0, 2.0, 4.0)
+"""Seconds before each new try at reading an ended task for its final frame, after the first failed."""
 SOCKET_TOKEN = re.compile(r"[A-Za-z0-9]{1,64}")  # what a task's socket token can be (random_token's letters)
 _ORDER = {status: index for index, status in enumerate(WORKER_PATH)}
 
@@ -148,6 +151,7 @@ class SocketHub:
         self._followers: dict[str, set[Subscriber]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unsubscribe = None
+        self._final_reads: set[asyncio.Task] = set()  # held: the loop keeps only weak references
 
     @property
     def followed_tasks(self) -> int:
@@ -168,10 +172,35 @@ class SocketHub:
         if event.token not in self._followers or self._loop is None:
             return
         if event.type in TERMINAL:
-            text = self.state_text(self.operations.get(event.task_id), event)
+            try:
+                text = self.state_text(self.operations.get(event.task_id), event)
+            except DATABASE_FAULTS:
+                self._loop.call_soon_threadsafe(self._read_final_later, event)
+                return
         else:
             text = event_frame_text(event)
         self._loop.call_soon_threadsafe(self._deliver, event, text)
+
+    def _read_final_later(self, event: TaskEvent) -> None:
+        reading = asyncio.create_task(self._deliver_final(event))
+        self._final_reads.add(reading)
+        reading.add_done_callback(self._final_reads.discard)
+
+    async def _deliver_final(self, event: TaskEvent) -> None:
+        """The final frame of an ended task whose read failed: read again, a few times; past them,
+        the bare end (its status, without its outputs: Task/Detail has them), so that no follower
+        waits for ever."""
+        for delay in FINAL_READ_DELAYS:
+            await asyncio.sleep(delay)
+            try:
+                task = await self.offload.run(self.operations.get, event.task_id)
+            except DATABASE_FAULTS:
+                continue
+            self._deliver(event, self.state_text(task, event))
+            return
+        log.warning("task %s ended; its final frame goes without its outputs: its record could not be read",
+                    event.task_id)
+        self._deliver(event, frame_text(event.task_id, event.token, event.type))
 
     def state_text(self, task: TaskView | None, event: TaskEvent) -> str:
         """The frame telling where a task stands: its final frame once it has ended."""
