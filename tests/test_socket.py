@@ -5,6 +5,8 @@ import base64
 import contextlib
 import io
 import json
+import os
+import socket as socket_module
 import time
 from types import SimpleNamespace
 
@@ -14,6 +16,7 @@ from PIL import Image
 from prometheus_client import Gauge
 from sqlalchemy.exc import OperationalError
 
+from fluxhost.app import CONNECTIONS_CLOSE_SECONDS, UVICORN_OPTIONS
 from fluxhost.events import LocalEventBus, Progress, TaskEvent
 from fluxhost.signing import KeyMode
 from fluxhost.statuses import TERMINAL, Status
@@ -168,6 +171,55 @@ def test_an_ended_task_that_cannot_be_read_still_ends_its_followers_wait(server,
     final = asyncio.run(follow(socket_url(server), run["socketaccesstoken"]))[-1]
     assert final == {"type": "task_postprocess_end", "id": run["taskid"], "tasktoken": run["socketaccesstoken"],
                      "message": None, "result": True}  # the bare end: Task/Detail has the rest
+
+
+def stalled_follower(port: int, token: str) -> socket_module.socket:
+    """A WebSocket client that follows ``token``, then never reads again (a frozen tab)."""
+    connection = socket_module.socket()
+    connection.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_RCVBUF, 4096)  # before connecting: the window
+    connection.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    connection.sendall(f"GET /v1 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                       f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += connection.recv(1)
+    assert b" 101 " in answer
+    payload, mask = json.dumps({"type": "task_info", "tasktoken": token}).encode(), os.urandom(4)
+    connection.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + bytes(
+        byte ^ mask[index % 4] for index, byte in enumerate(payload)))
+    return connection
+
+
+def test_a_client_that_stopped_reading_does_not_hold_the_server_s_shutdown(make_settings, monkeypatch):
+    """Its unsent frames filled the connection's buffers: uvicorn waited for it to end for ever,
+    and the service's own shutdown (its tasks released) never began."""
+    assert UVICORN_OPTIONS["timeout_graceful_shutdown"] == CONNECTIONS_CLOSE_SECONDS
+    monkeypatch.setitem(UVICORN_OPTIONS, "timeout_graceful_shutdown", 1)  # shortened for the test
+    live = LiveServer(make_settings(engine="bench", bench_step_ms=3_000, worker_process=False,
+                                    shutdown_grace_seconds=0)).__enter__()
+    client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+    run = client.run()
+    client.wait(run["taskid"], ("task_start",), timeout=30)
+    follower = stalled_follower(live.settings.port, run["socketaccesstoken"])
+    try:
+        deadline = time.monotonic() + 10
+        while not live.app.state.socket_hub.followed_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        preview = "data:image/jpeg;base64," + "A" * 12_000
+        for step in range(1, 400):  # more than the buffers hold
+            live.service.events.publish(TaskEvent(int(run["taskid"]), run["socketaccesstoken"], Status.OUTPUT,
+                                                  Progress.measure(step, 400, step * 0.1), preview=preview))
+            time.sleep(0.002)
+        time.sleep(1)  # for the server to write what it can
+        unsent = max(open_one.transport.get_write_buffer_size() for open_one in live.server.server_state.connections)
+        assert unsent > 0  # the follower's buffers are full: the server holds bytes it cannot send
+        live.server.should_exit = True  # what SIGTERM does
+        live.thread.join(20)
+        assert not live.thread.is_alive(), "the server waited on a client that stopped reading"
+    finally:
+        follower.close()
+        live.__exit__()
 
 
 def test_one_connection_follows_several_tasks(server, client):

@@ -34,7 +34,12 @@ from fluxhost.wiro.socket import SocketHub
 
 # How uvicorn serves the app. Socket frames are small JSON fanned out to many subscribers:
 # per-message compression would be done once per subscriber for little gain.
-UVICORN_OPTIONS = {"ws": "websockets-sansio", "ws_per_message_deflate": False, "log_level": "warning"}
+CONNECTIONS_CLOSE_SECONDS = 10
+"""On SIGTERM, how long open connections have to end before they are closed: a client that stopped
+reading holds its connection (the server's bytes to it unsent) for as long as it likes, and the
+service's own shutdown (its tasks' grace, their release) waited on it."""
+UVICORN_OPTIONS = {"ws": "websockets-sansio", "ws_per_message_deflate": False, "log_level": "warning",
+                   "timeout_graceful_shutdown": CONNECTIONS_CLOSE_SECONDS}
 
 # Output files never change once a URL to them exists.
 FILE_HEADERS = {"Cache-Control": "public, max-age=31536000, immutable"}
