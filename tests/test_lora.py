@@ -153,6 +153,14 @@ def _full_size_flux(path: Path) -> None:
                "transformer.x_embedder.lora_B.weight": torch.ones(3072, 4)}, str(path))
 
 
+def _flat_lora(path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"transformer.x_embedder.lora_A.weight": torch.ones(64),
+               "transformer.x_embedder.lora_B.weight": torch.ones(32, 4)}, str(path))
+
+
 def _unknown_kohya_keys(path: Path) -> None:
     import torch
     from safetensors.torch import save_file
@@ -173,6 +181,7 @@ def _no_lora(path: Path) -> None:
     (_pickle, "not a readable .safetensors file"),
     (_other_model, "unet has no linear layer down_blocks.0.attentions.0.proj_in"),
     (_full_size_flux, "transformer.x_embedder.lora_A.weight has shape (4, 128), the layer takes 64 features"),
+    (_flat_lora, "transformer.x_embedder.lora_A.weight has shape (64,), the layer takes 64 features"),
     (_unknown_kohya_keys, "not a LoRA in a layout diffusers reads"),
     (_no_lora, "transformer.x_embedder.weight would overwrite the model's own weights"),
 ], ids=lambda value: getattr(value, "__name__", "")[1:])

@@ -113,8 +113,8 @@ def check_adapter(pipeline: DiffusionPipeline, adapter: Adapter) -> None:
             problems.append(f"{match['component']} has no linear layer {match['module']}")
             continue
         down = match["part"].endswith(("A", "down"))
-        expected, found = (layer.in_features, tensor.shape[1]) if down else (layer.out_features, tensor.shape[0])
-        if tensor.ndim != 2 or found != expected:
+        expected = layer.in_features if down else layer.out_features
+        if tensor.ndim != 2 or tensor.shape[1 if down else 0] != expected:
             problems.append(f"{key} has shape {tuple(tensor.shape)}, the layer {'takes' if down else 'gives'} "
                             f"{expected} features")
     if problems:
