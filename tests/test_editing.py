@@ -249,3 +249,18 @@ def test_an_input_of_any_shape_asks_for_an_output_of_a_shape_the_tools_draw(shap
     assert max(width / height, height / width) <= 7 / 3 * 1.05  # 21:9 at most, 32-pixel rounding aside
     assert 0.9 * 1024 * 1024 <= width * height <= 1.1 * 1024 * 1024
 
+
+
+def test_a_kontext_edit_is_drawn_at_the_size_asked_and_shows_its_steps(tiny_kontext):
+    """FLUX.1 Kontext draws at a megapixel whatever size it is asked: each step's preview (at the
+    size asked) failed to unpack, and the picture was drawn at 1440x720 and shrunk to 96x48."""
+    from fluxhost.engines.base import GenerationRequest
+    from fluxhost.engines.flux import FluxEngine
+
+    engine = FluxEngine(str(tiny_kontext), ModelSettings(steps=2, max_sequence_length=32, kind="edit"), device="cpu")
+    engine.load()
+    previews = []
+    request = GenerationRequest("make it blue", 96, 48, 7, 2, 2.5, images=(Image.new("RGB", (96, 48), "orange"),))
+    [[image]] = engine.generate_batch([request], lambda: None,
+                                      lambda index, step, total, preview: previews.append(preview().size) or True)
+    assert image.size == (96, 48) and len(previews) == 2  # each step's preview unpacked

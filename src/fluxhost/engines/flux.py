@@ -414,11 +414,15 @@ class FluxEngine:
             if "edit" not in self.kinds and request.strength is None:
                 raise KindUnsupported(f"{self.weights} takes no input images")
             arguments["image"] = list(request.images)
+            if self._sizes_to_a_megapixel:
+                # FLUX.1 Kontext would draw the picture at a megapixel (in 16-pixel steps) whatever
+                # size it is asked: its previews, noise and upscaling are of the size asked.
+                arguments["max_area"] = width * height
             if self.model.render_pixels and self._sizes_to_a_megapixel:
-                # FLUX.1 Kontext would size both the references and the picture to a megapixel: a
-                # model that draws small reads its references at its own scale, as it draws.
+                # ...and size the references to a megapixel too: a model that draws small reads
+                # its references at its own scale, as it draws.
                 arguments["image"] = [self._at_render_scale(image) for image in request.images]
-                arguments |= {"_auto_resize": False, "max_area": width * height}
+                arguments["_auto_resize"] = False
             if self.pictures is not None:  # redrawn at the picture's size; Kontext's references at their own
                 if len(request.images) > 1:
                     raise ValueError(f"this model reads one input image (with its picture reader: the demo's), and "
