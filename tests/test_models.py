@@ -74,6 +74,29 @@ def test_flux1_options_run(tiny_weights, options):
     assert engine.batches == 1 + len(options.get("warmup_sizes", []))
 
 
+@pytest.mark.parametrize("cache", ["magcache", "taylorseer"])
+def test_a_generation_that_failed_midway_leaves_nothing_for_the_next_task(tiny_weights, cache):
+    """A step cache keeps its counters and residuals through a call, reset at its end: a call that
+    raised (out of GPU memory) left them, and the next task drew from them."""
+    from fluxhost.engines.flux import FluxEngine
+
+    engine = FluxEngine(str(tiny_weights), ModelSettings(steps=8, max_sequence_length=32, cache=cache), device="cpu")
+    engine.load()
+    heron = GenerationRequest("a blue heron", 64, 64, 11, 8, 3.5)
+
+    def out_of_memory_at_step_5(index, step, total, preview):
+        if step == 5:
+            raise RuntimeError("CUDA out of memory (as a GPU says it)")
+        return True
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        engine.generate_batch([GenerationRequest("a red fox", 64, 64, 7, 8, 3.5)], lambda: None,
+                              out_of_memory_at_step_5)
+    after_the_failure, again = (np.asarray(generate(engine, heron, lambda: None, lambda *_: True)[0])
+                                for _ in range(2))
+    assert np.array_equal(after_the_failure, again)
+
+
 def test_klein_runs_with_previews_and_options(tiny_klein):
     engine, [image], previews = run_once(tiny_klein, cache="taylorseer", vae_tiling=True)
     assert engine.family.name == "FLUX.2 [klein]" and image.size == (256, 256)

@@ -383,18 +383,24 @@ class FluxEngine:
             if self.model.negative_prompt is not None and first.guidance > 1:
                 negative = encode(self.model.negative_prompt)
                 prompt_arguments |= family.negative_arguments(negative, len(encodings), first.guidance)
-            result = pipeline(
-                **prompt_arguments,
-                width=width,
-                height=height,
-                num_inference_steps=first.steps,
-                guidance_scale=first.guidance,
-                generator=generators,
-                max_sequence_length=self.model.max_sequence_length,
-                callback_on_step_end=step_end,
-                output_type="pil",
-                **call_arguments,
-            )
+            try:
+                result = pipeline(
+                    **prompt_arguments,
+                    width=width,
+                    height=height,
+                    num_inference_steps=first.steps,
+                    guidance_scale=first.guidance,
+                    generator=generators,
+                    max_sequence_length=self.model.max_sequence_length,
+                    callback_on_step_end=step_end,
+                    output_type="pil",
+                    **call_arguments,
+                )
+            except BaseException:
+                # a call that ends early leaves what one that ends would reset: the step caches'
+                # counters and residuals (the next task would draw from them), offloaded models
+                pipeline.maybe_free_model_hooks()
+                raise
             self.batches += 1
             if len(dropped) == len(requests):
                 raise GenerationStopped
