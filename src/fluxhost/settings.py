@@ -86,7 +86,8 @@ class ModelSettings(BaseModel):
         default="none", description="Skip transformer work on steps that change little (diffusers cache hooks)."
     )
     cache_threshold: float | None = Field(
-        default=None, gt=0, description="The cache's threshold (first_block, magcache); default: diffusers'."
+        default=None, gt=0, description="The cache's threshold (first_block, magcache); default: diffusers'. "
+        "These two decide the steps they skip from the whole batch: batched, a task may draw a little otherwise."
     )
     warmup_sizes: list[str] = Field(
         default_factory=list, description='Sizes ("1024x1024") generated once at load, so compilation and '
