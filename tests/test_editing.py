@@ -264,3 +264,13 @@ def test_a_kontext_edit_is_drawn_at_the_size_asked_and_shows_its_steps(tiny_kont
     [[image]] = engine.generate_batch([request], lambda: None,
                                       lambda index, step, total, preview: previews.append(preview().size) or True)
     assert image.size == (96, 48) and len(previews) == 2  # each step's preview unpacked
+
+
+def test_a_16_bit_greyscale_png_keeps_its_greys():
+    """Converted as it was, every value past 255 of 65,535 came out white: the input, all but white."""
+    ramp = np.repeat(np.arange(0, 65536, 256, dtype=np.uint16)[None, :], 4, axis=0)  # black to white
+    saved = io.BytesIO()
+    Image.fromarray(ramp).save(saved, "PNG")
+    taken = np.asarray(decode(saved.getvalue(), DEFAULT_LIMITS).image)
+    assert taken.shape == (4, 256, 3) and (taken[..., 0] == taken[..., 2]).all()
+    assert np.abs(taken[0, :, 0].astype(int) - np.arange(256)).max() <= 1  # the ramp, in 8 bits

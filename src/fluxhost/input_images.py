@@ -83,6 +83,8 @@ def decode(data: bytes, limits: ImageLimits) -> InputImage:
             raise
         raise ImageRefused("is a truncated or damaged image") from None
     upright = ImageOps.exif_transpose(image)
+    if upright.mode.startswith("I"):  # 16-bit greyscale (a PNG's): converted as it is, all past 255 is white
+        upright = upright.convert("I").point(lambda value: value / 257).convert("L")
     if upright.mode in ("RGBA", "LA", "PA") or (upright.mode == "P" and "transparency" in upright.info):
         rgba = upright.convert("RGBA")
         flat = Image.new("RGB", rgba.size, (255, 255, 255))
