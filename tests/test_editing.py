@@ -136,6 +136,13 @@ def test_bad_inputs_are_refused_at_run_and_nothing_is_queued(make_settings, tiny
             assert refused["result"] is False and message in refused["errors"][0]["message"], name
             uploaded = post_files(client, "File/Upload", {}, {"file": ("x.png", data)})
             assert uploaded["result"] is False and message in uploaded["errors"][0]["message"], name
+        image = ("a.png", photo())
+        for fields, files in (({"prompt": "edit"}, {"inputImage": image, "inputImageUrl": ("b.png", photo())}),
+                              ({}, {"inputImage": image, "prompt": ("prompt.txt", b"edit")})):
+            refused = post_files(client, f"Run/{KONTEXT}", fields, files)  # was a 500: a file kept in parameters
+            wrong = next(name for name in files if name != "inputImage")
+            assert refused["errors"][0]["message"] == (
+                f"Request parameter [{wrong}] must be text, not a file (only inputImage takes one)")
         with FileServer({}) as files:
             missing = client.call(f"Run/{KONTEXT}", {"prompt": "edit", "inputImageUrl": f"{files.url}/gone.png"})
         assert "answered HTTP 404" in missing["errors"][0]["message"]

@@ -346,6 +346,9 @@ class InputSchema:
     def parse(self, raw: dict[str, Any], callback_url: str = "") -> RunRequest:
         """The Run a client's inputs ask for; :class:`InputError` for the first bad one."""
         ids = self.ids
+        files = sorted(name for name in ids if name != "inputImage" and isinstance(raw.get(name), bytes))
+        if files:
+            raise InputError(messages.parameter(files[0], "must be text, not a file (only inputImage takes one)"))
         prompt = text_value(raw.get("prompt"))
         if "prompt" in ids and not prompt:
             raise InputError(messages.parameter("prompt", "required"))
