@@ -38,8 +38,8 @@ def test_list_is_newest_first_and_pages(client):
 
 
 def test_list_searches_the_prompts_of_the_project_only(server, client):
-    fox, owl, percent = (client.run(prompt=prompt)["taskid"]
-                         for prompt in ("A Red Fox in the snow", "an owl at night", "100% cotton, 5_0"))
+    fox, owl, percent, summer = (client.run(prompt=prompt)["taskid"] for prompt in (
+        "A Red Fox in the snow", "an owl at night", "100% cotton, 5_0", "ÉTÉ à PARIS, Ölgemälde"))
     other = ProtocolClient(server.base_url, server.service.keys.create(KeyMode.SIGNATURE))
     other.run(prompt="another fox")
 
@@ -52,9 +52,11 @@ def test_list_searches_the_prompts_of_the_project_only(server, client):
     assert found("n") == ("3", [percent, owl, fox])
     assert found("n", start="1", limit="1") == ("3", [owl])
     assert found("%") == ("1", [percent]) and found("5_0") == ("1", [percent]) and found("5%0") == ("0", [])
-    assert found("") == ("3", [percent, owl, fox])
+    assert found("été") == found("ÉTÉ") == found("ölGEMÄLDE") == ("1", [summer])  # beyond ASCII too
+    assert found("") == found(None) == found("  ") == ("4", [summer, percent, owl, fox])  # no search
     assert found("a heron") == ("0", [])
-    for taskid in (fox, owl, percent):
+    assert found("", order=None) == found("", order="") == found("", order="desc")  # null or blank: the default
+    for taskid in (fox, owl, percent, summer):
         client.wait(taskid)
 
 

@@ -40,8 +40,14 @@ _BEAT = update(Heartbeat).where(Heartbeat.id == 1)
 IDLE_PING_SECONDS = 5.0
 
 
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
 def _sqlite_pragmas(busy_seconds: float) -> Callable[[Any, Any], None]:
     def set_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        # SQLite's own lower() folds ASCII letters only: a search for "été" missed "ÉTÉ" (PostgreSQL's folds all)
+        dbapi_connection.create_function("lower", 1, _lower, deterministic=True)
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")

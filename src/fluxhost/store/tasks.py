@@ -160,7 +160,7 @@ class TaskStore:
     ) -> tuple[int, list[TaskView]]:
         """A page of the project's tasks and how many there are in all; ``model_name`` keeps the
         tasks whose model slug contains it (either spelling of version dots), ``search`` those
-        whose prompt contains it, ignoring case (SQLite's ``lower`` folds ASCII letters only)."""
+        whose prompt contains it, ignoring case."""
         where = [tasks.c.project_id == project_id]
         if search.strip():
             prompt = func.lower(tasks.c.parameters["prompt"].as_string())

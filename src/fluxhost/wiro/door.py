@@ -129,7 +129,11 @@ class Parameters:
         return self._values
 
     def text(self, name: str, default: str = "") -> str:
-        return str(self.values.get(name, default))
+        """A parameter as text; absent, null or blank: ``default``."""
+        value = self.values.get(name)
+        if value is None or not str(value).strip():
+            return default
+        return str(value)
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
         value = self.values.get(name)
