@@ -1,8 +1,11 @@
 """Projects are walled off from each other; files can be deleted; the catalog describes the tool."""
 
+import mimetypes
+
 import httpx
 
 from fluxhost.signing import KeyMode
+from fluxhost.storage.base import content_type
 from tests.helpers import SLUG, ProtocolClient
 
 NO_TASK = [{"code": 1, "message": "There is no task yet."}]
@@ -100,3 +103,27 @@ def test_the_dashed_slug_runs_the_same_model(client):
     assert answer["result"] is True
     task = client.wait(answer["taskid"])
     assert f"{task['modelslugowner']}/{task['modelslugproject']}" == SLUG
+
+
+def test_a_stored_file_is_served_from_the_disk_with_its_size_a_range_and_its_type(server, client):
+    """It was read whole into memory for every GET and HEAD (a 512 MB adapter per open download),
+    and a Range was answered with the whole file: a download could not resume."""
+    url = client.wait(client.run()["taskid"])["outputs"][0]["url"]
+    whole = httpx.get(url, timeout=10)
+    assert whole.status_code == 200 and whole.headers["content-type"] == "image/png"
+    assert whole.headers["x-content-type-options"] == "nosniff" and whole.headers["accept-ranges"] == "bytes"
+    head = httpx.head(url, timeout=10)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == str(len(whole.content))
+    part = httpx.get(url, headers={"range": "bytes=0-9"}, timeout=10)
+    assert part.status_code == 206 and part.content == whole.content[:10]
+    assert part.headers["content-range"] == f"bytes 0-9/{len(whole.content)}"
+    assert httpx.get(url.rsplit("/", 1)[0] + "/missing.png", timeout=10).status_code == 404
+
+
+def test_a_file_s_type_does_not_depend_on_the_host_s_table_of_types(monkeypatch):
+    """Python's own table has no WebP: on a host without /etc/mime.types, pictures were served as
+    application/octet-stream and downloaded instead of shown."""
+    monkeypatch.setattr(mimetypes, "guess_type", lambda *_args, **_kwargs: (None, None))
+    assert [content_type(name) for name in ("a.webp", "b.PNG", "c.jpg", "d.txt", "e.safetensors")] == [
+        "image/webp", "image/png", "image/jpeg", "text/plain", "application/octet-stream"]

@@ -8,7 +8,8 @@ Adding a door is passing one more ``prefix -> app`` pair to :func:`create_app`.
 
 from __future__ import annotations
 
-import mimetypes
+import os
+import stat
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,6 +29,7 @@ from fluxhost.doors.openai import create_openai_app
 from fluxhost.http.offload import Offload
 from fluxhost.metrics import HttpMetrics
 from fluxhost.service import Service
+from fluxhost.storage.base import content_type
 from fluxhost.wiro import messages
 from fluxhost.wiro.door import create_wiro_app, fail
 from fluxhost.wiro.socket import SocketHub
@@ -42,9 +44,18 @@ UVICORN_OPTIONS = {"ws": "websockets-sansio", "ws_per_message_deflate": False, "
                    "timeout_graceful_shutdown": CONNECTIONS_CLOSE_SECONDS}
 
 # Output files never change once a URL to them exists.
-FILE_HEADERS = {"Cache-Control": "public, max-age=31536000, immutable"}
+FILE_HEADERS = {"Cache-Control": "public, max-age=31536000, immutable", "X-Content-Type-Options": "nosniff"}
 # The playground: plain ES modules and CSS shipped in the package, served as they are.
 WEB_DIR = Path(__file__).parent / "web"
+
+
+def _stat_of_file(path: Path) -> os.stat_result | None:
+    """The file's stat, or None where there is no file (a folder of that name is none)."""
+    try:
+        found = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return found if stat.S_ISREG(found.st_mode) else None
 
 
 def create_app(service: Service, doors: Mapping[str, ASGIApp] | None = None, *,
@@ -70,12 +81,19 @@ def create_app(service: Service, doors: Mapping[str, ASGIApp] | None = None, *,
                 service.stop()
 
     async def serve_file(request: Request) -> Response:
+        """A stored file: streamed from the disk (a range of it where asked, its size alone for a
+        HEAD), or read whole from a store elsewhere."""
         folder, name = request.path_params["folder"], request.path_params["name"]
+        path = service.files.local_path(folder, name)
+        if path is not None:
+            found = await offload.run_waiting(_stat_of_file, path)
+            if found is None:
+                raise HTTPException(404)
+            return FileResponse(path, stat_result=found, media_type=content_type(name), headers=FILE_HEADERS)
         data = await offload.run_waiting(service.files.read, folder, name)
         if data is None:
             raise HTTPException(404)
-        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-        return Response(data, media_type=content_type, headers=FILE_HEADERS)
+        return Response(data, media_type=content_type(name), headers=FILE_HEADERS)
 
     async def alive(_request: Request) -> JSONResponse:
         """Liveness for load balancers and container health checks: the process answers."""

@@ -7,12 +7,18 @@ object store (S3 and its kin) is the other backend.
 
 from __future__ import annotations
 
+import mimetypes
 import re
 import secrets
+from pathlib import Path
 from typing import Protocol
 
 _FOLDER = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+_CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp",
+                  "txt": "text/plain", "json": "application/json", "zip": "application/zip"}
+"""The types of what the stores keep (pictures, captions, manifests, archives): Python's own table,
+without the host's /etc/mime.types, has no WebP."""
 
 
 def new_folder() -> str:
@@ -22,6 +28,12 @@ def new_folder() -> str:
 
 def well_formed(folder: str, name: str) -> bool:
     return bool(_FOLDER.fullmatch(folder) and _NAME.fullmatch(name))
+
+
+def content_type(name: str) -> str:
+    """The Content-Type a file named ``name`` is served with."""
+    extension = name.rpartition(".")[2].lower()
+    return _CONTENT_TYPES.get(extension) or mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
 class FileStore(Protocol):
@@ -35,6 +47,10 @@ class FileStore(Protocol):
 
     def read(self, folder: str, name: str) -> bytes | None:
         """The file's bytes; None for a malformed reference or a file that is not there."""
+
+    def local_path(self, folder: str, name: str) -> Path | None:
+        """Where the file is on this machine's disk, to be served from there (streamed, a range of
+        it, its size alone); None for a malformed reference or a store whose files are elsewhere."""
 
     def url(self, folder: str, name: str) -> str:
         """Where a client downloads the file."""

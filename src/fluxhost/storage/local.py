@@ -44,6 +44,9 @@ class LocalFileStore:
         except (FileNotFoundError, IsADirectoryError):
             return None
 
+    def local_path(self, folder: str, name: str) -> Path | None:
+        return self._path(folder, name) if well_formed(folder, name) else None
+
     def url(self, folder: str, name: str) -> str:
         return f"{self.public_url}/files/{folder}/{name}"
 

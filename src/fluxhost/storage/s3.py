@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import errno
 import logging
-import mimetypes
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from fluxhost.storage.base import new_folder, well_formed
+from fluxhost.storage.base import content_type, new_folder, well_formed
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +81,9 @@ class S3FileStore:
         return new_folder()
 
     def save(self, folder: str, name: str, data: bytes) -> None:
-        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
         key = self._key(folder, name)
         with answered("store a file"):
-            self._client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type,
+            self._client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type(name),
                                     CacheControl=IMMUTABLE)
 
     def read(self, folder: str, name: str) -> bytes | None:
@@ -97,6 +95,9 @@ class S3FileStore:
             except self._missing:
                 return None
             return answer["Body"].read()
+
+    def local_path(self, folder: str, name: str) -> None:
+        return None  # the bucket's: clients download from it
 
     def url(self, folder: str, name: str) -> str:
         key = self._key(folder, name)
