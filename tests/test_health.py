@@ -55,6 +55,19 @@ def test_not_ready_when_no_model_could_be_loaded(make_settings, tmp_path):
         assert readiness(live, 503)["reasons"] == ["no model could be loaded (see the log)"]
 
 
+def test_not_ready_when_none_of_the_models_the_worker_process_works_on_could_be_loaded(make_settings, tmp_path):
+    """The worker process loads only the kinds it works on: the others, never loaded nor failed,
+    made it look as if some model could run."""
+    models = {SLUG: ModelSettings(weights=str(tmp_path / "missing")),
+              "acme/trainer": ModelSettings(weights=str(tmp_path / "missing"), kind="train")}
+    with LiveServer(make_settings(models=models, worker_process=True, worker_kinds="text-to-image")) as live:
+        deadline = time.monotonic() + 60
+        while "the worker is loading its models" in (reasons := readiness(live, 503)["reasons"]):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert reasons == ["no model could be loaded (see the log)"]
+
+
 def test_not_ready_while_the_worker_process_is_restarted(make_settings):
     with LiveServer(make_settings(worker_process=True, engine="bench")) as live:
         readiness(live, 200)
