@@ -6,6 +6,7 @@ desktop and phone sizes go to build/test-artifacts/ (docs/screenshots/ holds cop
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -35,8 +36,9 @@ def browser():
 
 @pytest.fixture
 def open_page(browser):
-    """A fresh page on the server (its own storage), recording every address it reaches."""
-    contexts = []
+    """A fresh page on the server (its own storage), recording every address it reaches; no script
+    error may be thrown in it."""
+    contexts, thrown = [], []
 
     def open_at(base_url: str, width: int = 1280, height: int = 860):
         context = browser.new_context(viewport={"width": width, "height": height})
@@ -45,12 +47,14 @@ def open_page(browser):
         page.reached = []
         page.on("request", lambda request: page.reached.append(request.url))
         page.on("websocket", lambda socket: page.reached.append(socket.url))
+        page.on("pageerror", lambda error: thrown.append(str(error)))
         page.goto(f"{base_url}/")
         return page
 
     yield open_at
     for context in contexts:
         context.close()
+    assert thrown == [], thrown
 
 
 def sign_in(page, api_key: str, api_secret: str = "") -> None:
@@ -248,10 +252,13 @@ def test_an_input_image_is_picked_dropped_or_taken_from_the_gallery_and_sent_as_
     assert all(url.startswith(own_addresses(live)) for url in page.reached), page.reached
 
 
-def test_a_batch_then_zoom_copy_use_and_vary_an_opened_picture(make_settings, open_page):
+def test_a_batch_then_zoom_copy_use_and_vary_an_opened_picture(make_settings, tiny_weights, open_page, monkeypatch):
+    from fluxhost.settings import ModelSettings
     from tests.helpers import SLUG
 
-    with LiveServer(make_settings(steps=2, max_batch=1)) as live:
+    models = {SLUG: ModelSettings(weights=str(tiny_weights), steps=2, max_sequence_length=32, max_batch=3,
+                                  batch_wait_ms=1000)}  # the three run as one batch, and end together
+    with LiveServer(make_settings(models=models)) as live:
         key = live.service.keys.create(KeyMode.SIGNATURE)
         page = open_page(live.base_url)
         page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live.base_url)
@@ -259,13 +266,21 @@ def test_a_batch_then_zoom_copy_use_and_vary_an_opened_picture(make_settings, op
         prompt = "two moons over a lake"
         page.get_by_label("Prompt", exact=True).fill(prompt)
         page.get_by_label("Aspect Ratio").select_option("1:1")
-        page.get_by_label("Images", exact=True).fill("2")
+        page.get_by_label("Images", exact=True).fill("3")
+        find = live.service.operations.find
+
+        def found_slowly(*args, **kwargs):  # a server far away: each end is read while the others end too
+            time.sleep(0.3)
+            return find(*args, **kwargs)
+
+        monkeypatch.setattr(live.service.operations, "find", found_slowly)
         page.get_by_role("button", name="Generate").click()
-        expect(page.locator("#results figure img")).to_have_count(2, timeout=60_000)
-        expect(page.locator("#gallery li img")).to_have_count(2, timeout=60_000)
+        expect(page.locator("#results figure img")).to_have_count(3, timeout=60_000)
+        expect(page.locator("#progress-text")).to_have_text("Done")
+        expect(page.locator("#gallery li img")).to_have_count(3, timeout=60_000)
         captions = page.locator("#results figcaption").all_text_contents()
         seeds = {caption.split(" · ")[0] for caption in captions}
-        assert len(seeds) == 2, captions  # each its own random seed
+        assert len(seeds) == 3, captions  # each its own random seed
 
         page.locator("#results figure button").first.click()  # a result opens like a gallery picture
         dialog = page.get_by_role("dialog")
@@ -300,8 +315,8 @@ def test_a_batch_then_zoom_copy_use_and_vary_an_opened_picture(make_settings, op
         page.get_by_label("Images", exact=True).fill("1")
         page.locator("#gallery li[data-taskid='1'] button").click()
         dialog.get_by_role("button", name="Vary").click()
-        expect(page.locator("#gallery li")).to_have_count(3, timeout=60_000)
-        varied = live.service.tasks.get(3).parameters
+        expect(page.locator("#gallery li")).to_have_count(4, timeout=60_000)
+        varied = live.service.tasks.get(4).parameters
         assert varied["prompt"] == prompt and varied["aspectRatio"] == "1:1" and varied["seed"] != seed
     assert all(url.startswith(own_addresses(live)) for url in page.reached), page.reached
 

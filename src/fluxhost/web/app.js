@@ -14,7 +14,8 @@ const PAGE = 24;
 
 let api = null;
 let tools = [];
-let batch = null; // the Runs being generated: { runs: [{ taskid, socket, status, percentage, slot, ended }] }
+// The Runs being generated: { runs: [{ taskid, socket, status, percentage, slot, ended, settled, batch }], submitting }
+let batch = null;
 
 // --- credentials ---------------------------------------------------------------------------
 
@@ -105,29 +106,34 @@ async function generate(slug, inputs, count = 1) {
   say("");
   $("#generate").disabled = true;
   $("#results").replaceChildren();
-  batch = { runs: [] };
+  const own = { runs: [], submitting: true };
+  batch = own;
   const seed = given(inputs, "seed");
   try {
     for (let number = 0; number < count; number++) {
       const seedOf = seed === null || seed === undefined || seed === "" ? undefined : String(Number(seed) + number);
       const answer = await api.run(slug, count > 1 ? withInput(inputs, "seed", seedOf) : inputs);
-      startFollowing(answer);
+      startFollowing(own, answer);
     }
   } catch (error) {
     failed(error);
-    if (!batch.runs.length) {
-      batch = null;
-      $("#generate").disabled = false;
-    }
   }
+  own.submitting = false;
+  if (!own.runs.length) {
+    batch = null;
+    $("#generate").disabled = false;
+    return;
+  }
+  endIfSettled(own);
 }
 
-function startFollowing(answer) {
+function startFollowing(own, answer) {
   const slot = element("li", { class: "result", "data-taskid": answer.taskid },
     element("span", { class: "placeholder", text: "Queued" }));
   $("#results").append(slot);
-  const run = { taskid: answer.taskid, status: "task_queue", percentage: 0, slot, ended: false };
-  batch.runs.push(run);
+  const run = { taskid: answer.taskid, status: "task_queue", percentage: 0, slot, ended: false, settled: false,
+    batch: own };
+  own.runs.push(run);
   $("#stop").hidden = false;
   showBatchProgress(run, "Queued");
   run.socket = follow(answer.socketaccesstoken, (frame) => onFrame(run, frame));
@@ -136,7 +142,7 @@ function startFollowing(answer) {
 
 // The progress line: the run's own news, with which image of how many when there are several.
 function showBatchProgress(run, text) {
-  const { runs } = batch;
+  const { runs } = run.batch;
   const percentage = runs.reduce((sum, each) => sum + (each.ended ? 100 : each.percentage), 0) / runs.length;
   const which = runs.length > 1 ? ` · image ${runs.indexOf(run) + 1} of ${runs.length}` : "";
   showProgress(text + which, text === "Preparing" || text === "Starting" ? null : percentage);
@@ -192,7 +198,13 @@ async function finish(run) {
   } else if (task) {
     run.slot.replaceChildren(element("span", { class: "placeholder", text: statusWord(task) }));
   }
-  if (batch.runs.every((each) => each.ended)) ended(batch.runs);
+  run.settled = true;
+  endIfSettled(run.batch);
+}
+
+// The batch is over once every Run is sent and each one's end is read (Task/Detail answered or failed).
+function endIfSettled(own) {
+  if (!own.submitting && own.runs.every((each) => each.settled)) ended(own.runs);
 }
 
 // Every Run of the batch has ended: what became of them, and the gallery brought up to date.
