@@ -177,6 +177,28 @@ def test_weighted_adapters_are_read_from_a_json_list():
         lora.parse({"prompt": "p", "loras": '[{"model": "style"}]'})
 
 
+def test_a_refused_image_or_adapter_is_named_by_the_input_that_gave_it(make_settings):
+    """A second image, or an adapter of the loras list, was refused as if the first image's input
+    (inputImageUrl) or a single adapter input (selectedLoraModelPrivateUrl) had been at fault."""
+    two_images, lora = "wiro/flux_kontext_dev_with_2_image", "wiro/text-to-image-flux-lora"
+    models = {two_images: ModelSettings(weights="/unused", kind="edit"), lora: ModelSettings(weights="/unused")}
+    with LiveServer(make_settings(engine="bench", worker_concurrency=0, models=models)) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        first = io.BytesIO()
+        Image.new("RGB", (64, 64), "red").save(first, "PNG")
+        [uploaded] = httpx.post(f"{live.base_url}/v1/File/Upload", headers=client.headers(), timeout=30,
+                                files={"file": ("a.png", first.getvalue(), "image/png")}).json()["list"]
+        refused = client.call(f"Run/{two_images}", {"prompt": "both", "inputImageUrl": uploaded["url"],
+                                                   "inputImage2Url": "http://10.0.0.1/b.png"})  # refused, never dialled
+        assert refused["errors"][0]["message"].startswith("Request parameter [inputImage2Url] points to a non-public")
+        refused = client.call(f"Run/{lora}", {"prompt": "p", "loras": [{"url": "http://10.0.0.1/a.safetensors"}]})
+        assert refused["errors"][0]["message"].startswith("Request parameter [loras] points to a non-public")
+        refused = client.call(f"Run/{lora}", {"prompt": "p", "selectedLoraModelPrivateUrl": "http://10.0.0.1/a"})
+        assert refused["errors"][0]["message"].startswith(
+            "Request parameter [selectedLoraModelPrivateUrl] points to a non-public")
+        assert client.call("Task/List", {})["total"] == "0"
+
+
 def test_inputs_a_family_tool_does_not_take_are_named_not_read():
     request = schema("wiro/FLUX.2-dev").parse({"prompt": "p", "outputFormat": "jpeg", "aspectRatio": "1:1"})
     assert request.ignored_inputs == ("aspectRatio", "outputFormat")

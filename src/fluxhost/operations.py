@@ -348,11 +348,11 @@ class Operations:
             raise InvalidInput("input_image", f"takes at most {tool.max_images} images for this tool" if tool.max_images
                                else "is not taken by this tool: it draws from the prompt alone")
         images = []
-        for source in sources:
+        for number, source in enumerate(sources, start=1):
             try:
                 images.append(self.input_image(source))
-            except ImageRefused as error:
-                raise InvalidInput("input_image", str(error)) from None
+            except ImageRefused as error:  # named as BFL names them: input_image, input_image_2...
+                raise InvalidInput("input_image" if number == 1 else f"input_image_{number}", str(error)) from None
         if request.prompt_upsampling and not self.upsampling:
             raise UpsamplingUnavailable()
         self._check_callback(request)
@@ -419,13 +419,16 @@ class Operations:
         (fetched by the worker)."""
         resolved = []
         for lora in request.loras:
+            def refused(field: str, problem: str, lora: LoraRef = lora) -> InvalidInput:
+                return InvalidInput("loras" if lora.listed else field, problem)
+
             if lora.source == "library" and library_file(self.lora_dir, lora.name) is None:
-                raise InvalidInput("lora_library", "names no adapter of this server's LoRA library")
+                raise refused("lora_library", "names no adapter of this server's LoRA library")
             if lora.source == "upload":
                 upload = self.uploads.find(caller.project_id, lora.name)
                 if upload is None or upload.content_type != SAFETENSORS_TYPE:
-                    raise InvalidInput("lora_upload", "names no LoRA adapter (.safetensors) of your project: "
-                                                      "upload one with File/Upload and give its id")
+                    raise refused("lora_upload", "names no LoRA adapter (.safetensors) of your project: "
+                                                 "upload one with File/Upload and give its id")
                 lora = lora.model_copy(update={"file": FileRef(folder=upload.folder, name=upload.file_name,
                                                                content_type=upload.content_type, size=upload.size)})
             if lora.source == "url" and (own := self.files.find(lora.name)) is not None:
@@ -433,14 +436,14 @@ class Operations:
                 with file_store("read"):
                     data = self.files.read(*own)
                 if data is None or not is_safetensors(data):
-                    raise InvalidInput("lora_url", "names no LoRA adapter (.safetensors) this server has")
+                    raise refused("lora_url", "names no LoRA adapter (.safetensors) this server has")
                 lora = lora.model_copy(update={"file": FileRef(folder=own[0], name=own[1],
                                                                content_type=SAFETENSORS_TYPE, size=len(data))})
             elif lora.source == "url":
                 try:
                     check_public_url(lora.name, self.url_allowlist)
                 except UrlRefused as error:
-                    raise InvalidInput("lora_url", str(error)) from None
+                    raise refused("lora_url", str(error)) from None
             resolved.append(lora)
         return tuple(resolved)
 

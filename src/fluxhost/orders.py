@@ -70,6 +70,9 @@ class LoraRef(BaseModel):
     name: str
     file: FileRef | None = None
     weight: float = Field(default=1.0, ge=-4, le=4)
+    # Given in fluxhost's own ``loras`` list, not by one of the hosted API's single inputs: what a
+    # refusal of it names. Not part of the task's order.
+    listed: bool = Field(default=False, exclude=True)
 
 
 class TrainingImage(BaseModel):

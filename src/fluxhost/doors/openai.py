@@ -61,9 +61,6 @@ MAX_IMAGES = 4
 WAIT_SECONDS = 600.0  # an answer waits this long for its images; the task goes on regardless
 CHECK_SECONDS = 1.0  # a waiting answer also looks at the task this often (events from elsewhere)
 # OpenAI's names of the inputs a refusal can be about.
-PARAMS = {"input_image": "image"}
-
-
 class Generation(StorableText):
     """An image generation request as OpenAI's clients send it (unknown fields ignored)."""
 
@@ -126,7 +123,7 @@ def create_openai_app(operations: Operations, events: EventBus, offload: Offload
         return fail(OpenAIError(400, f"Invalid value for '{param}': {problem['msg']}", param=param))
 
     def refused_input(_request: Request, error: InvalidInput) -> JSONResponse:
-        param = PARAMS.get(error.field, error.field)
+        param = "image" if error.field.startswith("input_image") else error.field  # images come as image[]
         return fail(OpenAIError(400, f"Invalid value for '{param}': it {error.problem}.", param=param))
 
     answer_refusals(app, {

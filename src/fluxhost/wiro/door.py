@@ -80,6 +80,7 @@ NAMES_FILES = re.compile(r"image|url|folder|lora", re.IGNORECASE)
 MAX_TASK_ID = 2**31 - 1  # the largest id an INTEGER column holds (PostgreSQL refuses larger)
 # The hosted protocol's names of the inputs a Run's refusal can be about (the image's: whichever carried it).
 INPUT_NAMES = {"callback_url": "callbackUrl", "aspect_ratio": "aspectRatio", "upload": "file", "upscale": "scale",
+               "input_image_2": "inputImage2Url", "input_image_3": "inputImage3Url",
                "lora_library": "selectedLoraModel", "lora_upload": "selectedLoraModelPrivate",
                "lora_url": "selectedLoraModelPrivateUrl", "folder": "folderid", "folder_name": "name",
                "parent_folder": "parentid", "training_folder": "selectedFolder",

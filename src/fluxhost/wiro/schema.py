@@ -527,7 +527,7 @@ class InputSchema:
                     "loras", "names no adapter: this server has no LoRA library (FLUXHOST_LORA_DIR)"))
             scale = number_input("loras", entry.get("scale", 1), -4, 4)
             loras.append(LoraRef(source={"model": "library", "private": "upload", "url": "url"}[key], name=name.strip(),
-                                 weight=scale))
+                                 weight=scale, listed=True))
         return loras
 
     def _control(self, raw: dict[str, Any]) -> Control:
