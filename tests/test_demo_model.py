@@ -213,10 +213,12 @@ def test_the_demo_reads_prompts_in_any_case_and_says_what_it_cannot_draw(demo_se
 
     live, client = demo_server
     drawn = [client.wait(client.run(prompt=prompt, seed="3", aspectRatio="1:1")["taskid"]) for prompt in (
-        EXAMPLE_PROMPT, EXAMPLE_PROMPT.title(), "a lighthouse on a cliff at dusk")]
-    lower, capitals, lighthouse = drawn
-    assert np.array_equal(np.asarray(picture(lower)), np.asarray(picture(capitals)))
-    assert "Note:" not in lower["debugoutput"] + capitals["debugoutput"]
+        EXAMPLE_PROMPT, EXAMPLE_PROMPT.title(), f'"{EXAMPLE_PROMPT.replace(" on ", ", on ")}."',
+        "a lighthouse on a cliff at dusk")]
+    lower, capitals, punctuated, lighthouse = drawn
+    for other in (capitals, punctuated):  # punctuation the demo never read was drawn as tokens: another picture
+        assert np.array_equal(np.asarray(picture(lower)), np.asarray(picture(other)))
+    assert "Note:" not in lower["debugoutput"] + capitals["debugoutput"] + punctuated["debugoutput"]
     assert ('Note: the demo model does not know "lighthouse", "cliff", "dusk": it draws flat shapes only'
             in lighthouse["debugoutput"])
 
@@ -230,6 +232,13 @@ def test_the_demo_reads_prompts_in_any_case_and_says_what_it_cannot_draw(demo_se
                           env={**os.environ, "FLUXHOST_SERVER": live.base_url, "FLUXHOST_API_KEY": key.api_key,
                                "FLUXHOST_API_SECRET": key.api_secret}, capture_output=True, text=True)
     assert told.returncode == 0 and 'Note: the demo model does not know "cat", "wearing", "hat"' in told.stderr
+
+
+def test_words_beyond_ascii_are_named_whole_and_numbers_too():
+    from fluxhost.demo import unknown_words
+
+    assert unknown_words("A crème brûlée, 42 красных кругов; a red circle") == [
+        "crème", "brûlée", "42", "красных", "кругов"]
 
 
 def test_render_size_keeps_the_shape_at_about_the_trained_pixels():

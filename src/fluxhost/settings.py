@@ -126,6 +126,11 @@ class ModelSettings(BaseModel):
         default=False, description="Prompts are read in lower case, for a model whose T5 encoder learned lower-case "
         "text only (the demo model: \"A Red Circle\" is \"a red circle\"). Real FLUX reads case.",
     )
+    prompt_words_only: bool = Field(
+        default=False, description="Prompts are read as their words alone, punctuation and symbols dropped, for a "
+        "model that learned captions of plain words (the demo model: '\"A red circle, please.\"' is 'A red circle "
+        "please'). Real FLUX reads punctuation.",
+    )
     noise_mean: Literal["zero", "positions", "positions-and-reference"] = Field(
         default="zero", description="The starting noise's mean: zero (FLUX), or positions: ramps across and down "
         "the picture, for FLUX.1 models trained to start from them (the demo model); positions-and-reference: the "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from pathlib import Path
 
 from fluxhost.settings import ModelSettings
@@ -76,7 +77,7 @@ def demo_model_settings(**overrides: object) -> ModelSettings:
         weights=str(WEIGHTS), upscaler=str(WEIGHTS / "upscaler"), render_pixels=RENDER_PIXELS,
         render_min_side=RENDER_MIN_SIDE, steps=STEPS,
         max_sequence_length=MAX_SEQUENCE_LENGTH, noise_mean="positions", guidance=GUIDANCE, negative_prompt="",
-        lowercase_prompts=True, example_prompt=EXAMPLE_PROMPT, description=TOOL_DESCRIPTION,
+        lowercase_prompts=True, prompt_words_only=True, example_prompt=EXAMPLE_PROMPT, description=TOOL_DESCRIPTION,
     )
     return ModelSettings(**{**values, **overrides})
 
@@ -120,7 +121,8 @@ def unknown_words(prompt: str, editing: bool = False) -> list[str]:
     """The words of ``prompt`` the demo model (its editing model where ``editing``) never read, case
     aside, in order, once each."""
     known = _vocabulary(editing)
-    return list(dict.fromkeys(word for word in re.findall(r"[a-z]+", prompt.lower()) if word not in known))
+    words = re.findall(r"\w+", unicodedata.normalize("NFC", prompt).lower())  # as the model reads it: words alone
+    return list(dict.fromkeys(word for word in words if word not in known))
 
 
 def vocabulary_notice(unknown: list[str], editing: bool = False) -> str:

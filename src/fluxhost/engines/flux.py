@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -39,6 +40,7 @@ from fluxhost.settings import ModelSettings
 log = logging.getLogger(__name__)
 
 PREVIEW_SCALE = 0.25
+WORD = re.compile(r"\w+")  # what prompt_words_only keeps of a prompt
 WARMUP_STEPS = 2
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _DEVICE_LOCKS: dict[str, threading.Lock] = {}
@@ -326,6 +328,8 @@ class FluxEngine:
         that have text-encoder layers (an encoding made under other ones is another entry)."""
         if self.model.lowercase_prompts:
             prompt = prompt.lower()
+        if self.model.prompt_words_only:
+            prompt = " ".join(WORD.findall(prompt))
         key = (prompt, self.model.max_sequence_length, *text_adapters)
         return self.prompts.get(key, lambda: self.family.encode(self._pipeline, prompt, self.model.max_sequence_length))
 
