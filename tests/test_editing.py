@@ -281,3 +281,18 @@ def test_a_16_bit_greyscale_png_keeps_its_greys():
     taken = np.asarray(decode(saved.getvalue(), DEFAULT_LIMITS).image)
     assert taken.shape == (4, 256, 3) and (taken[..., 0] == taken[..., 2]).all()
     assert np.abs(taken[0, :, 0].astype(int) - np.arange(256)).max() <= 1  # the ramp, in 8 bits
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "P"])
+def test_a_png_s_transparent_colour_is_flattened_onto_white(mode):
+    """Transparency as a colour key (PNG's tRNS) kept its key colour where the picture is see-through:
+    the editor read a black background that no viewer shows."""
+    picture = Image.new("RGB", (8, 8), "black")
+    picture.paste((255, 0, 0), (4, 0, 8, 8))
+    keyed = picture.convert(mode)
+    key = {"RGB": (0, 0, 0), "L": 0, "P": keyed.getpixel((0, 0))}[mode]
+    saved = io.BytesIO()
+    keyed.save(saved, "PNG", transparency=key)
+    taken = decode(saved.getvalue(), DEFAULT_LIMITS).image
+    assert taken.getpixel((0, 0)) == (255, 255, 255)  # see-through: white
+    assert taken.getpixel((7, 7)) != (255, 255, 255)  # the red half stays

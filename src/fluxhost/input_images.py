@@ -85,7 +85,7 @@ def decode(data: bytes, limits: ImageLimits) -> InputImage:
     upright = ImageOps.exif_transpose(image)
     if upright.mode.startswith("I"):  # 16-bit greyscale (a PNG's): converted as it is, all past 255 is white
         upright = upright.convert("I").point(lambda value: value / 257).convert("L")
-    if upright.mode in ("RGBA", "LA", "PA") or (upright.mode == "P" and "transparency" in upright.info):
+    if upright.mode in ("RGBA", "LA", "PA") or "transparency" in upright.info:  # an alpha channel, or a colour key
         rgba = upright.convert("RGBA")
         flat = Image.new("RGB", rgba.size, (255, 255, 255))
         flat.paste(rgba, mask=rgba.getchannel("A"))
