@@ -297,6 +297,30 @@ def test_the_demo_editor_refuses_several_pictures_with_a_reason():
         engine.generate_batch([request], lambda: pytest.fail("drawing started"), lambda *_: True)
 
 
+@pytest.mark.slow
+def test_an_edit_asked_at_another_shape_than_its_picture_s_keeps_its_shapes_round():
+    """The picture was read at its own shape, then stretched to the one asked: a centred circle came
+    out an ellipse (1.4 to 2.3 times as wide as tall at 1:1 from 16:9), or two."""
+    from fluxhost.demo import demo_editor_settings
+    from fluxhost.demo.pictures import FlatPictures
+    from fluxhost.demo.scenes import Drawn
+    from fluxhost.engines.base import GenerationRequest, generate
+    from fluxhost.engines.flux import FluxEngine
+
+    model = demo_editor_settings()
+    engine = FluxEngine(model.weights, model, pictures=FlatPictures())
+    engine.load()
+    circle = Thing("circle", "red", "center")
+    wide = render(Caption((circle,), "blue"), [Drawn(circle, 0.5, 0.5, 0.14)], 1024, 576)
+    request = GenerationRequest("make the background green", 1024, 1024, 0, model.steps, model.guidance,
+                                images=(wide,))
+    [square] = generate(engine, request, lambda: None, lambda *_: True)
+    assert read_things(square) == ("green", frozenset({("red", "center", "circle")}))
+    red = np.asarray(square, dtype=np.float32) - np.array(COLOURS["red"], dtype=np.float32)
+    ys, xs = np.nonzero((red**2).sum(axis=-1) < 60**2)
+    assert 0.8 < (np.ptp(xs) + 1) / (np.ptp(ys) + 1) < 1.25  # as wide as tall
+
+
 def test_a_drawing_is_read_as_its_captions_things_where_it_drew_them():
     """What the decoder's last training learns from (:func:`fluxhost.demo.reading.fitted_layout`):
     each thing of the caption at the centre and size the picture drew it, as the caption's shape;

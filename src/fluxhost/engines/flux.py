@@ -433,13 +433,15 @@ class FluxEngine:
                 # its references at its own scale, as it draws.
                 arguments["image"] = [self._at_render_scale(image) for image in request.images]
                 arguments["_auto_resize"] = False
-            if self.pictures is not None:  # redrawn at the picture's size; Kontext's references at their own
+            if self.pictures is not None:
                 if len(request.images) > 1:
                     raise ValueError(f"this model reads one input image (with its picture reader: the demo's), and "
                                      f"this task gives {len(request.images)}; configure FLUX.1 Kontext weights for "
                                      "several")
-                size = (width, height) if request.strength is not None else arguments["image"][0].size
-                arguments["image"] = self._read_pictures(arguments["image"], *size)
+                # read at the picture's size, whatever the input's: the reader places shapes by fractions
+                # of the picture, so an input of another shape is laid out anew (stretched, a circle
+                # came out an ellipse, or two)
+                arguments["image"] = self._read_pictures(arguments["image"], width, height)
         if request.strength is not None:
             arguments["strength"] = request.strength
         return arguments
