@@ -275,6 +275,24 @@ def test_the_shipped_configs_name_no_folder_of_the_machine_that_trained_them():
         assert "_name_or_path" not in json.loads(text) and "/work/" not in text and "/tmp/" not in text, path
 
 
+def test_the_upscaler_redraws_small_pictures_and_resizes_large_ones():
+    """Swin2SR redraws at its own whole factor (8x): a 1600x1600 photo given to the upscaler tool took
+    7 GB; a 2,500-pixel one would take about 18."""
+    import torch
+
+    from fluxhost.demo import WEIGHTS
+    from fluxhost.engines.upscale import SUPER_RESOLVE_MAX_PIXELS, Upscaler
+
+    upscaler = Upscaler(str(WEIGHTS / "upscaler"), "cpu", torch.float32)
+    redrawn = []
+    super_resolve = upscaler._super_resolve
+    upscaler._super_resolve = lambda image: redrawn.append(image.size) or super_resolve(image)
+    assert upscaler(Image.new("RGB", (128, 128), "red"), 1024, 1024).size == (1024, 1024)
+    side = int(SUPER_RESOLVE_MAX_PIXELS**0.5) + 1
+    assert upscaler(Image.new("RGB", (side, side), "red"), 2 * side, 2 * side).size == (2 * side, 2 * side)
+    assert redrawn == [(128, 128)]  # the large one: Lanczos alone
+
+
 def test_the_upscaler_keeps_the_scene():
     """On the demo autoencoder's pictures of held-out scenes (exact latents), the Swin2SR upscale
     reads as the same background, colour and place as a Lanczos resize, at the requested size. (Its edges are about as
