@@ -23,6 +23,7 @@ from PIL import Image
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
+from fluxhost import archives
 from fluxhost.archives import ArchiveRefused
 from fluxhost.archives import members as archive_members
 from fluxhost.client import AsyncClient, Client, ProtocolError
@@ -447,6 +448,27 @@ def test_a_deflate_stream_that_does_not_decode_and_a_nameless_member_are_refused
         written.writestr(zipfile.ZipInfo(""), b"content")
     with pytest.raises(ArchiveRefused, match="has a member without a name"):
         list(archive_members(nameless.getvalue(), 100, 1_000_000))
+
+
+def test_a_damaged_lzma_member_is_refused_in_words():
+    """Its LZMAError was none of those caught: a 500 with a stack trace."""
+    written = io.BytesIO()
+    with zipfile.ZipFile(written, "w", compression=zipfile.ZIP_LZMA) as zipped:
+        zipped.writestr("a.txt", b"hello world " * 500)
+    data = bytearray(written.getvalue())
+    start = 30 + len("a.txt") + 8  # into the member's LZMA stream, past its header
+    data[start : start + 6] = bytes(byte ^ 0xFF for byte in data[start : start + 6])
+    with pytest.raises(ArchiveRefused, match=r"has a member that cannot be read \(a.txt: Corrupt input data\)"):
+        list(archive_members(bytes(data), 100, 1_000_000))
+
+
+def test_an_archive_of_too_many_entries_is_refused_before_zipfile_reads_its_directory(monkeypatch):
+    """zipfile keeps a record per entry of the whole directory before any can be counted: a 50 MB
+    archive of a million empty entries took 386 MB and 10 s to be refused."""
+    many = archive({f"{number}.txt": b"" for number in range(2000)})
+    monkeypatch.setattr(archives.zipfile, "ZipFile", lambda *_args: pytest.fail("the directory was read"))
+    with pytest.raises(ArchiveRefused, match="holds more than 10 files"):
+        list(archive_members(many, 10, 1_000_000))
 
 
 def test_a_safetensors_header_nested_past_the_json_parsers_depth_is_not_taken_for_one():

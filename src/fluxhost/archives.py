@@ -10,6 +10,8 @@ read, whatever the archive declares.
 from __future__ import annotations
 
 import io
+import lzma
+import struct
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -18,8 +20,15 @@ from pathlib import PurePosixPath
 ZIP_MAGIC = b"PK\x03\x04"
 # What zipfile raises, besides its own BadZipFile, for an archive damaged here or there (a record
 # cut short, a name that is not text, a deflate stream that does not decode, an odd method).
-DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, IndexError, KeyError, ValueError, RuntimeError,
+DAMAGED = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, IndexError, KeyError, ValueError, RuntimeError,
            NotImplementedError, OSError)
+ENTRY_BYTES = 2048
+"""Bytes of central directory allowed per member an archive may hold (its record and name are
+usually under 200, twice that with a hidden resource fork beside it): zipfile reads the whole
+directory, a record in memory per entry, before any member can be counted."""
+_END = struct.Struct("<4s4H2LH")  # the end of central directory record
+_END64_LOCATOR = struct.Struct("<4sLQL")
+_END64 = struct.Struct("<4sQ2H2L4Q")
 
 
 class ArchiveRefused(ValueError):
@@ -33,6 +42,9 @@ def is_zip(data: bytes) -> bool:
 def members(data: bytes, max_members: int, max_bytes: int) -> Iterator[tuple[str, bytes]]:
     """(name, content) of each file in the archive, in its order; :class:`ArchiveRefused` for a
     broken archive, or one over ``max_members`` files or ``max_bytes`` unpacked."""
+    directory = _directory_size(data)
+    if directory is not None and directory > max(max_members, 1) * ENTRY_BYTES:
+        raise ArchiveRefused(f"holds more than {max_members} files")
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         entries = archive.infolist()
@@ -57,6 +69,22 @@ def members(data: bytes, max_members: int, max_bytes: int) -> Iterator[tuple[str
         if unpacked > max_bytes:
             raise ArchiveRefused(f"unpacks to more than {max_bytes // 1_000_000} MB")
         yield PurePosixPath(entry.filename.replace("\\", "/")).name, content
+
+
+def _directory_size(data: bytes) -> int | None:
+    """The size its end record gives the archive's central directory (ZIP64's where the plain one
+    says it is too large to say); None where no end record is found (zipfile then refuses it)."""
+    end = data.rfind(b"PK\x05\x06", max(0, len(data) - _END.size - 0xFFFF))
+    if end < 0 or len(data) - end < _END.size:
+        return None
+    size = _END.unpack_from(data, end)[6]
+    locator = end - _END64_LOCATOR.size
+    if size != 0xFFFFFFFF or locator < 0 or data[locator:locator + 4] != b"PK\x06\x07":
+        return size
+    record = _END64_LOCATOR.unpack_from(data, locator)[2]
+    if record + _END64.size > len(data) or data[record:record + 4] != b"PK\x06\x06":
+        return size
+    return _END64.unpack_from(data, record)[8]
 
 
 def _escapes(path: str) -> bool:
