@@ -253,3 +253,51 @@ def test_a_worker_takes_only_the_kinds_it_is_set_to(make_settings, tiny_weights)
         assert list(live.service.dispatcher.worker.models) == [TRAIN]
     with pytest.raises(ValueError, match="unknown kind 'training'"):
         make_settings(worker_kinds="train,training")
+
+
+def test_an_upload_a_queued_training_reads_is_neither_deleted_nor_expired_under_it(make_settings):
+    """Deleted by File/Delete, or by expiry with no one asking, its picture was gone when the
+    worker reached the training, which failed: "the training picture ... is no longer stored"."""
+    from sqlalchemy import text
+
+    with LiveServer(make_settings(models={TRAIN: ModelSettings(steps=2)}, engine="bench", worker_concurrency=0,
+                                  upload_expiry_seconds=3600)) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        [folder] = client.call("File/FolderCreate", {"name": "set"})["list"]
+        [red] = send_file(client, picture("red"), "red.png", folderid=folder["id"])["list"]
+        [note] = send_file(client, b"about the set", "notes.txt", folderid=folder["id"])["list"]  # no picture of it
+        run = train(client, selectedFolder=folder["id"])
+        refused = client.call("File/Delete", {"fileid": red["id"]})
+        assert refused["errors"][0]["message"].startswith(f"The file is used by task {run['taskid']}, which has not")
+        with live.service.db.write() as connection:  # made more than an hour ago: expired
+            connection.execute(text("UPDATE uploads SET created_at = created_at - 3601"))
+        assert live.service.operations.expire_uploads() == 1  # the note alone
+        listed = [entry["id"] for entry in client.call("File/List", {"folderid": folder["id"]})["list"]]
+        assert listed == [red["id"]] and note["id"] not in listed
+        [image] = live.service.tasks.get(int(run["taskid"])).order.training.images
+        assert live.service.files.read(image.file.folder, image.file.name) == picture("red")
+        assert client.call("Task/Kill", {"taskid": run["taskid"]})["result"] is True
+        assert client.call("File/Delete", {"fileid": red["id"]})["result"] is True  # its task ended
+
+
+def test_a_training_folder_s_late_captions_are_read_and_one_too_full_is_refused(make_settings):
+    """Only the first 2 x the most pictures + 2 files were read: later captions were lost without a word."""
+    with LiveServer(make_settings(models={TRAIN: ModelSettings(steps=2)}, engine="bench", worker_concurrency=0,
+                                  training_max_images=2)) as live:
+        client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
+        [folder] = client.call("File/FolderCreate", {"name": "set"})["list"]
+        for name in ("notes.txt", "licence.txt", "credits.txt"):
+            send_file(client, b"about the pictures", name, folderid=folder["id"])
+        for colour in ("red", "blue"):
+            send_file(client, picture(colour), f"{colour}.png", folderid=folder["id"])
+        for colour in ("red", "blue"):
+            send_file(client, f"a {colour} square".encode(), f"{colour}.txt", folderid=folder["id"])
+        run = train(client, selectedFolder=folder["id"])
+        images = live.service.tasks.get(int(run["taskid"])).order.training.images
+        assert [image.caption for image in images] == ["a red square", "a blue square"]
+        many = archive({f"note-{number}.txt": b"about" for number in range(100)})
+        assert send_file(client, many, "notes.zip", folderid=folder["id"])["result"] is True
+        refused = client.call(f"Run/{TRAIN}", {"selectedFolder": folder["id"], "triggerWord": "zq", **FAST})
+        assert refused["errors"][0]["message"].endswith(
+            "holds 107 files, more than the 104 a training reads (up to 2 pictures, a caption each, and a few more): "
+            "keep the training set in a folder of its own")

@@ -129,6 +129,14 @@ class UploadNotFound(OperationError):
     """No upload by that id in the caller's project."""
 
 
+class UploadInUse(OperationError):
+    """An upload a task that has not ended reads (a training's picture, a private LoRA adapter)."""
+
+    def __init__(self, task_id: int):
+        super().__init__(f"task {task_id} reads it and has not ended")
+        self.task_id = task_id
+
+
 class UploadQuotaExceeded(OperationError):
     """An upload that would take its project's uploads past the quota."""
 
@@ -628,25 +636,33 @@ class Operations:
 
     def delete_upload(self, caller: Caller, upload_id: str, accept: Callable[[], None] = lambda: None) -> None:
         """Delete one of the caller's uploads, file and record (``accept()`` once it is found);
-        a Run that names its URL afterwards is refused."""
+        a Run that names its URL afterwards is refused. :class:`UploadInUse` while a task that has
+        not ended reads it: its run would fail on a file no longer there."""
         upload = self.uploads.find(caller.project_id, upload_id)
         if upload is None:
             raise UploadNotFound()
+        if (task_id := self.tasks.unfinished_using(upload.folder)) is not None:
+            raise UploadInUse(task_id)
         accept()
         self._discard(upload)
         log.info("project %s deleted upload %s", caller.project_id, upload.id)
 
     def expire_uploads(self) -> int:
-        """Delete the uploads older than the expiry (none when it is 0), files and records; how
-        many. A janitor's chore."""
+        """Delete every upload older than the expiry (none when it is 0), files and records, but
+        those a task that has not ended reads (a later pass takes them); how many. A janitor's chore."""
         if not self.upload_expiry_seconds:
             return 0
-        expired = self.uploads.created_before(time.time() - self.upload_expiry_seconds)
-        for upload in expired:
-            self._discard(upload)
-        if expired:
-            log.info("%s uploads expired", len(expired))
-        return len(expired)
+        cutoff, kept, removed = time.time() - self.upload_expiry_seconds, 0, 0
+        while expired := self.uploads.created_before(cutoff, skip=kept):
+            for upload in expired:
+                if self.tasks.unfinished_using(upload.folder) is not None:
+                    kept += 1
+                    continue
+                self._discard(upload)
+                removed += 1
+        if removed:
+            log.info("%s uploads expired", removed)
+        return removed
 
     def _discard(self, upload: UploadView) -> None:
         """The file first, then the record: what a failure leaves is a record to delete again,

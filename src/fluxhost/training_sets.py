@@ -23,6 +23,8 @@ from fluxhost.urlguard import Allowlist
 
 CAPTION_SUFFIX, CAPTION_TYPE, CAPTION_MAX_BYTES = ".txt", "text/plain", 65_536
 ARCHIVE_MAX_MEMBERS = 10_000
+FOLDER_OTHER_FILES = 100
+"""Files a training folder may hold besides its pictures and their captions (notes, a licence)."""
 
 
 class TrainingSetRefused(ValueError):
@@ -109,8 +111,12 @@ class TrainingSets:
     def _from_folder(self, project_id: int, folder_id: str) -> list[Picture]:
         if self.uploads.find_folder(project_id, folder_id) is None:
             raise TrainingSetRefused("training_folder", "names no folder of your project (File/FolderCreate)")
-        _total, found = self.uploads.list(project_id, 0, 2 * self.max_images + 2, newest_first=False,
-                                          parent_id=folder_id)
+        most = 2 * self.max_images + FOLDER_OTHER_FILES  # a caption each, and some notes
+        total, found = self.uploads.list(project_id, 0, most, newest_first=False, parent_id=folder_id)
+        if total > most:  # read in part, some pictures would lose their captions
+            raise TrainingSetRefused("training_folder", f"holds {total} files, more than the {most} a training "
+                                     f"reads (up to {self.max_images} pictures, a caption each, and a few more): "
+                                     "keep the training set in a folder of its own")
         captions: dict[str, str] = {}
         pictures: list[tuple[str, FileRef]] = []
         for upload in found:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import Connection, Row, Select, bindparam, case, delete, func, insert, select, update
+from sqlalchemy import Connection, Row, Select, Text, bindparam, case, cast, delete, func, insert, select, update
 
 from fluxhost.limits import UnfinishedCounts
 from fluxhost.orders import WorkOrder
@@ -107,6 +107,16 @@ class TaskStore:
         """A write transaction that the writes made inside it on this thread join (a task's row
         and the request that asked for it): they commit together, or not at all."""
         return self._db.write()
+
+    def unfinished_using(self, folder: str) -> int | None:
+        """The id of a task, queued or running, whose work order names a file of ``folder`` (an
+        upload's: a training's picture, a private LoRA adapter), or None."""
+        query = select(tasks.c.id).where(
+            tasks.c.status.in_([s.value for s in UNFINISHED]),
+            cast(tasks.c.work_order, Text).contains(folder, autoescape=True),
+        ).limit(1)
+        with self._db.read() as connection:
+            return connection.execute(query).scalar()
 
     def unfinished_for_run(self, api_key_id: int, project_id: int, model_slug: str) -> UnfinishedCounts:
         """The key's and the project's queued or running tasks, and the model's queue. On SQLite

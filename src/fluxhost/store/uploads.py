@@ -137,9 +137,11 @@ class UploadStore:
             row = connection.execute(_FOLDER_OF_PROJECT, {"project_id": project_id, "folder_id": folder_id}).first()
         return FolderView.of(row) if row else None
 
-    def created_before(self, moment: float, limit: int = 500) -> list[UploadView]:
-        """Any project's uploads made before ``moment``, oldest first (those that expire)."""
-        query = select(uploads).where(uploads.c.created_at < moment).order_by(uploads.c.created_at).limit(limit)
+    def created_before(self, moment: float, skip: int = 0, limit: int = 500) -> list[UploadView]:
+        """Any project's uploads made before ``moment``, oldest first (those that expire), past the
+        first ``skip`` of them."""
+        query = (select(uploads).where(uploads.c.created_at < moment).order_by(uploads.c.created_at, uploads.c.id)
+                 .offset(skip).limit(limit))
         with self._db.read() as connection:
             return [UploadView.of(row) for row in connection.execute(query).all()]
 

@@ -50,6 +50,7 @@ from fluxhost.operations import (
     TaskQuery,
     TooManyTasks,
     UnknownModel,
+    UploadInUse,
     UploadNotFound,
     UploadQuotaExceeded,
     UpsamplingUnavailable,
@@ -286,6 +287,7 @@ def create_wiro_app(operations: Operations, offload: Offload, settings: Settings
         NotKillable: lambda _request, _error: fail(1, messages.NOT_KILLABLE),
         TaskNotEnded: lambda _request, _error: fail(1, messages.TASK_NOT_ENDED),
         UploadNotFound: lambda _request, _error: fail(1, messages.NO_FILE),
+        UploadInUse: lambda _request, error: fail(0, messages.upload_in_use(error.task_id)),
         UploadQuotaExceeded: lambda _request, error: fail(
             0, messages.over_quota(error.quota_bytes, error.used_bytes, error.size)),
         StorageFailed: storage_failed,

@@ -18,6 +18,7 @@ TASK_NOT_ENDED = "Task must be completed or cancelled before deleting files"
 FILE_REQUIRED = "Request parameter [file] required: send the file as multipart form data"
 FILE_ID_REQUIRED = "Request parameter [fileid] required"
 NO_FILE = "There is no such file."
+
 NO_ROOM = ("The server has no room left to store files: retry later, or ask its operator to free space "
            "on its disk.")
 UPSAMPLING_UNAVAILABLE = (
@@ -85,3 +86,8 @@ def number(name: str) -> str:
 def store_failed(action: str) -> str:
     """A file the server could not store, read or delete (``action``) in its file store."""
     return f"The server could not {action} the file right now: retry later."
+
+
+def upload_in_use(task_id: int) -> str:
+    return (f"The file is used by task {task_id}, which has not ended (a training's picture, or a LoRA adapter): "
+            "delete it once the task ends, or kill the task first.")
