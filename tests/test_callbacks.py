@@ -190,6 +190,75 @@ def test_an_attempt_whose_claim_was_taken_over_records_nothing(database_url, tmp
     assert [a["status_code"] for a in listed["history"]] == [200]
 
 
+class AnsweringPoster:
+    """Posts nothing: every callback is answered 200 at once."""
+
+    deadline_seconds = 1.0
+    posted: list[str]
+
+    def __init__(self):
+        self.posted = []
+
+    def post(self, url: str, message_id: str, secret: str, body: bytes) -> Outcome:
+        self.posted.append(message_id)
+        return Outcome(200, "", retry=False)
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_answer_the_database_refused_to_record_once_is_recorded_and_its_receiver_forgotten(tmp_path,
+                                                                                              monkeypatch):
+    """One fault while recording a 200 lost it: the same webhook-id was POSTed again once the claim
+    ran out. And every origin ever posted to was kept, each pass summing them all."""
+    from sqlalchemy.exc import OperationalError
+
+    from fluxhost.callbacks import sender as sending
+
+    monkeypatch.setattr(sending, "RECORD_RETRY_SECONDS", (0.01, 0.01))
+    db, project_id = database_with_project(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    task = TaskStore(db).create(project_id, SLUG, {}, FOX_ORDER, callback_url="http://hooks.example.com/x")
+    with db.write() as connection:
+        owe_callback(connection, task.id, 1000.0)
+    deliveries, poster = Deliveries(db), AnsweringPoster()
+    record, faults = deliveries.record, [OperationalError("UPDATE", {}, Exception("database is locked"))]
+
+    def locked_once(*args):
+        if faults:
+            raise faults.pop()
+        return record(*args)
+
+    monkeypatch.setattr(deliveries, "record", locked_once)
+    sender = CallbackSender(deliveries, TaskStore(db), LocalEventBus(), render=lambda task: {"id": str(task.id)},
+                            poster=poster, max_attempts=3, backoff_seconds=30, per_origin=2)
+    try:
+        sender._start_due(time.time())
+        deadline = time.monotonic() + 10
+        while deliveries.list(task.id)[0]["status"] != "delivered" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        [listed] = deliveries.list(task.id)
+        assert listed["status"] == "delivered" and not faults and len(poster.posted) == 1
+        while sender._in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not sender._in_flight  # nothing in flight: no receiver remembered
+    finally:
+        sender.stop()
+
+
+def test_retry_delays_double_up_to_a_day_and_the_backoff_is_bounded(tmp_path):
+    from pydantic import ValidationError
+
+    from fluxhost.settings import Settings
+
+    sender = CallbackSender(Deliveries(None), None, LocalEventBus(), render=dict, poster=AnsweringPoster(),
+                            max_attempts=50, backoff_seconds=30, per_origin=2)
+    assert 24 <= sender.delay_before(1) <= 36 and 48 <= sender.delay_before(2) <= 72
+    assert 0.8 * 86_400 <= sender.delay_before(50) <= 1.2 * 86_400  # not 30 * 2**49 s: half a billion years
+    for backoff in ("inf", "1e9"):
+        with pytest.raises(ValidationError):
+            Settings(data_dir=tmp_path, callback_backoff_seconds=backoff)
+
+
 @pytest.mark.parametrize(
     "url",
     ["http://127.0.0.1:9/hook", "http://localhost/hook", "http://10.1.2.3/hook", "http://192.168.0.7/x",

@@ -325,7 +325,8 @@ class Settings(BaseSettings):
     )
     callback_max_attempts: int = Field(default=10, ge=1, le=50)
     callback_backoff_seconds: float = Field(
-        default=30.0, gt=0, description="Wait after the first failed attempt; doubles after each (10 attempts: ~4 h)."
+        default=30.0, gt=0, le=86_400, description="Wait after the first failed attempt; doubles after each, up to "
+        "a day (10 attempts: ~4 h).",
     )
     callback_timeout_seconds: float = Field(
         default=10.0, gt=0, le=120,

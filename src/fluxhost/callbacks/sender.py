@@ -32,6 +32,7 @@ from prometheus_client import Counter
 from fluxhost.callbacks.poster import Outcome, WebhookPoster
 from fluxhost.events import EventBus, TaskEvent
 from fluxhost.statuses import TERMINAL
+from fluxhost.store.database import DATABASE_FAULTS
 from fluxhost.store.deliveries import Attempt, Deliveries, DueDelivery
 from fluxhost.store.records import TaskView
 from fluxhost.store.tasks import TaskStore
@@ -40,6 +41,10 @@ log = logging.getLogger(__name__)
 
 SENDERS = 8
 CLAIM_MARGIN_SECONDS = 30.0  # beyond the post's deadline: rendering the body, recording the attempt
+RECORD_RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0)
+"""Waits before each new try at recording an attempt the database refused, well within the claim's
+margin: an outcome not recorded is posted again once the claim runs out (a second POST after a 2xx)."""
+MAX_RETRY_DELAY_SECONDS = 86_400.0  # the doubling stops at a day: a delivery always ends in its attempts
 PASS_INTERVAL = 0.002  # passes over due deliveries start at least this far apart
 IDLE_SECONDS = 5.0
 CALLBACK_OUTCOMES = {"delivered": "delivered", "pending": "retrying", "failed": "failed"}
@@ -97,8 +102,8 @@ class CallbackSender:
         self.poster.close()
 
     def delay_before(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt ``attempt`` (1-based): doubling, +/-20% jitter."""
-        return self.backoff_seconds * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)
+        """Seconds to wait after failed attempt ``attempt`` (1-based): doubling up to a day, +/-20% jitter."""
+        return min(self.backoff_seconds * 2.0 ** (attempt - 1), MAX_RETRY_DELAY_SECONDS) * random.uniform(0.8, 1.2)
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
@@ -144,6 +149,8 @@ class CallbackSender:
         finally:
             with self._in_flight_lock:
                 self._in_flight[origin] -= 1
+                if not self._in_flight[origin]:
+                    del self._in_flight[origin]  # an origin is remembered while a post to it is in flight
                 held_back, self._held_back = self._held_back, False
             if status not in ("delivered", "failed") or held_back:
                 self._wake.set()
@@ -167,8 +174,8 @@ class CallbackSender:
             status, next_at = "pending", finished + self.delay_before(number)
         else:
             status, next_at = "failed", finished
-        if not self.deliveries.record(delivery, Attempt(started, finished - started, outcome.status_code,
-                                                        outcome.error), status, next_at):
+        attempt = Attempt(started, finished - started, outcome.status_code, outcome.error)
+        if not self._record(delivery, attempt, status, next_at):
             log.warning("callback for task %s, attempt %s: its claim was taken over, the outcome (%s) is not "
                         "recorded", delivery.task_id, number, outcome.status_code or outcome.error)
             return None
@@ -177,6 +184,19 @@ class CallbackSender:
         if self.attempts_counter is not None:
             self.attempts_counter.labels(CALLBACK_OUTCOMES[status]).inc()
         return status
+
+
+    def _record(self, delivery: DueDelivery, attempt: Attempt, status: str, next_at: float) -> bool:
+        """:meth:`Deliveries.record`, tried again while the database refuses it (locked, a dropped
+        connection), within the claim's margin."""
+        for wait in RECORD_RETRY_SECONDS:
+            try:
+                return self.deliveries.record(delivery, attempt, status, next_at)
+            except DATABASE_FAULTS as error:
+                log.warning("callback for task %s: its attempt could not be recorded yet (%s)", delivery.task_id,
+                            type(error).__name__)
+                self._stopping.wait(wait)
+        return self.deliveries.record(delivery, attempt, status, next_at)  # the last try: a fault goes up
 
 
 def origin_of(url: str) -> str:
