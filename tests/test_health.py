@@ -58,14 +58,20 @@ def test_not_ready_when_no_model_could_be_loaded(make_settings, tmp_path):
 def test_not_ready_when_none_of_the_models_the_worker_process_works_on_could_be_loaded(make_settings, tmp_path):
     """The worker process loads only the kinds it works on: the others, never loaded nor failed,
     made it look as if some model could run."""
+    from types import SimpleNamespace
+
+    from fluxhost.events import LocalEventBus
+    from fluxhost.runtime.dispatch.child import ChildProcessDispatcher
+
     models = {SLUG: ModelSettings(weights=str(tmp_path / "missing")),
               "acme/trainer": ModelSettings(weights=str(tmp_path / "missing"), kind="train")}
-    with LiveServer(make_settings(models=models, worker_process=True, worker_kinds="text-to-image")) as live:
-        deadline = time.monotonic() + 60
-        while "the worker is loading its models" in (reasons := readiness(live, 503)["reasons"]):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        assert reasons == ["no model could be loaded (see the log)"]
+    for kinds, reason in (("text-to-image", "no model could be loaded (see the log)"), ("", None)):
+        settings = make_settings(models=models, worker_process=True, worker_kinds=kinds)
+        dispatcher = ChildProcessDispatcher(settings, "host-1-abcdef", models, LocalEventBus(), on_lost=lambda: None)
+        dispatcher._process = SimpleNamespace(is_alive=lambda: True)  # a child that reported its models:
+        dispatcher._loaded.set()
+        dispatcher.load_errors = {SLUG: "the weights could not be loaded"}  # this one failed
+        assert dispatcher.not_ready() == reason  # working on every kind, the trainer loaded: ready
 
 
 def test_not_ready_while_the_worker_process_is_restarted(make_settings):

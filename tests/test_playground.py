@@ -257,7 +257,7 @@ def test_a_batch_then_zoom_copy_use_and_vary_an_opened_picture(make_settings, ti
     from tests.helpers import SLUG
 
     models = {SLUG: ModelSettings(weights=str(tiny_weights), steps=2, max_sequence_length=32, max_batch=3,
-                                  batch_wait_ms=1000)}  # the three run as one batch, and end together
+                                  batch_wait_ms=500)}  # the three run as one batch, and end together
     with LiveServer(make_settings(models=models)) as live:
         key = live.service.keys.create(KeyMode.SIGNATURE)
         page = open_page(live.base_url)
@@ -273,10 +273,11 @@ def test_a_batch_then_zoom_copy_use_and_vary_an_opened_picture(make_settings, ti
             time.sleep(0.3)
             return find(*args, **kwargs)
 
-        monkeypatch.setattr(live.service.operations, "find", found_slowly)
-        page.get_by_role("button", name="Generate").click()
-        expect(page.locator("#results figure img")).to_have_count(3, timeout=60_000)
-        expect(page.locator("#progress-text")).to_have_text("Done")
+        with monkeypatch.context() as patch:
+            patch.setattr(live.service.operations, "find", found_slowly)
+            page.get_by_role("button", name="Generate").click()
+            expect(page.locator("#results figure img")).to_have_count(3, timeout=60_000)
+            expect(page.locator("#progress-text")).to_have_text("Done")
         expect(page.locator("#gallery li img")).to_have_count(3, timeout=60_000)
         captions = page.locator("#results figcaption").all_text_contents()
         seeds = {caption.split(" · ")[0] for caption in captions}

@@ -196,7 +196,7 @@ def test_a_client_that_stopped_reading_does_not_hold_the_server_s_shutdown(make_
     and the service's own shutdown (its tasks released) never began."""
     assert UVICORN_OPTIONS["timeout_graceful_shutdown"] == CONNECTIONS_CLOSE_SECONDS
     monkeypatch.setitem(UVICORN_OPTIONS, "timeout_graceful_shutdown", 1)  # shortened for the test
-    live = LiveServer(make_settings(engine="bench", bench_step_ms=3_000, worker_process=False,
+    live = LiveServer(make_settings(engine="bench", bench_step_ms=1_500, worker_process=False,
                                     shutdown_grace_seconds=0)).__enter__()
     client = ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE))
     run = client.run()

@@ -167,7 +167,7 @@ class ChildProcessDispatcher:
             return "the worker process is not running (it is restarted after a failure: see the log)"
         if not self._loaded.is_set():
             return "the worker is loading its models"
-        worked_on = [slug for slug, model in self.models.items() if self.settings.works_on(model.kind)]
+        worked_on = [slug for slug, model in self.models.items() if model.kind in self._kinds]
         if all(slug in self.load_errors for slug in worked_on):  # the child loads only the kinds it works on
             return "no model could be loaded (see the log)"
         return None
