@@ -161,3 +161,27 @@ def test_a_renewal_the_database_refuses_is_logged_and_tried_at_the_next_beat(sto
         assert not leases.lost(task.id)
     assert "leases could not be renewed; trying again at the next beat: OperationalError" in caplog.text
     leases.stop()
+
+
+def test_the_renewing_thread_outlives_a_beat_that_failed_unexpectedly(stores):
+    """PostgreSQL answering an UPDATE as read-only (a failover) is no DATABASE_FAULT: the thread
+    ended, and no task the worker claimed afterwards was renewed again."""
+    tasks, work, project_id = stores
+    task = tasks.create(project_id, SLUG, {}, FOX_ORDER)
+    claimed = work.claim_next("worker-a", [SLUG], lease_seconds=60)
+    renew_lease, beats = work.renew_lease, []
+
+    def read_only_once(*args):
+        beats.append(1)
+        if len(beats) == 1:
+            raise RuntimeError("cannot execute UPDATE in a read-only transaction")
+        return renew_lease(*args)
+
+    work.renew_lease = read_only_once
+    leases = Leases(work, "worker-a", lease_seconds=0.2)
+    with leases.holding([claimed.id]):
+        deadline = time.monotonic() + 10
+        while len(beats) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    leases.stop()
+    assert len(beats) >= 3 and not leases.lost(task.id)

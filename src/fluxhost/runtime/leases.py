@@ -71,5 +71,10 @@ class Leases:
         self._stopping.set()
 
     def _keep(self) -> None:
+        """Beat until stopped, whatever a beat meets: a thread that ended would leave every later
+        task of the worker unrenewed, for another host to run again."""
         while not self._stopping.wait(self._lease_seconds / 4):
-            self.renew()
+            try:
+                self.renew()
+            except Exception:
+                log.exception("leases could not be renewed; trying again at the next beat")
