@@ -7,6 +7,7 @@ import asyncio
 import errno
 import io
 import os
+import random
 import secrets
 import socket
 import sqlite3
@@ -476,6 +477,13 @@ def test_an_archive_of_too_many_entries_is_refused_before_zipfile_reads_its_dire
     monkeypatch.setattr(archives.zipfile, "ZipFile", lambda *_args: pytest.fail("the directory was read"))
     with pytest.raises(ArchiveRefused, match="holds more than 10 files"):
         list(archive_members(many, 10, 1_000_000))
+
+
+def test_an_archive_of_few_members_is_taken_however_large_they_are():
+    """The directory's offset (the members' bytes before it) was read as its size: every archive
+    of more than 20 MB was refused as holding more than 10,000 files."""
+    large = archive({"photo.png": random.Random(0).randbytes(21_000_000), "photo.txt": b"a caption"})  # 21 MB
+    assert [name for name, _ in archive_members(large, 10, 100_000_000)] == ["photo.png", "photo.txt"]
 
 
 def test_a_safetensors_header_nested_past_the_json_parsers_depth_is_not_taken_for_one():

@@ -77,7 +77,7 @@ def _directory_size(data: bytes) -> int | None:
     end = data.rfind(b"PK\x05\x06", max(0, len(data) - _END.size - 0xFFFF))
     if end < 0 or len(data) - end < _END.size:
         return None
-    size = _END.unpack_from(data, end)[6]
+    size = _END.unpack_from(data, end)[5]  # the directory's size (6: its offset, after every member)
     locator = end - _END64_LOCATOR.size
     if size != 0xFFFFFFFF or locator < 0 or data[locator:locator + 4] != b"PK\x06\x07":
         return size
