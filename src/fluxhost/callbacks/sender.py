@@ -185,7 +185,6 @@ class CallbackSender:
             self.attempts_counter.labels(CALLBACK_OUTCOMES[status]).inc()
         return status
 
-
     def _record(self, delivery: DueDelivery, attempt: Attempt, status: str, next_at: float) -> bool:
         """:meth:`Deliveries.record`, tried again while the database refuses it (locked, a dropped
         connection), within the claim's margin."""

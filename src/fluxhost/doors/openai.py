@@ -60,7 +60,8 @@ MIN_SIDE, MAX_SIDE = 256, 2048
 MAX_IMAGES = 4
 WAIT_SECONDS = 600.0  # an answer waits this long for its images; the task goes on regardless
 CHECK_SECONDS = 1.0  # a waiting answer also looks at the task this often (events from elsewhere)
-# OpenAI's names of the inputs a refusal can be about.
+
+
 class Generation(StorableText):
     """An image generation request as OpenAI's clients send it (unknown fields ignored)."""
 

@@ -18,7 +18,6 @@ TASK_NOT_ENDED = "Task must be completed or cancelled before deleting files"
 FILE_REQUIRED = "Request parameter [file] required: send the file as multipart form data"
 FILE_ID_REQUIRED = "Request parameter [fileid] required"
 NO_FILE = "There is no such file."
-
 NO_ROOM = ("The server has no room left to store files: retry later, or ask its operator to free space "
            "on its disk.")
 UPSAMPLING_UNAVAILABLE = (

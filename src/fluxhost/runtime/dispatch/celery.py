@@ -91,7 +91,9 @@ class CeleryDispatcher:
     def __init__(self, broker_url: str, visibility_seconds: int, work: WorkStore,
                  transport_options: dict[str, Any] | None = None):
         self.app = celery_app(broker_url, visibility_seconds, {**SEND_TIMEOUTS, **(transport_options or {})})
-        self._broker_url = broker_url
+        # asked at every beat when it started: Redis at a redis:// or rediss:// URL; None for a broker this cannot ask
+        self._broker = (redis.Redis.from_url(broker_url, **SEND_TIMEOUTS)
+                        if broker_url.startswith(("redis://", "rediss://")) else None)
         self.work = work
         self._unsent: dict[int, str] = {}
         self._sent: list[tuple[int, float]] = []  # (task id, when) taken by the broker, not recorded yet
@@ -143,6 +145,8 @@ class CeleryDispatcher:
             self._thread.join(5)
         self._record_sent()
         self.app.close()
+        if self._broker is not None:
+            self._broker.close()
 
     def _beat_loop(self) -> None:
         while not self._stopping.wait(BEAT_SECONDS):
@@ -159,11 +163,9 @@ class CeleryDispatcher:
     def broker_started_at(self) -> float | None:
         """When the broker last started, by this host's clock; None for a broker this cannot ask
         (not Redis at a ``redis://`` or ``rediss://`` URL)."""
-        if not self._broker_url.startswith(("redis://", "rediss://")):
+        if self._broker is None:
             return None
-        with redis.Redis.from_url(self._broker_url, **SEND_TIMEOUTS) as client:
-            uptime = client.info("server")["uptime_in_seconds"]
-        return time.time() - uptime
+        return time.time() - self._broker.info("server")["uptime_in_seconds"]
 
     def _forget_lost(self) -> None:
         """At a broker start not seen before, take back the record of the messages sent to the
