@@ -280,6 +280,17 @@ def test_an_upload_a_queued_training_reads_is_neither_deleted_nor_expired_under_
         assert client.call("File/Delete", {"fileid": red["id"]})["result"] is True  # its task ended
 
 
+def test_an_upload_named_in_another_project_s_prompt_is_not_held_for_it(make_settings):
+    """The check looked for the upload's folder anywhere in any task: a queued prompt of another
+    project quoting the upload's URL refused its deletion, naming the other project's task."""
+    with LiveServer(make_settings(models={DRAW: ModelSettings(steps=2)}, engine="bench",
+                                  worker_concurrency=0)) as live:
+        owner, other = (ProtocolClient(live.base_url, live.service.keys.create(KeyMode.SIGNATURE)) for _ in range(2))
+        [kept] = send_file(owner, picture("red"), "red.png")["list"]
+        assert other.call(f"Run/{DRAW}", {"prompt": f"like {kept['url']}"})["result"] is True  # queued
+        assert owner.call("File/Delete", {"fileid": kept["id"]})["result"] is True
+
+
 def test_a_training_folder_s_late_captions_are_read_and_one_too_full_is_refused(make_settings):
     """Only the first 2 x the most pictures + 2 files were read: later captions were lost without a word."""
     with LiveServer(make_settings(models={TRAIN: ModelSettings(steps=2)}, engine="bench", worker_concurrency=0,

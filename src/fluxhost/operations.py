@@ -641,7 +641,7 @@ class Operations:
         upload = self.uploads.find(caller.project_id, upload_id)
         if upload is None:
             raise UploadNotFound()
-        if (task_id := self.tasks.unfinished_using(upload.folder)) is not None:
+        if (task_id := self.tasks.unfinished_using(upload.project_id, upload.folder)) is not None:
             raise UploadInUse(task_id)
         accept()
         self._discard(upload)
@@ -655,7 +655,7 @@ class Operations:
         cutoff, kept, removed = time.time() - self.upload_expiry_seconds, 0, 0
         while expired := self.uploads.created_before(cutoff, skip=kept):
             for upload in expired:
-                if self.tasks.unfinished_using(upload.folder) is not None:
+                if self.tasks.unfinished_using(upload.project_id, upload.folder) is not None:
                     kept += 1
                     continue
                 self._discard(upload)

@@ -8,6 +8,7 @@ on a hot path (Detail polls), and composing a statement costs more than running 
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from contextlib import AbstractContextManager
@@ -108,12 +109,14 @@ class TaskStore:
         and the request that asked for it): they commit together, or not at all."""
         return self._db.write()
 
-    def unfinished_using(self, folder: str) -> int | None:
-        """The id of a task, queued or running, whose work order names a file of ``folder`` (an
-        upload's: a training's picture, a private LoRA adapter), or None."""
+    def unfinished_using(self, project_id: int, folder: str) -> int | None:
+        """The id of a task of the project, queued or running, whose work order reads a file of
+        ``folder`` (an upload's: a training's picture, a private LoRA adapter), or None. A file the
+        order reads is a ``FileRef``: ``"folder": "..."`` in its JSON, where a prompt's text is not."""
         query = select(tasks.c.id).where(
+            tasks.c.project_id == project_id,
             tasks.c.status.in_([s.value for s in UNFINISHED]),
-            cast(tasks.c.work_order, Text).contains(folder, autoescape=True),
+            cast(tasks.c.work_order, Text).contains(json.dumps({"folder": folder})[1:-1], autoescape=True),
         ).limit(1)
         with self._db.read() as connection:
             return connection.execute(query).scalar()
